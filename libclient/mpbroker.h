@@ -1,0 +1,147 @@
+/* mpbroker.h - libmpbroker, the C client of the mpbroker shared-object broker.
+ *
+ * The whole public contract is in this header. A context is one connection to one
+ * broker; it is not thread-safe (use one per thread, as with hiredis).
+ *
+ *   mpb_context *c = mpb_connect(NULL);          // $MPBROKER_ADDRESS or the default
+ *   if (c == NULL || c->err) { ...c->errstr... }
+ *   mpb_ref l;
+ *   mpb_create(c, "list", NULL, &l);
+ *   mpb_value v = mpb_int(42);
+ *   mpb_list_append(c, l, &v);
+ *   mpb_free(c);
+ *
+ * Every call returns MPB_OK (0) or a negative MPB_ERR_* code, and sets c->err,
+ * c->errkind (the wire error kind, e.g. "KeyError") and c->errstr (its message). No call
+ * prints, aborts or exits. A broker error (MPB_ERR_REPLY) leaves the context usable;
+ * MPB_ERR_IO / MPB_ERR_EOF / MPB_ERR_PROTOCOL leave it broken (every later call fails
+ * fast with kind "ConnectionError").
+ *
+ * Results written to an mpb_value *out are owned by the caller: free them with
+ * mpb_value_free. On error *out is left nil.
+ *
+ * Pipelining: mpb_append_call queues a request without waiting; mpb_get_reply reads
+ * the replies back in order (it flushes first). mpb_call is append + get_reply.
+ */
+#ifndef MPBROKER_H
+#define MPBROKER_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "mpb_errors.h"
+#include "mpb_methods.h"
+#include "mpb_value.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define MPB_OK 0
+#define MPB_ERR_IO (-1)       /* socket error; errstr has strerror */
+#define MPB_ERR_EOF (-2)      /* the broker closed the connection */
+#define MPB_ERR_PROTOCOL (-3) /* the broker sent something we cannot parse */
+#define MPB_ERR_OOM (-4)
+#define MPB_ERR_REPLY (-5)   /* the broker answered with an error: see errkind, errstr */
+#define MPB_ERR_CONNECT (-6) /* could not connect */
+#define MPB_ERR_ARG (-7)     /* a bad argument to this library call */
+
+typedef struct mpb_context {
+    int err;           /* last error code, MPB_OK when none */
+    char errkind[32];  /* wire error kind ("KeyError"), or "" */
+    char errstr[256];  /* human-readable detail */
+    int fd;            /* the socket, -1 when not connected */
+    struct mpb_context_priv *priv; /* buffers and reader: not for you */
+} mpb_context;
+
+/*--- Connecting ---*/
+/* Connect to address: "unix:/path", "/path" (a Unix socket), or "tcp://HOST:PORT".
+ * NULL means $MPBROKER_ADDRESS when set, else mpb_default_address().
+ * Always returns a context unless out of memory (NULL): check c->err. Free it with
+ * mpb_free. */
+mpb_context *mpb_connect(const char *address);
+/* Close the connection and free the context. NULL is fine. */
+void mpb_free(mpb_context *c);
+/* The broker's default Unix socket path: $XDG_RUNTIME_DIR/mpbroker.sock when
+ * XDG_RUNTIME_DIR is set, else /tmp/mpbroker-$UID.sock. Written into buf (size n);
+ * returns buf. */
+char *mpb_default_address(char *buf, size_t n);
+
+/*--- The generic call ---*/
+/* Call `method` with params args[0..nargs). The args are borrowed. On success the
+ * result is stored in *result (caller frees; may pass NULL to discard it). */
+int mpb_call(mpb_context *c, const char *method, const mpb_value *args, size_t nargs,
+             mpb_value *result);
+/* Queue a call without waiting for the reply. */
+int mpb_append_call(mpb_context *c, const char *method, const mpb_value *args,
+                    size_t nargs);
+/* Send everything queued. */
+int mpb_flush(mpb_context *c);
+/* Flush, then read the reply to the oldest call still unanswered, in order.
+ * MPB_ERR_REPLY for an error reply (the pipeline stays in step). MPB_ERR_ARG when
+ * no call is outstanding. */
+int mpb_get_reply(mpb_context *c, mpb_value *result);
+/* Number of calls sent or queued whose replies have not been read. */
+size_t mpb_pending(const mpb_context *c);
+
+/*--- Broker ---*/
+/* Create an object of type typeid ("list", "dict", "namespace") with an optional
+ * initial value (NULL for empty); this connection holds it until mpb_release or
+ * disconnect. */
+int mpb_create(mpb_context *c, const char *typeid, const mpb_value *initial, mpb_ref *out);
+/* Get or create the object with this name. initial is used only when creating. */
+int mpb_open(mpb_context *c, const char *typeid, const char *name, const mpb_value *initial,
+             mpb_ref *out);
+/* Reference of an existing named object (MPB_ERR_REPLY, kind NoSuchObject, if none). */
+int mpb_lookup(mpb_context *c, const char *name, mpb_ref *out);
+int mpb_release(mpb_context *c, mpb_ref ref);
+int mpb_incref(mpb_context *c, mpb_ref ref);
+/* Remove a name (the object lives on while held or contained). */
+int mpb_delete(mpb_context *c, const char *name);
+int mpb_ping(mpb_context *c);
+/* Ask the broker to stop. */
+int mpb_shutdown(mpb_context *c);
+
+/*--- list ---*/
+int mpb_list_append(mpb_context *c, mpb_ref l, const mpb_value *v);
+int mpb_list_extend(mpb_context *c, mpb_ref l, const mpb_value *array);
+int mpb_list_getitem(mpb_context *c, mpb_ref l, int64_t index, mpb_value *out);
+int mpb_list_setitem(mpb_context *c, mpb_ref l, int64_t index, const mpb_value *v);
+int mpb_list_pop(mpb_context *c, mpb_ref l, int64_t index, mpb_value *out);
+int mpb_list_len(mpb_context *c, mpb_ref l, int64_t *out);
+/* The whole list as an MPB_ARRAY value. */
+int mpb_list_copy(mpb_context *c, mpb_ref l, mpb_value *out);
+
+/*--- dict ---*/
+int mpb_dict_setitem(mpb_context *c, mpb_ref d, const mpb_value *key, const mpb_value *v);
+int mpb_dict_getitem(mpb_context *c, mpb_ref d, const mpb_value *key, mpb_value *out);
+/* def may be NULL (nil). */
+int mpb_dict_get(mpb_context *c, mpb_ref d, const mpb_value *key, const mpb_value *def,
+                 mpb_value *out);
+int mpb_dict_delitem(mpb_context *c, mpb_ref d, const mpb_value *key);
+int mpb_dict_len(mpb_context *c, mpb_ref d, int64_t *out);
+int mpb_dict_incr(mpb_context *c, mpb_ref d, const mpb_value *key, int64_t delta,
+                  int64_t *out);
+/* The whole dict as an MPB_MAP value. */
+int mpb_dict_copy(mpb_context *c, mpb_ref d, mpb_value *out);
+
+/*--- namespace ---*/
+int mpb_ns_setattr(mpb_context *c, mpb_ref ns, const char *name, const mpb_value *v);
+int mpb_ns_getattr(mpb_context *c, mpb_ref ns, const char *name, mpb_value *out);
+int mpb_ns_delattr(mpb_context *c, mpb_ref ns, const char *name);
+/* Atomic add; *out (may be NULL) gets the new value. Integer form. */
+int mpb_ns_incr(mpb_context *c, mpb_ref ns, const char *name, int64_t delta, int64_t *out);
+/* Atomic add with any number (int or float delta); *out gets the new value. */
+int mpb_ns_incr_value(mpb_context *c, mpb_ref ns, const char *name, const mpb_value *delta,
+                      mpb_value *out);
+/* Compare-and-set; *swapped tells whether NEW was stored. */
+int mpb_ns_cas(mpb_context *c, mpb_ref ns, const char *name, const mpb_value *expected,
+               const mpb_value *newv, int *swapped);
+/* Every attribute as an MPB_MAP value. */
+int mpb_ns_vars(mpb_context *c, mpb_ref ns, mpb_value *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,39 @@
+/* testutil.h - start a real mpbroker-server for integration tests.
+ *
+ * The server binary comes from $MPB_SERVER (set by meson). Each broker gets its own
+ * temporary directory and Unix socket; tb_stop sends SIGTERM, waits, and reports how
+ * the server exited, so a test can assert that it shut down cleanly.
+ */
+#ifndef MPB_TESTUTIL_H
+#define MPB_TESTUTIL_H
+
+#include <sys/types.h>
+#include "mpbroker.h"
+
+typedef struct tb_broker {
+    pid_t pid;
+    char dir[256];     /* temporary directory, removed by tb_stop */
+    char sock[300];    /* socket path inside dir */
+    char address[320]; /* "unix:<sock>", or "tcp://127.0.0.1:PORT" when started with TCP */
+} tb_broker;
+
+/* Start mpbroker-server with extra arguments (NULL-terminated list, may be NULL) and
+ * wait until it answers manager.ping. Aborts the test (ck_abort) on failure. When tcp
+ * is nonzero the broker also listens on a free loopback port and address is TCP. */
+void tb_start(tb_broker *b, int tcp, const char *const *extra_args);
+/* SIGTERM, wait for exit; returns the exit status as from waitpid (or -1). Removes
+ * the temporary directory. */
+int tb_stop(tb_broker *b);
+/* Connect to the broker; aborts the test on failure. */
+mpb_context *tb_connect(const tb_broker *b);
+/* Connect a raw socket to the broker's Unix socket; returns the fd (aborts on error). */
+int tb_raw_connect(const tb_broker *b);
+/* Write all of buf; read exactly n bytes with a timeout in ms. 0 ok, -1 error/timeout. */
+int tb_write_all(int fd, const void *buf, size_t n);
+/* Read one whole msgpack message from fd within timeout_ms into a freshly allocated
+ * mpb_value (caller frees). 0 ok, -1 on EOF/timeout/garbage. */
+int tb_read_msg(int fd, mpb_value *out, int timeout_ms);
+/* Read until EOF within timeout_ms; returns 1 if the peer closed, 0 if not. */
+int tb_wait_closed(int fd, int timeout_ms);
+
+#endif
