@@ -70,7 +70,9 @@ char *mpb_default_address(char *buf, size_t n);
 
 /*--- The generic call ---*/
 /* Call `method` with params args[0..nargs). The args are borrowed. On success the
- * result is stored in *result (caller frees; may pass NULL to discard it). */
+ * result is stored in *result (caller frees; may pass NULL to discard it). *result is
+ * overwritten, not freed. MPB_ERR_ARG while pipelined replies are unread (take them
+ * with mpb_get_reply first), so a call never returns another call's reply. */
 int mpb_call(mpb_context *c, const char *method, const mpb_value *args, size_t nargs,
              mpb_value *result);
 /* Queue a call without waiting for the reply. */
@@ -85,7 +87,25 @@ int mpb_get_reply(mpb_context *c, mpb_value *result);
 /* Number of calls sent or queued whose replies have not been read. */
 size_t mpb_pending(const mpb_context *c);
 
+/*--- Non-blocking pieces, for an event loop that watches c->fd itself ---*/
+/* mpb_flush and mpb_get_reply are these three plus poll(). Queue with mpb_append_call,
+ * then:
+ * mpb_buffer_write sends what the socket takes now; *done (may be NULL) is set to 1
+ *   once everything queued is sent.
+ * mpb_buffer_read reads what has arrived, without blocking. An EOF is remembered and
+ *   reported by mpb_buffer_take_reply once the replies read before it are taken.
+ * mpb_buffer_take_reply takes the oldest call's reply if it is wholly buffered:
+ *   *got = 1 and the return is that call's outcome, exactly as from mpb_get_reply;
+ *   else *got = 0 and MPB_OK (read more). */
+int mpb_buffer_write(mpb_context *c, int *done);
+int mpb_buffer_read(mpb_context *c);
+int mpb_buffer_take_reply(mpb_context *c, mpb_value *result, int *got);
+
 /*--- Broker ---*/
+/* The typed helpers below are mpb_call with the params of mpb_methods.def. A pointer
+ * out-parameter may be NULL to discard the result. A helper whose reply has the wrong
+ * type (an int expected, a float came) fails with MPB_ERR_PROTOCOL, kind
+ * "ProtocolError", but leaves the context usable: the stream is still in step. */
 /* Create an object of type typeid ("list", "dict", "namespace") with an optional
  * initial value (NULL for empty); this connection holds it until mpb_release or
  * disconnect. */
@@ -135,7 +155,8 @@ int mpb_ns_incr(mpb_context *c, mpb_ref ns, const char *name, int64_t delta, int
 /* Atomic add with any number (int or float delta); *out gets the new value. */
 int mpb_ns_incr_value(mpb_context *c, mpb_ref ns, const char *name, const mpb_value *delta,
                       mpb_value *out);
-/* Compare-and-set; *swapped tells whether NEW was stored. */
+/* Compare-and-set; *swapped tells whether NEW was stored. NULL expected or newv
+ * means nil. */
 int mpb_ns_cas(mpb_context *c, mpb_ref ns, const char *name, const mpb_value *expected,
                const mpb_value *newv, int *swapped);
 /* Every attribute as an MPB_MAP value. */

@@ -42,6 +42,16 @@ typedef struct mpb_reader {
     bool has_skipped_msgid; /* after MPB_READ_TOO_DEEP */
     uint64_t skipped_msgid;
     char errstr[96]; /* after MPB_READ_BAD / MPB_READ_TOO_DEEP: what was wrong */
+    /* Private: how far the scanner got into the message at buf[start], so that a
+     * message arriving in many small reads is scanned once, not once per read. */
+    struct mpb_scan_state {
+        size_t off;        /* bytes of the message scanned (whole items only) */
+        uint64_t pending;  /* items still to come */
+        int depth;         /* open containers with items left */
+        bool too_deep;
+        uint64_t remain[MPB_READER_MAX_DEPTH]; /* items left in each open container */
+    } scan;
+    bool failed; /* private: MPB_READ_BAD is final */
 } mpb_reader;
 
 /* 0, or -1 on allocation failure. max_msg 0 means the default; max_depth is clamped

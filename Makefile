@@ -1,0 +1,48 @@
+# mpbroker - the two commands: `make run` and `make test` (as root on Debian 12 they
+# install what is missing first). Everything else here serves those two.
+
+BUILD      ?= build
+ASAN_BUILD ?= build-asan
+ARGS       ?=
+
+# Debian packages the build and the tests need.
+PKGS = gcc make pkg-config meson ninja-build libmsgpack-dev libevent-dev check \
+       python3 python3-msgpack
+
+.PHONY: all deps build asan run test test-plain test-asan clean
+
+all: build
+
+# Install the packages that are missing (needs root; skipped when all are present).
+deps:
+	@missing=""; for p in $(PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  if [ "$$(id -u)" != 0 ]; then echo "run as root (or install:$$missing)"; exit 1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+$(BUILD)/build.ninja:
+	meson setup $(BUILD) --buildtype=debugoptimized
+
+$(ASAN_BUILD)/build.ninja:
+	meson setup $(ASAN_BUILD) --buildtype=debug -Db_sanitize=address,undefined -Db_lundef=false
+
+build: deps $(BUILD)/build.ninja
+	ninja -C $(BUILD)
+
+asan: deps $(ASAN_BUILD)/build.ninja
+	ninja -C $(ASAN_BUILD)
+
+# Start the broker in the foreground on its default socket (ARGS="..." for options).
+run: build
+	./$(BUILD)/mpbroker-server $(ARGS)
+
+# Every test, in the normal build and under AddressSanitizer + UBSan.
+test: build asan
+	@tests/run-all.sh $(BUILD) $(ASAN_BUILD)
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD)

@@ -1,0 +1,530 @@
+/* client.c - the core of libmpbroker: connecting, the request encoder, the reply
+ * decoder, and the blocking send/receive loop built from non-blocking pieces.
+ *
+ * A context owns one output buffer (requests are packed straight into it by
+ * mpb_append_call), a ring of the message ids still waiting for replies, and an
+ * mpb_reader that socket reads feed. Replies come back in request order, so each one
+ * must answer the oldest id in the ring. mpb_buffer_write / mpb_buffer_read /
+ * mpb_buffer_take_reply never block; mpb_flush and mpb_get_reply are those plus
+ * poll(), and an event-loop layer can drive the same three itself. The typed helpers
+ * (mpb_list_append, ...) live in helpers.c; nothing here knows method names except
+ * as strings passed through.
+ */
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "mpb_address.h"
+#include "mpb_codec.h"
+#include "mpb_reader.h"
+#include "mpbroker.h"
+
+#ifndef MSG_NOSIGNAL /* BSDs and macOS: SO_NOSIGPIPE is set on the socket instead */
+#define MSG_NOSIGNAL 0
+#endif
+
+#define READ_CHUNK (64u << 10)
+/* The broker bounds requests, not replies: list.copy of a big list is legitimately
+ * large. The cap only keeps a corrupt length header from reserving absurd memory. */
+#define MAX_REPLY ((size_t)1 << 30)
+/* After a flush, an output buffer grown past this by a big pipeline is given back. */
+#define OUT_KEEP (1u << 20)
+
+struct mpb_context_priv {
+    msgpack_sbuffer out; /* packed requests; out.data[out_sent, out.size) not yet sent */
+    size_t out_sent;
+    msgpack_packer pk;   /* writes into out */
+    uint32_t *ids;       /* ring of msgids awaiting replies, oldest at ids[head] */
+    size_t head, nids, cap;
+    uint32_t next_id;    /* msgpack-rpc msgids are 32-bit; they wrap */
+    mpb_reader reader;   /* replies read but not yet taken */
+    bool eof;            /* the broker closed its side: serve what is buffered, then fail */
+    char broken[32 + 2 + 256]; /* why the connection is gone, for later calls */
+};
+
+/*--- Errors ---*/
+
+static void copy_bounded(char *dst, size_t size, const char *src, size_t n) {
+    if (n >= size) n = size - 1;
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+}
+
+static void set_ok(mpb_context *c) {
+    c->err = MPB_OK;
+    c->errkind[0] = '\0';
+    c->errstr[0] = '\0';
+}
+
+static int set_err(mpb_context *c, int err, const char *kind, const char *fmt, ...) {
+    va_list ap;
+    c->err = err;
+    copy_bounded(c->errkind, sizeof c->errkind, kind, strlen(kind));
+    va_start(ap, fmt);
+    vsnprintf(c->errstr, sizeof c->errstr, fmt, ap);
+    va_end(ap);
+    return err;
+}
+
+/* The connection cannot be trusted any more (I/O failure, EOF, a reply out of step):
+ * close it. c->err/errkind/errstr already describe the cause; later calls repeat it
+ * through fail_if_broken. */
+static int break_conn(mpb_context *c) {
+    struct mpb_context_priv *p = c->priv;
+    if (c->fd >= 0) close(c->fd);
+    c->fd = -1;
+    snprintf(p->broken, sizeof p->broken, "%s%s%s", c->errkind, c->errkind[0] ? ": " : "",
+             c->errstr);
+    p->nids = p->head = 0;
+    p->out.size = p->out_sent = 0;
+    return c->err;
+}
+
+static int fail_if_broken(mpb_context *c) {
+    if (c->fd >= 0) return MPB_OK;
+    return set_err(c, MPB_ERR_IO, "ConnectionError", "not connected (%s)",
+                   c->priv->broken[0] ? c->priv->broken : "never connected");
+}
+
+/*--- Wire form: requests out, replies in (no I/O here) ---*/
+
+/* [0, msgid, method, [args...]] appended to pk. 0, or -1 if the packer failed. */
+static int pack_request(msgpack_packer *pk, uint32_t msgid, const char *method,
+                        const mpb_value *args, size_t nargs) {
+    size_t mlen = strlen(method);
+    if (msgpack_pack_array(pk, 4) < 0 || msgpack_pack_int(pk, 0) < 0 ||
+        msgpack_pack_uint32(pk, msgid) < 0 || msgpack_pack_str(pk, mlen) < 0 ||
+        msgpack_pack_str_body(pk, method, mlen) < 0 || msgpack_pack_array(pk, nargs) < 0)
+        return -1;
+    for (size_t i = 0; i < nargs; i++)
+        if (mpb_value_pack(pk, &args[i]) < 0) return -1;
+    return 0;
+}
+
+/* An error object into errkind/errstr. Ours are [kind, message]; other msgpack-rpc
+ * servers send anything, which then shows up as its repr under kind "Error". */
+static void copy_error(mpb_context *c, const msgpack_object *e) {
+    const char *s;
+    size_t n;
+    if (e->type == MSGPACK_OBJECT_ARRAY && e->via.array.size >= 1 &&
+        mpb_object_bytes(&e->via.array.ptr[0], &s, &n)) {
+        copy_bounded(c->errkind, sizeof c->errkind, s, n);
+        if (e->via.array.size >= 2 && mpb_object_bytes(&e->via.array.ptr[1], &s, &n))
+            copy_bounded(c->errstr, sizeof c->errstr, s, n);
+        else
+            c->errstr[0] = '\0';
+        return;
+    }
+    copy_bounded(c->errkind, sizeof c->errkind, "Error", 5);
+    if (mpb_object_bytes(e, &s, &n)) {
+        copy_bounded(c->errstr, sizeof c->errstr, s, n);
+        return;
+    }
+    mpb_value v;
+    char *repr = NULL;
+    if (mpb_value_from_object(e, &v, MPB_READER_MAX_DEPTH, NULL, 0) == MPB_E_NONE) {
+        repr = mpb_value_repr(&v);
+        mpb_value_free(&v);
+    }
+    copy_bounded(c->errstr, sizeof c->errstr, repr ? repr : "?", repr ? strlen(repr) : 1);
+    free(repr);
+}
+
+/* One reply message: must be [1, msgid, error, result] answering the oldest call.
+ * Sets the context's error state and *result as mpb_get_reply documents. */
+static int handle_reply(mpb_context *c, const msgpack_object *o, mpb_value *result) {
+    struct mpb_context_priv *p = c->priv;
+    const msgpack_object *a = o->type == MSGPACK_OBJECT_ARRAY ? o->via.array.ptr : NULL;
+    int64_t type, msgid;
+    if (a == NULL || o->via.array.size != 4 || !mpb_object_int(&a[0], &type) || type != 1) {
+        set_err(c, MPB_ERR_PROTOCOL, "ProtocolError", "the broker sent a message that is "
+                "not a msgpack-rpc response");
+        return break_conn(c);
+    }
+    if (a[1].type == MSGPACK_OBJECT_NIL && a[2].type != MSGPACK_OBJECT_NIL) {
+        /* [1, nil, [kind, msg], nil]: the broker rejected our stream and is closing. */
+        copy_error(c, &a[2]);
+        c->err = MPB_ERR_PROTOCOL;
+        return break_conn(c);
+    }
+    uint32_t want = p->ids[p->head];
+    if (!mpb_object_int(&a[1], &msgid) || msgid != (int64_t)want) {
+        set_err(c, MPB_ERR_PROTOCOL, "ProtocolError", "reply out of step: expected msgid "
+                "%u", (unsigned)want);
+        return break_conn(c);
+    }
+    p->head = (p->head + 1) % p->cap;
+    p->nids--;
+    if (a[2].type != MSGPACK_OBJECT_NIL) {
+        copy_error(c, &a[2]);
+        c->err = MPB_ERR_REPLY;
+        return MPB_ERR_REPLY;
+    }
+    if (result != NULL) {
+        char why[96];
+        mpb_errkind k = mpb_value_from_object(&a[3], result, MPB_READER_MAX_DEPTH, why,
+                                              sizeof why);
+        if (k == MPB_E_OUT_OF_MEMORY) /* the stream is still in step: stay usable */
+            return set_err(c, MPB_ERR_OOM, "OutOfMemory", "decoding the reply: %s", why);
+        if (k != MPB_E_NONE) {
+            set_err(c, MPB_ERR_PROTOCOL, "ProtocolError", "cannot decode the reply: %s", why);
+            return break_conn(c);
+        }
+    }
+    set_ok(c);
+    return MPB_OK;
+}
+
+/*--- Connecting ---*/
+
+char *mpb_default_address(char *buf, size_t n) {
+    if (buf == NULL || n == 0) return buf;
+    return mpb_default_socket_path(buf, n); /* the broker's own default, by construction */
+}
+
+/* connect(), finishing one that a signal interrupted (it goes on in the background,
+ * and a second connect() would only say EALREADY). */
+static int connect_fd(int fd, const struct sockaddr *sa, socklen_t len) {
+    if (connect(fd, sa, len) == 0) return 0;
+    if (errno != EINTR) return -1;
+    struct pollfd pf = {.fd = fd, .events = POLLOUT};
+    while (poll(&pf, 1, -1) < 0)
+        if (errno != EINTR) return -1;
+    int e = 0;
+    socklen_t elen = sizeof e;
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &elen) < 0) return -1;
+    if (e != 0) {
+        errno = e;
+        return -1;
+    }
+    return 0;
+}
+
+static int new_socket(int family) {
+    int fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+#ifdef SO_NOSIGPIPE
+    if (fd >= 0) setsockopt(fd, SOL_SOCKET, SO_NOSIGPIPE, &(int){1}, sizeof(int));
+#endif
+    return fd;
+}
+
+static void connect_unix(mpb_context *c, const char *path) {
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (path[0] == '\0' || strlen(path) >= sizeof sa.sun_path) {
+        set_err(c, MPB_ERR_CONNECT, "ConnectionError", "bad Unix socket path '%s'", path);
+        return;
+    }
+    memcpy(sa.sun_path, path, strlen(path) + 1);
+    int fd = new_socket(AF_UNIX);
+    if (fd < 0 || connect_fd(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+        set_err(c, MPB_ERR_CONNECT, "ConnectionError", "connect %s: %s", path,
+                strerror(errno));
+        if (fd >= 0) close(fd);
+        return;
+    }
+    c->fd = fd;
+}
+
+/* address: "tcp://HOST:PORT" or "tcp://[V6ADDR]:PORT", parsed as the broker does. */
+static void connect_tcp(mpb_context *c, const char *address) {
+    char host[256], port[16];
+    if (mpb_parse_tcp(address, host, sizeof host, port, sizeof port) < 0) {
+        set_err(c, MPB_ERR_CONNECT, "ConnectionError", "bad TCP address '%s' (want "
+                "tcp://HOST:PORT)", address);
+        return;
+    }
+
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+    struct addrinfo *ai, *it;
+    int rc = getaddrinfo(host, port, &hints, &ai);
+    if (rc != 0) {
+        set_err(c, MPB_ERR_CONNECT, "ConnectionError", "%s:%s: %s", host, port,
+                gai_strerror(rc));
+        return;
+    }
+    int fd = -1, saved = 0;
+    for (it = ai; it != NULL; it = it->ai_next) {
+        if ((fd = new_socket(it->ai_family)) < 0) {
+            saved = errno;
+            continue;
+        }
+        if (connect_fd(fd, it->ai_addr, it->ai_addrlen) == 0) break;
+        saved = errno;
+        close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(ai);
+    if (fd < 0) {
+        set_err(c, MPB_ERR_CONNECT, "ConnectionError", "connect %s:%s: %s", host, port,
+                strerror(saved));
+        return;
+    }
+    /* Requests are small and a caller waits for each reply: Nagle would add 40 ms. */
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &(int){1}, sizeof(int));
+    c->fd = fd;
+}
+
+mpb_context *mpb_connect(const char *address) {
+    mpb_context *c = calloc(1, sizeof *c);
+    if (c == NULL) return NULL;
+    c->fd = -1;
+    if ((c->priv = calloc(1, sizeof *c->priv)) == NULL ||
+        mpb_reader_init(&c->priv->reader, MAX_REPLY, MPB_READER_MAX_DEPTH) < 0) {
+        free(c->priv);
+        free(c);
+        return NULL;
+    }
+    msgpack_sbuffer_init(&c->priv->out);
+    msgpack_packer_init(&c->priv->pk, &c->priv->out, msgpack_sbuffer_write);
+
+    char def[256];
+    if (address == NULL) address = getenv("MPBROKER_ADDRESS");
+    if (address == NULL || address[0] == '\0')
+        address = mpb_default_address(def, sizeof def);
+    if (strncmp(address, "tcp://", 6) == 0)
+        connect_tcp(c, address);
+    else if (strncmp(address, "unix:", 5) == 0)
+        connect_unix(c, address + 5);
+    else
+        connect_unix(c, address);
+    if (c->fd < 0)
+        snprintf(c->priv->broken, sizeof c->priv->broken, "%s", c->errstr);
+    else
+        set_ok(c);
+    return c;
+}
+
+void mpb_free(mpb_context *c) {
+    if (c == NULL) return;
+    if (c->fd >= 0) close(c->fd);
+    if (c->priv != NULL) {
+        msgpack_sbuffer_destroy(&c->priv->out);
+        free(c->priv->ids);
+        mpb_reader_destroy(&c->priv->reader);
+        free(c->priv);
+    }
+    free(c);
+}
+
+/*--- Queueing, and the non-blocking pieces ---*/
+
+/* Room for one more id in the ring, so that nothing can fail once a request is packed. */
+static int ids_reserve(struct mpb_context_priv *p) {
+    if (p->nids < p->cap) return 0;
+    size_t ncap = p->cap ? p->cap * 2 : 16;
+    uint32_t *n = malloc(ncap * sizeof *n);
+    if (n == NULL) return -1;
+    for (size_t i = 0; i < p->nids; i++) n[i] = p->ids[(p->head + i) % p->cap];
+    free(p->ids);
+    p->ids = n;
+    p->cap = ncap;
+    p->head = 0;
+    return 0;
+}
+
+int mpb_append_call(mpb_context *c, const char *method, const mpb_value *args,
+                    size_t nargs) {
+    if (c == NULL) return MPB_ERR_ARG;
+    if (method == NULL || (args == NULL && nargs > 0))
+        return set_err(c, MPB_ERR_ARG, "ValueError", "mpb_append_call: NULL method or args");
+    if (fail_if_broken(c)) return c->err;
+    struct mpb_context_priv *p = c->priv;
+    if (ids_reserve(p) < 0) return set_err(c, MPB_ERR_OOM, "OutOfMemory", "queueing a call");
+    size_t mark = p->out.size;
+    if (pack_request(&p->pk, p->next_id, method, args, nargs) < 0) {
+        p->out.size = mark; /* drop the partial request: the stream stays well formed */
+        return set_err(c, MPB_ERR_OOM, "OutOfMemory", "encoding a %s request", method);
+    }
+    p->ids[(p->head + p->nids++) % p->cap] = p->next_id++;
+    set_ok(c);
+    return MPB_OK;
+}
+
+/* The broker closed on us mid-write. It may have said why first ([1, nil, [kind,
+ * msg], nil] for a request over --max-message, say): that beats "Broken pipe". */
+static int write_failed(mpb_context *c, int e) {
+    struct mpb_context_priv *p = c->priv;
+    msgpack_object o;
+    set_err(c, MPB_ERR_IO, "ConnectionError", "write: %s", strerror(e));
+    if (e != EPIPE && e != ECONNRESET) return break_conn(c);
+    for (;;) {
+        size_t avail;
+        char *space = mpb_reader_space(&p->reader, READ_CHUNK, &avail);
+        ssize_t n = space ? recv(c->fd, space, avail, MSG_DONTWAIT) : -1;
+        if (n <= 0) break;
+        mpb_reader_commit(&p->reader, (size_t)n);
+    }
+    while (mpb_reader_next(&p->reader, &o) == MPB_READ_MSG) {
+        if (o.type == MSGPACK_OBJECT_ARRAY && o.via.array.size == 4 &&
+            o.via.array.ptr[1].type == MSGPACK_OBJECT_NIL &&
+            o.via.array.ptr[2].type != MSGPACK_OBJECT_NIL) {
+            copy_error(c, &o.via.array.ptr[2]);
+            c->err = MPB_ERR_PROTOCOL;
+            break;
+        }
+    }
+    return break_conn(c);
+}
+
+int mpb_buffer_write(mpb_context *c, int *done) {
+    if (done != NULL) *done = 0;
+    if (c == NULL) return MPB_ERR_ARG;
+    if (fail_if_broken(c)) return c->err;
+    struct mpb_context_priv *p = c->priv;
+    while (p->out_sent < p->out.size) {
+        ssize_t n = send(c->fd, p->out.data + p->out_sent, p->out.size - p->out_sent,
+                         MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n > 0) {
+            p->out_sent += (size_t)n;
+        } else if (n < 0 && errno == EINTR) {
+            continue;
+        } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            break;
+        } else {
+            return write_failed(c, n < 0 ? errno : EIO);
+        }
+    }
+    if (p->out_sent == p->out.size) {
+        p->out.size = p->out_sent = 0;
+        if (p->out.alloc > OUT_KEEP) {
+            msgpack_sbuffer_destroy(&p->out);
+            msgpack_sbuffer_init(&p->out);
+        }
+        if (done != NULL) *done = 1;
+    }
+    set_ok(c);
+    return MPB_OK;
+}
+
+int mpb_buffer_read(mpb_context *c) {
+    if (c == NULL) return MPB_ERR_ARG;
+    if (fail_if_broken(c)) return c->err;
+    struct mpb_context_priv *p = c->priv;
+    if (p->eof) {
+        set_ok(c);
+        return MPB_OK;
+    }
+    size_t avail;
+    char *space = mpb_reader_space(&p->reader, READ_CHUNK, &avail);
+    if (space == NULL) return set_err(c, MPB_ERR_OOM, "OutOfMemory", "read buffer");
+    for (;;) {
+        ssize_t n = recv(c->fd, space, avail, MSG_DONTWAIT);
+        if (n > 0) {
+            mpb_reader_commit(&p->reader, (size_t)n);
+        } else if (n == 0 || errno == ECONNRESET) {
+            /* Replies already read (and a final BadRequest) are still served. */
+            p->eof = true;
+        } else if (errno == EINTR) {
+            continue;
+        } else if (errno != EAGAIN && errno != EWOULDBLOCK) {
+            set_err(c, MPB_ERR_IO, "ConnectionError", "read: %s", strerror(errno));
+            return break_conn(c);
+        }
+        break;
+    }
+    set_ok(c);
+    return MPB_OK;
+}
+
+int mpb_buffer_take_reply(mpb_context *c, mpb_value *result, int *got) {
+    if (result != NULL) *result = mpb_nil();
+    if (got != NULL) *got = 0;
+    if (c == NULL) return MPB_ERR_ARG;
+    if (fail_if_broken(c)) return c->err;
+    struct mpb_context_priv *p = c->priv;
+    if (p->nids == 0)
+        return set_err(c, MPB_ERR_ARG, "ValueError", "no call is waiting for a reply");
+    msgpack_object o;
+    switch (mpb_reader_next(&p->reader, &o)) {
+    case MPB_READ_MSG:
+        if (got != NULL) *got = 1;
+        return handle_reply(c, &o, result);
+    case MPB_READ_NEED:
+        if (p->eof) {
+            set_err(c, MPB_ERR_EOF, "ConnectionError", "the broker closed the connection");
+            return break_conn(c);
+        }
+        set_ok(c);
+        return MPB_OK;
+    case MPB_READ_TOO_DEEP:
+        set_err(c, MPB_ERR_PROTOCOL, "ProtocolError", "reply nested too deeply: %s",
+                p->reader.errstr);
+        return break_conn(c);
+    default:
+        set_err(c, MPB_ERR_PROTOCOL, "ProtocolError", "bad reply: %s", p->reader.errstr);
+        return break_conn(c);
+    }
+}
+
+/*--- Blocking calls ---*/
+
+/* Wait until fd is ready for events. MPB_OK, or the context is broken. */
+static int wait_fd(mpb_context *c, short events, short *revents) {
+    struct pollfd pf = {.fd = c->fd, .events = events};
+    while (poll(&pf, 1, -1) < 0) {
+        if (errno != EINTR) {
+            set_err(c, MPB_ERR_IO, "ConnectionError", "poll: %s", strerror(errno));
+            return break_conn(c);
+        }
+    }
+    *revents = pf.revents;
+    return MPB_OK;
+}
+
+int mpb_flush(mpb_context *c) {
+    int done, rc;
+    short rev = 0;
+    if (c == NULL) return MPB_ERR_ARG;
+    while ((rc = mpb_buffer_write(c, &done)) == MPB_OK && !done) {
+        /* Read replies while we write: a broker whose output to us is full stops
+         * reading, and a long pipeline would otherwise deadlock on both sides. */
+        short want = c->priv->eof ? POLLOUT : POLLOUT | POLLIN;
+        if ((rc = wait_fd(c, want, &rev)) != MPB_OK) return rc;
+        if ((rev & (POLLIN | POLLHUP | POLLERR)) && !c->priv->eof &&
+            (rc = mpb_buffer_read(c)) != MPB_OK)
+            return rc;
+    }
+    return rc;
+}
+
+int mpb_get_reply(mpb_context *c, mpb_value *result) {
+    int rc, got;
+    short rev = 0;
+    if (result != NULL) *result = mpb_nil();
+    if (c == NULL) return MPB_ERR_ARG;
+    if (fail_if_broken(c)) return c->err;
+    if (c->priv->nids == 0)
+        return set_err(c, MPB_ERR_ARG, "ValueError", "no call is waiting for a reply");
+    if ((rc = mpb_flush(c)) != MPB_OK) return rc;
+    for (;;) {
+        if ((rc = mpb_buffer_take_reply(c, result, &got)) != MPB_OK || got) return rc;
+        if ((rc = wait_fd(c, POLLIN, &rev)) != MPB_OK || (rc = mpb_buffer_read(c)) != MPB_OK)
+            return rc;
+    }
+}
+
+int mpb_call(mpb_context *c, const char *method, const mpb_value *args, size_t nargs,
+             mpb_value *result) {
+    int rc;
+    if (result != NULL) *result = mpb_nil();
+    if (c == NULL) return MPB_ERR_ARG;
+    if (c->priv->nids > 0)
+        return set_err(c, MPB_ERR_ARG, "ValueError", "mpb_call with %zu pipelined replies "
+                       "unread: take them with mpb_get_reply first", c->priv->nids);
+    if ((rc = mpb_append_call(c, method, args, nargs)) != MPB_OK) return rc;
+    return mpb_get_reply(c, result);
+}
+
+size_t mpb_pending(const mpb_context *c) {
+    return c != NULL && c->priv != NULL ? c->priv->nids : 0;
+}

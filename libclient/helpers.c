@@ -1,0 +1,260 @@
+/* helpers.c - the typed helpers of mpbroker.h (mpb_create, mpb_list_append, ...).
+ *
+ * Each is a thin wrapper over mpb_call: it lays its params out on the stack exactly
+ * as mpb_methods.def says (the reference first for typed methods; names as borrowed
+ * strings, so nothing is copied or allocated before packing), then checks the type of
+ * the result where the C signature promises one. No I/O or protocol logic lives here:
+ * that is client.c.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "mpbroker.h"
+
+#define N(a) (sizeof(a) / sizeof((a)[0]))
+
+/* A name as a borrowed str param; callers have checked it is not NULL. */
+static mpb_value name_arg(const char *s) { return mpb_str_borrowed(s, strlen(s)); }
+
+/* A required pointer argument was NULL: the context stays usable. */
+static int null_arg(mpb_context *c, const char *fn, const char *what) {
+    if (c == NULL) return MPB_ERR_ARG;
+    c->err = MPB_ERR_ARG;
+    strcpy(c->errkind, "ValueError");
+    snprintf(c->errstr, sizeof c->errstr, "%s: %s is NULL", fn, what);
+    return MPB_ERR_ARG;
+}
+
+/* The reply was well formed but not what this helper promises. Frees *got. */
+static int wrong_type(mpb_context *c, const char *method, const char *want, mpb_value *got) {
+    c->err = MPB_ERR_PROTOCOL;
+    strcpy(c->errkind, "ProtocolError");
+    snprintf(c->errstr, sizeof c->errstr, "%s: expected %s result, got %s", method, want,
+             mpb_type_name(got));
+    mpb_value_free(got);
+    return MPB_ERR_PROTOCOL;
+}
+
+/* mpb_call whose result must have type `type`; moved to *out (freed when out is NULL). */
+static int call_typed(mpb_context *c, const char *method, const mpb_value *args, size_t n,
+                      mpb_type type, const char *want, mpb_value *out) {
+    mpb_value r;
+    if (out != NULL) *out = mpb_nil();
+    int rc = mpb_call(c, method, args, n, &r);
+    if (rc != MPB_OK) return rc;
+    if (r.type != type) return wrong_type(c, method, want, &r);
+    if (out != NULL)
+        *out = r;
+    else
+        mpb_value_free(&r);
+    return MPB_OK;
+}
+
+static int call_int(mpb_context *c, const char *method, const mpb_value *args, size_t n,
+                    int64_t *out) {
+    mpb_value r;
+    if (out != NULL) *out = 0;
+    int rc = call_typed(c, method, args, n, MPB_INT, "an int", &r);
+    if (rc == MPB_OK && out != NULL) *out = r.v.i;
+    return rc;
+}
+
+static int call_ref(mpb_context *c, const char *method, const mpb_value *args, size_t n,
+                    mpb_ref *out) {
+    mpb_value r;
+    if (out != NULL) *out = 0;
+    int rc = call_typed(c, method, args, n, MPB_REF, "a reference", &r);
+    if (rc == MPB_OK && out != NULL) *out = r.v.ref;
+    return rc;
+}
+
+/* A call whose result, if any, nobody needs (None for setters). */
+static int call_void(mpb_context *c, const char *method, const mpb_value *args, size_t n) {
+    return mpb_call(c, method, args, n, NULL);
+}
+
+/*--- Broker ---*/
+
+int mpb_create(mpb_context *c, const char *typeid, const mpb_value *initial, mpb_ref *out) {
+    if (typeid == NULL) return null_arg(c, "mpb_create", "typeid");
+    mpb_value a[] = {name_arg(typeid), initial ? *initial : mpb_nil()};
+    /* Without an initial value send [typeid] alone: MIN is 1 in the method table. */
+    return call_ref(c, "manager.create", a, initial ? 2 : 1, out);
+}
+
+int mpb_open(mpb_context *c, const char *typeid, const char *name, const mpb_value *initial,
+             mpb_ref *out) {
+    if (typeid == NULL || name == NULL)
+        return null_arg(c, "mpb_open", typeid ? "name" : "typeid");
+    mpb_value a[] = {name_arg(typeid), name_arg(name), initial ? *initial : mpb_nil()};
+    return call_ref(c, "manager.open", a, initial ? 3 : 2, out);
+}
+
+int mpb_lookup(mpb_context *c, const char *name, mpb_ref *out) {
+    if (name == NULL) return null_arg(c, "mpb_lookup", "name");
+    mpb_value a[] = {name_arg(name)};
+    return call_ref(c, "manager.lookup", a, N(a), out);
+}
+
+int mpb_release(mpb_context *c, mpb_ref ref) {
+    mpb_value a[] = {mpb_refv(ref)};
+    return call_void(c, "manager.release", a, N(a));
+}
+
+int mpb_incref(mpb_context *c, mpb_ref ref) {
+    mpb_value a[] = {mpb_refv(ref)};
+    return call_void(c, "manager.incref", a, N(a));
+}
+
+int mpb_delete(mpb_context *c, const char *name) {
+    if (name == NULL) return null_arg(c, "mpb_delete", "name");
+    mpb_value a[] = {name_arg(name)};
+    return call_void(c, "manager.delete", a, N(a));
+}
+
+int mpb_ping(mpb_context *c) {
+    return call_typed(c, "manager.ping", NULL, 0, MPB_STR, "a str", NULL);
+}
+
+int mpb_shutdown(mpb_context *c) { return call_void(c, "manager.shutdown", NULL, 0); }
+
+/*--- list ---*/
+
+int mpb_list_append(mpb_context *c, mpb_ref l, const mpb_value *v) {
+    if (v == NULL) return null_arg(c, "mpb_list_append", "v");
+    mpb_value a[] = {mpb_refv(l), *v};
+    return call_void(c, "list.append", a, N(a));
+}
+
+int mpb_list_extend(mpb_context *c, mpb_ref l, const mpb_value *array) {
+    if (array == NULL) return null_arg(c, "mpb_list_extend", "array");
+    mpb_value a[] = {mpb_refv(l), *array};
+    return call_void(c, "list.extend", a, N(a));
+}
+
+int mpb_list_getitem(mpb_context *c, mpb_ref l, int64_t index, mpb_value *out) {
+    mpb_value a[] = {mpb_refv(l), mpb_int(index)};
+    return mpb_call(c, "list.getitem", a, N(a), out);
+}
+
+int mpb_list_setitem(mpb_context *c, mpb_ref l, int64_t index, const mpb_value *v) {
+    if (v == NULL) return null_arg(c, "mpb_list_setitem", "v");
+    mpb_value a[] = {mpb_refv(l), mpb_int(index), *v};
+    return call_void(c, "list.setitem", a, N(a));
+}
+
+int mpb_list_pop(mpb_context *c, mpb_ref l, int64_t index, mpb_value *out) {
+    mpb_value a[] = {mpb_refv(l), mpb_int(index)};
+    return mpb_call(c, "list.pop", a, N(a), out);
+}
+
+int mpb_list_len(mpb_context *c, mpb_ref l, int64_t *out) {
+    mpb_value a[] = {mpb_refv(l)};
+    return call_int(c, "list.len", a, N(a), out);
+}
+
+int mpb_list_copy(mpb_context *c, mpb_ref l, mpb_value *out) {
+    mpb_value a[] = {mpb_refv(l)};
+    return call_typed(c, "list.copy", a, N(a), MPB_ARRAY, "an array", out);
+}
+
+/*--- dict ---*/
+
+int mpb_dict_setitem(mpb_context *c, mpb_ref d, const mpb_value *key, const mpb_value *v) {
+    if (key == NULL || v == NULL) return null_arg(c, "mpb_dict_setitem", key ? "v" : "key");
+    mpb_value a[] = {mpb_refv(d), *key, *v};
+    return call_void(c, "dict.setitem", a, N(a));
+}
+
+int mpb_dict_getitem(mpb_context *c, mpb_ref d, const mpb_value *key, mpb_value *out) {
+    if (out != NULL) *out = mpb_nil();
+    if (key == NULL) return null_arg(c, "mpb_dict_getitem", "key");
+    mpb_value a[] = {mpb_refv(d), *key};
+    return mpb_call(c, "dict.getitem", a, N(a), out);
+}
+
+int mpb_dict_get(mpb_context *c, mpb_ref d, const mpb_value *key, const mpb_value *def,
+                 mpb_value *out) {
+    if (out != NULL) *out = mpb_nil();
+    if (key == NULL) return null_arg(c, "mpb_dict_get", "key");
+    mpb_value a[] = {mpb_refv(d), *key, def ? *def : mpb_nil()};
+    return mpb_call(c, "dict.get", a, N(a), out);
+}
+
+int mpb_dict_delitem(mpb_context *c, mpb_ref d, const mpb_value *key) {
+    if (key == NULL) return null_arg(c, "mpb_dict_delitem", "key");
+    mpb_value a[] = {mpb_refv(d), *key};
+    return call_void(c, "dict.delitem", a, N(a));
+}
+
+int mpb_dict_len(mpb_context *c, mpb_ref d, int64_t *out) {
+    mpb_value a[] = {mpb_refv(d)};
+    return call_int(c, "dict.len", a, N(a), out);
+}
+
+int mpb_dict_incr(mpb_context *c, mpb_ref d, const mpb_value *key, int64_t delta,
+                  int64_t *out) {
+    if (out != NULL) *out = 0;
+    if (key == NULL) return null_arg(c, "mpb_dict_incr", "key");
+    mpb_value a[] = {mpb_refv(d), *key, mpb_int(delta)};
+    return call_int(c, "dict.incr", a, N(a), out);
+}
+
+int mpb_dict_copy(mpb_context *c, mpb_ref d, mpb_value *out) {
+    mpb_value a[] = {mpb_refv(d)};
+    return call_typed(c, "dict.copy", a, N(a), MPB_MAP, "a map", out);
+}
+
+/*--- namespace ---*/
+
+int mpb_ns_setattr(mpb_context *c, mpb_ref ns, const char *name, const mpb_value *v) {
+    if (name == NULL || v == NULL) return null_arg(c, "mpb_ns_setattr", name ? "v" : "name");
+    mpb_value a[] = {mpb_refv(ns), name_arg(name), *v};
+    return call_void(c, "namespace.setattr", a, N(a));
+}
+
+int mpb_ns_getattr(mpb_context *c, mpb_ref ns, const char *name, mpb_value *out) {
+    if (out != NULL) *out = mpb_nil();
+    if (name == NULL) return null_arg(c, "mpb_ns_getattr", "name");
+    mpb_value a[] = {mpb_refv(ns), name_arg(name)};
+    return mpb_call(c, "namespace.getattr", a, N(a), out);
+}
+
+int mpb_ns_delattr(mpb_context *c, mpb_ref ns, const char *name) {
+    if (name == NULL) return null_arg(c, "mpb_ns_delattr", "name");
+    mpb_value a[] = {mpb_refv(ns), name_arg(name)};
+    return call_void(c, "namespace.delattr", a, N(a));
+}
+
+int mpb_ns_incr(mpb_context *c, mpb_ref ns, const char *name, int64_t delta, int64_t *out) {
+    if (out != NULL) *out = 0;
+    if (name == NULL) return null_arg(c, "mpb_ns_incr", "name");
+    mpb_value a[] = {mpb_refv(ns), name_arg(name), mpb_int(delta)};
+    return call_int(c, "namespace.incr", a, N(a), out);
+}
+
+int mpb_ns_incr_value(mpb_context *c, mpb_ref ns, const char *name, const mpb_value *delta,
+                      mpb_value *out) {
+    if (out != NULL) *out = mpb_nil();
+    if (name == NULL || delta == NULL)
+        return null_arg(c, "mpb_ns_incr_value", name ? "delta" : "name");
+    mpb_value a[] = {mpb_refv(ns), name_arg(name), *delta};
+    return mpb_call(c, "namespace.incr", a, N(a), out);
+}
+
+int mpb_ns_cas(mpb_context *c, mpb_ref ns, const char *name, const mpb_value *expected,
+               const mpb_value *newv, int *swapped) {
+    mpb_value r;
+    if (swapped != NULL) *swapped = 0;
+    if (name == NULL) return null_arg(c, "mpb_ns_cas", "name");
+    mpb_value a[] = {mpb_refv(ns), name_arg(name), expected ? *expected : mpb_nil(),
+                     newv ? *newv : mpb_nil()};
+    int rc = call_typed(c, "namespace.cas", a, N(a), MPB_BOOL, "a bool", &r);
+    if (rc == MPB_OK && swapped != NULL) *swapped = r.v.b;
+    return rc;
+}
+
+int mpb_ns_vars(mpb_context *c, mpb_ref ns, mpb_value *out) {
+    mpb_value a[] = {mpb_refv(ns)};
+    return call_typed(c, "namespace.vars", a, N(a), MPB_MAP, "a map", out);
+}

@@ -1,0 +1,254 @@
+/* conn.c - client connections: reading, writing, backpressure, closing.
+ *
+ * Each connection has a raw read event that read()s straight into its mpb_reader and
+ * a write event used only while the kernel will not take all the output. Replies to
+ * one read batch are written with one write(). A connection whose output passes
+ * OUT_HIGH stops being served until it drains below OUT_LOW (a client that does not
+ * read its replies cannot make the broker buffer without bound); when it resumes,
+ * requests already buffered are served first, since no read event will announce them.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "conn.h"
+#include "server.h"
+
+#define READ_CHUNK (64 * 1024)
+#define OUT_HIGH (4u << 20)
+#define OUT_LOW (1u << 20)
+
+static mpb_conn *conns;
+static size_t nconns;
+static uint64_t next_conn_id = 1;
+
+static void on_read(evutil_socket_t fd, short what, void *arg);
+static void on_write(evutil_socket_t fd, short what, void *arg);
+static void conn_free(mpb_conn *c);
+
+size_t conn_count(void) { return nconns; }
+mpb_conn *conn_first(void) { return conns; }
+
+static void peer_describe(mpb_conn *c)
+{
+    if (!c->is_tcp) {
+        struct ucred cred;
+        socklen_t len = sizeof cred;
+        if (getsockopt(c->fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) {
+            c->peer_pid = cred.pid;
+            c->peer_uid = cred.uid;
+        }
+        snprintf(c->peer, sizeof c->peer, "unix:pid=%ld", (long)c->peer_pid);
+        return;
+    }
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    char host[48] = "?";
+    int port = 0;
+    if (getpeername(c->fd, (struct sockaddr *)&ss, &len) == 0) {
+        if (ss.ss_family == AF_INET) {
+            struct sockaddr_in *s = (struct sockaddr_in *)&ss;
+            evutil_inet_ntop(AF_INET, &s->sin_addr, host, sizeof host);
+            port = ntohs(s->sin_port);
+        } else if (ss.ss_family == AF_INET6) {
+            struct sockaddr_in6 *s = (struct sockaddr_in6 *)&ss;
+            evutil_inet_ntop(AF_INET6, &s->sin6_addr, host, sizeof host);
+            port = ntohs(s->sin6_port);
+        }
+    }
+    snprintf(c->peer, sizeof c->peer, "tcp:%s:%d", host, port);
+}
+
+/* msgpack_packer write callback: append to the connection's output buffer. */
+static int out_write(void *data, const char *buf, size_t len)
+{
+    return msgpack_sbuffer_write(data, buf, len);
+}
+
+mpb_conn *conn_new(struct event_base *base, int fd, bool is_tcp)
+{
+    mpb_conn *c = calloc(1, sizeof *c);
+    if (!c) return NULL;
+    if (mpb_reader_init(&c->in, g_config.max_msg, g_config.max_depth) < 0) {
+        free(c);
+        return NULL;
+    }
+    c->id = next_conn_id++;
+    c->fd = fd;
+    c->is_tcp = is_tcp;
+    msgpack_sbuffer_init(&c->out);
+    msgpack_packer_init(&c->pk, &c->out, out_write);
+    event_assign(&c->rev, base, fd, EV_READ | EV_PERSIST, on_read, c);
+    event_assign(&c->wev, base, fd, EV_WRITE, on_write, c);
+    event_add(&c->rev, NULL);
+    peer_describe(c);
+    c->next = conns;
+    if (conns) conns->prev = c;
+    conns = c;
+    nconns++;
+    return c;
+}
+
+static size_t out_pending(const mpb_conn *c) { return c->out.size - c->out_sent; }
+
+/* Write what the socket takes. Returns -1 when the connection is dead. */
+static int flush_out(mpb_conn *c)
+{
+    while (out_pending(c) > 0) {
+        ssize_t n = send(c->fd, c->out.data + c->out_sent, out_pending(c), MSG_NOSIGNAL);
+        if (n > 0) {
+            c->out_sent += (size_t)n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            event_add(&c->wev, NULL);
+            return 0;
+        }
+        return -1;
+    }
+    /* All written: reuse the buffer from the start; give back a big one. */
+    c->out_sent = 0;
+    if (c->out.alloc > (4u << 20)) {
+        msgpack_sbuffer_destroy(&c->out);
+        msgpack_sbuffer_init(&c->out);
+    } else {
+        msgpack_sbuffer_clear(&c->out);
+    }
+    return 0;
+}
+
+/* Serve whole messages already buffered, as long as the connection may proceed. */
+static void serve_buffered(mpb_conn *c)
+{
+    while (!c->blocked && !c->closing && out_pending(c) < OUT_HIGH) {
+        msgpack_object msg;
+        mpb_read_status st = mpb_reader_next(&c->in, &msg);
+        if (st == MPB_READ_NEED) break;
+        if (st == MPB_READ_BAD) {
+            dispatch_reply_bad(c, false, 0,
+                               c->in.too_large ? MPB_E_TOO_LARGE : MPB_E_BAD_REQUEST,
+                               c->in.errstr);
+            c->closing = true; /* the stream cannot be resynchronised */
+            break;
+        }
+        if (st == MPB_READ_TOO_DEEP) {
+            dispatch_reply_bad(c, c->in.has_skipped_msgid, c->in.skipped_msgid,
+                               MPB_E_TOO_DEEP, c->in.errstr);
+            continue;
+        }
+        dispatch_message(c, &msg);
+        objects_collect();
+    }
+}
+
+/* After serving: write, apply backpressure, close when done. May free c. */
+static void after_serving(mpb_conn *c)
+{
+    if (flush_out(c) < 0) {
+        conn_free(c);
+        return;
+    }
+    size_t pend = out_pending(c);
+    if ((c->closing || c->eof) && (pend == 0 || c->closing)) {
+        if (pend == 0) {
+            conn_free(c);
+            return;
+        }
+        event_del(&c->rev); /* only finishing the output now */
+        return;
+    }
+    if (pend >= OUT_HIGH && !c->read_paused) {
+        c->read_paused = true;
+        event_del(&c->rev);
+    }
+}
+
+static void on_read(evutil_socket_t fd, short what, void *arg)
+{
+    (void)what;
+    mpb_conn *c = arg;
+    for (int round = 0; round < 4; round++) {
+        size_t avail;
+        char *space = mpb_reader_space(&c->in, READ_CHUNK, &avail);
+        if (!space) {
+            c->closing = true;
+            break;
+        }
+        ssize_t n = read(fd, space, avail);
+        if (n > 0) {
+            mpb_reader_commit(&c->in, (size_t)n);
+            if ((size_t)n < avail) break;
+            continue;
+        }
+        if (n == 0) {
+            c->eof = true;
+            event_del(&c->rev);
+        } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+            conn_free(c);
+            return;
+        }
+        break;
+    }
+    serve_buffered(c);
+    after_serving(c);
+}
+
+static void on_write(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    mpb_conn *c = arg;
+    if (flush_out(c) < 0) {
+        conn_free(c);
+        return;
+    }
+    if (out_pending(c) < OUT_LOW) {
+        if (c->read_paused) {
+            c->read_paused = false;
+            if (!c->eof && !c->closing) event_add(&c->rev, NULL);
+        }
+        serve_buffered(c); /* what was read while paused or parked */
+    }
+    after_serving(c);
+}
+
+void conn_schedule_flush(mpb_conn *c)
+{
+    event_active(&c->wev, EV_WRITE, 0);
+}
+
+void conn_unblock(mpb_conn *c)
+{
+    c->blocked = false;
+    /* Requests that arrived while parked sit in the reader: the write callback
+     * serves them (no read event would). */
+    event_active(&c->wev, EV_WRITE, 0);
+}
+
+static void conn_free(mpb_conn *c)
+{
+    event_del(&c->rev);
+    event_del(&c->wev);
+    objects_drop_holds(&c->holds);
+    objects_collect();
+    close(c->fd);
+    mpb_reader_destroy(&c->in);
+    msgpack_sbuffer_destroy(&c->out);
+    if (c->prev) c->prev->next = c->next;
+    else conns = c->next;
+    if (c->next) c->next->prev = c->prev;
+    nconns--;
+    free(c);
+}
+
+void conn_close_all(void)
+{
+    while (conns) {
+        (void)flush_out(conns);
+        conn_free(conns);
+    }
+}

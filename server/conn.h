@@ -1,0 +1,54 @@
+/* conn.h - client connections: sockets, buffers, backpressure, parked requests.
+ *
+ * conn.c reads straight into each connection's mpb_reader (no 4 KiB evbuffer cap, no
+ * copy), hands whole messages to dispatch, and writes replies from one output buffer
+ * per connection, once per read batch. It knows nothing about methods or objects
+ * beyond dropping a dead connection's holds.
+ */
+#ifndef MPB_CONN_H
+#define MPB_CONN_H
+
+#include <event2/event.h>
+#include <event2/event_struct.h> /* events embedded in mpb_conn */
+#include <msgpack.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "mpb_reader.h"
+#include "objects.h"
+
+typedef struct mpb_conn {
+    uint64_t id;
+    int fd;
+    struct event rev, wev;
+    mpb_reader in;
+    msgpack_sbuffer out; /* replies not yet written: out.data[out_sent, out.size) */
+    size_t out_sent;
+    msgpack_packer pk; /* writes into out */
+    mpb_idmap holds;   /* object id -> hold count */
+    bool is_tcp;
+    bool eof;          /* peer closed its side: answer what was read, then close */
+    bool closing;      /* close once the output is written */
+    bool read_paused;  /* backpressure: output above the high mark */
+    bool blocked;      /* a parked request: later requests wait their turn */
+    pid_t peer_pid;    /* from SO_PEERCRED on Unix sockets, else 0 */
+    uid_t peer_uid;
+    char peer[64];     /* printable peer address */
+    uint64_t ops;      /* requests handled */
+    struct mpb_conn *prev, *next;
+} mpb_conn;
+
+/* Start serving an accepted, non-blocking socket. */
+mpb_conn *conn_new(struct event_base *base, int fd, bool is_tcp);
+/* Output was appended from outside this connection's own callbacks (a parked request
+ * answered by another client's action): write it soon. */
+void conn_schedule_flush(mpb_conn *c);
+/* A parked request was answered: resume reading this connection's requests. */
+void conn_unblock(mpb_conn *c);
+/* Close every connection (at exit), writing what output the sockets take at once. */
+void conn_close_all(void);
+size_t conn_count(void);
+mpb_conn *conn_first(void);
+
+#endif

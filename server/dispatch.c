@@ -1,0 +1,334 @@
+/* dispatch.c - from a decoded message to a handler, and the reply/argument helpers.
+ *
+ * The method table (mpb_methods.def) is expanded here into handler pointers. The
+ * checks every method shares run once, before any handler: message shape, method
+ * existence, parameter count, and the reference's existence and type, with one text
+ * per failure (as Redis's commandCheckArity). Handlers only see valid requests.
+ */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "mpb_codec.h"
+#include "server.h"
+
+typedef void (*mpb_handler)(mpb_req *r);
+
+static const mpb_handler handlers[MPB_M__COUNT] = {
+#define MPB_METHOD(id, name, handler, self, min, max, flags, args, doc) [MPB_M_##id] = handler,
+#include "mpb_methods.def"
+#undef MPB_METHOD
+};
+
+uint64_t g_ops_total;
+
+/* Stray packer for notifications: everything written to it is dropped. */
+static int null_write(void *data, const char *buf, size_t len)
+{
+    (void)data;
+    (void)buf;
+    (void)len;
+    return 0;
+}
+static msgpack_packer null_pk = {NULL, null_write};
+
+/*--- Replies ---*/
+
+static msgpack_packer *pk_of(mpb_req *r) { return r->notify ? &null_pk : &r->conn->pk; }
+
+msgpack_packer *reply_begin(mpb_req *r)
+{
+    msgpack_packer *pk = pk_of(r);
+    r->replied = true;
+    msgpack_pack_array(pk, 4);
+    msgpack_pack_uint8(pk, 1);
+    msgpack_pack_uint64(pk, r->msgid);
+    msgpack_pack_nil(pk);
+    return pk;
+}
+
+void reply_nil(mpb_req *r) { msgpack_pack_nil(reply_begin(r)); }
+
+void reply_bool(mpb_req *r, bool b)
+{
+    msgpack_packer *pk = reply_begin(r);
+    if (b) msgpack_pack_true(pk);
+    else msgpack_pack_false(pk);
+}
+
+void reply_int(mpb_req *r, int64_t i) { msgpack_pack_int64(reply_begin(r), i); }
+
+void reply_value(mpb_req *r, const mpb_value *v) { mpb_value_pack(reply_begin(r), v); }
+
+void reply_ref(mpb_req *r, mpb_ref ref) { mpb_ref_pack(reply_begin(r), ref); }
+
+void reply_str(mpb_req *r, const char *s)
+{
+    msgpack_pack_str_with_body(reply_begin(r), s, strlen(s));
+}
+
+static void pack_error(msgpack_packer *pk, bool has_msgid, uint64_t msgid,
+                       mpb_errkind kind, const char *msg)
+{
+    const char *name = mpb_errkind_name(kind);
+    msgpack_pack_array(pk, 4);
+    msgpack_pack_uint8(pk, 1);
+    if (has_msgid) msgpack_pack_uint64(pk, msgid);
+    else msgpack_pack_nil(pk);
+    msgpack_pack_array(pk, 2);
+    msgpack_pack_str_with_body(pk, name, strlen(name));
+    msgpack_pack_str_with_body(pk, msg, strlen(msg));
+    msgpack_pack_nil(pk);
+}
+
+void reply_error(mpb_req *r, mpb_errkind kind, const char *fmt, ...)
+{
+    char msg[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    r->replied = true;
+    pack_error(pk_of(r), true, r->msgid, kind, msg);
+}
+
+void dispatch_reply_bad(mpb_conn *c, bool has_msgid, uint64_t msgid, mpb_errkind kind,
+                        const char *msg)
+{
+    pack_error(&c->pk, has_msgid, msgid, kind, msg);
+}
+
+/*--- Arguments ---*/
+
+static const char *obj_type_name(const msgpack_object *o)
+{
+    switch (o->type) {
+    case MSGPACK_OBJECT_NIL: return "NoneType";
+    case MSGPACK_OBJECT_BOOLEAN: return "bool";
+    case MSGPACK_OBJECT_POSITIVE_INTEGER:
+    case MSGPACK_OBJECT_NEGATIVE_INTEGER: return "int";
+    case MSGPACK_OBJECT_FLOAT32:
+    case MSGPACK_OBJECT_FLOAT64: return "float";
+    case MSGPACK_OBJECT_STR: return "str";
+    case MSGPACK_OBJECT_BIN: return "bytes";
+    case MSGPACK_OBJECT_ARRAY: return "list";
+    case MSGPACK_OBJECT_MAP: return "dict";
+    case MSGPACK_OBJECT_EXT: return mpb_object_is_ref(o, &(mpb_ref){0}) ? "ref" : "ext";
+    }
+    return "?";
+}
+
+bool arg_int(mpb_req *r, uint32_t i, int64_t *out)
+{
+    const msgpack_object *o = &r->args[i];
+    if (mpb_object_int(o, out)) return true;
+    if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+        reply_error(r, MPB_E_INDEX, "%s: integer %llu out of range", r->info->name,
+                    (unsigned long long)o->via.u64);
+    else
+        reply_error(r, MPB_E_TYPE, "%s: argument %u must be an integer, not %s",
+                    r->info->name, i + 1, obj_type_name(o));
+    return false;
+}
+
+bool arg_int_opt(mpb_req *r, uint32_t i, int64_t def, bool *given, int64_t *out)
+{
+    bool present = i < r->nargs && r->args[i].type != MSGPACK_OBJECT_NIL;
+    if (given) *given = present;
+    if (!present) {
+        *out = def;
+        return true;
+    }
+    return arg_int(r, i, out);
+}
+
+bool arg_str(mpb_req *r, uint32_t i, const char **p, size_t *n)
+{
+    if (mpb_object_bytes(&r->args[i], p, n)) return true;
+    reply_error(r, MPB_E_TYPE, "%s: argument %u must be a string, not %s", r->info->name,
+                i + 1, obj_type_name(&r->args[i]));
+    return false;
+}
+
+bool arg_bool(mpb_req *r, uint32_t i, bool *out)
+{
+    const msgpack_object *o = &r->args[i];
+    if (o->type == MSGPACK_OBJECT_BOOLEAN) *out = o->via.boolean;
+    else if (o->type == MSGPACK_OBJECT_NIL) *out = false;
+    else if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER) *out = o->via.u64 != 0;
+    else {
+        reply_error(r, MPB_E_TYPE, "%s: argument %u must be a bool, not %s", r->info->name,
+                    i + 1, obj_type_name(o));
+        return false;
+    }
+    return true;
+}
+
+bool arg_value(mpb_req *r, uint32_t i, mpb_value *out)
+{
+    char err[160];
+    mpb_errkind k = mpb_value_from_object(&r->args[i], out, g_config.max_depth, err, sizeof err);
+    if (k != MPB_E_NONE) {
+        reply_error(r, k, "%s: %s", r->info->name, err);
+        return false;
+    }
+    mpb_ref bad;
+    if (!objects_refs_valid(out, &bad)) {
+        mpb_value_free(out);
+        reply_error(r, MPB_E_NO_SUCH_OBJECT, "%s: no object %llu (released or never created)",
+                    r->info->name, (unsigned long long)bad);
+        return false;
+    }
+    return true;
+}
+
+bool arg_key(mpb_req *r, uint32_t i, mpb_value *out)
+{
+    if (!arg_value(r, i, out)) return false;
+    uint64_t h;
+    if (mpb_value_hash(out, &h) < 0) {
+        reply_error(r, MPB_E_TYPE, "%s: unhashable type: '%s'", r->info->name,
+                    out->type == MPB_MAP ? "dict" : "list");
+        mpb_value_free(out);
+        return false;
+    }
+    return true;
+}
+
+/*--- Numbers ---*/
+
+static double as_double(const mpb_value *v)
+{
+    switch (v->type) {
+    case MPB_BOOL: return v->v.b;
+    case MPB_INT: return (double)v->v.i;
+    case MPB_UINT: return (double)v->v.u;
+    default: return v->v.f;
+    }
+}
+
+mpb_errkind value_add(mpb_value *cur, const mpb_value *delta, char *err, size_t errlen)
+{
+    if (!mpb_value_is_number(cur) || !mpb_value_is_number(delta)) {
+        snprintf(err, errlen, "unsupported operand type(s) for +: '%s' and '%s'",
+                 mpb_type_name(cur), mpb_type_name(delta));
+        return MPB_E_TYPE;
+    }
+    if (cur->type == MPB_FLOAT || delta->type == MPB_FLOAT) {
+        *cur = mpb_float(as_double(cur) + as_double(delta));
+        return MPB_E_NONE;
+    }
+    if (cur->type == MPB_UINT || delta->type == MPB_UINT) {
+        snprintf(err, errlen, "integer out of the 64-bit range");
+        return MPB_E_OVERFLOW;
+    }
+    int64_t a = cur->type == MPB_BOOL ? cur->v.b : cur->v.i;
+    int64_t b = delta->type == MPB_BOOL ? delta->v.b : delta->v.i, s;
+    if (__builtin_add_overflow(a, b, &s)) {
+        snprintf(err, errlen, "integer out of the 64-bit range");
+        return MPB_E_OVERFLOW;
+    }
+    *cur = mpb_int(s);
+    return MPB_E_NONE;
+}
+
+/*--- Dispatch ---*/
+
+/* Parameter count and reference checks shared by every method. */
+static bool check_params(mpb_req *r, const msgpack_object_array *params)
+{
+    const mpb_method_info *m = r->info;
+    uint32_t n = params->size;
+    if (m->self != MPB_OT_NONE) {
+        mpb_ref ref;
+        if (n == 0 || !mpb_object_is_ref(&params->ptr[0], &ref)) {
+            reply_error(r, MPB_E_TYPE, "%s: the first parameter must be a %s reference",
+                        m->name, mpb_otype_name(m->self));
+            return false;
+        }
+        r->self = objects_get(ref);
+        if (!r->self) {
+            reply_error(r, MPB_E_NO_SUCH_OBJECT, "%s: no object %llu (released or never created)",
+                        m->name, (unsigned long long)ref);
+            return false;
+        }
+        if (r->self->type != m->self) {
+            reply_error(r, MPB_E_TYPE, "%s: object %llu is a %s, not a %s", m->name,
+                        (unsigned long long)ref, mpb_otype_name(r->self->type),
+                        mpb_otype_name(m->self));
+            return false;
+        }
+        r->args = params->ptr + 1;
+        r->nargs = n - 1;
+    } else {
+        r->args = params->ptr;
+        r->nargs = n;
+    }
+    if (r->nargs < m->min || r->nargs > m->max) {
+        const char *after = m->self != MPB_OT_NONE ? " after the reference" : "";
+        if (m->min == m->max)
+            reply_error(r, MPB_E_TYPE, "%s takes %u argument%s%s (%u given)", m->name, m->min,
+                        m->min == 1 ? "" : "s", after, r->nargs);
+        else
+            reply_error(r, MPB_E_TYPE, "%s takes %u to %u arguments%s (%u given)", m->name,
+                        m->min, m->max, after, r->nargs);
+        return false;
+    }
+    return true;
+}
+
+void dispatch_message(mpb_conn *c, const msgpack_object *msg)
+{
+    mpb_req r = {.conn = c};
+    if (msg->type != MSGPACK_OBJECT_ARRAY || msg->via.array.size == 0 ||
+        msg->via.array.ptr[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER) {
+        dispatch_reply_bad(c, false, 0, MPB_E_BAD_REQUEST,
+                           "expected a msgpack-rpc message: [0, msgid, method, params]");
+        return;
+    }
+    const msgpack_object *f = msg->via.array.ptr;
+    uint32_t size = msg->via.array.size;
+    uint64_t type = f[0].via.u64;
+    if (type == 1) return; /* a response from the client (pynvim sends them): ignore */
+    const msgpack_object *method, *params;
+    if (type == 0 && size == 4 && f[1].type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
+        r.msgid = f[1].via.u64;
+        method = &f[2];
+        params = &f[3];
+    } else if (type == 2 && size == 3) {
+        r.notify = true;
+        method = &f[1];
+        params = &f[2];
+    } else {
+        bool has_id = type == 0 && size >= 2 && f[1].type == MSGPACK_OBJECT_POSITIVE_INTEGER;
+        dispatch_reply_bad(c, has_id, has_id ? f[1].via.u64 : 0, MPB_E_BAD_REQUEST,
+                           "expected [0, msgid, method, params] or [2, method, params]");
+        return;
+    }
+    const char *name;
+    size_t len;
+    if (!mpb_object_bytes(method, &name, &len)) {
+        if (!r.notify)
+            dispatch_reply_bad(c, true, r.msgid, MPB_E_BAD_REQUEST, "method name must be a string");
+        return;
+    }
+    int id = mpb_method_lookup(name, len);
+    if (id < 0) {
+        /* Unknown notifications are ignored: real clients send their own. */
+        if (!r.notify)
+            reply_error(&r, MPB_E_NO_SUCH_METHOD, "no method '%.*s' (see manager.methods)",
+                        (int)(len > 64 ? 64 : len), name);
+        return;
+    }
+    r.method = id;
+    r.info = &mpb_methods[id];
+    if (params->type != MSGPACK_OBJECT_ARRAY) {
+        reply_error(&r, MPB_E_BAD_REQUEST, "%s: params must be an array", r.info->name);
+        return;
+    }
+    c->ops++;
+    g_ops_total++;
+    if (!check_params(&r, &params->via.array)) return;
+    handlers[id](&r);
+}

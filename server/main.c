@@ -1,0 +1,238 @@
+/* main.c - mpbroker-server: options, listening sockets, signals, the loop.
+ *
+ * This file only listens and accepts; connections are conn.c's, requests dispatch.c's.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <event2/listener.h>
+
+#include "mpb_address.h"
+#include "server.h"
+
+mpb_config g_config = {.max_msg = MPB_READER_DEFAULT_MAX_MSG, .max_depth = MPB_READER_MAX_DEPTH};
+bool g_shutdown_requested;
+
+static struct event_base *base;
+static struct evconnlistener *listeners[9];
+static int nlisteners;
+static char socket_path[108];
+
+void server_stop(void)
+{
+    g_shutdown_requested = true;
+    event_base_loopexit(base, NULL);
+}
+
+static void usage(FILE *f)
+{
+    char def[108];
+    fprintf(f,
+            "usage: mpbroker-server [options]\n"
+            "\n"
+            "The mpbroker shared-object broker: lists, dicts and namespaces shared between\n"
+            "processes over MessagePack-RPC (see docs/PROTOCOL.md).\n"
+            "\n"
+            "  -s, --socket PATH       Unix socket to listen on (default %s;\n"
+            "                          mode 0600). --socket none: no Unix socket\n"
+            "  -l, --listen tcp://HOST:PORT\n"
+            "                          also listen on TCP (repeatable)\n"
+            "      --max-message BYTES largest request accepted (default %u)\n"
+            "      --max-depth N       deepest nesting accepted, 1..%d (default %d)\n"
+            "  -q, --quiet             no start-up message\n"
+            "  -h, --help              this text\n"
+            "\n"
+            "SIGINT or SIGTERM (or manager.shutdown) stop the broker cleanly and remove\n"
+            "the socket file.\n",
+            mpb_default_socket_path(def, sizeof def), MPB_READER_DEFAULT_MAX_MSG,
+            MPB_READER_MAX_DEPTH, MPB_READER_MAX_DEPTH);
+}
+
+static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
+                      int salen, void *arg)
+{
+    (void)l;
+    (void)salen;
+    (void)arg;
+    bool tcp = sa->sa_family == AF_INET || sa->sa_family == AF_INET6;
+    if (tcp) {
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    }
+    if (!conn_new(base, fd, tcp)) close(fd);
+}
+
+static void on_accept_error(struct evconnlistener *l, void *arg)
+{
+    (void)l;
+    (void)arg;
+    /* EMFILE and friends: keep serving the connections we have. */
+    fprintf(stderr, "mpbroker-server: accept: %s\n", strerror(errno));
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+    (void)sig;
+    (void)what;
+    (void)arg;
+    server_stop();
+}
+
+static void add_listener(struct evconnlistener *l, const char *what)
+{
+    if (!l) {
+        fprintf(stderr, "mpbroker-server: cannot listen on %s: %s\n", what, strerror(errno));
+        exit(1);
+    }
+    evconnlistener_set_error_cb(l, on_accept_error);
+    listeners[nlisteners++] = l;
+    if (!g_config.quiet) fprintf(stderr, "mpbroker-server: listening on %s\n", what);
+}
+
+static void listen_unix(const char *path)
+{
+    struct sockaddr_un sun = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof sun.sun_path) {
+        fprintf(stderr, "mpbroker-server: socket path too long: %s\n", path);
+        exit(2);
+    }
+    strcpy(sun.sun_path, path);
+    /* A live broker already there? Then refuse; a stale file is removed. */
+    int probe = socket(AF_UNIX, SOCK_STREAM, 0);
+    if (probe >= 0 && connect(probe, (struct sockaddr *)&sun, sizeof sun) == 0) {
+        fprintf(stderr, "mpbroker-server: a broker is already listening on %s\n", path);
+        exit(1);
+    }
+    if (probe >= 0) close(probe);
+    unlink(path);
+    mode_t old = umask(0077); /* the socket is created 0600: only our user may connect */
+    struct evconnlistener *l = evconnlistener_new_bind(
+        base, on_accept, NULL, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, 1024,
+        (struct sockaddr *)&sun, sizeof sun);
+    umask(old);
+    snprintf(socket_path, sizeof socket_path, "%s", path);
+    char what[128];
+    snprintf(what, sizeof what, "unix:%s", path);
+    add_listener(l, what);
+}
+
+static void listen_tcp(const char *addr)
+{
+    char host[256], port[16];
+    if (mpb_parse_tcp(addr, host, sizeof host, port, sizeof port) < 0) {
+        fprintf(stderr, "mpbroker-server: bad --listen address '%s' (want tcp://HOST:PORT)\n", addr);
+        exit(2);
+    }
+    struct evutil_addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = EVUTIL_AI_PASSIVE}, *ai;
+    int rc = evutil_getaddrinfo(host, port, &hints, &ai);
+    if (rc != 0) {
+        fprintf(stderr, "mpbroker-server: %s: %s\n", addr, evutil_gai_strerror(rc));
+        exit(2);
+    }
+    struct evconnlistener *l = evconnlistener_new_bind(
+        base, on_accept, NULL,
+        LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC | LEV_OPT_REUSEABLE, 1024, ai->ai_addr,
+        (int)ai->ai_addrlen);
+    evutil_freeaddrinfo(ai);
+    add_listener(l, addr);
+}
+
+static void parse_args(int argc, char **argv, const char **sock)
+{
+    enum { OPT_MAX_MSG = 256, OPT_MAX_DEPTH };
+    static const struct option opts[] = {
+        {"socket", required_argument, NULL, 's'},
+        {"listen", required_argument, NULL, 'l'},
+        {"max-message", required_argument, NULL, OPT_MAX_MSG},
+        {"max-depth", required_argument, NULL, OPT_MAX_DEPTH},
+        {"quiet", no_argument, NULL, 'q'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    int ch;
+    char *end;
+    while ((ch = getopt_long(argc, argv, "s:l:qh", opts, NULL)) != -1) {
+        switch (ch) {
+        case 's': *sock = optarg; break;
+        case 'l':
+            if (g_config.ntcp == 8) {
+                fprintf(stderr, "mpbroker-server: at most 8 --listen addresses\n");
+                exit(2);
+            }
+            g_config.tcp[g_config.ntcp++] = optarg;
+            break;
+        case OPT_MAX_MSG:
+            g_config.max_msg = strtoull(optarg, &end, 10);
+            if (*end || g_config.max_msg < 64) {
+                fprintf(stderr, "mpbroker-server: --max-message wants a byte count >= 64\n");
+                exit(2);
+            }
+            break;
+        case OPT_MAX_DEPTH:
+            g_config.max_depth = (int)strtol(optarg, &end, 10);
+            if (*end || g_config.max_depth < 3 || g_config.max_depth > MPB_READER_MAX_DEPTH) {
+                fprintf(stderr, "mpbroker-server: --max-depth wants 3..%d\n", MPB_READER_MAX_DEPTH);
+                exit(2);
+            }
+            break;
+        case 'q': g_config.quiet = true; break;
+        case 'h': usage(stdout); exit(0);
+        default: usage(stderr); exit(2);
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "mpbroker-server: unexpected argument '%s'\n", argv[optind]);
+        usage(stderr);
+        exit(2);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    char def[108];
+    const char *sock = mpb_default_socket_path(def, sizeof def);
+    parse_args(argc, argv, &sock);
+    if (strcmp(sock, "none") == 0) sock = NULL;
+    if (!sock && g_config.ntcp == 0) {
+        fprintf(stderr, "mpbroker-server: nothing to listen on\n");
+        return 2;
+    }
+    /* libevent writes with writev, without MSG_NOSIGNAL: a vanished client must not
+     * kill the broker. */
+    signal(SIGPIPE, SIG_IGN);
+    base = event_base_new();
+    if (!base) {
+        fprintf(stderr, "mpbroker-server: event_base_new failed\n");
+        return 1;
+    }
+    objects_init();
+    if (sock) listen_unix(sock);
+    for (int i = 0; i < g_config.ntcp; i++) listen_tcp(g_config.tcp[i]);
+    struct event *sigint = evsignal_new(base, SIGINT, on_signal, NULL);
+    struct event *sigterm = evsignal_new(base, SIGTERM, on_signal, NULL);
+    event_add(sigint, NULL);
+    event_add(sigterm, NULL);
+
+    event_base_dispatch(base);
+
+    for (int i = 0; i < nlisteners; i++) evconnlistener_free(listeners[i]);
+    if (socket_path[0]) unlink(socket_path);
+    conn_close_all();
+    objects_shutdown();
+    event_free(sigint);
+    event_free(sigterm);
+    event_base_free(base);
+    if (!g_config.quiet) fprintf(stderr, "mpbroker-server: stopped\n");
+    return 0;
+}

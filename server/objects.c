@@ -1,0 +1,368 @@
+/* objects.c - the object table: id and name lookup, holds, containment, freeing.
+ *
+ * Type-specific state is created and destroyed through mpb_type_ops (one row per
+ * type file); everything here is type-blind. See objects.h for the lifetime rules.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "objects.h"
+
+/*--- idmap: uint64 -> pointer, linear probing with tombstones ---*/
+
+#define IDMAP_TOMB UINT64_MAX
+
+static uint64_t mix64(uint64_t x)
+{
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdULL;
+    x ^= x >> 33;
+    return x;
+}
+
+static size_t idmap_slot(const mpb_idmap *m, uint64_t key)
+{
+    size_t mask = m->cap - 1, i = mix64(key) & mask;
+    while (m->keys[i] != 0 && m->keys[i] != key) i = (i + 1) & mask;
+    return i;
+}
+
+void *idmap_get(const mpb_idmap *m, uint64_t key)
+{
+    if (m->cap == 0) return NULL;
+    size_t i = idmap_slot(m, key);
+    return m->keys[i] == key ? m->vals[i] : NULL;
+}
+
+static int idmap_grow(mpb_idmap *m)
+{
+    size_t ncap = m->cap ? m->cap * 2 : 16;
+    if (m->len * 2 < m->cap) ncap = m->cap; /* mostly tombstones: rehash in place */
+    uint64_t *keys = calloc(ncap, sizeof *keys);
+    void **vals = calloc(ncap, sizeof *vals);
+    if (!keys || !vals) {
+        free(keys);
+        free(vals);
+        return -1;
+    }
+    mpb_idmap n = {keys, vals, 0, ncap, 0};
+    for (size_t i = 0; i < m->cap; i++) {
+        if (m->keys[i] == 0 || m->keys[i] == IDMAP_TOMB) continue;
+        size_t j = idmap_slot(&n, m->keys[i]);
+        n.keys[j] = m->keys[i];
+        n.vals[j] = m->vals[i];
+        n.len++;
+    }
+    free(m->keys);
+    free(m->vals);
+    *m = n;
+    return 0;
+}
+
+int idmap_put(mpb_idmap *m, uint64_t key, void *val)
+{
+    if ((m->len + m->tombs + 1) * 4 > m->cap * 3 && idmap_grow(m) < 0) return -1;
+    size_t mask = m->cap - 1, i = mix64(key) & mask, tomb = SIZE_MAX;
+    while (m->keys[i] != 0 && m->keys[i] != key) {
+        if (m->keys[i] == IDMAP_TOMB && tomb == SIZE_MAX) tomb = i;
+        i = (i + 1) & mask;
+    }
+    if (m->keys[i] == key) {
+        m->vals[i] = val;
+        return 0;
+    }
+    if (tomb != SIZE_MAX) {
+        i = tomb;
+        m->tombs--;
+    }
+    m->keys[i] = key;
+    m->vals[i] = val;
+    m->len++;
+    return 0;
+}
+
+void *idmap_del(mpb_idmap *m, uint64_t key)
+{
+    if (m->cap == 0) return NULL;
+    size_t i = idmap_slot(m, key);
+    if (m->keys[i] != key) return NULL;
+    void *v = m->vals[i];
+    m->keys[i] = IDMAP_TOMB;
+    m->vals[i] = NULL;
+    m->len--;
+    m->tombs++;
+    return v;
+}
+
+void idmap_free(mpb_idmap *m)
+{
+    free(m->keys);
+    free(m->vals);
+    memset(m, 0, sizeof *m);
+}
+
+bool idmap_next(const mpb_idmap *m, size_t *it, uint64_t *key, void **val)
+{
+    for (; *it < m->cap; (*it)++) {
+        uint64_t k = m->keys[*it];
+        if (k == 0 || k == IDMAP_TOMB) continue;
+        *key = k;
+        *val = m->vals[*it];
+        (*it)++;
+        return true;
+    }
+    return false;
+}
+
+/*--- The table ---*/
+
+static mpb_idmap table;     /* id -> mpb_object */
+static mpb_map *names;      /* str -> int id */
+static uint64_t next_id = 1;
+static mpb_object **free_queue;
+static size_t free_len, free_cap;
+
+static const mpb_type_ops *type_ops(mpb_otype t)
+{
+    switch (t) {
+    case MPB_OT_LIST: return &mpb_list_ops;
+    case MPB_OT_DICT:
+    case MPB_OT_NAMESPACE: return &mpb_dict_ops;
+    default: return NULL;
+    }
+}
+
+void objects_init(void)
+{
+    names = mpb_map_new();
+}
+
+static void object_destroy(mpb_object *o)
+{
+    idmap_del(&table, o->id);
+    type_ops(o->type)->destroy(o);
+    free(o->name);
+    free(o);
+}
+
+void objects_shutdown(void)
+{
+    /* Free without releasing contained references one by one: everything goes. */
+    size_t it = 0;
+    uint64_t k;
+    void *v;
+    mpb_object **all = malloc((table.len + 1) * sizeof *all);
+    size_t n = 0;
+    while (all && idmap_next(&table, &it, &k, &v)) all[n++] = v;
+    for (size_t i = 0; i < n; i++) all[i]->queued = true; /* no re-queueing */
+    for (size_t i = 0; i < n; i++) object_destroy(all[i]);
+    free(all);
+    free(free_queue);
+    free_queue = NULL;
+    free_len = free_cap = 0;
+    idmap_free(&table);
+    mpb_map_free(names);
+    names = NULL;
+}
+
+mpb_object *objects_create(mpb_otype type, const char *name, size_t name_len)
+{
+    const mpb_type_ops *ops = type_ops(type);
+    if (!ops) return NULL;
+    mpb_object *o = calloc(1, sizeof *o);
+    if (!o) return NULL;
+    o->id = next_id++;
+    o->type = type;
+    if (ops->init(o) < 0) {
+        free(o);
+        return NULL;
+    }
+    if (idmap_put(&table, o->id, o) < 0) goto fail;
+    if (name) {
+        mpb_value k = mpb_strn(name, name_len), v = mpb_int((int64_t)o->id);
+        if (k.type != MPB_STR || mpb_map_set(names, &k, &v, NULL) < 0) {
+            mpb_value_free(&k);
+            idmap_del(&table, o->id);
+            goto fail;
+        }
+        o->name = strndup(name, name_len);
+        if (!o->name) {
+            mpb_value key = mpb_str_borrowed(name, name_len);
+            mpb_map_del(names, &key, NULL, NULL);
+            idmap_del(&table, o->id);
+            goto fail;
+        }
+    }
+    return o;
+fail:
+    ops->destroy(o);
+    free(o);
+    return NULL;
+}
+
+mpb_object *objects_get(mpb_ref id)
+{
+    mpb_object *o = idmap_get(&table, id);
+    return o && !o->queued ? o : NULL;
+}
+
+mpb_object *objects_by_name(const char *name, size_t len)
+{
+    mpb_value key = mpb_str_borrowed(name, len);
+    mpb_value *id = mpb_map_get(names, &key);
+    return id ? objects_get((mpb_ref)id->v.i) : NULL;
+}
+
+void objects_unname(mpb_object *o)
+{
+    if (!o->name) return;
+    mpb_value key = mpb_str_borrowed(o->name, strlen(o->name));
+    mpb_map_del(names, &key, NULL, NULL);
+    free(o->name);
+    o->name = NULL;
+    objects_maybe_free(o);
+}
+
+size_t objects_count(void) { return table.len; }
+
+size_t objects_len(const mpb_object *o) { return type_ops(o->type)->len(o); }
+
+bool objects_next(size_t *it, mpb_object **o)
+{
+    uint64_t k;
+    void *v;
+    while (idmap_next(&table, it, &k, &v)) {
+        if (((mpb_object *)v)->queued) continue;
+        *o = v;
+        return true;
+    }
+    return false;
+}
+
+/*--- Holds ---*/
+
+int objects_hold(mpb_idmap *holds, mpb_object *o)
+{
+    uintptr_t n = (uintptr_t)idmap_get(holds, o->id);
+    if (idmap_put(holds, o->id, (void *)(n + 1)) < 0) return -1;
+    if (n == 0) o->holders++;
+    o->holds++;
+    return 0;
+}
+
+bool objects_unhold(mpb_idmap *holds, mpb_object *o)
+{
+    uintptr_t n = (uintptr_t)idmap_get(holds, o->id);
+    if (n == 0) return false;
+    if (n == 1) {
+        idmap_del(holds, o->id);
+        o->holders--;
+    } else {
+        idmap_put(holds, o->id, (void *)(n - 1)); /* key exists: cannot fail */
+    }
+    o->holds--;
+    objects_maybe_free(o);
+    return true;
+}
+
+void objects_drop_holds(mpb_idmap *holds)
+{
+    size_t it = 0;
+    uint64_t id;
+    void *n;
+    while (idmap_next(holds, &it, &id, &n)) {
+        mpb_object *o = idmap_get(&table, id);
+        if (!o) continue;
+        o->holds -= (uintptr_t)n;
+        o->holders--;
+        objects_maybe_free(o);
+    }
+    idmap_free(holds);
+}
+
+/*--- Containment ---*/
+
+bool objects_refs_valid(const mpb_value *v, mpb_ref *bad)
+{
+    switch (v->type) {
+    case MPB_REF:
+        if (objects_get(v->v.ref)) return true;
+        *bad = v->v.ref;
+        return false;
+    case MPB_ARRAY:
+        for (size_t i = 0; i < v->v.a->len; i++)
+            if (!objects_refs_valid(&v->v.a->items[i], bad)) return false;
+        return true;
+    case MPB_MAP: {
+        size_t it = 0;
+        mpb_map_entry *e;
+        while ((e = mpb_map_next(v->v.m, &it)))
+            if (!objects_refs_valid(&e->key, bad) || !objects_refs_valid(&e->val, bad))
+                return false;
+        return true;
+    }
+    default: return true;
+    }
+}
+
+/* Apply delta to the containment count of every reference in v. */
+static void count_refs(const mpb_value *v, int delta)
+{
+    switch (v->type) {
+    case MPB_REF: {
+        mpb_object *o = idmap_get(&table, v->v.ref);
+        if (!o) return;
+        if (delta > 0) {
+            o->contained++;
+        } else {
+            o->contained--;
+            objects_maybe_free(o);
+        }
+        return;
+    }
+    case MPB_ARRAY:
+        for (size_t i = 0; i < v->v.a->len; i++) count_refs(&v->v.a->items[i], delta);
+        return;
+    case MPB_MAP: {
+        size_t it = 0;
+        mpb_map_entry *e;
+        while ((e = mpb_map_next(v->v.m, &it))) {
+            count_refs(&e->key, delta);
+            count_refs(&e->val, delta);
+        }
+        return;
+    }
+    default: return;
+    }
+}
+
+void objects_retain_value(const mpb_value *v) { count_refs(v, +1); }
+void objects_release_value(const mpb_value *v) { count_refs(v, -1); }
+
+void objects_discard_value(mpb_value *v)
+{
+    objects_release_value(v);
+    mpb_value_free(v);
+}
+
+/*--- Freeing ---*/
+
+void objects_maybe_free(mpb_object *o)
+{
+    if (o->queued || o->name || o->holds || o->contained) return;
+    if (free_len == free_cap) {
+        size_t ncap = free_cap ? free_cap * 2 : 16;
+        mpb_object **q = realloc(free_queue, ncap * sizeof *q);
+        if (!q) return; /* stays alive; retried at its next release */
+        free_queue = q;
+        free_cap = ncap;
+    }
+    o->queued = true;
+    free_queue[free_len++] = o;
+}
+
+void objects_collect(void)
+{
+    /* Destroying an object releases what it contains, which may queue more. */
+    while (free_len > 0) object_destroy(free_queue[--free_len]);
+}

@@ -1,0 +1,100 @@
+/* objects.h - the object table: ids, names, holds, containment and lifetime.
+ *
+ * An object lives while it has a name, or a connection holds it, or a value stored in
+ * another object refers to it. When all three go, it is queued and freed by
+ * objects_collect(), which dispatch calls after each request: never in the middle of
+ * a handler, so a handler can never free the object it is working on.
+ * Reference cycles between anonymous objects are not collected (as with Python's
+ * Manager); named objects and holds are the way to keep things alive on purpose.
+ */
+#ifndef MPB_OBJECTS_H
+#define MPB_OBJECTS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mpb_methods.h"
+#include "mpb_value.h"
+
+/* uint64 -> pointer open-addressing table (keys != 0). Used for id -> object and for
+ * a connection's holds (id -> count). */
+typedef struct mpb_idmap {
+    uint64_t *keys;
+    void **vals;
+    size_t len, cap; /* cap is 0 or a power of two */
+    size_t tombs;
+} mpb_idmap;
+
+void *idmap_get(const mpb_idmap *m, uint64_t key);
+/* 0, or -1 on allocation failure. Replaces an existing value. */
+int idmap_put(mpb_idmap *m, uint64_t key, void *val);
+void *idmap_del(mpb_idmap *m, uint64_t key); /* returns the removed value or NULL */
+void idmap_free(mpb_idmap *m);
+/* Iterate: size_t it = 0; uint64_t k; void *v; while (idmap_next(m, &it, &k, &v)) */
+bool idmap_next(const mpb_idmap *m, size_t *it, uint64_t *key, void **val);
+
+typedef struct mpb_object {
+    mpb_ref id;
+    mpb_otype type;
+    char *name;         /* owned; NULL when anonymous */
+    uint32_t holders;   /* connections holding it */
+    uint64_t holds;     /* holds in all */
+    uint64_t contained; /* references to it stored inside other objects */
+    bool queued;        /* waiting in the free queue */
+    union {
+        mpb_array list;
+        mpb_map *map; /* dict and namespace */
+        void *ptr;    /* types added later keep their state here */
+    } u;
+} mpb_object;
+
+/* Per-type operations, one row per type file. */
+typedef struct mpb_type_ops {
+    /* Set up empty state; 0 or -1 on allocation failure. */
+    int (*init)(mpb_object *o);
+    /* Free the state, releasing the references its values hold. */
+    void (*destroy)(mpb_object *o);
+    /* The length that manager.objects reports. */
+    size_t (*len)(const mpb_object *o);
+} mpb_type_ops;
+
+/* A namespace is stored as a dict (str keys): it uses mpb_dict_ops. */
+extern const mpb_type_ops mpb_list_ops, mpb_dict_ops;
+
+void objects_init(void);
+/* Free every object (at exit). */
+void objects_shutdown(void);
+/* A new empty object with a fresh id, not yet held by anyone (the caller holds it or
+ * names it at once). name (may be NULL) is copied. NULL on allocation failure. */
+mpb_object *objects_create(mpb_otype type, const char *name, size_t name_len);
+mpb_object *objects_get(mpb_ref id);
+mpb_object *objects_by_name(const char *name, size_t len);
+/* Remove the object's name; it may then be queued for freeing. */
+void objects_unname(mpb_object *o);
+size_t objects_count(void);
+size_t objects_len(const mpb_object *o);
+/* Iterate over live objects. */
+bool objects_next(size_t *it, mpb_object **o);
+
+/* Holds, per connection: holds maps id -> count (as uintptr_t). */
+int objects_hold(mpb_idmap *holds, mpb_object *o);
+/* false when the connection did not hold it. */
+bool objects_unhold(mpb_idmap *holds, mpb_object *o);
+/* Drop every hold in the map (disconnect), then empty it. */
+void objects_drop_holds(mpb_idmap *holds);
+
+/* Every reference inside v names a live object? Sets *bad to the first that does not. */
+bool objects_refs_valid(const mpb_value *v, mpb_ref *bad);
+/* v is being stored in an object: count its references as containment. */
+void objects_retain_value(const mpb_value *v);
+/* v is leaving an object: uncount its references (may queue objects for freeing). */
+void objects_release_value(const mpb_value *v);
+/* Release and free a value that was stored in an object. */
+void objects_discard_value(mpb_value *v);
+/* Queue o for freeing if nothing keeps it alive any more. */
+void objects_maybe_free(mpb_object *o);
+/* Free everything queued (and what that releases in turn). */
+void objects_collect(void);
+
+#endif

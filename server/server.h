@@ -1,0 +1,109 @@
+/* server.h - what dispatch and the type files share: the request being served, the
+ * reply and argument helpers, the broker's configuration and handler prototypes.
+ *
+ * A handler has one signature, void h(mpb_req *r), and ends in exactly one of: a
+ * result written (reply_*), an error written (reply_error), or the request parked.
+ * It never touches a socket.
+ */
+#ifndef MPB_SERVER_H
+#define MPB_SERVER_H
+
+#include <msgpack.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "conn.h"
+#include "mpb_errors.h"
+#include "mpb_methods.h"
+#include "mpb_value.h"
+#include "objects.h"
+
+typedef struct mpb_config {
+    const char *socket_path; /* Unix socket, or NULL for none */
+    const char *tcp[8];      /* "HOST:PORT" listen addresses */
+    int ntcp;
+    size_t max_msg;
+    int max_depth;
+    bool quiet;
+} mpb_config;
+
+extern mpb_config g_config;
+extern bool g_shutdown_requested;
+extern uint64_t g_ops_total;
+
+/* main.c: stop the loop after this iteration (replies already queued are written). */
+void server_stop(void);
+
+typedef struct mpb_req {
+    mpb_conn *conn;
+    uint64_t msgid;
+    bool notify;  /* a notification: nothing is written back */
+    bool replied; /* set by the reply functions; dispatch checks it */
+    int method;   /* mpb_method_id */
+    const mpb_method_info *info;
+    mpb_object *self;            /* params[0] resolved, or NULL for manager.* */
+    const msgpack_object *args;  /* params after the reference (all, for manager.*) */
+    uint32_t nargs;
+} mpb_req;
+
+/*--- dispatch.c ---*/
+/* Serve one decoded message (request, notification or stray response). */
+void dispatch_message(mpb_conn *c, const msgpack_object *msg);
+/* Reply [1, nil, [kind, message], nil]: for input that has no usable msgid. */
+void dispatch_reply_bad(mpb_conn *c, bool has_msgid, uint64_t msgid, mpb_errkind kind,
+                        const char *msg);
+
+/* Replies: each writes the whole response. The packer variant writes the header and
+ * returns the packer; the caller packs exactly one result value. */
+msgpack_packer *reply_begin(mpb_req *r);
+void reply_nil(mpb_req *r);
+void reply_bool(mpb_req *r, bool b);
+void reply_int(mpb_req *r, int64_t i);
+void reply_value(mpb_req *r, const mpb_value *v);
+void reply_ref(mpb_req *r, mpb_ref ref);
+void reply_str(mpb_req *r, const char *s);
+void reply_error(mpb_req *r, mpb_errkind kind, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Arguments (index into r->args). On failure each replies with the error itself and
+ * returns false, so handlers read: if (!arg_int(r, 0, &i)) return; */
+bool arg_int(mpb_req *r, uint32_t i, int64_t *out);
+/* An optional int: nil or absent gives def. */
+bool arg_int_opt(mpb_req *r, uint32_t i, int64_t def, bool *given, int64_t *out);
+bool arg_str(mpb_req *r, uint32_t i, const char **p, size_t *n);
+bool arg_bool(mpb_req *r, uint32_t i, bool *out);
+/* Deep copy into *out (caller owns it): checks depth and that every reference inside
+ * is live (NoSuchObject). */
+bool arg_value(mpb_req *r, uint32_t i, mpb_value *out);
+/* Like arg_value, and the value must be hashable (a dict key). */
+bool arg_key(mpb_req *r, uint32_t i, mpb_value *out);
+
+/* Numbers, shared by dict.incr / namespace.incr: *cur = *cur + delta, Python-style
+ * (int + int stays int, OverflowError past int64; any float makes a float). */
+mpb_errkind value_add(mpb_value *cur, const mpb_value *delta, char *err, size_t errlen);
+
+/* Handlers, from the method table. */
+#define MPB_METHOD(id, name, handler, self, min, max, flags, args, doc) \
+    void handler(mpb_req *r);
+#include "mpb_methods.def"
+#undef MPB_METHOD
+
+/* Initial contents for manager.create/open, per type (in each type file): r->args[i]
+ * is the initial value (nil for empty); replies with an error and returns false on
+ * bad input, leaving o empty. */
+bool list_init_from(mpb_req *r, mpb_object *o, uint32_t i);
+bool dict_init_from(mpb_req *r, mpb_object *o, uint32_t i);
+bool ns_init_from(mpb_req *r, mpb_object *o, uint32_t i);
+
+/* Shared by dict and namespace (type_dict.c). map_store: store v under k, taking both
+ * (left nil), replacing and releasing an old value; 0, or -1 on allocation failure
+ * (then the caller still owns both). */
+int map_store(mpb_map *m, mpb_value *k, mpb_value *v);
+/* The read-modify-write operations on a map. key is owned by the callee. delta_i / expected_i index r->args. */
+void map_incr(mpb_req *r, mpb_map *m, mpb_value *key, uint32_t delta_i);
+void map_cas(mpb_req *r, mpb_map *m, mpb_value *key, uint32_t expected_i);
+/* Store every pair of r->args[i] (a map, or an array of [key, value] pairs) into m,
+ * all or nothing. */
+bool map_update_from(mpb_req *r, mpb_map *m, uint32_t i, bool str_keys);
+
+#endif

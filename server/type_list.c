@@ -1,0 +1,454 @@
+/* type_list.c - the shared list: Python's list semantics over an mpb_array.
+ *
+ * Indexes and slices behave as Python's (negative indexes count from the end, slices
+ * clamp, extended slices need matching lengths). A failing call changes nothing:
+ * arguments are converted and checked before the list is touched.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "mpb_codec.h"
+#include "server.h"
+
+/*--- List API ---*/
+
+static int list_init(mpb_object *o)
+{
+    mpb_array_init(&o->u.list);
+    return 0;
+}
+
+static void list_destroy(mpb_object *o)
+{
+    mpb_array *a = &o->u.list;
+    for (size_t i = 0; i < a->len; i++) objects_release_value(&a->items[i]);
+    mpb_array_clear(a);
+}
+
+static size_t list_length(const mpb_object *o) { return o->u.list.len; }
+
+const mpb_type_ops mpb_list_ops = {list_init, list_destroy, list_length};
+
+bool list_init_from(mpb_req *r, mpb_object *o, uint32_t i)
+{
+    const msgpack_object *init = &r->args[i];
+    if (init->type == MSGPACK_OBJECT_NIL) return true;
+    if (init->type != MSGPACK_OBJECT_ARRAY) {
+        reply_error(r, MPB_E_TYPE, "a list's initial value must be an array");
+        return false;
+    }
+    mpb_value v;
+    if (!arg_value(r, i, &v)) return false;
+    objects_retain_value(&v);
+    o->u.list = *v.v.a; /* take the items over */
+    free(v.v.a);
+    return true;
+}
+
+/* Python's slice.indices(): fills start/stop/step and returns the slice length, or
+ * -1 after replying ValueError (step 0). Bounds are nil or ints. */
+static int64_t slice_indices(mpb_req *r, uint32_t first, bool has_step, int64_t len,
+                             int64_t *start, int64_t *stop, int64_t *step)
+{
+    bool gs, ge;
+    *step = 1;
+    if (has_step && !arg_int_opt(r, first + 2, 1, NULL, step)) return -1;
+    if (*step == 0) {
+        reply_error(r, MPB_E_VALUE, "slice step cannot be zero");
+        return -1;
+    }
+    int64_t lo = *step < 0 ? -1 : 0, hi = *step < 0 ? len - 1 : len;
+    if (!arg_int_opt(r, first, *step < 0 ? hi : lo, &gs, start)) return -1;
+    if (!arg_int_opt(r, first + 1, *step < 0 ? lo : hi, &ge, stop)) return -1;
+    if (gs) {
+        if (*start < 0) *start = *start + len < lo ? lo : *start + len;
+        else if (*start > hi) *start = hi;
+    }
+    if (ge) {
+        if (*stop < 0) *stop = *stop + len < lo ? lo : *stop + len;
+        else if (*stop > hi) *stop = hi;
+    }
+    if (*step < 0)
+        return *stop < *start ? (*start - *stop - 1) / (-*step) + 1 : 0;
+    return *start < *stop ? (*stop - *start - 1) / *step + 1 : 0;
+}
+
+/* Index argument i resolved against the list: -1 after replying IndexError. */
+static int64_t index_arg(mpb_req *r, uint32_t i, const char *what)
+{
+    int64_t idx, len = (int64_t)r->self->u.list.len;
+    if (!arg_int(r, i, &idx)) return -1;
+    if (idx < 0) idx += len;
+    if (idx < 0 || idx >= len) {
+        reply_error(r, MPB_E_INDEX, "%s index out of range", what);
+        return -1;
+    }
+    return idx;
+}
+
+/* Remove n items at pos (they must already be released). */
+static void remove_range(mpb_array *a, size_t pos, size_t n)
+{
+    memmove(a->items + pos, a->items + pos + n, (a->len - pos - n) * sizeof *a->items);
+    a->len -= n;
+}
+
+/* Open a gap of n nil items at pos. 0, or -1 on allocation failure. */
+static int open_gap(mpb_array *a, size_t pos, size_t n)
+{
+    if (mpb_array_reserve(a, n) < 0) return -1;
+    memmove(a->items + pos + n, a->items + pos, (a->len - pos) * sizeof *a->items);
+    memset(a->items + pos, 0, n * sizeof *a->items);
+    a->len += n;
+    return 0;
+}
+
+/*--- List Commands ---*/
+
+/* list.append REF VALUE */
+void list_append(mpb_req *r)
+{
+    mpb_value v;
+    if (!arg_value(r, 0, &v)) return;
+    mpb_value copy = v;
+    if (mpb_array_push(&r->self->u.list, &v) < 0) {
+        mpb_value_free(&v);
+        reply_error(r, MPB_E_OUT_OF_MEMORY, "list.append: out of memory");
+        return;
+    }
+    objects_retain_value(&copy);
+    reply_nil(r);
+}
+
+/* list.extend REF ARRAY */
+void list_extend(mpb_req *r)
+{
+    if (r->args[0].type != MSGPACK_OBJECT_ARRAY) {
+        reply_error(r, MPB_E_TYPE, "list.extend: argument must be an array");
+        return;
+    }
+    mpb_value v;
+    if (!arg_value(r, 0, &v)) return;
+    mpb_array *a = &r->self->u.list;
+    if (mpb_array_reserve(a, v.v.a->len) < 0) {
+        mpb_value_free(&v);
+        reply_error(r, MPB_E_OUT_OF_MEMORY, "list.extend: out of memory");
+        return;
+    }
+    objects_retain_value(&v);
+    memcpy(a->items + a->len, v.v.a->items, v.v.a->len * sizeof *a->items);
+    a->len += v.v.a->len;
+    v.v.a->len = 0; /* items moved */
+    mpb_value_free(&v);
+    reply_nil(r);
+}
+
+/* list.insert REF INDEX VALUE */
+void list_insert(mpb_req *r)
+{
+    mpb_array *a = &r->self->u.list;
+    int64_t idx, len = (int64_t)a->len;
+    if (!arg_int(r, 0, &idx)) return;
+    if (idx < 0) idx = idx + len < 0 ? 0 : idx + len;
+    if (idx > len) idx = len;
+    mpb_value v;
+    if (!arg_value(r, 1, &v)) return;
+    if (open_gap(a, (size_t)idx, 1) < 0) {
+        mpb_value_free(&v);
+        reply_error(r, MPB_E_OUT_OF_MEMORY, "list.insert: out of memory");
+        return;
+    }
+    a->items[idx] = v;
+    objects_retain_value(&v);
+    reply_nil(r);
+}
+
+/* list.pop REF [INDEX] */
+void list_pop(mpb_req *r)
+{
+    mpb_array *a = &r->self->u.list;
+    if (a->len == 0) {
+        reply_error(r, MPB_E_INDEX, "pop from empty list");
+        return;
+    }
+    int64_t idx = (int64_t)a->len - 1;
+    if (r->nargs == 1 && r->args[0].type != MSGPACK_OBJECT_NIL &&
+        (idx = index_arg(r, 0, "pop")) < 0)
+        return;
+    mpb_value v = a->items[idx];
+    remove_range(a, (size_t)idx, 1);
+    reply_value(r, &v);
+    objects_discard_value(&v);
+}
+
+/* Position of the first item equal to args[0] in [from, to), or -1. */
+static int64_t find(const mpb_array *a, const mpb_value *v, int64_t from, int64_t to)
+{
+    for (int64_t i = from; i < to; i++)
+        if (mpb_value_equal(&a->items[i], v)) return i;
+    return -1;
+}
+
+/* list.remove REF VALUE */
+void list_remove(mpb_req *r)
+{
+    mpb_value v;
+    if (!arg_value(r, 0, &v)) return;
+    mpb_array *a = &r->self->u.list;
+    int64_t i = find(a, &v, 0, (int64_t)a->len);
+    mpb_value_free(&v);
+    if (i < 0) {
+        reply_error(r, MPB_E_VALUE, "list.remove(x): x not in list");
+        return;
+    }
+    mpb_value gone = a->items[i];
+    remove_range(a, (size_t)i, 1);
+    objects_discard_value(&gone);
+    reply_nil(r);
+}
+
+/* Python's clamping of index()'s start/stop. */
+static int64_t clamp_bound(int64_t i, int64_t len)
+{
+    if (i < 0) i = i + len < 0 ? 0 : i + len;
+    return i > len ? len : i;
+}
+
+/* list.index REF VALUE [START [STOP]] */
+void list_index(mpb_req *r)
+{
+    mpb_array *a = &r->self->u.list;
+    int64_t len = (int64_t)a->len, start, stop;
+    if (!arg_int_opt(r, 1, 0, NULL, &start) || !arg_int_opt(r, 2, len, NULL, &stop)) return;
+    mpb_value v;
+    if (!arg_value(r, 0, &v)) return;
+    int64_t i = find(a, &v, clamp_bound(start, len), clamp_bound(stop, len));
+    if (i < 0) {
+        char *s = mpb_value_repr(&v);
+        reply_error(r, MPB_E_VALUE, "%.200s is not in list", s ? s : "value");
+        free(s);
+    } else {
+        reply_int(r, i);
+    }
+    mpb_value_free(&v);
+}
+
+/* list.count REF VALUE */
+void list_count(mpb_req *r)
+{
+    mpb_value v;
+    if (!arg_value(r, 0, &v)) return;
+    mpb_array *a = &r->self->u.list;
+    int64_t n = 0;
+    for (size_t i = 0; i < a->len; i++) n += mpb_value_equal(&a->items[i], &v);
+    mpb_value_free(&v);
+    reply_int(r, n);
+}
+
+/* list.contains REF VALUE */
+void list_contains(mpb_req *r)
+{
+    mpb_value v;
+    if (!arg_value(r, 0, &v)) return;
+    mpb_array *a = &r->self->u.list;
+    bool found = find(a, &v, 0, (int64_t)a->len) >= 0;
+    mpb_value_free(&v);
+    reply_bool(r, found);
+}
+
+/* list.reverse REF */
+void list_reverse(mpb_req *r)
+{
+    mpb_array *a = &r->self->u.list;
+    for (size_t i = 0, j = a->len; i + 1 < j; i++, j--) {
+        mpb_value t = a->items[i];
+        a->items[i] = a->items[j - 1];
+        a->items[j - 1] = t;
+    }
+    reply_nil(r);
+}
+
+/* Stable merge sort of v[0, n) using tmp; sets *bad on an unorderable pair and
+ * returns early (v is then a permutation of its items, to be discarded). */
+static void merge_sort(mpb_value *v, mpb_value *tmp, size_t n, int sign, bool *bad,
+                       const mpb_value **pa, const mpb_value **pb)
+{
+    if (n < 2 || *bad) return;
+    size_t h = n / 2;
+    merge_sort(v, tmp, h, sign, bad, pa, pb);
+    merge_sort(v + h, tmp, n - h, sign, bad, pa, pb);
+    if (*bad) return;
+    size_t i = 0, j = h, k = 0;
+    while (i < h && j < n) {
+        int c;
+        if (mpb_value_compare(&v[j], &v[i], &c) < 0) {
+            *bad = true;
+            *pa = &v[j];
+            *pb = &v[i];
+            return;
+        }
+        /* Take from the right only when strictly before: keeps the sort stable. */
+        tmp[k++] = c * sign < 0 ? v[j++] : v[i++];
+    }
+    while (i < h) tmp[k++] = v[i++];
+    while (j < n) tmp[k++] = v[j++];
+    memcpy(v, tmp, n * sizeof *v);
+}
+
+/* list.sort REF [REVERSE] */
+void list_sort(mpb_req *r)
+{
+    bool reverse = false;
+    if (r->nargs == 1 && !arg_bool(r, 0, &reverse)) return;
+    mpb_array *a = &r->self->u.list;
+    if (a->len < 2) {
+        reply_nil(r);
+        return;
+    }
+    /* Sort a copy of the item slots, so that a TypeError leaves the list unchanged. */
+    mpb_value *work = malloc(a->len * sizeof *work), *tmp = malloc(a->len * sizeof *tmp);
+    if (!work || !tmp) {
+        free(work);
+        free(tmp);
+        reply_error(r, MPB_E_OUT_OF_MEMORY, "list.sort: out of memory");
+        return;
+    }
+    memcpy(work, a->items, a->len * sizeof *work);
+    bool bad = false;
+    const mpb_value *pa = NULL, *pb = NULL;
+    merge_sort(work, tmp, a->len, reverse ? -1 : 1, &bad, &pa, &pb);
+    if (bad) {
+        reply_error(r, MPB_E_TYPE, "'<' not supported between instances of '%s' and '%s'",
+                    mpb_type_name(pa), mpb_type_name(pb));
+        free(work);
+    } else {
+        free(a->items);
+        a->items = work;
+        reply_nil(r);
+    }
+    free(tmp);
+}
+
+/* list.len REF */
+void list_len(mpb_req *r) { reply_int(r, (int64_t)r->self->u.list.len); }
+
+/* list.getitem REF INDEX | REF START STOP [STEP] */
+void list_getitem(mpb_req *r)
+{
+    mpb_array *a = &r->self->u.list;
+    if (r->nargs == 1) {
+        int64_t i = index_arg(r, 0, "list");
+        if (i >= 0) reply_value(r, &a->items[i]);
+        return;
+    }
+    int64_t start, stop, step;
+    int64_t n = slice_indices(r, 0, r->nargs == 3, (int64_t)a->len, &start, &stop, &step);
+    if (n < 0) return;
+    msgpack_packer *pk = reply_begin(r);
+    msgpack_pack_array(pk, (size_t)n);
+    for (int64_t k = 0, i = start; k < n; k++, i += step) mpb_value_pack(pk, &a->items[i]);
+}
+
+/* list.setitem REF INDEX VALUE | REF START STOP [STEP] ARRAY */
+void list_setitem(mpb_req *r)
+{
+    mpb_array *a = &r->self->u.list;
+    if (r->nargs == 2) {
+        int64_t i = index_arg(r, 0, "list assignment");
+        mpb_value v;
+        if (i < 0 || !arg_value(r, 1, &v)) return;
+        objects_discard_value(&a->items[i]);
+        a->items[i] = v;
+        objects_retain_value(&v);
+        reply_nil(r);
+        return;
+    }
+    uint32_t vi = r->nargs - 1;
+    if (r->args[vi].type != MSGPACK_OBJECT_ARRAY) {
+        reply_error(r, MPB_E_TYPE, "can only assign an array to a slice");
+        return;
+    }
+    int64_t start, stop, step;
+    int64_t n = slice_indices(r, 0, r->nargs == 4, (int64_t)a->len, &start, &stop, &step);
+    if (n < 0) return;
+    int64_t m = r->args[vi].via.array.size;
+    if (step != 1 && m != n) {
+        reply_error(r, MPB_E_VALUE,
+                    "attempt to assign sequence of size %lld to extended slice of size %lld",
+                    (long long)m, (long long)n);
+        return;
+    }
+    mpb_value v;
+    if (!arg_value(r, vi, &v)) return;
+    if (step == 1) {
+        if (stop < start) stop = start; /* a[5:2] = x inserts at 5 */
+        if (m > n && mpb_array_reserve(a, (size_t)(m - n)) < 0) {
+            mpb_value_free(&v);
+            reply_error(r, MPB_E_OUT_OF_MEMORY, "list.setitem: out of memory");
+            return;
+        }
+        for (int64_t i = start; i < stop; i++) objects_discard_value(&a->items[i]);
+        remove_range(a, (size_t)start, (size_t)(stop - start));
+        open_gap(a, (size_t)start, (size_t)m); /* room reserved above: cannot fail */
+        memcpy(a->items + start, v.v.a->items, (size_t)m * sizeof *a->items);
+    } else {
+        for (int64_t k = 0, i = start; k < n; k++, i += step) {
+            objects_discard_value(&a->items[i]);
+            a->items[i] = v.v.a->items[k];
+        }
+    }
+    objects_retain_value(&v);
+    v.v.a->len = 0; /* items moved into the list */
+    mpb_value_free(&v);
+    reply_nil(r);
+}
+
+/* list.delitem REF INDEX | REF START STOP [STEP] */
+void list_delitem(mpb_req *r)
+{
+    mpb_array *a = &r->self->u.list;
+    if (r->nargs == 1) {
+        int64_t i = index_arg(r, 0, "list assignment");
+        if (i < 0) return;
+        mpb_value gone = a->items[i];
+        remove_range(a, (size_t)i, 1);
+        objects_discard_value(&gone);
+        reply_nil(r);
+        return;
+    }
+    int64_t start, stop, step;
+    int64_t n = slice_indices(r, 0, r->nargs == 3, (int64_t)a->len, &start, &stop, &step);
+    if (n < 0) return;
+    if (step < 0) { /* walk it forwards: the same set of items */
+        start = start + (n - 1) * step;
+        step = -step;
+    }
+    /* Compact in one pass: keep every item not on the slice. */
+    size_t w = 0;
+    for (size_t i = 0, k = 0; i < a->len; i++) {
+        if (k < (size_t)n && (int64_t)i == start + (int64_t)k * step) {
+            objects_discard_value(&a->items[i]);
+            k++;
+        } else {
+            a->items[w++] = a->items[i];
+        }
+    }
+    a->len = w;
+    reply_nil(r);
+}
+
+/* list.clear REF */
+void list_clear(mpb_req *r)
+{
+    list_destroy(r->self);
+    reply_nil(r);
+}
+
+/* list.copy REF */
+void list_copy(mpb_req *r)
+{
+    mpb_array *a = &r->self->u.list;
+    msgpack_packer *pk = reply_begin(r);
+    msgpack_pack_array(pk, a->len);
+    for (size_t i = 0; i < a->len; i++) mpb_value_pack(pk, &a->items[i]);
+}

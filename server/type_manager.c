@@ -1,0 +1,218 @@
+/* type_manager.c - the manager.* methods: creating, naming, holding and listing
+ * objects, introspection, ping and shutdown. The broker itself is the "object".
+ */
+#include <string.h>
+
+#include "mpb_codec.h"
+#include "server.h"
+
+typedef bool (*init_fn)(mpb_req *r, mpb_object *o, uint32_t i);
+
+static const init_fn init_from[MPB_OT__COUNT] = {
+    [MPB_OT_LIST] = list_init_from,
+    [MPB_OT_DICT] = dict_init_from,
+    [MPB_OT_NAMESPACE] = ns_init_from,
+};
+
+/* The TYPE argument; MPB_OT_NONE after replying ValueError. */
+static mpb_otype type_arg(mpb_req *r)
+{
+    const char *p;
+    size_t n;
+    if (!arg_str(r, 0, &p, &n)) return MPB_OT_NONE;
+    mpb_otype t = mpb_otype_from_name(p, n);
+    if (t == MPB_OT_NONE || !init_from[t])
+        reply_error(r, MPB_E_VALUE, "unknown type '%.*s' (see manager.methods)",
+                    (int)(n > 64 ? 64 : n), p);
+    return init_from[t] ? t : MPB_OT_NONE;
+}
+
+/* The REF argument resolved; NULL after replying. */
+static mpb_object *ref_arg(mpb_req *r)
+{
+    mpb_ref ref;
+    if (!mpb_object_is_ref(&r->args[0], &ref)) {
+        reply_error(r, MPB_E_TYPE, "%s: argument must be a reference", r->info->name);
+        return NULL;
+    }
+    mpb_object *o = objects_get(ref);
+    if (!o)
+        reply_error(r, MPB_E_NO_SUCH_OBJECT, "%s: no object %llu (released or never created)",
+                    r->info->name, (unsigned long long)ref);
+    return o;
+}
+
+/* Hold o for the calling connection and answer with its reference. */
+static void hold_and_reply(mpb_req *r, mpb_object *o)
+{
+    if (objects_hold(&r->conn->holds, o) < 0) {
+        reply_error(r, MPB_E_OUT_OF_MEMORY, "%s: out of memory", r->info->name);
+        objects_maybe_free(o);
+        return;
+    }
+    reply_ref(r, o->id);
+}
+
+/* manager.create TYPE [INITIAL] */
+void manager_create(mpb_req *r)
+{
+    mpb_otype t = type_arg(r);
+    if (t == MPB_OT_NONE) return;
+    mpb_object *o = objects_create(t, NULL, 0);
+    if (!o) {
+        reply_error(r, MPB_E_OUT_OF_MEMORY, "manager.create: out of memory");
+        return;
+    }
+    if (r->nargs == 2 && !init_from[t](r, o, 1)) {
+        objects_maybe_free(o); /* unheld, unnamed: goes at once */
+        return;
+    }
+    hold_and_reply(r, o);
+}
+
+/* manager.open TYPE NAME [INITIAL] */
+void manager_open(mpb_req *r)
+{
+    mpb_otype t = type_arg(r);
+    const char *name;
+    size_t n;
+    if (t == MPB_OT_NONE || !arg_str(r, 1, &name, &n)) return;
+    mpb_object *o = objects_by_name(name, n);
+    if (o && o->type != t) {
+        reply_error(r, MPB_E_TYPE, "object '%.*s' is a %s, not a %s", (int)(n > 64 ? 64 : n),
+                    name, mpb_otype_name(o->type), mpb_otype_name(t));
+        return;
+    }
+    if (!o) {
+        if (!(o = objects_create(t, name, n))) {
+            reply_error(r, MPB_E_OUT_OF_MEMORY, "manager.open: out of memory");
+            return;
+        }
+        if (r->nargs == 3 && !init_from[t](r, o, 2)) {
+            objects_unname(o); /* frees it */
+            return;
+        }
+    }
+    hold_and_reply(r, o);
+}
+
+/* manager.lookup NAME */
+void manager_lookup(mpb_req *r)
+{
+    const char *name;
+    size_t n;
+    if (!arg_str(r, 0, &name, &n)) return;
+    mpb_object *o = objects_by_name(name, n);
+    if (o) reply_ref(r, o->id);
+    else reply_error(r, MPB_E_NO_SUCH_OBJECT, "no object named '%.*s'", (int)(n > 64 ? 64 : n), name);
+}
+
+/* manager.release REF */
+void manager_release(mpb_req *r)
+{
+    mpb_object *o = ref_arg(r);
+    if (!o) return;
+    if (objects_unhold(&r->conn->holds, o)) reply_nil(r);
+    else reply_error(r, MPB_E_VALUE, "manager.release: this connection does not hold object %llu",
+                     (unsigned long long)o->id);
+}
+
+/* manager.incref REF */
+void manager_incref(mpb_req *r)
+{
+    mpb_object *o = ref_arg(r);
+    if (o) hold_and_reply(r, o);
+}
+
+/* manager.delete NAME */
+void manager_delete(mpb_req *r)
+{
+    const char *name;
+    size_t n;
+    if (!arg_str(r, 0, &name, &n)) return;
+    mpb_object *o = objects_by_name(name, n);
+    if (!o) {
+        reply_error(r, MPB_E_NO_SUCH_OBJECT, "no object named '%.*s'", (int)(n > 64 ? 64 : n), name);
+        return;
+    }
+    objects_unname(o);
+    reply_nil(r);
+}
+
+static void pack_key(msgpack_packer *pk, const char *k)
+{
+    msgpack_pack_str_with_body(pk, k, strlen(k));
+}
+
+/* manager.objects */
+void manager_objects(mpb_req *r)
+{
+    msgpack_packer *pk = reply_begin(r);
+    msgpack_pack_array(pk, objects_count());
+    size_t it = 0;
+    mpb_object *o;
+    while (objects_next(&it, &o)) {
+        msgpack_pack_map(pk, 7);
+        pack_key(pk, "ref");
+        mpb_ref_pack(pk, o->id);
+        pack_key(pk, "type");
+        pack_key(pk, mpb_otype_name(o->type));
+        pack_key(pk, "name");
+        if (o->name) pack_key(pk, o->name);
+        else msgpack_pack_nil(pk);
+        pack_key(pk, "len");
+        msgpack_pack_uint64(pk, objects_len(o));
+        pack_key(pk, "holders");
+        msgpack_pack_uint32(pk, o->holders);
+        pack_key(pk, "holds");
+        msgpack_pack_uint64(pk, o->holds);
+        pack_key(pk, "contained");
+        msgpack_pack_uint64(pk, o->contained);
+    }
+}
+
+/* manager.methods */
+void manager_methods(mpb_req *r)
+{
+    msgpack_packer *pk = reply_begin(r);
+    msgpack_pack_map(pk, 2);
+    pack_key(pk, "types");
+    msgpack_pack_array(pk, MPB_OT__COUNT - 1);
+    for (int t = 1; t < MPB_OT__COUNT; t++) pack_key(pk, mpb_otype_name(t));
+    pack_key(pk, "methods");
+    msgpack_pack_array(pk, MPB_M__COUNT);
+    for (int i = 0; i < MPB_M__COUNT; i++) {
+        const mpb_method_info *m = &mpb_methods[i];
+        msgpack_pack_map(pk, 7);
+        pack_key(pk, "name");
+        pack_key(pk, m->name);
+        pack_key(pk, "type");
+        if (m->self == MPB_OT_NONE) msgpack_pack_nil(pk);
+        else pack_key(pk, mpb_otype_name(m->self));
+        pack_key(pk, "min");
+        msgpack_pack_uint8(pk, m->min);
+        pack_key(pk, "max");
+        msgpack_pack_uint8(pk, m->max);
+        pack_key(pk, "write");
+        if (m->flags & MPB_F_WRITE) msgpack_pack_true(pk);
+        else msgpack_pack_false(pk);
+        pack_key(pk, "args");
+        pack_key(pk, m->args);
+        pack_key(pk, "doc");
+        pack_key(pk, m->doc);
+    }
+}
+
+/* manager.ping [PAYLOAD] */
+void manager_ping(mpb_req *r)
+{
+    if (r->nargs == 1) msgpack_pack_object(reply_begin(r), r->args[0]);
+    else reply_str(r, "pong");
+}
+
+/* manager.shutdown */
+void manager_shutdown(mpb_req *r)
+{
+    reply_nil(r);
+    server_stop();
+}

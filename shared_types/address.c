@@ -1,0 +1,42 @@
+/* address.c - default socket path and TCP address parsing, shared by the broker,
+ * libmpbroker and the shell so that all three agree without configuration. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "mpb_address.h"
+
+char *mpb_default_socket_path(char *buf, size_t n)
+{
+    const char *xdg = getenv("XDG_RUNTIME_DIR");
+    if (xdg && *xdg) snprintf(buf, n, "%s/mpbroker.sock", xdg);
+    else snprintf(buf, n, "/tmp/mpbroker-%lu.sock", (unsigned long)getuid());
+    return buf;
+}
+
+int mpb_parse_tcp(const char *addr, char *host, size_t hostlen, char *port, size_t portlen)
+{
+    if (strncmp(addr, "tcp://", 6) != 0) return -1;
+    const char *h = addr + 6, *colon;
+    size_t hl;
+    if (*h == '[') { /* [v6]:port */
+        const char *end = strchr(h, ']');
+        if (!end || end[1] != ':') return -1;
+        h++;
+        hl = (size_t)(end - h);
+        colon = end + 1;
+    } else {
+        colon = strrchr(h, ':');
+        if (!colon) return -1;
+        hl = (size_t)(colon - h);
+    }
+    size_t pl = strlen(colon + 1);
+    if (hl == 0 || hl >= hostlen || pl == 0 || pl >= portlen) return -1;
+    memcpy(host, h, hl);
+    host[hl] = '\0';
+    memcpy(port, colon + 1, pl + 1);
+    for (const char *p = port; *p; p++)
+        if (*p < '0' || *p > '9') return -1;
+    return 0;
+}

@@ -1,0 +1,16 @@
+/* mpb_address.h - where a broker listens, known to both sides. */
+#ifndef MPB_ADDRESS_H
+#define MPB_ADDRESS_H
+
+#include <stddef.h>
+
+/* The default Unix socket path: $XDG_RUNTIME_DIR/mpbroker.sock when XDG_RUNTIME_DIR
+ * is set and non-empty, else /tmp/mpbroker-$UID.sock. Written into buf (size n,
+ * truncated if short); returns buf. */
+char *mpb_default_socket_path(char *buf, size_t n);
+
+/* Split "tcp://HOST:PORT" (HOST may be [v6]) into host and port. 0, or -1 if the
+ * address is not of that form. */
+int mpb_parse_tcp(const char *addr, char *host, size_t hostlen, char *port, size_t portlen);
+
+#endif

@@ -1,0 +1,112 @@
+/* test_examples.c - the examples run against a real broker and print the right thing.
+ *
+ * The binaries come from $MPB_EXAMPLES (set by meson); each runs as its own process
+ * tree (it forks its workers), and its standard output is compared with what the
+ * example promises in the README.
+ */
+#include <check.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+
+#include "testutil.h"
+
+static tb_broker B;
+static void setup(void) { tb_start(&B, 0, NULL); }
+static void teardown(void) { tb_stop(&B); }
+
+/* Run `example args` against B; returns its stdout (malloc'd) and exit status. */
+static char *run_example(const char *name, const char *args, int *status)
+{
+    const char *dir = getenv("MPB_EXAMPLES");
+    ck_assert_msg(dir != NULL, "MPB_EXAMPLES not set");
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "%s/%s -s %s %s", dir, name, B.address, args);
+    FILE *p = popen(cmd, "r");
+    ck_assert_ptr_nonnull(p);
+    size_t cap = 1 << 16, len = 0;
+    char *out = malloc(cap);
+    size_t n;
+    while ((n = fread(out + len, 1, cap - len - 1, p)) > 0) {
+        len += n;
+        if (cap - len < 2) out = realloc(out, cap *= 2);
+    }
+    out[len] = '\0';
+    *status = pclose(p);
+    return out;
+}
+
+static int count_of(const char *hay, const char *needle)
+{
+    int n = 0;
+    for (const char *p = hay; (p = strstr(p, needle)); p += strlen(needle)) n++;
+    return n;
+}
+
+START_TEST(records_prints_seed_and_worker_records)
+{
+    int st;
+    char *out = run_example("records", "-w 3", &st);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "exit %d: %s", st, out);
+    ck_assert_int_eq(count_of(out, "New record added!\n"), 3);
+    /* the seed records first, in order */
+    const char *seed = "Name: Computers\nScore: 1\n\nName: History\nScore: 5\n\nName: Hindi\nScore: 9\n\n";
+    const char *at = strstr(out, seed);
+    ck_assert_msg(at != NULL, "seed records missing:\n%s", out);
+    ck_assert_ptr_nonnull(strstr(at, "Name: Worker-1\nScore: 10\n"));
+    ck_assert_ptr_nonnull(strstr(at, "Name: Worker-2\nScore: 20\n"));
+    ck_assert_ptr_nonnull(strstr(at, "Name: Worker-3\nScore: 30\n"));
+    ck_assert_int_eq(count_of(out, "Name: "), 6);
+    free(out);
+}
+END_TEST
+
+START_TEST(namespace_prints_before_and_after)
+{
+    int st;
+    char *out = run_example("namespace", "", &st);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "exit %d: %s", st, out);
+    ck_assert_str_eq(out, "before Namespace(x=1, y=1)\nafter Namespace(x=6, y=10)\n");
+    free(out);
+}
+END_TEST
+
+START_TEST(counter_total_is_exact)
+{
+    int st;
+    char *out = run_example("counter", "-p 8 -n 2500", &st);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "exit %d: %s", st, out);
+    ck_assert_str_eq(out, "count = 20000 (expected 20000)\n");
+    free(out);
+}
+END_TEST
+
+START_TEST(examples_fail_cleanly_without_a_broker)
+{
+    int st;
+    tb_stop(&B);
+    char *out = run_example("counter", "-p 1 -n 1 2>/dev/null", &st);
+    ck_assert(WIFEXITED(st) && WEXITSTATUS(st) != 0);
+    free(out);
+    tb_start(&B, 0, NULL); /* for teardown */
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("examples");
+    TCase *tc = tcase_create("examples");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, records_prints_seed_and_worker_records);
+    tcase_add_test(tc, namespace_prints_before_and_after);
+    tcase_add_test(tc, counter_total_is_exact);
+    tcase_add_test(tc, examples_fail_cleanly_without_a_broker);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_ENV);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}

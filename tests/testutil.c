@@ -1,0 +1,285 @@
+/* testutil.c - spawn and stop a real mpbroker-server for the integration suites, and
+ * talk to it over raw sockets where a test needs bytes libmpbroker would never send.
+ *
+ * Each broker runs in its own temporary directory (/tmp/mpbtest.XXXXXX) on a Unix
+ * socket, plus a loopback TCP port when asked. Anything that goes wrong while setting
+ * up aborts the current test through Check: these are fixtures, not code under test.
+ */
+#include <check.h>
+#include <dirent.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#ifdef __linux__
+#include <sys/prctl.h>
+#endif
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "mpb_codec.h"
+#include "mpb_reader.h"
+#include "testutil.h"
+
+#define START_TIMEOUT_MS 10000
+#define STOP_TIMEOUT_MS 10000
+
+static long long now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void sleep_ms(long ms) {
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
+    }
+}
+
+/* Milliseconds left until deadline (never negative). */
+static int left_ms(long long deadline) {
+    long long d = deadline - now_ms();
+    return d > 0 ? (int)d : 0;
+}
+
+/* A loopback port nobody listens on right now. The broker binds it a moment later;
+ * another process taking it in between is possible but not on a test machine. */
+static int free_tcp_port(void) {
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof sa;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    ck_assert_msg(fd >= 0, "socket: %s", strerror(errno));
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 ||
+        getsockname(fd, (struct sockaddr *)&sa, &len) < 0) {
+        int e = errno;
+        close(fd);
+        ck_abort_msg("finding a free TCP port: %s", strerror(e));
+    }
+    close(fd);
+    return ntohs(sa.sin_port);
+}
+
+/* Remove dir and the files in it (the broker's socket, if it left it). */
+static void remove_dir(const char *dir) {
+    DIR *d = opendir(dir);
+    if (d != NULL) {
+        struct dirent *e;
+        char path[600];
+        while ((e = readdir(d)) != NULL) {
+            if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+            snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+            unlink(path);
+        }
+        closedir(d);
+    }
+    rmdir(dir);
+}
+
+void tb_start(tb_broker *b, int tcp, const char *const *extra_args) {
+    const char *server = getenv("MPB_SERVER");
+    char listen[64];
+    const char *argv[64];
+    int n = 0;
+
+    memset(b, 0, sizeof *b);
+    b->pid = -1;
+    ck_assert_msg(server != NULL && server[0] != '\0', "MPB_SERVER is not set");
+    snprintf(b->dir, sizeof b->dir, "/tmp/mpbtest.XXXXXX");
+    ck_assert_msg(mkdtemp(b->dir) != NULL, "mkdtemp: %s", strerror(errno));
+    snprintf(b->sock, sizeof b->sock, "%s/s.sock", b->dir);
+    snprintf(b->address, sizeof b->address, "unix:%s", b->sock);
+
+    argv[n++] = server;
+    argv[n++] = "--socket";
+    argv[n++] = b->sock;
+    if (tcp) {
+        int port = free_tcp_port();
+        snprintf(listen, sizeof listen, "tcp://127.0.0.1:%d", port);
+        snprintf(b->address, sizeof b->address, "%s", listen);
+        argv[n++] = "--listen";
+        argv[n++] = listen;
+    }
+    for (size_t i = 0; extra_args != NULL && extra_args[i] != NULL; i++) {
+        ck_assert_msg(n < 63, "too many extra arguments");
+        argv[n++] = extra_args[i];
+    }
+    argv[n] = NULL;
+
+    pid_t self = getpid();
+    fflush(stdout);
+    fflush(stderr);
+    b->pid = fork();
+    ck_assert_msg(b->pid >= 0, "fork: %s", strerror(errno));
+    if (b->pid == 0) {
+#ifdef __linux__
+        /* A test that fails between tb_start and tb_stop exits at once: take the broker
+         * with it, or it would hold meson's output pipe open until the suite times out. */
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
+        if (getppid() != self) _exit(127); /* it is already gone */
+#endif
+        execv(server, (char *const *)argv);
+        fprintf(stderr, "testutil: exec %s: %s\n", server, strerror(errno));
+        _exit(127);
+    }
+
+    /* Up when it answers a ping; a broker that died is reported at once. */
+    long long deadline = now_ms() + START_TIMEOUT_MS;
+    char last[300] = "";
+    for (;;) {
+        int st;
+        if (waitpid(b->pid, &st, WNOHANG) == b->pid) {
+            b->pid = -1;
+            remove_dir(b->dir);
+            ck_abort_msg("%s exited during startup (%s %d)", server,
+                         WIFEXITED(st) ? "status" : "signal",
+                         WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
+        }
+        mpb_context *c = mpb_connect(b->address);
+        if (c != NULL && c->err == MPB_OK && mpb_ping(c) == MPB_OK) {
+            mpb_free(c);
+            return;
+        }
+        if (c != NULL) snprintf(last, sizeof last, "%s", c->errstr);
+        mpb_free(c);
+        if (now_ms() >= deadline) {
+            tb_stop(b);
+            ck_abort_msg("%s did not answer a ping within %d s: %s", server,
+                         START_TIMEOUT_MS / 1000, last);
+        }
+        sleep_ms(20);
+    }
+}
+
+int tb_stop(tb_broker *b) {
+    int st = -1;
+    if (b->pid > 0) {
+        kill(b->pid, SIGTERM);
+        long long deadline = now_ms() + STOP_TIMEOUT_MS;
+        pid_t r;
+        while ((r = waitpid(b->pid, &st, WNOHANG)) == 0 && now_ms() < deadline) sleep_ms(10);
+        if (r != b->pid) { /* hung (or waitpid failed): do not leave it running */
+            kill(b->pid, SIGKILL);
+            while (waitpid(b->pid, NULL, 0) < 0 && errno == EINTR) {
+            }
+            st = -1;
+        }
+        b->pid = -1;
+    }
+    if (b->dir[0] != '\0') remove_dir(b->dir);
+    b->dir[0] = '\0';
+    return st;
+}
+
+mpb_context *tb_connect(const tb_broker *b) {
+    mpb_context *c = mpb_connect(b->address);
+    ck_assert_msg(c != NULL, "mpb_connect: out of memory");
+    if (c->err != MPB_OK) {
+        char why[sizeof c->errstr];
+        snprintf(why, sizeof why, "%s", c->errstr);
+        mpb_free(c);
+        ck_abort_msg("connect %s: %s", b->address, why);
+    }
+    return c;
+}
+
+int tb_raw_connect(const tb_broker *b) {
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    ck_assert_msg(strlen(b->sock) < sizeof sa.sun_path, "socket path too long");
+    strcpy(sa.sun_path, b->sock);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ck_assert_msg(fd >= 0, "socket: %s", strerror(errno));
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+        int e = errno;
+        close(fd);
+        ck_abort_msg("connect %s: %s", b->sock, strerror(e));
+    }
+    return fd;
+}
+
+int tb_write_all(int fd, const void *buf, size_t n) {
+    const char *p = buf;
+    while (n > 0) {
+        /* MSG_NOSIGNAL: a test that writes to a connection the broker closed must see
+         * EPIPE, not die of SIGPIPE. */
+        ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) return -1;
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+/* Wait until fd is readable or the deadline passes. 1 readable, 0 timeout, -1 error. */
+static int wait_readable(int fd, long long deadline) {
+    struct pollfd pf = {.fd = fd, .events = POLLIN};
+    for (;;) {
+        int r = poll(&pf, 1, left_ms(deadline));
+        if (r > 0) return 1;
+        if (r == 0) return 0;
+        if (errno != EINTR) return -1;
+    }
+}
+
+/* Reads exactly one message and never a byte of the next: whatever the peer sent
+ * after it stays in the socket for the next tb_read_msg. Bytes are peeked, scanned,
+ * and only those of the first message are consumed. */
+int tb_read_msg(int fd, mpb_value *out, int timeout_ms) {
+    long long deadline = now_ms() + timeout_ms;
+    size_t have = 0, cap = 4096, size = 0;
+    char *buf = malloc(cap);
+    mpb_read_status st = MPB_READ_NEED;
+    int rc = -1;
+
+    *out = mpb_nil();
+    while (buf != NULL) {
+        if (wait_readable(fd, deadline) != 1) break;
+        ssize_t n = recv(fd, buf + have, cap - have, MSG_PEEK);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break; /* EOF or error */
+        st = mpb_scan(buf, have + (size_t)n, MPB_READER_DEFAULT_MAX_MSG, MPB_READER_MAX_DEPTH,
+                      &size);
+        if (st == MPB_READ_BAD) break;
+        /* A whole message: take just its bytes. Otherwise every byte peeked belongs to
+         * the first message, which is longer: take them all and wait for more. */
+        size_t take = st == MPB_READ_NEED ? (size_t)n : size - have;
+        if (recv(fd, buf + have, take, MSG_WAITALL) != (ssize_t)take) break;
+        have += take;
+        if (st != MPB_READ_NEED) break;
+        if (have == cap) {
+            char *nb = realloc(buf, cap * 2);
+            if (nb == NULL) break;
+            buf = nb;
+            cap *= 2;
+        }
+    }
+    mpb_reader r;
+    msgpack_object obj;
+    if (buf != NULL && st == MPB_READ_MSG &&
+        mpb_reader_init(&r, MPB_READER_DEFAULT_MAX_MSG, MPB_READER_MAX_DEPTH) == 0) {
+        if (mpb_reader_feed(&r, buf, size) == 0 && mpb_reader_next(&r, &obj) == MPB_READ_MSG &&
+            mpb_value_from_object(&obj, out, MPB_READER_MAX_DEPTH, NULL, 0) == MPB_E_NONE)
+            rc = 0;
+        mpb_reader_destroy(&r);
+    }
+    free(buf);
+    return rc;
+}
+
+int tb_wait_closed(int fd, int timeout_ms) {
+    long long deadline = now_ms() + timeout_ms;
+    char buf[4096];
+    for (;;) {
+        if (wait_readable(fd, deadline) != 1) return 0;
+        ssize_t n = read(fd, buf, sizeof buf);
+        if (n == 0) return 1;
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return errno == ECONNRESET ? 1 : 0;
+    }
+}
