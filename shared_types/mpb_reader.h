@@ -22,7 +22,7 @@ extern "C" {
 #endif
 
 #define MPB_READER_MAX_DEPTH 32 /* msgpack-c's compiled-in limit; max_depth is capped here */
-#define MPB_READER_DEFAULT_MAX_MSG (64u << 20)
+#define MPB_READER_DEFAULT_MAX_MSG (16u << 20) /* decoded, each element costs msgpack-c 24 bytes */
 
 typedef enum mpb_read_status {
     MPB_READ_MSG = 1,       /* *out holds the next message */

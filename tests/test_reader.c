@@ -31,7 +31,10 @@ static void bytes_value(bytes *b, mpb_value v)
     mpb_value_free(&v);
 }
 
-static void push(mpb_value *arr, mpb_value item) { ck_assert_int_eq(mpb_value_push(arr, &item), 0); }
+static void push(mpb_value *arr, mpb_value item)
+{
+    ck_assert_int_eq(mpb_value_push(arr, &item), 0);
+}
 
 /* depth nested arrays around the int 1. */
 static mpb_value nested(int depth)

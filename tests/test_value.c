@@ -76,7 +76,10 @@ static void roundtrip(const mpb_value *v, mpb_value *out)
     msgpack_sbuffer_destroy(&sb);
 }
 
-static void push(mpb_value *arr, mpb_value item) { ck_assert_int_eq(mpb_value_push(arr, &item), 0); }
+static void push(mpb_value *arr, mpb_value item)
+{
+    ck_assert_int_eq(mpb_value_push(arr, &item), 0);
+}
 
 static void put(mpb_value *map, mpb_value k, mpb_value v)
 {
@@ -135,7 +138,8 @@ static uint64_t hash(const mpb_value *v)
 
 START_TEST(uint_normalises_small_values_to_int)
 {
-    mpb_value a = mpb_uint(5), b = mpb_uint((uint64_t)INT64_MAX), c = mpb_uint((uint64_t)INT64_MAX + 1);
+    mpb_value a = mpb_uint(5), b = mpb_uint((uint64_t)INT64_MAX);
+    mpb_value c = mpb_uint((uint64_t)INT64_MAX + 1);
     ck_assert_int_eq(a.type, MPB_INT);
     ck_assert_int_eq(a.v.i, 5);
     ck_assert_int_eq(b.type, MPB_INT);
@@ -356,8 +360,8 @@ END_TEST
 START_TEST(from_object_duplicate_keys_keep_first_key_last_value)
 {
     /* {1: "a", 1.0: "b"} */
-    const char bytes[] = {(char)0x82, 1, (char)0xa1, 'a', (char)0xcb, 0x3f, (char)0xf0, 0, 0, 0, 0, 0, 0,
-                          (char)0xa1, 'b'};
+    const char bytes[] = {(char)0x82, 1, (char)0xa1, 'a',
+                          (char)0xcb, 0x3f, (char)0xf0, 0, 0, 0, 0, 0, 0, (char)0xa1, 'b'};
     mpb_value got;
     ck_assert_int_eq(decode_bytes(bytes, sizeof bytes, &got, 32, NULL, 0), MPB_E_NONE);
     check_repr(&got, "{1: 'b'}");
@@ -371,7 +375,8 @@ START_TEST(numbers_equal_across_types)
 {
     mpb_value one = mpb_int(1), onef = mpb_float(1.0), t = mpb_bool(true);
     mpb_value zero = mpb_int(0), f = mpb_bool(false), negz = mpb_float(-0.0);
-    ck_assert(mpb_value_equal(&one, &onef) && mpb_value_equal(&onef, &t) && mpb_value_equal(&t, &one));
+    ck_assert(mpb_value_equal(&one, &onef));
+    ck_assert(mpb_value_equal(&onef, &t) && mpb_value_equal(&t, &one));
     ck_assert(mpb_value_equal(&zero, &f) && mpb_value_equal(&f, &negz));
     mpb_value u63 = mpb_uint((uint64_t)1 << 63), d63 = mpb_float(9.223372036854775808e18);
     mpb_value imax = mpb_int(INT64_MAX);
