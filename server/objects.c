@@ -227,6 +227,11 @@ size_t objects_count(void) { return table.len; }
 
 size_t objects_len(const mpb_object *o) { return type_ops(o->type)->len(o); }
 
+size_t objects_memsize(const mpb_object *o)
+{
+    return sizeof *o + (o->name ? strlen(o->name) + 1 : 0) + type_ops(o->type)->memsize(o);
+}
+
 bool objects_next(size_t *it, mpb_object **o)
 {
     uint64_t k;

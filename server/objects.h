@@ -57,6 +57,8 @@ typedef struct mpb_type_ops {
     void (*destroy)(mpb_object *o);
     /* The length that manager.objects reports. */
     size_t (*len)(const mpb_object *o);
+    /* Heap bytes of the state (mpb_value_memsize of what it holds, plus its own). */
+    size_t (*memsize)(const mpb_object *o);
 } mpb_type_ops;
 
 /* A namespace is stored as a dict (str keys): it uses mpb_dict_ops. */
@@ -74,6 +76,8 @@ mpb_object *objects_by_name(const char *name, size_t len);
 void objects_unname(mpb_object *o);
 size_t objects_count(void);
 size_t objects_len(const mpb_object *o);
+/* Approximate bytes the object uses: its header and its state. */
+size_t objects_memsize(const mpb_object *o);
 /* Iterate over live objects. */
 bool objects_next(size_t *it, mpb_object **o);
 

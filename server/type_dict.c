@@ -38,7 +38,9 @@ static void dict_destroy(mpb_object *o)
 
 static size_t dict_length(const mpb_object *o) { return o->u.map->len; }
 
-const mpb_type_ops mpb_dict_ops = {dict_init, dict_destroy, dict_length};
+static size_t dict_memsize(const mpb_object *o) { return mpb_map_memsize(o->u.map); }
+
+const mpb_type_ops mpb_dict_ops = {dict_init, dict_destroy, dict_length, dict_memsize};
 
 int map_store(mpb_map *m, mpb_value *k, mpb_value *v)
 {

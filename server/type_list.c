@@ -27,7 +27,15 @@ static void list_destroy(mpb_object *o)
 
 static size_t list_length(const mpb_object *o) { return o->u.list.len; }
 
-const mpb_type_ops mpb_list_ops = {list_init, list_destroy, list_length};
+static size_t list_memsize(const mpb_object *o)
+{
+    const mpb_array *a = &o->u.list;
+    size_t n = a->cap * sizeof *a->items;
+    for (size_t i = 0; i < a->len; i++) n += mpb_value_memsize(&a->items[i]);
+    return n;
+}
+
+const mpb_type_ops mpb_list_ops = {list_init, list_destroy, list_length, list_memsize};
 
 bool list_init_from(mpb_req *r, mpb_object *o, uint32_t i)
 {

@@ -152,7 +152,7 @@ void manager_objects(mpb_req *r)
     size_t it = 0;
     mpb_object *o;
     while (objects_next(&it, &o)) {
-        msgpack_pack_map(pk, 7);
+        msgpack_pack_map(pk, 8);
         pack_key(pk, "ref");
         mpb_ref_pack(pk, o->id);
         pack_key(pk, "type");
@@ -168,6 +168,8 @@ void manager_objects(mpb_req *r)
         msgpack_pack_uint64(pk, o->holds);
         pack_key(pk, "contained");
         msgpack_pack_uint64(pk, o->contained);
+        pack_key(pk, "bytes");
+        msgpack_pack_uint64(pk, objects_memsize(o));
     }
 }
 

@@ -367,3 +367,12 @@ fail:
     mpb_map_free(m); /* frees the m->used entries copied so far */
     return NULL;
 }
+
+size_t mpb_map_memsize(const mpb_map *m)
+{
+    size_t n = sizeof *m + m->cap * sizeof *m->entries + m->index_cap * sizeof *m->index;
+    size_t it = 0;
+    mpb_map_entry *e;
+    while ((e = mpb_map_next(m, &it))) n += mpb_value_memsize(&e->key) + mpb_value_memsize(&e->val);
+    return n;
+}

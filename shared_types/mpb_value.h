@@ -164,6 +164,11 @@ bool mpb_value_is_number(const mpb_value *v);
 /* Python's truth value for a number, nil, bool, str, container. */
 bool mpb_value_truthy(const mpb_value *v);
 
+/* Heap bytes owned by v beyond its own 16-byte slot (strings, containers, recursively):
+ * what `objects` reports as an object's size. Allocator overhead is not counted. */
+size_t mpb_value_memsize(const mpb_value *v);
+size_t mpb_map_memsize(const mpb_map *m);
+
 /*--- Printing ---*/
 /* Python repr: None, True, 3, 2.5, 'text', b'\x00', [1, 2], {'a': 1}, <ref 7>. Writes
  * to f; returns 0 or -1 on a write error. */

@@ -807,3 +807,18 @@ int mpb_value_print(FILE *f, const mpb_value *v)
     free(s);
     return rc;
 }
+
+size_t mpb_value_memsize(const mpb_value *v)
+{
+    switch (v->type) {
+    case MPB_STR:
+    case MPB_BIN: return v->flags & MPB_VF_BORROWED ? 0 : (size_t)v->len + 1;
+    case MPB_ARRAY: {
+        size_t n = sizeof *v->v.a + v->v.a->cap * sizeof(mpb_value);
+        for (size_t i = 0; i < v->v.a->len; i++) n += mpb_value_memsize(&v->v.a->items[i]);
+        return n;
+    }
+    case MPB_MAP: return mpb_map_memsize(v->v.m);
+    default: return 0;
+    }
+}

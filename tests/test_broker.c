@@ -401,6 +401,8 @@ static bool object_row(mpb_ref r, int64_t *holders, int64_t *len, bool *named)
         *len = mpb_map_get(m, &k)->v.i;
         k = S("name");
         *named = mpb_map_get(m, &k)->type == MPB_STR;
+        k = S("bytes"); /* at least the item slots of what it holds */
+        ck_assert_int_ge(mpb_map_get(m, &k)->v.i, (int64_t)(*len * sizeof(mpb_value)));
         found = true;
     }
     mpb_value_free(&all);
