@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "conn.h"
@@ -77,6 +78,9 @@ mpb_conn *conn_new(struct event_base *base, int fd, bool is_tcp)
         return NULL;
     }
     c->id = next_conn_id++;
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    c->since = (double)t.tv_sec + (double)t.tv_nsec / 1e9;
     c->fd = fd;
     c->is_tcp = is_tcp;
     msgpack_sbuffer_init(&c->out);
@@ -231,6 +235,7 @@ void conn_unblock(mpb_conn *c)
 
 static void conn_free(mpb_conn *c)
 {
+    admin_conn_closed(c);
     event_del(&c->rev);
     event_del(&c->wev);
     objects_drop_holds(&c->holds);

@@ -36,6 +36,9 @@ typedef struct mpb_conn {
     uid_t peer_uid;
     char peer[64];     /* printable peer address */
     uint64_t ops;      /* requests handled */
+    double since;      /* CLOCK_MONOTONIC seconds at accept */
+    bool monitor;      /* receives "monitor" notifications */
+    uint64_t monitor_dropped; /* events not sent since the last one that was */
     struct mpb_conn *prev, *next;
 } mpb_conn;
 

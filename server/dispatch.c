@@ -314,6 +314,8 @@ void dispatch_message(mpb_conn *c, const msgpack_object *msg)
         return;
     }
     int id = mpb_method_lookup(name, len);
+    if (params->type == MSGPACK_OBJECT_ARRAY)
+        admin_monitor_feed(c, id < 0 ? NULL : &mpb_methods[id], name, len, params);
     if (id < 0) {
         /* Unknown notifications are ignored: real clients send their own. */
         if (!r.notify)

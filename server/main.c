@@ -217,6 +217,7 @@ int main(int argc, char **argv)
         return 1;
     }
     objects_init();
+    admin_init(base);
     if (sock) listen_unix(sock);
     for (int i = 0; i < g_config.ntcp; i++) listen_tcp(g_config.tcp[i]);
     struct event *sigint = evsignal_new(base, SIGINT, on_signal, NULL);

@@ -82,6 +82,15 @@ bool arg_key(mpb_req *r, uint32_t i, mpb_value *out);
  * (int + int stays int, OverflowError past int64; any float makes a float). */
 mpb_errkind value_add(mpb_value *cur, const mpb_value *delta, char *err, size_t errlen);
 
+/*--- admin.c ---*/
+void admin_init(struct event_base *base);
+double admin_uptime(void);
+/* A request is about to run on `from` (m NULL when the method is unknown): tell the
+ * monitors. */
+void admin_monitor_feed(const mpb_conn *from, const mpb_method_info *m, const char *name,
+                        size_t name_len, const msgpack_object *params);
+void admin_conn_closed(mpb_conn *c);
+
 /* Handlers, from the method table. */
 #define MPB_METHOD(id, name, handler, self, min, max, flags, args, doc) \
     void handler(mpb_req *r);

@@ -557,6 +557,68 @@ START_TEST(shutdown_method_stops_the_broker_cleanly)
 }
 END_TEST
 
+START_TEST(stats_and_clients_describe_the_broker)
+{
+    mpb_context *c2 = tb_connect(&B);
+    ck_assert_int_eq(mpb_ping(c2), MPB_OK);
+    mpb_ref l = new_obj("list", NULL);
+    mpb_value st, cl;
+    ck_assert_int_eq(mpb_call(C, "manager.stats", NULL, 0, &st), MPB_OK);
+    mpb_value k = S("connections");
+    ck_assert_int_eq(mpb_map_get(st.v.m, &k)->v.i, 2);
+    k = S("objects");
+    ck_assert_int_eq(mpb_map_get(st.v.m, &k)->v.i, 1);
+    k = S("pid");
+    ck_assert_int_eq(mpb_map_get(st.v.m, &k)->v.i, B.pid);
+    k = S("rss_bytes");
+    ck_assert_int_gt(mpb_map_get(st.v.m, &k)->v.i, 0);
+    ck_assert_int_eq(mpb_call(C, "manager.clients", NULL, 0, &cl), MPB_OK);
+    ck_assert_uint_eq(cl.v.a->len, 2);
+    int selves = 0;
+    for (size_t i = 0; i < cl.v.a->len; i++) {
+        mpb_map *m = cl.v.a->items[i].v.m;
+        k = S("self");
+        if (!mpb_map_get(m, &k)->v.b) continue;
+        selves++;
+        k = S("pid"); /* SO_PEERCRED: this very process */
+        ck_assert_int_eq(mpb_map_get(m, &k)->v.i, getpid());
+        k = S("holds");
+        ck_assert_int_eq(mpb_map_get(m, &k)->v.i, 1);
+    }
+    ck_assert_int_eq(selves, 1);
+    mpb_value_free(&st);
+    mpb_value_free(&cl);
+    mpb_free(c2);
+    (void)l;
+}
+END_TEST
+
+START_TEST(monitor_streams_other_connections_requests)
+{
+    int fd = tb_raw_connect(&B);
+    /* [0, 1, "manager.monitor", []] */
+    ck_assert_int_eq(tb_write_all(fd, "\x94\x00\x01\xafmanager.monitor\x90", 20), 0);
+    mpb_value m;
+    ck_assert_int_eq(tb_read_msg(fd, &m, 5000), 0);
+    char *s = repr_of(&m);
+    ck_assert_str_eq(s, "[1, 1, None, None]");
+    free(s);
+    mpb_value_free(&m);
+    mpb_ref l = new_obj("list", NULL);
+    EXPECT("None", "list.append", R(l), V("'watched'"));
+    ck_assert_int_eq(tb_read_msg(fd, &m, 5000), 0); /* the create */
+    mpb_value_free(&m);
+    ck_assert_int_eq(tb_read_msg(fd, &m, 5000), 0);
+    s = repr_of(&m);
+    ck_assert_msg(strstr(s, "[2, 'monitor', [{'time': ") == s, "%s", s);
+    ck_assert_msg(strstr(s, "'method': 'list.append', 'params': [<ref ") != NULL, "%s", s);
+    ck_assert_msg(strstr(s, ">, 'watched']}]]") != NULL, "%s", s);
+    free(s);
+    mpb_value_free(&m);
+    close(fd);
+}
+END_TEST
+
 static Suite *broker_suite(void)
 {
     Suite *s = suite_create("broker");
@@ -575,6 +637,8 @@ static Suite *broker_suite(void)
     tcase_add_test(tc, anonymous_objects_die_with_their_holder_named_ones_do_not);
     tcase_add_test(tc, pipelined_calls_answer_in_order);
     tcase_add_test(tc, forked_processes_share_records_and_counters_exactly);
+    tcase_add_test(tc, stats_and_clients_describe_the_broker);
+    tcase_add_test(tc, monitor_streams_other_connections_requests);
     tcase_add_test(tc, shutdown_method_stops_the_broker_cleanly);
     suite_add_tcase(s, tc);
     return s;

@@ -1,0 +1,181 @@
+/* admin.c - looking at the broker itself: manager.stats, manager.clients and
+ * manager.monitor (a redis-cli MONITOR for msgpack-rpc).
+ *
+ * A monitoring connection gets, for every request another connection makes, the
+ * notification [2, "monitor", [{time, conn, peer, method, params}]]. A monitor that
+ * does not read falls behind: past MONITOR_MAX_BACKLOG of unsent output its events are
+ * dropped (and counted in "dropped" of the next one it gets) rather than buffered.
+ */
+#include <stdio.h>
+#include <string.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "server.h"
+
+#define MONITOR_MAX_BACKLOG (16u << 20)
+
+static size_t nmonitors;
+static struct timespec started;
+static uint64_t ops_at_last_tick, ops_last_second;
+
+static double mono_seconds(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+static void on_tick(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    (void)arg;
+    ops_last_second = g_ops_total - ops_at_last_tick;
+    ops_at_last_tick = g_ops_total;
+}
+
+void admin_init(struct event_base *base)
+{
+    clock_gettime(CLOCK_MONOTONIC, &started);
+    static struct event tick;
+    struct timeval one = {1, 0};
+    event_assign(&tick, base, -1, EV_PERSIST, on_tick, NULL);
+    event_add(&tick, &one);
+}
+
+double admin_uptime(void)
+{
+    return mono_seconds() - ((double)started.tv_sec + (double)started.tv_nsec / 1e9);
+}
+
+static void pack_key(msgpack_packer *pk, const char *k)
+{
+    msgpack_pack_str_with_body(pk, k, strlen(k));
+}
+
+/* Resident set size in bytes, from /proc; 0 when unknown. */
+static uint64_t rss_bytes(void)
+{
+    unsigned long size, resident;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (!f) return 0;
+    int n = fscanf(f, "%lu %lu", &size, &resident);
+    fclose(f);
+    return n == 2 ? (uint64_t)resident * (uint64_t)sysconf(_SC_PAGESIZE) : 0;
+}
+
+/* manager.stats */
+void manager_stats(mpb_req *r)
+{
+    msgpack_packer *pk = reply_begin(r);
+    msgpack_pack_map(pk, 9);
+    pack_key(pk, "pid");
+    msgpack_pack_int64(pk, getpid());
+    pack_key(pk, "uptime");
+    msgpack_pack_double(pk, admin_uptime());
+    pack_key(pk, "connections");
+    msgpack_pack_uint64(pk, conn_count());
+    pack_key(pk, "objects");
+    msgpack_pack_uint64(pk, objects_count());
+    pack_key(pk, "ops_total");
+    msgpack_pack_uint64(pk, g_ops_total);
+    pack_key(pk, "ops_per_sec");
+    msgpack_pack_uint64(pk, ops_last_second);
+    pack_key(pk, "rss_bytes");
+    msgpack_pack_uint64(pk, rss_bytes());
+    pack_key(pk, "max_message");
+    msgpack_pack_uint64(pk, g_config.max_msg);
+    pack_key(pk, "max_depth");
+    msgpack_pack_int32(pk, g_config.max_depth);
+}
+
+/* manager.clients */
+void manager_clients(mpb_req *r)
+{
+    msgpack_packer *pk = reply_begin(r);
+    msgpack_pack_array(pk, conn_count());
+    for (mpb_conn *c = conn_first(); c; c = c->next) {
+        uint64_t holds = 0, id;
+        void *n;
+        size_t it = 0;
+        while (idmap_next(&c->holds, &it, &id, &n)) holds += (uintptr_t)n;
+        msgpack_pack_map(pk, 10);
+        pack_key(pk, "id");
+        msgpack_pack_uint64(pk, c->id);
+        pack_key(pk, "peer");
+        pack_key(pk, c->peer);
+        pack_key(pk, "pid");
+        msgpack_pack_int64(pk, c->peer_pid);
+        pack_key(pk, "uid");
+        msgpack_pack_int64(pk, c->is_tcp ? -1 : (int64_t)c->peer_uid);
+        pack_key(pk, "age");
+        msgpack_pack_double(pk, mono_seconds() - c->since);
+        pack_key(pk, "ops");
+        msgpack_pack_uint64(pk, c->ops);
+        pack_key(pk, "holds");
+        msgpack_pack_uint64(pk, holds);
+        pack_key(pk, "parked");
+        msgpack_pack_uint32(pk, c->blocked ? 1 : 0);
+        pack_key(pk, "monitor");
+        if (c->monitor) msgpack_pack_true(pk);
+        else msgpack_pack_false(pk);
+        pack_key(pk, "self");
+        if (c == r->conn) msgpack_pack_true(pk);
+        else msgpack_pack_false(pk);
+    }
+}
+
+/* manager.monitor */
+void manager_monitor(mpb_req *r)
+{
+    if (!r->conn->monitor) {
+        r->conn->monitor = true;
+        nmonitors++;
+    }
+    reply_nil(r);
+}
+
+void admin_conn_closed(mpb_conn *c)
+{
+    if (c->monitor) nmonitors--;
+}
+
+void admin_monitor_feed(const mpb_conn *from, const mpb_method_info *m, const char *name,
+                        size_t name_len, const msgpack_object *params)
+{
+    if (nmonitors == 0) return;
+    struct timeval now;
+    gettimeofday(&now, NULL);
+    for (mpb_conn *c = conn_first(); c; c = c->next) {
+        if (!c->monitor || c == from) continue;
+        if (c->out.size - c->out_sent > MONITOR_MAX_BACKLOG) {
+            c->monitor_dropped++;
+            continue;
+        }
+        msgpack_packer *pk = &c->pk;
+        msgpack_pack_array(pk, 3);
+        msgpack_pack_uint8(pk, 2);
+        pack_key(pk, "monitor");
+        msgpack_pack_array(pk, 1);
+        msgpack_pack_map(pk, c->monitor_dropped ? 6 : 5);
+        pack_key(pk, "time");
+        msgpack_pack_double(pk, (double)now.tv_sec + (double)now.tv_usec / 1e6);
+        pack_key(pk, "conn");
+        msgpack_pack_uint64(pk, from->id);
+        pack_key(pk, "peer");
+        pack_key(pk, from->peer);
+        pack_key(pk, "method");
+        if (m) pack_key(pk, m->name);
+        else msgpack_pack_str_with_body(pk, name, name_len);
+        pack_key(pk, "params");
+        msgpack_pack_object(pk, *params);
+        if (c->monitor_dropped) {
+            pack_key(pk, "dropped");
+            msgpack_pack_uint64(pk, c->monitor_dropped);
+            c->monitor_dropped = 0;
+        }
+        conn_schedule_flush(c);
+    }
+}
