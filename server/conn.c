@@ -17,6 +17,7 @@
 
 #include "conn.h"
 #include "server.h"
+#include "wait.h"
 
 #define READ_CHUNK (64 * 1024)
 #define OUT_HIGH (4u << 20)
@@ -238,6 +239,9 @@ static void conn_free(mpb_conn *c)
     admin_conn_closed(c);
     event_del(&c->rev);
     event_del(&c->wev);
+    /* First its parked request, then what it owns (waking others), then its holds. */
+    wait_conn_closed(c);
+    objects_drop_owned(&c->owned, c->id);
     objects_drop_holds(&c->holds);
     objects_collect();
     close(c->fd);

@@ -27,6 +27,8 @@ typedef struct mpb_conn {
     size_t out_sent;
     msgpack_packer pk; /* writes into out */
     mpb_idmap holds;   /* object id -> hold count */
+    mpb_idmap owned;   /* lock/semaphore id -> times acquired by this connection */
+    struct mpb_waiter *parked; /* the request waiting (wait.h), or NULL */
     bool is_tcp;
     bool eof;          /* peer closed its side: answer what was read, then close */
     bool closing;      /* close once the output is written */

@@ -165,6 +165,36 @@ bool arg_bool(mpb_req *r, uint32_t i, bool *out)
     return true;
 }
 
+bool arg_bool_opt(mpb_req *r, uint32_t i, bool def, bool *out)
+{
+    *out = def;
+    return i >= r->nargs || r->args[i].type == MSGPACK_OBJECT_NIL || arg_bool(r, i, out);
+}
+
+bool arg_timeout(mpb_req *r, uint32_t i, double *out)
+{
+    *out = -1;
+    if (i >= r->nargs || r->args[i].type == MSGPACK_OBJECT_NIL) return true;
+    const msgpack_object *o = &r->args[i];
+    switch (o->type) {
+    case MSGPACK_OBJECT_POSITIVE_INTEGER: *out = (double)o->via.u64; return true;
+    case MSGPACK_OBJECT_FLOAT32:
+    case MSGPACK_OBJECT_FLOAT64:
+        if (o->via.f64 >= 0) {
+            *out = o->via.f64;
+            return true;
+        }
+        __attribute__((fallthrough)); /* negative (or NaN) */
+    case MSGPACK_OBJECT_NEGATIVE_INTEGER:
+        reply_error(r, MPB_E_VALUE, "%s: timeout must be a non-negative number", r->info->name);
+        return false;
+    default:
+        reply_error(r, MPB_E_TYPE, "%s: timeout must be a number or nil, not %s", r->info->name,
+                    obj_type_name(o));
+        return false;
+    }
+}
+
 bool arg_value(mpb_req *r, uint32_t i, mpb_value *out)
 {
     char err[160];

@@ -128,6 +128,14 @@ static const mpb_type_ops *type_ops(mpb_otype t)
     case MPB_OT_LIST: return &mpb_list_ops;
     case MPB_OT_DICT:
     case MPB_OT_NAMESPACE: return &mpb_dict_ops;
+    case MPB_OT_QUEUE: return &mpb_queue_ops;
+    case MPB_OT_LOCK: return &mpb_lock_ops;
+    case MPB_OT_SEMAPHORE: return &mpb_semaphore_ops;
+    case MPB_OT_CONDITION: return &mpb_condition_ops;
+    case MPB_OT_EVENT: return &mpb_event_ops;
+    case MPB_OT_BARRIER: return &mpb_barrier_ops;
+    case MPB_OT_VALUE: return &mpb_value_ops;
+    case MPB_OT_ARRAY: return &mpb_array_ops;
     default: return NULL;
     }
 }
@@ -165,7 +173,7 @@ void objects_shutdown(void)
     names = NULL;
 }
 
-mpb_object *objects_create(mpb_otype type, const char *name, size_t name_len)
+mpb_object *objects_create(mpb_otype type, int variant, const char *name, size_t name_len)
 {
     const mpb_type_ops *ops = type_ops(type);
     if (!ops) return NULL;
@@ -173,6 +181,7 @@ mpb_object *objects_create(mpb_otype type, const char *name, size_t name_len)
     if (!o) return NULL;
     o->id = next_id++;
     o->type = type;
+    o->variant = variant;
     if (ops->init(o) < 0) {
         free(o);
         return NULL;
@@ -285,6 +294,44 @@ void objects_drop_holds(mpb_idmap *holds)
     idmap_free(holds);
 }
 
+const char *objects_typeid(const mpb_object *o) { return mpb_typeid_name(o->type, o->variant); }
+
+/*--- Ownership (locks, semaphores) and pins (parked requests) ---*/
+
+int objects_own(mpb_idmap *owned, mpb_object *o)
+{
+    uintptr_t n = (uintptr_t)idmap_get(owned, o->id);
+    return idmap_put(owned, o->id, (void *)(n + 1));
+}
+
+void objects_disown(mpb_idmap *owned, mpb_object *o)
+{
+    uintptr_t n = (uintptr_t)idmap_get(owned, o->id);
+    if (n > 1) idmap_put(owned, o->id, (void *)(n - 1)); /* key exists: cannot fail */
+    else if (n == 1) idmap_del(owned, o->id);
+}
+
+void objects_drop_owned(mpb_idmap *owned, uint64_t conn_id)
+{
+    size_t it = 0;
+    uint64_t id;
+    void *n;
+    while (idmap_next(owned, &it, &id, &n)) {
+        mpb_object *o = idmap_get(&table, id);
+        const mpb_type_ops *ops = o ? type_ops(o->type) : NULL;
+        if (ops && ops->conn_gone) ops->conn_gone(o, conn_id, (uintptr_t)n);
+    }
+    idmap_free(owned);
+}
+
+void objects_pin(mpb_object *o) { o->pins++; }
+
+void objects_unpin(mpb_object *o)
+{
+    o->pins--;
+    objects_maybe_free(o);
+}
+
 /*--- Containment ---*/
 
 bool objects_refs_valid(const mpb_value *v, mpb_ref *bad)
@@ -354,7 +401,7 @@ void objects_discard_value(mpb_value *v)
 
 void objects_maybe_free(mpb_object *o)
 {
-    if (o->queued || o->name || o->holds || o->contained) return;
+    if (o->queued || o->name || o->holds || o->contained || o->pins) return;
     if (free_len == free_cap) {
         size_t ncap = free_cap ? free_cap * 2 : 16;
         mpb_object **q = realloc(free_queue, ncap * sizeof *q);

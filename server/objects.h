@@ -37,10 +37,12 @@ bool idmap_next(const mpb_idmap *m, size_t *it, uint64_t *key, void **val);
 typedef struct mpb_object {
     mpb_ref id;
     mpb_otype type;
+    int variant;        /* flavour within the family: rlock, joinablequeue, ... */
     char *name;         /* owned; NULL when anonymous */
     uint32_t holders;   /* connections holding it */
     uint64_t holds;     /* holds in all */
     uint64_t contained; /* references to it stored inside other objects */
+    uint32_t pins;      /* parked requests waiting on it: they keep it alive */
     bool queued;        /* waiting in the free queue */
     union {
         mpb_array list;
@@ -59,17 +61,32 @@ typedef struct mpb_type_ops {
     size_t (*len)(const mpb_object *o);
     /* Heap bytes of the state (mpb_value_memsize of what it holds, plus its own). */
     size_t (*memsize)(const mpb_object *o);
+    /* Optional: connection conn_id closed while it owned o `count` times (locks,
+     * semaphores): give it all back, waking waiters. */
+    void (*conn_gone)(mpb_object *o, uint64_t conn_id, uintptr_t count);
 } mpb_type_ops;
 
 /* A namespace is stored as a dict (str keys): it uses mpb_dict_ops. */
-extern const mpb_type_ops mpb_list_ops, mpb_dict_ops;
+extern const mpb_type_ops mpb_list_ops, mpb_dict_ops, mpb_queue_ops, mpb_lock_ops,
+    mpb_semaphore_ops, mpb_condition_ops, mpb_event_ops, mpb_barrier_ops, mpb_value_ops,
+    mpb_array_ops;
 
 void objects_init(void);
 /* Free every object (at exit). */
 void objects_shutdown(void);
 /* A new empty object with a fresh id, not yet held by anyone (the caller holds it or
  * names it at once). name (may be NULL) is copied. NULL on allocation failure. */
-mpb_object *objects_create(mpb_otype type, const char *name, size_t name_len);
+mpb_object *objects_create(mpb_otype type, int variant, const char *name, size_t name_len);
+/* The typeid a client would use to create it ("rlock"). */
+const char *objects_typeid(const mpb_object *o);
+/* Ownership of locks and semaphores by connections (conn->owned: id -> count): */
+int objects_own(mpb_idmap *owned, mpb_object *o);
+void objects_disown(mpb_idmap *owned, mpb_object *o);
+/* A connection closed: every object it owned gets conn_gone. */
+void objects_drop_owned(mpb_idmap *owned, uint64_t conn_id);
+/* Pin o while a parked request waits on it. */
+void objects_pin(mpb_object *o);
+void objects_unpin(mpb_object *o);
 mpb_object *objects_get(mpb_ref id);
 mpb_object *objects_by_name(const char *name, size_t len);
 /* Remove the object's name; it may then be queued for freeing. */

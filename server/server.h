@@ -78,6 +78,24 @@ bool arg_value(mpb_req *r, uint32_t i, mpb_value *out);
 /* Like arg_value, and the value must be hashable (a dict key). */
 bool arg_key(mpb_req *r, uint32_t i, mpb_value *out);
 
+/* Sequences (type_list.c, also used by array): Python's slice.indices() over
+ * r->args[first..] (START STOP [STEP], each nil or int); returns the slice length
+ * or -1 after replying. seq_index: r->args[i] as an index into len items, negative
+ * counting from the end; -1 after replying IndexError "<what> index out of range". */
+int64_t seq_slice(mpb_req *r, uint32_t first, bool has_step, int64_t len, int64_t *start,
+                  int64_t *stop, int64_t *step);
+int64_t seq_index(mpb_req *r, uint32_t i, int64_t len, const char *what);
+
+/* Typecodes (type_value.c), shared by value and array. */
+bool typecode_valid(char tc);
+/* *out = in converted for typecode tc (owned); or an error kind with err set. */
+mpb_errkind typecode_coerce(char tc, const mpb_value *in, mpb_value *out, char *err, size_t errlen);
+mpb_value typecode_zero(char tc);
+/* A typecode string argument; false after replying ValueError. */
+bool arg_typecode(mpb_req *r, const msgpack_object *o, char *tc);
+/* r->args[i] converted for typecode tc; false after replying. */
+bool arg_typed(mpb_req *r, uint32_t i, char tc, mpb_value *out);
+
 /* Numbers, shared by dict.incr / namespace.incr: *cur = *cur + delta, Python-style
  * (int + int stays int, OverflowError past int64; any float makes a float). */
 mpb_errkind value_add(mpb_value *cur, const mpb_value *delta, char *err, size_t errlen);
@@ -100,9 +118,27 @@ void admin_conn_closed(mpb_conn *c);
 /* Initial contents for manager.create/open, per type (in each type file): r->args[i]
  * is the initial value (nil for empty); replies with an error and returns false on
  * bad input, leaving o empty. */
+static inline bool has_initial(const mpb_req *r, uint32_t i)
+{
+    return i < r->nargs && r->args[i].type != MSGPACK_OBJECT_NIL;
+}
 bool list_init_from(mpb_req *r, mpb_object *o, uint32_t i);
 bool dict_init_from(mpb_req *r, mpb_object *o, uint32_t i);
 bool ns_init_from(mpb_req *r, mpb_object *o, uint32_t i);
+bool queue_init_from(mpb_req *r, mpb_object *o, uint32_t i);
+bool lock_init_from(mpb_req *r, mpb_object *o, uint32_t i);
+bool sem_init_from(mpb_req *r, mpb_object *o, uint32_t i);
+bool cond_init_from(mpb_req *r, mpb_object *o, uint32_t i);
+bool event_init_from(mpb_req *r, mpb_object *o, uint32_t i);
+bool barrier_init_from(mpb_req *r, mpb_object *o, uint32_t i);
+bool value_init_from(mpb_req *r, mpb_object *o, uint32_t i);
+bool array_init_from(mpb_req *r, mpb_object *o, uint32_t i);
+
+/* Timeout argument r->args[i] in seconds: absent or nil is -1 (wait forever).
+ * Negative or not a number: ValueError/TypeError replied, false returned. */
+bool arg_timeout(mpb_req *r, uint32_t i, double *out);
+/* An optional bool argument r->args[i], default def. */
+bool arg_bool_opt(mpb_req *r, uint32_t i, bool def, bool *out);
 
 /* Shared by dict and namespace (type_dict.c). map_store: store v under k, taking both
  * (left nil), replacing and releasing an old value; 0, or -1 on allocation failure

@@ -40,7 +40,7 @@ static size_t dict_length(const mpb_object *o) { return o->u.map->len; }
 
 static size_t dict_memsize(const mpb_object *o) { return mpb_map_memsize(o->u.map); }
 
-const mpb_type_ops mpb_dict_ops = {dict_init, dict_destroy, dict_length, dict_memsize};
+const mpb_type_ops mpb_dict_ops = {dict_init, dict_destroy, dict_length, dict_memsize, NULL};
 
 int map_store(mpb_map *m, mpb_value *k, mpb_value *v)
 {
@@ -123,8 +123,7 @@ bool map_update_from(mpb_req *r, mpb_map *m, uint32_t i, bool str_keys)
 
 bool dict_init_from(mpb_req *r, mpb_object *o, uint32_t i)
 {
-    if (r->args[i].type == MSGPACK_OBJECT_NIL) return true;
-    return map_update_from(r, o->u.map, i, false);
+    return !has_initial(r, i) || map_update_from(r, o->u.map, i, false);
 }
 
 /*--- Read-modify-write, shared with namespace ---*/

@@ -35,12 +35,12 @@ static size_t list_memsize(const mpb_object *o)
     return n;
 }
 
-const mpb_type_ops mpb_list_ops = {list_init, list_destroy, list_length, list_memsize};
+const mpb_type_ops mpb_list_ops = {list_init, list_destroy, list_length, list_memsize, NULL};
 
 bool list_init_from(mpb_req *r, mpb_object *o, uint32_t i)
 {
+    if (!has_initial(r, i)) return true;
     const msgpack_object *init = &r->args[i];
-    if (init->type == MSGPACK_OBJECT_NIL) return true;
     if (init->type != MSGPACK_OBJECT_ARRAY) {
         reply_error(r, MPB_E_TYPE, "a list's initial value must be an array");
         return false;
@@ -53,10 +53,8 @@ bool list_init_from(mpb_req *r, mpb_object *o, uint32_t i)
     return true;
 }
 
-/* Python's slice.indices(): fills start/stop/step and returns the slice length, or
- * -1 after replying ValueError (step 0). Bounds are nil or ints. */
-static int64_t slice_indices(mpb_req *r, uint32_t first, bool has_step, int64_t len,
-                             int64_t *start, int64_t *stop, int64_t *step)
+int64_t seq_slice(mpb_req *r, uint32_t first, bool has_step, int64_t len, int64_t *start,
+                  int64_t *stop, int64_t *step)
 {
     bool gs, ge;
     *step = 1;
@@ -81,10 +79,9 @@ static int64_t slice_indices(mpb_req *r, uint32_t first, bool has_step, int64_t 
     return *start < *stop ? (*stop - *start - 1) / *step + 1 : 0;
 }
 
-/* Index argument i resolved against the list: -1 after replying IndexError. */
-static int64_t index_arg(mpb_req *r, uint32_t i, const char *what)
+int64_t seq_index(mpb_req *r, uint32_t i, int64_t len, const char *what)
 {
-    int64_t idx, len = (int64_t)r->self->u.list.len;
+    int64_t idx;
     if (!arg_int(r, i, &idx)) return -1;
     if (idx < 0) idx += len;
     if (idx < 0 || idx >= len) {
@@ -92,6 +89,12 @@ static int64_t index_arg(mpb_req *r, uint32_t i, const char *what)
         return -1;
     }
     return idx;
+}
+
+/* Index argument i resolved against the list: -1 after replying IndexError. */
+static int64_t index_arg(mpb_req *r, uint32_t i, const char *what)
+{
+    return seq_index(r, i, (int64_t)r->self->u.list.len, what);
 }
 
 /* Remove n items at pos (they must already be released). */
@@ -350,7 +353,7 @@ void list_getitem(mpb_req *r)
         return;
     }
     int64_t start, stop, step;
-    int64_t n = slice_indices(r, 0, r->nargs == 3, (int64_t)a->len, &start, &stop, &step);
+    int64_t n = seq_slice(r, 0, r->nargs == 3, (int64_t)a->len, &start, &stop, &step);
     if (n < 0) return;
     msgpack_packer *pk = reply_begin(r);
     msgpack_pack_array(pk, (size_t)n);
@@ -377,7 +380,7 @@ void list_setitem(mpb_req *r)
         return;
     }
     int64_t start, stop, step;
-    int64_t n = slice_indices(r, 0, r->nargs == 4, (int64_t)a->len, &start, &stop, &step);
+    int64_t n = seq_slice(r, 0, r->nargs == 4, (int64_t)a->len, &start, &stop, &step);
     if (n < 0) return;
     int64_t m = r->args[vi].via.array.size;
     if (step != 1 && m != n) {
@@ -425,7 +428,7 @@ void list_delitem(mpb_req *r)
         return;
     }
     int64_t start, stop, step;
-    int64_t n = slice_indices(r, 0, r->nargs == 3, (int64_t)a->len, &start, &stop, &step);
+    int64_t n = seq_slice(r, 0, r->nargs == 3, (int64_t)a->len, &start, &stop, &step);
     if (n < 0) return;
     if (step < 0) { /* walk it forwards: the same set of items */
         start = start + (n - 1) * step;

@@ -12,19 +12,34 @@ static const init_fn init_from[MPB_OT__COUNT] = {
     [MPB_OT_LIST] = list_init_from,
     [MPB_OT_DICT] = dict_init_from,
     [MPB_OT_NAMESPACE] = ns_init_from,
+    [MPB_OT_QUEUE] = queue_init_from,
+    [MPB_OT_LOCK] = lock_init_from,
+    [MPB_OT_SEMAPHORE] = sem_init_from,
+    [MPB_OT_CONDITION] = cond_init_from,
+    [MPB_OT_EVENT] = event_init_from,
+    [MPB_OT_BARRIER] = barrier_init_from,
+    [MPB_OT_VALUE] = value_init_from,
+    [MPB_OT_ARRAY] = array_init_from,
 };
 
 /* The TYPE argument; MPB_OT_NONE after replying ValueError. */
-static mpb_otype type_arg(mpb_req *r)
+static mpb_otype type_arg(mpb_req *r, int *variant)
 {
     const char *p;
     size_t n;
     if (!arg_str(r, 0, &p, &n)) return MPB_OT_NONE;
-    mpb_otype t = mpb_otype_from_name(p, n);
-    if (t == MPB_OT_NONE || !init_from[t])
+    mpb_otype t = mpb_typeid_lookup(p, n, variant);
+    if (t == MPB_OT_NONE)
         reply_error(r, MPB_E_VALUE, "unknown type '%.*s' (see manager.methods)",
                     (int)(n > 64 ? 64 : n), p);
-    return init_from[t] ? t : MPB_OT_NONE;
+    return t;
+}
+
+/* Fill a new object from the INITIAL argument r->args[i] (nil or absent: the
+ * type's default). */
+static bool init_object(mpb_req *r, mpb_object *o, uint32_t i)
+{
+    return init_from[o->type](r, o, i);
 }
 
 /* The REF argument resolved; NULL after replying. */
@@ -56,14 +71,15 @@ static void hold_and_reply(mpb_req *r, mpb_object *o)
 /* manager.create TYPE [INITIAL] */
 void manager_create(mpb_req *r)
 {
-    mpb_otype t = type_arg(r);
+    int variant;
+    mpb_otype t = type_arg(r, &variant);
     if (t == MPB_OT_NONE) return;
-    mpb_object *o = objects_create(t, NULL, 0);
+    mpb_object *o = objects_create(t, variant, NULL, 0);
     if (!o) {
         reply_error(r, MPB_E_OUT_OF_MEMORY, "manager.create: out of memory");
         return;
     }
-    if (r->nargs == 2 && !init_from[t](r, o, 1)) {
+    if (!init_object(r, o, 1)) {
         objects_maybe_free(o); /* unheld, unnamed: goes at once */
         return;
     }
@@ -73,22 +89,23 @@ void manager_create(mpb_req *r)
 /* manager.open TYPE NAME [INITIAL] */
 void manager_open(mpb_req *r)
 {
-    mpb_otype t = type_arg(r);
+    int variant;
+    mpb_otype t = type_arg(r, &variant);
     const char *name;
     size_t n;
     if (t == MPB_OT_NONE || !arg_str(r, 1, &name, &n)) return;
     mpb_object *o = objects_by_name(name, n);
-    if (o && o->type != t) {
+    if (o && (o->type != t || o->variant != variant)) {
         reply_error(r, MPB_E_TYPE, "object '%.*s' is a %s, not a %s", (int)(n > 64 ? 64 : n),
-                    name, mpb_otype_name(o->type), mpb_otype_name(t));
+                    name, objects_typeid(o), mpb_typeid_name(t, variant));
         return;
     }
     if (!o) {
-        if (!(o = objects_create(t, name, n))) {
+        if (!(o = objects_create(t, variant, name, n))) {
             reply_error(r, MPB_E_OUT_OF_MEMORY, "manager.open: out of memory");
             return;
         }
-        if (r->nargs == 3 && !init_from[t](r, o, 2)) {
+        if (!init_object(r, o, 2)) {
             objects_unname(o); /* frees it */
             return;
         }
@@ -156,7 +173,7 @@ void manager_objects(mpb_req *r)
         pack_key(pk, "ref");
         mpb_ref_pack(pk, o->id);
         pack_key(pk, "type");
-        pack_key(pk, mpb_otype_name(o->type));
+        pack_key(pk, objects_typeid(o));
         pack_key(pk, "name");
         if (o->name) pack_key(pk, o->name);
         else msgpack_pack_nil(pk);
@@ -179,8 +196,10 @@ void manager_methods(mpb_req *r)
     msgpack_packer *pk = reply_begin(r);
     msgpack_pack_map(pk, 2);
     pack_key(pk, "types");
-    msgpack_pack_array(pk, MPB_OT__COUNT - 1);
-    for (int t = 1; t < MPB_OT__COUNT; t++) pack_key(pk, mpb_otype_name(t));
+    size_t ntypes = 0;
+    while (mpb_typeids[ntypes]) ntypes++;
+    msgpack_pack_array(pk, ntypes);
+    for (size_t t = 0; t < ntypes; t++) pack_key(pk, mpb_typeids[t]);
     pack_key(pk, "methods");
     msgpack_pack_array(pk, MPB_M__COUNT);
     for (int i = 0; i < MPB_M__COUNT; i++) {

@@ -10,8 +10,7 @@
 
 bool ns_init_from(mpb_req *r, mpb_object *o, uint32_t i)
 {
-    if (r->args[i].type == MSGPACK_OBJECT_NIL) return true;
-    return map_update_from(r, o->u.map, i, true);
+    return !has_initial(r, i) || map_update_from(r, o->u.map, i, true);
 }
 
 /* The attribute name argument as an owned str value; false after replying. */

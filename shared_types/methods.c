@@ -40,10 +40,45 @@ mpb_otype mpb_otype_from_name(const char *name, size_t len)
     return MPB_OT_NONE;
 }
 
+static const struct {
+    const char *name;
+    mpb_otype type;
+    int variant;
+} typeid_rows[] = {
+#define MPB_X_TYPEID(name, type, variant) {name, MPB_OT_##type, variant},
+    MPB_TYPEIDS(MPB_X_TYPEID)
+#undef MPB_X_TYPEID
+};
+#define NTYPEIDS (sizeof typeid_rows / sizeof typeid_rows[0])
+
+const char *const mpb_typeids[] = {
+#define MPB_X_TYPEID(name, type, variant) name,
+    MPB_TYPEIDS(MPB_X_TYPEID)
+#undef MPB_X_TYPEID
+    NULL,
+};
+
+mpb_otype mpb_typeid_lookup(const char *name, size_t len, int *variant)
+{
+    for (size_t i = 0; i < NTYPEIDS; i++)
+        if (strlen(typeid_rows[i].name) == len && memcmp(typeid_rows[i].name, name, len) == 0) {
+            *variant = typeid_rows[i].variant;
+            return typeid_rows[i].type;
+        }
+    return MPB_OT_NONE;
+}
+
+const char *mpb_typeid_name(mpb_otype t, int variant)
+{
+    for (size_t i = 0; i < NTYPEIDS; i++)
+        if (typeid_rows[i].type == t && typeid_rows[i].variant == variant) return typeid_rows[i].name;
+    return mpb_otype_name(t);
+}
+
 /*--- Lookup by name ---*/
 
 /* Power of two, at least twice the rows, so probes stay short; slots hold id + 1. */
-#define LOOKUP_SLOTS 256
+#define LOOKUP_SLOTS 512
 _Static_assert(MPB_M__COUNT * 2 <= LOOKUP_SLOTS, "grow LOOKUP_SLOTS with the table");
 _Static_assert(MPB_M__COUNT < UINT16_MAX, "slots are uint16_t");
 

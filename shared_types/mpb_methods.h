@@ -12,11 +12,39 @@
 extern "C" {
 #endif
 
-/* Shared object types: id, wire typeid. */
+/* Shared object types (method families): id, name. Methods belong to a family
+ * ("queue.put" works on queues and joinable queues alike). */
 #define MPB_OTYPES(X)          \
     X(LIST, "list")            \
     X(DICT, "dict")            \
-    X(NAMESPACE, "namespace")
+    X(NAMESPACE, "namespace")  \
+    X(QUEUE, "queue")          \
+    X(LOCK, "lock")            \
+    X(SEMAPHORE, "semaphore")  \
+    X(CONDITION, "condition")  \
+    X(EVENT, "event")          \
+    X(BARRIER, "barrier")      \
+    X(VALUE, "value")          \
+    X(ARRAY, "array")
+
+/* Typeids that manager.create/open accept: name, family, variant. A variant is a
+ * flavour of its family with the same methods (Python's JoinableQueue, RLock,
+ * BoundedSemaphore). */
+#define MPB_TYPEIDS(X)                          \
+    X("list", LIST, 0)                          \
+    X("dict", DICT, 0)                          \
+    X("namespace", NAMESPACE, 0)                \
+    X("queue", QUEUE, 0)                        \
+    X("joinablequeue", QUEUE, 1)                \
+    X("lock", LOCK, 0)                          \
+    X("rlock", LOCK, 1)                         \
+    X("semaphore", SEMAPHORE, 0)                \
+    X("boundedsemaphore", SEMAPHORE, 1)         \
+    X("condition", CONDITION, 0)                \
+    X("event", EVENT, 0)                        \
+    X("barrier", BARRIER, 0)                    \
+    X("value", VALUE, 0)                        \
+    X("array", ARRAY, 0)
 
 typedef enum mpb_otype {
     MPB_OT_NONE = 0,
@@ -50,8 +78,14 @@ extern const mpb_method_info mpb_methods[MPB_M__COUNT];
 
 /* Wire typeid of a type ("list"), or "" for MPB_OT_NONE. */
 const char *mpb_otype_name(mpb_otype t);
-/* Type for a typeid, or MPB_OT_NONE. */
+/* Family for a family name, or MPB_OT_NONE. */
 mpb_otype mpb_otype_from_name(const char *name, size_t len);
+/* Family and variant for a typeid ("rlock" -> LOCK, 1); MPB_OT_NONE if unknown. */
+mpb_otype mpb_typeid_lookup(const char *name, size_t len, int *variant);
+/* The typeid of a family + variant ("rlock"), or the family name. */
+const char *mpb_typeid_name(mpb_otype t, int variant);
+/* Every typeid, NULL-terminated (for help and completion). */
+extern const char *const mpb_typeids[];
 /* Method id for a wire name, or -1. Hash lookup; cost independent of table size. */
 int mpb_method_lookup(const char *name, size_t len);
 

@@ -430,7 +430,8 @@ START_TEST(objects_lists_holders_and_lengths)
     ck_assert_int_eq(mpb_call(C, "manager.methods", NULL, 0, &methods), MPB_OK);
     char *s = repr_of(&methods);
     ck_assert_ptr_nonnull(strstr(s, "'name': 'list.append'"));
-    ck_assert_ptr_nonnull(strstr(s, "'types': ['list', 'dict', 'namespace']"));
+    ck_assert_ptr_nonnull(strstr(s, "'types': ['list', 'dict', 'namespace', 'queue', 'joinablequeue', 'lock', 'rlock', "
+                                 "'semaphore', 'boundedsemaphore', 'condition', 'event', 'barrier', 'value', 'array']"));
     free(s);
     mpb_value_free(&methods);
 }

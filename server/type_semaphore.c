@@ -1,0 +1,164 @@
+/* type_semaphore.c - Semaphore and BoundedSemaphore, handed FIFO to waiters.
+ *
+ * Python's semaphores have no owner; to give back what a dead connection acquired,
+ * each semaphore counts acquisitions per connection id (holders). A release is
+ * charged to the releasing connection's own acquisitions first, else to anyone's, so
+ * a dead connection never returns units that someone else already returned.
+ */
+#include <stdlib.h>
+
+#include "wait.h"
+
+typedef struct semstate {
+    int64_t value, initial;
+    mpb_waitq waiters;
+    mpb_idmap holders; /* conn id -> units acquired and not released */
+} semstate;
+
+#define SEM(o) ((semstate *)(o)->u.ptr)
+
+static int sem_init(mpb_object *o)
+{
+    semstate *s = calloc(1, sizeof *s);
+    if (!s) return -1;
+    s->value = s->initial = 1;
+    o->u.ptr = s;
+    return 0;
+}
+
+static void sem_destroy(mpb_object *o)
+{
+    idmap_free(&SEM(o)->holders);
+    free(o->u.ptr);
+    o->u.ptr = NULL;
+}
+
+static size_t sem_length(const mpb_object *o) { return (size_t)SEM(o)->value; }
+static size_t sem_memsize(const mpb_object *o)
+{
+    return sizeof(semstate) + SEM(o)->holders.cap * (sizeof(uint64_t) + sizeof(void *));
+}
+
+/* Record one unit taken by c. false on allocation failure (nothing taken). */
+static bool take(mpb_object *o, mpb_conn *c)
+{
+    semstate *s = SEM(o);
+    uintptr_t n = (uintptr_t)idmap_get(&s->holders, c->id);
+    if (idmap_put(&s->holders, c->id, (void *)(n + 1)) < 0) return false;
+    if (n == 0 && objects_own(&c->owned, o) < 0) {
+        idmap_del(&s->holders, c->id);
+        return false;
+    }
+    s->value--;
+    return true;
+}
+
+/* Uncharge `units` released by conn_id: its own first, then anyone's. */
+static void uncharge(semstate *s, uint64_t conn_id, int64_t units)
+{
+    while (units > 0) {
+        uint64_t id = conn_id;
+        uintptr_t n = (uintptr_t)idmap_get(&s->holders, id);
+        if (n == 0) {
+            size_t it = 0;
+            void *v;
+            if (!idmap_next(&s->holders, &it, &id, &v)) return; /* nobody: over-release */
+            n = (uintptr_t)v;
+        }
+        uintptr_t k = (uintptr_t)units < n ? (uintptr_t)units : n;
+        if (n - k) idmap_put(&s->holders, id, (void *)(n - k));
+        else idmap_del(&s->holders, id);
+        units -= (int64_t)k;
+    }
+}
+
+/* Hand units to waiters, oldest first. */
+static void handoff(mpb_object *o)
+{
+    semstate *s = SEM(o);
+    mpb_waiter *w;
+    while (s->value > 0 && (w = waitq_pop(&s->waiters))) {
+        mpb_req r;
+        wait_req(w, &r);
+        if (take(o, w->conn)) reply_bool(&r, true);
+        else reply_error(&r, MPB_E_OUT_OF_MEMORY, "semaphore.acquire: out of memory");
+        wait_done(w);
+    }
+}
+
+static void sem_conn_gone(mpb_object *o, uint64_t conn_id, uintptr_t count)
+{
+    (void)count;
+    semstate *s = SEM(o);
+    uintptr_t n = (uintptr_t)idmap_del(&s->holders, conn_id);
+    if (n == 0) return;
+    s->value += (int64_t)n;
+    handoff(o);
+}
+
+const mpb_type_ops mpb_semaphore_ops = {sem_init, sem_destroy, sem_length, sem_memsize,
+                                        sem_conn_gone};
+
+bool sem_init_from(mpb_req *r, mpb_object *o, uint32_t i)
+{
+    if (!has_initial(r, i)) return true;
+    int64_t v;
+    if (!arg_int(r, i, &v)) return false;
+    if (v < 0) {
+        reply_error(r, MPB_E_VALUE, "semaphore initial value must be >= 0");
+        return false;
+    }
+    SEM(o)->value = SEM(o)->initial = v;
+    return true;
+}
+
+static void on_acquire_timeout(mpb_waiter *w)
+{
+    mpb_req r;
+    wait_req(w, &r);
+    reply_bool(&r, false);
+    wait_done(w);
+}
+
+/* semaphore.acquire REF [BLOCKING [TIMEOUT]] */
+void sem_acquire(mpb_req *r)
+{
+    bool blocking;
+    double timeout;
+    if (!arg_bool_opt(r, 0, true, &blocking) || !arg_timeout(r, 1, &timeout)) return;
+    if (!blocking && timeout >= 0) {
+        reply_error(r, MPB_E_VALUE, "can't specify a timeout for a non-blocking call");
+        return;
+    }
+    semstate *s = SEM(r->self);
+    if (s->value > 0 && !s->waiters.head) {
+        if (take(r->self, r->conn)) reply_bool(r, true);
+        else reply_error(r, MPB_E_OUT_OF_MEMORY, "semaphore.acquire: out of memory");
+        return;
+    }
+    if (!blocking || timeout == 0) reply_bool(r, false);
+    else wait_park(r, r->self, &s->waiters, timeout, on_acquire_timeout);
+}
+
+/* semaphore.release REF [N] */
+void sem_release(mpb_req *r)
+{
+    int64_t n;
+    if (!arg_int_opt(r, 0, 1, NULL, &n)) return;
+    if (n < 1) {
+        reply_error(r, MPB_E_VALUE, "n must be one or more");
+        return;
+    }
+    semstate *s = SEM(r->self);
+    if (r->self->variant == 1 && s->value + n > s->initial) {
+        reply_error(r, MPB_E_VALUE, "Semaphore released too many times");
+        return;
+    }
+    s->value += n;
+    uncharge(s, r->conn->id, n);
+    reply_nil(r);
+    handoff(r->self);
+}
+
+/* semaphore.value REF */
+void sem_value(mpb_req *r) { reply_int(r, SEM(r->self)->value); }
