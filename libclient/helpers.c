@@ -258,3 +258,173 @@ int mpb_ns_vars(mpb_context *c, mpb_ref ns, mpb_value *out) {
     mpb_value a[] = {mpb_refv(ns)};
     return call_typed(c, "namespace.vars", a, N(a), MPB_MAP, "a map", out);
 }
+
+/*--- sync types: timeouts ---*/
+
+/* The [BLOCK, TIMEOUT] params of a blocking call: timeout < 0 waits forever (nil
+ * timeout), 0 does not wait (block false), > 0 waits that many seconds. */
+static void block_args(double timeout, mpb_value *block, mpb_value *tmo) {
+    *block = mpb_bool(timeout != 0);
+    *tmo = timeout > 0 ? mpb_float(timeout) : mpb_nil();
+}
+
+/* Just the TIMEOUT param of a wait: < 0 nil (forever). */
+static mpb_value timeout_arg(double timeout) {
+    return timeout >= 0 ? mpb_float(timeout) : mpb_nil();
+}
+
+static int call_bool(mpb_context *c, const char *method, const mpb_value *args, size_t n,
+                     int *out) {
+    mpb_value r;
+    if (out != NULL) *out = 0;
+    int rc = call_typed(c, method, args, n, MPB_BOOL, "a bool", &r);
+    if (rc == MPB_OK && out != NULL) *out = r.v.b;
+    return rc;
+}
+
+/*--- queue ---*/
+
+int mpb_queue_put(mpb_context *c, mpb_ref q, const mpb_value *item, double timeout) {
+    if (item == NULL) return null_arg(c, "mpb_queue_put", "item");
+    mpb_value args[4] = {mpb_refv(q), *item};
+    block_args(timeout, &args[2], &args[3]);
+    return call_void(c, "queue.put", args, N(args));
+}
+
+int mpb_queue_get(mpb_context *c, mpb_ref q, double timeout, mpb_value *out) {
+    mpb_value args[3] = {mpb_refv(q)};
+    block_args(timeout, &args[1], &args[2]);
+    mpb_value r;
+    if (out != NULL) *out = mpb_nil();
+    int rc = mpb_call(c, "queue.get", args, N(args), &r);
+    if (rc == MPB_OK && out != NULL) *out = r;
+    else if (rc == MPB_OK) mpb_value_free(&r);
+    return rc;
+}
+
+int mpb_queue_qsize(mpb_context *c, mpb_ref q, int64_t *out) {
+    mpb_value args[1] = {mpb_refv(q)};
+    return call_int(c, "queue.qsize", args, N(args), out);
+}
+
+int mpb_queue_task_done(mpb_context *c, mpb_ref q) {
+    mpb_value args[1] = {mpb_refv(q)};
+    return call_void(c, "queue.task_done", args, N(args));
+}
+
+int mpb_queue_join(mpb_context *c, mpb_ref q, double timeout, int *done) {
+    mpb_value args[2] = {mpb_refv(q), timeout_arg(timeout)};
+    return call_bool(c, "queue.join", args, N(args), done);
+}
+
+/*--- lock, rlock, semaphore, condition ---*/
+
+static int acquire(mpb_context *c, const char *method, mpb_ref ref, double timeout,
+                   int *acquired) {
+    mpb_value args[3] = {mpb_refv(ref)};
+    block_args(timeout, &args[1], &args[2]);
+    return call_bool(c, method, args, N(args), acquired);
+}
+
+int mpb_lock_acquire(mpb_context *c, mpb_ref l, double timeout, int *acquired) {
+    return acquire(c, "lock.acquire", l, timeout, acquired);
+}
+
+int mpb_lock_release(mpb_context *c, mpb_ref l) {
+    mpb_value args[1] = {mpb_refv(l)};
+    return call_void(c, "lock.release", args, N(args));
+}
+
+int mpb_sem_acquire(mpb_context *c, mpb_ref s, double timeout, int *acquired) {
+    return acquire(c, "semaphore.acquire", s, timeout, acquired);
+}
+
+int mpb_sem_release(mpb_context *c, mpb_ref s) {
+    mpb_value args[1] = {mpb_refv(s)};
+    return call_void(c, "semaphore.release", args, N(args));
+}
+
+int mpb_cond_acquire(mpb_context *c, mpb_ref cv, double timeout, int *acquired) {
+    return acquire(c, "condition.acquire", cv, timeout, acquired);
+}
+
+int mpb_cond_release(mpb_context *c, mpb_ref cv) {
+    mpb_value args[1] = {mpb_refv(cv)};
+    return call_void(c, "condition.release", args, N(args));
+}
+
+int mpb_cond_wait(mpb_context *c, mpb_ref cv, double timeout, int *notified) {
+    mpb_value args[2] = {mpb_refv(cv), timeout_arg(timeout)};
+    return call_bool(c, "condition.wait", args, N(args), notified);
+}
+
+int mpb_cond_notify(mpb_context *c, mpb_ref cv, int64_t n) {
+    mpb_value args[2] = {mpb_refv(cv), mpb_int(n)};
+    return call_void(c, "condition.notify", args, N(args));
+}
+
+int mpb_cond_notify_all(mpb_context *c, mpb_ref cv) {
+    mpb_value args[1] = {mpb_refv(cv)};
+    return call_void(c, "condition.notify_all", args, N(args));
+}
+
+/*--- event, barrier ---*/
+
+int mpb_event_set(mpb_context *c, mpb_ref e) {
+    mpb_value args[1] = {mpb_refv(e)};
+    return call_void(c, "event.set", args, N(args));
+}
+
+int mpb_event_clear(mpb_context *c, mpb_ref e) {
+    mpb_value args[1] = {mpb_refv(e)};
+    return call_void(c, "event.clear", args, N(args));
+}
+
+int mpb_event_is_set(mpb_context *c, mpb_ref e, int *set) {
+    mpb_value args[1] = {mpb_refv(e)};
+    return call_bool(c, "event.is_set", args, N(args), set);
+}
+
+int mpb_event_wait(mpb_context *c, mpb_ref e, double timeout, int *set) {
+    mpb_value args[2] = {mpb_refv(e), timeout_arg(timeout)};
+    return call_bool(c, "event.wait", args, N(args), set);
+}
+
+int mpb_barrier_wait(mpb_context *c, mpb_ref b, double timeout, int64_t *index) {
+    mpb_value args[2] = {mpb_refv(b), timeout_arg(timeout)};
+    return call_int(c, "barrier.wait", args, N(args), index);
+}
+
+/*--- value, array ---*/
+
+int mpb_shared_value_get(mpb_context *c, mpb_ref v, mpb_value *out) {
+    mpb_value args[1] = {mpb_refv(v)};
+    return mpb_call(c, "value.get", args, N(args), out);
+}
+
+int mpb_shared_value_set(mpb_context *c, mpb_ref v, const mpb_value *x) {
+    if (x == NULL) return null_arg(c, "mpb_shared_value_set", "x");
+    mpb_value args[2] = {mpb_refv(v), *x};
+    return call_void(c, "value.set", args, N(args));
+}
+
+int mpb_shared_array_getitem(mpb_context *c, mpb_ref a, int64_t index, mpb_value *out) {
+    mpb_value args[2] = {mpb_refv(a), mpb_int(index)};
+    return mpb_call(c, "array.getitem", args, N(args), out);
+}
+
+int mpb_shared_array_setitem(mpb_context *c, mpb_ref a, int64_t index, const mpb_value *x) {
+    if (x == NULL) return null_arg(c, "mpb_shared_array_setitem", "x");
+    mpb_value args[3] = {mpb_refv(a), mpb_int(index), *x};
+    return call_void(c, "array.setitem", args, N(args));
+}
+
+int mpb_shared_array_len(mpb_context *c, mpb_ref a, int64_t *out) {
+    mpb_value args[1] = {mpb_refv(a)};
+    return call_int(c, "array.len", args, N(args), out);
+}
+
+int mpb_shared_array_tolist(mpb_context *c, mpb_ref a, mpb_value *out) {
+    mpb_value args[1] = {mpb_refv(a)};
+    return call_typed(c, "array.tolist", args, N(args), MPB_ARRAY, "an array", out);
+}

@@ -101,6 +101,21 @@ int mpb_buffer_write(mpb_context *c, int *done);
 int mpb_buffer_read(mpb_context *c);
 int mpb_buffer_take_reply(mpb_context *c, mpb_value *result, int *got);
 
+/*--- Notifications ---*/
+/* The broker may send notifications, [2, method, params], that answer no call: after
+ * manager.monitor, a "monitor" notification for every request of another connection.
+ * Those that arrive while mpb_get_reply / mpb_buffer_take_reply wait for a reply are
+ * queued on the context (without limit: a context that subscribes should take them).
+ * mpb_get_notification takes the oldest queued one, else waits up to timeout_ms (0: do
+ * not wait, -1: no limit) for one to arrive. On success *got = 1, method gets its name
+ * (NUL-terminated, truncated to n bytes; may be NULL) and *params its params array
+ * (owned by the caller: mpb_value_free; may be NULL to discard). *got = 0 and MPB_OK
+ * when the time ran out or a signal interrupted the wait (so the caller can look at
+ * its flags). MPB_ERR_ARG while calls await replies and none is queued: take the
+ * replies first. A notification that cannot be decoded is dropped. */
+int mpb_get_notification(mpb_context *c, int timeout_ms, char *method, size_t n,
+                         mpb_value *params, int *got);
+
 /*--- Broker ---*/
 /* The typed helpers below are mpb_call with the params of mpb_methods.def. A pointer
  * out-parameter may be NULL to discard the result. A helper whose reply has the wrong
@@ -161,6 +176,49 @@ int mpb_ns_cas(mpb_context *c, mpb_ref ns, const char *name, const mpb_value *ex
                const mpb_value *newv, int *swapped);
 /* Every attribute as an MPB_MAP value. */
 int mpb_ns_vars(mpb_context *c, mpb_ref ns, mpb_value *out);
+
+/*--- Sync types (blocking calls park on the broker; see docs/PROTOCOL.md) ---
+ * Timeouts are seconds: < 0 waits forever, 0 does not wait, > 0 waits that long.
+ * A blocking call blocks only this context: use one context per waiting thread. */
+
+/* queue / joinablequeue: get on an empty queue past the timeout is MPB_ERR_REPLY
+ * with errkind "Empty"; put on a full one "Full". */
+int mpb_queue_put(mpb_context *c, mpb_ref q, const mpb_value *item, double timeout);
+int mpb_queue_get(mpb_context *c, mpb_ref q, double timeout, mpb_value *out);
+int mpb_queue_qsize(mpb_context *c, mpb_ref q, int64_t *out);
+int mpb_queue_task_done(mpb_context *c, mpb_ref q);
+/* *done (may be NULL): 1 when every item was task_done, 0 on timeout. */
+int mpb_queue_join(mpb_context *c, mpb_ref q, double timeout, int *done);
+
+/* lock / rlock / semaphore / condition: *acquired is 1, or 0 after the timeout. A
+ * lock belongs to the connection that acquired it; it is released if that
+ * connection closes. */
+int mpb_lock_acquire(mpb_context *c, mpb_ref l, double timeout, int *acquired);
+int mpb_lock_release(mpb_context *c, mpb_ref l);
+int mpb_sem_acquire(mpb_context *c, mpb_ref s, double timeout, int *acquired);
+int mpb_sem_release(mpb_context *c, mpb_ref s);
+int mpb_cond_acquire(mpb_context *c, mpb_ref cv, double timeout, int *acquired);
+int mpb_cond_release(mpb_context *c, mpb_ref cv);
+/* *notified: 1 if notified, 0 if the timeout passed (the lock is held again either way). */
+int mpb_cond_wait(mpb_context *c, mpb_ref cv, double timeout, int *notified);
+int mpb_cond_notify(mpb_context *c, mpb_ref cv, int64_t n);
+int mpb_cond_notify_all(mpb_context *c, mpb_ref cv);
+
+/* event / barrier */
+int mpb_event_set(mpb_context *c, mpb_ref e);
+int mpb_event_clear(mpb_context *c, mpb_ref e);
+int mpb_event_is_set(mpb_context *c, mpb_ref e, int *set);
+int mpb_event_wait(mpb_context *c, mpb_ref e, double timeout, int *set);
+/* *index: the arrival index; errkind "BrokenBarrierError" when broken. */
+int mpb_barrier_wait(mpb_context *c, mpb_ref b, double timeout, int64_t *index);
+
+/* value / array (typed as multiprocessing.Value / Array) */
+int mpb_shared_value_get(mpb_context *c, mpb_ref v, mpb_value *out);
+int mpb_shared_value_set(mpb_context *c, mpb_ref v, const mpb_value *x);
+int mpb_shared_array_getitem(mpb_context *c, mpb_ref a, int64_t index, mpb_value *out);
+int mpb_shared_array_setitem(mpb_context *c, mpb_ref a, int64_t index, const mpb_value *x);
+int mpb_shared_array_len(mpb_context *c, mpb_ref a, int64_t *out);
+int mpb_shared_array_tolist(mpb_context *c, mpb_ref a, mpb_value *out);
 
 #ifdef __cplusplus
 }

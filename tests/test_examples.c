@@ -83,6 +83,36 @@ START_TEST(counter_total_is_exact)
 }
 END_TEST
 
+START_TEST(producer_consumer_reads_every_message_then_stops)
+{
+    int st;
+    char *out = run_example("producer_consumer", "-t 0.5", &st);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "exit %d: %s", st, out);
+    ck_assert_str_eq(out, "m1\nm2\nm3\nall messages read\n");
+    free(out);
+}
+END_TEST
+
+START_TEST(value_array_shows_the_childs_changes)
+{
+    int st;
+    char *out = run_example("value_array", "", &st);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "exit %d: %s", st, out);
+    ck_assert_str_eq(out, "3.1415927\n[0, -1, -2, -3, -4, -5, -6, -7, -8, -9]\n");
+    free(out);
+}
+END_TEST
+
+START_TEST(bank_total_never_changes)
+{
+    int st;
+    char *out = run_example("bank", "-p 6 -n 300 -a 5", &st);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "exit %d: %s", st, out);
+    ck_assert_str_eq(out, "total before: 5000\ntotal after: 5000 (6 processes, 300 transfers each)\n");
+    free(out);
+}
+END_TEST
+
 START_TEST(examples_fail_cleanly_without_a_broker)
 {
     int st;
@@ -103,6 +133,9 @@ int main(void)
     tcase_add_test(tc, records_prints_seed_and_worker_records);
     tcase_add_test(tc, namespace_prints_before_and_after);
     tcase_add_test(tc, counter_total_is_exact);
+    tcase_add_test(tc, producer_consumer_reads_every_message_then_stops);
+    tcase_add_test(tc, value_array_shows_the_childs_changes);
+    tcase_add_test(tc, bank_total_never_changes);
     tcase_add_test(tc, examples_fail_cleanly_without_a_broker);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);

@@ -1,0 +1,100 @@
+/* bank.c - processes move money between accounts in a shared dict under a shared
+ * Lock; the total never changes.
+ *
+ * Each transfer reads two balances and writes both back: without the lock two
+ * processes would interleave and create or destroy money.
+ *
+ *   bank [-s ADDRESS] [-p PROCS] [-n TRANSFERS] [-a ACCOUNTS]
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "mpbroker.h"
+
+static const char *address;
+
+static int fail(mpb_context *c, const char *what)
+{
+    fprintf(stderr, "bank: %s: %s %s\n", what, c ? c->errkind : "", c ? c->errstr : "out of memory");
+    mpb_free(c);
+    return 1;
+}
+
+/* Sum of every balance. */
+static int total(mpb_context *c, mpb_ref accounts, int64_t *sum)
+{
+    mpb_value all;
+    if (mpb_dict_copy(c, accounts, &all) != MPB_OK) return -1;
+    *sum = 0;
+    size_t it = 0;
+    mpb_map_entry *e;
+    while ((e = mpb_map_next(all.v.m, &it))) *sum += e->val.v.i;
+    mpb_value_free(&all);
+    return 0;
+}
+
+static int worker(mpb_ref accounts, mpb_ref lock, int id, int transfers, int naccounts)
+{
+    mpb_context *c = mpb_connect(address);
+    if (!c || c->err) return fail(c, "connect");
+    srand((unsigned)id * 7919u + 1);
+    for (int t = 0; t < transfers; t++) {
+        mpb_value from = mpb_int(rand() % naccounts), to = mpb_int(rand() % naccounts), a, b;
+        int64_t amount = rand() % 50;
+        if (mpb_lock_acquire(c, lock, -1, NULL) != MPB_OK) return fail(c, "lock.acquire");
+        if (mpb_dict_getitem(c, accounts, &from, &a) != MPB_OK) return fail(c, "dict.getitem");
+        if (a.v.i >= amount) {
+            mpb_value na = mpb_int(a.v.i - amount);
+            if (mpb_dict_setitem(c, accounts, &from, &na) != MPB_OK ||
+                mpb_dict_getitem(c, accounts, &to, &b) != MPB_OK)
+                return fail(c, "dict");
+            mpb_value nb = mpb_int(b.v.i + amount);
+            if (mpb_dict_setitem(c, accounts, &to, &nb) != MPB_OK) return fail(c, "dict.setitem");
+        }
+        if (mpb_lock_release(c, lock) != MPB_OK) return fail(c, "lock.release");
+    }
+    mpb_free(c);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    int procs = 4, transfers = 500, naccounts = 10, opt;
+    if (argc > 1 && strcmp(argv[1], "--help") == 0) {
+        printf("usage: bank [-s ADDRESS] [-p PROCS] [-n TRANSFERS] [-a ACCOUNTS]\n");
+        return 0;
+    }
+    while ((opt = getopt(argc, argv, "s:p:n:a:")) != -1) {
+        if (opt == 's') address = optarg;
+        else if (opt == 'p') procs = atoi(optarg);
+        else if (opt == 'n') transfers = atoi(optarg);
+        else if (opt == 'a') naccounts = atoi(optarg);
+        else return 2;
+    }
+    if (procs < 1 || transfers < 0 || naccounts < 1) return 2;
+    mpb_context *c = mpb_connect(address);
+    if (!c || c->err) return fail(c, "connect");
+    mpb_ref accounts, lock;
+    if (mpb_create(c, "dict", NULL, &accounts) != MPB_OK || mpb_create(c, "lock", NULL, &lock) != MPB_OK)
+        return fail(c, "create");
+    for (int i = 0; i < naccounts; i++) {
+        mpb_value k = mpb_int(i), v = mpb_int(1000);
+        if (mpb_dict_setitem(c, accounts, &k, &v) != MPB_OK) return fail(c, "dict.setitem");
+    }
+    int64_t before, after;
+    if (total(c, accounts, &before) < 0) return fail(c, "total");
+    printf("total before: %lld\n", (long long)before);
+    fflush(stdout);
+    for (int p = 0; p < procs; p++)
+        if (fork() == 0) _exit(worker(accounts, lock, p, transfers, naccounts));
+    int st, failed = 0;
+    for (int p = 0; p < procs; p++)
+        if (wait(&st) < 0 || !WIFEXITED(st) || WEXITSTATUS(st)) failed++;
+    if (total(c, accounts, &after) < 0) return fail(c, "total");
+    printf("total after: %lld (%d processes, %d transfers each)\n", (long long)after, procs, transfers);
+    mpb_free(c);
+    return failed || after != before ? 1 : 0;
+}
