@@ -283,3 +283,111 @@ int tb_wait_closed(int fd, int timeout_ms) {
         if (n < 0) return errno == ECONNRESET ? 1 : 0;
     }
 }
+
+/*--- A Python-literal reader for test arguments: None True False 12 -3 2.5 'str'
+ * [a, b] (a, b) {k: v}. Aborts the test on syntax it does not know. ---*/
+static mpb_value lit_parse(const char **p);
+
+static void lit_ws(const char **p)
+{
+    while (**p == ' ') (*p)++;
+}
+
+static mpb_value lit_seq(const char **p, char close, bool is_map)
+{
+    mpb_value v = is_map ? mpb_map_value() : mpb_array_value(4);
+    (*p)++;
+    for (lit_ws(p); **p != close; lit_ws(p)) {
+        mpb_value item = lit_parse(p);
+        lit_ws(p);
+        if (is_map) {
+            ck_assert_msg(**p == ':', "literal: ':' expected at '%s'", *p);
+            (*p)++;
+            mpb_value val = lit_parse(p);
+            ck_assert_int_eq(mpb_map_set(v.v.m, &item, &val, NULL), 1);
+        } else {
+            ck_assert_int_eq(mpb_value_push(&v, &item), 0);
+        }
+        lit_ws(p);
+        if (**p == ',') (*p)++;
+    }
+    (*p)++;
+    return v;
+}
+
+static mpb_value lit_parse(const char **p)
+{
+    lit_ws(p);
+    const char *s = *p;
+    if (*s == '[') return lit_seq(p, ']', false);
+    if (*s == '(') return lit_seq(p, ')', false);
+    if (*s == '{') return lit_seq(p, '}', true);
+    if (*s == '\'') {
+        const char *e = strchr(s + 1, '\'');
+        ck_assert_msg(e != NULL, "literal: unterminated string");
+        *p = e + 1;
+        return mpb_strn(s + 1, (size_t)(e - s - 1));
+    }
+    if (!strncmp(s, "None", 4)) return *p += 4, mpb_nil();
+    if (!strncmp(s, "True", 4)) return *p += 4, mpb_bool(true);
+    if (!strncmp(s, "False", 5)) return *p += 5, mpb_bool(false);
+    char *end;
+    long long i = strtoll(s, &end, 10);
+    if (end != s && *end != '.' && *end != 'e') {
+        *p = end;
+        return mpb_int(i);
+    }
+    double d = strtod(s, &end);
+    ck_assert_msg(end != s, "literal: cannot read '%s'", s);
+    *p = end;
+    return mpb_float(d);
+}
+
+mpb_value tb_lit(const char *text)
+{
+    const char *p = text;
+    mpb_value v = lit_parse(&p);
+    lit_ws(&p);
+    ck_assert_msg(*p == '\0', "literal: trailing '%s'", p);
+    return v;
+}
+
+char *tb_repr(const mpb_value *v)
+{
+    char *s = mpb_value_repr(v);
+    ck_assert_ptr_nonnull(s);
+    return s;
+}
+
+/* Call; frees args (owned or borrowed alike); returns the rc and the result. */
+static int call_args(mpb_context *c, const char *method, mpb_value *args, size_t n,
+                     mpb_value *res)
+{
+    int rc = mpb_call(c, method, args, n, res);
+    for (size_t i = 0; i < n; i++) mpb_value_free(&args[i]);
+    return rc;
+}
+
+void tb_expect_at(int line, mpb_context *c, const char *want, const char *method,
+                      mpb_value *args, size_t n)
+{
+    mpb_value res;
+    int rc = call_args(c, method, args, n, &res);
+    ck_assert_msg(rc == MPB_OK, "line %d: %s failed: %s: %s", line, method, c->errkind, c->errstr);
+    char *got = tb_repr(&res);
+    ck_assert_msg(strcmp(got, want) == 0, "line %d: %s gave %s, want %s", line, method, got, want);
+    free(got);
+    mpb_value_free(&res);
+}
+
+void tb_expect_err_at(int line, mpb_context *c, const char *kind, const char *method,
+                          mpb_value *args, size_t n)
+{
+    mpb_value res = mpb_nil();
+    int rc = call_args(c, method, args, n, &res);
+    ck_assert_msg(rc == MPB_ERR_REPLY, "line %d: %s gave %d, want error %s", line, method, rc, kind);
+    ck_assert_msg(strcmp(c->errkind, kind) == 0, "line %d: %s: got %s (%s), want %s", line,
+                  method, c->errkind, c->errstr, kind);
+    ck_assert_msg(c->errstr[0] != '\0', "line %d: empty message", line);
+    ck_assert_int_eq(res.type, MPB_NIL);
+}

@@ -36,4 +36,22 @@ int tb_read_msg(int fd, mpb_value *out, int timeout_ms);
 /* Read until EOF within timeout_ms; returns 1 if the peer closed, 0 if not. */
 int tb_wait_closed(int fd, int timeout_ms);
 
+/*--- Asserting calls, compared through Python's repr ---*/
+/* An owned value from a Python literal: None True False 12 -3 2.5 'str' [a, b]
+ * (a, b) {k: v}. Aborts the test on syntax it does not know. */
+mpb_value tb_lit(const char *text);
+/* mpb_value_repr, asserted non-NULL; free() it. */
+char *tb_repr(const mpb_value *v);
+/* Call method with args (all freed afterwards) and assert the result's repr. */
+void tb_expect_at(int line, mpb_context *c, const char *want, const char *method,
+                  mpb_value *args, size_t n);
+/* Call and assert an error reply of this kind. */
+void tb_expect_err_at(int line, mpb_context *c, const char *kind, const char *method,
+                      mpb_value *args, size_t n);
+
+#define TB_ARGS(...) (mpb_value[]){__VA_ARGS__}, sizeof((mpb_value[]){__VA_ARGS__}) / sizeof(mpb_value)
+#define TB_EXPECT(c, want, method, ...) tb_expect_at(__LINE__, c, want, method, TB_ARGS(__VA_ARGS__))
+#define TB_EXPECT_ERR(c, kind, method, ...) \
+    tb_expect_err_at(__LINE__, c, kind, method, TB_ARGS(__VA_ARGS__))
+
 #endif
