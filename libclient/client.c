@@ -22,6 +22,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "mpb_address.h"
@@ -50,6 +51,14 @@ struct mpb_context_priv {
     mpb_reader reader;   /* replies read but not yet taken */
     bool eof;            /* the broker closed its side: serve what is buffered, then fail */
     char broken[32 + 2 + 256]; /* why the connection is gone, for later calls */
+    struct mpb_note *notes, *notes_tail; /* notifications read while awaiting replies */
+};
+
+/* A notification [2, method, params] queued until mpb_get_notification takes it. */
+struct mpb_note {
+    struct mpb_note *next;
+    mpb_value params; /* owned */
+    char method[];
 };
 
 /*--- Errors ---*/
@@ -138,6 +147,42 @@ static void copy_error(mpb_context *c, const msgpack_object *e) {
     }
     copy_bounded(c->errstr, sizeof c->errstr, repr ? repr : "?", repr ? strlen(repr) : 1);
     free(repr);
+}
+
+/* Is it a msgpack-rpc notification, [2, method, params]? */
+static bool is_notification(const msgpack_object *o) {
+    int64_t type;
+    return o->type == MSGPACK_OBJECT_ARRAY && o->via.array.size == 3 &&
+           mpb_object_int(&o->via.array.ptr[0], &type) && type == 2;
+}
+
+/* Decode a notification into a new queue entry. NULL when out of memory, or when its
+ * method or params cannot be decoded (it is then dropped: it answers no call, so the
+ * stream stays in step). */
+static struct mpb_note *note_from_object(const msgpack_object *o) {
+    const char *m;
+    size_t mlen;
+    const msgpack_object *a = o->via.array.ptr;
+    if (!mpb_object_bytes(&a[1], &m, &mlen)) return NULL;
+    struct mpb_note *n = malloc(sizeof *n + mlen + 1);
+    if (n == NULL) return NULL;
+    n->next = NULL;
+    memcpy(n->method, m, mlen);
+    n->method[mlen] = '\0';
+    if (mpb_value_from_object(&a[2], &n->params, MPB_READER_MAX_DEPTH, NULL, 0) !=
+        MPB_E_NONE) {
+        free(n);
+        return NULL;
+    }
+    return n;
+}
+
+static void note_push(struct mpb_context_priv *p, struct mpb_note *n) {
+    if (p->notes_tail != NULL)
+        p->notes_tail->next = n;
+    else
+        p->notes = n;
+    p->notes_tail = n;
 }
 
 /* One reply message: must be [1, msgid, error, result] answering the oldest call.
@@ -311,6 +356,12 @@ void mpb_free(mpb_context *c) {
         msgpack_sbuffer_destroy(&c->priv->out);
         free(c->priv->ids);
         mpb_reader_destroy(&c->priv->reader);
+        while (c->priv->notes != NULL) {
+            struct mpb_note *n = c->priv->notes;
+            c->priv->notes = n->next;
+            mpb_value_free(&n->params);
+            free(n);
+        }
         free(c->priv);
     }
     free(c);
@@ -445,7 +496,13 @@ int mpb_buffer_take_reply(mpb_context *c, mpb_value *result, int *got) {
     if (p->nids == 0)
         return set_err(c, MPB_ERR_ARG, "ValueError", "no call is waiting for a reply");
     msgpack_object o;
-    switch (mpb_reader_next(&p->reader, &o)) {
+    mpb_read_status st;
+    /* Notifications (monitor events) may come between replies: queue them. */
+    while ((st = mpb_reader_next(&p->reader, &o)) == MPB_READ_MSG && is_notification(&o)) {
+        struct mpb_note *n = note_from_object(&o);
+        if (n != NULL) note_push(p, n);
+    }
+    switch (st) {
     case MPB_READ_MSG:
         if (got != NULL) *got = 1;
         return handle_reply(c, &o, result);
@@ -527,4 +584,87 @@ int mpb_call(mpb_context *c, const char *method, const mpb_value *args, size_t n
 
 size_t mpb_pending(const mpb_context *c) {
     return c != NULL && c->priv != NULL ? c->priv->nids : 0;
+}
+
+/*--- Notifications ---*/
+
+/* Move the oldest queued notification out to the caller. */
+static void note_take(struct mpb_context_priv *p, char *method, size_t n, mpb_value *params) {
+    struct mpb_note *note = p->notes;
+    if ((p->notes = note->next) == NULL) p->notes_tail = NULL;
+    if (method != NULL && n > 0) copy_bounded(method, n, note->method, strlen(note->method));
+    if (params != NULL)
+        *params = note->params;
+    else
+        mpb_value_free(&note->params);
+    free(note);
+}
+
+static long long now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int mpb_get_notification(mpb_context *c, int timeout_ms, char *method, size_t n,
+                         mpb_value *params, int *got) {
+    if (params != NULL) *params = mpb_nil();
+    if (got != NULL) *got = 0;
+    if (method != NULL && n > 0) method[0] = '\0';
+    if (c == NULL) return MPB_ERR_ARG;
+    struct mpb_context_priv *p = c->priv;
+    if (p->notes != NULL) { /* read before the connection broke, if it did: still good */
+        note_take(p, method, n, params);
+        if (got != NULL) *got = 1;
+        set_ok(c);
+        return MPB_OK;
+    }
+    if (fail_if_broken(c)) return c->err;
+    if (p->nids > 0)
+        return set_err(c, MPB_ERR_ARG, "ValueError", "%zu calls await replies: take them "
+                       "with mpb_get_reply first", p->nids);
+    long long deadline = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
+    for (;;) {
+        msgpack_object o;
+        switch (mpb_reader_next(&p->reader, &o)) {
+        case MPB_READ_MSG:
+            if (!is_notification(&o)) {
+                set_err(c, MPB_ERR_PROTOCOL, "ProtocolError", "the broker sent a message "
+                        "that answers no call");
+                return break_conn(c);
+            }
+            struct mpb_note *note = note_from_object(&o);
+            if (note == NULL) continue; /* undecodable: dropped, as while awaiting replies */
+            note_push(p, note);
+            note_take(p, method, n, params);
+            if (got != NULL) *got = 1;
+            set_ok(c);
+            return MPB_OK;
+        case MPB_READ_NEED:
+            break;
+        case MPB_READ_TOO_DEEP: /* skipped whole; answers no call, so still in step */
+            continue;
+        default:
+            set_err(c, MPB_ERR_PROTOCOL, "ProtocolError", "bad message: %s", p->reader.errstr);
+            return break_conn(c);
+        }
+        if (p->eof) {
+            set_err(c, MPB_ERR_EOF, "ConnectionError", "the broker closed the connection");
+            return break_conn(c);
+        }
+        long long left = deadline < 0 ? -1 : deadline - now_ms();
+        if (deadline >= 0 && left <= 0) break;
+        struct pollfd pf = {.fd = c->fd, .events = POLLIN};
+        int r = poll(&pf, 1, left > INT32_MAX ? INT32_MAX : (int)left);
+        if (r < 0 && errno == EINTR) break; /* let the caller look at its signal flag */
+        if (r < 0) {
+            set_err(c, MPB_ERR_IO, "ConnectionError", "poll: %s", strerror(errno));
+            return break_conn(c);
+        }
+        if (r == 0) break;
+        int rc = mpb_buffer_read(c);
+        if (rc != MPB_OK) return rc;
+    }
+    set_ok(c);
+    return MPB_OK;
 }

@@ -150,6 +150,10 @@ void sem_release(mpb_req *r)
         return;
     }
     semstate *s = SEM(r->self);
+    if (n > INT64_MAX - s->value) {
+        reply_error(r, MPB_E_OVERFLOW, "semaphore value out of the 64-bit range");
+        return;
+    }
     if (r->self->variant == 1 && s->value + n > s->initial) {
         reply_error(r, MPB_E_VALUE, "Semaphore released too many times");
         return;
