@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "conn.h"
+#include "persist.h"
 #include "server.h"
 #include "wait.h"
 
@@ -102,6 +103,8 @@ static size_t out_pending(const mpb_conn *c) { return c->out.size - c->out_sent;
 /* Write what the socket takes. Returns -1 when the connection is dead. */
 static int flush_out(mpb_conn *c)
 {
+    /* Nothing is acknowledged before it is in the log (and fsynced, under always). */
+    if (persist_pending()) persist_sync();
     while (out_pending(c) > 0) {
         ssize_t n = send(c->fd, c->out.data + c->out_sent, out_pending(c), MSG_NOSIGNAL);
         if (n > 0) {

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "mpb_codec.h"
+#include "persist.h"
 #include "server.h"
 
 typedef void (*mpb_handler)(mpb_req *r);
@@ -90,6 +91,7 @@ void reply_error(mpb_req *r, mpb_errkind kind, const char *fmt, ...)
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     r->replied = true;
+    r->failed = true;
     pack_error(pk_of(r), true, r->msgid, kind, msg);
 }
 
@@ -361,6 +363,17 @@ void dispatch_message(mpb_conn *c, const msgpack_object *msg)
     }
     c->ops++;
     g_ops_total++;
-    if (!check_params(&r, &params->via.array)) return;
-    handlers[id](&r);
+    dispatch_run(&r, params);
+}
+
+void dispatch_run(mpb_req *r, const msgpack_object *params)
+{
+    if (!check_params(r, &params->via.array)) return;
+    bool was_blocked = r->conn->blocked;
+    handlers[r->method](r);
+    /* Persistence logs a write that took effect now; a parked one is logged by its
+     * type when its effect happens. */
+    if ((r->info->flags & (MPB_F_WRITE | MPB_F_NOLOG)) == MPB_F_WRITE && !r->failed &&
+        r->conn->blocked == was_blocked && persist_enabled())
+        persist_log_call(r->info->name, params);
 }

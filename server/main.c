@@ -19,6 +19,7 @@
 #include <event2/listener.h>
 
 #include "mpb_address.h"
+#include "persist.h"
 #include "server.h"
 
 mpb_config g_config = {.max_msg = MPB_READER_DEFAULT_MAX_MSG, .max_depth = MPB_READER_MAX_DEPTH};
@@ -50,6 +51,12 @@ static void usage(FILE *f)
             "                          also listen on TCP (repeatable)\n"
             "      --max-message BYTES largest request accepted (default %u)\n"
             "      --max-depth N       deepest nesting accepted, 1..%d (default %d)\n"
+            "      --data-dir DIR      persist state in DIR (append-only log + snapshot);\n"
+            "                          off by default\n"
+            "      --fsync POLICY      always (fsync before each reply), everysec\n"
+            "                          (default), or no (leave it to the OS)\n"
+            "      --compact-size N    compact the log into a snapshot past N bytes\n"
+            "                          (and twice the snapshot; default 64 MiB)\n"
             "  -q, --quiet             no start-up message\n"
             "  -h, --help              this text\n"
             "\n"
@@ -150,12 +157,15 @@ static void listen_tcp(const char *addr)
 
 static void parse_args(int argc, char **argv, const char **sock)
 {
-    enum { OPT_MAX_MSG = 256, OPT_MAX_DEPTH };
+    enum { OPT_MAX_MSG = 256, OPT_MAX_DEPTH, OPT_DATA_DIR, OPT_FSYNC, OPT_COMPACT };
     static const struct option opts[] = {
         {"socket", required_argument, NULL, 's'},
         {"listen", required_argument, NULL, 'l'},
         {"max-message", required_argument, NULL, OPT_MAX_MSG},
         {"max-depth", required_argument, NULL, OPT_MAX_DEPTH},
+        {"data-dir", required_argument, NULL, OPT_DATA_DIR},
+        {"fsync", required_argument, NULL, OPT_FSYNC},
+        {"compact-size", required_argument, NULL, OPT_COMPACT},
         {"quiet", no_argument, NULL, 'q'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -176,6 +186,23 @@ static void parse_args(int argc, char **argv, const char **sock)
             g_config.max_msg = strtoull(optarg, &end, 10);
             if (*end || g_config.max_msg < 64) {
                 fprintf(stderr, "mpbroker-server: --max-message wants a byte count >= 64\n");
+                exit(2);
+            }
+            break;
+        case OPT_DATA_DIR: g_persist.dir = optarg; break;
+        case OPT_FSYNC:
+            if (!strcmp(optarg, "always")) g_persist.fsync = MPB_FSYNC_ALWAYS;
+            else if (!strcmp(optarg, "everysec")) g_persist.fsync = MPB_FSYNC_EVERYSEC;
+            else if (!strcmp(optarg, "no")) g_persist.fsync = MPB_FSYNC_NO;
+            else {
+                fprintf(stderr, "mpbroker-server: --fsync wants always, everysec or no\n");
+                exit(2);
+            }
+            break;
+        case OPT_COMPACT:
+            g_persist.compact_min = strtoull(optarg, &end, 10);
+            if (*end) {
+                fprintf(stderr, "mpbroker-server: --compact-size wants a byte count\n");
                 exit(2);
             }
             break;
@@ -217,6 +244,7 @@ int main(int argc, char **argv)
         return 1;
     }
     objects_init();
+    persist_open(base); /* before listening: clients see the loaded state */
     admin_init(base);
     if (sock) listen_unix(sock);
     for (int i = 0; i < g_config.ntcp; i++) listen_tcp(g_config.tcp[i]);
@@ -230,6 +258,7 @@ int main(int argc, char **argv)
     for (int i = 0; i < nlisteners; i++) evconnlistener_free(listeners[i]);
     if (socket_path[0]) unlink(socket_path);
     conn_close_all();
+    persist_close();
     objects_shutdown();
     event_free(sigint);
     event_free(sigterm);

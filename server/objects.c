@@ -175,11 +175,25 @@ void objects_shutdown(void)
 
 mpb_object *objects_create(mpb_otype type, int variant, const char *name, size_t name_len)
 {
+    return objects_create_id(type, variant, name, name_len, 0);
+}
+
+uint64_t objects_peek_next_id(void) { return next_id; }
+
+void objects_bump_next_id(uint64_t id)
+{
+    if (id > next_id) next_id = id;
+}
+
+mpb_object *objects_create_id(mpb_otype type, int variant, const char *name, size_t name_len,
+                              mpb_ref id)
+{
     const mpb_type_ops *ops = type_ops(type);
-    if (!ops) return NULL;
+    if (!ops || (id && idmap_get(&table, id))) return NULL;
     mpb_object *o = calloc(1, sizeof *o);
     if (!o) return NULL;
-    o->id = next_id++;
+    if (id) objects_bump_next_id(id + 1);
+    o->id = id ? id : next_id++;
     o->type = type;
     o->variant = variant;
     if (ops->init(o) < 0) {

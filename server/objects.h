@@ -77,6 +77,13 @@ void objects_shutdown(void);
 /* A new empty object with a fresh id, not yet held by anyone (the caller holds it or
  * names it at once). name (may be NULL) is copied. NULL on allocation failure. */
 mpb_object *objects_create(mpb_otype type, int variant, const char *name, size_t name_len);
+/* The same with a given id (0: the next one), for replaying persisted state; NULL
+ * also when the id is taken. */
+mpb_object *objects_create_id(mpb_otype type, int variant, const char *name, size_t name_len,
+                              mpb_ref id);
+/* The id the next object will get; ids below `id` are never handed out again. */
+uint64_t objects_peek_next_id(void);
+void objects_bump_next_id(uint64_t id);
 /* The typeid a client would use to create it ("rlock"). */
 const char *objects_typeid(const mpb_object *o);
 /* Ownership of locks and semaphores by connections (conn->owned: id -> count): */

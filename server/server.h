@@ -38,7 +38,8 @@ typedef struct mpb_req {
     mpb_conn *conn;
     uint64_t msgid;
     bool notify;  /* a notification: nothing is written back */
-    bool replied; /* set by the reply functions; dispatch checks it */
+    bool replied; /* set by the reply functions */
+    bool failed;  /* the reply was an error */
     int method;   /* mpb_method_id */
     const mpb_method_info *info;
     mpb_object *self;            /* params[0] resolved, or NULL for manager.* */
@@ -49,6 +50,9 @@ typedef struct mpb_req {
 /*--- dispatch.c ---*/
 /* Serve one decoded message (request, notification or stray response). */
 void dispatch_message(mpb_conn *c, const msgpack_object *msg);
+/* Check params and run the handler of r->method (r->conn, msgid, info set); logs
+ * the call for persistence when it changed state. */
+void dispatch_run(mpb_req *r, const msgpack_object *params);
 /* Reply [1, nil, [kind, message], nil]: for input that has no usable msgid. */
 void dispatch_reply_bad(mpb_conn *c, bool has_msgid, uint64_t msgid, mpb_errkind kind,
                         const char *msg);
@@ -118,6 +122,9 @@ void admin_conn_closed(mpb_conn *c);
 /* Initial contents for manager.create/open, per type (in each type file): r->args[i]
  * is the initial value (nil for empty); replies with an error and returns false on
  * bad input, leaving o empty. */
+/* Fill a new object from INITIAL r->args[i] through its type's init_from
+ * (type_manager.c). */
+bool manager_init_object(mpb_req *r, mpb_object *o, uint32_t i);
 static inline bool has_initial(const mpb_req *r, uint32_t i)
 {
     return i < r->nargs && r->args[i].type != MSGPACK_OBJECT_NIL;

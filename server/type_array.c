@@ -7,6 +7,7 @@
 #include <stdlib.h>
 
 #include "mpb_codec.h"
+#include "persist.h"
 #include "server.h"
 
 typedef struct arrstate {
@@ -161,4 +162,12 @@ void array_tolist(mpb_req *r)
 {
     mpb_value v = {.type = MPB_ARRAY, .v.a = &ARR(r->self)->a};
     reply_value(r, &v);
+}
+
+void array_dump(const mpb_object *o, msgpack_packer *pk)
+{
+    mpb_value items = {.type = MPB_ARRAY, .v.a = &ARR(o)->a};
+    msgpack_pack_array(pk, 2);
+    msgpack_pack_str_with_body(pk, &ARR(o)->tc, 1);
+    mpb_value_pack(pk, &items);
 }

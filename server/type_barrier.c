@@ -7,6 +7,7 @@
  */
 #include <stdlib.h>
 
+#include "persist.h"
 #include "wait.h"
 
 typedef struct barstate {
@@ -39,12 +40,22 @@ static size_t bar_memsize(const mpb_object *o) { (void)o; return sizeof(barstate
 
 const mpb_type_ops mpb_barrier_ops = {bar_init, bar_destroy, bar_length, bar_memsize, NULL};
 
-/* INITIAL: PARTIES, or [PARTIES, TIMEOUT]. */
+/* INITIAL: PARTIES, or [PARTIES, TIMEOUT], or (a snapshot) [PARTIES, TIMEOUT, BROKEN]. */
 bool barrier_init_from(mpb_req *r, mpb_object *o, uint32_t i)
 {
     barstate *b = BAR(o);
     const msgpack_object *a = &r->args[i];
     bool ok = false;
+    if (has_initial(r, i) && a->type == MSGPACK_OBJECT_ARRAY && a->via.array.size == 3 &&
+        a->via.array.ptr[2].type == MSGPACK_OBJECT_BOOLEAN) {
+        b->broken = a->via.array.ptr[2].via.boolean;
+        mpb_req sub = *r;
+        msgpack_object two = *a;
+        two.via.array.size = 2;
+        sub.args = &two;
+        sub.nargs = 1;
+        return barrier_init_from(&sub, o, 0);
+    }
     if (has_initial(r, i) && a->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
         b->parties = (int64_t)a->via.u64;
         ok = a->via.u64 >= 1 && a->via.u64 <= INT32_MAX;
@@ -72,6 +83,8 @@ static void on_wait_timeout(mpb_waiter *w)
 {
     barstate *b = BAR(w->obj);
     b->broken = true;
+    mpb_value self = mpb_refv(w->obj->id);
+    persist_log_effect("barrier.abort", &self, 1);
     fail_all(b); /* this waiter too: it is still queued */
 }
 
@@ -142,3 +155,14 @@ void barrier_n_waiting(mpb_req *r) { reply_int(r, BAR(r->self)->count); }
 
 /* barrier.parties REF */
 void barrier_parties(mpb_req *r) { reply_int(r, BAR(r->self)->parties); }
+
+void barrier_dump(const mpb_object *o, msgpack_packer *pk)
+{
+    const barstate *b = BAR(o);
+    msgpack_pack_array(pk, 3);
+    msgpack_pack_int64(pk, b->parties);
+    if (b->timeout >= 0) msgpack_pack_double(pk, b->timeout);
+    else msgpack_pack_nil(pk);
+    if (b->broken) msgpack_pack_true(pk);
+    else msgpack_pack_false(pk);
+}

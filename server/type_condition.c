@@ -10,6 +10,7 @@
 #include <stdlib.h>
 
 #include "mpb_codec.h"
+#include "persist.h"
 #include "sync.h"
 
 typedef struct condstate {
@@ -117,3 +118,5 @@ void cond_notify_all(mpb_req *r) { notify(r, INT64_MAX); }
 
 /* condition.lock REF */
 void cond_lock(mpb_req *r) { reply_ref(r, COND(r->self)->lock->id); }
+
+void cond_dump(const mpb_object *o, msgpack_packer *pk) { mpb_ref_pack(pk, COND(o)->lock->id); }

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 
 #include "mpb_codec.h"
+#include "persist.h"
 #include "server.h"
 
 /*--- Dict API ---*/
@@ -372,4 +373,11 @@ void dict_cas(mpb_req *r)
 {
     mpb_value k;
     if (arg_key(r, 0, &k)) map_cas(r, DICT(r), &k, 1);
+}
+
+/* The snapshot form of a dict or namespace: the map itself. */
+void dict_dump(const mpb_object *o, msgpack_packer *pk)
+{
+    mpb_value v = {.type = MPB_MAP, .v.m = o->u.map};
+    mpb_value_pack(pk, &v);
 }

@@ -1,6 +1,7 @@
 /* type_event.c - Event: a flag that waiters park on until it is set. */
 #include <stdlib.h>
 
+#include "persist.h"
 #include "wait.h"
 
 typedef struct evstate {
@@ -70,4 +71,10 @@ void event_wait(mpb_req *r)
     evstate *e = EV(r->self);
     if (e->flag || timeout == 0) reply_bool(r, e->flag);
     else wait_park(r, r->self, &e->waiters, timeout, on_wait_timeout);
+}
+
+void event_dump(const mpb_object *o, msgpack_packer *pk)
+{
+    if (EV(o)->flag) msgpack_pack_true(pk);
+    else msgpack_pack_false(pk);
 }

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "mpb_codec.h"
+#include "persist.h"
 #include "server.h"
 
 /*--- List API ---*/
@@ -462,4 +463,11 @@ void list_copy(mpb_req *r)
     msgpack_packer *pk = reply_begin(r);
     msgpack_pack_array(pk, a->len);
     for (size_t i = 0; i < a->len; i++) mpb_value_pack(pk, &a->items[i]);
+}
+
+/* The snapshot form: the items. */
+void list_dump(const mpb_object *o, msgpack_packer *pk)
+{
+    mpb_value v = {.type = MPB_ARRAY, .v.a = (mpb_array *)&o->u.list};
+    mpb_value_pack(pk, &v);
 }

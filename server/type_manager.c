@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "mpb_codec.h"
+#include "persist.h"
 #include "server.h"
 
 typedef bool (*init_fn)(mpb_req *r, mpb_object *o, uint32_t i);
@@ -37,7 +38,7 @@ static mpb_otype type_arg(mpb_req *r, int *variant)
 
 /* Fill a new object from the INITIAL argument r->args[i] (nil or absent: the
  * type's default). */
-static bool init_object(mpb_req *r, mpb_object *o, uint32_t i)
+bool manager_init_object(mpb_req *r, mpb_object *o, uint32_t i)
 {
     return init_from[o->type](r, o, i);
 }
@@ -79,10 +80,11 @@ void manager_create(mpb_req *r)
         reply_error(r, MPB_E_OUT_OF_MEMORY, "manager.create: out of memory");
         return;
     }
-    if (!init_object(r, o, 1)) {
+    if (!manager_init_object(r, o, 1)) {
         objects_maybe_free(o); /* unheld, unnamed: goes at once */
         return;
     }
+    persist_log_create(o, r->nargs > 1 ? &r->args[1] : NULL);
     hold_and_reply(r, o);
 }
 
@@ -105,10 +107,11 @@ void manager_open(mpb_req *r)
             reply_error(r, MPB_E_OUT_OF_MEMORY, "manager.open: out of memory");
             return;
         }
-        if (!init_object(r, o, 2)) {
+        if (!manager_init_object(r, o, 2)) {
             objects_unname(o); /* frees it */
             return;
         }
+        persist_log_create(o, r->nargs > 2 ? &r->args[2] : NULL);
     }
     hold_and_reply(r, o);
 }

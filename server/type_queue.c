@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "mpb_codec.h"
+#include "persist.h"
 #include "wait.h"
 
 typedef struct qstate {
@@ -49,13 +51,52 @@ static size_t queue_memsize(const mpb_object *o)
 
 const mpb_type_ops mpb_queue_ops = {queue_init, queue_destroy, queue_length, queue_memsize, NULL};
 
+/* INITIAL: MAXSIZE, or the full form {"maxsize": N, "unfinished": N} (what a
+ * snapshot stores; its items follow as put_nowait calls). */
 bool queue_init_from(mpb_req *r, mpb_object *o, uint32_t i)
 {
     if (!has_initial(r, i)) return true;
+    const msgpack_object *a = &r->args[i];
+    if (a->type == MSGPACK_OBJECT_MAP) {
+        for (uint32_t k = 0; k < a->via.map.size; k++) {
+            const msgpack_object_kv *kv = &a->via.map.ptr[k];
+            int64_t n;
+            if (!mpb_object_int(&kv->val, &n) || kv->key.type != MSGPACK_OBJECT_STR) break;
+            if (kv->key.via.str.size == 7 && !memcmp(kv->key.via.str.ptr, "maxsize", 7))
+                Q(o)->maxsize = n;
+            else if (kv->key.via.str.size == 10 && !memcmp(kv->key.via.str.ptr, "unfinished", 10))
+                Q(o)->unfinished = n;
+        }
+        return true;
+    }
     int64_t maxsize;
     if (!arg_int(r, i, &maxsize)) return false;
     Q(o)->maxsize = maxsize;
     return true;
+}
+
+void queue_dump(const mpb_object *o, msgpack_packer *pk)
+{
+    const qstate *q = Q(o);
+    msgpack_pack_map(pk, 2);
+    msgpack_pack_str_with_body(pk, "maxsize", 7);
+    msgpack_pack_int64(pk, q->maxsize);
+    msgpack_pack_str_with_body(pk, "unfinished", 10);
+    msgpack_pack_int64(pk, q->unfinished - (int64_t)q->len); /* the puts below add len */
+}
+
+size_t queue_dump_items(const mpb_object *o, msgpack_packer *pk)
+{
+    const qstate *q = Q(o);
+    for (size_t i = 0; i < q->len; i++) {
+        msgpack_pack_array(pk, 3);
+        msgpack_pack_str_with_body(pk, "call", 4);
+        msgpack_pack_str_with_body(pk, "queue.put_nowait", 16);
+        msgpack_pack_array(pk, 2);
+        mpb_ref_pack(pk, o->id);
+        mpb_value_pack(pk, &q->ring[(q->head + i) % q->cap]);
+    }
+    return q->len;
 }
 
 static bool is_full(const qstate *q) { return q->maxsize > 0 && (int64_t)q->len >= q->maxsize; }
@@ -88,9 +129,12 @@ static mpb_value pop(qstate *q)
     return v;
 }
 
-/* Hand items to waiting getters and room to waiting putters, oldest first. */
-static void rebalance(qstate *q)
+/* Hand items to waiting getters and room to waiting putters, oldest first. These
+ * effects happen after their requests parked, so they are logged here. */
+static void rebalance(mpb_object *o)
 {
+    qstate *q = Q(o);
+    mpb_value self = mpb_refv(o->id);
     for (bool moved = true; moved;) {
         moved = false;
         while (q->len > 0 && q->getters.head) {
@@ -101,10 +145,13 @@ static void rebalance(qstate *q)
             reply_value(&r, &v);
             objects_discard_value(&v);
             wait_done(w);
+            persist_log_effect("queue.get_nowait", &self, 1);
             moved = true;
         }
         while (!is_full(q) && q->putters.head) {
             mpb_waiter *w = q->putters.head;
+            mpb_value logged[2] = {self, w->item};
+            persist_log_effect("queue.put_nowait", logged, 2);
             if (push(q, &w->item) < 0) return; /* out of memory: it keeps waiting */
             waitq_pop(&q->putters);
             mpb_req r;
@@ -152,7 +199,7 @@ static void do_put(mpb_req *r, mpb_value *item, bool block, double timeout)
         }
         objects_retain_value(&kept);
         reply_nil(r);
-        rebalance(q);
+        rebalance(r->self);
         return;
     }
     if (!block || timeout == 0) {
@@ -176,7 +223,7 @@ static void do_get(mpb_req *r, bool block, double timeout)
         mpb_value v = pop(q);
         reply_value(r, &v);
         objects_discard_value(&v);
-        rebalance(q);
+        rebalance(r->self);
         return;
     }
     if (!block || timeout == 0) {

@@ -6,7 +6,10 @@
  * a dead connection never returns units that someone else already returned.
  */
 #include <stdlib.h>
+#include <string.h>
 
+#include "mpb_codec.h"
+#include "persist.h"
 #include "wait.h"
 
 typedef struct semstate {
@@ -80,8 +83,13 @@ static void handoff(mpb_object *o)
     while (s->value > 0 && (w = waitq_pop(&s->waiters))) {
         mpb_req r;
         wait_req(w, &r);
-        if (take(o, w->conn)) reply_bool(&r, true);
-        else reply_error(&r, MPB_E_OUT_OF_MEMORY, "semaphore.acquire: out of memory");
+        if (take(o, w->conn)) {
+            reply_bool(&r, true);
+            mpb_value args[2] = {mpb_refv(o->id), mpb_bool(false)};
+            persist_log_effect("semaphore.acquire", args, 2); /* granted after parking */
+        } else {
+            reply_error(&r, MPB_E_OUT_OF_MEMORY, "semaphore.acquire: out of memory");
+        }
         wait_done(w);
     }
 }
@@ -93,15 +101,40 @@ static void sem_conn_gone(mpb_object *o, uint64_t conn_id, uintptr_t count)
     uintptr_t n = (uintptr_t)idmap_del(&s->holders, conn_id);
     if (n == 0) return;
     s->value += (int64_t)n;
+    mpb_value args[2] = {mpb_refv(o->id), mpb_int((int64_t)n)};
+    persist_log_effect("semaphore.release", args, 2); /* its holder died */
     handoff(o);
 }
 
 const mpb_type_ops mpb_semaphore_ops = {sem_init, sem_destroy, sem_length, sem_memsize,
                                         sem_conn_gone};
 
+/* INITIAL: VALUE, or the full form {"value": V, "initial": I, "held": H} (a
+ * snapshot: H units acquired by the creating connection). */
 bool sem_init_from(mpb_req *r, mpb_object *o, uint32_t i)
 {
     if (!has_initial(r, i)) return true;
+    const msgpack_object *a = &r->args[i];
+    if (a->type == MSGPACK_OBJECT_MAP) {
+        semstate *s = SEM(o);
+        int64_t held = 0;
+        for (uint32_t k = 0; k < a->via.map.size; k++) {
+            const msgpack_object_kv *kv = &a->via.map.ptr[k];
+            int64_t n;
+            const char *key;
+            size_t kl;
+            if (!mpb_object_int(&kv->val, &n) || !mpb_object_bytes(&kv->key, &key, &kl)) continue;
+            if (kl == 5 && !memcmp(key, "value", 5)) s->value = n;
+            else if (kl == 7 && !memcmp(key, "initial", 7)) s->initial = n;
+            else if (kl == 4 && !memcmp(key, "held", 4)) held = n;
+        }
+        if (held > 0 && (idmap_put(&s->holders, r->conn->id, (void *)(uintptr_t)held) < 0 ||
+                         objects_own(&r->conn->owned, o) < 0)) {
+            reply_error(r, MPB_E_OUT_OF_MEMORY, "manager.create: out of memory");
+            return false;
+        }
+        return true;
+    }
     int64_t v;
     if (!arg_int(r, i, &v)) return false;
     if (v < 0) {
@@ -166,3 +199,20 @@ void sem_release(mpb_req *r)
 
 /* semaphore.value REF */
 void sem_value(mpb_req *r) { reply_int(r, SEM(r->self)->value); }
+
+void sem_dump(const mpb_object *o, msgpack_packer *pk)
+{
+    const semstate *s = SEM(o);
+    int64_t held = 0;
+    size_t it = 0;
+    uint64_t id;
+    void *n;
+    while (idmap_next(&s->holders, &it, &id, &n)) held += (int64_t)(uintptr_t)n;
+    msgpack_pack_map(pk, 3);
+    msgpack_pack_str_with_body(pk, "value", 5);
+    msgpack_pack_int64(pk, s->value);
+    msgpack_pack_str_with_body(pk, "initial", 7);
+    msgpack_pack_int64(pk, s->initial);
+    msgpack_pack_str_with_body(pk, "held", 4);
+    msgpack_pack_int64(pk, held);
+}

@@ -11,6 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "mpb_codec.h"
+#include "persist.h"
 #include "server.h"
 
 typedef struct valstate {
@@ -194,4 +196,11 @@ void value_incr(mpb_req *r)
     }
     v->v = x; /* numbers own no memory */
     reply_value(r, &x);
+}
+
+void value_dump(const mpb_object *o, msgpack_packer *pk)
+{
+    msgpack_pack_array(pk, 2);
+    msgpack_pack_str_with_body(pk, &VAL(o)->tc, 1);
+    mpb_value_pack(pk, &VAL(o)->v);
 }

@@ -2,6 +2,7 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "persist.h"
 #include "wait.h"
 
 static size_t nparked;
@@ -21,6 +22,10 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 mpb_waiter *wait_park(mpb_req *r, mpb_object *o, mpb_waitq *q, double timeout,
                       mpb_wait_fn on_timeout)
 {
+    if (persist_is_replay(r->conn)) { /* logged calls never wait: a bug, not a hang */
+        reply_error(r, MPB_E_RUNTIME, "%s would wait during replay", r->info->name);
+        return NULL;
+    }
     mpb_waiter *w = calloc(1, sizeof *w);
     if (!w) {
         reply_error(r, MPB_E_OUT_OF_MEMORY, "%s: out of memory", r->info->name);

@@ -57,6 +57,9 @@ typedef enum mpb_otype {
 /* Method flags. */
 #define MPB_F_WRITE 0x01 /* changes shared state */
 #define MPB_F_ADMIN 0x02 /* acts on the broker itself */
+#define MPB_F_NOLOG 0x04 /* a write that persistence does not log as a call: its lasting
+                            effect is logged otherwise, or it has none after a restart
+                            (holds, lock ownership, barrier arrivals) */
 
 typedef enum mpb_method_id {
 #define MPB_METHOD(id, name, handler, self, min, max, flags, args, doc) MPB_M_##id,

@@ -1,0 +1,68 @@
+/* persist.h - durable state: an append-only log of state changes, compacted into a
+ * snapshot (see persist.c for the file formats and docs/PROTOCOL.md for guarantees).
+ *
+ * Off unless --data-dir is given. What is logged is each write's lasting effect, as a
+ * call that replays without waiting: dispatch logs writes that took effect at once;
+ * the types log effects that happen later (a parked put admitted, a parked get
+ * served, a semaphore unit granted or returned by a dead connection, a barrier broken
+ * by a timeout). Holds and lock ownership are not persisted: after a restart no
+ * connection holds or owns anything.
+ */
+#ifndef MPB_PERSIST_H
+#define MPB_PERSIST_H
+
+#include <msgpack.h>
+#include <stdbool.h>
+
+#include "server.h"
+
+typedef enum { MPB_FSYNC_ALWAYS, MPB_FSYNC_EVERYSEC, MPB_FSYNC_NO } mpb_fsync_policy;
+
+typedef struct mpb_persist_config {
+    const char *dir;           /* NULL: persistence off */
+    mpb_fsync_policy fsync;
+    size_t compact_min;        /* compact when the log passes this and twice the snapshot */
+} mpb_persist_config;
+
+extern mpb_persist_config g_persist;
+
+/* Load the snapshot and log from g_persist.dir (creating it), then open the log for
+ * appending. Exits the process with a message when the data cannot be trusted (a
+ * corrupted snapshot) or the directory is unusable. */
+void persist_open(struct event_base *base);
+static inline bool persist_enabled(void) { return g_persist.dir != NULL; }
+/* Log a call: method with its params as received (params an array). */
+void persist_log_call(const char *method, const msgpack_object *params);
+/* Log a call built from values (a synthetic effect: "queue.get_nowait" [ref]). */
+void persist_log_effect(const char *method, const mpb_value *args, size_t n);
+/* Log that an object was created (manager.create/open): its id, typeid, name and
+ * the INITIAL argument (NULL for none). */
+void persist_log_create(const mpb_object *o, const msgpack_object *initial);
+/* Write what was logged to the file (and fsync under --fsync always). Called before
+ * any reply is sent, so an acknowledged write is in the log. */
+void persist_sync(void);
+static inline bool persist_pending(void);
+/* Final sync and fsync at exit. */
+void persist_close(void);
+/* Is c the connection that replays the log at start-up? */
+bool persist_is_replay(const mpb_conn *c);
+
+/* Per type: pack the full INITIAL form that rebuilds o's state (what a snapshot
+ * stores). In the type files. */
+void list_dump(const mpb_object *o, msgpack_packer *pk);
+void dict_dump(const mpb_object *o, msgpack_packer *pk);
+void queue_dump(const mpb_object *o, msgpack_packer *pk);
+void sem_dump(const mpb_object *o, msgpack_packer *pk);
+void cond_dump(const mpb_object *o, msgpack_packer *pk);
+void event_dump(const mpb_object *o, msgpack_packer *pk);
+void barrier_dump(const mpb_object *o, msgpack_packer *pk);
+void value_dump(const mpb_object *o, msgpack_packer *pk);
+void array_dump(const mpb_object *o, msgpack_packer *pk);
+/* A queue's items as ["call", "queue.put_nowait", [REF, ITEM]] records; returns how
+ * many (they go after the fills: an item may refer to any object). */
+size_t queue_dump_items(const mpb_object *o, msgpack_packer *pk);
+
+extern size_t g_persist_buffered;
+static inline bool persist_pending(void) { return g_persist_buffered > 0; }
+
+#endif

@@ -1,0 +1,282 @@
+/* test_persist.c - --data-dir: what survives a broker killed with SIGKILL, a torn log
+ * tail, a corrupted snapshot, and compaction under load.
+ *
+ * Every broker here is a real process on its own socket; the data directory lives
+ * apart from it so that a restarted broker finds it.
+ */
+#include <check.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "testutil.h"
+
+static char datadir[64];
+static tb_broker B;
+static mpb_context *C;
+
+#define V(text) tb_lit(text)
+#define R(r) mpb_refv(r)
+#define EXPECT(want, method, ...) TB_EXPECT(C, want, method, __VA_ARGS__)
+
+static void start(const char *fsync_policy, const char *compact)
+{
+    const char *args[] = {"--data-dir", datadir, "--fsync", fsync_policy, "--compact-size",
+                          compact, NULL};
+    tb_start(&B, 0, args);
+    C = tb_connect(&B);
+}
+
+/* SIGKILL the broker: no chance to flush anything. */
+static void crash(void)
+{
+    mpb_free(C);
+    C = NULL;
+    kill(B.pid, SIGKILL);
+    waitpid(B.pid, NULL, 0);
+    B.pid = -1;
+    tb_stop(&B); /* only removes its socket directory */
+}
+
+static void stop(void)
+{
+    mpb_free(C);
+    C = NULL;
+    ck_assert_int_eq(tb_stop(&B), 0);
+}
+
+static void setup(void)
+{
+    snprintf(datadir, sizeof datadir, "/tmp/mpbdata.XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(datadir));
+}
+
+static void teardown(void)
+{
+    if (C) stop();
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", datadir);
+    ck_assert_int_eq(system(cmd), 0);
+}
+
+static mpb_ref lookup(const char *name)
+{
+    mpb_ref r;
+    ck_assert_msg(mpb_lookup(C, name, &r) == MPB_OK, "lookup %s: %s", name, C->errstr);
+    return r;
+}
+
+/* Append 0, 1, 2, ... to the named list until the connection dies; returns how many
+ * were acknowledged. Runs in a child, reporting through the pipe. */
+static void append_until_dead(const char *address, int fd)
+{
+    mpb_context *c = mpb_connect(address);
+    mpb_ref l;
+    long acked = 0;
+    if (c && !c->err && mpb_open(c, "list", "log", NULL, &l) == MPB_OK)
+        for (;; acked++) {
+            mpb_value v = mpb_int(acked);
+            if (mpb_list_append(c, l, &v) != MPB_OK) break;
+        }
+    ck_assert_int_eq(write(fd, &acked, sizeof acked), sizeof acked);
+    mpb_free(c);
+    _exit(0);
+}
+
+/* Crash a broker in the middle of a write load; every acknowledged write must be
+ * there after a restart, in order, and at most the one in flight besides. */
+static void crash_under_load(const char *policy, const char *compact)
+{
+    start(policy, compact);
+    int p[2];
+    ck_assert_int_eq(pipe(p), 0);
+    pid_t w = fork();
+    if (w == 0) append_until_dead(B.address, p[1]);
+    usleep(300000);
+    crash();
+    long acked = -1;
+    ck_assert_int_eq(read(p[0], &acked, sizeof acked), sizeof acked);
+    waitpid(w, NULL, 0);
+    close(p[0]);
+    close(p[1]);
+    ck_assert_int_gt(acked, 100);
+    start(policy, compact);
+    mpb_value all;
+    ck_assert_int_eq(mpb_list_copy(C, lookup("log"), &all), MPB_OK);
+    long n = (long)all.v.a->len;
+    ck_assert_msg(n == acked || n == acked + 1, "%ld items after restart, %ld acknowledged", n, acked);
+    for (long i = 0; i < n; i++) ck_assert_int_eq(all.v.a->items[i].v.i, i);
+    mpb_value_free(&all);
+}
+
+START_TEST(sigkill_with_fsync_always_keeps_every_acknowledged_write)
+{
+    crash_under_load("always", "67108864");
+}
+END_TEST
+
+START_TEST(sigkill_during_compactions_keeps_every_acknowledged_write)
+{
+    /* A tiny compaction threshold: the load compacts over and over. */
+    crash_under_load("everysec", "20000");
+}
+END_TEST
+
+START_TEST(named_objects_persist_and_unheld_anonymous_ones_go)
+{
+    start("always", "67108864");
+    mpb_ref l, kept, gone, q, s, e, v, a, b;
+    mpb_value init = V("[('Computers', 1), ('History', 5)]");
+    ck_assert_int_eq(mpb_open(C, "list", "records", &init, &l), MPB_OK);
+    mpb_value_free(&init);
+    ck_assert_int_eq(mpb_create(C, "dict", NULL, &kept), MPB_OK);
+    ck_assert_int_eq(mpb_create(C, "list", NULL, &gone), MPB_OK);
+    EXPECT("None", "dict.setitem", R(kept), V("(1, 2)"), V("'tuple key'"));
+    EXPECT("None", "list.append", R(l), R(kept)); /* contained: survives */
+    ck_assert_int_eq(mpb_open(C, "joinablequeue", "jobs", NULL, &q), MPB_OK);
+    for (int i = 0; i < 3; i++) EXPECT("None", "queue.put", R(q), mpb_int(i));
+    EXPECT("0", "queue.get", R(q));
+    ck_assert_int_eq(mpb_open(C, "semaphore", "sem", NULL, &s), MPB_OK);
+    EXPECT("True", "semaphore.acquire", R(s)); /* held by a connection that dies */
+    ck_assert_int_eq(mpb_open(C, "event", "ev", NULL, &e), MPB_OK);
+    EXPECT("None", "event.set", R(e));
+    init = V("('d', 2.5)");
+    ck_assert_int_eq(mpb_open(C, "value", "pi", &init, &v), MPB_OK);
+    mpb_value_free(&init);
+    init = V("('i', 4)");
+    ck_assert_int_eq(mpb_open(C, "array", "arr", &init, &a), MPB_OK);
+    mpb_value_free(&init);
+    EXPECT("None", "array.setitem", R(a), V("1"), V("-7"));
+    init = mpb_int(2);
+    ck_assert_int_eq(mpb_open(C, "barrier", "bar", &init, &b), MPB_OK);
+    EXPECT("None", "barrier.abort", R(b));
+    crash();
+
+    start("always", "67108864");
+    ck_assert_uint_eq(lookup("records"), l); /* same ids: references stay valid */
+    EXPECT("3", "list.len", R(l));
+    EXPECT("['History', 5]", "list.getitem", R(l), V("1"));
+    mpb_value ref;
+    ck_assert_int_eq(mpb_list_getitem(C, l, 2, &ref), MPB_OK);
+    ck_assert_int_eq(ref.type, MPB_REF);
+    ck_assert_uint_eq(ref.v.ref, kept);
+    EXPECT("{[1, 2]: 'tuple key'}", "dict.copy", R(kept));
+    TB_EXPECT_ERR(C, "NoSuchObject", "list.len", R(gone));
+    EXPECT("2", "queue.qsize", R(q));
+    EXPECT("1", "queue.get", R(q));
+    EXPECT("None", "queue.task_done", R(q));
+    EXPECT("False", "queue.join", R(q), V("0")); /* two puts still unfinished */
+    EXPECT("1", "semaphore.value", R(s));       /* the dead holder's unit came back */
+    EXPECT("True", "event.is_set", R(e));
+    EXPECT("2.5", "value.get", R(v));
+    EXPECT("[0, -7, 0, 0]", "array.tolist", R(a));
+    EXPECT("True", "barrier.broken", R(b));
+    /* new objects never reuse an old id */
+    mpb_ref fresh;
+    ck_assert_int_eq(mpb_create(C, "list", NULL, &fresh), MPB_OK);
+    ck_assert_uint_gt(fresh, b);
+}
+END_TEST
+
+/* Path of the data directory's only log file. */
+static void log_path(char *buf, size_t n)
+{
+    char cmd[160];
+    snprintf(cmd, sizeof cmd, "ls %s/log.*.mpb", datadir);
+    FILE *p = popen(cmd, "r");
+    ck_assert_ptr_nonnull(fgets(buf, (int)n, p));
+    buf[strcspn(buf, "\n")] = '\0';
+    pclose(p);
+}
+
+START_TEST(a_torn_log_tail_is_truncated_with_a_warning)
+{
+    start("always", "67108864");
+    mpb_ref l;
+    ck_assert_int_eq(mpb_open(C, "list", "l", NULL, &l), MPB_OK);
+    for (int i = 0; i < 10; i++) EXPECT("None", "list.append", R(l), mpb_int(i));
+    crash();
+    char path[256];
+    log_path(path, sizeof path);
+    struct stat st;
+    ck_assert_int_eq(stat(path, &st), 0);
+    /* The first bytes of ["call", "list.append", [REF, 10]]: a write cut short. */
+    int fd = open(path, O_WRONLY | O_APPEND);
+    ck_assert_int_eq(write(fd, "\x93\xa4" "call" "\xab" "list.ap", 14), 14);
+    close(fd);
+    start("always", "67108864");
+    EXPECT("[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]", "list.copy", R(l));
+    struct stat after;
+    ck_assert_int_eq(stat(path, &after), 0);
+    ck_assert_int_eq(after.st_size, st.st_size); /* the torn record is gone */
+    EXPECT("None", "list.append", R(l), mpb_int(10)); /* and the log goes on */
+    crash();
+    start("always", "67108864");
+    EXPECT("11", "list.len", R(l));
+}
+END_TEST
+
+START_TEST(a_corrupted_snapshot_refuses_to_start)
+{
+    start("always", "100"); /* compacts at once */
+    mpb_ref l;
+    ck_assert_int_eq(mpb_open(C, "list", "l", NULL, &l), MPB_OK);
+    for (int i = 0; i < 50; i++) EXPECT("None", "list.append", R(l), V("'some data to snapshot'"));
+    stop();
+    char path[128], cmd[400];
+    snprintf(path, sizeof path, "%s/snapshot.mpb", datadir);
+    int fd = open(path, O_RDWR);
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(pwrite(fd, "X", 1, 60), 1); /* one byte inside a string */
+    close(fd);
+    const char *server = getenv("MPB_SERVER");
+    snprintf(cmd, sizeof cmd, "%s --socket %s/s.sock --data-dir %s 2>&1", server, datadir, datadir);
+    FILE *p = popen(cmd, "r");
+    char out[512] = "";
+    size_t n = fread(out, 1, sizeof out - 1, p);
+    out[n] = '\0';
+    int status = pclose(p);
+    ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 1, "status %d: %s", status, out);
+    ck_assert_msg(strstr(out, "snapshot.mpb") && strstr(out, "refusing to start"), "%s", out);
+}
+END_TEST
+
+START_TEST(bad_fsync_policy_is_refused)
+{
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "%s --socket %s/s.sock --data-dir %s --fsync sometimes 2>/dev/null",
+             getenv("MPB_SERVER"), datadir, datadir);
+    int status = system(cmd);
+    ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 2);
+}
+END_TEST
+
+static Suite *persist_suite(void)
+{
+    Suite *s = suite_create("persist");
+    TCase *tc = tcase_create("persist");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, sigkill_with_fsync_always_keeps_every_acknowledged_write);
+    tcase_add_test(tc, sigkill_during_compactions_keeps_every_acknowledged_write);
+    tcase_add_test(tc, named_objects_persist_and_unheld_anonymous_ones_go);
+    tcase_add_test(tc, a_torn_log_tail_is_truncated_with_a_warning);
+    tcase_add_test(tc, a_corrupted_snapshot_refuses_to_start);
+    tcase_add_test(tc, bad_fsync_policy_is_refused);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(persist_suite());
+    srunner_run_all(sr, CK_ENV);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
