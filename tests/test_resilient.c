@@ -1,0 +1,184 @@
+/* test_resilient.c - libmpbroker across fork() and broker restarts.
+ *
+ * The restart tests run the broker on a fixed socket path (tb_start picks a new one
+ * each time), so that a client can find the restarted broker where it left it.
+ */
+#include <check.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "testutil.h"
+
+static char dir[64], sock[128], address[160], data[128];
+static pid_t server = -1;
+
+static void setup(void)
+{
+    snprintf(dir, sizeof dir, "/tmp/mpbres.XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    snprintf(sock, sizeof sock, "%s/s.sock", dir);
+    snprintf(address, sizeof address, "unix:%s", sock);
+    snprintf(data, sizeof data, "%s/data", dir);
+}
+
+static void stop_server(int sig)
+{
+    if (server <= 0) return;
+    kill(server, sig);
+    int st;
+    ck_assert_int_eq(waitpid(server, &st, 0), server);
+    if (sig == SIGTERM) ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    server = -1;
+}
+
+static void teardown(void)
+{
+    stop_server(SIGTERM);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    ck_assert_int_eq(system(cmd), 0);
+}
+
+/* Start the broker on the fixed socket; with_data: persist in data/. */
+static void start_server(bool with_data)
+{
+    server = fork();
+    ck_assert_int_ge(server, 0);
+    if (server == 0) {
+        const char *bin = getenv("MPB_SERVER");
+        if (with_data)
+            execl(bin, bin, "--socket", sock, "--data-dir", data, "--fsync", "always", "--quiet",
+                  (char *)NULL);
+        else
+            execl(bin, bin, "--socket", sock, "--quiet", (char *)NULL);
+        _exit(127);
+    }
+    for (int i = 0; i < 500; i++) {
+        mpb_context *c = mpb_connect(address);
+        bool up = c && !c->err && mpb_ping(c) == MPB_OK;
+        mpb_free(c);
+        if (up) return;
+        usleep(10000);
+    }
+    ck_abort_msg("broker did not start");
+}
+
+START_TEST(a_forked_child_gets_its_own_connection)
+{
+    start_server(false);
+    mpb_context *c = mpb_connect(address);
+    ck_assert(c && !c->err);
+    ck_assert_int_eq(mpb_ping(c), MPB_OK);
+    pid_t pid = fork();
+    /* Both processes now use the same context object, concurrently: each payload must
+     * come back to the process that sent it. */
+    int bad = 0;
+    for (int i = 0; i < 2000; i++) {
+        char tag[64];
+        snprintf(tag, sizeof tag, "%s-%d", pid == 0 ? "child" : "parent", i);
+        mpb_value arg = mpb_str_borrowed(tag, strlen(tag)), r;
+        if (mpb_call(c, "manager.ping", &arg, 1, &r) != MPB_OK || r.type != MPB_STR ||
+            strcmp(r.v.s, tag) != 0)
+            bad++;
+        mpb_value_free(&r);
+    }
+    if (pid == 0) {
+        mpb_free(c);
+        _exit(bad ? 1 : 0);
+    }
+    int st;
+    ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the child got wrong replies");
+    ck_assert_int_eq(bad, 0);
+    mpb_free(c);
+}
+END_TEST
+
+START_TEST(without_reconnect_calls_fail_fast_with_connection_error)
+{
+    start_server(false);
+    mpb_context *c = mpb_connect(address);
+    ck_assert_int_eq(mpb_ping(c), MPB_OK);
+    stop_server(SIGTERM);
+    ck_assert_int_lt(mpb_ping(c), 0);
+    ck_assert_str_eq(c->errkind, "ConnectionError");
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    ck_assert_int_lt(mpb_ping(c), 0); /* no waiting, no retrying */
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    ck_assert_str_eq(c->errkind, "ConnectionError");
+    ck_assert_int_lt(t1.tv_sec - t0.tv_sec, 2);
+    mpb_free(c);
+}
+END_TEST
+
+START_TEST(with_reconnect_a_client_keeps_working_across_a_restart)
+{
+    start_server(true);
+    mpb_context *c = mpb_connect(address);
+    ck_assert_int_eq(mpb_set_reconnect(c, 1, 10000), MPB_OK);
+    mpb_ref l;
+    ck_assert_int_eq(mpb_open(c, "list", "journal", NULL, &l), MPB_OK);
+    for (int i = 0; i < 3; i++) {
+        for (int k = 0; k < 10; k++) {
+            mpb_value v = mpb_int(i * 10 + k);
+            ck_assert_msg(mpb_list_append(c, l, &v) == MPB_OK, "%s: %s", c->errkind, c->errstr);
+        }
+        stop_server(i % 2 ? SIGKILL : SIGTERM); /* clean and unclean restarts */
+        start_server(true);
+    }
+    int64_t n = 0;
+    ck_assert_msg(mpb_list_len(c, l, &n) == MPB_OK, "%s: %s", c->errkind, c->errstr);
+    ck_assert_int_eq(n, 30);
+    mpb_free(c);
+}
+END_TEST
+
+START_TEST(reconnect_to_a_broker_that_lost_its_state_reopens_names)
+{
+    start_server(false);
+    mpb_context *c = mpb_connect(address);
+    mpb_set_reconnect(c, 1, 10000);
+    mpb_ref ns;
+    ck_assert_int_eq(mpb_open(c, "namespace", "stats", NULL, &ns), MPB_OK);
+    ck_assert_int_eq(mpb_ns_incr(c, ns, "runs", 5, NULL), MPB_OK);
+    /* Another client takes the first id, so the restarted broker's "stats" differs. */
+    stop_server(SIGTERM);
+    start_server(false);
+    mpb_context *other = mpb_connect(address);
+    mpb_ref taken;
+    ck_assert_int_eq(mpb_create(other, "list", NULL, &taken), MPB_OK);
+    int64_t runs = 0;
+    ck_assert_msg(mpb_ns_incr(c, ns, "runs", 1, &runs) == MPB_OK, "%s: %s", c->errkind, c->errstr);
+    ck_assert_int_eq(runs, 1); /* state was lost: re-created empty, under the old reference */
+    mpb_ref now;
+    ck_assert_int_eq(mpb_lookup(other, "stats", &now), MPB_OK);
+    ck_assert_uint_ne(now, ns);
+    mpb_free(other);
+    mpb_free(c);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("resilient");
+    TCase *tc = tcase_create("resilient");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, a_forked_child_gets_its_own_connection);
+    tcase_add_test(tc, without_reconnect_calls_fail_fast_with_connection_error);
+    tcase_add_test(tc, with_reconnect_a_client_keeps_working_across_a_restart);
+    tcase_add_test(tc, reconnect_to_a_broker_that_lost_its_state_reopens_names);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_ENV);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
