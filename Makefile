@@ -6,7 +6,7 @@ ASAN_BUILD ?= build-asan
 ARGS       ?=
 
 # Debian packages the build and the tests need.
-PKGS = gcc make pkg-config meson ninja-build libmsgpack-dev libevent-dev check zlib1g-dev \
+PKGS = gcc make pkg-config meson ninja-build libmsgpack-dev libevent-dev check zlib1g-dev libssl-dev \
        python3 python3-msgpack
 
 .PHONY: all deps build asan run test test-plain test-asan clean

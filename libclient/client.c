@@ -28,6 +28,7 @@
 #include "mpb_address.h"
 #include "mpb_codec.h"
 #include "mpb_reader.h"
+#include "auth.h"
 #include "mpbroker.h"
 
 #ifndef MSG_NOSIGNAL /* BSDs and macOS: SO_NOSIGPIPE is set on the socket instead */
@@ -52,6 +53,8 @@ struct mpb_context_priv {
     bool eof;            /* the broker closed its side: serve what is buffered, then fail */
     char broken[32 + 2 + 256]; /* why the connection is gone, for later calls */
     struct mpb_note *notes, *notes_tail; /* notifications read while awaiting replies */
+    unsigned char *authkey; /* the key for the handshake (auth.c), or NULL; owned */
+    size_t authkey_len;
 };
 
 /* A notification [2, method, params] queued until mpb_get_notification takes it. */
@@ -320,6 +323,10 @@ static void connect_tcp(mpb_context *c, const char *address) {
 }
 
 mpb_context *mpb_connect(const char *address) {
+    return mpb_connect_with_key(address, NULL, 0);
+}
+
+mpb_context *mpb_connect_with_key(const char *address, const void *key, size_t keylen) {
     mpb_context *c = calloc(1, sizeof *c);
     if (c == NULL) return NULL;
     c->fd = -1;
@@ -336,12 +343,19 @@ mpb_context *mpb_connect(const char *address) {
     if (address == NULL) address = getenv("MPBROKER_ADDRESS");
     if (address == NULL || address[0] == '\0')
         address = mpb_default_address(def, sizeof def);
-    if (strncmp(address, "tcp://", 6) == 0)
+    if (mpb_client_key(c, key, keylen, &c->priv->authkey, &c->priv->authkey_len) != MPB_OK)
+        ; /* no connection: the error is set */
+    else if (strncmp(address, "tcp://", 6) == 0)
         connect_tcp(c, address);
     else if (strncmp(address, "unix:", 5) == 0)
         connect_unix(c, address + 5);
     else
         connect_unix(c, address);
+    if (c->fd >= 0 && c->priv->authkey != NULL &&
+        mpb_client_handshake(c, c->priv->authkey, c->priv->authkey_len) != MPB_OK) {
+        close(c->fd); /* the key was not proved, either way: nothing else goes over it */
+        c->fd = -1;
+    }
     if (c->fd < 0)
         snprintf(c->priv->broken, sizeof c->priv->broken, "%s", c->errstr);
     else
@@ -356,6 +370,7 @@ void mpb_free(mpb_context *c) {
         msgpack_sbuffer_destroy(&c->priv->out);
         free(c->priv->ids);
         mpb_reader_destroy(&c->priv->reader);
+        mpb_client_key_free(c->priv->authkey, c->priv->authkey_len);
         while (c->priv->notes != NULL) {
             struct mpb_note *n = c->priv->notes;
             c->priv->notes = n->next;

@@ -61,6 +61,14 @@ typedef struct mpb_context {
  * Always returns a context unless out of memory (NULL): check c->err. Free it with
  * mpb_free. */
 mpb_context *mpb_connect(const char *address);
+/* As mpb_connect, and authenticate with key[0, len) (docs/PROTOCOL.md,
+ * "Authentication"): the broker proves it knows the key, then this context does.
+ * key NULL: the key is read from the file named by $MPBROKER_AUTHKEY_FILE (one
+ * trailing newline dropped), else taken from $MPBROKER_AUTHKEY; neither set: no
+ * handshake. mpb_connect(address) is mpb_connect_with_key(address, NULL, 0). A failed
+ * handshake is MPB_ERR_CONNECT with errkind "AuthError". The key is copied (and wiped
+ * at mpb_free); a reconnect authenticates again. */
+mpb_context *mpb_connect_with_key(const char *address, const void *key, size_t len);
 /* Close the connection and free the context. NULL is fine. */
 void mpb_free(mpb_context *c);
 /* The broker's default Unix socket path: $XDG_RUNTIME_DIR/mpbroker.sock when

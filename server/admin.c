@@ -70,7 +70,7 @@ static uint64_t rss_bytes(void)
 void manager_stats(mpb_req *r)
 {
     msgpack_packer *pk = reply_begin(r);
-    msgpack_pack_map(pk, 9);
+    msgpack_pack_map(pk, 11);
     pack_key(pk, "pid");
     msgpack_pack_int64(pk, getpid());
     pack_key(pk, "uptime");
@@ -89,6 +89,10 @@ void manager_stats(mpb_req *r)
     msgpack_pack_uint64(pk, g_config.max_msg);
     pack_key(pk, "max_depth");
     msgpack_pack_int32(pk, g_config.max_depth);
+    pack_key(pk, "memory_used"); /* what --max-memory limits */
+    msgpack_pack_uint64(pk, objects_mem_used());
+    pack_key(pk, "max_memory");
+    msgpack_pack_uint64(pk, g_config.max_memory);
 }
 
 /* manager.clients */

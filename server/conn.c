@@ -6,6 +6,9 @@
  * OUT_HIGH stops being served until it drains below OUT_LOW (a client that does not
  * read its replies cannot make the broker buffer without bound); when it resumes,
  * requests already buffered are served first, since no read event will announce them.
+ * Limits (see limits.c): a connection whose unsent output passes --max-output, or
+ * takes no byte of it for --output-timeout seconds, is closed: a client that stops
+ * reading cannot hold the broker's memory.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -15,7 +18,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "auth.h"
 #include "conn.h"
+#include "limits.h"
 #include "persist.h"
 #include "server.h"
 #include "wait.h"
@@ -91,6 +96,11 @@ mpb_conn *conn_new(struct event_base *base, int fd, bool is_tcp)
     event_assign(&c->wev, base, fd, EV_WRITE, on_write, c);
     event_add(&c->rev, NULL);
     peer_describe(c);
+    auth_conn_new(c);
+    if (!g_config.quiet)
+        fprintf(stderr, "mpbroker-server: connection %llu from %s uid=%ld%s\n",
+                (unsigned long long)c->id, c->peer, c->is_tcp ? -1L : (long)c->peer_uid,
+                c->authed ? "" : " (authenticating)");
     c->next = conns;
     if (conns) conns->prev = c;
     conns = c;
@@ -100,20 +110,55 @@ mpb_conn *conn_new(struct event_base *base, int fd, bool is_tcp)
 
 static size_t out_pending(const mpb_conn *c) { return c->out.size - c->out_sent; }
 
+/* Wait for the socket to take output. With --output-timeout the wait is bounded, and
+ * restarted only by progress: a client that reads nothing times out even while more
+ * output (monitor events, answers to parked calls) keeps being added. */
+static void want_write(mpb_conn *c, bool progressed)
+{
+    if (g_config.output_timeout <= 0) {
+        event_add(&c->wev, NULL);
+        return;
+    }
+    if (!progressed && event_pending(&c->wev, EV_WRITE | EV_TIMEOUT, NULL)) return;
+    double whole = (double)(long)g_config.output_timeout;
+    struct timeval tv = {(time_t)whole, (suseconds_t)((g_config.output_timeout - whole) * 1e6)};
+    event_add(&c->wev, &tv);
+}
+
+/* Unsent output over --max-output: the client is not reading (or asked for more than
+ * it may buffer). */
+static bool output_over(const mpb_conn *c)
+{
+    return g_config.max_output > 0 && out_pending(c) > g_config.max_output;
+}
+
+/* Close c at its next callback, dropping its unsent output. Safe from any callback. */
+static void kill_soon(mpb_conn *c, const char *why)
+{
+    if (!g_config.quiet)
+        fprintf(stderr, "mpbroker-server: closing connection %llu (%s): %s\n",
+                (unsigned long long)c->id, c->peer, why);
+    c->out_sent = c->out.size;
+    c->closing = true;
+    event_active(&c->wev, EV_WRITE, 0);
+}
+
 /* Write what the socket takes. Returns -1 when the connection is dead. */
 static int flush_out(mpb_conn *c)
 {
     /* Nothing is acknowledged before it is in the log (and fsynced, under always). */
     if (persist_pending()) persist_sync();
+    bool progressed = false;
     while (out_pending(c) > 0) {
         ssize_t n = send(c->fd, c->out.data + c->out_sent, out_pending(c), MSG_NOSIGNAL);
         if (n > 0) {
             c->out_sent += (size_t)n;
+            progressed = true;
             continue;
         }
         if (n < 0 && errno == EINTR) continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            event_add(&c->wev, NULL);
+            want_write(c, progressed);
             return 0;
         }
         return -1;
@@ -159,6 +204,10 @@ static void after_serving(mpb_conn *c)
     if (flush_out(c) < 0) {
         conn_free(c);
         return;
+    }
+    if (output_over(c) && !c->closing) {
+        kill_soon(c, "unsent output over --max-output");
+        return; /* freed by its write callback, now pending */
     }
     size_t pend = out_pending(c);
     if ((c->closing || c->eof) && (pend == 0 || c->closing)) {
@@ -208,8 +257,15 @@ static void on_read(evutil_socket_t fd, short what, void *arg)
 static void on_write(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
-    (void)what;
     mpb_conn *c = arg;
+    if (what == EV_TIMEOUT && out_pending(c) > 0) {
+        if (!g_config.quiet)
+            fprintf(stderr, "mpbroker-server: closing connection %llu (%s): it read none of "
+                    "its %zu bytes of replies for %g s\n", (unsigned long long)c->id,
+                    c->peer, out_pending(c), g_config.output_timeout);
+        conn_free(c);
+        return;
+    }
     if (flush_out(c) < 0) {
         conn_free(c);
         return;
@@ -226,12 +282,17 @@ static void on_write(evutil_socket_t fd, short what, void *arg)
 
 void conn_schedule_flush(mpb_conn *c)
 {
-    event_active(&c->wev, EV_WRITE, 0);
+    if (output_over(c) && !c->closing) kill_soon(c, "unsent output over --max-output");
+    else event_active(&c->wev, EV_WRITE, 0);
 }
 
 void conn_unblock(mpb_conn *c)
 {
     c->blocked = false;
+    if (output_over(c) && !c->closing) {
+        kill_soon(c, "unsent output over --max-output");
+        return;
+    }
     /* Requests that arrived while parked sit in the reader: the write callback
      * serves them (no read event would). */
     event_active(&c->wev, EV_WRITE, 0);
@@ -240,6 +301,7 @@ void conn_unblock(mpb_conn *c)
 static void conn_free(mpb_conn *c)
 {
     admin_conn_closed(c);
+    auth_conn_free(c);
     event_del(&c->rev);
     event_del(&c->wev);
     /* First its parked request, then what it owns (waking others), then its holds. */
@@ -255,6 +317,45 @@ static void conn_free(mpb_conn *c)
     if (c->next) c->next->prev = c->prev;
     nconns--;
     free(c);
+}
+
+void conn_serve(mpb_conn *c) { serve_buffered(c); }
+
+void conn_close(mpb_conn *c) { conn_free(c); }
+
+static double mono_now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+void conn_drain_all(struct event_base *base, double seconds)
+{
+    /* As if every peer had closed its side: the usual path then answers what was
+     * read (resuming as output drains, or as parked requests are answered by others'
+     * requests), writes it, and frees the connection. */
+    for (mpb_conn *c = conns, *next; c; c = next) {
+        next = c->next;
+        c->eof = true;
+        event_del(&c->rev);
+        event_active(&c->wev, EV_WRITE, 0);
+    }
+    double deadline = mono_now() + seconds;
+    while (conns && mono_now() < deadline) {
+        /* A connection that is parked with nothing to write waits for nobody. */
+        bool busy = false;
+        for (mpb_conn *c = conns, *next; c; c = next) {
+            next = c->next;
+            if (out_pending(c) == 0 && (c->blocked || mpb_reader_pending(&c->in) == 0) &&
+                !event_pending(&c->wev, EV_WRITE, NULL))
+                conn_free(c);
+            else
+                busy = true;
+        }
+        if (!busy) break;
+        event_base_loop(base, EVLOOP_ONCE);
+    }
 }
 
 void conn_close_all(void)

@@ -41,6 +41,8 @@ typedef struct mpb_conn {
     double since;      /* CLOCK_MONOTONIC seconds at accept */
     bool monitor;      /* receives "monitor" notifications */
     uint64_t monitor_dropped; /* events not sent since the last one that was */
+    bool authed;       /* may call every method (auth.c: always, without an authkey) */
+    struct mpb_auth *auth; /* handshake state, owned by auth.c; NULL when none */
     struct mpb_conn *prev, *next;
 } mpb_conn;
 
@@ -53,6 +55,16 @@ void conn_schedule_flush(mpb_conn *c);
 void conn_unblock(mpb_conn *c);
 /* Close every connection (at exit), writing what output the sockets take at once. */
 void conn_close_all(void);
+/* Graceful stop: read nothing more, answer the requests already read, write every
+ * reply (up to `seconds` for slow readers), closing each connection once done. Runs
+ * the loop until all are closed or the time is up. */
+void conn_drain_all(struct event_base *base, double seconds);
+/* Serve the whole requests already buffered in c's reader, as a read would (output
+ * stays in c->out). For the fuzzer; never frees c. */
+void conn_serve(mpb_conn *c);
+/* Close c now (its holds, ownership and parked request go). Never from inside
+ * another connection's callback. */
+void conn_close(mpb_conn *c);
 size_t conn_count(void);
 mpb_conn *conn_first(void);
 

@@ -10,6 +10,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "auth.h"
+#include "limits.h"
 #include "mpb_codec.h"
 #include "persist.h"
 #include "server.h"
@@ -212,6 +214,10 @@ bool arg_value(mpb_req *r, uint32_t i, mpb_value *out)
                     r->info->name, (unsigned long long)bad);
         return false;
     }
+    if (!limits_memory_for_value(r, out)) { /* --max-memory, before anything changes */
+        mpb_value_free(out);
+        return false;
+    }
     return true;
 }
 
@@ -346,6 +352,7 @@ void dispatch_message(mpb_conn *c, const msgpack_object *msg)
         return;
     }
     int id = mpb_method_lookup(name, len);
+    if (!c->authed && !auth_gate(&r, id)) return; /* only the handshake before it */
     if (params->type == MSGPACK_OBJECT_ARRAY)
         admin_monitor_feed(c, id < 0 ? NULL : &mpb_methods[id], name, len, params);
     if (id < 0) {
@@ -363,7 +370,9 @@ void dispatch_message(mpb_conn *c, const msgpack_object *msg)
     }
     c->ops++;
     g_ops_total++;
+    size_t mark = c->out.size;
     dispatch_run(&r, params);
+    limits_check_reply(&r, mark); /* --max-output: a read too big is TooLarge instead */
 }
 
 void dispatch_run(mpb_req *r, const msgpack_object *params)

@@ -18,17 +18,25 @@
 #include <event2/event.h>
 #include <event2/listener.h>
 
+#include "auth.h"
+#include "limits.h"
 #include "mpb_address.h"
 #include "persist.h"
 #include "server.h"
 
-mpb_config g_config = {.max_msg = MPB_READER_DEFAULT_MAX_MSG, .max_depth = MPB_READER_MAX_DEPTH};
+mpb_config g_config = {.max_msg = MPB_READER_DEFAULT_MAX_MSG, .max_depth = MPB_READER_MAX_DEPTH,
+                       .max_clients = LIMITS_DEFAULT_MAX_CLIENTS,
+                       .max_output = LIMITS_DEFAULT_MAX_OUTPUT,
+                       .output_timeout = LIMITS_DEFAULT_OUTPUT_TIMEOUT};
 bool g_shutdown_requested;
 
 static struct event_base *base;
 static struct evconnlistener *listeners[9];
 static int nlisteners;
 static char socket_path[108];
+static const char *socket_group; /* --socket-group, or NULL */
+static struct event *accept_retry; /* re-enables the listeners after EMFILE */
+#define DRAIN_SECONDS 5.0           /* at shutdown, for clients slow to read replies */
 
 void server_stop(void)
 {
@@ -57,13 +65,28 @@ static void usage(FILE *f)
             "                          (default), or no (leave it to the OS)\n"
             "      --compact-size N    compact the log into a snapshot past N bytes\n"
             "                          (and twice the snapshot; default 64 MiB)\n"
+            "      --authkey-file FILE clients must prove they know the key in FILE (mode\n"
+            "                          0600) by the auth.* handshake; default\n"
+            "                          $MPBROKER_AUTHKEY_FILE, else $MPBROKER_AUTHKEY, else none\n"
+            "      --socket-group GROUP the Unix socket is 0660 and belongs to GROUP\n"
+            "      --max-clients N     connections served at once (default %d); more are\n"
+            "                          refused with TooManyClients\n"
+            "      --max-output BYTES  unsent replies per connection (default %zu MiB;\n"
+            "                          0: no limit): a read over it is TooLarge, else the\n"
+            "                          connection is closed\n"
+            "      --output-timeout S  close a connection that reads none of its replies\n"
+            "                          for S seconds (default %g; 0: never)\n"
+            "      --max-memory BYTES  stored data (default 0: no limit); writes past it\n"
+            "                          are OutOfMemory. K, M, G suffixes allowed\n"
             "  -q, --quiet             no start-up message\n"
             "  -h, --help              this text\n"
             "\n"
-            "SIGINT or SIGTERM (or manager.shutdown) stop the broker cleanly and remove\n"
-            "the socket file.\n",
+            "SIGINT or SIGTERM (or manager.shutdown) stop the broker cleanly: no new\n"
+            "connections, requests already received are answered, the socket file is\n"
+            "removed, exit 0.\n",
             mpb_default_socket_path(def, sizeof def), MPB_READER_DEFAULT_MAX_MSG,
-            MPB_READER_MAX_DEPTH, MPB_READER_MAX_DEPTH);
+            MPB_READER_MAX_DEPTH, MPB_READER_MAX_DEPTH, LIMITS_DEFAULT_MAX_CLIENTS,
+            LIMITS_DEFAULT_MAX_OUTPUT >> 20, LIMITS_DEFAULT_OUTPUT_TIMEOUT);
 }
 
 static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
@@ -73,6 +96,10 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
     (void)salen;
     (void)arg;
     bool tcp = sa->sa_family == AF_INET || sa->sa_family == AF_INET6;
+    if (!limits_admit(fd)) { /* --max-clients */
+        close(fd);
+        return;
+    }
     if (tcp) {
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
@@ -84,8 +111,23 @@ static void on_accept_error(struct evconnlistener *l, void *arg)
 {
     (void)l;
     (void)arg;
-    /* EMFILE and friends: keep serving the connections we have. */
-    fprintf(stderr, "mpbroker-server: accept: %s\n", strerror(errno));
+    /* EMFILE and friends: keep serving the connections we have. The pending connection
+     * stays queued and would fire again at once: pause accepting for a moment. */
+    int e = errno;
+    fprintf(stderr, "mpbroker-server: accept: %s\n", strerror(e));
+    if (e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM) {
+        for (int i = 0; i < nlisteners; i++) evconnlistener_disable(listeners[i]);
+        struct timeval pause = {0, 100000};
+        evtimer_add(accept_retry, &pause);
+    }
+}
+
+static void on_accept_retry(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    (void)arg;
+    for (int i = 0; i < nlisteners; i++) evconnlistener_enable(listeners[i]);
 }
 
 static void on_signal(evutil_socket_t sig, short what, void *arg)
@@ -123,11 +165,12 @@ static void listen_unix(const char *path)
     }
     if (probe >= 0) close(probe);
     unlink(path);
-    mode_t old = umask(0077); /* the socket is created 0600: only our user may connect */
+    mode_t old = umask(0177); /* the socket is created 0600: only our user may connect */
     struct evconnlistener *l = evconnlistener_new_bind(
         base, on_accept, NULL, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, 1024,
         (struct sockaddr *)&sun, sizeof sun);
     umask(old);
+    if (l && socket_group) limits_socket_group(path, socket_group);
     snprintf(socket_path, sizeof socket_path, "%s", path);
     char what[128];
     snprintf(what, sizeof what, "unix:%s", path);
@@ -147,6 +190,14 @@ static void listen_tcp(const char *addr)
         fprintf(stderr, "mpbroker-server: %s: %s\n", addr, evutil_gai_strerror(rc));
         exit(2);
     }
+    /* Protected mode, as Redis's: reachable from other hosts only with a key. */
+    if (!g_config.authkey && !limits_is_loopback(ai->ai_addr)) {
+        fprintf(stderr, "mpbroker-server: refusing to listen on %s without an authkey: "
+                "any host that reaches it could use every object. Give --authkey-file "
+                "(or $MPBROKER_AUTHKEY), or listen on 127.0.0.1\n", addr);
+        if (socket_path[0]) unlink(socket_path);
+        exit(2);
+    }
     struct evconnlistener *l = evconnlistener_new_bind(
         base, on_accept, NULL,
         LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC | LEV_OPT_REUSEABLE, 1024, ai->ai_addr,
@@ -155,9 +206,11 @@ static void listen_tcp(const char *addr)
     add_listener(l, addr);
 }
 
-static void parse_args(int argc, char **argv, const char **sock)
+static void parse_args(int argc, char **argv, const char **sock, const char **authkey_file)
 {
-    enum { OPT_MAX_MSG = 256, OPT_MAX_DEPTH, OPT_DATA_DIR, OPT_FSYNC, OPT_COMPACT };
+    enum { OPT_MAX_MSG = 256, OPT_MAX_DEPTH, OPT_DATA_DIR, OPT_FSYNC, OPT_COMPACT,
+           OPT_AUTHKEY_FILE, OPT_SOCKET_GROUP, OPT_MAX_CLIENTS, OPT_MAX_OUTPUT,
+           OPT_OUTPUT_TIMEOUT, OPT_MAX_MEMORY };
     static const struct option opts[] = {
         {"socket", required_argument, NULL, 's'},
         {"listen", required_argument, NULL, 'l'},
@@ -166,6 +219,12 @@ static void parse_args(int argc, char **argv, const char **sock)
         {"data-dir", required_argument, NULL, OPT_DATA_DIR},
         {"fsync", required_argument, NULL, OPT_FSYNC},
         {"compact-size", required_argument, NULL, OPT_COMPACT},
+        {"authkey-file", required_argument, NULL, OPT_AUTHKEY_FILE},
+        {"socket-group", required_argument, NULL, OPT_SOCKET_GROUP},
+        {"max-clients", required_argument, NULL, OPT_MAX_CLIENTS},
+        {"max-output", required_argument, NULL, OPT_MAX_OUTPUT},
+        {"output-timeout", required_argument, NULL, OPT_OUTPUT_TIMEOUT},
+        {"max-memory", required_argument, NULL, OPT_MAX_MEMORY},
         {"quiet", no_argument, NULL, 'q'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -213,6 +272,20 @@ static void parse_args(int argc, char **argv, const char **sock)
                 exit(2);
             }
             break;
+        case OPT_AUTHKEY_FILE: *authkey_file = optarg; break;
+        case OPT_SOCKET_GROUP: socket_group = optarg; break;
+        case OPT_MAX_CLIENTS:
+            g_config.max_clients = limits_parse_bytes("--max-clients", optarg, 1);
+            break;
+        case OPT_MAX_OUTPUT:
+            g_config.max_output = limits_parse_bytes("--max-output", optarg, 0);
+            break;
+        case OPT_OUTPUT_TIMEOUT:
+            g_config.output_timeout = limits_parse_seconds("--output-timeout", optarg);
+            break;
+        case OPT_MAX_MEMORY:
+            g_config.max_memory = limits_parse_bytes("--max-memory", optarg, 0);
+            break;
         case 'q': g_config.quiet = true; break;
         case 'h': usage(stdout); exit(0);
         default: usage(stderr); exit(2);
@@ -229,7 +302,10 @@ int main(int argc, char **argv)
 {
     char def[108];
     const char *sock = mpb_default_socket_path(def, sizeof def);
-    parse_args(argc, argv, &sock);
+    const char *authkey_file = NULL;
+    parse_args(argc, argv, &sock, &authkey_file);
+    if (auth_load_key(authkey_file) < 0) return 2;
+    limits_setup_nofile();
     if (strcmp(sock, "none") == 0) sock = NULL;
     if (!sock && g_config.ntcp == 0) {
         fprintf(stderr, "mpbroker-server: nothing to listen on\n");
@@ -246,6 +322,7 @@ int main(int argc, char **argv)
     objects_init();
     persist_open(base); /* before listening: clients see the loaded state */
     admin_init(base);
+    accept_retry = evtimer_new(base, on_accept_retry, NULL);
     if (sock) listen_unix(sock);
     for (int i = 0; i < g_config.ntcp; i++) listen_tcp(g_config.tcp[i]);
     struct event *sigint = evsignal_new(base, SIGINT, on_signal, NULL);
@@ -257,11 +334,14 @@ int main(int argc, char **argv)
 
     for (int i = 0; i < nlisteners; i++) evconnlistener_free(listeners[i]);
     if (socket_path[0]) unlink(socket_path);
+    conn_drain_all(base, DRAIN_SECONDS); /* answer what was received */
     conn_close_all();
     persist_close();
     objects_shutdown();
     event_free(sigint);
     event_free(sigterm);
+    event_free(accept_retry);
+    auth_unload_key();
     event_base_free(base);
     if (!g_config.quiet) fprintf(stderr, "mpbroker-server: stopped\n");
     return 0;

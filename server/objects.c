@@ -121,6 +121,7 @@ static mpb_map *names;      /* str -> int id */
 static uint64_t next_id = 1;
 static mpb_object **free_queue;
 static size_t free_len, free_cap;
+static size_t mem_used; /* see objects_mem_used */
 
 static const mpb_type_ops *type_ops(mpb_otype t)
 {
@@ -143,11 +144,13 @@ static const mpb_type_ops *type_ops(mpb_otype t)
 void objects_init(void)
 {
     names = mpb_map_new();
+    mem_used = 0;
 }
 
 static void object_destroy(mpb_object *o)
 {
     idmap_del(&table, o->id);
+    mem_used -= o->charged < mem_used ? o->charged : mem_used;
     type_ops(o->type)->destroy(o);
     free(o->name);
     free(o);
@@ -217,6 +220,8 @@ mpb_object *objects_create_id(mpb_otype type, int variant, const char *name, siz
         }
     }
     return o;
+    o->charged = sizeof *o + (name ? name_len + 1 : 0);
+    mem_used += o->charged;
 fail:
     ops->destroy(o);
     free(o);
@@ -402,8 +407,39 @@ static void count_refs(const mpb_value *v, int delta)
     }
 }
 
-void objects_retain_value(const mpb_value *v) { count_refs(v, +1); }
-void objects_release_value(const mpb_value *v) { count_refs(v, -1); }
+size_t objects_value_cost(const mpb_value *v) { return sizeof *v + mpb_value_memsize(v); }
+
+size_t objects_mem_used(void) { return mem_used; }
+
+void objects_charge_state(mpb_object *o)
+{
+    switch (o->type) {
+    case MPB_OT_LIST:
+    case MPB_OT_DICT:
+    case MPB_OT_NAMESPACE:
+    case MPB_OT_QUEUE:
+    case MPB_OT_CONDITION:
+        return; /* their values are counted one by one as they come and go */
+    default: {
+        size_t n = type_ops(o->type)->memsize(o);
+        o->charged += n;
+        mem_used += n;
+    }
+    }
+}
+
+void objects_retain_value(const mpb_value *v)
+{
+    mem_used += objects_value_cost(v);
+    count_refs(v, +1);
+}
+
+void objects_release_value(const mpb_value *v)
+{
+    size_t n = objects_value_cost(v);
+    mem_used -= n < mem_used ? n : mem_used;
+    count_refs(v, -1);
+}
 
 void objects_discard_value(mpb_value *v)
 {

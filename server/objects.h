@@ -44,6 +44,7 @@ typedef struct mpb_object {
     uint64_t contained; /* references to it stored inside other objects */
     uint32_t pins;      /* parked requests waiting on it: they keep it alive */
     bool queued;        /* waiting in the free queue */
+    size_t charged;     /* bytes counted in objects_mem_used() for the object itself */
     union {
         mpb_array list;
         mpb_map *map; /* dict and namespace */
@@ -120,6 +121,15 @@ void objects_retain_value(const mpb_value *v);
 void objects_release_value(const mpb_value *v);
 /* Release and free a value that was stored in an object. */
 void objects_discard_value(mpb_value *v);
+/* Memory accounting for --max-memory (approximate, but it never drifts: what is
+ * counted when a value enters an object is uncounted when it leaves). Counted: each
+ * stored value (objects_value_cost, through retain/release above), each object's
+ * header and name, and the fixed-size state of the types that store no values
+ * (locks, events, values, arrays...), through objects_charge_state after init. */
+size_t objects_mem_used(void);
+/* What storing v costs: its slot and its heap bytes. */
+size_t objects_value_cost(const mpb_value *v);
+void objects_charge_state(mpb_object *o);
 /* Queue o for freeing if nothing keeps it alive any more. */
 void objects_maybe_free(mpb_object *o);
 /* Free everything queued (and what that releases in turn). */

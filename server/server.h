@@ -25,6 +25,13 @@ typedef struct mpb_config {
     size_t max_msg;
     int max_depth;
     bool quiet;
+    /* Security and limits (auth.c, limits.c): */
+    const unsigned char *authkey; /* NULL: no authentication; owned (read at start) */
+    size_t authkey_len;
+    size_t max_clients;    /* connections served at once */
+    size_t max_output;     /* unsent output per connection, bytes (0: unlimited) */
+    double output_timeout; /* s a connection's output may stall (0: forever) */
+    size_t max_memory;     /* bytes of stored data (0: unlimited) */
 } mpb_config;
 
 extern mpb_config g_config;

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "mpb_codec.h"
+#include "limits.h"
 #include "persist.h"
 #include "server.h"
 
@@ -40,7 +41,9 @@ static mpb_otype type_arg(mpb_req *r, int *variant)
  * type's default). */
 bool manager_init_object(mpb_req *r, mpb_object *o, uint32_t i)
 {
-    return init_from[o->type](r, o, i);
+    if (!init_from[o->type](r, o, i)) return false;
+    objects_charge_state(o);
+    return true;
 }
 
 /* The REF argument resolved; NULL after replying. */
@@ -80,7 +83,7 @@ void manager_create(mpb_req *r)
         reply_error(r, MPB_E_OUT_OF_MEMORY, "manager.create: out of memory");
         return;
     }
-    if (!manager_init_object(r, o, 1)) {
+    if (!manager_init_object(r, o, 1) || !limits_memory_after_create(r)) {
         objects_maybe_free(o); /* unheld, unnamed: goes at once */
         return;
     }
@@ -107,7 +110,7 @@ void manager_open(mpb_req *r)
             reply_error(r, MPB_E_OUT_OF_MEMORY, "manager.open: out of memory");
             return;
         }
-        if (!manager_init_object(r, o, 2)) {
+        if (!manager_init_object(r, o, 2) || !limits_memory_after_create(r)) {
             objects_unname(o); /* frees it */
             return;
         }

@@ -30,7 +30,8 @@ extern "C" {
     X(TOO_LARGE, "TooLarge")           /* message over the size limit */                \
     X(TOO_DEEP, "TooDeep")             /* message nested over the depth limit */        \
     X(OUT_OF_MEMORY, "OutOfMemory")                                                     \
-    X(AUTH, "AuthError")                                                                \
+    X(AUTH, "AuthError")               /* wrong or missing authkey handshake */        \
+    X(TOO_MANY_CLIENTS, "TooManyClients") /* over --max-clients: then closed */        \
     X(CONNECTION, "ConnectionError")   /* client side: the connection is gone */       \
     X(PROTOCOL, "ProtocolError")       /* client side: the broker's reply made no sense */
 

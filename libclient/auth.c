@@ -1,0 +1,258 @@
+/* auth.c - libmpbroker's half of the authkey handshake (docs/PROTOCOL.md,
+ * "Authentication"; the broker's half is server/auth.c), and where a key comes from.
+ *
+ *   -> auth.challenge [C]      C = "{sha256}" + 40 random bytes
+ *   <- [S, "{sha256}" + HMAC-SHA256(key, "mpbroker-auth server" || C || S)]
+ *      the broker's proof is checked (constant time) before anything else is sent
+ *   -> auth.response ["{sha256}" + HMAC-SHA256(key, "mpbroker-auth client" || S || C)]
+ *   <- true
+ *
+ * It runs on the raw socket with its own encoder and reader, before the context has
+ * any call in flight, so it neither depends on nor disturbs the pipelining state in
+ * client.c (and works the same for a first connection and a reconnect).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "auth.h"
+#include "mpb_reader.h"
+
+#ifndef MSG_NOSIGNAL
+#define MSG_NOSIGNAL 0
+#endif
+
+#define PREFIX "{sha256}"
+#define PREFIX_LEN 8
+#define NONCE 40
+#define DIGEST 32
+#define PROOF_LEN (PREFIX_LEN + DIGEST)
+#define SERVER_CHALLENGE_MAX 256
+#define KEY_MAX (64u << 10)
+#define REPLY_TIMEOUT_MS 10000
+
+static int fail(mpb_context *c, int err, const char *kind, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static int fail(mpb_context *c, int err, const char *kind, const char *fmt, ...)
+{
+    va_list ap;
+    c->err = err;
+    snprintf(c->errkind, sizeof c->errkind, "%s", kind);
+    va_start(ap, fmt);
+    vsnprintf(c->errstr, sizeof c->errstr, fmt, ap);
+    va_end(ap);
+    return err;
+}
+
+/*--- The key ---*/
+
+int mpb_client_key(mpb_context *c, const void *key, size_t len, unsigned char **out,
+                   size_t *outlen)
+{
+    *out = NULL;
+    *outlen = 0;
+    unsigned char *buf = NULL;
+    size_t n = 0;
+    const char *file = getenv("MPBROKER_AUTHKEY_FILE");
+    const char *env = getenv("MPBROKER_AUTHKEY");
+    if (key != NULL) {
+        if ((buf = malloc(len ? len : 1)) == NULL) goto oom;
+        memcpy(buf, key, len);
+        n = len;
+    } else if (file != NULL && file[0] != '\0') {
+        int fd = open(file, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            return fail(c, MPB_ERR_CONNECT, "AuthError", "authkey file %s: %s", file,
+                        strerror(errno));
+        if ((buf = malloc(KEY_MAX + 2)) == NULL) {
+            close(fd);
+            goto oom;
+        }
+        ssize_t got;
+        while (n < KEY_MAX + 2 && (got = read(fd, buf + n, KEY_MAX + 2 - n)) != 0) {
+            if (got < 0 && errno == EINTR) continue;
+            if (got < 0) {
+                int e = errno;
+                close(fd);
+                mpb_client_key_free(buf, KEY_MAX + 2);
+                return fail(c, MPB_ERR_CONNECT, "AuthError", "authkey file %s: %s", file,
+                            strerror(e));
+            }
+            n += (size_t)got;
+        }
+        close(fd);
+        if (n > 0 && buf[n - 1] == '\n') n--; /* as the broker reads it */
+        if (n > 0 && buf[n - 1] == '\r') n--;
+    } else if (env != NULL) {
+        n = strlen(env);
+        if ((buf = malloc(n ? n : 1)) == NULL) goto oom;
+        memcpy(buf, env, n);
+    } else {
+        return MPB_OK; /* no key: no handshake */
+    }
+    if (n == 0 || n > KEY_MAX) {
+        mpb_client_key_free(buf, n);
+        return fail(c, MPB_ERR_CONNECT, "AuthError", "the authkey is %s",
+                    n == 0 ? "empty" : "over 64 KiB");
+    }
+    *out = buf;
+    *outlen = n;
+    return MPB_OK;
+oom:
+    return fail(c, MPB_ERR_OOM, "OutOfMemory", "reading the authkey");
+}
+
+void mpb_client_key_free(unsigned char *key, size_t len)
+{
+    if (key != NULL) OPENSSL_cleanse(key, len);
+    free(key);
+}
+
+/*--- The exchange ---*/
+
+/* Send [0, msgid, method, [bin arg]] whole. */
+static int send_call(mpb_context *c, uint32_t msgid, const char *method,
+                     const unsigned char *arg, size_t n)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_array(&pk, 4);
+    msgpack_pack_uint8(&pk, 0);
+    msgpack_pack_uint32(&pk, msgid);
+    msgpack_pack_str_with_body(&pk, method, strlen(method));
+    msgpack_pack_array(&pk, 1);
+    msgpack_pack_bin_with_body(&pk, arg, n);
+    size_t off = 0;
+    int rc = MPB_OK;
+    while (sb.data != NULL && off < sb.size) {
+        ssize_t w = send(c->fd, sb.data + off, sb.size - off, MSG_NOSIGNAL);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) {
+            rc = fail(c, MPB_ERR_IO, "ConnectionError", "%s: write: %s", method,
+                      w < 0 ? strerror(errno) : "closed");
+            break;
+        }
+        off += (size_t)w;
+    }
+    if (sb.data == NULL) rc = fail(c, MPB_ERR_OOM, "OutOfMemory", "%s", method);
+    msgpack_sbuffer_destroy(&sb);
+    return rc;
+}
+
+/* Read one reply into r; *o borrows from r. Error replies become the context's error
+ * (an AuthError from the broker, most likely). */
+static int read_reply(mpb_context *c, mpb_reader *r, uint32_t msgid, msgpack_object *o)
+{
+    for (;;) {
+        mpb_read_status st = mpb_reader_next(r, o);
+        if (st == MPB_READ_MSG) break;
+        if (st != MPB_READ_NEED)
+            return fail(c, MPB_ERR_PROTOCOL, "ProtocolError", "handshake: bad reply: %s",
+                        r->errstr);
+        struct pollfd pf = {.fd = c->fd, .events = POLLIN};
+        int p = poll(&pf, 1, REPLY_TIMEOUT_MS);
+        if (p < 0 && errno == EINTR) continue;
+        if (p <= 0)
+            return fail(c, MPB_ERR_IO, "ConnectionError", "handshake: %s",
+                        p == 0 ? "no reply from the broker" : strerror(errno));
+        size_t avail;
+        char *space = mpb_reader_space(r, 4096, &avail);
+        if (space == NULL) return fail(c, MPB_ERR_OOM, "OutOfMemory", "handshake");
+        ssize_t n = recv(c->fd, space, avail, 0);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0)
+            return fail(c, MPB_ERR_EOF, "ConnectionError", "handshake: the broker closed "
+                        "the connection");
+        mpb_reader_commit(r, (size_t)n);
+    }
+    const msgpack_object *f = o->via.array.ptr;
+    if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size != 4 ||
+        f[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER || f[0].via.u64 != 1)
+        return fail(c, MPB_ERR_PROTOCOL, "ProtocolError", "handshake: not a response");
+    if (f[2].type == MSGPACK_OBJECT_ARRAY && f[2].via.array.size == 2 &&
+        f[2].via.array.ptr[0].type == MSGPACK_OBJECT_STR &&
+        f[2].via.array.ptr[1].type == MSGPACK_OBJECT_STR) {
+        const msgpack_object_str *k = &f[2].via.array.ptr[0].via.str;
+        const msgpack_object_str *m = &f[2].via.array.ptr[1].via.str;
+        fail(c, MPB_ERR_REPLY, "", "%.*s", (int)m->size, m->ptr);
+        snprintf(c->errkind, sizeof c->errkind, "%.*s", (int)k->size, k->ptr);
+        return MPB_ERR_REPLY;
+    }
+    if (f[1].type != MSGPACK_OBJECT_POSITIVE_INTEGER || f[1].via.u64 != msgid)
+        return fail(c, MPB_ERR_PROTOCOL, "ProtocolError", "handshake: reply out of order");
+    return MPB_OK;
+}
+
+/* out = PREFIX + HMAC-SHA256(key, label || a || b). */
+static void proof(unsigned char out[PROOF_LEN], const unsigned char *key, size_t keylen,
+                  const char *label, const void *a, size_t alen, const void *b, size_t blen)
+{
+    unsigned char msg[32 + 2 * (PREFIX_LEN + SERVER_CHALLENGE_MAX)];
+    size_t n = strlen(label);
+    memcpy(msg, label, n);
+    memcpy(msg + n, a, alen);
+    memcpy(msg + n + alen, b, blen);
+    unsigned int len = DIGEST;
+    memcpy(out, PREFIX, PREFIX_LEN);
+    HMAC(EVP_sha256(), key, (int)keylen, msg, n + alen + blen, out + PREFIX_LEN, &len);
+    OPENSSL_cleanse(msg, sizeof msg);
+}
+
+int mpb_client_handshake(mpb_context *c, const unsigned char *key, size_t keylen)
+{
+    unsigned char mine[PREFIX_LEN + NONCE], want[PROOF_LEN], server[PREFIX_LEN + SERVER_CHALLENGE_MAX];
+    size_t slen = 0;
+    mpb_reader r;
+    msgpack_object o;
+    int rc;
+    memcpy(mine, PREFIX, PREFIX_LEN);
+    if (RAND_bytes(mine + PREFIX_LEN, NONCE) != 1)
+        return fail(c, MPB_ERR_CONNECT, "AuthError", "no random bytes to be had");
+    if (mpb_reader_init(&r, 1 << 16, MPB_READER_MAX_DEPTH) < 0)
+        return fail(c, MPB_ERR_OOM, "OutOfMemory", "handshake");
+    if ((rc = send_call(c, 1, "auth.challenge", mine, sizeof mine)) != MPB_OK ||
+        (rc = read_reply(c, &r, 1, &o)) != MPB_OK)
+        goto done;
+    /* [S, proof]: S is the broker's challenge, proof its answer to ours. */
+    const msgpack_object *res = &o.via.array.ptr[3];
+    const msgpack_object *s = res->via.array.ptr, *p = s + 1;
+    if (res->type != MSGPACK_OBJECT_ARRAY || res->via.array.size != 2 ||
+        s->type != MSGPACK_OBJECT_BIN || s->via.bin.size < PREFIX_LEN + 16 ||
+        s->via.bin.size > sizeof server || memcmp(s->via.bin.ptr, PREFIX, PREFIX_LEN) != 0 ||
+        p->type != MSGPACK_OBJECT_BIN || p->via.bin.size != PROOF_LEN) {
+        rc = fail(c, MPB_ERR_PROTOCOL, "ProtocolError", "auth.challenge: unexpected reply");
+        goto done;
+    }
+    slen = s->via.bin.size;
+    memcpy(server, s->via.bin.ptr, slen);
+    proof(want, key, keylen, "mpbroker-auth server", mine, sizeof mine, server, slen);
+    if (CRYPTO_memcmp(want, p->via.bin.ptr, PROOF_LEN) != 0) {
+        rc = fail(c, MPB_ERR_CONNECT, "AuthError", "the broker could not prove it knows "
+                  "the authkey (wrong key on one side)");
+        goto done;
+    }
+    proof(want, key, keylen, "mpbroker-auth client", server, slen, mine, sizeof mine);
+    if ((rc = send_call(c, 2, "auth.response", want, sizeof want)) != MPB_OK ||
+        (rc = read_reply(c, &r, 2, &o)) != MPB_OK)
+        goto done;
+    if (o.via.array.ptr[3].type != MSGPACK_OBJECT_BOOLEAN || !o.via.array.ptr[3].via.boolean)
+        rc = fail(c, MPB_ERR_PROTOCOL, "ProtocolError", "auth.response: unexpected reply");
+done:
+    if (rc == MPB_ERR_REPLY) c->err = rc = MPB_ERR_CONNECT; /* the broker said no */
+    OPENSSL_cleanse(want, sizeof want);
+    mpb_reader_destroy(&r);
+    return rc;
+}

@@ -1,0 +1,202 @@
+/* limits.c - resource limits and exposure rules: connections (--max-clients and the
+ * file descriptors they need), stored data (--max-memory), reply size (--max-output),
+ * loopback checks for protected mode, and the socket's group.
+ *
+ * Where each limit is enforced: admission in main.c's accept callback; memory in
+ * dispatch's arg_value (before a handler changes anything) and after manager.create;
+ * output here for reads, and in conn.c for connections that stop reading. The memory
+ * count itself is objects.c's (objects_mem_used).
+ */
+#include <errno.h>
+#include <grp.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "limits.h"
+#include "persist.h"
+
+/* File descriptors the broker needs besides its connections: stdio, listeners, the
+ * persistence log, libevent's own. */
+#define FD_RESERVE 64
+
+size_t limits_parse_bytes(const char *opt, const char *arg, size_t min)
+{
+    char *end;
+    errno = 0;
+    unsigned long long n = strtoull(arg, &end, 10);
+    unsigned shift = 0;
+    if (*end == 'K' || *end == 'k') shift = 10;
+    else if (*end == 'M' || *end == 'm') shift = 20;
+    else if (*end == 'G' || *end == 'g') shift = 30;
+    if (shift) end++;
+    if (end == arg || *end || errno || arg[0] == '-' || (shift && n > (~0ull >> shift)) ||
+        (n << shift) < min) {
+        fprintf(stderr, "mpbroker-server: %s wants a byte count >= %zu (K, M, G allowed), not "
+                "'%s'\n", opt, min, arg);
+        exit(2);
+    }
+    return (size_t)(n << shift);
+}
+
+double limits_parse_seconds(const char *opt, const char *arg)
+{
+    char *end;
+    double s = strtod(arg, &end);
+    if (end == arg || *end || !(s >= 0) || s > 1e9) {
+        fprintf(stderr, "mpbroker-server: %s wants seconds >= 0, not '%s'\n", opt, arg);
+        exit(2);
+    }
+    return s;
+}
+
+/*--- Connections ---*/
+
+void limits_setup_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0) return;
+    rlim_t want = (rlim_t)g_config.max_clients + FD_RESERVE;
+    if (rl.rlim_cur < want) {
+        rl.rlim_cur = rl.rlim_max != RLIM_INFINITY && rl.rlim_max < want ? rl.rlim_max : want;
+        setrlimit(RLIMIT_NOFILE, &rl);
+        getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    if (rl.rlim_cur < want) {
+        size_t fit = rl.rlim_cur > 2 * FD_RESERVE ? (size_t)rl.rlim_cur - FD_RESERVE : FD_RESERVE;
+        fprintf(stderr, "mpbroker-server: only %llu file descriptors allowed (ulimit -n): "
+                "--max-clients lowered from %zu to %zu\n", (unsigned long long)rl.rlim_cur,
+                g_config.max_clients, fit);
+        g_config.max_clients = fit;
+    }
+}
+
+bool limits_admit(int fd)
+{
+    if (conn_count() < g_config.max_clients) return true;
+    /* Say why before closing (one small write: a fresh socket always takes it), and
+     * log at most once a second, whatever the flood. */
+    char msg[128];
+    msgpack_sbuffer sb = {.size = 0, .data = NULL, .alloc = 0};
+    msgpack_packer pk;
+    snprintf(msg, sizeof msg, "the broker serves at most %zu connections (--max-clients)",
+             g_config.max_clients);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_array(&pk, 4);
+    msgpack_pack_uint8(&pk, 1);
+    msgpack_pack_nil(&pk);
+    msgpack_pack_array(&pk, 2);
+    const char *kind = mpb_errkind_name(MPB_E_TOO_MANY_CLIENTS);
+    msgpack_pack_str_with_body(&pk, kind, strlen(kind));
+    msgpack_pack_str_with_body(&pk, msg, strlen(msg));
+    msgpack_pack_nil(&pk);
+    if (sb.data) (void)!send(fd, sb.data, sb.size, MSG_NOSIGNAL | MSG_DONTWAIT);
+    msgpack_sbuffer_destroy(&sb);
+    static time_t last_log;
+    static unsigned long refused;
+    refused++;
+    time_t now = time(NULL);
+    if (!g_config.quiet && now != last_log) {
+        fprintf(stderr, "mpbroker-server: refused a connection: %s (%lu refused so far)\n", msg,
+                refused);
+        last_log = now;
+    }
+    return false;
+}
+
+bool limits_is_loopback(const struct sockaddr *sa)
+{
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *s = (const struct sockaddr_in *)sa;
+        return (ntohl(s->sin_addr.s_addr) >> 24) == 127;
+    }
+    if (sa->sa_family == AF_INET6) {
+        const struct in6_addr *a = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+        if (IN6_IS_ADDR_LOOPBACK(a)) return true;
+        return IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127;
+    }
+    return sa->sa_family == AF_UNIX;
+}
+
+void limits_socket_group(const char *path, const char *group)
+{
+    char *end;
+    gid_t gid;
+    struct group *g = getgrnam(group);
+    if (g) {
+        gid = g->gr_gid;
+    } else {
+        unsigned long n = strtoul(group, &end, 10);
+        if (end == group || *end) {
+            fprintf(stderr, "mpbroker-server: --socket-group: no group '%s'\n", group);
+            exit(2);
+        }
+        gid = (gid_t)n;
+    }
+    if (chown(path, (uid_t)-1, gid) < 0 || chmod(path, 0660) < 0) {
+        fprintf(stderr, "mpbroker-server: --socket-group %s on %s: %s\n", group, path,
+                strerror(errno));
+        unlink(path);
+        exit(2);
+    }
+}
+
+/*--- Memory ---*/
+
+/* Writes that take values only to find and remove things: never refused. */
+static bool frees_memory(const char *method)
+{
+    static const char *const suffixes[] = {".remove", ".discard", ".delitem", ".delattr",
+                                           ".pop", NULL};
+    const char *dot = strrchr(method, '.');
+    for (int i = 0; dot && suffixes[i]; i++)
+        if (strcmp(dot, suffixes[i]) == 0) return true;
+    return false;
+}
+
+static bool over_memory(mpb_req *r, size_t adding)
+{
+    size_t used = objects_mem_used();
+    if (used + adding <= g_config.max_memory) return false;
+    reply_error(r, MPB_E_OUT_OF_MEMORY, "%s: the shared data would pass the %zu-byte "
+                "--max-memory limit (%zu bytes used); nothing was changed", r->info->name,
+                g_config.max_memory, used);
+    return true;
+}
+
+bool limits_memory_for_value(mpb_req *r, const mpb_value *v)
+{
+    if (g_config.max_memory == 0 || !(r->info->flags & MPB_F_WRITE) ||
+        frees_memory(r->info->name) || persist_is_replay(r->conn))
+        return true; /* what was stored before a restart is loaded whatever the limit */
+    return !over_memory(r, objects_value_cost(v));
+}
+
+bool limits_memory_after_create(mpb_req *r)
+{
+    return g_config.max_memory == 0 || persist_is_replay(r->conn) || !over_memory(r, 0);
+}
+
+/*--- Output ---*/
+
+void limits_check_reply(mpb_req *r, size_t mark)
+{
+    mpb_conn *c = r->conn;
+    if (g_config.max_output == 0 || (r->info->flags & MPB_F_WRITE) || c->out.size <= mark ||
+        c->out.size - c->out_sent <= g_config.max_output)
+        return;
+    /* A read changed nothing: answering TooLarge instead loses nothing, and the client
+     * learns why (a write's reply must stand: its effect happened). */
+    size_t reply = c->out.size - mark;
+    c->out.size = mark;
+    reply_error(r, MPB_E_TOO_LARGE, "%s: a reply of %zu bytes would take this connection's "
+                "unsent output over the %zu-byte --max-output limit", r->info->name, reply,
+                g_config.max_output);
+}

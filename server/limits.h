@@ -1,0 +1,48 @@
+/* limits.h - the broker's resource limits and exposure rules, apart from the reader's
+ * own (--max-message, --max-depth) and the connection's output rules (conn.c).
+ *
+ * Each limit, when hit, gives a clear error and leaves the broker and every other
+ * connection as they were (docs/PROTOCOL.md, "Limits").
+ */
+#ifndef MPB_LIMITS_H
+#define MPB_LIMITS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/socket.h>
+
+#include "server.h"
+
+#define LIMITS_DEFAULT_MAX_CLIENTS 10000
+#define LIMITS_DEFAULT_MAX_OUTPUT ((size_t)256 << 20)
+#define LIMITS_DEFAULT_OUTPUT_TIMEOUT 60.0
+
+/* A byte count with an optional K, M or G suffix (powers of 1024); exits 2 with a
+ * message naming opt when arg is not one, or is below min. */
+size_t limits_parse_bytes(const char *opt, const char *arg, size_t min);
+/* Seconds (a non-negative number); exits 2 otherwise. */
+double limits_parse_seconds(const char *opt, const char *arg);
+
+/* At start: raise RLIMIT_NOFILE's soft limit as far as --max-clients needs (up to the
+ * hard limit), and lower --max-clients, with a warning, when it cannot. */
+void limits_setup_nofile(void);
+/* A new socket: true when it may be served; over --max-clients, writes it a
+ * TooManyClients error and returns false (the caller closes it). */
+bool limits_admit(int fd);
+/* Is this a loopback address (127.0.0.0/8, ::1, or v4-mapped loopback)? */
+bool limits_is_loopback(const struct sockaddr *sa);
+/* --socket-group: give the Unix socket to this group, mode 0660. Exits 2 on failure. */
+void limits_socket_group(const char *path, const char *group);
+
+/* --max-memory: may r store v? false after replying OutOfMemory. Deletions (remove,
+ * pop, delitem, discard, delattr) are never refused: they free memory. */
+bool limits_memory_for_value(mpb_req *r, const mpb_value *v);
+/* After manager.create/open filled a new object: false after replying OutOfMemory
+ * when the data is now over the limit (the caller frees the object). */
+bool limits_memory_after_create(mpb_req *r);
+/* --max-output: r was served with its reply starting at c->out.size == mark. A read
+ * whose reply took the unsent output over the limit is replaced by TooLarge (a
+ * write's reply is left, and conn.c closes a connection that stays over). */
+void limits_check_reply(mpb_req *r, size_t mark);
+
+#endif

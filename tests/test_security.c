@@ -1,0 +1,597 @@
+/* test_security.c - authentication, exposure and limits against a real broker.
+ *
+ * The authkey handshake from both ends (libmpbroker, and raw bytes where a test plays
+ * a client that does it wrong), protected mode and socket permissions at start-up,
+ * every configurable limit (each hit is a clear error and leaves the broker and the
+ * other connections as they were), and the graceful stop on SIGTERM.
+ */
+#include <check.h>
+#include <errno.h>
+#include <openssl/hmac.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "mpb_codec.h"
+#include "testutil.h"
+
+#define KEY "correct horse battery staple"
+
+static tb_broker B;
+static char keydir[64], keyfile[128];
+
+/* A key file, mode 0600, holding KEY and a newline (as `echo` writes it). */
+static void make_keyfile(void)
+{
+    snprintf(keydir, sizeof keydir, "/tmp/mpbkey.XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(keydir));
+    snprintf(keyfile, sizeof keyfile, "%s/key", keydir);
+    FILE *f = fopen(keyfile, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs(KEY "\n", f);
+    fclose(f);
+    ck_assert_int_eq(chmod(keyfile, 0600), 0);
+}
+
+static void drop_keyfile(void)
+{
+    unlink(keyfile);
+    rmdir(keydir);
+}
+
+/*--- Raw protocol helpers ---*/
+
+static void send_call(int fd, uint64_t msgid, const char *method, const mpb_value *params,
+                      size_t n)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_array(&pk, 4);
+    msgpack_pack_uint8(&pk, 0);
+    msgpack_pack_uint64(&pk, msgid);
+    msgpack_pack_str_with_body(&pk, method, strlen(method));
+    msgpack_pack_array(&pk, n);
+    for (size_t i = 0; i < n; i++) mpb_value_pack(&pk, &params[i]);
+    ck_assert_int_eq(tb_write_all(fd, sb.data, sb.size), 0);
+    msgpack_sbuffer_destroy(&sb);
+}
+
+/* Read a response; returns it (caller frees). */
+static mpb_value read_response(int fd)
+{
+    mpb_value m;
+    ck_assert_msg(tb_read_msg(fd, &m, 5000) == 0, "no response");
+    ck_assert_int_eq(m.type, MPB_ARRAY);
+    ck_assert_uint_eq(m.v.a->len, 4);
+    return m;
+}
+
+/* The next response is an error of this kind. */
+static void expect_error(int fd, const char *kind)
+{
+    mpb_value m = read_response(fd);
+    mpb_value *err = &m.v.a->items[2];
+    ck_assert_int_eq(err->type, MPB_ARRAY);
+    ck_assert_str_eq(err->v.a->items[0].v.s, kind);
+    mpb_value_free(&m);
+}
+
+static void expect_pong(int fd)
+{
+    send_call(fd, 77, "manager.ping", NULL, 0);
+    mpb_value m = read_response(fd);
+    ck_assert_int_eq(m.v.a->items[2].type, MPB_NIL);
+    ck_assert_str_eq(m.v.a->items[3].v.s, "pong");
+    mpb_value_free(&m);
+}
+
+/* "{sha256}" + HMAC-SHA256(KEY, label || a || b) */
+static void proof(unsigned char out[40], const char *label, const void *a, size_t alen,
+                  const void *b, size_t blen)
+{
+    unsigned char msg[1024];
+    size_t n = strlen(label);
+    memcpy(msg, label, n);
+    memcpy(msg + n, a, alen);
+    memcpy(msg + n + alen, b, blen);
+    unsigned int len = 32;
+    memcpy(out, "{sha256}", 8);
+    HMAC(EVP_sha256(), KEY, (int)strlen(KEY), msg, n + alen + blen, out + 8, &len);
+}
+
+/* auth.challenge with C; stores the broker's S (48 bytes) and checks its proof. */
+static void raw_challenge(int fd, const unsigned char *C, size_t clen, unsigned char S[48],
+                          unsigned char server_proof[40])
+{
+    mpb_value arg = mpb_bin_borrowed(C, clen);
+    send_call(fd, 1, "auth.challenge", &arg, 1);
+    mpb_value m = read_response(fd);
+    ck_assert_int_eq(m.v.a->items[2].type, MPB_NIL);
+    mpb_value *res = &m.v.a->items[3];
+    ck_assert_int_eq(res->type, MPB_ARRAY);
+    ck_assert_uint_eq(res->v.a->len, 2);
+    ck_assert_uint_eq(res->v.a->items[0].len, 48);
+    ck_assert_uint_eq(res->v.a->items[1].len, 40);
+    memcpy(S, res->v.a->items[0].v.s, 48);
+    memcpy(server_proof, res->v.a->items[1].v.s, 40);
+    unsigned char want[40];
+    proof(want, "mpbroker-auth server", C, clen, S, 48);
+    ck_assert_msg(memcmp(want, server_proof, 40) == 0, "the broker's proof is wrong");
+    mpb_value_free(&m);
+}
+
+static const unsigned char CLIENT_C[48] = "{sha256}0123456789abcdef0123456789abcdef01234567";
+
+/*--- Authentication ---*/
+
+static void auth_setup(void)
+{
+    make_keyfile();
+    const char *args[] = {"--authkey-file", keyfile, NULL};
+    unsetenv("MPBROKER_AUTHKEY");
+    unsetenv("MPBROKER_AUTHKEY_FILE");
+    /* tb_start pings through mpb_connect: it must authenticate to see the broker up. */
+    setenv("MPBROKER_AUTHKEY", KEY, 1);
+    tb_start(&B, 0, args);
+    unsetenv("MPBROKER_AUTHKEY");
+}
+
+static void auth_teardown(void)
+{
+    setenv("MPBROKER_AUTHKEY", KEY, 1); /* tb_stop needs nothing, but be symmetric */
+    ck_assert_int_eq(tb_stop(&B), 0);
+    unsetenv("MPBROKER_AUTHKEY");
+    drop_keyfile();
+}
+
+START_TEST(keyed_client_authenticates_and_works)
+{
+    mpb_context *c = mpb_connect_with_key(B.address, KEY, strlen(KEY));
+    ck_assert_msg(c && c->err == MPB_OK, "%s", c ? c->errstr : "oom");
+    mpb_ref l;
+    mpb_value v = mpb_int(7);
+    ck_assert_int_eq(mpb_create(c, "list", NULL, &l), MPB_OK);
+    ck_assert_int_eq(mpb_list_append(c, l, &v), MPB_OK);
+    TB_EXPECT(c, "[7]", "list.copy", mpb_refv(l));
+    TB_EXPECT_ERR(c, "AuthError", "auth.challenge", mpb_bin(CLIENT_C, 48)); /* done already */
+    mpb_free(c);
+}
+END_TEST
+
+START_TEST(key_from_environment_or_file)
+{
+    setenv("MPBROKER_AUTHKEY", KEY, 1);
+    mpb_context *c = mpb_connect(B.address);
+    ck_assert_msg(c && c->err == MPB_OK, "env key: %s", c ? c->errstr : "oom");
+    ck_assert_int_eq(mpb_ping(c), MPB_OK);
+    mpb_free(c);
+    unsetenv("MPBROKER_AUTHKEY");
+    setenv("MPBROKER_AUTHKEY_FILE", keyfile, 1);
+    c = mpb_connect(B.address);
+    ck_assert_msg(c && c->err == MPB_OK, "key file: %s", c ? c->errstr : "oom");
+    ck_assert_int_eq(mpb_ping(c), MPB_OK);
+    mpb_free(c);
+    unsetenv("MPBROKER_AUTHKEY_FILE");
+}
+END_TEST
+
+START_TEST(wrong_key_is_auth_error_and_nothing_else_goes_through)
+{
+    mpb_context *c = mpb_connect_with_key(B.address, "guess", 5);
+    ck_assert_ptr_nonnull(c);
+    ck_assert_int_eq(c->err, MPB_ERR_CONNECT);
+    ck_assert_str_eq(c->errkind, "AuthError");
+    ck_assert_int_ne(mpb_ping(c), MPB_OK);
+    mpb_free(c);
+    /* No key at all: the first call is refused and the connection closed. */
+    c = mpb_connect(B.address);
+    ck_assert_int_eq(c->err, MPB_OK); /* connecting needs no key */
+    ck_assert_int_ne(mpb_ping(c), MPB_OK);
+    ck_assert_str_eq(c->errkind, "AuthError");
+    ck_assert_int_ne(mpb_ping(c), MPB_OK); /* and it stays closed */
+    mpb_free(c);
+}
+END_TEST
+
+START_TEST(any_method_before_the_handshake_is_auth_error_then_closed)
+{
+    const char *methods[] = {"manager.ping", "manager.objects", "list.append", "no.such", NULL};
+    for (int i = 0; methods[i]; i++) {
+        int fd = tb_raw_connect(&B);
+        send_call(fd, 5, methods[i], NULL, 0);
+        expect_error(fd, "AuthError");
+        ck_assert_int_eq(tb_wait_closed(fd, 5000), 1);
+        close(fd);
+    }
+    /* A notification gets no reply but closes the connection all the same. */
+    int fd = tb_raw_connect(&B);
+    tb_write_all(fd, "\x93\x02\xacmanager.ping\x90", 16);
+    ck_assert_int_eq(tb_wait_closed(fd, 5000), 1);
+    close(fd);
+}
+END_TEST
+
+START_TEST(raw_handshake_as_documented)
+{
+    int fd = tb_raw_connect(&B);
+    unsigned char S[48], sp[40], cp[40];
+    raw_challenge(fd, CLIENT_C, sizeof CLIENT_C, S, sp);
+    proof(cp, "mpbroker-auth client", S, 48, CLIENT_C, sizeof CLIENT_C);
+    mpb_value arg = mpb_bin_borrowed(cp, 40);
+    send_call(fd, 2, "auth.response", &arg, 1);
+    mpb_value m = read_response(fd);
+    ck_assert_int_eq(m.v.a->items[2].type, MPB_NIL);
+    ck_assert_int_eq(m.v.a->items[3].type, MPB_BOOL);
+    ck_assert(m.v.a->items[3].v.b);
+    mpb_value_free(&m);
+    expect_pong(fd);
+    close(fd);
+}
+END_TEST
+
+START_TEST(bad_responses_are_refused_and_closed)
+{
+    unsigned char S[48], sp[40], cp[40];
+    /* A wrong proof. */
+    int fd = tb_raw_connect(&B);
+    raw_challenge(fd, CLIENT_C, sizeof CLIENT_C, S, sp);
+    proof(cp, "mpbroker-auth client", S, 48, CLIENT_C, sizeof CLIENT_C);
+    cp[20] ^= 1;
+    mpb_value arg = mpb_bin_borrowed(cp, 40);
+    send_call(fd, 2, "auth.response", &arg, 1);
+    expect_error(fd, "AuthError");
+    ck_assert_int_eq(tb_wait_closed(fd, 5000), 1);
+    close(fd);
+    /* Reflection: the broker's own proof sent back as ours. */
+    fd = tb_raw_connect(&B);
+    raw_challenge(fd, CLIENT_C, sizeof CLIENT_C, S, sp);
+    arg = mpb_bin_borrowed(sp, 40);
+    send_call(fd, 2, "auth.response", &arg, 1);
+    expect_error(fd, "AuthError");
+    ck_assert_int_eq(tb_wait_closed(fd, 5000), 1);
+    close(fd);
+    /* A response without a challenge; a challenge too short. */
+    fd = tb_raw_connect(&B);
+    send_call(fd, 2, "auth.response", &arg, 1);
+    expect_error(fd, "AuthError");
+    ck_assert_int_eq(tb_wait_closed(fd, 5000), 1);
+    close(fd);
+    fd = tb_raw_connect(&B);
+    arg = mpb_bin_borrowed(CLIENT_C, 20);
+    send_call(fd, 1, "auth.challenge", &arg, 1);
+    expect_error(fd, "AuthError");
+    ck_assert_int_eq(tb_wait_closed(fd, 5000), 1);
+    close(fd);
+}
+END_TEST
+
+START_TEST(unauthenticated_requests_are_small)
+{
+    int fd = tb_raw_connect(&B);
+    char big[4000];
+    memset(big, 'x', sizeof big);
+    mpb_value arg = mpb_bin_borrowed(big, sizeof big);
+    send_call(fd, 1, "auth.challenge", &arg, 1);
+    mpb_value m;
+    ck_assert_int_eq(tb_read_msg(fd, &m, 5000), 0);
+    ck_assert_str_eq(m.v.a->items[2].v.a->items[0].v.s, "TooLarge");
+    mpb_value_free(&m);
+    ck_assert_int_eq(tb_wait_closed(fd, 5000), 1);
+    close(fd);
+}
+END_TEST
+
+START_TEST(broker_without_key_does_not_fool_a_keyed_client)
+{
+    tb_broker nokey;
+    tb_start(&nokey, 0, NULL);
+    mpb_context *c = mpb_connect_with_key(nokey.address, KEY, strlen(KEY));
+    ck_assert_int_eq(c->err, MPB_ERR_CONNECT);
+    ck_assert_str_eq(c->errkind, "AuthError");
+    mpb_free(c);
+    ck_assert_int_eq(tb_stop(&nokey), 0);
+}
+END_TEST
+
+/*--- Exposure ---*/
+
+/* Run the server with args (NULL-terminated after argv[0]); its exit status, with
+ * its stderr in err. */
+static int run_server(const char *const *args, char *err, size_t errlen)
+{
+    int p[2];
+    ck_assert_int_eq(pipe(p), 0);
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        const char *argv[32] = {getenv("MPB_SERVER")};
+        for (int i = 0; args[i] && i < 30; i++) argv[i + 1] = args[i];
+        dup2(p[1], 2);
+        close(p[0]);
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    close(p[1]);
+    size_t n = 0;
+    ssize_t got;
+    while (n + 1 < errlen && (got = read(p[0], err + n, errlen - 1 - n)) > 0) n += (size_t)got;
+    err[n] = '\0';
+    close(p[0]);
+    int st;
+    ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+START_TEST(tcp_beyond_loopback_needs_a_key)
+{
+    char err[1024];
+    const char *args[] = {"--socket", "none", "--listen", "tcp://0.0.0.0:0", NULL};
+    ck_assert_int_eq(run_server(args, err, sizeof err), 2);
+    ck_assert_msg(strstr(err, "without an authkey") != NULL, "stderr: %s", err);
+    const char *args6[] = {"--socket", "none", "--listen", "tcp://[::]:0", NULL};
+    ck_assert_int_eq(run_server(args6, err, sizeof err), 2);
+    /* A group/world-readable key file is refused too. */
+    make_keyfile();
+    chmod(keyfile, 0644);
+    const char *args2[] = {"--socket", "none", "--authkey-file", keyfile, "--listen",
+                           "tcp://127.0.0.1:0", NULL};
+    ck_assert_int_eq(run_server(args2, err, sizeof err), 2);
+    ck_assert_msg(strstr(err, "chmod 600") != NULL, "stderr: %s", err);
+    drop_keyfile();
+}
+END_TEST
+
+START_TEST(tcp_any_address_with_a_key_serves)
+{
+    make_keyfile();
+    tb_broker t;
+    const char *args[] = {"--authkey-file", keyfile, NULL};
+    setenv("MPBROKER_AUTHKEY", KEY, 1);
+    tb_start(&t, 1, args); /* loopback TCP, with a key */
+    mpb_context *c = mpb_connect(t.address);
+    ck_assert_msg(c->err == MPB_OK, "%s", c->errstr);
+    ck_assert_int_eq(mpb_ping(c), MPB_OK);
+    mpb_free(c);
+    unsetenv("MPBROKER_AUTHKEY");
+    c = mpb_connect(t.address); /* over TCP without the key: refused */
+    ck_assert_int_ne(mpb_ping(c), MPB_OK);
+    mpb_free(c);
+    ck_assert_int_eq(tb_stop(&t), 0);
+    drop_keyfile();
+}
+END_TEST
+
+START_TEST(unix_socket_is_private_or_group)
+{
+    tb_broker t;
+    struct stat st;
+    tb_start(&t, 0, NULL);
+    ck_assert_int_eq(stat(t.sock, &st), 0);
+    ck_assert_int_eq(st.st_mode & 0777, 0600);
+    ck_assert_int_eq(tb_stop(&t), 0);
+    char gid[32];
+    snprintf(gid, sizeof gid, "%lu", (unsigned long)getgid());
+    const char *args[] = {"--socket-group", gid, NULL};
+    tb_start(&t, 0, args);
+    ck_assert_int_eq(stat(t.sock, &st), 0);
+    ck_assert_int_eq(st.st_mode & 0777, 0660);
+    ck_assert_uint_eq(st.st_gid, getgid());
+    ck_assert_int_eq(tb_stop(&t), 0);
+}
+END_TEST
+
+/*--- Limits ---*/
+
+static void limits_setup(void)
+{
+    static const char *const args[] = {"--max-clients", "4", "--max-memory", "256K",
+                                       "--max-output", "1M", NULL};
+    tb_start(&B, 0, args);
+}
+static void limits_teardown(void) { ck_assert_int_eq(tb_stop(&B), 0); }
+
+static int64_t stat_int(mpb_context *c, const char *key)
+{
+    mpb_value st;
+    ck_assert_int_eq(mpb_call(c, "manager.stats", NULL, 0, &st), MPB_OK);
+    mpb_value k = mpb_str_borrowed(key, strlen(key));
+    mpb_value *v = mpb_map_get(st.v.m, &k);
+    ck_assert_ptr_nonnull(v);
+    int64_t n = v->v.i;
+    mpb_value_free(&st);
+    return n;
+}
+
+START_TEST(max_clients_refuses_the_extra_connection_only)
+{
+    int fds[4];
+    for (int i = 0; i < 4; i++) {
+        fds[i] = tb_raw_connect(&B);
+        expect_pong(fds[i]);
+    }
+    int extra = tb_raw_connect(&B);
+    mpb_value m;
+    ck_assert_int_eq(tb_read_msg(extra, &m, 5000), 0);
+    ck_assert_int_eq(m.v.a->items[1].type, MPB_NIL);
+    ck_assert_str_eq(m.v.a->items[2].v.a->items[0].v.s, "TooManyClients");
+    mpb_value_free(&m);
+    ck_assert_int_eq(tb_wait_closed(extra, 5000), 1);
+    close(extra);
+    for (int i = 0; i < 4; i++) expect_pong(fds[i]);
+    /* One leaves: there is room again (the broker notices the close first). */
+    close(fds[3]);
+    mpb_context *c = NULL;
+    for (int tries = 0; tries < 100; tries++) {
+        c = mpb_connect(B.address);
+        if (c->err == MPB_OK && mpb_ping(c) == MPB_OK) break;
+        mpb_free(c);
+        c = NULL;
+        usleep(20000);
+    }
+    ck_assert_ptr_nonnull(c);
+    mpb_free(c);
+    for (int i = 0; i < 3; i++) close(fds[i]);
+}
+END_TEST
+
+START_TEST(max_memory_refuses_writes_and_changes_nothing)
+{
+    mpb_context *c = tb_connect(&B);
+    int64_t base = stat_int(c, "memory_used");
+    ck_assert_int_eq(stat_int(c, "max_memory"), 256 * 1024);
+    mpb_ref l, d;
+    ck_assert_int_eq(mpb_create(c, "list", NULL, &l), MPB_OK);
+    ck_assert_int_eq(mpb_create(c, "dict", NULL, &d), MPB_OK);
+    char chunk[10000];
+    memset(chunk, 'm', sizeof chunk);
+    mpb_value v = mpb_str_borrowed(chunk, sizeof chunk);
+    int stored = 0, rc;
+    while ((rc = mpb_list_append(c, l, &v)) == MPB_OK) stored++;
+    ck_assert_str_eq(c->errkind, "OutOfMemory");
+    ck_assert_int_gt(stored, 10);
+    ck_assert_int_lt(stored, 27);
+    int64_t n;
+    ck_assert_int_eq(mpb_list_len(c, l, &n), MPB_OK);
+    ck_assert_int_eq(n, stored);
+    /* Every way in is refused; nothing half-done. */
+    mpb_value key = mpb_str("k");
+    ck_assert_int_eq(mpb_dict_setitem(c, d, &key, &v), MPB_ERR_REPLY);
+    ck_assert_str_eq(c->errkind, "OutOfMemory");
+    TB_EXPECT(c, "0", "dict.len", mpb_refv(d));
+    TB_EXPECT_ERR(c, "OutOfMemory", "manager.create", mpb_str("array"),
+                  tb_lit("['d', 100000]"));
+    TB_EXPECT_ERR(c, "OutOfMemory", "manager.open", mpb_str("array"), mpb_str("big"),
+                  tb_lit("['d', 100000]"));
+    TB_EXPECT_ERR(c, "NoSuchObject", "manager.lookup", mpb_str("big"));
+    /* Deleting always works, and makes room. */
+    TB_EXPECT(c, "None", "list.remove", mpb_refv(l), mpb_str_borrowed(chunk, sizeof chunk));
+    mpb_value out;
+    ck_assert_int_eq(mpb_list_pop(c, l, -1, &out), MPB_OK);
+    mpb_value_free(&out);
+    ck_assert_int_eq(mpb_list_append(c, l, &v), MPB_OK);
+    mpb_value_free(&key);
+    /* Everything released: the count is back where it started. */
+    ck_assert_int_eq(mpb_release(c, l), MPB_OK);
+    ck_assert_int_eq(mpb_release(c, d), MPB_OK);
+    ck_assert_int_eq(stat_int(c, "memory_used"), base);
+    mpb_free(c);
+}
+END_TEST
+
+START_TEST(max_output_makes_a_big_read_too_large)
+{
+    mpb_context *c = tb_connect(&B);
+    mpb_ref l;
+    ck_assert_int_eq(mpb_create(c, "list", NULL, &l), MPB_OK);
+    char chunk[10000];
+    memset(chunk, 'o', sizeof chunk);
+    mpb_value v = mpb_str_borrowed(chunk, sizeof chunk);
+    for (int i = 0; i < 15; i++) ck_assert_int_eq(mpb_list_append(c, l, &v), MPB_OK);
+    /* manager.ping echoes its payload: 1.5 MB back is over the 1 MiB --max-output. */
+    size_t n = 1500000;
+    char *big = malloc(n);
+    memset(big, 'p', n);
+    TB_EXPECT_ERR(c, "TooLarge", "manager.ping", mpb_str_borrowed(big, n));
+    free(big);
+    /* The connection goes on; a 150 KB read is fine. */
+    ck_assert_int_eq(mpb_ping(c), MPB_OK);
+    mpb_value all;
+    ck_assert_int_eq(mpb_list_copy(c, l, &all), MPB_OK);
+    ck_assert_uint_eq(all.v.a->len, 15);
+    mpb_value_free(&all);
+    mpb_free(c);
+}
+END_TEST
+
+/*--- Shutdown ---*/
+
+START_TEST(sigterm_answers_requests_already_received)
+{
+    tb_broker t;
+    tb_start(&t, 0, NULL);
+    mpb_context *c = tb_connect(&t);
+    mpb_ref l;
+    ck_assert_int_eq(mpb_open(c, "list", "big", NULL, &l), MPB_OK);
+    char chunk[65536];
+    memset(chunk, 's', sizeof chunk);
+    mpb_value v = mpb_str_borrowed(chunk, sizeof chunk);
+    for (int i = 0; i < 16; i++) ck_assert_int_eq(mpb_list_append(c, l, &v), MPB_OK);
+    mpb_free(c);
+    /* 20 copies of 1 MiB asked for at once, none read: the broker stops serving them
+     * after about 4 MiB of unsent replies. The rest sit read but unanswered. */
+    int fd = tb_raw_connect(&t);
+    mpb_value r = mpb_refv(l);
+    for (int i = 0; i < 20; i++) send_call(fd, (uint64_t)i, "list.copy", &r, 1);
+    usleep(300000);
+    ck_assert_int_eq(kill(t.pid, SIGTERM), 0);
+    for (int i = 0; i < 20; i++) {
+        mpb_value m;
+        ck_assert_msg(tb_read_msg(fd, &m, 10000) == 0, "reply %d missing", i);
+        ck_assert_int_eq(m.v.a->items[1].v.i, i);
+        ck_assert_int_eq(m.v.a->items[2].type, MPB_NIL);
+        ck_assert_uint_eq(m.v.a->items[3].v.a->len, 16);
+        mpb_value_free(&m);
+    }
+    ck_assert_int_eq(tb_wait_closed(fd, 10000), 1);
+    close(fd);
+    int st;
+    ck_assert_int_eq(waitpid(t.pid, &st, 0), t.pid);
+    ck_assert(WIFEXITED(st));
+    ck_assert_int_eq(WEXITSTATUS(st), 0);
+    ck_assert_int_ne(access(t.sock, F_OK), 0); /* the socket file is gone */
+    t.pid = -1;
+    tb_stop(&t);
+}
+END_TEST
+
+static Suite *security_suite(void)
+{
+    Suite *s = suite_create("security");
+    TCase *tc = tcase_create("auth");
+    tcase_add_checked_fixture(tc, auth_setup, auth_teardown);
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, keyed_client_authenticates_and_works);
+    tcase_add_test(tc, key_from_environment_or_file);
+    tcase_add_test(tc, wrong_key_is_auth_error_and_nothing_else_goes_through);
+    tcase_add_test(tc, any_method_before_the_handshake_is_auth_error_then_closed);
+    tcase_add_test(tc, raw_handshake_as_documented);
+    tcase_add_test(tc, bad_responses_are_refused_and_closed);
+    tcase_add_test(tc, unauthenticated_requests_are_small);
+    tcase_add_test(tc, broker_without_key_does_not_fool_a_keyed_client);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("exposure");
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, tcp_beyond_loopback_needs_a_key);
+    tcase_add_test(tc, tcp_any_address_with_a_key_serves);
+    tcase_add_test(tc, unix_socket_is_private_or_group);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("limits");
+    tcase_add_checked_fixture(tc, limits_setup, limits_teardown);
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, max_clients_refuses_the_extra_connection_only);
+    tcase_add_test(tc, max_memory_refuses_writes_and_changes_nothing);
+    tcase_add_test(tc, max_output_makes_a_big_read_too_large);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("shutdown");
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, sigterm_answers_requests_already_received);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(security_suite());
+    srunner_run_all(sr, CK_ENV);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
