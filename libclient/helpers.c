@@ -7,6 +7,7 @@
  * that is client.c.
  */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "mpbroker.h"
@@ -427,4 +428,125 @@ int mpb_shared_array_len(mpb_context *c, mpb_ref a, int64_t *out) {
 int mpb_shared_array_tolist(mpb_context *c, mpb_ref a, mpb_value *out) {
     mpb_value args[1] = {mpb_refv(a)};
     return call_typed(c, "array.tolist", args, N(args), MPB_ARRAY, "an array", out);
+}
+
+/*--- set ---*/
+
+int mpb_set_add(mpb_context *c, mpb_ref s, const mpb_value *elem) {
+    if (elem == NULL) return null_arg(c, "mpb_set_add", "elem");
+    mpb_value args[2] = {mpb_refv(s), *elem};
+    return call_void(c, "set.add", args, N(args));
+}
+
+int mpb_set_discard(mpb_context *c, mpb_ref s, const mpb_value *elem) {
+    if (elem == NULL) return null_arg(c, "mpb_set_discard", "elem");
+    mpb_value args[2] = {mpb_refv(s), *elem};
+    return call_void(c, "set.discard", args, N(args));
+}
+
+int mpb_set_remove(mpb_context *c, mpb_ref s, const mpb_value *elem) {
+    if (elem == NULL) return null_arg(c, "mpb_set_remove", "elem");
+    mpb_value args[2] = {mpb_refv(s), *elem};
+    return call_void(c, "set.remove", args, N(args));
+}
+
+int mpb_set_contains(mpb_context *c, mpb_ref s, const mpb_value *elem, int *present) {
+    if (present != NULL) *present = 0;
+    if (elem == NULL) return null_arg(c, "mpb_set_contains", "elem");
+    mpb_value args[2] = {mpb_refv(s), *elem};
+    return call_bool(c, "set.contains", args, N(args), present);
+}
+
+int mpb_set_len(mpb_context *c, mpb_ref s, int64_t *out) {
+    mpb_value args[1] = {mpb_refv(s)};
+    return call_int(c, "set.len", args, N(args), out);
+}
+
+int mpb_set_pop(mpb_context *c, mpb_ref s, mpb_value *out) {
+    mpb_value args[1] = {mpb_refv(s)};
+    return mpb_call(c, "set.pop", args, N(args), out);
+}
+
+int mpb_set_copy(mpb_context *c, mpb_ref s, mpb_value *out) {
+    mpb_value args[1] = {mpb_refv(s)};
+    return call_typed(c, "set.copy", args, N(args), MPB_ARRAY, "an array", out);
+}
+
+int mpb_set_update(mpb_context *c, mpb_ref s, const mpb_value *other) {
+    if (other == NULL) return null_arg(c, "mpb_set_update", "other");
+    mpb_value args[2] = {mpb_refv(s), *other};
+    return call_void(c, "set.update", args, N(args));
+}
+
+/*--- Iterating in chunks ---*/
+
+struct mpb_iter {
+    mpb_context *c;
+    const char *method; /* list.slice, dict.items or set.items: REF START COUNT */
+    mpb_ref ref;
+    int64_t chunk;
+    mpb_value cursor; /* START of the next chunk; nil once the last one is in */
+    mpb_value items;  /* the current chunk (an array), or nil before the first */
+    size_t pos;       /* next item in it */
+};
+
+static mpb_iter *iter_new(mpb_context *c, const char *method, mpb_ref ref, int64_t chunk) {
+    mpb_iter *it = calloc(1, sizeof *it);
+    if (it == NULL) return NULL;
+    it->c = c;
+    it->method = method;
+    it->ref = ref;
+    it->chunk = chunk > 0 ? chunk : 1000;
+    it->cursor = mpb_int(0);
+    return it;
+}
+
+mpb_iter *mpb_list_iter(mpb_context *c, mpb_ref l, int64_t chunk) {
+    return iter_new(c, "list.slice", l, chunk);
+}
+
+mpb_iter *mpb_dict_iter(mpb_context *c, mpb_ref d, int64_t chunk) {
+    return iter_new(c, "dict.items", d, chunk);
+}
+
+mpb_iter *mpb_set_iter(mpb_context *c, mpb_ref s, int64_t chunk) {
+    return iter_new(c, "set.items", s, chunk);
+}
+
+/* Fetch the chunk at it->cursor. The iterator changes only on success. */
+static int iter_fetch(mpb_iter *it) {
+    mpb_value args[3] = {mpb_refv(it->ref), it->cursor, mpb_int(it->chunk)}, r;
+    int rc = call_typed(it->c, it->method, args, N(args), MPB_ARRAY, "an [items, next] array", &r);
+    if (rc != MPB_OK) return rc;
+    mpb_value *f = r.v.a->items;
+    /* An empty chunk that is not the last would make mpb_iter_next spin. */
+    if (r.v.a->len != 2 || f[0].type != MPB_ARRAY ||
+        (f[1].type != MPB_NIL && (f[1].type != MPB_INT || f[0].v.a->len == 0)))
+        return wrong_type(it->c, it->method, "an [items, next] array", &r);
+    mpb_value_free(&it->items);
+    it->items = f[0];
+    it->cursor = f[1];
+    it->pos = 0;
+    f[0] = mpb_nil();
+    mpb_value_free(&r);
+    return MPB_OK;
+}
+
+int mpb_iter_next(mpb_iter *it, mpb_value **item) {
+    if (item == NULL) return MPB_ERR_ARG;
+    *item = NULL;
+    if (it == NULL) return MPB_ERR_ARG;
+    while (it->items.type != MPB_ARRAY || it->pos == it->items.v.a->len) {
+        if (it->cursor.type == MPB_NIL) return 0;
+        int rc = iter_fetch(it);
+        if (rc != MPB_OK) return rc;
+    }
+    *item = &it->items.v.a->items[it->pos++];
+    return 1;
+}
+
+void mpb_iter_free(mpb_iter *it) {
+    if (it == NULL) return;
+    mpb_value_free(&it->items);
+    free(it);
 }

@@ -228,6 +228,38 @@ int mpb_shared_array_setitem(mpb_context *c, mpb_ref a, int64_t index, const mpb
 int mpb_shared_array_len(mpb_context *c, mpb_ref a, int64_t *out);
 int mpb_shared_array_tolist(mpb_context *c, mpb_ref a, mpb_value *out);
 
+/*--- set (elements in insertion order; Python's set semantics) ---*/
+int mpb_set_add(mpb_context *c, mpb_ref s, const mpb_value *elem);
+int mpb_set_discard(mpb_context *c, mpb_ref s, const mpb_value *elem);
+/* MPB_ERR_REPLY, errkind "KeyError", if absent. */
+int mpb_set_remove(mpb_context *c, mpb_ref s, const mpb_value *elem);
+int mpb_set_contains(mpb_context *c, mpb_ref s, const mpb_value *elem, int *present);
+int mpb_set_len(mpb_context *c, mpb_ref s, int64_t *out);
+/* Removes and returns the most recently added element ("KeyError" if empty). */
+int mpb_set_pop(mpb_context *c, mpb_ref s, mpb_value *out);
+/* Every element as an MPB_ARRAY value. */
+int mpb_set_copy(mpb_context *c, mpb_ref s, mpb_value *out);
+/* Add every element of other: an MPB_ARRAY value, or mpb_refv() of a set, list or
+ * dict (its keys). */
+int mpb_set_update(mpb_context *c, mpb_ref s, const mpb_value *other);
+
+/*--- Iterating in chunks: one round trip per chunk, not per item ---
+ * Over a list's items (list.slice), a dict's [key, value] pairs (dict.items) or a
+ * set's elements (set.items), `chunk` (<= 0: 1000) per call, fetched lazily by
+ * mpb_iter_next. Concurrent changes: docs/PROTOCOL.md, "Cursors". The context stays
+ * usable between calls; the iterator must not outlive it. NULL only when out of
+ * memory; free with mpb_iter_free (NULL is fine). */
+typedef struct mpb_iter mpb_iter;
+mpb_iter *mpb_list_iter(mpb_context *c, mpb_ref l, int64_t chunk);
+mpb_iter *mpb_dict_iter(mpb_context *c, mpb_ref d, int64_t chunk);
+mpb_iter *mpb_set_iter(mpb_context *c, mpb_ref s, int64_t chunk);
+/* 1 and *item points at the next item (owned by the iterator, valid until the next
+ * call; to keep it, copy the struct and set **item to nil); 0 at the end; or a
+ * negative MPB_ERR_* with the detail on the context (calling again retries the chunk
+ * that failed). */
+int mpb_iter_next(mpb_iter *it, mpb_value **item);
+void mpb_iter_free(mpb_iter *it);
+
 #ifdef __cplusplus
 }
 #endif

@@ -96,6 +96,10 @@ bool arg_key(mpb_req *r, uint32_t i, mpb_value *out);
 int64_t seq_slice(mpb_req *r, uint32_t first, bool has_step, int64_t len, int64_t *start,
                   int64_t *stop, int64_t *step);
 int64_t seq_index(mpb_req *r, uint32_t i, int64_t len, const char *what);
+/* Cursor params START [COUNT] at r->args[i..] (list.slice, dict.items, set.items):
+ * START an int >= 0, COUNT an int >= 1, nil or absent (no limit). false after
+ * replying TypeError/ValueError. */
+bool arg_cursor(mpb_req *r, uint32_t i, int64_t *start, int64_t *count);
 
 /* Typecodes (type_value.c), shared by value and array. */
 bool typecode_valid(char tc);
@@ -147,6 +151,7 @@ bool event_init_from(mpb_req *r, mpb_object *o, uint32_t i);
 bool barrier_init_from(mpb_req *r, mpb_object *o, uint32_t i);
 bool value_init_from(mpb_req *r, mpb_object *o, uint32_t i);
 bool array_init_from(mpb_req *r, mpb_object *o, uint32_t i);
+bool set_init_from(mpb_req *r, mpb_object *o, uint32_t i);
 
 /* Timeout argument r->args[i] in seconds: absent or nil is -1 (wait forever).
  * Negative or not a number: ValueError/TypeError replied, false returned. */
@@ -164,5 +169,9 @@ void map_cas(mpb_req *r, mpb_map *m, mpb_value *key, uint32_t expected_i);
 /* Store every pair of r->args[i] (a map, or an array of [key, value] pairs) into m,
  * all or nothing. */
 bool map_update_from(mpb_req *r, mpb_map *m, uint32_t i, bool str_keys);
+/* Reply [ITEMS, NEXT] for cursor params at r->args[first..]: up to COUNT keys (or
+ * [key, value] pairs) of m from logical position START (mpb_map_seek), NEXT the
+ * position to go on from, nil when no entry follows. (dict.items, set.items) */
+void map_reply_chunk(mpb_req *r, const mpb_map *m, bool pairs, uint32_t first);
 
 #endif

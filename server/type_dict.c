@@ -274,12 +274,36 @@ static void pack_view(mpb_req *r, const mpb_map *m, int what)
     }
 }
 
+void map_reply_chunk(mpb_req *r, const mpb_map *m, bool pairs, uint32_t first)
+{
+    int64_t start, count;
+    if (!arg_cursor(r, first, &start, &count)) return;
+    size_t from = mpb_map_seek(m, (uint64_t)start), end = from, n = 0;
+    while (n < (uint64_t)count && mpb_map_next(m, &end)) n++;
+    msgpack_packer *pk = reply_begin(r);
+    msgpack_pack_array(pk, 2);
+    msgpack_pack_array(pk, n);
+    mpb_map_entry *e;
+    for (size_t it = from; it < end && (e = mpb_map_next(m, &it));) {
+        if (pairs) msgpack_pack_array(pk, 2);
+        mpb_value_pack(pk, &e->key);
+        if (pairs) mpb_value_pack(pk, &e->val);
+    }
+    /* Trailing tombstones are always trimmed: a slot left means an entry left. */
+    if (end < m->used) msgpack_pack_uint64(pk, mpb_map_cursor(m, end));
+    else msgpack_pack_nil(pk);
+}
+
 /* dict.keys REF */
 void dict_keys(mpb_req *r) { pack_view(r, DICT(r), 0); }
 /* dict.values REF */
 void dict_values(mpb_req *r) { pack_view(r, DICT(r), 1); }
-/* dict.items REF */
-void dict_items(mpb_req *r) { pack_view(r, DICT(r), 2); }
+/* dict.items REF [START [COUNT]] */
+void dict_items(mpb_req *r)
+{
+    if (r->nargs == 0) pack_view(r, DICT(r), 2);
+    else map_reply_chunk(r, DICT(r), true, 0);
+}
 
 /* dict.pop REF KEY [DEFAULT] */
 void dict_pop(mpb_req *r)

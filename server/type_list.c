@@ -92,6 +92,17 @@ int64_t seq_index(mpb_req *r, uint32_t i, int64_t len, const char *what)
     return idx;
 }
 
+bool arg_cursor(mpb_req *r, uint32_t i, int64_t *start, int64_t *count)
+{
+    if (!arg_int(r, i, start) || !arg_int_opt(r, i + 1, INT64_MAX, NULL, count)) return false;
+    if (*start < 0 || *count < 1) {
+        reply_error(r, MPB_E_VALUE, "%s: %s", r->info->name,
+                    *start < 0 ? "START must be >= 0" : "COUNT must be >= 1");
+        return false;
+    }
+    return true;
+}
+
 /* Index argument i resolved against the list: -1 after replying IndexError. */
 static int64_t index_arg(mpb_req *r, uint32_t i, const char *what)
 {
@@ -454,6 +465,22 @@ void list_clear(mpb_req *r)
 {
     list_destroy(r->self);
     reply_nil(r);
+}
+
+/* list.slice REF START [COUNT] */
+void list_slice(mpb_req *r)
+{
+    int64_t start, count;
+    if (!arg_cursor(r, 0, &start, &count)) return;
+    const mpb_array *a = &r->self->u.list;
+    size_t from = (uint64_t)start < a->len ? (size_t)start : a->len;
+    size_t n = a->len - from < (uint64_t)count ? a->len - from : (size_t)count;
+    msgpack_packer *pk = reply_begin(r);
+    msgpack_pack_array(pk, 2);
+    msgpack_pack_array(pk, n);
+    for (size_t i = from; i < from + n; i++) mpb_value_pack(pk, &a->items[i]);
+    if (from + n < a->len) msgpack_pack_uint64(pk, from + n);
+    else msgpack_pack_nil(pk);
 }
 
 /* list.copy REF */

@@ -22,6 +22,7 @@ static const init_fn init_from[MPB_OT__COUNT] = {
     [MPB_OT_BARRIER] = barrier_init_from,
     [MPB_OT_VALUE] = value_init_from,
     [MPB_OT_ARRAY] = array_init_from,
+    [MPB_OT_SET] = set_init_from,
 };
 
 /* The TYPE argument; MPB_OT_NONE after replying ValueError. */

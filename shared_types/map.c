@@ -9,8 +9,10 @@
  * the index slot outright by backward shifting, so the index only ever refers to live
  * entries and probes never wade through deleted slots. Trailing tombstones are
  * trimmed at once, which makes popitem/stack-like use free of tombstones; entries[]
- * is compacted when tombstones outnumber live entries. Hashing and equality come from
- * value.c; value semantics are not this file's business.
+ * is compacted when tombstones outnumber live entries; base counts the slots that
+ * compaction (and clearing) dropped, so that slot + base is a position a cursor can
+ * hold across compactions. Hashing and equality come from value.c; value semantics
+ * are not this file's business.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -38,10 +40,12 @@ static void free_entries(mpb_map *m)
 
 void mpb_map_clear(mpb_map *m)
 {
+    uint64_t base = m->base + m->used; /* cursors from before stay valid */
     free_entries(m);
     free(m->entries);
     free(m->index);
     memset(m, 0, sizeof *m);
+    m->base = base;
 }
 
 void mpb_map_free(mpb_map *m)
@@ -196,6 +200,7 @@ static void compact(mpb_map *m)
     for (size_t r = 0; r < m->used; r++)
         if (m->entries[r].key.type != MPB_TOMBSTONE)
             m->entries[w++] = m->entries[r];
+    m->base += m->used - w;
     m->used = w;
     if (m->cap > 2 * SMALL && m->len < m->cap / 4) {
         size_t cap = m->len * 2 < SMALL ? SMALL : m->len * 2;

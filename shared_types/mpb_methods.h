@@ -25,7 +25,8 @@ extern "C" {
     X(EVENT, "event")          \
     X(BARRIER, "barrier")      \
     X(VALUE, "value")          \
-    X(ARRAY, "array")
+    X(ARRAY, "array")          \
+    X(SET, "set")
 
 /* Typeids that manager.create/open accept: name, family, variant. A variant is a
  * flavour of its family with the same methods (Python's JoinableQueue, RLock,
@@ -44,7 +45,8 @@ extern "C" {
     X("event", EVENT, 0)                        \
     X("barrier", BARRIER, 0)                    \
     X("value", VALUE, 0)                        \
-    X("array", ARRAY, 0)
+    X("array", ARRAY, 0)                        \
+    X("set", SET, 0)
 
 typedef enum mpb_otype {
     MPB_OT_NONE = 0,

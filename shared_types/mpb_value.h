@@ -85,6 +85,8 @@ struct mpb_map {
     mpb_map_entry *entries;
     uint32_t *index; /* NULL while small: lookups scan entries[] */
     size_t index_cap; /* power of two, or 0 */
+    uint64_t base;    /* entries[] slots dropped by compaction or clearing, ever: slot +
+                         base is an entry's logical position (mpb_map_seek) */
 };
 
 /*--- Constructors: the result owns what it points to (free with mpb_value_free) ---*/
@@ -144,6 +146,18 @@ bool mpb_map_pop_last(mpb_map *m, mpb_value *key_out, mpb_value *val_out);
 mpb_map_entry *mpb_map_next(const mpb_map *m, size_t *it);
 /* Deep copy; NULL on allocation failure. */
 mpb_map *mpb_map_dup(const mpb_map *m);
+/* Cursors over insertion order that survive deletions and compaction. An entry's
+ * logical position (its slot + base) grows with insertion order and never decreases,
+ * so a walk resumed at a cursor sees, once each and in order, every entry present
+ * for the whole walk; one already seen is seen again only if entries after the cursor
+ * were deleted and the map was compacted meanwhile. mpb_map_seek gives the iterator
+ * (for mpb_map_next) that resumes at logical position cursor; mpb_map_cursor the
+ * logical position of iterator it. */
+static inline size_t mpb_map_seek(const mpb_map *m, uint64_t cursor)
+{
+    return cursor > m->base ? (size_t)(cursor - m->base) : 0;
+}
+static inline uint64_t mpb_map_cursor(const mpb_map *m, size_t it) { return m->base + it; }
 
 /*--- Python semantics ---*/
 /* Equality as Python's ==: numbers across int/uint/float/bool, str with str, bin with

@@ -322,7 +322,8 @@ START_TEST(objects_lists_holders_and_lengths)
     char *s = repr_of(&methods);
     ck_assert_ptr_nonnull(strstr(s, "'name': 'list.append'"));
     ck_assert_ptr_nonnull(strstr(s, "'types': ['list', 'dict', 'namespace', 'queue', 'joinablequeue', 'lock', 'rlock', "
-                                 "'semaphore', 'boundedsemaphore', 'condition', 'event', 'barrier', 'value', 'array']"));
+                                 "'semaphore', 'boundedsemaphore', 'condition', 'event', 'barrier', 'value', 'array', "
+                                 "'set']"));
     free(s);
     mpb_value_free(&methods);
 }

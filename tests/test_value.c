@@ -746,6 +746,46 @@ START_TEST(map_dup_is_deep_and_clear_leaves_it_usable)
 }
 END_TEST
 
+START_TEST(map_cursor_resumes_across_compaction_and_clear)
+{
+    mpb_value m = mpb_map_value();
+    for (int i = 0; i < 1000; i++)
+        put(&m, mpb_int(i), mpb_nil());
+    /* walk in chunks of 10 from a saved cursor, deleting each chunk behind the cursor
+     * (the map compacts many times): every key once, in order */
+    uint64_t cursor = 0;
+    int next = 0;
+    for (;;) {
+        size_t it = mpb_map_seek(m.v.m, cursor);
+        mpb_map_entry *e;
+        int got[10], n = 0;
+        while (n < 10 && (e = mpb_map_next(m.v.m, &it)) != NULL)
+            got[n++] = (int)e->key.v.i;
+        cursor = mpb_map_cursor(m.v.m, it);
+        for (int j = 0; j < n; j++) {
+            ck_assert_int_eq(got[j], next++);
+            mpb_value k = mpb_int(got[j]);
+            ck_assert(mpb_map_del(m.v.m, &k, NULL, NULL));
+        }
+        if (n < 10)
+            break;
+    }
+    ck_assert_int_eq(next, 1000);
+    ck_assert_uint_gt(m.v.m->base, 0);
+    /* a cursor from before a clear resumes at the start of what came after it */
+    put(&m, mpb_int(1), mpb_nil());
+    put(&m, mpb_int(2), mpb_nil());
+    cursor = mpb_map_cursor(m.v.m, 1);
+    mpb_map_clear(m.v.m);
+    put(&m, mpb_int(3), mpb_nil());
+    size_t it = mpb_map_seek(m.v.m, cursor);
+    mpb_map_entry *e = mpb_map_next(m.v.m, &it);
+    ck_assert_ptr_nonnull(e);
+    ck_assert_int_eq(e->key.v.i, 3);
+    mpb_value_free(&m);
+}
+END_TEST
+
 /*--- Repr ---*/
 
 START_TEST(repr_of_scalars_matches_python)
@@ -948,7 +988,8 @@ static Suite *value_suite(void)
         {"map", {map_insert_then_replace_keeps_first_key, map_keeps_insertion_order_after_delete,
                  map_pop_last_returns_most_recent_entry, map_compacts_tombstones_and_keeps_order,
                  map_holds_1e5_int_and_str_keys, map_rejects_unhashable_key_without_taking_it,
-                 map_dup_is_deep_and_clear_leaves_it_usable}},
+                 map_dup_is_deep_and_clear_leaves_it_usable,
+                 map_cursor_resumes_across_compaction_and_clear}},
         {"repr", {repr_of_scalars_matches_python, repr_of_floats_is_shortest_round_trip_like_python,
                   repr_of_text_escapes_like_python, repr_of_containers_matches_python,
                   type_names_are_pythons, truthiness_follows_python}},
