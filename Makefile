@@ -3,13 +3,14 @@
 
 BUILD      ?= build
 ASAN_BUILD ?= build-asan
+FUZZ_BUILD ?= build-fuzz
 ARGS       ?=
 
 # Debian packages the build and the tests need.
 PKGS = gcc make pkg-config meson ninja-build libmsgpack-dev libevent-dev check zlib1g-dev libssl-dev \
-       python3 python3-msgpack
+       python3 python3-msgpack clang libclang-rt-14-dev
 
-.PHONY: all deps build asan run test test-plain test-asan clean
+.PHONY: all deps build asan fuzz fuzz-long run test test-plain test-asan clean
 
 all: build
 
@@ -36,13 +37,28 @@ build: deps $(BUILD)/build.ninja
 asan: deps $(ASAN_BUILD)/build.ninja
 	ninja -C $(ASAN_BUILD)
 
+# The libFuzzer target (clang; ASan + UBSan, any UB is a crash). `make test` runs it
+# bounded (fuzz/meson.build); `make fuzz-long` runs it until stopped (fuzz/README.md).
+$(FUZZ_BUILD)/build.ninja:
+	CC=clang meson setup $(FUZZ_BUILD) --buildtype=debugoptimized -Dfuzz=true -Dtests=false \
+	  -Db_sanitize=address,undefined -Db_lundef=false \
+	  "-Dc_args=-fsanitize=fuzzer-no-link -fno-sanitize-recover=all"
+
+fuzz: deps $(FUZZ_BUILD)/build.ninja
+	ninja -C $(FUZZ_BUILD)
+
+fuzz-long: fuzz
+	FUZZ_RUNS=-1 FUZZ_SECONDS=$${FUZZ_SECONDS:-3600} fuzz/run-fuzz.sh \
+	  $(FUZZ_BUILD)/fuzz/fuzz_dispatch fuzz/corpus fuzz/regressions
+
 # Start the broker in the foreground on its default socket (ARGS="..." for options).
 run: build
 	./$(BUILD)/mpbroker-server $(ARGS)
 
-# Every test, in the normal build and under AddressSanitizer + UBSan.
-test: build asan
-	@tests/run-all.sh $(BUILD) $(ASAN_BUILD)
+# Every test, in the normal build and under AddressSanitizer + UBSan, and a bounded
+# fuzz run (its summary line counts as one test).
+test: build asan fuzz
+	@tests/run-all.sh $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)

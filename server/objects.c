@@ -144,14 +144,15 @@ static const mpb_type_ops *type_ops(mpb_otype t)
 
 void objects_init(void)
 {
-    names = mpb_map_new();
     mem_used = 0;
+    next_id = 1; /* the fuzzer starts each input afresh: references stay predictable */
+    names = mpb_map_new();
 }
 
 static void object_destroy(mpb_object *o)
 {
-    idmap_del(&table, o->id);
     mem_used -= o->charged < mem_used ? o->charged : mem_used;
+    idmap_del(&table, o->id);
     type_ops(o->type)->destroy(o);
     free(o->name);
     free(o);
@@ -220,9 +221,9 @@ mpb_object *objects_create_id(mpb_otype type, int variant, const char *name, siz
             goto fail;
         }
     }
-    return o;
     o->charged = sizeof *o + (name ? name_len + 1 : 0);
     mem_used += o->charged;
+    return o;
 fail:
     ops->destroy(o);
     free(o);
@@ -434,6 +435,11 @@ void objects_retain_value(const mpb_value *v)
 {
     mem_used += objects_value_cost(v);
     count_refs(v, +1);
+}
+
+void objects_retain_items(const mpb_value *array)
+{
+    for (size_t i = 0; i < array->v.a->len; i++) objects_retain_value(&array->v.a->items[i]);
 }
 
 void objects_release_value(const mpb_value *v)

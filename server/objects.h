@@ -117,6 +117,9 @@ void objects_drop_holds(mpb_idmap *holds);
 bool objects_refs_valid(const mpb_value *v, mpb_ref *bad);
 /* v is being stored in an object: count its references as containment. */
 void objects_retain_value(const mpb_value *v);
+/* The items of an array value are being moved into an object one by one (list.extend):
+ * retain each, as each will be released on its own. */
+void objects_retain_items(const mpb_value *array);
 /* v is leaving an object: uncount its references (may queue objects for freeing). */
 void objects_release_value(const mpb_value *v);
 /* Release and free a value that was stored in an object. */

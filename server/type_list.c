@@ -48,7 +48,7 @@ bool list_init_from(mpb_req *r, mpb_object *o, uint32_t i)
     }
     mpb_value v;
     if (!arg_value(r, i, &v)) return false;
-    objects_retain_value(&v);
+    objects_retain_items(&v);
     o->u.list = *v.v.a; /* take the items over */
     free(v.v.a);
     return true;
@@ -112,6 +112,7 @@ static int64_t index_arg(mpb_req *r, uint32_t i, const char *what)
 /* Remove n items at pos (they must already be released). */
 static void remove_range(mpb_array *a, size_t pos, size_t n)
 {
+    if (n == 0) return; /* an empty list may have no buffer: no pointer arithmetic on NULL */
     memmove(a->items + pos, a->items + pos + n, (a->len - pos - n) * sizeof *a->items);
     a->len -= n;
 }
@@ -119,6 +120,7 @@ static void remove_range(mpb_array *a, size_t pos, size_t n)
 /* Open a gap of n nil items at pos. 0, or -1 on allocation failure. */
 static int open_gap(mpb_array *a, size_t pos, size_t n)
 {
+    if (n == 0) return 0; /* as in remove_range */
     if (mpb_array_reserve(a, n) < 0) return -1;
     memmove(a->items + pos + n, a->items + pos, (a->len - pos) * sizeof *a->items);
     memset(a->items + pos, 0, n * sizeof *a->items);
@@ -158,8 +160,9 @@ void list_extend(mpb_req *r)
         reply_error(r, MPB_E_OUT_OF_MEMORY, "list.extend: out of memory");
         return;
     }
-    objects_retain_value(&v);
-    memcpy(a->items + a->len, v.v.a->items, v.v.a->len * sizeof *a->items);
+    objects_retain_items(&v);
+    if (v.v.a->len > 0) /* none: maybe no buffers at all (memcpy with NULL is UB) */
+        memcpy(a->items + a->len, v.v.a->items, v.v.a->len * sizeof *a->items);
     a->len += v.v.a->len;
     v.v.a->len = 0; /* items moved */
     mpb_value_free(&v);
@@ -347,6 +350,7 @@ void list_sort(mpb_req *r)
     } else {
         free(a->items);
         a->items = work;
+        a->cap = a->len; /* work holds exactly len: a later append must grow it */
         reply_nil(r);
     }
     free(tmp);
@@ -413,14 +417,15 @@ void list_setitem(mpb_req *r)
         for (int64_t i = start; i < stop; i++) objects_discard_value(&a->items[i]);
         remove_range(a, (size_t)start, (size_t)(stop - start));
         open_gap(a, (size_t)start, (size_t)m); /* room reserved above: cannot fail */
-        memcpy(a->items + start, v.v.a->items, (size_t)m * sizeof *a->items);
+        if (m > 0) /* an empty array may have no items buffer (memcpy from NULL is UB) */
+            memcpy(a->items + start, v.v.a->items, (size_t)m * sizeof *a->items);
     } else {
         for (int64_t k = 0, i = start; k < n; k++, i += step) {
             objects_discard_value(&a->items[i]);
             a->items[i] = v.v.a->items[k];
         }
     }
-    objects_retain_value(&v);
+    objects_retain_items(&v);
     v.v.a->len = 0; /* items moved into the list */
     mpb_value_free(&v);
     reply_nil(r);

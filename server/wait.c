@@ -41,7 +41,8 @@ mpb_waiter *wait_park(mpb_req *r, mpb_object *o, mpb_waitq *q, double timeout,
     r->conn->parked = w;
     nparked++;
     if (q) wait_enqueue(w, q);
-    if (timeout >= 0) {
+    /* A timeout past a century is no limit at all, and would not fit a time_t. */
+    if (timeout >= 0 && timeout < 3.2e9) {
         double whole = floor(timeout);
         struct timeval tv = {(time_t)whole, (suseconds_t)((timeout - whole) * 1e6)};
         evtimer_assign(&w->timer, event_get_base(&r->conn->rev), on_timer, w);
