@@ -29,6 +29,7 @@
 #include "mpb_codec.h"
 #include "mpb_reader.h"
 #include "auth.h"
+#include "internal.h"
 #include "mpbroker.h"
 
 #ifndef MSG_NOSIGNAL /* BSDs and macOS: SO_NOSIGPIPE is set on the socket instead */
@@ -53,8 +54,24 @@ struct mpb_context_priv {
     bool eof;            /* the broker closed its side: serve what is buffered, then fail */
     char broken[32 + 2 + 256]; /* why the connection is gone, for later calls */
     struct mpb_note *notes, *notes_tail; /* notifications read while awaiting replies */
+    /* Resilience: where to reconnect, and what to re-open there. */
+    pid_t pid;             /* the process that opened fd: another one must not use it */
+    char address[320];
+    bool reconnect;
+    int reconnect_wait_ms;
+    struct mpb_named **named; /* objects opened by name, re-opened after a reconnect */
+    size_t nnamed;
+    mpb_ref *xlat;           /* pairs old, new: references renamed by a re-open */
+    size_t nxlat;
     unsigned char *authkey; /* the key for the handshake (auth.c), or NULL; owned */
     size_t authkey_len;
+};
+
+/* A name this context opened: re-opened by name after a reconnect. */
+struct mpb_named {
+    mpb_ref ref;
+    char typeid[24];
+    char name[];
 };
 
 /* A notification [2, method, params] queued until mpb_get_notification takes it. */
@@ -110,16 +127,29 @@ static int fail_if_broken(mpb_context *c) {
 
 /*--- Wire form: requests out, replies in (no I/O here) ---*/
 
-/* [0, msgid, method, [args...]] appended to pk. 0, or -1 if the packer failed. */
-static int pack_request(msgpack_packer *pk, uint32_t msgid, const char *method,
+/* A reference as the broker now knows it: a re-open after a reconnect to a broker that
+ * lost its state gave the named object a new id. */
+static mpb_ref xlat_ref(const struct mpb_context_priv *p, mpb_ref r) {
+    for (size_t i = 0; i < p->nxlat; i++)
+        if (p->xlat[2 * i] == r) return p->xlat[2 * i + 1];
+    return r;
+}
+
+/* [0, msgid, method, [args...]] appended to pk. 0, or -1 if the packer failed.
+ * References among the args themselves are translated (not those nested in values). */
+static int pack_request(const struct mpb_context_priv *p, uint32_t msgid, const char *method,
                         const mpb_value *args, size_t nargs) {
+    msgpack_packer *pk = (msgpack_packer *)&p->pk;
     size_t mlen = strlen(method);
     if (msgpack_pack_array(pk, 4) < 0 || msgpack_pack_int(pk, 0) < 0 ||
         msgpack_pack_uint32(pk, msgid) < 0 || msgpack_pack_str(pk, mlen) < 0 ||
         msgpack_pack_str_body(pk, method, mlen) < 0 || msgpack_pack_array(pk, nargs) < 0)
         return -1;
-    for (size_t i = 0; i < nargs; i++)
-        if (mpb_value_pack(pk, &args[i]) < 0) return -1;
+    for (size_t i = 0; i < nargs; i++) {
+        mpb_value a = args[i];
+        if (a.type == MPB_REF && p->nxlat) a.v.ref = xlat_ref(p, a.v.ref);
+        if (mpb_value_pack(pk, &a) < 0) return -1;
+    }
     return 0;
 }
 
@@ -322,6 +352,28 @@ static void connect_tcp(mpb_context *c, const char *address) {
     c->fd = fd;
 }
 
+/* Connect c (not connected) to its address: the one path for the first connection, a
+ * reconnect, and a forked child's own connection. */
+static void open_conn(mpb_context *c) {
+    const char *address = c->priv->address;
+    c->priv->pid = getpid();
+    if (strncmp(address, "tcp://", 6) == 0)
+        connect_tcp(c, address);
+    else if (strncmp(address, "unix:", 5) == 0)
+        connect_unix(c, address + 5);
+    else
+        connect_unix(c, address);
+    if (c->fd >= 0 && c->priv->authkey != NULL &&
+        mpb_client_handshake(c, c->priv->authkey, c->priv->authkey_len) != MPB_OK) {
+        close(c->fd); /* the key was not proved, either way: nothing else goes over it */
+        c->fd = -1;
+    }
+    if (c->fd < 0)
+        snprintf(c->priv->broken, sizeof c->priv->broken, "%s", c->errstr);
+    else
+        set_ok(c);
+}
+
 mpb_context *mpb_connect(const char *address) {
     return mpb_connect_with_key(address, NULL, 0);
 }
@@ -343,23 +395,12 @@ mpb_context *mpb_connect_with_key(const char *address, const void *key, size_t k
     if (address == NULL) address = getenv("MPBROKER_ADDRESS");
     if (address == NULL || address[0] == '\0')
         address = mpb_default_address(def, sizeof def);
-    if (mpb_client_key(c, key, keylen, &c->priv->authkey, &c->priv->authkey_len) != MPB_OK)
-        ; /* no connection: the error is set */
-    else if (strncmp(address, "tcp://", 6) == 0)
-        connect_tcp(c, address);
-    else if (strncmp(address, "unix:", 5) == 0)
-        connect_unix(c, address + 5);
+    snprintf(c->priv->address, sizeof c->priv->address, "%s", address);
+    c->priv->reconnect_wait_ms = 30000;
+    if (mpb_client_key(c, key, keylen, &c->priv->authkey, &c->priv->authkey_len) == MPB_OK)
+        open_conn(c);
     else
-        connect_unix(c, address);
-    if (c->fd >= 0 && c->priv->authkey != NULL &&
-        mpb_client_handshake(c, c->priv->authkey, c->priv->authkey_len) != MPB_OK) {
-        close(c->fd); /* the key was not proved, either way: nothing else goes over it */
-        c->fd = -1;
-    }
-    if (c->fd < 0)
         snprintf(c->priv->broken, sizeof c->priv->broken, "%s", c->errstr);
-    else
-        set_ok(c);
     return c;
 }
 
@@ -370,6 +411,9 @@ void mpb_free(mpb_context *c) {
         msgpack_sbuffer_destroy(&c->priv->out);
         free(c->priv->ids);
         mpb_reader_destroy(&c->priv->reader);
+        for (size_t i = 0; i < c->priv->nnamed; i++) free(c->priv->named[i]);
+        free(c->priv->named);
+        free(c->priv->xlat);
         mpb_client_key_free(c->priv->authkey, c->priv->authkey_len);
         while (c->priv->notes != NULL) {
             struct mpb_note *n = c->priv->notes;
@@ -380,6 +424,112 @@ void mpb_free(mpb_context *c) {
         free(c->priv);
     }
     free(c);
+}
+
+/*--- Resilience: fork, reconnect ---*/
+
+/* Forget everything in flight: after a fork (the parent's) or a lost connection. */
+static void reset_stream(mpb_context *c) {
+    struct mpb_context_priv *p = c->priv;
+    p->nids = p->head = 0;
+    p->out.size = p->out_sent = 0;
+    p->eof = false;
+    mpb_reader_destroy(&p->reader);
+    mpb_reader_init(&p->reader, MAX_REPLY, MPB_READER_MAX_DEPTH);
+}
+
+/* With nothing in flight, is the broker gone (EOF or reset waiting on the socket)? */
+static bool peer_gone(int fd) {
+    struct pollfd pf = {.fd = fd, .events = POLLIN | POLLRDHUP};
+    if (poll(&pf, 1, 0) <= 0) return false;
+    if (pf.revents & (POLLRDHUP | POLLHUP | POLLERR)) return true;
+    char b;
+    ssize_t n = recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR);
+}
+
+/* Open the named objects again; a changed id is recorded for translation. */
+static int reopen_named(mpb_context *c) {
+    struct mpb_context_priv *p = c->priv;
+    for (size_t i = 0; i < p->nnamed; i++) {
+        struct mpb_named *n = p->named[i];
+        mpb_value args[2] = {mpb_str_borrowed(n->typeid, strlen(n->typeid)),
+                             mpb_str_borrowed(n->name, strlen(n->name))}, r;
+        int rc = mpb_call(c, "manager.open", args, 2, &r);
+        if (rc != MPB_OK) return rc;
+        if (r.type == MPB_REF && r.v.ref != xlat_ref(p, n->ref)) {
+            mpb_ref *x = realloc(p->xlat, (p->nxlat + 1) * 2 * sizeof *x);
+            if (x == NULL) return set_err(c, MPB_ERR_OOM, "OutOfMemory", "reconnecting");
+            p->xlat = x;
+            x[2 * p->nxlat] = n->ref;
+            x[2 * p->nxlat++ + 1] = r.v.ref;
+        }
+    }
+    return MPB_OK;
+}
+
+/* Connect again, backing off from 10 ms to 1 s, for up to reconnect_wait_ms. */
+static int reconnect(mpb_context *c) {
+    struct mpb_context_priv *p = c->priv;
+    struct timespec t0, now;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (long delay = 10;; delay = delay * 2 > 1000 ? 1000 : delay * 2) {
+        reset_stream(c);
+        open_conn(c);
+        if (c->fd >= 0 && reopen_named(c) == MPB_OK) return MPB_OK;
+        if (c->fd >= 0) break_conn(c);
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        long spent = (now.tv_sec - t0.tv_sec) * 1000 + (now.tv_nsec - t0.tv_nsec) / 1000000;
+        if (!p->reconnect || spent >= p->reconnect_wait_ms) break;
+        nanosleep(&(struct timespec){delay / 1000, (delay % 1000) * 1000000}, NULL);
+    }
+    return set_err(c, MPB_ERR_IO, "ConnectionError", "cannot reconnect to %s (%s)", p->address,
+                   p->broken);
+}
+
+/* Before a call: a context inherited through fork() opens its own socket (the
+ * parent's would interleave both processes' bytes); with reconnect on, a connection
+ * the broker closed is opened again. */
+static int ensure_conn(mpb_context *c) {
+    struct mpb_context_priv *p = c->priv;
+    if (p->pid != getpid()) {
+        if (c->fd >= 0) close(c->fd); /* our copy only: the parent's stays open */
+        c->fd = -1;
+        reset_stream(c);
+        bool keep = p->reconnect;
+        p->reconnect = false; /* one attempt: the broker is up, the parent uses it */
+        int rc = reconnect(c);
+        p->reconnect = keep;
+        return rc;
+    }
+    if (!p->reconnect) return MPB_OK;
+    if (c->fd >= 0 && p->nids == 0 && peer_gone(c->fd)) {
+        set_err(c, MPB_ERR_EOF, "ConnectionError", "the broker closed the connection");
+        break_conn(c);
+    }
+    return c->fd >= 0 ? MPB_OK : reconnect(c);
+}
+
+int mpb_enable_reconnect(mpb_context *c, int enable, int max_wait_ms) {
+    if (c == NULL) return MPB_ERR_ARG;
+    c->priv->reconnect = enable != 0;
+    if (max_wait_ms >= 0) c->priv->reconnect_wait_ms = max_wait_ms;
+    return MPB_OK;
+}
+
+void mpb_client_note_open(mpb_context *c, const char *typeid, const char *name, mpb_ref ref) {
+    struct mpb_context_priv *p = c->priv;
+    for (size_t i = 0; i < p->nnamed; i++)
+        if (strcmp(p->named[i]->name, name) == 0) return;
+    struct mpb_named **v = realloc(p->named, (p->nnamed + 1) * sizeof *v);
+    if (v == NULL) return; /* it will just not be re-opened */
+    p->named = v;
+    struct mpb_named *n = malloc(sizeof *n + strlen(name) + 1);
+    if (n == NULL) return;
+    n->ref = ref;
+    snprintf(n->typeid, sizeof n->typeid, "%s", typeid);
+    strcpy(n->name, name);
+    p->named[p->nnamed++] = n;
 }
 
 /*--- Queueing, and the non-blocking pieces ---*/
@@ -403,11 +553,11 @@ int mpb_append_call(mpb_context *c, const char *method, const mpb_value *args,
     if (c == NULL) return MPB_ERR_ARG;
     if (method == NULL || (args == NULL && nargs > 0))
         return set_err(c, MPB_ERR_ARG, "ValueError", "mpb_append_call: NULL method or args");
-    if (fail_if_broken(c)) return c->err;
+    if (ensure_conn(c) != MPB_OK || fail_if_broken(c)) return c->err;
     struct mpb_context_priv *p = c->priv;
     if (ids_reserve(p) < 0) return set_err(c, MPB_ERR_OOM, "OutOfMemory", "queueing a call");
     size_t mark = p->out.size;
-    if (pack_request(&p->pk, p->next_id, method, args, nargs) < 0) {
+    if (pack_request(p, p->next_id, method, args, nargs) < 0) {
         p->out.size = mark; /* drop the partial request: the stream stays well formed */
         return set_err(c, MPB_ERR_OOM, "OutOfMemory", "encoding a %s request", method);
     }

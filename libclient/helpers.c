@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "internal.h"
 #include "mpbroker.h"
 
 #define N(a) (sizeof(a) / sizeof((a)[0]))
@@ -88,7 +89,11 @@ int mpb_open(mpb_context *c, const char *typeid, const char *name, const mpb_val
     if (typeid == NULL || name == NULL)
         return null_arg(c, "mpb_open", typeid ? "name" : "typeid");
     mpb_value a[] = {name_arg(typeid), name_arg(name), initial ? *initial : mpb_nil()};
-    return call_ref(c, "manager.open", a, initial ? 3 : 2, out);
+    mpb_ref ref;
+    int rc = call_ref(c, "manager.open", a, initial ? 3 : 2, &ref);
+    if (rc == MPB_OK) mpb_client_note_open(c, typeid, name, ref);
+    if (out != NULL) *out = rc == MPB_OK ? ref : 0;
+    return rc;
 }
 
 int mpb_lookup(mpb_context *c, const char *name, mpb_ref *out) {

@@ -22,6 +22,7 @@
  *
  * Pipelining: mpb_append_call queues a request without waiting; mpb_get_reply reads
  * the replies back in order (it flushes first). mpb_call is append + get_reply.
+ * Asynchronous calls with callbacks on a libevent loop: mpb_async_connect, below.
  */
 #ifndef MPBROKER_H
 #define MPBROKER_H
@@ -69,6 +70,18 @@ mpb_context *mpb_connect(const char *address);
  * handshake is MPB_ERR_CONNECT with errkind "AuthError". The key is copied (and wiped
  * at mpb_free); a reconnect authenticates again. */
 mpb_context *mpb_connect_with_key(const char *address, const void *key, size_t len);
+/* Resilience. A context used in a process other than the one that connected it (it
+ * was inherited through fork()) opens its own connection at its next call, so parent
+ * and child never share a socket. With reconnect on (off by default), a call made
+ * after the broker closed the connection (a restart) first reconnects, retrying with
+ * backoff (10 ms doubling to 1 s) for up to max_wait_ms (-1: keep the current
+ * setting, 30 s at first), and re-opens every object this context opened by name
+ * (mpb_open); if the broker lost its state the object is re-created empty and the old
+ * reference is translated where it is a call's own parameter. A call whose reply was
+ * lost with the connection still fails with errkind "ConnectionError" (it may or may
+ * not have been applied: the library never resends it). With reconnect off, calls on
+ * a lost connection fail fast with "ConnectionError". */
+int mpb_enable_reconnect(mpb_context *c, int enable, int max_wait_ms);
 /* Close the connection and free the context. NULL is fine. */
 void mpb_free(mpb_context *c);
 /* The broker's default Unix socket path: $XDG_RUNTIME_DIR/mpbroker.sock when
@@ -259,6 +272,73 @@ mpb_iter *mpb_set_iter(mpb_context *c, mpb_ref s, int64_t chunk);
  * that failed). */
 int mpb_iter_next(mpb_iter *it, mpb_value **item);
 void mpb_iter_free(mpb_iter *it);
+
+/*--- Asynchronous calls on a libevent loop (async.c; hiredis's async API) ---*/
+/* A mpb_async_context is one connection driven by a libevent event_base: calls return
+ * at once and their replies arrive in callbacks, in call order. It wraps a blocking
+ * context (ac->c: its fd, encoder and reader) and drives it with the mpb_buffer_*
+ * steps; never make blocking calls on ac->c yourself. Not thread-safe; one loop.
+ *
+ *   void done(mpb_async_context *ac, mpb_reply *r, void *priv) {
+ *       if (r->err) fprintf(stderr, "%s: %s\n", r->errkind, r->errstr);
+ *   }
+ *   mpb_async_context *ac = mpb_async_connect(base, NULL);
+ *   if (ac == NULL || ac->err) { ...ac->errstr...; mpb_async_free(ac); }
+ *   mpb_async_call(ac, "list.append", args, 2, done, NULL);
+ *   event_base_dispatch(base);
+ *
+ * Notifications (manager.monitor) are not delivered here: use a blocking context. */
+struct event_base;
+typedef struct mpb_async_context mpb_async_context;
+
+/* What a callback receives; valid only until the callback returns. */
+typedef struct mpb_reply {
+    int err;           /* MPB_OK; MPB_ERR_REPLY (the broker's error, the connection goes
+                          on); MPB_ERR_OOM (reply too big to decode, goes on); else the
+                          connection is lost: errkind "ConnectionError" or "ProtocolError" */
+    char errkind[32];  /* "" on success, else "KeyError", "ConnectionError", ... */
+    char errstr[256];
+    mpb_value value;   /* the result; nil on error. The library frees it after the
+                          callback returns: to keep it, move it out (copy the struct and
+                          set r->value = mpb_nil()) */
+} mpb_reply;
+
+/* Called exactly once per accepted call, with its reply or, if the connection is lost
+ * or the context freed first, with a ConnectionError. It may make calls and may free
+ * or disconnect ac (the free happens when it returns). */
+typedef void mpb_async_fn(mpb_async_context *ac, mpb_reply *reply, void *privdata);
+/* Called once when the connection ends, after every pending callback: status MPB_OK
+ * after mpb_async_disconnect / mpb_async_free, else the error (ac->errkind/errstr say
+ * why). The library frees ac when it returns. */
+typedef void mpb_async_disconnect_fn(const mpb_async_context *ac, int status);
+
+struct mpb_async_context {
+    int err;          /* last error of a call or of the connection, MPB_OK when none */
+    char errkind[32];
+    char errstr[256];
+    mpb_context *c;   /* the connection underneath (read-only for you) */
+    void *data;       /* yours */
+    struct mpb_async_priv *priv;
+};
+
+/* Connect (as mpb_connect, blocking until connected) and watch the socket on base.
+ * Returns NULL only when out of memory; on failure ac->err is set and ac must be
+ * freed with mpb_async_free (no callback runs). */
+mpb_async_context *mpb_async_connect(struct event_base *base, const char *address);
+void mpb_async_set_disconnect_callback(mpb_async_context *ac, mpb_async_disconnect_fn *fn);
+/* Queue a call; it is sent when the loop next runs (calls made together leave in one
+ * write). args are borrowed and encoded before this returns. fn may be NULL (the
+ * reply is dropped). MPB_OK, or an error (ac->err...) and then fn is never called. */
+int mpb_async_call(mpb_async_context *ac, const char *method, const mpb_value *args,
+                   size_t nargs, mpb_async_fn *fn, void *privdata);
+/* Accept no more calls; close and free ac once every pending reply has been delivered
+ * (then the disconnect callback gets MPB_OK). */
+void mpb_async_disconnect(mpb_async_context *ac);
+/* Close now: pending callbacks get a ConnectionError, the disconnect callback MPB_OK,
+ * and ac is freed (after the current callback, when called from one). NULL is fine. */
+void mpb_async_free(mpb_async_context *ac);
+/* Calls whose callbacks have not run yet. */
+size_t mpb_async_pending(const mpb_async_context *ac);
 
 #ifdef __cplusplus
 }

@@ -97,14 +97,20 @@ static void crash_under_load(const char *policy, const char *compact)
     ck_assert_int_eq(pipe(p), 0);
     pid_t w = fork();
     if (w == 0) append_until_dead(B.address, p[1]);
-    usleep(300000);
+    /* Kill it mid-load: once the writer is well under way (bounded wait). */
+    int64_t done = 0;
+    for (int i = 0; i < 1000 && done < 200; i++) {
+        mpb_ref l;
+        if (mpb_lookup(C, "log", &l) == MPB_OK) mpb_list_len(C, l, &done);
+        usleep(10000);
+    }
     crash();
     long acked = -1;
     ck_assert_int_eq(read(p[0], &acked, sizeof acked), sizeof acked);
     waitpid(w, NULL, 0);
     close(p[0]);
     close(p[1]);
-    ck_assert_int_gt(acked, 100);
+    ck_assert_int_ge(acked, 200);
     start(policy, compact);
     mpb_value all;
     ck_assert_int_eq(mpb_list_copy(C, lookup("log"), &all), MPB_OK);

@@ -122,7 +122,7 @@ START_TEST(with_reconnect_a_client_keeps_working_across_a_restart)
 {
     start_server(true);
     mpb_context *c = mpb_connect(address);
-    ck_assert_int_eq(mpb_set_reconnect(c, 1, 10000), MPB_OK);
+    ck_assert_int_eq(mpb_enable_reconnect(c, 1, 10000), MPB_OK);
     mpb_ref l;
     ck_assert_int_eq(mpb_open(c, "list", "journal", NULL, &l), MPB_OK);
     for (int i = 0; i < 3; i++) {
@@ -144,7 +144,7 @@ START_TEST(reconnect_to_a_broker_that_lost_its_state_reopens_names)
 {
     start_server(false);
     mpb_context *c = mpb_connect(address);
-    mpb_set_reconnect(c, 1, 10000);
+    mpb_enable_reconnect(c, 1, 10000);
     mpb_ref ns;
     ck_assert_int_eq(mpb_open(c, "namespace", "stats", NULL, &ns), MPB_OK);
     ck_assert_int_eq(mpb_ns_incr(c, ns, "runs", 5, NULL), MPB_OK);
