@@ -160,6 +160,12 @@ START_TEST(named_objects_persist_and_unheld_anonymous_ones_go)
     EXPECT("None", "array.setitem", R(a), V("1"), V("-7"));
     init = mpb_int(2);
     ck_assert_int_eq(mpb_open(C, "barrier", "bar", &init, &b), MPB_OK);
+    mpb_ref st;
+    ck_assert_int_eq(mpb_open(C, "set", "tags", NULL, &st), MPB_OK);
+    EXPECT("None", "set.add", R(st), V("'red'"));
+    EXPECT("None", "set.add", R(st), V("(1, 2)"));
+    EXPECT("None", "set.discard", R(st), V("'red'"));
+    EXPECT("None", "set.add", R(st), V("'blue'"));
     EXPECT("None", "barrier.abort", R(b));
     crash();
 
@@ -182,6 +188,7 @@ START_TEST(named_objects_persist_and_unheld_anonymous_ones_go)
     EXPECT("2.5", "value.get", R(v));
     EXPECT("[0, -7, 0, 0]", "array.tolist", R(a));
     EXPECT("True", "barrier.broken", R(b));
+    EXPECT("[[1, 2], 'blue']", "set.copy", R(st));
     /* new objects never reuse an old id */
     mpb_ref fresh;
     ck_assert_int_eq(mpb_create(C, "list", NULL, &fresh), MPB_OK);
