@@ -10,7 +10,7 @@ ARGS       ?=
 PKGS = gcc make pkg-config meson ninja-build libmsgpack-dev libevent-dev check zlib1g-dev libssl-dev \
        python3 python3-msgpack clang libclang-rt-14-dev
 
-.PHONY: all deps build asan fuzz fuzz-long run test test-plain test-asan clean
+.PHONY: all deps build asan fuzz fuzz-long run bench test test-plain test-asan clean
 
 all: build
 
@@ -54,6 +54,12 @@ fuzz-long: fuzz
 # Start the broker in the foreground on its default socket (ARGS="..." for options).
 run: build
 	./$(BUILD)/mpbroker-server $(ARGS)
+
+# mpbroker against the raw socket, Redis and Python's Manager (bench/compare: a few
+# minutes; Redis and valgrind are used when installed). The table goes to stdout and
+# $(BUILD)/compare.md, the figures to $(BUILD)/compare.csv.
+bench: build
+	bench/compare --build $(BUILD)
 
 # Every test, in the normal build and under AddressSanitizer + UBSan, and a bounded
 # fuzz run (its summary line counts as one test).
