@@ -37,6 +37,13 @@ static void on_read(evutil_socket_t fd, short what, void *arg);
 static void on_write(evutil_socket_t fd, short what, void *arg);
 static void conn_free(mpb_conn *c);
 
+/* Group commit state (see group_commit_wait). */
+static struct event commit_ev;
+static bool commit_ev_ready;
+static mpb_conn *commit_list;
+
+static void on_commit(evutil_socket_t fd, short what, void *arg);
+
 size_t conn_count(void) { return nconns; }
 mpb_conn *conn_first(void) { return conns; }
 
@@ -95,6 +102,10 @@ mpb_conn *conn_new(struct event_base *base, int fd, bool is_tcp)
     event_assign(&c->rev, base, fd, EV_READ | EV_PERSIST, on_read, c);
     event_assign(&c->wev, base, fd, EV_WRITE, on_write, c);
     event_add(&c->rev, NULL);
+    if (!commit_ev_ready) {
+        event_assign(&commit_ev, base, -1, 0, on_commit, NULL);
+        commit_ev_ready = true;
+    }
     peer_describe(c);
     auth_conn_new(c);
     if (!g_config.quiet)
@@ -198,9 +209,55 @@ static void serve_buffered(mpb_conn *c)
     }
 }
 
+/*--- Group commit (--fsync always) ---
+ * Replies may not leave before their writes are fsynced. Rather than one fsync per
+ * connection served, connections served in one loop round wait on a list, and one
+ * event, activated behind the round's read events, fsyncs once and lets them all
+ * write. */
+
+/* Should c's replies wait for the round's fsync? Then c is queued and true. */
+static bool group_commit_wait(mpb_conn *c)
+{
+    if (c->commit_wait) return true;
+    if (!persist_pending() || g_persist.fsync != MPB_FSYNC_ALWAYS || !commit_ev_ready)
+        return false;
+    c->commit_wait = true;
+    c->commit_next = commit_list;
+    commit_list = c;
+    event_active(&commit_ev, EV_TIMEOUT, 0);
+    return true;
+}
+
+static void commit_unlink(mpb_conn *c)
+{
+    for (mpb_conn **p = &commit_list; *p; p = &(*p)->commit_next)
+        if (*p == c) {
+            *p = c->commit_next;
+            break;
+        }
+    c->commit_wait = false;
+}
+
+static void after_serving(mpb_conn *c);
+
+static void on_commit(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    (void)arg;
+    persist_sync(); /* one write + fdatasync for the whole round */
+    while (commit_list) {
+        mpb_conn *c = commit_list;
+        commit_list = c->commit_next;
+        c->commit_wait = false;
+        after_serving(c);
+    }
+}
+
 /* After serving: write, apply backpressure, close when done. May free c. */
 static void after_serving(mpb_conn *c)
 {
+    if (group_commit_wait(c)) return;
     if (flush_out(c) < 0) {
         conn_free(c);
         return;
@@ -300,6 +357,7 @@ void conn_unblock(mpb_conn *c)
 
 static void conn_free(mpb_conn *c)
 {
+    if (c->commit_wait) commit_unlink(c);
     admin_conn_closed(c);
     auth_conn_free(c);
     event_del(&c->rev);

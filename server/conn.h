@@ -34,6 +34,8 @@ typedef struct mpb_conn {
     bool closing;      /* close once the output is written */
     bool read_paused;  /* backpressure: output above the high mark */
     bool blocked;      /* a parked request: later requests wait their turn */
+    bool commit_wait;  /* replies wait for the round's fsync (conn.c group commit) */
+    struct mpb_conn *commit_next;
     pid_t peer_pid;    /* from SO_PEERCRED on Unix sockets, else 0 */
     uid_t peer_uid;
     char peer[64];     /* printable peer address */

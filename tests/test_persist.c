@@ -73,12 +73,12 @@ static mpb_ref lookup(const char *name)
 
 /* Append 0, 1, 2, ... to the named list until the connection dies; returns how many
  * were acknowledged. Runs in a child, reporting through the pipe. */
-static void append_until_dead(const char *address, int fd)
+static void append_until_dead(const char *address, const char *name, int fd)
 {
     mpb_context *c = mpb_connect(address);
     mpb_ref l;
     long acked = 0;
-    if (c && !c->err && mpb_open(c, "list", "log", NULL, &l) == MPB_OK)
+    if (c && !c->err && mpb_open(c, "list", name, NULL, &l) == MPB_OK)
         for (;; acked++) {
             mpb_value v = mpb_int(acked);
             if (mpb_list_append(c, l, &v) != MPB_OK) break;
@@ -88,48 +88,65 @@ static void append_until_dead(const char *address, int fd)
     _exit(0);
 }
 
-/* Crash a broker in the middle of a write load; every acknowledged write must be
- * there after a restart, in order, and at most the one in flight besides. */
-static void crash_under_load(const char *policy, const char *compact)
+/* Crash a broker in the middle of a write load from `writers` clients (each its own
+ * list); every acknowledged write must be there after a restart, in order, and at
+ * most the one in flight besides. */
+static void crash_under_load(const char *policy, const char *compact, int writers)
 {
+    enum { MAXW = 8 };
     start(policy, compact);
-    int p[2];
-    ck_assert_int_eq(pipe(p), 0);
-    pid_t w = fork();
-    if (w == 0) append_until_dead(B.address, p[1]);
-    /* Kill it mid-load: once the writer is well under way (bounded wait). */
+    int p[MAXW][2];
+    pid_t w[MAXW];
+    char names[MAXW][16];
+    for (int k = 0; k < writers; k++) {
+        snprintf(names[k], sizeof names[k], "log%d", k);
+        ck_assert_int_eq(pipe(p[k]), 0);
+        if ((w[k] = fork()) == 0) append_until_dead(B.address, names[k], p[k][1]);
+    }
+    /* Kill it mid-load: once the writers are well under way (bounded wait). */
     int64_t done = 0;
     for (int i = 0; i < 1000 && done < 200; i++) {
         mpb_ref l;
-        if (mpb_lookup(C, "log", &l) == MPB_OK) mpb_list_len(C, l, &done);
+        if (mpb_lookup(C, "log0", &l) == MPB_OK) mpb_list_len(C, l, &done);
         usleep(10000);
     }
     crash();
-    long acked = -1;
-    ck_assert_int_eq(read(p[0], &acked, sizeof acked), sizeof acked);
-    waitpid(w, NULL, 0);
-    close(p[0]);
-    close(p[1]);
-    ck_assert_int_ge(acked, 200);
+    long acked[MAXW];
+    for (int k = 0; k < writers; k++) {
+        ck_assert_int_eq(read(p[k][0], &acked[k], sizeof acked[k]), sizeof acked[k]);
+        waitpid(w[k], NULL, 0);
+        close(p[k][0]);
+        close(p[k][1]);
+    }
+    ck_assert_int_ge(acked[0], 200);
     start(policy, compact);
-    mpb_value all;
-    ck_assert_int_eq(mpb_list_copy(C, lookup("log"), &all), MPB_OK);
-    long n = (long)all.v.a->len;
-    ck_assert_msg(n == acked || n == acked + 1, "%ld items after restart, %ld acknowledged", n, acked);
-    for (long i = 0; i < n; i++) ck_assert_int_eq(all.v.a->items[i].v.i, i);
-    mpb_value_free(&all);
+    for (int k = 0; k < writers; k++) {
+        mpb_value all;
+        ck_assert_int_eq(mpb_list_copy(C, lookup(names[k]), &all), MPB_OK);
+        long n = (long)all.v.a->len;
+        ck_assert_msg(n == acked[k] || n == acked[k] + 1, "%s: %ld items after restart, %ld acknowledged",
+                      names[k], n, acked[k]);
+        for (long i = 0; i < n; i++) ck_assert_int_eq(all.v.a->items[i].v.i, i);
+        mpb_value_free(&all);
+    }
 }
 
 START_TEST(sigkill_with_fsync_always_keeps_every_acknowledged_write)
 {
-    crash_under_load("always", "67108864");
+    crash_under_load("always", "67108864", 1);
+}
+END_TEST
+
+START_TEST(sigkill_with_group_commit_keeps_every_clients_acknowledged_writes)
+{
+    crash_under_load("always", "67108864", 6); /* one fsync serves many clients */
 }
 END_TEST
 
 START_TEST(sigkill_during_compactions_keeps_every_acknowledged_write)
 {
     /* A tiny compaction threshold: the load compacts over and over. */
-    crash_under_load("everysec", "20000");
+    crash_under_load("everysec", "20000", 3);
 }
 END_TEST
 
@@ -276,6 +293,7 @@ static Suite *persist_suite(void)
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, sigkill_with_fsync_always_keeps_every_acknowledged_write);
+    tcase_add_test(tc, sigkill_with_group_commit_keeps_every_clients_acknowledged_writes);
     tcase_add_test(tc, sigkill_during_compactions_keeps_every_acknowledged_write);
     tcase_add_test(tc, named_objects_persist_and_unheld_anonymous_ones_go);
     tcase_add_test(tc, a_torn_log_tail_is_truncated_with_a_warning);
