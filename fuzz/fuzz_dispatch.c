@@ -38,6 +38,7 @@ mpb_config g_config = {
     .max_output = 1u << 20,
     .output_timeout = 0,
     .max_memory = 16u << 20,
+    .auth_timeout = 10,
 };
 bool g_shutdown_requested;
 void server_stop(void) { g_shutdown_requested = true; }

@@ -16,8 +16,9 @@
  * Each proof binds both challenges, and the two directions use distinct labels, so
  * nothing the broker ever sends is a proof it would accept (no reflection), and a
  * proof is worthless on any other connection. Handshake state lives in a struct
- * mpb_auth owned by the connection (c->auth), allocated at auth.challenge and freed
- * once the handshake ends or the connection closes. What the handlers do not do is
+ * mpb_auth owned by the connection (c->auth), allocated when a connection opens on a
+ * keyed broker and freed once the handshake ends or the connection closes; its timer
+ * closes a connection that has not authenticated within --auth-timeout. What the handlers do not do is
  * dispatch's: the gate (auth_gate) runs before any other method is looked at.
  */
 #include <errno.h>
@@ -49,8 +50,9 @@ static const char LABEL_CLIENT[] = "mpbroker-auth client";
 
 struct mpb_auth {
     unsigned char client[PREFIX_LEN + CLIENT_NONCE_MAX]; /* C, as received */
-    size_t client_len;
+    size_t client_len; /* 0 until auth.challenge */
     unsigned char server[PREFIX_LEN + SERVER_NONCE]; /* S */
+    struct event timer; /* --auth-timeout: a connection cannot sit unauthenticated */
 };
 
 /*--- The key ---*/
@@ -142,15 +144,34 @@ void auth_unload_key(void)
 
 /*--- Connections ---*/
 
+static void on_auth_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    mpb_conn *c = arg;
+    if (!g_config.quiet)
+        fprintf(stderr, "mpbroker-server: connection %llu (%s) did not authenticate within "
+                "%g s: closed\n", (unsigned long long)c->id, c->peer, g_config.auth_timeout);
+    conn_close(c); /* a timer callback: no connection's callback is running */
+}
+
 void auth_conn_new(mpb_conn *c)
 {
     c->authed = g_config.authkey == NULL;
-    if (!c->authed) c->in.max_msg = AUTH_MAX_MSG;
+    if (c->authed) return;
+    c->in.max_msg = AUTH_MAX_MSG;
+    /* Without memory for the handshake state the connection can only fail it. */
+    if (!(c->auth = calloc(1, sizeof *c->auth)) || g_config.auth_timeout <= 0) return;
+    double whole = (double)(long)g_config.auth_timeout;
+    struct timeval tv = {(time_t)whole, (suseconds_t)((g_config.auth_timeout - whole) * 1e6)};
+    evtimer_assign(&c->auth->timer, event_get_base(&c->rev), on_auth_timeout, c);
+    evtimer_add(&c->auth->timer, &tv);
 }
 
 void auth_conn_free(mpb_conn *c)
 {
     if (!c->auth) return;
+    evtimer_del(&c->auth->timer); /* harmless when never added */
     OPENSSL_cleanse(c->auth, sizeof *c->auth);
     free(c->auth);
     c->auth = NULL;
@@ -214,7 +235,12 @@ void auth_challenge(mpb_req *r)
     mpb_conn *c = r->conn;
     const char *p;
     size_t n;
-    if (c->auth) {
+    struct mpb_auth *a = c->auth;
+    if (!a) {
+        reply_error(r, MPB_E_OUT_OF_MEMORY, "auth.challenge: out of memory");
+        return;
+    }
+    if (a->client_len) {
         fail(r, "auth.challenge: the handshake was already started");
         return;
     }
@@ -224,20 +250,13 @@ void auth_challenge(mpb_req *r)
                 "random bytes");
         return;
     }
-    struct mpb_auth *a = calloc(1, sizeof *a);
-    if (!a) {
-        reply_error(r, MPB_E_OUT_OF_MEMORY, "auth.challenge: out of memory");
-        return;
-    }
     memcpy(a->client, p, n);
     a->client_len = n;
     memcpy(a->server, PREFIX, PREFIX_LEN);
     if (RAND_bytes(a->server + PREFIX_LEN, SERVER_NONCE) != 1) {
-        free(a);
-        reply_error(r, MPB_E_AUTH, "auth.challenge: no random bytes to be had");
+        fail(r, "auth.challenge: no random bytes to be had");
         return;
     }
-    c->auth = a;
     unsigned char mine[PROOF_LEN];
     proof(mine, LABEL_SERVER, a->client, a->client_len, a->server, sizeof a->server);
     msgpack_packer *pk = reply_begin(r);
@@ -252,7 +271,7 @@ void auth_response(mpb_req *r)
     if (!may_handshake(r)) return;
     mpb_conn *c = r->conn;
     struct mpb_auth *a = c->auth;
-    if (!a) {
+    if (!a || !a->client_len) {
         fail(r, "auth.response: call auth.challenge first");
         return;
     }

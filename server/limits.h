@@ -16,6 +16,7 @@
 #define LIMITS_DEFAULT_MAX_CLIENTS 10000
 #define LIMITS_DEFAULT_MAX_OUTPUT ((size_t)256 << 20)
 #define LIMITS_DEFAULT_OUTPUT_TIMEOUT 60.0
+#define LIMITS_DEFAULT_AUTH_TIMEOUT 10.0
 
 /* A byte count with an optional K, M or G suffix (powers of 1024); exits 2 with a
  * message naming opt when arg is not one, or is below min. */

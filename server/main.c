@@ -27,7 +27,8 @@
 mpb_config g_config = {.max_msg = MPB_READER_DEFAULT_MAX_MSG, .max_depth = MPB_READER_MAX_DEPTH,
                        .max_clients = LIMITS_DEFAULT_MAX_CLIENTS,
                        .max_output = LIMITS_DEFAULT_MAX_OUTPUT,
-                       .output_timeout = LIMITS_DEFAULT_OUTPUT_TIMEOUT};
+                       .output_timeout = LIMITS_DEFAULT_OUTPUT_TIMEOUT,
+                       .auth_timeout = LIMITS_DEFAULT_AUTH_TIMEOUT};
 bool g_shutdown_requested;
 
 static struct event_base *base;
@@ -68,6 +69,8 @@ static void usage(FILE *f)
             "      --authkey-file FILE clients must prove they know the key in FILE (mode\n"
             "                          0600) by the auth.* handshake; default\n"
             "                          $MPBROKER_AUTHKEY_FILE, else $MPBROKER_AUTHKEY, else none\n"
+            "      --auth-timeout S    close a connection that has not authenticated after\n"
+            "                          S seconds (default %g; 0: never)\n"
             "      --socket-group GROUP the Unix socket is 0660 and belongs to GROUP\n"
             "      --max-clients N     connections served at once (default %d); more are\n"
             "                          refused with TooManyClients\n"
@@ -85,7 +88,8 @@ static void usage(FILE *f)
             "connections, requests already received are answered, the socket file is\n"
             "removed, exit 0.\n",
             mpb_default_socket_path(def, sizeof def), MPB_READER_DEFAULT_MAX_MSG,
-            MPB_READER_MAX_DEPTH, MPB_READER_MAX_DEPTH, LIMITS_DEFAULT_MAX_CLIENTS,
+            MPB_READER_MAX_DEPTH, MPB_READER_MAX_DEPTH, LIMITS_DEFAULT_AUTH_TIMEOUT,
+            LIMITS_DEFAULT_MAX_CLIENTS,
             LIMITS_DEFAULT_MAX_OUTPUT >> 20, LIMITS_DEFAULT_OUTPUT_TIMEOUT);
 }
 
@@ -210,7 +214,7 @@ static void parse_args(int argc, char **argv, const char **sock, const char **au
 {
     enum { OPT_MAX_MSG = 256, OPT_MAX_DEPTH, OPT_DATA_DIR, OPT_FSYNC, OPT_COMPACT,
            OPT_AUTHKEY_FILE, OPT_SOCKET_GROUP, OPT_MAX_CLIENTS, OPT_MAX_OUTPUT,
-           OPT_OUTPUT_TIMEOUT, OPT_MAX_MEMORY };
+           OPT_OUTPUT_TIMEOUT, OPT_MAX_MEMORY, OPT_AUTH_TIMEOUT };
     static const struct option opts[] = {
         {"socket", required_argument, NULL, 's'},
         {"listen", required_argument, NULL, 'l'},
@@ -220,6 +224,7 @@ static void parse_args(int argc, char **argv, const char **sock, const char **au
         {"fsync", required_argument, NULL, OPT_FSYNC},
         {"compact-size", required_argument, NULL, OPT_COMPACT},
         {"authkey-file", required_argument, NULL, OPT_AUTHKEY_FILE},
+        {"auth-timeout", required_argument, NULL, OPT_AUTH_TIMEOUT},
         {"socket-group", required_argument, NULL, OPT_SOCKET_GROUP},
         {"max-clients", required_argument, NULL, OPT_MAX_CLIENTS},
         {"max-output", required_argument, NULL, OPT_MAX_OUTPUT},
@@ -274,6 +279,9 @@ static void parse_args(int argc, char **argv, const char **sock, const char **au
             break;
         case OPT_AUTHKEY_FILE: *authkey_file = optarg; break;
         case OPT_SOCKET_GROUP: socket_group = optarg; break;
+        case OPT_AUTH_TIMEOUT:
+            g_config.auth_timeout = limits_parse_seconds("--auth-timeout", optarg);
+            break;
         case OPT_MAX_CLIENTS:
             g_config.max_clients = limits_parse_bytes("--max-clients", optarg, 1);
             break;

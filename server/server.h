@@ -32,6 +32,7 @@ typedef struct mpb_config {
     size_t max_output;     /* unsent output per connection, bytes (0: unlimited) */
     double output_timeout; /* s a connection's output may stall (0: forever) */
     size_t max_memory;     /* bytes of stored data (0: unlimited) */
+    double auth_timeout;   /* s to complete the handshake (0: forever) */
 } mpb_config;
 
 extern mpb_config g_config;

@@ -301,6 +301,29 @@ START_TEST(broker_without_key_does_not_fool_a_keyed_client)
 }
 END_TEST
 
+START_TEST(connection_that_never_authenticates_is_closed)
+{
+    tb_broker t;
+    const char *args[] = {"--authkey-file", keyfile, "--auth-timeout", "0.5", NULL};
+    setenv("MPBROKER_AUTHKEY", KEY, 1);
+    tb_start(&t, 0, args);
+    mpb_context *c = mpb_connect(t.address); /* authenticated: the timeout is not for it */
+    unsetenv("MPBROKER_AUTHKEY");
+    ck_assert_int_eq(c->err, MPB_OK);
+    int idle = tb_raw_connect(&t), halfway = tb_raw_connect(&t);
+    unsigned char S[48], sp[40];
+    raw_challenge(halfway, CLIENT_C, sizeof CLIENT_C, S, sp); /* and then nothing */
+    ck_assert_int_eq(tb_wait_closed(idle, 5000), 1);
+    ck_assert_int_eq(tb_wait_closed(halfway, 5000), 1);
+    close(idle);
+    close(halfway);
+    usleep(200000);
+    ck_assert_int_eq(mpb_ping(c), MPB_OK);
+    mpb_free(c);
+    ck_assert_int_eq(tb_stop(&t), 0);
+}
+END_TEST
+
 /*--- Exposure ---*/
 
 /* Run the server with args (NULL-terminated after argv[0]); its exit status, with
@@ -566,6 +589,7 @@ static Suite *security_suite(void)
     tcase_add_test(tc, bad_responses_are_refused_and_closed);
     tcase_add_test(tc, unauthenticated_requests_are_small);
     tcase_add_test(tc, broker_without_key_does_not_fool_a_keyed_client);
+    tcase_add_test(tc, connection_that_never_authenticates_is_closed);
     suite_add_tcase(s, tc);
     tc = tcase_create("exposure");
     tcase_set_timeout(tc, 60);
