@@ -76,7 +76,7 @@ void ns_delattr(mpb_req *r)
         reply_no_attr(r, &key);
         return;
     }
-    mpb_value_free(&ko);
+    objects_discard_value(&ko); /* released as it was retained: --max-memory counts keys */
     objects_discard_value(&vo);
     reply_nil(r);
 }

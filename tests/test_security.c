@@ -509,6 +509,57 @@ START_TEST(max_memory_refuses_writes_and_changes_nothing)
 }
 END_TEST
 
+/* Create an object of type with initial literal (NULL: none); returns its reference. */
+static mpb_ref make(mpb_context *c, const char *type, const char *initial)
+{
+    mpb_ref r;
+    mpb_value init = initial ? tb_lit(initial) : mpb_nil();
+    ck_assert_int_eq(mpb_create(c, type, &init, &r), MPB_OK);
+    mpb_value_free(&init);
+    return r;
+}
+
+START_TEST(memory_count_returns_to_zero_after_every_type)
+{
+    /* What --max-memory counts must come back exactly when everything goes: a drift
+     * would slowly refuse writes (or let them through). Every way in and out. */
+    mpb_context *c = tb_connect(&B);
+    ck_assert_int_eq(stat_int(c, "memory_used"), 0);
+    mpb_ref l = make(c, "list", "[1, 'ab', [1, 2]]"), d = make(c, "dict", "{'a': 1}"),
+            n = make(c, "namespace", "{'x': 1}"), q = make(c, "queue", NULL),
+            s = make(c, "set", "[1, 2, 'z']"), a = make(c, "array", "['d', 100]"),
+            v = make(c, "value", "['u', 'a']"), cv = make(c, "condition", NULL);
+    TB_EXPECT(c, "None", "list.extend", mpb_refv(l), tb_lit("['xx', [3, [4]], {'k': 'v'}]"));
+    TB_EXPECT(c, "None", "list.setitem", mpb_refv(l), mpb_int(0), mpb_int(2), mpb_nil(),
+              tb_lit("['a', 'b', 'c']"));
+    TB_EXPECT(c, "None", "list.setitem", mpb_refv(l), mpb_int(0), mpb_int(6), mpb_int(2),
+              tb_lit("['p', 'q', 'r']"));
+    TB_EXPECT(c, "None", "list.insert", mpb_refv(l), mpb_int(1), mpb_str("ins"));
+    TB_EXPECT(c, "None", "list.remove", mpb_refv(l), mpb_str("ins"));
+    TB_EXPECT(c, "None", "list.delitem", mpb_refv(l), mpb_int(0), mpb_int(2));
+    TB_EXPECT(c, "None", "dict.update", mpb_refv(d), tb_lit("{'a': 'xxxx', 'c': 3}"));
+    TB_EXPECT(c, "[1]", "dict.setdefault", mpb_refv(d), mpb_str("s"), tb_lit("[1]"));
+    TB_EXPECT(c, "5", "dict.incr", mpb_refv(d), mpb_str("n"), mpb_int(5));
+    TB_EXPECT(c, "True", "dict.cas", mpb_refv(d), mpb_str("c"), mpb_int(3), mpb_str("three"));
+    TB_EXPECT(c, "'xxxx'", "dict.pop", mpb_refv(d), mpb_str("a"));
+    TB_EXPECT(c, "None", "dict.setitem", mpb_refv(d), tb_lit("(1, 2)"), mpb_refv(l));
+    TB_EXPECT(c, "None", "dict.delitem", mpb_refv(d), mpb_str("s"));
+    TB_EXPECT(c, "None", "namespace.setattr", mpb_refv(n), mpb_str("y"), mpb_str("yyyy"));
+    TB_EXPECT(c, "3", "namespace.incr", mpb_refv(n), mpb_str("x"), mpb_int(2));
+    TB_EXPECT(c, "None", "namespace.delattr", mpb_refv(n), mpb_str("x"));
+    for (int i = 0; i < 4; i++) TB_EXPECT(c, "None", "queue.put", mpb_refv(q), tb_lit("['item']"));
+    TB_EXPECT(c, "['item']", "queue.get", mpb_refv(q));
+    TB_EXPECT(c, "None", "set.add", mpb_refv(s), tb_lit("(1, 2)"));
+    TB_EXPECT(c, "None", "set.discard", mpb_refv(s), mpb_int(1));
+    TB_EXPECT(c, "None", "value.set", mpb_refv(v), mpb_str("b"));
+    ck_assert_int_gt(stat_int(c, "memory_used"), 0);
+    mpb_ref all[] = {l, d, n, q, s, a, v, cv};
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++) ck_assert_int_eq(mpb_release(c, all[i]), MPB_OK);
+    ck_assert_int_eq(stat_int(c, "memory_used"), 0);
+    mpb_free(c);
+}
+END_TEST
+
 START_TEST(max_output_makes_a_big_read_too_large)
 {
     mpb_context *c = tb_connect(&B);
@@ -603,6 +654,7 @@ static Suite *security_suite(void)
     tcase_add_test(tc, max_clients_refuses_the_extra_connection_only);
     tcase_add_test(tc, max_memory_refuses_writes_and_changes_nothing);
     tcase_add_test(tc, max_output_makes_a_big_read_too_large);
+    tcase_add_test(tc, memory_count_returns_to_zero_after_every_type);
     suite_add_tcase(s, tc);
     tc = tcase_create("shutdown");
     tcase_set_timeout(tc, 60);
