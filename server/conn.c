@@ -391,8 +391,8 @@ static double mono_now(void)
 void conn_drain_all(struct event_base *base, double seconds)
 {
     /* As if every peer had closed its side: the usual path then answers what was
-     * read (resuming as output drains, or as parked requests are answered by others'
-     * requests), writes it, and frees the connection. */
+     * read (more as the output drains), writes it, and frees the connection. A parked
+     * request is not waited for: its connection goes like one whose peer left. */
     for (mpb_conn *c = conns, *next; c; c = next) {
         next = c->next;
         c->eof = true;

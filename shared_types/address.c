@@ -32,7 +32,11 @@ int mpb_parse_tcp(const char *addr, char *host, size_t hostlen, char *port, size
         hl = (size_t)(colon - h);
     }
     size_t pl = strlen(colon + 1);
-    if (hl == 0 || hl >= hostlen || pl == 0 || pl >= portlen) return -1;
+    if (hl == 0) { /* "tcp://:PORT": loopback, the safe default (never every address) */
+        h = "127.0.0.1";
+        hl = strlen(h);
+    }
+    if (hl >= hostlen || pl == 0 || pl >= portlen) return -1;
     memcpy(host, h, hl);
     host[hl] = '\0';
     memcpy(port, colon + 1, pl + 1);

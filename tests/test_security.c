@@ -7,6 +7,7 @@
  */
 #include <check.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <openssl/hmac.h>
 #include <poll.h>
 #include <signal.h>
@@ -18,6 +19,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "mpb_address.h"
 #include "mpb_codec.h"
 #include "testutil.h"
 
@@ -372,6 +374,33 @@ START_TEST(tcp_beyond_loopback_needs_a_key)
 }
 END_TEST
 
+START_TEST(tcp_without_a_host_is_loopback)
+{
+    char host[64], port[16];
+    ck_assert_int_eq(mpb_parse_tcp("tcp://:7000", host, sizeof host, port, sizeof port), 0);
+    ck_assert_str_eq(host, "127.0.0.1");
+    ck_assert_str_eq(port, "7000");
+    /* So it needs no key: a broker started that way serves on 127.0.0.1. */
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof sa;
+    int probe = socket(AF_INET, SOCK_STREAM, 0);
+    ck_assert_int_eq(bind(probe, (struct sockaddr *)&sa, sizeof sa), 0);
+    ck_assert_int_eq(getsockname(probe, (struct sockaddr *)&sa, &len), 0);
+    close(probe);
+    char listen[64], address[64];
+    snprintf(listen, sizeof listen, "tcp://:%d", ntohs(sa.sin_port));
+    snprintf(address, sizeof address, "tcp://127.0.0.1:%d", ntohs(sa.sin_port));
+    tb_broker t;
+    const char *args[] = {"--listen", listen, NULL};
+    tb_start(&t, 0, args);
+    mpb_context *c = mpb_connect(address);
+    ck_assert_msg(c->err == MPB_OK, "%s", c->errstr);
+    ck_assert_int_eq(mpb_ping(c), MPB_OK);
+    mpb_free(c);
+    ck_assert_int_eq(tb_stop(&t), 0);
+}
+END_TEST
+
 START_TEST(tcp_any_address_with_a_key_serves)
 {
     make_keyfile();
@@ -645,6 +674,7 @@ static Suite *security_suite(void)
     tc = tcase_create("exposure");
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, tcp_beyond_loopback_needs_a_key);
+    tcase_add_test(tc, tcp_without_a_host_is_loopback);
     tcase_add_test(tc, tcp_any_address_with_a_key_serves);
     tcase_add_test(tc, unix_socket_is_private_or_group);
     suite_add_tcase(s, tc);
