@@ -97,6 +97,8 @@ bool arg_key(mpb_req *r, uint32_t i, mpb_value *out);
 int64_t seq_slice(mpb_req *r, uint32_t first, bool has_step, int64_t len, int64_t *start,
                   int64_t *stop, int64_t *step);
 int64_t seq_index(mpb_req *r, uint32_t i, int64_t len, const char *what);
+/* getitem on a sequence: r->args is INDEX or START STOP [STEP]; replies. */
+void seq_getitem(mpb_req *r, const mpb_array *a, const char *what);
 /* Cursor params START [COUNT] at r->args[i..] (list.slice, dict.items, set.items):
  * START an int >= 0, COUNT an int >= 1, nil or absent (no limit). false after
  * replying TypeError/ValueError. */

@@ -94,21 +94,7 @@ bool array_init_from(mpb_req *r, mpb_object *o, uint32_t i)
 void array_len(mpb_req *r) { reply_int(r, (int64_t)ARR(r->self)->a.len); }
 
 /* array.getitem REF INDEX | REF START STOP [STEP] */
-void array_getitem(mpb_req *r)
-{
-    mpb_array *a = &ARR(r->self)->a;
-    if (r->nargs == 1) {
-        int64_t i = seq_index(r, 0, (int64_t)a->len, "array");
-        if (i >= 0) reply_value(r, &a->items[i]);
-        return;
-    }
-    int64_t start, stop, step;
-    int64_t n = seq_slice(r, 0, r->nargs == 3, (int64_t)a->len, &start, &stop, &step);
-    if (n < 0) return;
-    msgpack_packer *pk = reply_begin(r);
-    msgpack_pack_array(pk, (size_t)n);
-    for (int64_t k = 0, i = start; k < n; k++, i += step) mpb_value_pack(pk, &a->items[i]);
-}
+void array_getitem(mpb_req *r) { seq_getitem(r, &ARR(r->self)->a, "array"); }
 
 /* array.setitem REF INDEX VALUE | REF START STOP [STEP] ARRAY */
 void array_setitem(mpb_req *r)

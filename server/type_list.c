@@ -360,11 +360,12 @@ void list_sort(mpb_req *r)
 void list_len(mpb_req *r) { reply_int(r, (int64_t)r->self->u.list.len); }
 
 /* list.getitem REF INDEX | REF START STOP [STEP] */
-void list_getitem(mpb_req *r)
+void list_getitem(mpb_req *r) { seq_getitem(r, &r->self->u.list, "list"); }
+
+void seq_getitem(mpb_req *r, const mpb_array *a, const char *what)
 {
-    mpb_array *a = &r->self->u.list;
     if (r->nargs == 1) {
-        int64_t i = index_arg(r, 0, "list");
+        int64_t i = seq_index(r, 0, (int64_t)a->len, what);
         if (i >= 0) reply_value(r, &a->items[i]);
         return;
     }
