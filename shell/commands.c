@@ -1,0 +1,746 @@
+/* commands.c - the commands of mpbroker-cli, their table, and what they look up.
+ *
+ * Every command is `int cmd_x(cli, argc, argv, opts)` returning a CLI_* code, printing
+ * its result on stdout (human form, or one line of JSON with --json) and its failure
+ * on stderr. Types and methods are never hard-coded: they come from manager.methods,
+ * so a type the broker gains is shown, called and completed without a change here.
+ * Line splitting and the modes are main.c's; completion's candidates are built here
+ * (they need the same look-ups), the editing is interactive.c's.
+ */
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+/*--- Look-ups ---*/
+
+const mpb_value *cli_field(const mpb_value *map, const char *key) {
+    if (map == NULL || map->type != MPB_MAP) return NULL;
+    mpb_value k = mpb_str_borrowed(key, strlen(key));
+    return mpb_map_get(map->v.m, &k);
+}
+
+const char *cli_field_str(const mpb_value *map, const char *key, const char *def) {
+    const mpb_value *v = cli_field(map, key);
+    return v != NULL && v->type == MPB_STR ? v->v.s : def;
+}
+
+long long cli_field_int(const mpb_value *map, const char *key, long long def) {
+    const mpb_value *v = cli_field(map, key);
+    if (v == NULL) return def;
+    if (v->type == MPB_INT) return v->v.i;
+    if (v->type == MPB_UINT) return (long long)v->v.u;
+    if (v->type == MPB_BOOL) return v->v.b;
+    return def;
+}
+
+static bool is(const char *a, const char *b) { return strcmp(a, b) == 0; }
+
+static int by_id(const void *a, const void *b) {
+    long long x = cli_field_int(a, "id", 0), y = cli_field_int(b, "id", 0);
+    return x < y ? -1 : x > y;
+}
+
+static int by_ref(const void *a, const void *b) {
+    const mpb_value *ra = cli_field(a, "ref");
+    const mpb_value *rb = cli_field(b, "ref");
+    mpb_ref x = ra && ra->type == MPB_REF ? ra->v.ref : 0;
+    mpb_ref y = rb && rb->type == MPB_REF ? rb->v.ref : 0;
+    return x < y ? -1 : x > y;
+}
+
+const mpb_value *cli_methods(mpb_cli *cli, bool report) {
+    if (cli->methods.type == MPB_MAP) return &cli->methods;
+    mpb_context *c = report ? cli_conn(cli) : cli->c;
+    if (c == NULL || c->fd < 0) return NULL;
+    if (mpb_call(c, "manager.methods", NULL, 0, &cli->methods) != MPB_OK) {
+        if (report) cli_broker_error(c);
+        return NULL;
+    }
+    return &cli->methods;
+}
+
+const mpb_value *cli_objects(mpb_cli *cli, bool report) {
+    if (cli->objects.type == MPB_ARRAY) return &cli->objects;
+    mpb_context *c = report ? cli_conn(cli) : cli->c;
+    if (c == NULL || c->fd < 0) return NULL;
+    if (mpb_call(c, "manager.objects", NULL, 0, &cli->objects) != MPB_OK ||
+        cli->objects.type != MPB_ARRAY) {
+        if (report) cli_broker_error(c);
+        mpb_value_free(&cli->objects);
+        return NULL;
+    }
+    /* By reference, i.e. by age: the broker's own order is its hash table's. */
+    if (cli->objects.v.a->len > 1)
+        qsort(cli->objects.v.a->items, cli->objects.v.a->len, sizeof(mpb_value), by_ref);
+    return &cli->objects;
+}
+
+void cli_forget(mpb_cli *cli) { mpb_value_free(&cli->objects); }
+
+const mpb_value *cli_object_info(mpb_cli *cli, mpb_ref ref) {
+    const mpb_value *objs = cli_objects(cli, false);
+    for (size_t i = 0; objs != NULL && i < objs->v.a->len; i++) {
+        const mpb_value *r = cli_field(&objs->v.a->items[i], "ref");
+        if (r != NULL && r->type == MPB_REF && r->v.ref == ref) return &objs->v.a->items[i];
+    }
+    return NULL;
+}
+
+/* The manager.methods entry for a full method name, or NULL. */
+static const mpb_value *method_info(mpb_cli *cli, const char *name) {
+    const mpb_value *ms = cli_field(cli_methods(cli, false), "methods");
+    for (size_t i = 0; ms != NULL && ms->type == MPB_ARRAY && i < ms->v.a->len; i++)
+        if (is(cli_field_str(&ms->v.a->items[i], "name", ""), name)) return &ms->v.a->items[i];
+    return NULL;
+}
+
+static bool is_type(mpb_cli *cli, const char *name) {
+    const mpb_value *ts = cli_field(cli_methods(cli, false), "types");
+    for (size_t i = 0; ts != NULL && ts->type == MPB_ARRAY && i < ts->v.a->len; i++)
+        if (ts->v.a->items[i].type == MPB_STR && is(ts->v.a->items[i].v.s, name)) return true;
+    return false;
+}
+
+/* The method family of a type: its methods are named "<family>.<method>". A variant
+ * type (rlock, joinablequeue) has its family's methods; manager.methods does not say
+ * which family that is, so the library's table (the same source) does. */
+static const char *family_of(mpb_cli *cli, const char *type, char *buf, size_t n) {
+    const mpb_value *ms = cli_field(cli_methods(cli, false), "methods");
+    for (size_t i = 0; ms != NULL && ms->type == MPB_ARRAY && i < ms->v.a->len; i++)
+        if (is(cli_field_str(&ms->v.a->items[i], "type", ""), type)) return type;
+    int variant;
+    mpb_otype fam = mpb_typeid_lookup(type, strlen(type), &variant);
+    snprintf(buf, n, "%s", fam != MPB_OT_NONE ? mpb_otype_name(fam) : type);
+    return buf;
+}
+
+/* "list, dict, namespace": the broker's types, for messages. */
+static void type_list(mpb_cli *cli, char *buf, size_t n) {
+    const mpb_value *ts = cli_field(cli_methods(cli, false), "types");
+    size_t len = 0;
+    buf[0] = '\0';
+    for (size_t i = 0; ts != NULL && ts->type == MPB_ARRAY && i < ts->v.a->len && len < n; i++)
+        if (ts->v.a->items[i].type == MPB_STR)
+            len += (size_t)snprintf(buf + len, n - len, "%s%s", i ? ", " : "", ts->v.a->items[i].v.s);
+}
+
+int cli_resolve(mpb_cli *cli, const char *word, mpb_ref *out) {
+    const char *name = word[0] == '@' ? word + 1 : word;
+    if (word[0] == '@' && name[0] != '\0' && strspn(name, "0123456789") == strlen(name)) {
+        *out = strtoull(name, NULL, 10);
+        return CLI_OK;
+    }
+    mpb_context *c = cli_conn(cli);
+    if (c == NULL) return CLI_FAIL;
+    if (mpb_lookup(c, name, out) != MPB_OK) {
+        if (is(c->errkind, "NoSuchObject"))
+            return cli_error(CLI_FAIL, "no object named '%s' (objects lists them)", name);
+        return cli_broker_error(c);
+    }
+    return CLI_OK;
+}
+
+/* The method that reads an object's whole content (list.copy, namespace.vars,
+ * array.tolist, value.get), or NULL when its type has none. Only a read-only method
+ * that needs no argument will do: show must not change what it shows. */
+static const char *reader_method(mpb_cli *cli, const char *type, char *buf, size_t n) {
+    static const char *const readers[] = {"copy", "vars", "tolist", "get"};
+    char fbuf[64];
+    const char *family = family_of(cli, type, fbuf, sizeof fbuf);
+    for (size_t i = 0; i < sizeof readers / sizeof *readers; i++) {
+        snprintf(buf, n, "%s.%s", family, readers[i]);
+        const mpb_value *m = method_info(cli, buf);
+        if (m != NULL && cli_field_int(m, "min", 1) == 0 && !cli_field_int(m, "write", 1))
+            return buf;
+    }
+    return NULL;
+}
+
+/*--- References in output: labelled, and expanded to a depth ---*/
+
+typedef struct expand_ctx {
+    mpb_cli *cli;
+    int depth;          /* levels of references to expand below the root */
+    mpb_ref path[64];   /* objects being expanded, outermost first: cycles stop here */
+    int npath;
+} expand_ctx;
+
+static const char *ref_type(void *ctx, mpb_ref ref) {
+    const mpb_value *info = cli_object_info(((expand_ctx *)ctx)->cli, ref);
+    return info ? cli_field_str(info, "type", "?") : "?";
+}
+
+/* The content of ref in *out: 1; 0 when its type has no reader; -1 on error. */
+static int fetch_content(mpb_cli *cli, mpb_ref ref, const char *type, mpb_value *out) {
+    char buf[96];
+    const char *m = reader_method(cli, type, buf, sizeof buf);
+    *out = mpb_nil();
+    if (m == NULL) return 0;
+    mpb_value arg = mpb_refv(ref);
+    return mpb_call(cli->c, m, &arg, 1, out) == MPB_OK ? 1 : -1;
+}
+
+static int ref_expand(void *vctx, mpb_ref ref, mpb_value *content) {
+    expand_ctx *x = vctx;
+    *content = mpb_nil();
+    if (x->npath > x->depth || x->npath >= 64) return 0;
+    for (int i = 0; i < x->npath; i++)
+        if (x->path[i] == ref) return 0; /* a cycle: shown once, as Python's [...] */
+    const mpb_value *info = cli_object_info(x->cli, ref);
+    if (info == NULL || fetch_content(x->cli, ref, cli_field_str(info, "type", ""), content) <= 0)
+        return 0;
+    x->path[x->npath++] = ref;
+    return 1;
+}
+
+static void ref_done(void *vctx, mpb_ref ref) {
+    expand_ctx *x = vctx;
+    (void)ref;
+    x->npath--;
+}
+
+/* Print a value: --json, or laid out with references labelled <ref 7: list> and
+ * expanded `depth` levels down (the root object, if any, already on x's path). */
+static int print_value(const mpb_value *v, bool json, expand_ctx *x) {
+    cli_layout lay = {ref_type, ref_expand, ref_done, x};
+    if (json) return cli_print_json(stdout, cli_value_to_json_ex(v, &lay));
+    cli_node nd;
+    int rc = cli_node_build(&nd, v, &lay);
+    if (rc == 0) cli_node_print(&nd, stdout);
+    cli_node_free(&nd);
+    return rc == 0 ? CLI_OK : cli_error(CLI_FAIL, "out of memory");
+}
+
+/*--- objects ---*/
+
+static int cmd_objects(mpb_cli *cli, int argc, cli_arg *argv, const cli_opts *o) {
+    (void)argc, (void)argv;
+    const mpb_value *objs = cli_objects(cli, true);
+    if (objs == NULL) return CLI_FAIL;
+    if (o->json) return cli_print_json(stdout, cli_value_to_json(objs));
+    size_t n = objs->v.a->len;
+    const mpb_value *rows = objs->v.a->items;
+
+    static const char *const heads[] = {"REF", "TYPE", "NAME", "LEN", "HOLDERS", "HOLDS",
+                                        "CONTAINED", "BYTES"};
+    static const char *const fields[] = {"len", "holders", "holds", "contained", "bytes"};
+    cli_table t;
+    cli_table_init(&t, 8, heads, "rllrrrrr");
+    int rc = CLI_OK;
+    for (size_t i = 0; i < n && rc == CLI_OK; i++) {
+        char cells[8][32];
+        const char *row[8];
+        const mpb_value *ref = cli_field(&rows[i], "ref");
+        snprintf(cells[0], 32, "%llu", ref && ref->type == MPB_REF ? (unsigned long long)ref->v.ref : 0);
+        row[0] = cells[0];
+        row[1] = cli_field_str(&rows[i], "type", "?");
+        row[2] = cli_field_str(&rows[i], "name", "-");
+        for (int k = 0; k < 5; k++) {
+            long long v = cli_field_int(&rows[i], fields[k], -1);
+            snprintf(cells[3 + k], 32, v < 0 ? "-" : "%lld", v);
+            row[3 + k] = cells[3 + k];
+        }
+        if (cli_table_add(&t, row) < 0) rc = cli_error(CLI_FAIL, "out of memory");
+    }
+    if (rc == CLI_OK && n == 0) printf("(no objects)\n");
+    else if (rc == CLI_OK) cli_table_print(&t, stdout);
+    cli_table_free(&t);
+    return rc;
+}
+
+/*--- show ---*/
+
+static int cmd_show(mpb_cli *cli, int argc, cli_arg *argv, const cli_opts *o) {
+    (void)argc;
+    mpb_ref ref;
+    if (cli_conn(cli) == NULL) return CLI_FAIL;
+    int rc = cli_resolve(cli, argv[0].s, &ref);
+    if (rc != CLI_OK) return rc;
+    const mpb_value *info = cli_object_info(cli, ref);
+    if (info == NULL) {
+        if (cli_objects(cli, true) == NULL) return CLI_FAIL;
+        return cli_error(CLI_FAIL, "no object @%llu (objects lists them)", (unsigned long long)ref);
+    }
+    const char *type = cli_field_str(info, "type", "?");
+    mpb_value content;
+    int got = fetch_content(cli, ref, type, &content);
+    if (got < 0) return cli_broker_error(cli->c);
+    expand_ctx x = {.cli = cli, .depth = o->depth >= 0 ? o->depth : 1, .path = {ref}, .npath = 1};
+    if (!o->json) {
+        const char *name = cli_field_str(info, "name", NULL);
+        long long len = cli_field_int(info, "len", -1);
+        printf("<ref %llu: %s>", (unsigned long long)ref, type);
+        if (name != NULL) {
+            mpb_value nv = mpb_str_borrowed(name, strlen(name));
+            char *r = mpb_value_repr(&nv);
+            printf(" %s", r ? r : name);
+            free(r);
+        }
+        if (len >= 0) printf(" len %lld", len);
+        printf(got ? "\n" : "\n(no read-only method shows a %s's content: help %s lists its methods)\n",
+               type, type);
+        if (!got) return CLI_OK;
+    }
+    if (!got) { /* --json: the reference itself */
+        mpb_value r = mpb_refv(ref);
+        return cli_print_json(stdout, cli_value_to_json(&r));
+    }
+    rc = print_value(&content, o->json, &x);
+    mpb_value_free(&content);
+    return rc;
+}
+
+/*--- call ---*/
+
+static int cmd_call(mpb_cli *cli, int argc, cli_arg *argv, const cli_opts *o) {
+    char full[128];
+    const char *method;
+    bool has_self = true;
+    mpb_ref ref = 0;
+    if (cli_conn(cli) == NULL || cli_methods(cli, true) == NULL) return CLI_FAIL;
+
+    /* call manager.ping ...: a method that takes no reference. */
+    const mpb_value *m = method_info(cli, argv[0].s);
+    if (m != NULL && cli_field_str(m, "type", NULL) == NULL) {
+        has_self = false;
+        method = argv[0].s;
+        argc -= 1, argv += 1;
+    } else if (strncmp(argv[0].s, "manager.", 8) == 0) {
+        return cli_error(CLI_USAGE, "unknown method '%s' (help manager lists them)", argv[0].s);
+    } else {
+        if (argc < 2) return cli_error(CLI_USAGE, "usage: call REF|NAME METHOD [ARGS...]");
+        int rc = cli_resolve(cli, argv[0].s, &ref);
+        if (rc != CLI_OK) return rc;
+        method = argv[1].s;
+        if (strchr(method, '.') == NULL) { /* a short name: the object's type says whose */
+            const mpb_value *info = cli_object_info(cli, ref);
+            if (info == NULL)
+                return cli_error(CLI_FAIL, "no object @%llu (objects lists them)",
+                                 (unsigned long long)ref);
+            char fbuf[64];
+            snprintf(full, sizeof full, "%s.%s",
+                     family_of(cli, cli_field_str(info, "type", "?"), fbuf, sizeof fbuf), method);
+            method = full;
+        }
+        if ((m = method_info(cli, method)) == NULL) {
+            const char *dot = strchr(method, '.');
+            return cli_error(CLI_USAGE, "unknown method '%s' (help %.*s lists them)", method,
+                             (int)(dot - method), method);
+        }
+        argc -= 2, argv += 2;
+    }
+    size_t n = (size_t)argc + has_self;
+    mpb_value *args = calloc(n ? n : 1, sizeof *args);
+    if (args == NULL) return cli_error(CLI_FAIL, "out of memory");
+    int rc = CLI_OK;
+    if (has_self) args[0] = mpb_refv(ref);
+    for (int i = 0; i < argc && rc == CLI_OK; i++) rc = cli_arg_value(cli, &argv[i], &args[i + has_self]);
+    mpb_value result = mpb_nil();
+    if (rc == CLI_OK && mpb_call(cli->c, method, args, n, &result) != MPB_OK)
+        rc = cli_broker_error(cli->c);
+    for (size_t i = 0; i < n; i++) mpb_value_free(&args[i]);
+    free(args);
+    if (rc == CLI_OK) {
+        expand_ctx x = {.cli = cli, .depth = -1};
+        rc = print_value(&result, o->json, &x);
+    }
+    mpb_value_free(&result);
+    return rc;
+}
+
+/*--- create, del ---*/
+
+static int cmd_create(mpb_cli *cli, int argc, cli_arg *argv, const cli_opts *o) {
+    char types[256];
+    if (cli_conn(cli) == NULL || cli_methods(cli, true) == NULL) return CLI_FAIL;
+    if (!is_type(cli, argv[0].s)) {
+        type_list(cli, types, sizeof types);
+        return cli_error(CLI_USAGE, "unknown type '%s' (types: %s)", argv[0].s, types);
+    }
+    mpb_value args[3] = {mpb_str_borrowed(argv[0].s, strlen(argv[0].s))};
+    size_t n = 1;
+    if (argc >= 2) args[n++] = mpb_str_borrowed(argv[1].s, strlen(argv[1].s));
+    if (argc >= 3) {
+        int rc = cli_arg_value(cli, &argv[2], &args[n++]);
+        if (rc != CLI_OK) return rc;
+    }
+    mpb_value r;
+    int rc = mpb_call(cli->c, argc >= 2 ? "manager.open" : "manager.create", args, n, &r);
+    if (argc >= 3) mpb_value_free(&args[2]);
+    if (rc != MPB_OK) return cli_broker_error(cli->c);
+    if (argc < 2 && cli->oneshot)
+        fprintf(stderr, "note: an anonymous object lives while held: this one goes when "
+                "mpbroker-cli exits (give it a NAME to keep it)\n");
+    expand_ctx x = {.cli = cli, .depth = -1};
+    rc = print_value(&r, o->json, &x);
+    mpb_value_free(&r);
+    return rc;
+}
+
+static int cmd_del(mpb_cli *cli, int argc, cli_arg *argv, const cli_opts *o) {
+    (void)argc;
+    mpb_context *c = cli_conn(cli);
+    if (c == NULL) return CLI_FAIL;
+    if (mpb_delete(c, argv[0].s) != MPB_OK) {
+        if (is(c->errkind, "NoSuchObject"))
+            return cli_error(CLI_FAIL, "no object named '%s' (objects lists them)", argv[0].s);
+        return cli_broker_error(c);
+    }
+    printf(o->json ? "null\n" : "OK\n");
+    return CLI_OK;
+}
+
+/*--- stats, clients ---*/
+
+static int cmd_stats(mpb_cli *cli, int argc, cli_arg *argv, const cli_opts *o) {
+    (void)argc, (void)argv;
+    mpb_context *c = cli_conn(cli);
+    mpb_value s;
+    if (c == NULL) return CLI_FAIL;
+    if (mpb_call(c, "manager.stats", NULL, 0, &s) != MPB_OK) return cli_broker_error(c);
+    if (o->json) {
+        int rc = cli_print_json(stdout, cli_value_to_json(&s));
+        mpb_value_free(&s);
+        return rc;
+    }
+    const mpb_value *up = cli_field(&s, "uptime");
+    char a[32], b[32];
+    printf("pid          %lld\n", cli_field_int(&s, "pid", 0));
+    printf("uptime       %s\n", cli_duration(a, sizeof a, up && up->type == MPB_FLOAT ? up->v.f : 0));
+    printf("connections  %lld\n", cli_field_int(&s, "connections", 0));
+    printf("objects      %lld\n", cli_field_int(&s, "objects", 0));
+    printf("operations   %lld total, %lld/s\n", cli_field_int(&s, "ops_total", 0),
+           cli_field_int(&s, "ops_per_sec", 0));
+    printf("memory       %s resident\n", cli_bytes(a, sizeof a, (double)cli_field_int(&s, "rss_bytes", 0)));
+    printf("limits       messages up to %s, nesting up to %lld\n",
+           cli_bytes(b, sizeof b, (double)cli_field_int(&s, "max_message", 0)),
+           cli_field_int(&s, "max_depth", 0));
+    mpb_value_free(&s);
+    return CLI_OK;
+}
+
+static int cmd_clients(mpb_cli *cli, int argc, cli_arg *argv, const cli_opts *o) {
+    (void)argc, (void)argv;
+    mpb_context *c = cli_conn(cli);
+    mpb_value cs;
+    if (c == NULL) return CLI_FAIL;
+    if (mpb_call(c, "manager.clients", NULL, 0, &cs) != MPB_OK) return cli_broker_error(c);
+    if (cs.type == MPB_ARRAY && cs.v.a->len > 1) /* oldest first, not the broker's order */
+        qsort(cs.v.a->items, cs.v.a->len, sizeof(mpb_value), by_id);
+    if (o->json || cs.type != MPB_ARRAY) {
+        int rc = cli_print_json(stdout, cli_value_to_json(&cs));
+        mpb_value_free(&cs);
+        return rc;
+    }
+    static const char *const heads[] = {"ID", "PEER", "PID", "UID", "AGE", "OPS", "HOLDS",
+                                        "PARKED", "FLAGS"};
+    static const char *const nums[] = {"pid", "uid", NULL, "ops", "holds", "parked"};
+    cli_table t;
+    int rc = CLI_OK;
+    cli_table_init(&t, 9, heads, "rlrrrrrrl");
+    for (size_t i = 0; i < cs.v.a->len && rc == CLI_OK; i++) {
+        const mpb_value *e = &cs.v.a->items[i];
+        char cells[9][40];
+        const char *row[9];
+        const mpb_value *age = cli_field(e, "age");
+        snprintf(cells[0], 40, "%lld", cli_field_int(e, "id", 0));
+        for (int k = 0; k < 6; k++)
+            if (nums[k]) snprintf(cells[2 + k], 40, "%lld", cli_field_int(e, nums[k], 0));
+        cli_duration(cells[4], 40, age && age->type == MPB_FLOAT ? age->v.f : 0);
+        snprintf(cells[8], 40, "%s%s%s", cli_field_int(e, "self", 0) ? "self" : "",
+                 cli_field_int(e, "self", 0) && cli_field_int(e, "monitor", 0) ? "," : "",
+                 cli_field_int(e, "monitor", 0) ? "monitor" : "");
+        for (int k = 0; k < 9; k++) row[k] = cells[k];
+        row[1] = cli_field_str(e, "peer", "?");
+        if (cli_table_add(&t, row) < 0) rc = cli_error(CLI_FAIL, "out of memory");
+    }
+    if (rc == CLI_OK) cli_table_print(&t, stdout);
+    cli_table_free(&t);
+    mpb_value_free(&cs);
+    return rc;
+}
+
+/*--- monitor ---*/
+
+static volatile sig_atomic_t monitor_stop;
+static void on_stop(int sig) {
+    (void)sig;
+    monitor_stop = 1;
+}
+
+/* One event: "1732671234.123456 [3 unix:pid=42] list.append(<ref 1>, 5)". */
+static void print_event(const mpb_value *ev, bool json) {
+    long long dropped = cli_field_int(ev, "dropped", 0);
+    if (json) {
+        cli_print_json(stdout, cli_value_to_json(ev));
+        return;
+    }
+    if (dropped > 0) printf("(%lld events dropped: this monitor fell behind)\n", dropped);
+    const mpb_value *t = cli_field(ev, "time"), *params = cli_field(ev, "params");
+    printf("%.6f [%lld %s] %s(", t && t->type == MPB_FLOAT ? t->v.f : 0.0,
+           cli_field_int(ev, "conn", 0), cli_field_str(ev, "peer", "?"),
+           cli_field_str(ev, "method", "?"));
+    for (size_t i = 0; params && params->type == MPB_ARRAY && i < params->v.a->len; i++) {
+        char *r = mpb_value_repr(&params->v.a->items[i]);
+        printf("%s%s", i ? ", " : "", r ? r : "?");
+        free(r);
+    }
+    printf(")\n");
+}
+
+static int cmd_monitor(mpb_cli *cli, int argc, cli_arg *argv, const cli_opts *o) {
+    (void)argc, (void)argv;
+    /* A connection of its own: the broker has no way to stop monitoring, and the
+     * session's connection (with its holds) must stay usable after Ctrl-C. */
+    mpb_context *m = mpb_connect(cli->address);
+    if (m == NULL || m->err) {
+        if (m) cli_connect_error(cli, m);
+        mpb_free(m);
+        return CLI_FAIL;
+    }
+    if (mpb_call(m, "manager.monitor", NULL, 0, NULL) != MPB_OK) {
+        int rc = cli_broker_error(m);
+        mpb_free(m);
+        return rc;
+    }
+    if (isatty(STDERR_FILENO))
+        fprintf(stderr, "monitoring %s: every other connection's requests; Ctrl-C stops\n",
+                cli->address);
+    struct sigaction sa = {.sa_handler = on_stop}, old_int, old_term;
+    sigemptyset(&sa.sa_mask); /* no SA_RESTART: the wait below must return on a signal */
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
+    monitor_stop = 0;
+    int rc = CLI_OK;
+    while (!monitor_stop) {
+        char method[32];
+        mpb_value params;
+        int got;
+        if (mpb_get_notification(m, 500, method, sizeof method, &params, &got) != MPB_OK) {
+            rc = cli_broker_error(m);
+            break;
+        }
+        if (got && is(method, "monitor") && params.type == MPB_ARRAY)
+            for (size_t i = 0; i < params.v.a->len; i++) print_event(&params.v.a->items[i], o->json);
+        mpb_value_free(&params);
+        fflush(stdout);
+    }
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
+    if (monitor_stop && isatty(STDERR_FILENO)) fputc('\n', stderr);
+    mpb_free(m);
+    return rc;
+}
+
+/*--- help, quit ---*/
+
+static int help_type(mpb_cli *cli, const char *type, const char *only) {
+    static const char *const heads[] = {"METHOD", "ARGS", "WHAT IT DOES"};
+    const mpb_value *ms = cli_field(cli_methods(cli, false), "methods");
+    cli_table t;
+    cli_table_init(&t, 3, heads, "lll");
+    for (size_t i = 0; ms != NULL && ms->type == MPB_ARRAY && i < ms->v.a->len; i++) {
+        const mpb_value *m = &ms->v.a->items[i];
+        const char *name = cli_field_str(m, "name", "");
+        const char *mt = cli_field_str(m, "type", "manager");
+        if (only ? !is(name, only) : !is(mt, type)) continue;
+        char args[160];
+        snprintf(args, sizeof args, "%s%s%s", is(mt, "manager") ? "" : "REF",
+                 is(mt, "manager") || !*cli_field_str(m, "args", "") ? "" : " ",
+                 cli_field_str(m, "args", ""));
+        const char *row[3] = {name, args, cli_field_str(m, "doc", "")};
+        if (cli_table_add(&t, row) < 0) break;
+    }
+    int found = t.nrows > 0;
+    if (found) cli_table_print(&t, stdout);
+    cli_table_free(&t);
+    return found;
+}
+
+static int cmd_help(mpb_cli *cli, int argc, cli_arg *argv, const cli_opts *o) {
+    (void)o;
+    if (argc == 0) {
+        printf("Commands (COMMAND --json prints JSON; help COMMAND, help TYPE, help METHOD):\n");
+        for (const cli_command *c = cli_commands; c->name; c++) {
+            char syn[64];
+            snprintf(syn, sizeof syn, "%s %s", c->name, c->args);
+            printf("  %-34s %s\n", syn, c->summary);
+        }
+        printf("Arguments are JSON; @7 is reference 7, @NAME a named object's reference;\n"
+               "{\"$bin\": \"BASE64\"} is bytes; a bare word is a string (help call).\n");
+        return CLI_OK;
+    }
+    const char *what = argv[0].s;
+    const cli_command *c = cli_command_find(what);
+    if (c != NULL) {
+        printf("%s %s\n  %s\n", c->name, c->args, c->summary);
+        if (c->help) printf("%s", c->help);
+        return CLI_OK;
+    }
+    if (cli_methods(cli, true) == NULL) return CLI_FAIL;
+    char fbuf[64];
+    if (is_type(cli, what) || is(what, "manager"))
+        return help_type(cli, family_of(cli, what, fbuf, sizeof fbuf), NULL), CLI_OK;
+    if (help_type(cli, NULL, what)) return CLI_OK;
+    return cli_error(CLI_USAGE, "no command, type or method '%s' (help lists them)", what);
+}
+
+static int cmd_quit(mpb_cli *cli, int argc, cli_arg *argv, const cli_opts *o) {
+    (void)cli, (void)argc, (void)argv, (void)o;
+    return CLI_QUIT;
+}
+
+const cli_command cli_commands[] = {
+    {"objects", "", "every shared object: ref, type, name, length, holders, bytes", NULL, 0, 0,
+     cmd_objects},
+    {"show", "[--depth N] REF|NAME", "an object's value, references expanded N levels (1)",
+     "  REF|NAME: @7 is object 7; anything else (or @NAME) a named object.\n"
+     "  References inside are shown as <ref 7: list> followed by that object's value,\n"
+     "  down to --depth levels (0: not expanded); a cycle is shown once.\n"
+     "  --json: the value as JSON; an expanded reference becomes\n"
+     "  {\"$ref\": 7, \"$type\": \"list\", \"$value\": [...]}.\n",
+     1, 1, cmd_show},
+    {"call", "REF|NAME METHOD [ARGS...]", "call any method; ARGS are JSON",
+     "  METHOD is short (append) or full (list.append); help TYPE lists them.\n"
+     "  call manager.METHOD [ARGS...] calls a method that takes no reference.\n"
+     "  ARGS: JSON values (\"text\", 12, 2.5, true, null, [1, 2], {\"k\": 1}), and\n"
+     "    @7 / {\"$ref\": 7}        reference to object 7;  @NAME: a named object's\n"
+     "    {\"$bin\": \"AAEC\"}        bytes, base64\n"
+     "    {\"$map\": [[1, \"a\"]]}    a map with keys that are not strings\n"
+     "    {\"$uint\": \"N\"}, {\"$float\": \"nan\"}   integers past 2^63-1; nan, inf, -inf\n"
+     "    a bare word (one that cannot start JSON) is a string: color = \"color\";\n"
+     "    on a shell line, 'single quotes' make a string of anything.\n"
+     "  The result is printed as Python's repr (--json: as JSON, same notation).\n",
+     1, -1, cmd_call},
+    {"create", "TYPE [NAME [INITIAL]]", "a new object; with NAME, get or create it",
+     "  Without NAME the object is anonymous and lives while this shell holds it.\n"
+     "  INITIAL is a JSON value (a list's items, a dict's or namespace's map).\n",
+     1, 3, cmd_create},
+    {"del", "NAME", "remove a name (the object lives on while held or contained)", NULL, 1, 1,
+     cmd_del},
+    {"stats", "", "uptime, connections, objects, operations per second, memory", NULL, 0, 0,
+     cmd_stats},
+    {"clients", "", "every connection: id, peer, pid, operations, holds, parked requests",
+     NULL, 0, 0, cmd_clients},
+    {"monitor", "", "print every request other connections make, until Ctrl-C",
+     "  One line each: TIME [CONNECTION PEER] METHOD(ARGS...); --json: one JSON object\n"
+     "  a line, {time, conn, peer, method, params}.\n",
+     0, 0, cmd_monitor},
+    {"help", "[COMMAND|TYPE|METHOD]", "this list, or more about one thing", NULL, 0, 1,
+     cmd_help},
+    {"quit", "", "leave the shell (also exit, Ctrl-D)", NULL, 0, 0, cmd_quit},
+    {"exit", "", "leave the shell", NULL, 0, 0, cmd_quit},
+    {NULL, NULL, NULL, NULL, 0, 0, NULL},
+};
+
+const cli_command *cli_command_find(const char *name) {
+    for (const cli_command *c = cli_commands; c->name; c++)
+        if (is(c->name, name)) return c;
+    return NULL;
+}
+
+/*--- Completion candidates ---*/
+
+typedef struct strv {
+    char **v;
+    size_t n, cap;
+    const char *prefix;
+} strv;
+
+static void add(strv *s, const char *word) {
+    if (strncmp(word, s->prefix, strlen(s->prefix)) != 0) return;
+    for (size_t i = 0; i < s->n; i++)
+        if (is(s->v[i], word)) return;
+    if (s->n + 2 > s->cap) {
+        size_t ncap = s->cap ? s->cap * 2 : 16;
+        char **n = realloc(s->v, ncap * sizeof *n);
+        if (n == NULL) return;
+        s->v = n;
+        s->cap = ncap;
+    }
+    if ((s->v[s->n] = strdup(word)) != NULL) s->n++;
+    s->v[s->n] = NULL;
+}
+
+static void add_objects(mpb_cli *cli, strv *s, bool refs) {
+    const mpb_value *objs = cli_objects(cli, false);
+    for (size_t i = 0; objs != NULL && i < objs->v.a->len; i++) {
+        const mpb_value *e = &objs->v.a->items[i], *r = cli_field(e, "ref");
+        const char *name = cli_field_str(e, "name", NULL);
+        if (name != NULL) add(s, name);
+        if (refs && r != NULL && r->type == MPB_REF) {
+            char buf[32];
+            snprintf(buf, sizeof buf, "@%llu", (unsigned long long)r->v.ref);
+            add(s, buf);
+        }
+    }
+}
+
+/* Methods of a type ("manager" for those without a reference): short names, or full
+ * ones when full is set. */
+static void add_methods(mpb_cli *cli, strv *s, const char *type, bool full) {
+    const mpb_value *ms = cli_field(cli_methods(cli, false), "methods");
+    for (size_t i = 0; ms != NULL && ms->type == MPB_ARRAY && i < ms->v.a->len; i++) {
+        const mpb_value *m = &ms->v.a->items[i];
+        const char *name = cli_field_str(m, "name", "");
+        if (type && !is(cli_field_str(m, "type", "manager"), type)) continue;
+        const char *dot = strchr(name, '.');
+        add(s, full || dot == NULL ? name : dot + 1);
+    }
+}
+
+static void add_types(mpb_cli *cli, strv *s) {
+    const mpb_value *ts = cli_field(cli_methods(cli, false), "types");
+    for (size_t i = 0; ts != NULL && ts->type == MPB_ARRAY && i < ts->v.a->len; i++)
+        if (ts->v.a->items[i].type == MPB_STR) add(s, ts->v.a->items[i].v.s);
+}
+
+/* The type of the object a word names, from manager.objects (no extra call). */
+static const char *word_type(mpb_cli *cli, const char *word) {
+    const mpb_value *objs = cli_objects(cli, false);
+    for (size_t i = 0; objs != NULL && i < objs->v.a->len; i++) {
+        const mpb_value *e = &objs->v.a->items[i], *r = cli_field(e, "ref");
+        char buf[32];
+        snprintf(buf, sizeof buf, "@%llu", r && r->type == MPB_REF ? (unsigned long long)r->v.ref : 0);
+        const char *name = cli_field_str(e, "name", NULL);
+        if (is(buf, word) || (name && (is(name, word) || (word[0] == '@' && is(name, word + 1)))))
+            return cli_field_str(e, "type", NULL);
+    }
+    return NULL;
+}
+
+char **cli_complete(mpb_cli *cli, char **words, int n, const char *partial) {
+    strv s = {.prefix = partial, .cap = 16, .v = calloc(16, sizeof(char *))};
+    if (s.v == NULL) return NULL;
+    while (n > 1 && words[1][0] == '-' && words[1][1] == '-') /* skip flags */
+        words++, n--;
+    const char *cmd = n > 0 ? words[0] : "";
+    if (n == 0) {
+        for (const cli_command *c = cli_commands; c->name; c++) add(&s, c->name);
+    } else if (n == 1 && is(cmd, "help")) {
+        for (const cli_command *c = cli_commands; c->name; c++) add(&s, c->name);
+        add_types(cli, &s);
+        add_methods(cli, &s, NULL, true);
+    } else if (n == 1 && (is(cmd, "show") || is(cmd, "call"))) {
+        add_objects(cli, &s, partial[0] == '@');
+        if (is(cmd, "call")) add_methods(cli, &s, "manager", true);
+    } else if (n == 1 && is(cmd, "del")) {
+        add_objects(cli, &s, false);
+    } else if (n == 1 && is(cmd, "create")) {
+        add_types(cli, &s);
+    } else if (n == 2 && is(cmd, "call")) {
+        const char *type = word_type(cli, words[1]);
+        char fbuf[64];
+        if (type) add_methods(cli, &s, family_of(cli, type, fbuf, sizeof fbuf), strchr(partial, '.') != NULL);
+    }
+    cli_forget(cli);
+    return s.v;
+}
+
+void cli_strv_free(char **v) {
+    for (size_t i = 0; v != NULL && v[i] != NULL; i++) free(v[i]);
+    free(v);
+}

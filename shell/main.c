@@ -1,0 +1,291 @@
+/* main.c - mpbroker-cli: options, the three ways to run (one command from argv, a
+ * script on standard input, the interactive shell), line splitting and dispatch.
+ *
+ * Exit codes: 0 ok; 1 a command failed (broker error, no such object, no broker);
+ * 2 the command line was wrong (bad option, unknown command or method, bad JSON). A
+ * script runs every line and exits with the worst code; the interactive shell keeps
+ * going after errors. The commands themselves are in commands.c.
+ */
+#include <getopt.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+static int script_line; /* the line being run in script mode, for error messages */
+
+int cli_error(int code, const char *fmt, ...) {
+    va_list ap;
+    fflush(stdout); /* keep stdout and stderr in order on a shared terminal or pipe */
+    if (script_line > 0)
+        fprintf(stderr, "error: line %d: ", script_line);
+    else
+        fputs("error: ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    return code;
+}
+
+int cli_connect_error(const mpb_cli *cli, const mpb_context *c) {
+    /* "connect /path: No such file or directory": the address is said already. */
+    const char *why = c->errstr, *colon = strrchr(why, ':');
+    if (strncmp(why, "connect ", 8) == 0 && colon != NULL && colon[1] == ' ') why = colon + 2;
+    bool kind = c->errkind[0] != '\0' && strcmp(c->errkind, "ConnectionError") != 0;
+    return cli_error(CLI_FAIL, "cannot connect to %s: %s%s%s", cli->address,
+                     kind ? c->errkind : "", kind ? ": " : "", why);
+}
+
+int cli_broker_error(const mpb_context *c) {
+    if (strcmp(c->errkind, "AuthError") == 0)
+        return cli_error(CLI_FAIL, "%s: %s (the key comes from $MPBROKER_AUTHKEY_FILE or "
+                         "$MPBROKER_AUTHKEY)", c->errkind, c->errstr);
+    if (c->errkind[0] != '\0') return cli_error(CLI_FAIL, "%s: %s", c->errkind, c->errstr);
+    return cli_error(CLI_FAIL, "%s", c->errstr);
+}
+
+mpb_context *cli_conn(mpb_cli *cli) {
+    if (cli->c != NULL && cli->c->fd >= 0) return cli->c;
+    bool again = cli->c != NULL;
+    mpb_free(cli->c);
+    cli->c = NULL;
+    mpb_value_free(&cli->methods); /* the broker may have been replaced by a newer one */
+    mpb_value_free(&cli->objects);
+    mpb_context *c = mpb_connect(cli->address);
+    if (c == NULL) {
+        cli_error(CLI_FAIL, "out of memory");
+        return NULL;
+    }
+    if (c->err != MPB_OK) {
+        cli_connect_error(cli, c);
+        mpb_free(c);
+        return NULL;
+    }
+    if (again) fprintf(stderr, "(reconnected to %s)\n", cli->address);
+    cli->c = c;
+    return c;
+}
+
+/*--- Splitting a line ---*/
+
+void cli_args_free(cli_arg *argv, int argc) {
+    for (int i = 0; argv != NULL && i < argc; i++) free(argv[i].s);
+    free(argv);
+}
+
+int cli_split(const char *line, cli_arg **out, int *outc, char *err, size_t n) {
+    size_t len = strlen(line);
+    cli_arg *argv = calloc(len / 2 + 2, sizeof *argv); /* words are at least 1 char + gap */
+    int argc = 0;
+    const char *p = line;
+    *out = NULL;
+    *outc = 0;
+    if (argv == NULL) {
+        snprintf(err, n, "out of memory");
+        return -1;
+    }
+    for (;;) {
+        while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r') p++;
+        if (*p == '\0') break;
+        const char *start = p;
+        bool quoted = *p == '\'';
+        if (quoted) {
+            const char *end = strchr(p + 1, '\'');
+            if (end == NULL) {
+                snprintf(err, n, "unterminated 'quote'");
+                cli_args_free(argv, argc);
+                return -1;
+            }
+            start = p + 1;
+            p = end + 1;
+            argv[argc].s = strndup(start, (size_t)(end - start));
+        } else {
+            /* JSON stays one word: spaces inside "strings", [...] and {...} do not split. */
+            int depth = 0;
+            bool in_str = false;
+            for (; *p != '\0'; p++) {
+                if (in_str) {
+                    if (*p == '\\' && p[1] != '\0') p++;
+                    else if (*p == '"') in_str = false;
+                } else if (*p == '"') {
+                    in_str = true;
+                } else if (*p == '[' || *p == '{') {
+                    depth++;
+                } else if ((*p == ']' || *p == '}') && depth > 0) {
+                    depth--;
+                } else if (depth == 0 && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')) {
+                    break;
+                }
+            }
+            if (in_str || depth > 0) {
+                snprintf(err, n, "unterminated %s in %s", in_str ? "\"string\"" : "bracket", start);
+                cli_args_free(argv, argc);
+                return -1;
+            }
+            argv[argc].s = strndup(start, (size_t)(p - start));
+        }
+        argv[argc].quoted = quoted;
+        if (argv[argc++].s == NULL) {
+            snprintf(err, n, "out of memory");
+            cli_args_free(argv, argc);
+            return -1;
+        }
+    }
+    *out = argv;
+    *outc = argc;
+    return 0;
+}
+
+/*--- Running one command ---*/
+
+static int usage_of(const cli_command *c) {
+    return cli_error(CLI_USAGE, "usage: %s%s%s", c->name, c->args[0] ? " " : "", c->args);
+}
+
+int cli_run(mpb_cli *cli, int argc, cli_arg *argv) {
+    if (argc == 0) return CLI_OK;
+    const cli_command *cmd = cli_command_find(argv[0].s);
+    if (cmd == NULL)
+        return cli_error(CLI_USAGE, "unknown command '%s' (help lists them)", argv[0].s);
+    cli_opts o = {.json = cli->json, .depth = -1};
+    int i = 1;
+    for (; i < argc && !argv[i].quoted && strncmp(argv[i].s, "--", 2) == 0; i++) {
+        const char *f = argv[i].s;
+        if (strcmp(f, "--") == 0) {
+            i++;
+            break;
+        } else if (strcmp(f, "--json") == 0) {
+            o.json = true;
+        } else if (strcmp(cmd->name, "show") == 0 &&
+                   (strcmp(f, "--depth") == 0 || strncmp(f, "--depth=", 8) == 0)) {
+            const char *v = f[7] == '=' ? f + 8 : (i + 1 < argc ? argv[++i].s : "");
+            char *end;
+            long d = strtol(v, &end, 10);
+            if (v[0] == '\0' || *end != '\0' || d < 0 || d > 60)
+                return cli_error(CLI_USAGE, "--depth wants a number from 0 to 60");
+            o.depth = (int)d;
+        } else {
+            cli_error(CLI_USAGE, "unknown option %s for %s", f, cmd->name);
+            return usage_of(cmd);
+        }
+    }
+    int n = argc - i;
+    if (n < cmd->min || (cmd->max >= 0 && n > cmd->max)) return usage_of(cmd);
+    int rc = cmd->run(cli, n, argv + i, &o);
+    cli_forget(cli);
+    fflush(stdout);
+    return rc;
+}
+
+/* Lines from f until its end or `quit`; every line runs, the worst code is returned. */
+static int run_script(mpb_cli *cli, FILE *f) {
+    char *line = NULL;
+    size_t cap = 0;
+    int worst = CLI_OK;
+    while (getline(&line, &cap, f) >= 0) {
+        script_line++;
+        const char *p = line + strspn(line, " \t");
+        if (*p == '#' || *p == '\n' || *p == '\0') continue;
+        cli_arg *argv;
+        int argc, rc;
+        char err[160];
+        if (cli_split(p, &argv, &argc, err, sizeof err) < 0) {
+            rc = cli_error(CLI_USAGE, "%s", err);
+        } else {
+            rc = cli_run(cli, argc, argv);
+            cli_args_free(argv, argc);
+        }
+        if (rc == CLI_QUIT) break;
+        if (rc > worst) worst = rc;
+    }
+    free(line);
+    script_line = 0;
+    return worst;
+}
+
+/*--- Options ---*/
+
+static void usage(FILE *f) {
+    char def[256];
+    fprintf(f,
+            "usage: mpbroker-cli [options] [COMMAND [ARGS...]]\n"
+            "\n"
+            "The debug shell of mpbroker: look at shared objects, change them, watch\n"
+            "requests as they happen. With a COMMAND it runs that one and exits; with\n"
+            "standard input not a terminal it runs one command a line; else it is an\n"
+            "interactive shell (tab completion, history in ~/.mpbroker_history or\n"
+            "$MPBROKER_HISTFILE).\n"
+            "\n"
+            "  -s, --socket PATH        the broker's Unix socket (default $MPBROKER_ADDRESS,\n"
+            "                           else %s)\n"
+            "  -H, --host tcp://HOST:PORT  the broker's TCP address\n"
+            "      --json               print results as JSON, one line each\n"
+            "  -h, --help               this text\n"
+            "\n"
+            "Commands (help COMMAND in the shell, or mpbroker-cli help COMMAND):\n",
+            mpb_default_address(def, sizeof def));
+    for (const cli_command *c = cli_commands; c->name; c++) {
+        char syn[64];
+        snprintf(syn, sizeof syn, "%s %s", c->name, c->args);
+        fprintf(f, "  %-34s %s\n", syn, c->summary);
+    }
+    fprintf(f, "\nExit status: 0 ok, 1 the command failed, 2 bad usage.\n");
+}
+
+int main(int argc, char **argv) {
+    static const struct option longopts[] = {
+        {"socket", required_argument, NULL, 's'},
+        {"host", required_argument, NULL, 'H'},
+        {"json", no_argument, NULL, 'j'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    mpb_cli cli = {.methods = mpb_nil(), .objects = mpb_nil()};
+    const char *addr = getenv("MPBROKER_ADDRESS");
+    char def[256];
+    int opt;
+
+    setvbuf(stdout, NULL, _IOLBF, 0); /* a line at a time, also into pipes: see monitor */
+    if (addr == NULL || addr[0] == '\0') addr = mpb_default_address(def, sizeof def);
+    /* '+': options end at COMMAND, so `call l getitem -1` keeps its -1. */
+    while ((opt = getopt_long(argc, argv, "+s:H:h", longopts, NULL)) != -1) {
+        switch (opt) {
+        case 's': addr = optarg; break;
+        case 'H':
+            if (strncmp(optarg, "tcp://", 6) != 0) {
+                fprintf(stderr, "mpbroker-cli: -H wants tcp://HOST:PORT, not %s\n", optarg);
+                return CLI_USAGE;
+            }
+            addr = optarg;
+            break;
+        case 'j': cli.json = true; break;
+        case 'h': usage(stdout); return CLI_OK;
+        default: usage(stderr); return CLI_USAGE;
+        }
+    }
+    bool scheme = strncmp(addr, "unix:", 5) == 0 || strncmp(addr, "tcp://", 6) == 0;
+    snprintf(cli.address, sizeof cli.address, "%s%s", scheme ? "" : "unix:", addr);
+
+    int rc;
+    if (optind < argc) {
+        int n = argc - optind;
+        cli_arg *args = calloc((size_t)n, sizeof *args);
+        if (args == NULL) return CLI_FAIL;
+        for (int i = 0; i < n; i++) args[i].s = argv[optind + i];
+        cli.oneshot = true;
+        rc = cli_run(&cli, n, args);
+        free(args);
+        if (rc == CLI_QUIT) rc = CLI_OK;
+    } else if (isatty(STDIN_FILENO)) {
+        rc = cli_interactive(&cli);
+    } else {
+        rc = run_script(&cli, stdin);
+    }
+    mpb_free(cli.c);
+    mpb_value_free(&cli.methods);
+    mpb_value_free(&cli.objects);
+    return rc;
+}
