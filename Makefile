@@ -48,7 +48,7 @@ fuzz: deps $(FUZZ_BUILD)/build.ninja
 	ninja -C $(FUZZ_BUILD)
 
 fuzz-long: fuzz
-	FUZZ_RUNS=-1 FUZZ_SECONDS=$${FUZZ_SECONDS:-3600} fuzz/run-fuzz.sh \
+	FUZZ_SEED=0 FUZZ_RUNS=-1 FUZZ_SECONDS=$${FUZZ_SECONDS:-3600} fuzz/run-fuzz.sh \
 	  $(FUZZ_BUILD)/fuzz/fuzz_dispatch fuzz/corpus fuzz/regressions
 
 # Start the broker in the foreground on its default socket (ARGS="..." for options).

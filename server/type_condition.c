@@ -15,6 +15,7 @@
 
 typedef struct condstate {
     mpb_object *lock;
+    mpb_ref lock_id;   /* for destroy: at exit the lock may be freed first */
     mpb_waitq waiters; /* waiting for notify */
 } condstate;
 
@@ -30,7 +31,7 @@ static void cond_destroy(mpb_object *o)
 {
     condstate *c = COND(o);
     if (c->lock) {
-        mpb_value ref = mpb_refv(c->lock->id);
+        mpb_value ref = mpb_refv(c->lock_id);
         objects_release_value(&ref);
     }
     free(c);
@@ -59,6 +60,7 @@ bool cond_init_from(mpb_req *r, mpb_object *o, uint32_t i)
     mpb_value ref = mpb_refv(lk->id);
     objects_retain_value(&ref); /* the condition contains its lock */
     COND(o)->lock = lk;
+    COND(o)->lock_id = lk->id;
     return true;
 }
 
