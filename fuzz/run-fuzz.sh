@@ -38,7 +38,8 @@ if [ "$crashes" -gt 0 ]; then
         cp "$f" "$regressions/$(basename "$f")"
         echo "saved $(basename "$f") into $regressions: commit it as a regression test"
     done
-    tail -40 "$work/log"
+    # The report itself (with its stack), not the shadow-byte map that ends it.
+    sed -n '/==ERROR\|runtime error\|ERROR: libFuzzer/,/^SUMMARY/p' "$work/log" | head -60
 fi
 echo "fuzz-dispatch: ${execs:-0} executions in ${elapsed} s, cov: ${cov:-?} ft: ${ft:-?}, corpus ${corp:-?} inputs, $crashes crashes"
 [ "$rc" -eq 0 ] && [ "$crashes" -eq 0 ]
