@@ -287,7 +287,9 @@ void mpb_iter_free(mpb_iter *it);
  *   mpb_async_call(ac, "list.append", args, 2, done, NULL);
  *   event_base_dispatch(base);
  *
- * Notifications (manager.monitor) are not delivered here: use a blocking context. */
+ * Notifications (manager.monitor) are not delivered here: use a blocking context. A
+ * lost connection ends the context (as in hiredis): do not turn mpb_enable_reconnect on
+ * for ac->c, and do not use an async context in a child after fork() (connect anew). */
 struct event_base;
 typedef struct mpb_async_context mpb_async_context;
 
