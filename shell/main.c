@@ -223,6 +223,8 @@ static void usage(FILE *f) {
             "                           else %s)\n"
             "  -H, --host tcp://HOST:PORT  the broker's TCP address\n"
             "      --json               print results as JSON, one line each\n"
+            "      --authkey-file FILE  the broker's authkey (default $MPBROKER_AUTHKEY_FILE\n"
+            "                           or $MPBROKER_AUTHKEY)\n"
             "  -h, --help               this text\n"
             "\n"
             "Commands (help COMMAND in the shell, or mpbroker-cli help COMMAND):\n",
@@ -240,6 +242,7 @@ int main(int argc, char **argv) {
         {"socket", required_argument, NULL, 's'},
         {"host", required_argument, NULL, 'H'},
         {"json", no_argument, NULL, 'j'},
+        {"authkey-file", required_argument, NULL, 'k'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -262,6 +265,8 @@ int main(int argc, char **argv) {
             addr = optarg;
             break;
         case 'j': cli.json = true; break;
+        /* libmpbroker reads the key where the broker does: through the environment. */
+        case 'k': setenv("MPBROKER_AUTHKEY_FILE", optarg, 1); break;
         case 'h': usage(stdout); return CLI_OK;
         default: usage(stderr); return CLI_USAGE;
         }

@@ -499,6 +499,9 @@ START_TEST(authkey_comes_from_the_environment) {
     setenv("MPBROKER_AUTHKEY_FILE", key, 1);
     RUN(&r, NULL, "objects");
     expect(&r, 0, "(no objects)\n", "");
+    unsetenv("MPBROKER_AUTHKEY_FILE");
+    RUN(&r, NULL, "--authkey-file", key, "objects"); /* the option, as the broker's */
+    expect(&r, 0, "(no objects)\n", "");
     ck_assert_int_eq(tb_stop(&B), 0); /* under ASan: no leak in the broker either */
     unlink(key);
     rmdir(dir);
