@@ -15,6 +15,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -55,7 +56,7 @@ struct mpb_context_priv {
     char broken[32 + 2 + 256]; /* why the connection is gone, for later calls */
     struct mpb_note *notes, *notes_tail; /* notifications read while awaiting replies */
     /* Resilience: where to reconnect, and what to re-open there. */
-    pid_t pid;             /* the process that opened fd: another one must not use it */
+    unsigned long fork_gen; /* fork_gen when fd was opened: another process must not use it */
     char address[320];
     bool reconnect;
     int reconnect_wait_ms;
@@ -354,9 +355,17 @@ static void connect_tcp(mpb_context *c, const char *address) {
 
 /* Connect c (not connected) to its address: the one path for the first connection, a
  * reconnect, and a forked child's own connection. */
+/* Counts fork()s in this process's ancestry line, so that a context can tell it was
+ * inherited without a getpid() system call on every call (pthread_atfork). */
+static volatile unsigned long fork_gen;
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+static void on_fork_child(void) { fork_gen++; }
+static void atfork_init(void) { pthread_atfork(NULL, NULL, on_fork_child); }
+
 static void open_conn(mpb_context *c) {
     const char *address = c->priv->address;
-    c->priv->pid = getpid();
+    pthread_once(&atfork_once, atfork_init);
+    c->priv->fork_gen = fork_gen;
     if (strncmp(address, "tcp://", 6) == 0)
         connect_tcp(c, address);
     else if (strncmp(address, "unix:", 5) == 0)
@@ -492,7 +501,7 @@ static int reconnect(mpb_context *c) {
  * the broker closed is opened again. */
 static int ensure_conn(mpb_context *c) {
     struct mpb_context_priv *p = c->priv;
-    if (p->pid != getpid()) {
+    if (p->fork_gen != fork_gen) {
         if (c->fd >= 0) close(c->fd); /* our copy only: the parent's stays open */
         c->fd = -1;
         reset_stream(c);
@@ -622,7 +631,13 @@ int mpb_buffer_write(mpb_context *c, int *done) {
     return MPB_OK;
 }
 
-int mpb_buffer_read(mpb_context *c) {
+/* Read what has arrived (block: wait for at least one byte, with one recv() and no
+ * poll() when the socket is blocking, as it is but for async contexts). */
+static int read_some(mpb_context *c, bool block);
+
+int mpb_buffer_read(mpb_context *c) { return read_some(c, false); }
+
+static int read_some(mpb_context *c, bool block) {
     if (c == NULL) return MPB_ERR_ARG;
     if (fail_if_broken(c)) return c->err;
     struct mpb_context_priv *p = c->priv;
@@ -634,7 +649,11 @@ int mpb_buffer_read(mpb_context *c) {
     char *space = mpb_reader_space(&p->reader, READ_CHUNK, &avail);
     if (space == NULL) return set_err(c, MPB_ERR_OOM, "OutOfMemory", "read buffer");
     for (;;) {
-        ssize_t n = recv(c->fd, space, avail, MSG_DONTWAIT);
+        ssize_t n = recv(c->fd, space, avail, block ? 0 : MSG_DONTWAIT);
+        if (n < 0 && block && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            struct pollfd pf = {.fd = c->fd, .events = POLLIN}; /* a non-blocking fd */
+            if (poll(&pf, 1, -1) >= 0 || errno == EINTR) continue;
+        }
         if (n > 0) {
             mpb_reader_commit(&p->reader, (size_t)n);
         } else if (n == 0 || errno == ECONNRESET) {
@@ -721,7 +740,6 @@ int mpb_flush(mpb_context *c) {
 
 int mpb_get_reply(mpb_context *c, mpb_value *result) {
     int rc, got;
-    short rev = 0;
     if (result != NULL) *result = mpb_nil();
     if (c == NULL) return MPB_ERR_ARG;
     if (fail_if_broken(c)) return c->err;
@@ -730,8 +748,7 @@ int mpb_get_reply(mpb_context *c, mpb_value *result) {
     if ((rc = mpb_flush(c)) != MPB_OK) return rc;
     for (;;) {
         if ((rc = mpb_buffer_take_reply(c, result, &got)) != MPB_OK || got) return rc;
-        if ((rc = wait_fd(c, POLLIN, &rev)) != MPB_OK || (rc = mpb_buffer_read(c)) != MPB_OK)
-            return rc;
+        if ((rc = read_some(c, true)) != MPB_OK) return rc;
     }
 }
 
