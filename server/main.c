@@ -328,6 +328,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "mpbroker-server: event_base_new failed\n");
         return 1;
     }
+    mpb_hash_randomize(); /* before any map exists */
     objects_init();
     persist_open(base); /* before listening: clients see the loaded state */
     admin_init(base);

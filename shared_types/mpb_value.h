@@ -171,6 +171,11 @@ int mpb_value_compare(const mpb_value *a, const mpb_value *b, int *out);
 /* Hash consistent with mpb_value_equal (1, 1.0 and true hash alike). Returns 0 and
  * sets *out, or -1 when unhashable (a map, or an array that holds a map). */
 int mpb_value_hash(const mpb_value *v, uint64_t *out);
+/* Key every hash in this process with a random secret (the broker calls it at start):
+ * without it a client could pick dict keys that collide in a map's index and make
+ * every lookup slow. Call before any map exists. Not a cryptographic PRF (Python uses
+ * SipHash); a process's maps never leave it, so only timing could reveal the key. */
+void mpb_hash_randomize(void);
 /* Python's type name of a value, for error messages: "NoneType", "int", "str", ... */
 const char *mpb_type_name(const mpb_value *v);
 /* Is it a number (bool, int, uint, float)? */

@@ -12,6 +12,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 
 #include "mpb_value.h"
 
@@ -426,9 +427,19 @@ static inline uint64_t mix64(uint64_t x)
 #define SEED_FLOAT 0x452821e638d01377ULL
 #define SEED_NIL 0xbe5466cf34e90c6cULL
 
+/* Mixed into every hash: 0 unless mpb_hash_randomize() picked a secret one, so that
+ * a client cannot choose keys that all land in one stretch of a map's index. */
+static uint64_t hash_key;
+
+void mpb_hash_randomize(void)
+{
+    uint64_t k;
+    if (getrandom(&k, sizeof k, 0) == (ssize_t)sizeof k) hash_key = k;
+}
+
 /* Integers hash by value: an int64 and a uint64 holding the same non-negative number
  * have the same bits. */
-static uint64_t hash_int_bits(uint64_t x) { return mix64(x ^ SEED_INT); }
+static uint64_t hash_int_bits(uint64_t x) { return mix64(x ^ SEED_INT ^ hash_key); }
 
 static uint64_t hash_float(double f)
 {
@@ -440,14 +451,14 @@ static uint64_t hash_float(double f)
     }
     uint64_t bits;
     memcpy(&bits, &f, sizeof bits);
-    return mix64(bits ^ SEED_FLOAT);
+    return mix64(bits ^ SEED_FLOAT ^ hash_key);
 }
 
 /* Eight bytes per round through the mixer; the length goes into the seed so that
  * "ab" and "ab\0" differ. */
 static uint64_t hash_bytes(const char *p, size_t n, uint64_t seed)
 {
-    uint64_t h = seed ^ mix64(n);
+    uint64_t h = seed ^ hash_key ^ mix64(n);
     while (n >= 8) {
         uint64_t w;
         memcpy(&w, p, 8);
@@ -488,7 +499,7 @@ int mpb_value_hash(const mpb_value *v, uint64_t *out)
         *out = hash_bytes(v->v.s, v->len, SEED_BIN);
         return 0;
     case MPB_REF:
-        *out = mix64(v->v.ref ^ SEED_REF);
+        *out = mix64(v->v.ref ^ SEED_REF ^ hash_key);
         return 0;
     case MPB_ARRAY: {
         uint64_t h = SEED_ARRAY ^ mix64(v->v.a->len);

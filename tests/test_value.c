@@ -960,6 +960,24 @@ START_TEST(otype_and_errkind_names_round_trip)
     ck_assert_str_eq(mpb_errkind_name(MPB_E_NONE), "");
     ck_assert_int_eq(mpb_errkind_from_name("KeyErro", 7), MPB_E_NONE);
 }
+
+START_TEST(hash_randomize_changes_hashes_and_keeps_equal_values_equal)
+{
+    mpb_value one = mpb_int(1), onef = mpb_float(1.0), t = mpb_bool(true), s = mpb_str("key");
+    uint64_t h1, h2, hf, ht, hs1, hs2;
+    ck_assert_int_eq(mpb_value_hash(&one, &h1), 0);
+    ck_assert_int_eq(mpb_value_hash(&s, &hs1), 0);
+    mpb_hash_randomize();
+    ck_assert_int_eq(mpb_value_hash(&one, &h2), 0);
+    ck_assert_int_eq(mpb_value_hash(&s, &hs2), 0);
+    ck_assert(h1 != h2 || hs1 != hs2); /* a new secret (2^-128 odds of a false failure) */
+    ck_assert_int_eq(mpb_value_hash(&onef, &hf), 0);
+    ck_assert_int_eq(mpb_value_hash(&t, &ht), 0);
+    ck_assert(hf == h2 && ht == h2);
+    mpb_value_free(&s);
+}
+END_TEST
+
 END_TEST
 
 /*--- Suite ---*/
@@ -984,7 +1002,8 @@ static Suite *value_suite(void)
                       strings_order_bytewise_then_by_length, arrays_order_lexicographically,
                       unorderable_types_are_type_error}},
         {"hashing", {equal_numbers_hash_alike, arrays_hash_from_their_items,
-                     maps_and_arrays_holding_maps_are_unhashable}},
+                     maps_and_arrays_holding_maps_are_unhashable,
+                     hash_randomize_changes_hashes_and_keeps_equal_values_equal}},
         {"map", {map_insert_then_replace_keeps_first_key, map_keeps_insertion_order_after_delete,
                  map_pop_last_returns_most_recent_entry, map_compacts_tombstones_and_keeps_order,
                  map_holds_1e5_int_and_str_keys, map_rejects_unhashable_key_without_taking_it,
