@@ -423,9 +423,5 @@ int main(void)
     tcase_add_test(tc, async_connect_failure_is_reported_on_the_context);
     tcase_add_test(tc, async_null_callback_drops_the_reply);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_ENV);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return tb_run(s);
 }

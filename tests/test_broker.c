@@ -539,9 +539,5 @@ static Suite *broker_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(broker_suite());
-    srunner_run_all(sr, CK_ENV);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return tb_run(broker_suite());
 }

@@ -138,9 +138,5 @@ int main(void)
     tcase_add_test(tc, bank_total_never_changes);
     tcase_add_test(tc, examples_fail_cleanly_without_a_broker);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_ENV);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return tb_run(s);
 }

@@ -604,9 +604,5 @@ static Suite *faults_suite(void)
 int main(void)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
-    SRunner *sr = srunner_create(faults_suite());
-    srunner_run_all(sr, CK_ENV);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return tb_run(faults_suite());
 }

@@ -305,9 +305,5 @@ static Suite *persist_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(persist_suite());
-    srunner_run_all(sr, CK_ENV);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return tb_run(persist_suite());
 }

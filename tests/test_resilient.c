@@ -176,9 +176,5 @@ int main(void)
     tcase_add_test(tc, with_reconnect_a_client_keeps_working_across_a_restart);
     tcase_add_test(tc, reconnect_to_a_broker_that_lost_its_state_reopens_names);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_ENV);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return tb_run(s);
 }

@@ -49,22 +49,6 @@ static void drop_keyfile(void)
 
 /*--- Raw protocol helpers ---*/
 
-static void send_call(int fd, uint64_t msgid, const char *method, const mpb_value *params,
-                      size_t n)
-{
-    msgpack_sbuffer sb;
-    msgpack_packer pk;
-    msgpack_sbuffer_init(&sb);
-    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    msgpack_pack_array(&pk, 4);
-    msgpack_pack_uint8(&pk, 0);
-    msgpack_pack_uint64(&pk, msgid);
-    msgpack_pack_str_with_body(&pk, method, strlen(method));
-    msgpack_pack_array(&pk, n);
-    for (size_t i = 0; i < n; i++) mpb_value_pack(&pk, &params[i]);
-    ck_assert_int_eq(tb_write_all(fd, sb.data, sb.size), 0);
-    msgpack_sbuffer_destroy(&sb);
-}
 
 /* Read a response; returns it (caller frees). */
 static mpb_value read_response(int fd)
@@ -88,7 +72,7 @@ static void expect_error(int fd, const char *kind)
 
 static void expect_pong(int fd)
 {
-    send_call(fd, 77, "manager.ping", NULL, 0);
+    tb_send_call(fd, 77, "manager.ping", NULL, 0);
     mpb_value m = read_response(fd);
     ck_assert_int_eq(m.v.a->items[2].type, MPB_NIL);
     ck_assert_str_eq(m.v.a->items[3].v.s, "pong");
@@ -114,7 +98,7 @@ static void raw_challenge(int fd, const unsigned char *C, size_t clen, unsigned 
                           unsigned char server_proof[40])
 {
     mpb_value arg = mpb_bin_borrowed(C, clen);
-    send_call(fd, 1, "auth.challenge", &arg, 1);
+    tb_send_call(fd, 1, "auth.challenge", &arg, 1);
     mpb_value m = read_response(fd);
     ck_assert_int_eq(m.v.a->items[2].type, MPB_NIL);
     mpb_value *res = &m.v.a->items[3];
@@ -208,7 +192,7 @@ START_TEST(any_method_before_the_handshake_is_auth_error_then_closed)
     const char *methods[] = {"manager.ping", "manager.objects", "list.append", "no.such", NULL};
     for (int i = 0; methods[i]; i++) {
         int fd = tb_raw_connect(&B);
-        send_call(fd, 5, methods[i], NULL, 0);
+        tb_send_call(fd, 5, methods[i], NULL, 0);
         expect_error(fd, "AuthError");
         ck_assert_int_eq(tb_wait_closed(fd, 5000), 1);
         close(fd);
@@ -228,7 +212,7 @@ START_TEST(raw_handshake_as_documented)
     raw_challenge(fd, CLIENT_C, sizeof CLIENT_C, S, sp);
     proof(cp, "mpbroker-auth client", S, 48, CLIENT_C, sizeof CLIENT_C);
     mpb_value arg = mpb_bin_borrowed(cp, 40);
-    send_call(fd, 2, "auth.response", &arg, 1);
+    tb_send_call(fd, 2, "auth.response", &arg, 1);
     mpb_value m = read_response(fd);
     ck_assert_int_eq(m.v.a->items[2].type, MPB_NIL);
     ck_assert_int_eq(m.v.a->items[3].type, MPB_BOOL);
@@ -248,7 +232,7 @@ START_TEST(bad_responses_are_refused_and_closed)
     proof(cp, "mpbroker-auth client", S, 48, CLIENT_C, sizeof CLIENT_C);
     cp[20] ^= 1;
     mpb_value arg = mpb_bin_borrowed(cp, 40);
-    send_call(fd, 2, "auth.response", &arg, 1);
+    tb_send_call(fd, 2, "auth.response", &arg, 1);
     expect_error(fd, "AuthError");
     ck_assert_int_eq(tb_wait_closed(fd, 5000), 1);
     close(fd);
@@ -256,19 +240,19 @@ START_TEST(bad_responses_are_refused_and_closed)
     fd = tb_raw_connect(&B);
     raw_challenge(fd, CLIENT_C, sizeof CLIENT_C, S, sp);
     arg = mpb_bin_borrowed(sp, 40);
-    send_call(fd, 2, "auth.response", &arg, 1);
+    tb_send_call(fd, 2, "auth.response", &arg, 1);
     expect_error(fd, "AuthError");
     ck_assert_int_eq(tb_wait_closed(fd, 5000), 1);
     close(fd);
     /* A response without a challenge; a challenge too short. */
     fd = tb_raw_connect(&B);
-    send_call(fd, 2, "auth.response", &arg, 1);
+    tb_send_call(fd, 2, "auth.response", &arg, 1);
     expect_error(fd, "AuthError");
     ck_assert_int_eq(tb_wait_closed(fd, 5000), 1);
     close(fd);
     fd = tb_raw_connect(&B);
     arg = mpb_bin_borrowed(CLIENT_C, 20);
-    send_call(fd, 1, "auth.challenge", &arg, 1);
+    tb_send_call(fd, 1, "auth.challenge", &arg, 1);
     expect_error(fd, "AuthError");
     ck_assert_int_eq(tb_wait_closed(fd, 5000), 1);
     close(fd);
@@ -281,7 +265,7 @@ START_TEST(unauthenticated_requests_are_small)
     char big[4000];
     memset(big, 'x', sizeof big);
     mpb_value arg = mpb_bin_borrowed(big, sizeof big);
-    send_call(fd, 1, "auth.challenge", &arg, 1);
+    tb_send_call(fd, 1, "auth.challenge", &arg, 1);
     mpb_value m;
     ck_assert_int_eq(tb_read_msg(fd, &m, 5000), 0);
     ck_assert_str_eq(m.v.a->items[2].v.a->items[0].v.s, "TooLarge");
@@ -632,7 +616,7 @@ START_TEST(sigterm_answers_requests_already_received)
      * after about 4 MiB of unsent replies. The rest sit read but unanswered. */
     int fd = tb_raw_connect(&t);
     mpb_value r = mpb_refv(l);
-    for (int i = 0; i < 20; i++) send_call(fd, (uint64_t)i, "list.copy", &r, 1);
+    for (int i = 0; i < 20; i++) tb_send_call(fd, (uint64_t)i, "list.copy", &r, 1);
     usleep(300000);
     ck_assert_int_eq(kill(t.pid, SIGTERM), 0);
     for (int i = 0; i < 20; i++) {
@@ -695,9 +679,5 @@ static Suite *security_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(security_suite());
-    srunner_run_all(sr, CK_ENV);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return tb_run(security_suite());
 }

@@ -961,9 +961,5 @@ static Suite *shell_suite(void) {
 }
 
 int main(void) {
-    SRunner *sr = srunner_create(shell_suite());
-    srunner_run_all(sr, CK_ENV);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return tb_run(shell_suite());
 }

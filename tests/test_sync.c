@@ -601,9 +601,5 @@ int main(void)
     tcase_add_test(tc, barrier_lets_all_parties_through_together);
     tcase_add_test(tc, value_and_array_keep_their_typecode);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_ENV);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return tb_run(s);
 }

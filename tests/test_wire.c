@@ -22,23 +22,6 @@ static void setup(void)
 /* The broker must exit 0: under ASan that also means it leaked nothing. */
 static void teardown(void) { ck_assert_int_eq(tb_stop(&B), 0); }
 
-/* Send [0, msgid, method, params] packed by hand. */
-static void send_call(int fd, uint64_t msgid, const char *method, const mpb_value *params,
-                      size_t n)
-{
-    msgpack_sbuffer sb;
-    msgpack_packer pk;
-    msgpack_sbuffer_init(&sb);
-    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    msgpack_pack_array(&pk, 4);
-    msgpack_pack_uint8(&pk, 0);
-    msgpack_pack_uint64(&pk, msgid);
-    msgpack_pack_str_with_body(&pk, method, strlen(method));
-    msgpack_pack_array(&pk, n);
-    for (size_t i = 0; i < n; i++) mpb_value_pack(&pk, &params[i]);
-    ck_assert_int_eq(tb_write_all(fd, sb.data, sb.size), 0);
-    msgpack_sbuffer_destroy(&sb);
-}
 
 /* Read one response; check msgid (has_id false: must be nil) and return it. */
 static mpb_value read_response(int fd, bool has_id, uint64_t msgid)
@@ -73,7 +56,7 @@ static void expect_error(int fd, bool has_id, uint64_t msgid, const char *kind)
 /* The connection still answers a ping with this msgid. */
 static void expect_usable(int fd, uint64_t msgid)
 {
-    send_call(fd, msgid, "manager.ping", NULL, 0);
+    tb_send_call(fd, msgid, "manager.ping", NULL, 0);
     mpb_value m = read_response(fd, true, msgid);
     ck_assert_int_eq(m.v.a->items[2].type, MPB_NIL);
     ck_assert_str_eq(m.v.a->items[3].v.s, "pong");
@@ -114,7 +97,7 @@ END_TEST
 START_TEST(unknown_method_is_no_such_method)
 {
     int fd = tb_raw_connect(&B);
-    send_call(fd, 3, "list.frobnicate", NULL, 0);
+    tb_send_call(fd, 3, "list.frobnicate", NULL, 0);
     expect_error(fd, true, 3, "NoSuchMethod");
     expect_usable(fd, 4);
     close(fd);
@@ -129,25 +112,25 @@ START_TEST(wrong_arity_and_types_are_type_errors_and_change_nothing)
     ck_assert_int_eq(mpb_create(c, "dict", NULL, &d), MPB_OK);
     int fd = tb_raw_connect(&B);
     mpb_value p[3] = {mpb_refv(l), mpb_int(1), mpb_int(2)};
-    send_call(fd, 1, "list.append", p, 3); /* one too many */
+    tb_send_call(fd, 1, "list.append", p, 3); /* one too many */
     expect_error(fd, true, 1, "TypeError");
-    send_call(fd, 2, "list.append", p, 0); /* no reference */
+    tb_send_call(fd, 2, "list.append", p, 0); /* no reference */
     expect_error(fd, true, 2, "TypeError");
     mpb_value q[2] = {mpb_int(5), mpb_int(1)};
-    send_call(fd, 3, "list.append", q, 2); /* an int where the reference goes */
+    tb_send_call(fd, 3, "list.append", q, 2); /* an int where the reference goes */
     expect_error(fd, true, 3, "TypeError");
     mpb_value r[2] = {mpb_refv(d), mpb_int(1)};
-    send_call(fd, 4, "list.append", r, 2); /* a dict reference to a list method */
+    tb_send_call(fd, 4, "list.append", r, 2); /* a dict reference to a list method */
     expect_error(fd, true, 4, "TypeError");
     mpb_value s[2] = {mpb_refv(l), mpb_str_borrowed("x", 1)};
-    send_call(fd, 5, "list.getitem", s, 2); /* a str index */
+    tb_send_call(fd, 5, "list.getitem", s, 2); /* a str index */
     expect_error(fd, true, 5, "TypeError");
     mpb_value t[2] = {mpb_refv(987654), mpb_int(1)};
-    send_call(fd, 6, "list.append", t, 2); /* no such object */
+    tb_send_call(fd, 6, "list.append", t, 2); /* no such object */
     expect_error(fd, true, 6, "NoSuchObject");
     mpb_value inner = mpb_refv(987654);
     mpb_value u[2] = {mpb_refv(l), inner};
-    send_call(fd, 7, "list.append", u, 2); /* a dangling reference as a value */
+    tb_send_call(fd, 7, "list.append", u, 2); /* a dangling reference as a value */
     expect_error(fd, true, 7, "NoSuchObject");
     expect_usable(fd, 8);
     int64_t n = -1;
@@ -166,7 +149,7 @@ START_TEST(oversized_message_is_too_large_and_closed)
     char *big = malloc(n);
     memset(big, 'x', n);
     mpb_value p = mpb_str_borrowed(big, n);
-    send_call(fd, 11, "manager.ping", &p, 1);
+    tb_send_call(fd, 11, "manager.ping", &p, 1);
     expect_error(fd, false, 0, "TooLarge");
     ck_assert_int_eq(tb_wait_closed(fd, 5000), 1);
     free(big);
@@ -280,9 +263,5 @@ static Suite *wire_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(wire_suite());
-    srunner_run_all(sr, CK_ENV);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return tb_run(wire_suite());
 }

@@ -391,3 +391,28 @@ void tb_expect_err_at(int line, mpb_context *c, const char *kind, const char *me
     ck_assert_msg(c->errstr[0] != '\0', "line %d: empty message", line);
     ck_assert_int_eq(res.type, MPB_NIL);
 }
+
+int tb_run(Suite *s)
+{
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_ENV);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
+
+void tb_send_call(int fd, uint64_t msgid, const char *method, const mpb_value *params, size_t n)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_array(&pk, 4);
+    msgpack_pack_uint8(&pk, 0);
+    msgpack_pack_uint64(&pk, msgid);
+    msgpack_pack_str_with_body(&pk, method, strlen(method));
+    msgpack_pack_array(&pk, n);
+    for (size_t i = 0; i < n; i++) mpb_value_pack(&pk, &params[i]);
+    ck_assert_int_eq(tb_write_all(fd, sb.data, sb.size), 0);
+    msgpack_sbuffer_destroy(&sb);
+}

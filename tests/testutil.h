@@ -7,6 +7,7 @@
 #ifndef MPB_TESTUTIL_H
 #define MPB_TESTUTIL_H
 
+#include <check.h>
 #include <sys/types.h>
 #include "mpbroker.h"
 
@@ -30,11 +31,17 @@ mpb_context *tb_connect(const tb_broker *b);
 int tb_raw_connect(const tb_broker *b);
 /* Write all of buf; read exactly n bytes with a timeout in ms. 0 ok, -1 error/timeout. */
 int tb_write_all(int fd, const void *buf, size_t n);
+/* Write [0, msgid, method, params] packed by hand to a raw socket (asserts). */
+void tb_send_call(int fd, uint64_t msgid, const char *method, const mpb_value *params, size_t n);
 /* Read one whole msgpack message from fd within timeout_ms into a freshly allocated
  * mpb_value (caller frees). 0 ok, -1 on EOF/timeout/garbage. */
 int tb_read_msg(int fd, mpb_value *out, int timeout_ms);
 /* Read until EOF within timeout_ms; returns 1 if the peer closed, 0 if not. */
 int tb_wait_closed(int fd, int timeout_ms);
+
+/* Run every test of s (CK_ENV decides forking and verbosity) and return the exit
+ * status for main: EXIT_FAILURE when any failed. Frees s. */
+int tb_run(Suite *s);
 
 /*--- Asserting calls, compared through Python's repr ---*/
 /* An owned value from a Python literal: None True False 12 -3 2.5 'str' [a, b]
