@@ -33,16 +33,6 @@ bool event_init_from(mpb_req *r, mpb_object *o, uint32_t i)
     return !has_initial(r, i) || arg_bool(r, i, &EV(o)->flag);
 }
 
-static void answer(mpb_waiter *w, bool result)
-{
-    mpb_req r;
-    wait_req(w, &r);
-    reply_bool(&r, result);
-    wait_done(w);
-}
-
-static void on_wait_timeout(mpb_waiter *w) { answer(w, false); }
-
 /* event.set REF */
 void event_set(mpb_req *r)
 {
@@ -50,7 +40,7 @@ void event_set(mpb_req *r)
     e->flag = true;
     reply_nil(r);
     mpb_waiter *w;
-    while ((w = waitq_pop(&e->waiters))) answer(w, true);
+    while ((w = waitq_pop(&e->waiters))) wait_answer_bool(w, true);
 }
 
 /* event.clear REF */
@@ -70,7 +60,7 @@ void event_wait(mpb_req *r)
     if (!arg_timeout(r, 0, &timeout)) return;
     evstate *e = EV(r->self);
     if (e->flag || timeout == 0) reply_bool(r, e->flag);
-    else wait_park(r, r->self, &e->waiters, timeout, on_wait_timeout);
+    else wait_park(r, r->self, &e->waiters, timeout, wait_timeout_false);
 }
 
 void event_dump(const mpb_object *o, msgpack_packer *pk)

@@ -27,10 +27,7 @@ static size_t lock_memsize(const mpb_object *o) { (void)o; return sizeof(locksta
 /* Answer a waiter that just got the lock. */
 static void answer_granted(mpb_waiter *w)
 {
-    mpb_req r;
-    wait_req(w, &r);
-    reply_bool(&r, w->method == MPB_M_COND_WAIT ? w->flag : true);
-    wait_done(w);
+    wait_answer_bool(w, w->method == MPB_M_COND_WAIT ? w->flag : true);
 }
 
 /* Free lock: give it to the oldest waiter. */
@@ -106,14 +103,6 @@ void lock_grant_or_queue(mpb_object *lk, mpb_waiter *w)
         wait_enqueue(w, &l->waiters);
 }
 
-static void on_acquire_timeout(mpb_waiter *w)
-{
-    mpb_req r;
-    wait_req(w, &r);
-    reply_bool(&r, false);
-    wait_done(w);
-}
-
 /* The acquire logic shared with condition.acquire: lk is the lock, r the request
  * (BLOCKING and TIMEOUT in r->args[0..1]), pin the object waited on. */
 void lock_acquire_req(mpb_req *r, mpb_object *lk, mpb_object *pin)
@@ -140,7 +129,7 @@ void lock_acquire_req(mpb_req *r, mpb_object *lk, mpb_object *pin)
                     r->info->name);
         return;
     }
-    wait_park(r, pin, &l->waiters, timeout, on_acquire_timeout);
+    wait_park(r, pin, &l->waiters, timeout, wait_timeout_false);
 }
 
 /* Release shared with condition.release. */

@@ -179,14 +179,6 @@ static void on_put_timeout(mpb_waiter *w)
     wait_done(w);
 }
 
-static void on_join_timeout(mpb_waiter *w)
-{
-    mpb_req r;
-    wait_req(w, &r);
-    reply_bool(&r, false);
-    wait_done(w);
-}
-
 static void do_put(mpb_req *r, mpb_value *item, bool block, double timeout)
 {
     qstate *q = Q(r->self);
@@ -293,12 +285,7 @@ void queue_task_done(mpb_req *r)
     reply_nil(r);
     if (--q->unfinished == 0) {
         mpb_waiter *w;
-        while ((w = waitq_pop(&q->joiners))) {
-            mpb_req jr;
-            wait_req(w, &jr);
-            reply_bool(&jr, true);
-            wait_done(w);
-        }
+        while ((w = waitq_pop(&q->joiners))) wait_answer_bool(w, true);
     }
 }
 
@@ -310,5 +297,5 @@ void queue_join(mpb_req *r)
     qstate *q = Q(r->self);
     if (q->unfinished == 0) reply_bool(r, true);
     else if (timeout == 0) reply_bool(r, false);
-    else wait_park(r, r->self, &q->joiners, timeout, on_join_timeout);
+    else wait_park(r, r->self, &q->joiners, timeout, wait_timeout_false);
 }

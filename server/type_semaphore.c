@@ -145,14 +145,6 @@ bool sem_init_from(mpb_req *r, mpb_object *o, uint32_t i)
     return true;
 }
 
-static void on_acquire_timeout(mpb_waiter *w)
-{
-    mpb_req r;
-    wait_req(w, &r);
-    reply_bool(&r, false);
-    wait_done(w);
-}
-
 /* semaphore.acquire REF [BLOCKING [TIMEOUT]] */
 void sem_acquire(mpb_req *r)
 {
@@ -170,7 +162,7 @@ void sem_acquire(mpb_req *r)
         return;
     }
     if (!blocking || timeout == 0) reply_bool(r, false);
-    else wait_park(r, r->self, &s->waiters, timeout, on_acquire_timeout);
+    else wait_park(r, r->self, &s->waiters, timeout, wait_timeout_false);
 }
 
 /* semaphore.release REF [N] */

@@ -108,6 +108,16 @@ void wait_done(mpb_waiter *w)
     conn_unblock(c);
 }
 
+void wait_answer_bool(mpb_waiter *w, bool result)
+{
+    mpb_req r;
+    wait_req(w, &r);
+    reply_bool(&r, result);
+    wait_done(w);
+}
+
+void wait_timeout_false(mpb_waiter *w) { wait_answer_bool(w, false); }
+
 mpb_waiter *waitq_pop(mpb_waitq *q)
 {
     mpb_waiter *w = q->head;

@@ -55,6 +55,10 @@ void wait_unlink(mpb_waiter *w);
 void wait_enqueue(mpb_waiter *w, mpb_waitq *q);
 /* Answered: unlink, unpin, free, and let its connection go on. Call after replying. */
 void wait_done(mpb_waiter *w);
+/* Answer w with a bool result and let its connection go on. */
+void wait_answer_bool(mpb_waiter *w, bool result);
+/* An mpb_wait_fn for waits whose timeout answers false (acquire, wait, join). */
+void wait_timeout_false(mpb_waiter *w);
 /* Pop the oldest waiter of q (unlinked), or NULL. */
 mpb_waiter *waitq_pop(mpb_waitq *q);
 /* Answer every waiter in q with an error (an object going away, a barrier broken). */
