@@ -40,14 +40,7 @@ static void teardown(void)
 #define EXPECT_ERR(kind, method, ...) TB_EXPECT_ERR(C, kind, method, __VA_ARGS__)
 #define repr_of tb_repr
 
-static mpb_ref new_obj(const char *type, const char *initial)
-{
-    mpb_ref r;
-    mpb_value init = initial ? V(initial) : mpb_nil();
-    ck_assert_int_eq(mpb_create(C, type, &init, &r), MPB_OK);
-    mpb_value_free(&init);
-    return r;
-}
+static mpb_ref new_obj(const char *type, const char *initial) { return tb_create(C, type, initial); }
 
 /*--- list ---*/
 

@@ -34,15 +34,7 @@ static void teardown(void)
 #define EXPECT(want, method, ...) TB_EXPECT(C, want, method, __VA_ARGS__)
 #define EXPECT_ERR(kind, method, ...) TB_EXPECT_ERR(C, kind, method, __VA_ARGS__)
 
-static mpb_ref make(const char *type, const char *initial)
-{
-    mpb_ref r;
-    mpb_value init = initial ? tb_lit(initial) : mpb_nil();
-    int rc = mpb_create(C, type, &init, &r);
-    ck_assert_msg(rc == MPB_OK, "create %s: %s %s", type, C->errkind, C->errstr);
-    mpb_value_free(&init);
-    return r;
-}
+static mpb_ref make(const char *type, const char *initial) { return tb_create(C, type, initial); }
 
 static double now(void)
 {

@@ -416,3 +416,13 @@ void tb_send_call(int fd, uint64_t msgid, const char *method, const mpb_value *p
     ck_assert_int_eq(tb_write_all(fd, sb.data, sb.size), 0);
     msgpack_sbuffer_destroy(&sb);
 }
+
+mpb_ref tb_create(mpb_context *c, const char *type, const char *initial)
+{
+    mpb_ref r;
+    mpb_value init = initial ? tb_lit(initial) : mpb_nil();
+    int rc = mpb_create(c, type, &init, &r);
+    ck_assert_msg(rc == MPB_OK, "create %s: %s %s", type, c->errkind, c->errstr);
+    mpb_value_free(&init);
+    return r;
+}

@@ -47,6 +47,9 @@ int tb_run(Suite *s);
 /* An owned value from a Python literal: None True False 12 -3 2.5 'str' [a, b]
  * (a, b) {k: v}. Aborts the test on syntax it does not know. */
 mpb_value tb_lit(const char *text);
+/* Create an object of type with INITIAL written as a Python literal (NULL: none);
+ * asserts success and returns its reference. */
+mpb_ref tb_create(mpb_context *c, const char *type, const char *initial);
 /* mpb_value_repr, asserted non-NULL; free() it. */
 char *tb_repr(const mpb_value *v);
 /* Call method with args (all freed afterwards) and assert the result's repr. */
