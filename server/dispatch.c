@@ -224,8 +224,7 @@ bool arg_value(mpb_req *r, uint32_t i, mpb_value *out)
 bool arg_key(mpb_req *r, uint32_t i, mpb_value *out)
 {
     if (!arg_value(r, i, out)) return false;
-    uint64_t h;
-    if (mpb_value_hash(out, &h) < 0) {
+    if (!mpb_value_hashable(out)) { /* the map computes the hash itself */
         reply_error(r, MPB_E_TYPE, "%s: unhashable type: '%s'", r->info->name,
                     out->type == MPB_MAP ? "dict" : "list");
         mpb_value_free(out);

@@ -73,12 +73,11 @@ static void reply_key_error(mpb_req *r, const mpb_value *k)
 /* Check one pair for map_update_from: hashable key, str when str_keys. */
 static bool pair_ok(mpb_req *r, const mpb_value *k, bool str_keys)
 {
-    uint64_t h;
     if (str_keys && k->type != MPB_STR) {
         reply_error(r, MPB_E_TYPE, "attribute name must be string, not '%s'", mpb_type_name(k));
         return false;
     }
-    if (mpb_value_hash(k, &h) < 0) {
+    if (!mpb_value_hashable(k)) {
         reply_error(r, MPB_E_TYPE, "unhashable type: '%s'", mpb_type_name(k));
         return false;
     }

@@ -176,6 +176,9 @@ int mpb_value_hash(const mpb_value *v, uint64_t *out);
  * every lookup slow. Call before any map exists. Not a cryptographic PRF (Python uses
  * SipHash); a process's maps never leave it, so only timing could reveal the key. */
 void mpb_hash_randomize(void);
+/* Can v be a dict key (mpb_value_hash would succeed)? A type check for scalars,
+ * without computing the hash: callers that only validate need no more. */
+bool mpb_value_hashable(const mpb_value *v);
 /* Python's type name of a value, for error messages: "NoneType", "int", "str", ... */
 const char *mpb_type_name(const mpb_value *v);
 /* Is it a number (bool, int, uint, float)? */

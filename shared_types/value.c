@@ -474,6 +474,15 @@ static uint64_t hash_bytes(const char *p, size_t n, uint64_t seed)
     return mix64(h);
 }
 
+bool mpb_value_hashable(const mpb_value *v)
+{
+    if (v->type == MPB_MAP) return false; /* maps are mutable, as Python's dicts */
+    if (v->type != MPB_ARRAY) return true;
+    for (size_t i = 0; i < v->v.a->len; i++)
+        if (!mpb_value_hashable(&v->v.a->items[i])) return false;
+    return true;
+}
+
 int mpb_value_hash(const mpb_value *v, uint64_t *out)
 {
     switch (v->type) {

@@ -961,6 +961,21 @@ START_TEST(otype_and_errkind_names_round_trip)
     ck_assert_int_eq(mpb_errkind_from_name("KeyErro", 7), MPB_E_NONE);
 }
 
+START_TEST(hashable_agrees_with_hash)
+{
+    mpb_value vals[5] = {mpb_int(1), mpb_str("s"), mpb_array_value(2), mpb_map_value(),
+                         mpb_array_value(1)};
+    mpb_value inner = mpb_map_value(), one = mpb_int(1);
+    mpb_value_push(&vals[2], &one);
+    mpb_value_push(&vals[4], &inner); /* a tuple holding a dict */
+    for (int i = 0; i < 5; i++) {
+        uint64_t h;
+        ck_assert_int_eq(mpb_value_hashable(&vals[i]), mpb_value_hash(&vals[i], &h) == 0);
+        mpb_value_free(&vals[i]);
+    }
+}
+END_TEST
+
 START_TEST(hash_randomize_changes_hashes_and_keeps_equal_values_equal)
 {
     mpb_value one = mpb_int(1), onef = mpb_float(1.0), t = mpb_bool(true), s = mpb_str("key");
@@ -1003,7 +1018,8 @@ static Suite *value_suite(void)
                       unorderable_types_are_type_error}},
         {"hashing", {equal_numbers_hash_alike, arrays_hash_from_their_items,
                      maps_and_arrays_holding_maps_are_unhashable,
-                     hash_randomize_changes_hashes_and_keeps_equal_values_equal}},
+                     hash_randomize_changes_hashes_and_keeps_equal_values_equal,
+                     hashable_agrees_with_hash}},
         {"map", {map_insert_then_replace_keeps_first_key, map_keeps_insertion_order_after_delete,
                  map_pop_last_returns_most_recent_entry, map_compacts_tombstones_and_keeps_order,
                  map_holds_1e5_int_and_str_keys, map_rejects_unhashable_key_without_taking_it,
