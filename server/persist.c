@@ -198,7 +198,7 @@ static size_t write_snapshot(uint64_t g)
     char tmp[4096];
     snprintf(tmp, sizeof tmp, "%s", path_in("snapshot.tmp"));
     snapw *w = calloc(1, sizeof *w);
-    if (!w) die("%s: out of memory%s", "snapshot");
+    if (!w) die("cannot write %s: %s", "the snapshot"); /* errno: ENOMEM */
     w->fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (w->fd < 0) die("cannot create %s: %s", tmp);
     w->crc = crc32(0, NULL, 0);
@@ -300,7 +300,7 @@ static bool read_file(const char *path, loaded *f)
     if (fstat(fd, &st) < 0) die("cannot stat %s: %s", path);
     f->len = (size_t)st.st_size;
     f->data = malloc(f->len + 1);
-    if (!f->data) die("%s: out of memory%s", path);
+    if (!f->data) die("cannot read %s: %s", path); /* errno: ENOMEM */
     size_t got = 0;
     while (got < f->len) {
         ssize_t n = read(fd, f->data + got, f->len - got);
