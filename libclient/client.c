@@ -175,7 +175,7 @@ static void copy_error(mpb_context *c, const msgpack_object *e) {
     }
     mpb_value v;
     char *repr = NULL;
-    if (mpb_value_from_object(e, &v, MPB_READER_MAX_DEPTH, NULL, 0) == MPB_E_NONE) {
+    if (mpb_value_from_object(e, &v, MPB_REPLY_MAX_DEPTH, NULL, 0) == MPB_E_NONE) {
         repr = mpb_value_repr(&v);
         mpb_value_free(&v);
     }
@@ -203,7 +203,7 @@ static struct mpb_note *note_from_object(const msgpack_object *o) {
     n->next = NULL;
     memcpy(n->method, m, mlen);
     n->method[mlen] = '\0';
-    if (mpb_value_from_object(&a[2], &n->params, MPB_READER_MAX_DEPTH, NULL, 0) !=
+    if (mpb_value_from_object(&a[2], &n->params, MPB_REPLY_MAX_DEPTH, NULL, 0) !=
         MPB_E_NONE) {
         free(n);
         return NULL;
@@ -251,7 +251,7 @@ static int handle_reply(mpb_context *c, const msgpack_object *o, mpb_value *resu
     }
     if (result != NULL) {
         char why[96];
-        mpb_errkind k = mpb_value_from_object(&a[3], result, MPB_READER_MAX_DEPTH, why,
+        mpb_errkind k = mpb_value_from_object(&a[3], result, MPB_REPLY_MAX_DEPTH, why,
                                               sizeof why);
         if (k == MPB_E_OUT_OF_MEMORY) /* the stream is still in step: stay usable */
             return set_err(c, MPB_ERR_OOM, "OutOfMemory", "decoding the reply: %s", why);
@@ -262,6 +262,21 @@ static int handle_reply(mpb_context *c, const msgpack_object *o, mpb_value *resu
     }
     set_ok(c);
     return MPB_OK;
+}
+
+/* The reader skipped a reply deeper than MPB_REPLY_MAX_DEPTH, which no broker of this
+ * version sends. When it answered the oldest call, only that call fails: the stream is
+ * still in step. Anything else is a broken stream. */
+static int too_deep_reply(mpb_context *c) {
+    struct mpb_context_priv *p = c->priv;
+    if (p->reader.skipped_type != 1 || p->reader.skipped_msgid != p->ids[p->head]) {
+        set_err(c, MPB_ERR_PROTOCOL, "ProtocolError", "reply nested too deeply: %s",
+                p->reader.errstr);
+        return break_conn(c);
+    }
+    p->head = (p->head + 1) % p->cap;
+    p->nids--;
+    return set_err(c, MPB_ERR_PROTOCOL, "TooDeep", "reply not read: %s", p->reader.errstr);
 }
 
 /*--- Connecting ---*/
@@ -392,7 +407,7 @@ mpb_context *mpb_connect_with_key(const char *address, const void *key, size_t k
     if (c == NULL) return NULL;
     c->fd = -1;
     if ((c->priv = calloc(1, sizeof *c->priv)) == NULL ||
-        mpb_reader_init(&c->priv->reader, MAX_REPLY, MPB_READER_MAX_DEPTH) < 0) {
+        mpb_reader_init(&c->priv->reader, MAX_REPLY, MPB_REPLY_MAX_DEPTH) < 0) {
         free(c->priv);
         free(c);
         return NULL;
@@ -444,7 +459,7 @@ static void reset_stream(mpb_context *c) {
     p->out.size = p->out_sent = 0;
     p->eof = false;
     mpb_reader_destroy(&p->reader);
-    mpb_reader_init(&p->reader, MAX_REPLY, MPB_READER_MAX_DEPTH);
+    mpb_reader_init(&p->reader, MAX_REPLY, MPB_REPLY_MAX_DEPTH);
 }
 
 /* With nothing in flight, is the broker gone (EOF or reset waiting on the socket)? */
@@ -681,10 +696,16 @@ int mpb_buffer_take_reply(mpb_context *c, mpb_value *result, int *got) {
         return set_err(c, MPB_ERR_ARG, "ValueError", "no call is waiting for a reply");
     msgpack_object o;
     mpb_read_status st;
-    /* Notifications (monitor events) may come between replies: queue them. */
-    while ((st = mpb_reader_next(&p->reader, &o)) == MPB_READ_MSG && is_notification(&o)) {
-        struct mpb_note *n = note_from_object(&o);
-        if (n != NULL) note_push(p, n);
+    /* Notifications (monitor events) may come between replies: queue them. One too
+     * deep to read answers no call, so skipping it keeps the stream in step. */
+    for (;;) {
+        st = mpb_reader_next(&p->reader, &o);
+        if (st == MPB_READ_MSG && is_notification(&o)) {
+            struct mpb_note *n = note_from_object(&o);
+            if (n != NULL) note_push(p, n);
+        } else if (st != MPB_READ_TOO_DEEP || p->reader.skipped_type != 2) {
+            break;
+        }
     }
     switch (st) {
     case MPB_READ_MSG:
@@ -698,9 +719,8 @@ int mpb_buffer_take_reply(mpb_context *c, mpb_value *result, int *got) {
         set_ok(c);
         return MPB_OK;
     case MPB_READ_TOO_DEEP:
-        set_err(c, MPB_ERR_PROTOCOL, "ProtocolError", "reply nested too deeply: %s",
-                p->reader.errstr);
-        return break_conn(c);
+        if (got != NULL) *got = 1;
+        return too_deep_reply(c);
     default:
         set_err(c, MPB_ERR_PROTOCOL, "ProtocolError", "bad reply: %s", p->reader.errstr);
         return break_conn(c);

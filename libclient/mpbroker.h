@@ -103,7 +103,12 @@ int mpb_append_call(mpb_context *c, const char *method, const mpb_value *args,
 int mpb_flush(mpb_context *c);
 /* Flush, then read the reply to the oldest call still unanswered, in order.
  * MPB_ERR_REPLY for an error reply (the pipeline stays in step). MPB_ERR_ARG when
- * no call is outstanding. */
+ * no call is outstanding.
+ * Depth: every reply a broker can legally send is read (MPB_REPLY_MAX_DEPTH levels,
+ * mpb_reader.h: two more than the deepest request, since dict.items chunks and monitor
+ * events wrap a stored value two levels deeper than the request that stored it). A
+ * reply deeper than that fails its own call with MPB_ERR_PROTOCOL, errkind "TooDeep",
+ * and the context stays usable; a notification deeper than that is dropped. */
 int mpb_get_reply(mpb_context *c, mpb_value *result);
 /* Number of calls sent or queued whose replies have not been read. */
 size_t mpb_pending(const mpb_context *c);
@@ -296,8 +301,10 @@ typedef struct mpb_async_context mpb_async_context;
 /* What a callback receives; valid only until the callback returns. */
 typedef struct mpb_reply {
     int err;           /* MPB_OK; MPB_ERR_REPLY (the broker's error, the connection goes
-                          on); MPB_ERR_OOM (reply too big to decode, goes on); else the
-                          connection is lost: errkind "ConnectionError" or "ProtocolError" */
+                          on); MPB_ERR_OOM (reply too big to decode, goes on);
+                          MPB_ERR_PROTOCOL with errkind "TooDeep" (see mpb_get_reply, goes
+                          on); else the connection is lost: errkind "ConnectionError" or
+                          "ProtocolError" */
     char errkind[32];  /* "" on success, else "KeyError", "ConnectionError", ... */
     char errstr[256];
     mpb_value value;   /* the result; nil on error. The library frees it after the
