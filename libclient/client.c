@@ -82,6 +82,20 @@ struct mpb_note {
     char method[];
 };
 
+/* Counts fork()s in this process's ancestry line, so that a context can tell it was
+ * inherited without a getpid() system call on every call (pthread_atfork). */
+static volatile unsigned long fork_gen;
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+static void on_fork_child(void) { fork_gen++; }
+
+static int after_fork(mpb_context *c);
+
+/* First thing in every entry point that touches the connection: a context inherited
+ * through fork() must not read, write or even look at the parent's socket. */
+static inline int own_conn(mpb_context *c) {
+    return c->priv->fork_gen == fork_gen ? MPB_OK : after_fork(c);
+}
+
 /*--- Errors ---*/
 
 static void copy_bounded(char *dst, size_t size, const char *src, size_t n) {
@@ -368,15 +382,10 @@ static void connect_tcp(mpb_context *c, const char *address) {
     c->fd = fd;
 }
 
-/* Connect c (not connected) to its address: the one path for the first connection, a
- * reconnect, and a forked child's own connection. */
-/* Counts fork()s in this process's ancestry line, so that a context can tell it was
- * inherited without a getpid() system call on every call (pthread_atfork). */
-static volatile unsigned long fork_gen;
-static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
-static void on_fork_child(void) { fork_gen++; }
 static void atfork_init(void) { pthread_atfork(NULL, NULL, on_fork_child); }
 
+/* Connect c (not connected) to its address: the one path for the first connection, a
+ * reconnect, and a forked child's own connection. */
 static void open_conn(mpb_context *c) {
     const char *address = c->priv->address;
     pthread_once(&atfork_once, atfork_init);
@@ -511,21 +520,33 @@ static int reconnect(mpb_context *c) {
                    p->broken);
 }
 
-/* Before a call: a context inherited through fork() opens its own socket (the
- * parent's would interleave both processes' bytes); with reconnect on, a connection
- * the broker closed is opened again. */
+/* In a child of fork(): the socket, the requests queued or in flight, and the replies
+ * and notifications read so far all belong to the parent, which goes on using them.
+ * Drop this process's copies (sending the queued requests would run them twice, and
+ * reading would steal the parent's replies) and open a connection of its own. */
+static int after_fork(mpb_context *c) {
+    struct mpb_context_priv *p = c->priv;
+    if (c->fd >= 0) close(c->fd); /* our copy only: the parent's stays open */
+    c->fd = -1;
+    reset_stream(c);
+    while (p->notes != NULL) {
+        struct mpb_note *n = p->notes;
+        p->notes = n->next;
+        mpb_value_free(&n->params);
+        free(n);
+    }
+    p->notes_tail = NULL;
+    bool keep = p->reconnect;
+    p->reconnect = false; /* one attempt: the broker is up, the parent uses it */
+    int rc = reconnect(c);
+    p->reconnect = keep;
+    p->fork_gen = fork_gen; /* tried, even if it failed: that is now this context's state */
+    return rc;
+}
+
+/* Before a call: with reconnect on, a connection the broker closed is opened again. */
 static int ensure_conn(mpb_context *c) {
     struct mpb_context_priv *p = c->priv;
-    if (p->fork_gen != fork_gen) {
-        if (c->fd >= 0) close(c->fd); /* our copy only: the parent's stays open */
-        c->fd = -1;
-        reset_stream(c);
-        bool keep = p->reconnect;
-        p->reconnect = false; /* one attempt: the broker is up, the parent uses it */
-        int rc = reconnect(c);
-        p->reconnect = keep;
-        return rc;
-    }
     if (!p->reconnect) return MPB_OK;
     if (c->fd >= 0 && p->nids == 0 && peer_gone(c->fd)) {
         set_err(c, MPB_ERR_EOF, "ConnectionError", "the broker closed the connection");
@@ -577,7 +598,7 @@ int mpb_append_call(mpb_context *c, const char *method, const mpb_value *args,
     if (c == NULL) return MPB_ERR_ARG;
     if (method == NULL || (args == NULL && nargs > 0))
         return set_err(c, MPB_ERR_ARG, "ValueError", "mpb_append_call: NULL method or args");
-    if (ensure_conn(c) != MPB_OK || fail_if_broken(c)) return c->err;
+    if (own_conn(c) != MPB_OK || ensure_conn(c) != MPB_OK || fail_if_broken(c)) return c->err;
     struct mpb_context_priv *p = c->priv;
     if (ids_reserve(p) < 0) return set_err(c, MPB_ERR_OOM, "OutOfMemory", "queueing a call");
     size_t mark = p->out.size;
@@ -619,7 +640,7 @@ static int write_failed(mpb_context *c, int e) {
 int mpb_buffer_write(mpb_context *c, int *done) {
     if (done != NULL) *done = 0;
     if (c == NULL) return MPB_ERR_ARG;
-    if (fail_if_broken(c)) return c->err;
+    if (own_conn(c) != MPB_OK || fail_if_broken(c)) return c->err;
     struct mpb_context_priv *p = c->priv;
     while (p->out_sent < p->out.size) {
         ssize_t n = send(c->fd, p->out.data + p->out_sent, p->out.size - p->out_sent,
@@ -654,7 +675,7 @@ int mpb_buffer_read(mpb_context *c) { return read_some(c, false); }
 
 static int read_some(mpb_context *c, bool block) {
     if (c == NULL) return MPB_ERR_ARG;
-    if (fail_if_broken(c)) return c->err;
+    if (own_conn(c) != MPB_OK || fail_if_broken(c)) return c->err;
     struct mpb_context_priv *p = c->priv;
     if (p->eof) {
         set_ok(c);
@@ -690,7 +711,7 @@ int mpb_buffer_take_reply(mpb_context *c, mpb_value *result, int *got) {
     if (result != NULL) *result = mpb_nil();
     if (got != NULL) *got = 0;
     if (c == NULL) return MPB_ERR_ARG;
-    if (fail_if_broken(c)) return c->err;
+    if (own_conn(c) != MPB_OK || fail_if_broken(c)) return c->err;
     struct mpb_context_priv *p = c->priv;
     if (p->nids == 0)
         return set_err(c, MPB_ERR_ARG, "ValueError", "no call is waiting for a reply");
@@ -746,6 +767,7 @@ int mpb_flush(mpb_context *c) {
     int done, rc;
     short rev = 0;
     if (c == NULL) return MPB_ERR_ARG;
+    if (own_conn(c) != MPB_OK) return c->err;
     while ((rc = mpb_buffer_write(c, &done)) == MPB_OK && !done) {
         /* Read replies while we write: a broker whose output to us is full stops
          * reading, and a long pipeline would otherwise deadlock on both sides. */
@@ -762,7 +784,7 @@ int mpb_get_reply(mpb_context *c, mpb_value *result) {
     int rc, got;
     if (result != NULL) *result = mpb_nil();
     if (c == NULL) return MPB_ERR_ARG;
-    if (fail_if_broken(c)) return c->err;
+    if (own_conn(c) != MPB_OK || fail_if_broken(c)) return c->err;
     if (c->priv->nids == 0)
         return set_err(c, MPB_ERR_ARG, "ValueError", "no call is waiting for a reply");
     if ((rc = mpb_flush(c)) != MPB_OK) return rc;
@@ -777,6 +799,7 @@ int mpb_call(mpb_context *c, const char *method, const mpb_value *args, size_t n
     int rc;
     if (result != NULL) *result = mpb_nil();
     if (c == NULL) return MPB_ERR_ARG;
+    if (own_conn(c) != MPB_OK) return c->err;
     if (c->priv->nids > 0)
         return set_err(c, MPB_ERR_ARG, "ValueError", "mpb_call with %zu pipelined replies "
                        "unread: take them with mpb_get_reply first", c->priv->nids);
@@ -785,7 +808,8 @@ int mpb_call(mpb_context *c, const char *method, const mpb_value *args, size_t n
 }
 
 size_t mpb_pending(const mpb_context *c) {
-    return c != NULL && c->priv != NULL ? c->priv->nids : 0;
+    /* In a child of fork() the calls in flight are the parent's: none are this one's. */
+    return c != NULL && c->priv != NULL && c->priv->fork_gen == fork_gen ? c->priv->nids : 0;
 }
 
 /*--- Notifications ---*/
@@ -814,6 +838,7 @@ int mpb_get_notification(mpb_context *c, int timeout_ms, char *method, size_t n,
     if (got != NULL) *got = 0;
     if (method != NULL && n > 0) method[0] = '\0';
     if (c == NULL) return MPB_ERR_ARG;
+    if (own_conn(c) != MPB_OK) return c->err;
     struct mpb_context_priv *p = c->priv;
     if (p->notes != NULL) { /* read before the connection broke, if it did: still good */
         note_take(p, method, n, params);

@@ -70,9 +70,18 @@ mpb_context *mpb_connect(const char *address);
  * handshake is MPB_ERR_CONNECT with errkind "AuthError". The key is copied (and wiped
  * at mpb_free); a reconnect authenticates again. */
 mpb_context *mpb_connect_with_key(const char *address, const void *key, size_t len);
-/* Resilience. A context used in a process other than the one that connected it (it
- * was inherited through fork()) opens its own connection at its next call, so parent
- * and child never share a socket. With reconnect on (off by default), a call made
+/* fork(). A context inherited through fork() is the parent's until the child first
+ * uses it: then (at any call that takes the context, mpb_pending aside) the child
+ * drops its copies of what belongs to the parent (the socket, requests queued but not
+ * yet sent, calls awaiting replies, replies and notifications already read) and opens
+ * a connection of its own, once (it fails if the broker cannot be reached then). So
+ * parent and child never share a socket; a call queued or in flight at fork() is sent
+ * and answered once, in the parent only; in the child mpb_pending is 0 and
+ * mpb_get_reply has nothing to read (MPB_ERR_ARG) until it makes calls of its own. The
+ * parent goes on as if nothing happened. This holds for fork() (pthread_atfork), not
+ * for a raw clone() or vfork(). Async contexts: see mpb_async_connect.
+ *
+ * Resilience. With reconnect on (off by default), a call made
  * after the broker closed the connection (a restart) first reconnects, retrying with
  * backoff (10 ms doubling to 1 s) for up to max_wait_ms (-1: keep the current
  * setting, 30 s at first), and re-opens every object this context opened by name

@@ -100,6 +100,98 @@ START_TEST(a_forked_child_gets_its_own_connection)
 }
 END_TEST
 
+/*--- fork() at every point of a pipeline ---*/
+
+enum fork_point { NOTHING_SENT, SENT_UNREAD, HALF_READ, NPOINTS };
+static const char *const point_names[] = {"nothing sent", "sent and unread", "half read"};
+
+/* Queue list.append(l, "<who>-<i>") for i in [0, n). */
+static void append_tagged(mpb_context *c, mpb_ref l, const char *who, int n)
+{
+    for (int i = 0; i < n; i++) {
+        char tag[32];
+        snprintf(tag, sizeof tag, "%s-%d", who, i);
+        mpb_value a[2] = {mpb_refv(l), mpb_str_borrowed(tag, strlen(tag))};
+        ck_assert_int_eq(mpb_append_call(c, "list.append", a, 2), MPB_OK);
+    }
+}
+
+/* In the child: the parent's pipeline is not ours; our own calls work. 0 if all held. */
+static int child_after_fork(mpb_context *c, mpb_ref l)
+{
+    if (mpb_pending(c) != 0) return 1;
+    mpb_value r;
+    if (mpb_get_reply(c, &r) != MPB_ERR_ARG) return 2; /* nothing of ours to read */
+    char method[16];
+    int got;
+    if (mpb_get_notification(c, 0, method, sizeof method, &r, &got) != MPB_OK || got) return 3;
+    if (mpb_ping(c) != MPB_OK) return 4;
+    append_tagged(c, l, "child", 3);
+    for (int i = 0; i < 3; i++)
+        if (mpb_get_reply(c, &r) != MPB_OK) return 5;
+    mpb_value arg = mpb_str_borrowed("child-payload", 13);
+    if (mpb_call(c, "manager.ping", &arg, 1, &r) != MPB_OK || r.type != MPB_STR ||
+        strcmp(r.v.s, "child-payload") != 0)
+        return 6;
+    mpb_value_free(&r);
+    return 0;
+}
+
+START_TEST(fork_at_every_point_of_a_pipeline)
+{
+    /* The parent has three list.append calls in a pipeline when it forks: not yet sent,
+     * sent with no reply read, or with one reply read. The child must neither send them
+     * again nor read their replies; both go on calling, each getting its own replies,
+     * and every append runs exactly once. */
+    start_server(false);
+    for (int point = 0; point < NPOINTS; point++) {
+        mpb_context *c = mpb_connect(address);
+        ck_assert(c && !c->err);
+        mpb_ref l;
+        ck_assert_int_eq(mpb_create(c, "list", NULL, &l), MPB_OK);
+        append_tagged(c, l, "parent", 3);
+        int read = 0;
+        if (point >= SENT_UNREAD) ck_assert_int_eq(mpb_flush(c), MPB_OK);
+        if (point == HALF_READ) {
+            ck_assert_int_eq(mpb_get_reply(c, NULL), MPB_OK);
+            read = 1;
+        }
+        if (point == SENT_UNREAD) usleep(50000); /* let the replies arrive unread */
+        pid_t pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+            int rc = child_after_fork(c, l);
+            mpb_free(c);
+            _exit(rc);
+        }
+        for (; read < 3; read++)
+            ck_assert_msg(mpb_get_reply(c, NULL) == MPB_OK, "%s: parent reply %d: %s: %s",
+                          point_names[point], read, c->errkind, c->errstr);
+        mpb_value arg = mpb_str_borrowed("parent-payload", 14), r;
+        ck_assert_int_eq(mpb_call(c, "manager.ping", &arg, 1, &r), MPB_OK);
+        ck_assert_str_eq(r.v.s, "parent-payload");
+        mpb_value_free(&r);
+        int st;
+        ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+        ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s: the child failed at step %d",
+                      point_names[point], WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+        /* Each append ran once: three of the parent's, three of the child's. */
+        mpb_value all;
+        ck_assert_int_eq(mpb_list_copy(c, l, &all), MPB_OK);
+        ck_assert_uint_eq(all.v.a->len, 6);
+        for (int i = 0; i < 6; i++) {
+            char want[32];
+            snprintf(want, sizeof want, "%s-%d", i < 3 ? "parent" : "child", i % 3);
+            int times = 0;
+            for (size_t k = 0; k < 6; k++) times += strcmp(all.v.a->items[k].v.s, want) == 0;
+            ck_assert_msg(times == 1, "%s: %s appended %d times", point_names[point], want, times);
+        }
+        mpb_value_free(&all);
+        mpb_free(c);
+    }
+}
+END_TEST
+
 START_TEST(without_reconnect_calls_fail_fast_with_connection_error)
 {
     start_server(false);
@@ -172,6 +264,7 @@ int main(void)
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, a_forked_child_gets_its_own_connection);
+    tcase_add_test(tc, fork_at_every_point_of_a_pipeline);
     tcase_add_test(tc, without_reconnect_calls_fail_fast_with_connection_error);
     tcase_add_test(tc, with_reconnect_a_client_keeps_working_across_a_restart);
     tcase_add_test(tc, reconnect_to_a_broker_that_lost_its_state_reopens_names);
