@@ -53,6 +53,7 @@ struct mpb_context_priv {
     uint32_t next_id;    /* msgpack-rpc msgids are 32-bit; they wrap */
     mpb_reader reader;   /* replies read but not yet taken */
     bool eof;            /* the broker closed its side: serve what is buffered, then fail */
+    bool wdead;          /* a write failed as the broker closed: read what it answered */
     char broken[32 + 2 + 256]; /* why the connection is gone, for later calls */
     struct mpb_note *notes, *notes_tail; /* notifications read while awaiting replies */
     /* Resilience: where to reconnect, and what to re-open there. */
@@ -466,7 +467,7 @@ static void reset_stream(mpb_context *c) {
     struct mpb_context_priv *p = c->priv;
     p->nids = p->head = 0;
     p->out.size = p->out_sent = 0;
-    p->eof = false;
+    p->eof = p->wdead = false;
     mpb_reader_destroy(&p->reader);
     mpb_reader_init(&p->reader, MAX_REPLY, MPB_REPLY_MAX_DEPTH);
 }
@@ -611,30 +612,20 @@ int mpb_append_call(mpb_context *c, const char *method, const mpb_value *args,
     return MPB_OK;
 }
 
-/* The broker closed on us mid-write. It may have said why first ([1, nil, [kind,
- * msg], nil] for a request over --max-message, say): that beats "Broken pipe". */
+/* A write failed. EPIPE or ECONNRESET: the broker closed on us mid-write, having
+ * answered what it had read, and perhaps said why it closed ([1, nil, [kind, msg], nil]
+ * for a request over --max-message). Those replies may be in the socket or the reader
+ * already: stop writing (what is unsent is dropped: it can never arrive) but keep the
+ * connection for reading, so that mpb_get_reply serves each call in order with its own
+ * outcome, and only the calls the broker never answered fail, at the EOF. */
 static int write_failed(mpb_context *c, int e) {
     struct mpb_context_priv *p = c->priv;
-    msgpack_object o;
     set_err(c, MPB_ERR_IO, "ConnectionError", "write: %s", strerror(e));
     if (e != EPIPE && e != ECONNRESET) return break_conn(c);
-    for (;;) {
-        size_t avail;
-        char *space = mpb_reader_space(&p->reader, READ_CHUNK, &avail);
-        ssize_t n = space ? recv(c->fd, space, avail, MSG_DONTWAIT) : -1;
-        if (n <= 0) break;
-        mpb_reader_commit(&p->reader, (size_t)n);
-    }
-    while (mpb_reader_next(&p->reader, &o) == MPB_READ_MSG) {
-        if (o.type == MSGPACK_OBJECT_ARRAY && o.via.array.size == 4 &&
-            o.via.array.ptr[1].type == MSGPACK_OBJECT_NIL &&
-            o.via.array.ptr[2].type != MSGPACK_OBJECT_NIL) {
-            copy_error(c, &o.via.array.ptr[2]);
-            c->err = MPB_ERR_PROTOCOL;
-            break;
-        }
-    }
-    return break_conn(c);
+    p->wdead = true;
+    p->out.size = p->out_sent = 0;
+    snprintf(p->broken, sizeof p->broken, "%s: %s", c->errkind, c->errstr);
+    return c->err;
 }
 
 int mpb_buffer_write(mpb_context *c, int *done) {
@@ -642,6 +633,10 @@ int mpb_buffer_write(mpb_context *c, int *done) {
     if (c == NULL) return MPB_ERR_ARG;
     if (own_conn(c) != MPB_OK || fail_if_broken(c)) return c->err;
     struct mpb_context_priv *p = c->priv;
+    if (p->wdead) { /* requests queued after the broker closed can never be sent */
+        p->out.size = p->out_sent = 0;
+        return set_err(c, MPB_ERR_IO, "ConnectionError", "not connected (%s)", p->broken);
+    }
     while (p->out_sent < p->out.size) {
         ssize_t n = send(c->fd, p->out.data + p->out_sent, p->out.size - p->out_sent,
                          MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -787,7 +782,8 @@ int mpb_get_reply(mpb_context *c, mpb_value *result) {
     if (own_conn(c) != MPB_OK || fail_if_broken(c)) return c->err;
     if (c->priv->nids == 0)
         return set_err(c, MPB_ERR_ARG, "ValueError", "no call is waiting for a reply");
-    if ((rc = mpb_flush(c)) != MPB_OK) return rc;
+    /* A failed flush may leave replies to read (see write_failed): serve those. */
+    if ((rc = mpb_flush(c)) != MPB_OK && c->fd < 0) return rc;
     for (;;) {
         if ((rc = mpb_buffer_take_reply(c, result, &got)) != MPB_OK || got) return rc;
         if ((rc = read_some(c, true)) != MPB_OK) return rc;

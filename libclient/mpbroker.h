@@ -108,7 +108,12 @@ int mpb_call(mpb_context *c, const char *method, const mpb_value *args, size_t n
 /* Queue a call without waiting for the reply. */
 int mpb_append_call(mpb_context *c, const char *method, const mpb_value *args,
                     size_t nargs);
-/* Send everything queued. */
+/* Send everything queued. When the broker closes the connection while we write (a
+ * request over its --max-message, a shutdown), the flush fails with "ConnectionError"
+ * but the replies the broker sent before closing stay readable: mpb_get_reply then gives
+ * each call its own outcome, in order (the calls answered, the one the broker refused
+ * with why, e.g. "TooLarge"), and ConnectionError only to the calls it never answered.
+ * A broken pipeline therefore never discards a reply that arrived. */
 int mpb_flush(mpb_context *c);
 /* Flush, then read the reply to the oldest call still unanswered, in order.
  * MPB_ERR_REPLY for an error reply (the pipeline stays in step). MPB_ERR_ARG when

@@ -281,6 +281,51 @@ START_TEST(async_reads_the_deepest_reply_the_broker_sends)
 }
 END_TEST
 
+static char outcome[8][32]; /* errkind per call, "" for success */
+static int outcomes;
+
+static void record_outcome(mpb_async_context *ac, mpb_reply *r, void *privdata)
+{
+    (void)ac;
+    (void)privdata;
+    snprintf(outcome[outcomes++], sizeof outcome[0], "%s", r->errkind);
+}
+
+static void stop_loop(const mpb_async_context *ac, int status)
+{
+    (void)ac;
+    (void)status;
+    event_base_loopbreak(base);
+}
+
+START_TEST(async_pipeline_broken_by_a_too_large_call_answers_each_call)
+{
+    /* The broker answers three appends, refuses the fourth call (over --max-message)
+     * and closes: the callbacks get OK three times, TooLarge, then ConnectionError. */
+    enum { HUGE = 32 << 20 };
+    mpb_ref l = make("list");
+    mpb_async_context *ac = connect_async();
+    mpb_async_set_disconnect_callback(ac, stop_loop);
+    char *huge = malloc(HUGE);
+    ck_assert_ptr_nonnull(huge);
+    memset(huge, 'x', HUGE);
+    outcomes = 0;
+    for (int i = 0; i < 5; i++) {
+        mpb_value a[] = {mpb_refv(l), i == 3 ? mpb_str_borrowed(huge, HUGE) : mpb_int(i)};
+        ck_assert_int_eq(mpb_async_call(ac, "list.append", a, 2, record_outcome, NULL), MPB_OK);
+    }
+    free(huge);
+    run_loop();
+    ck_assert_int_eq(outcomes, 5);
+    for (int i = 0; i < 3; i++) ck_assert_str_eq(outcome[i], "");
+    ck_assert_str_eq(outcome[3], "TooLarge");
+    ck_assert_str_eq(outcome[4], "ConnectionError");
+    int64_t n;
+    ck_assert_int_eq(mpb_list_len(C, l, &n), MPB_OK);
+    ck_assert_int_eq(n, 3);
+}
+END_TEST
+
 START_TEST(async_many_contexts_share_one_loop)
 {
     enum { CONNS = 20, CALLS = 500 };
@@ -444,6 +489,7 @@ int main(void)
     tcase_add_test(tc, async_calls_made_from_callbacks_are_sent);
     tcase_add_test(tc, async_big_reply_spans_many_reads);
     tcase_add_test(tc, async_reads_the_deepest_reply_the_broker_sends);
+    tcase_add_test(tc, async_pipeline_broken_by_a_too_large_call_answers_each_call);
     tcase_add_test(tc, async_many_contexts_share_one_loop);
     tcase_add_test(tc, async_lost_connection_fails_every_pending_call);
     tcase_add_test(tc, async_free_inside_a_callback_is_deferred);

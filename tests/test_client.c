@@ -356,6 +356,85 @@ START_TEST(a_reply_too_deep_to_read_fails_only_its_own_call)
 }
 END_TEST
 
+/*--- Pipelines broken at each position ---*/
+
+#define PIPE_LEN 6
+#define HUGE_ARG ((size_t)32 << 20) /* over the broker's 16 MiB --max-message */
+
+/* A pipeline of PIPE_LEN list.append calls whose call at position `bad` is too large:
+ * the broker answers the calls before it, says TooLarge, and closes. Each call gets its
+ * own outcome: the ones before it OK (they ran), it TooLarge, the rest ConnectionError
+ * (never sent); and the context then fails fast. */
+static void broken_pipeline(const tb_broker *b, int bad, int tcp)
+{
+    mpb_context *c = tb_connect(b), *check = tb_connect(b);
+    mpb_ref l = tb_create(c, "list", NULL);
+    char *huge = malloc(HUGE_ARG);
+    ck_assert_ptr_nonnull(huge);
+    memset(huge, 'x', HUGE_ARG);
+    for (int i = 0; i < PIPE_LEN; i++) {
+        mpb_value a[2] = {mpb_refv(l), i == bad ? mpb_str_borrowed(huge, HUGE_ARG) : mpb_int(i)};
+        ck_assert_int_eq(mpb_append_call(c, "list.append", a, 2), MPB_OK);
+    }
+    free(huge);
+    for (int i = 0; i < PIPE_LEN; i++) {
+        int rc = mpb_get_reply(c, NULL);
+        if (i < bad)
+            ck_assert_msg(rc == MPB_OK, "tcp %d, bad %d: reply %d: %s: %s", tcp, bad, i,
+                          c->errkind, c->errstr);
+        else if (i == bad)
+            ck_assert_msg(rc < 0 && strcmp(c->errkind, "TooLarge") == 0,
+                          "tcp %d, bad %d: reply %d: %d %s: %s", tcp, bad, i, rc, c->errkind, c->errstr);
+        else
+            ck_assert_msg(rc < 0 && strcmp(c->errkind, "ConnectionError") == 0,
+                          "tcp %d, bad %d: reply %d: %d %s: %s", tcp, bad, i, rc, c->errkind, c->errstr);
+    }
+    ck_assert_uint_eq(mpb_pending(c), 0);
+    ck_assert_int_lt(mpb_ping(c), 0);
+    ck_assert_str_eq(c->errkind, "ConnectionError");
+    int64_t n = -1;
+    ck_assert_int_eq(mpb_list_len(check, l, &n), MPB_ERR_REPLY); /* c's hold went with it */
+    mpb_free(check);
+    mpb_free(c);
+}
+
+START_TEST(a_pipeline_broken_at_each_position_reads_each_reply_in_order)
+{
+    tb_broker b;
+    tb_start(&b, _i, NULL);
+    for (int bad = 0; bad < PIPE_LEN; bad++) broken_pipeline(&b, bad, _i);
+    ck_assert_int_eq(tb_stop(&b), 0);
+}
+END_TEST
+
+START_TEST(the_appends_before_the_break_ran_once)
+{
+    /* The same, with a named list: the calls answered OK are exactly those applied. */
+    tb_broker b;
+    tb_start(&b, 0, NULL);
+    mpb_context *c = tb_connect(&b), *check = tb_connect(&b);
+    mpb_ref l;
+    ck_assert_int_eq(mpb_open(c, "list", "journal", NULL, &l), MPB_OK);
+    char *huge = malloc(HUGE_ARG);
+    ck_assert_ptr_nonnull(huge);
+    memset(huge, 'x', HUGE_ARG);
+    for (int i = 0; i < 5; i++) {
+        mpb_value a[2] = {mpb_refv(l), mpb_int(i)};
+        ck_assert_int_eq(mpb_append_call(c, "list.append", a, 2), MPB_OK);
+    }
+    mpb_value a[2] = {mpb_refv(l), mpb_str_borrowed(huge, HUGE_ARG)};
+    ck_assert_int_eq(mpb_append_call(c, "list.append", a, 2), MPB_OK);
+    free(huge);
+    int ok = 0;
+    while (mpb_pending(c) > 0) ok += mpb_get_reply(c, NULL) == MPB_OK;
+    ck_assert_int_eq(ok, 5);
+    TB_EXPECT(check, "[0, 1, 2, 3, 4]", "list.copy", mpb_refv(l));
+    mpb_free(check);
+    mpb_free(c);
+    ck_assert_int_eq(tb_stop(&b), 0);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("client");
@@ -365,6 +444,11 @@ int main(void)
     tcase_add_test(tc, the_deepest_value_comes_back_through_every_read_path);
     tcase_add_test(tc, a_monitor_receives_the_deepest_value_as_a_notification);
     tcase_add_test(tc, a_reply_too_deep_to_read_fails_only_its_own_call);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("pipeline");
+    tcase_set_timeout(tc, 120);
+    tcase_add_loop_test(tc, a_pipeline_broken_at_each_position_reads_each_reply_in_order, 0, 2);
+    tcase_add_test(tc, the_appends_before_the_break_ran_once);
     suite_add_tcase(s, tc);
     return tb_run(s);
 }
