@@ -502,20 +502,22 @@ static int reopen_named(mpb_context *c) {
     return MPB_OK;
 }
 
-/* Connect again, backing off from 10 ms to 1 s, for up to reconnect_wait_ms. */
+static long long now_ms(void);
+
+/* Connect again, backing off from 10 ms to 1 s, for up to reconnect_wait_ms: the last
+ * sleep is cut to the time left, and one last attempt is made at the deadline. */
 static int reconnect(mpb_context *c) {
     struct mpb_context_priv *p = c->priv;
-    struct timespec t0, now;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
+    long long deadline = now_ms() + p->reconnect_wait_ms;
     for (long delay = 10;; delay = delay * 2 > 1000 ? 1000 : delay * 2) {
         reset_stream(c);
         open_conn(c);
         if (c->fd >= 0 && reopen_named(c) == MPB_OK) return MPB_OK;
         if (c->fd >= 0) break_conn(c);
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        long spent = (now.tv_sec - t0.tv_sec) * 1000 + (now.tv_nsec - t0.tv_nsec) / 1000000;
-        if (!p->reconnect || spent >= p->reconnect_wait_ms) break;
-        nanosleep(&(struct timespec){delay / 1000, (delay % 1000) * 1000000}, NULL);
+        long long left = deadline - now_ms();
+        if (!p->reconnect || left <= 0) break;
+        long ms = delay < left ? delay : (long)left;
+        nanosleep(&(struct timespec){ms / 1000, (ms % 1000) * 1000000}, NULL);
     }
     return set_err(c, MPB_ERR_IO, "ConnectionError", "cannot reconnect to %s (%s)", p->address,
                    p->broken);

@@ -192,6 +192,60 @@ START_TEST(fork_at_every_point_of_a_pipeline)
 }
 END_TEST
 
+/*--- Backoff ---*/
+
+static long long ms_since(const struct timespec *t0)
+{
+    struct timespec t1;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    return (t1.tv_sec - t0->tv_sec) * 1000LL + (t1.tv_nsec - t0->tv_nsec) / 1000000;
+}
+
+START_TEST(reconnect_gives_up_at_max_wait_not_a_backoff_step_later)
+{
+    /* No broker: a call retries for max_wait_ms, and stops then (the last sleep is cut
+     * to the time left; it used to overrun by up to the 1 s backoff step). */
+    static const int waits[] = {0, 1275};
+    for (size_t i = 0; i < sizeof waits / sizeof waits[0]; i++) {
+        mpb_context *c = mpb_connect(address);
+        ck_assert(c && c->err == MPB_ERR_CONNECT);
+        ck_assert_int_eq(mpb_enable_reconnect(c, 1, waits[i]), MPB_OK);
+        struct timespec t0;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        ck_assert_int_lt(mpb_ping(c), 0);
+        long long took = ms_since(&t0);
+        ck_assert_str_eq(c->errkind, "ConnectionError");
+        ck_assert_msg(took >= waits[i] - 5 && took < waits[i] + 250, "max_wait_ms %d took %lld ms",
+                      waits[i], took);
+        mpb_free(c);
+    }
+}
+END_TEST
+
+START_TEST(reconnect_finds_a_broker_within_one_backoff_step_of_its_start)
+{
+    /* The broker appears 2.5 s after the client starts retrying: with steps capped at
+     * 1 s, the client is through less than a step (plus start-up) after that. */
+    mpb_context *c = mpb_connect(address);
+    ck_assert(c && c->err == MPB_ERR_CONNECT);
+    ck_assert_int_eq(mpb_enable_reconnect(c, 1, 20000), MPB_OK);
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    server = fork();
+    ck_assert_int_ge(server, 0);
+    if (server == 0) {
+        usleep(2500 * 1000);
+        const char *bin = getenv("MPB_SERVER");
+        execl(bin, bin, "--socket", sock, "--quiet", (char *)NULL);
+        _exit(127);
+    }
+    ck_assert_msg(mpb_ping(c) == MPB_OK, "%s: %s", c->errkind, c->errstr);
+    long long took = ms_since(&t0);
+    ck_assert_msg(took >= 2500 && took < 2500 + 1000 + 1000, "took %lld ms", took);
+    mpb_free(c);
+}
+END_TEST
+
 START_TEST(without_reconnect_calls_fail_fast_with_connection_error)
 {
     start_server(false);
@@ -265,6 +319,8 @@ int main(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, a_forked_child_gets_its_own_connection);
     tcase_add_test(tc, fork_at_every_point_of_a_pipeline);
+    tcase_add_test(tc, reconnect_gives_up_at_max_wait_not_a_backoff_step_later);
+    tcase_add_test(tc, reconnect_finds_a_broker_within_one_backoff_step_of_its_start);
     tcase_add_test(tc, without_reconnect_calls_fail_fast_with_connection_error);
     tcase_add_test(tc, with_reconnect_a_client_keeps_working_across_a_restart);
     tcase_add_test(tc, reconnect_to_a_broker_that_lost_its_state_reopens_names);
