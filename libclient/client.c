@@ -60,18 +60,21 @@ struct mpb_context_priv {
     unsigned long fork_gen; /* fork_gen when fd was opened: another process must not use it */
     char address[320];
     bool reconnect;
+    bool reconnecting;        /* in reconnect(): its own calls must not start another */
+    unsigned long conn_gen;   /* connections opened since the first: walks cannot cross */
     int reconnect_wait_ms;
     struct mpb_named **named; /* objects opened by name, re-opened after a reconnect */
     size_t nnamed;
-    mpb_ref *xlat;           /* pairs old, new: references renamed by a re-open */
-    size_t nxlat;
+    size_t nxlat;             /* old references translated, all names together */
     unsigned char *authkey; /* the key for the handshake (auth.c), or NULL; owned */
     size_t authkey_len;
 };
 
 /* A name this context opened: re-opened by name after a reconnect. */
 struct mpb_named {
-    mpb_ref ref;
+    mpb_ref ref;  /* its reference now */
+    mpb_ref *old; /* its references from brokers that lost their state: translated */
+    size_t nold;
     char typeid[24];
     char name[];
 };
@@ -143,11 +146,14 @@ static int fail_if_broken(mpb_context *c) {
 
 /*--- Wire form: requests out, replies in (no I/O here) ---*/
 
-/* A reference as the broker now knows it: a re-open after a reconnect to a broker that
- * lost its state gave the named object a new id. */
+/* A reference as the broker now knows it: the reference an opened name had under a
+ * broker that lost its state is the re-created object's. Ids are never reused across
+ * such lifetimes (mpb_value.h), so an old reference cannot be confused with a new
+ * one: anything not translated here goes out as it is. */
 static mpb_ref xlat_ref(const struct mpb_context_priv *p, mpb_ref r) {
-    for (size_t i = 0; i < p->nxlat; i++)
-        if (p->xlat[2 * i] == r) return p->xlat[2 * i + 1];
+    for (size_t i = 0; i < p->nnamed; i++)
+        for (size_t k = 0; k < p->named[i]->nold; k++)
+            if (p->named[i]->old[k] == r) return p->named[i]->ref;
     return r;
 }
 
@@ -445,9 +451,11 @@ void mpb_free(mpb_context *c) {
         msgpack_sbuffer_destroy(&c->priv->out);
         free(c->priv->ids);
         mpb_reader_destroy(&c->priv->reader);
-        for (size_t i = 0; i < c->priv->nnamed; i++) free(c->priv->named[i]);
+        for (size_t i = 0; i < c->priv->nnamed; i++) {
+            free(c->priv->named[i]->old);
+            free(c->priv->named[i]);
+        }
         free(c->priv->named);
-        free(c->priv->xlat);
         mpb_client_key_free(c->priv->authkey, c->priv->authkey_len);
         while (c->priv->notes != NULL) {
             struct mpb_note *n = c->priv->notes;
@@ -482,24 +490,50 @@ static bool peer_gone(int fd) {
     return n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR);
 }
 
-/* Open the named objects again; a changed id is recorded for translation. */
+/* Name n now has reference ref. An id of another space means the broker lost its
+ * state and this is the object re-created under the name: the old references are
+ * translated to it from now on. An id of the same space means the state was kept and
+ * the name now belongs to another object (deleted and created again meanwhile): the old
+ * reference still names the old object (NoSuchObject once it is gone), and what was
+ * translated to it is no longer. -1 when out of memory. */
+static int named_moved(struct mpb_context_priv *p, struct mpb_named *n, mpb_ref ref) {
+    if (ref == n->ref) return 0;
+    if (mpb_ref_space(ref) == mpb_ref_space(n->ref)) {
+        p->nxlat -= n->nold;
+        n->nold = 0;
+    } else {
+        mpb_ref *o = realloc(n->old, (n->nold + 1) * sizeof *o);
+        if (o == NULL) return -1;
+        n->old = o;
+        n->old[n->nold++] = n->ref;
+        p->nxlat++;
+    }
+    n->ref = ref;
+    return 0;
+}
+
+/* Open every name again, in one round trip, and follow what moved (named_moved). A
+ * name that cannot be opened now (another object took it with another type) is left
+ * alone: its references fail at the broker. A lost connection fails the attempt. */
 static int reopen_named(mpb_context *c) {
     struct mpb_context_priv *p = c->priv;
+    int rc = MPB_OK;
     for (size_t i = 0; i < p->nnamed; i++) {
         struct mpb_named *n = p->named[i];
         mpb_value args[2] = {mpb_str_borrowed(n->typeid, strlen(n->typeid)),
-                             mpb_str_borrowed(n->name, strlen(n->name))}, r;
-        int rc = mpb_call(c, "manager.open", args, 2, &r);
-        if (rc != MPB_OK) return rc;
-        if (r.type == MPB_REF && r.v.ref != xlat_ref(p, n->ref)) {
-            mpb_ref *x = realloc(p->xlat, (p->nxlat + 1) * 2 * sizeof *x);
-            if (x == NULL) return set_err(c, MPB_ERR_OOM, "OutOfMemory", "reconnecting");
-            p->xlat = x;
-            x[2 * p->nxlat] = n->ref;
-            x[2 * p->nxlat++ + 1] = r.v.ref;
-        }
+                             mpb_str_borrowed(n->name, strlen(n->name))};
+        if ((rc = mpb_append_call(c, "manager.open", args, 2)) != MPB_OK) return rc;
     }
-    return MPB_OK;
+    for (size_t i = 0; i < p->nnamed && c->fd >= 0; i++) {
+        mpb_value r;
+        int one = mpb_get_reply(c, &r);
+        if (one == MPB_OK && r.type == MPB_REF && named_moved(p, p->named[i], r.v.ref) < 0)
+            one = set_err(c, MPB_ERR_OOM, "OutOfMemory", "reconnecting");
+        mpb_value_free(&r);
+        if (one != MPB_OK && one != MPB_ERR_REPLY && rc == MPB_OK) rc = one;
+    }
+    if (rc == MPB_OK) set_ok(c);
+    return rc;
 }
 
 static long long now_ms(void);
@@ -509,16 +543,22 @@ static long long now_ms(void);
 static int reconnect(mpb_context *c) {
     struct mpb_context_priv *p = c->priv;
     long long deadline = now_ms() + p->reconnect_wait_ms;
+    p->reconnecting = true;
     for (long delay = 10;; delay = delay * 2 > 1000 ? 1000 : delay * 2) {
         reset_stream(c);
         open_conn(c);
-        if (c->fd >= 0 && reopen_named(c) == MPB_OK) return MPB_OK;
+        if (c->fd >= 0 && reopen_named(c) == MPB_OK) {
+            p->reconnecting = false;
+            p->conn_gen++;
+            return MPB_OK;
+        }
         if (c->fd >= 0) break_conn(c);
         long long left = deadline - now_ms();
         if (!p->reconnect || left <= 0) break;
         long ms = delay < left ? delay : (long)left;
         nanosleep(&(struct timespec){ms / 1000, (ms % 1000) * 1000000}, NULL);
     }
+    p->reconnecting = false;
     return set_err(c, MPB_ERR_IO, "ConnectionError", "cannot reconnect to %s (%s)", p->address,
                    p->broken);
 }
@@ -550,7 +590,7 @@ static int after_fork(mpb_context *c) {
 /* Before a call: with reconnect on, a connection the broker closed is opened again. */
 static int ensure_conn(mpb_context *c) {
     struct mpb_context_priv *p = c->priv;
-    if (!p->reconnect) return MPB_OK;
+    if (!p->reconnect || p->reconnecting) return MPB_OK;
     if (c->fd >= 0 && p->nids == 0 && peer_gone(c->fd)) {
         set_err(c, MPB_ERR_EOF, "ConnectionError", "the broker closed the connection");
         break_conn(c);
@@ -568,13 +608,18 @@ int mpb_enable_reconnect(mpb_context *c, int enable, int max_wait_ms) {
 void mpb_client_note_open(mpb_context *c, const char *typeid, const char *name, mpb_ref ref) {
     struct mpb_context_priv *p = c->priv;
     for (size_t i = 0; i < p->nnamed; i++)
-        if (strcmp(p->named[i]->name, name) == 0) return;
+        if (strcmp(p->named[i]->name, name) == 0) {
+            named_moved(p, p->named[i], ref); /* out of memory: just not translated */
+            return;
+        }
     struct mpb_named **v = realloc(p->named, (p->nnamed + 1) * sizeof *v);
     if (v == NULL) return; /* it will just not be re-opened */
     p->named = v;
     struct mpb_named *n = malloc(sizeof *n + strlen(name) + 1);
     if (n == NULL) return;
     n->ref = ref;
+    n->old = NULL;
+    n->nold = 0;
     snprintf(n->typeid, sizeof n->typeid, "%s", typeid);
     strcpy(n->name, name);
     p->named[p->nnamed++] = n;

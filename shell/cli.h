@@ -44,6 +44,16 @@ typedef struct cli_opts {
     int depth; /* show --depth N; -1 when not given */
 } cli_opts;
 
+/* References in the shell. A broker numbers objects SPACE << 32 | COUNTER (mpb_value.h);
+ * the shell writes a reference of the broker's current space as its COUNTER (<ref 7:
+ * list>, @7, {"$ref": 7}) and any other in full, and reads a number below 2^32 as a
+ * COUNTER in that space. Full ids are read too, so what the shell prints reads back. */
+uint64_t cli_ref_short(mpb_ref ref);
+mpb_ref cli_ref_full(uint64_t n);
+/* Take the space from c's broker now (manager.stats id_space); cli_conn makes its
+ * connection the source, asked at the first use. */
+void cli_learn_id_space(mpb_context *c);
+
 /*--- main.c ---*/
 /* Print "error: <fmt>" on stderr. Returns code, for `return cli_error(CLI_FAIL, ...)`. */
 int cli_error(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -129,7 +129,8 @@ int cli_node_build(cli_node *nd, const mpb_value *v, const cli_layout *lay) {
         const char *type = lay->type_of(lay->ctx, v->v.ref);
         size_t len = strlen(type) + 32;
         if ((nd->text = malloc(len)) == NULL) return -1;
-        snprintf(nd->text, len, "<ref %llu: %s>", (unsigned long long)v->v.ref, type);
+        snprintf(nd->text, len, "<ref %llu: %s>", (unsigned long long)cli_ref_short(v->v.ref),
+                 type);
         int r = lay->expand(lay->ctx, v->v.ref, &content);
         if (r < 0) return -1;
         if (r > 0) {

@@ -311,6 +311,211 @@ START_TEST(reconnect_to_a_broker_that_lost_its_state_reopens_names)
 }
 END_TEST
 
+/*--- Reconnect: no call ever reaches an object it did not name ---*/
+
+static void set_label(mpb_context *c, mpb_ref ns, const char *attr, const char *text)
+{
+    mpb_value v = mpb_str_borrowed(text, strlen(text));
+    ck_assert_msg(mpb_ns_setattr(c, ns, attr, &v) == MPB_OK, "%s: %s", c->errkind, c->errstr);
+}
+
+/* A namespace labelled `label`: named when name is not NULL, else anonymous (held by c). */
+static mpb_ref labelled(mpb_context *c, const char *name, const char *label)
+{
+    mpb_ref r;
+    if (name != NULL)
+        ck_assert_int_eq(mpb_open(c, "namespace", name, NULL, &r), MPB_OK);
+    else
+        ck_assert_int_eq(mpb_create(c, "namespace", NULL, &r), MPB_OK);
+    set_label(c, r, "label", label);
+    return r;
+}
+
+/* Every namespace the broker has that a call touched must have been touched as what it
+ * is: its "touched" attribute equals its "label" (or, re-created empty by a reconnect,
+ * its name). Returns how many were touched. */
+static int check_touched(const char *why)
+{
+    mpb_context *obs = mpb_connect(address);
+    ck_assert(obs && !obs->err);
+    mpb_value objs;
+    ck_assert_int_eq(mpb_call(obs, "manager.objects", NULL, 0, &objs), MPB_OK);
+    int touched = 0;
+    for (size_t i = 0; i < objs.v.a->len; i++) {
+        const mpb_value *o = &objs.v.a->items[i];
+        mpb_value k = mpb_str_borrowed("type", 4);
+        const mpb_value *type = mpb_map_get(o->v.m, &k);
+        if (strcmp(type->v.s, "namespace") != 0) continue;
+        k = mpb_str_borrowed("ref", 3);
+        mpb_ref ref = mpb_map_get(o->v.m, &k)->v.ref;
+        k = mpb_str_borrowed("name", 4);
+        const mpb_value *name = mpb_map_get(o->v.m, &k);
+        mpb_value vars;
+        ck_assert_int_eq(mpb_ns_vars(obs, ref, &vars), MPB_OK);
+        k = mpb_str_borrowed("touched", 7);
+        const mpb_value *t = mpb_map_get(vars.v.m, &k);
+        k = mpb_str_borrowed("label", 5);
+        const mpb_value *label = mpb_map_get(vars.v.m, &k);
+        const char *want = label ? label->v.s : name->type == MPB_STR ? name->v.s : "?";
+        if (t != NULL) {
+            ck_assert_msg(strcmp(t->v.s, want) == 0, "%s: a call meant for '%s' reached '%s'",
+                          why, t->v.s, want);
+            touched++;
+        }
+        mpb_value_free(&vars);
+    }
+    mpb_value_free(&objs);
+    mpb_free(obs);
+    return touched;
+}
+
+/* c touches ref as `meant`: OK, or NoSuchObject; anything else fails the test. */
+static bool touch(mpb_context *c, mpb_ref ref, const char *meant)
+{
+    mpb_value v = mpb_str_borrowed(meant, strlen(meant));
+    int rc = mpb_ns_setattr(c, ref, "touched", &v);
+    ck_assert_msg(rc == MPB_OK || (rc == MPB_ERR_REPLY && strcmp(c->errkind, "NoSuchObject") == 0),
+                  "touching %s: %s: %s", meant, c->errkind, c->errstr);
+    return rc == MPB_OK;
+}
+
+#define ROUNDS 4
+
+START_TEST(reconnect_never_sends_a_call_to_an_object_it_did_not_name)
+{
+    /* _i = 0: restarts that lose the state; 1: with --data-dir. Each round another
+     * client makes objects (anonymous and named) before and after a restart, and deletes
+     * and re-creates a name; this client, reconnecting, then calls on every reference it
+     * ever had. Each call must reach the object the reference named or fail with
+     * NoSuchObject: the opened name "stats" always reaches the object named "stats". */
+    bool data = _i;
+    start_server(data);
+    mpb_context *c = mpb_connect(address);
+    ck_assert(c && !c->err);
+    mpb_enable_reconnect(c, 1, 10000);
+    mpb_ref stats = labelled(c, "stats", "stats");
+    mpb_ref anon[ROUNDS], shared[ROUNDS];
+    char label[64];
+    for (int round = 0; round < ROUNDS; round++) {
+        mpb_context *o = mpb_connect(address);
+        ck_assert(o && !o->err);
+        for (int k = 0; k < 3; k++) {
+            snprintf(label, sizeof label, "o-anon-%d-%d", round, k);
+            labelled(o, NULL, label);
+        }
+        snprintf(label, sizeof label, "shared-%d", round);
+        labelled(o, label, label);
+        snprintf(label, sizeof label, "c-anon-%d", round);
+        anon[round] = labelled(c, NULL, label);
+        snprintf(label, sizeof label, "shared-%d", round);
+        ck_assert_int_eq(mpb_lookup(c, label, &shared[round]), MPB_OK);
+        mpb_free(o);
+
+        stop_server(round % 2 ? SIGKILL : SIGTERM);
+        start_server(data);
+
+        /* Someone else gets the first ids of the new broker, or of what is left. */
+        o = mpb_connect(address);
+        ck_assert(o && !o->err);
+        for (int k = 0; k < 4; k++) {
+            snprintf(label, sizeof label, "o2-anon-%d-%d", round, k);
+            labelled(o, NULL, label);
+        }
+        snprintf(label, sizeof label, "late-%d", round);
+        labelled(o, label, label);
+        if (data && round > 0) { /* a name deleted and made again: another object */
+            snprintf(label, sizeof label, "shared-%d", round - 1);
+            ck_assert_int_eq(mpb_delete(o, label), MPB_OK);
+            char l2[64];
+            snprintf(l2, sizeof l2, "shared-%d-again", round - 1);
+            labelled(o, label, l2);
+        }
+
+        ck_assert_msg(touch(c, stats, "stats"), "round %d: the opened name was lost", round);
+        for (int r = 0; r <= round; r++) {
+            snprintf(label, sizeof label, "c-anon-%d", r);
+            ck_assert_msg(!touch(c, anon[r], label), "%s outlived its holder", label);
+            snprintf(label, sizeof label, "shared-%d", r);
+            bool alive = data && r >= round; /* kept, and not yet deleted and made again */
+            ck_assert_msg(touch(c, shared[r], label) == alive, "round %d: %s", round, label);
+        }
+        mpb_free(o);
+        int n = check_touched(data ? "with --data-dir" : "losing the state");
+        ck_assert_int_ge(n, 1);
+    }
+    mpb_free(c);
+}
+END_TEST
+
+START_TEST(two_restarts_that_lose_the_state_translate_the_oldest_reference)
+{
+    /* "stats" has a new id after each restart; the reference from the first broker, and
+     * the one looked up from the second, both reach the third's "stats", never another
+     * client's private namespace. */
+    start_server(false);
+    mpb_context *c = mpb_connect(address);
+    mpb_enable_reconnect(c, 1, 10000);
+    mpb_ref first, second;
+    ck_assert_int_eq(mpb_open(c, "namespace", "stats", NULL, &first), MPB_OK);
+    mpb_context *others[2];
+    mpb_ref private[2];
+    for (int i = 0; i < 2; i++) {
+        stop_server(SIGTERM);
+        start_server(false);
+        others[i] = mpb_connect(address);
+        ck_assert_int_eq(mpb_create(others[i], "namespace", NULL, &private[i]), MPB_OK);
+        int64_t v = 0;
+        ck_assert_msg(mpb_ns_incr(c, first, "runs", 100, &v) == MPB_OK, "%s: %s", c->errkind,
+                      c->errstr);
+        ck_assert_int_eq(v, 100); /* a fresh "stats" each time */
+        if (i == 0) ck_assert_int_eq(mpb_lookup(c, "stats", &second), MPB_OK);
+    }
+    int64_t v = 0;
+    ck_assert_int_eq(mpb_ns_incr(c, second, "runs", 1, &v), MPB_OK);
+    ck_assert_int_eq(v, 101);
+    for (int i = 0; i < 2; i++) {
+        mpb_value vars;
+        if (i == 1) { /* the live one is untouched; the first broker's is gone */
+            ck_assert_int_eq(mpb_ns_vars(others[i], private[i], &vars), MPB_OK);
+            ck_assert_uint_eq(vars.v.m->len, 0);
+            mpb_value_free(&vars);
+        }
+        mpb_free(others[i]);
+    }
+    mpb_free(c);
+}
+END_TEST
+
+START_TEST(a_new_object_with_an_old_objects_number_is_not_translated)
+{
+    /* After a restart that lost the state, another client's first object is looked up
+     * and written through this client: the value lands in that object, not in "stats". */
+    start_server(false);
+    mpb_context *c = mpb_connect(address);
+    mpb_enable_reconnect(c, 1, 10000);
+    mpb_ref stats, other;
+    ck_assert_int_eq(mpb_open(c, "namespace", "stats", NULL, &stats), MPB_OK);
+    stop_server(SIGTERM);
+    start_server(false);
+    mpb_context *o = mpb_connect(address);
+    ck_assert_int_eq(mpb_open(o, "namespace", "other", NULL, &other), MPB_OK);
+    mpb_ref seen;
+    ck_assert_int_eq(mpb_lookup(c, "other", &seen), MPB_OK);
+    ck_assert_uint_eq(seen, other);
+    ck_assert_uint_ne(seen, stats); /* ids are not reused across lifetimes */
+    mpb_value x = mpb_int(42), got;
+    ck_assert_int_eq(mpb_ns_setattr(c, seen, "x", &x), MPB_OK);
+    ck_assert_int_eq(mpb_ns_getattr(o, other, "x", &got), MPB_OK);
+    ck_assert_int_eq(got.v.i, 42);
+    mpb_ref now;
+    ck_assert_int_eq(mpb_lookup(o, "stats", &now), MPB_OK);
+    ck_assert_int_eq(mpb_ns_getattr(o, now, "x", &got), MPB_ERR_REPLY);
+    ck_assert_str_eq(o->errkind, "AttributeError");
+    mpb_free(o);
+    mpb_free(c);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("resilient");
@@ -324,6 +529,9 @@ int main(void)
     tcase_add_test(tc, without_reconnect_calls_fail_fast_with_connection_error);
     tcase_add_test(tc, with_reconnect_a_client_keeps_working_across_a_restart);
     tcase_add_test(tc, reconnect_to_a_broker_that_lost_its_state_reopens_names);
+    tcase_add_loop_test(tc, reconnect_never_sends_a_call_to_an_object_it_did_not_name, 0, 2);
+    tcase_add_test(tc, two_restarts_that_lose_the_state_translate_the_oldest_reference);
+    tcase_add_test(tc, a_new_object_with_an_old_objects_number_is_not_translated);
     suite_add_tcase(s, tc);
     return tb_run(s);
 }
