@@ -605,6 +605,8 @@ int mpb_enable_reconnect(mpb_context *c, int enable, int max_wait_ms) {
     return MPB_OK;
 }
 
+unsigned long mpb_client_conn_gen(const mpb_context *c) { return c->priv->conn_gen; }
+
 void mpb_client_note_open(mpb_context *c, const char *typeid, const char *name, mpb_ref ref) {
     struct mpb_context_priv *p = c->priv;
     for (size_t i = 0; i < p->nnamed; i++)

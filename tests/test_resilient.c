@@ -4,6 +4,7 @@
  * each time), so that a client can find the restarted broker where it left it.
  */
 #include <check.h>
+#include <dirent.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -516,6 +517,128 @@ START_TEST(a_new_object_with_an_old_objects_number_is_not_translated)
 }
 END_TEST
 
+/*--- Iterators across restarts and compaction ---*/
+
+/* A dict {0: 0, ..., n-1: n-1} named `name`. */
+static mpb_ref numbered_dict(mpb_context *c, const char *name, int n)
+{
+    mpb_ref d;
+    ck_assert_int_eq(mpb_open(c, "dict", name, NULL, &d), MPB_OK);
+    for (int i = 0; i < n; i++) {
+        mpb_value k = mpb_int(i);
+        ck_assert_int_eq(mpb_dict_setitem(c, d, &k, &k), MPB_OK);
+    }
+    return d;
+}
+
+/* The key of a [key, value] pair from a dict iterator. */
+static int64_t pair_key(const mpb_value *item) { return item->v.a->items[0].v.i; }
+
+START_TEST(a_walk_cut_by_a_restart_is_reported_and_starts_over)
+{
+    /* The consumer pattern across a restart that keeps the state: take ten, delete them,
+     * and the broker restarts. The next chunk must not be asked with the old cursor (a
+     * restart renumbers positions: it skipped 10..18); the cut is reported, and the walk
+     * started over sees exactly the twenty that are left. */
+    start_server(true);
+    mpb_context *c = mpb_connect(address);
+    mpb_enable_reconnect(c, 1, 10000);
+    mpb_ref d = numbered_dict(c, "work", 30);
+    mpb_iter *it = mpb_dict_iter(c, d, 10);
+    mpb_value *item;
+    for (int i = 0; i < 10; i++) {
+        ck_assert_int_eq(mpb_iter_next(it, &item), 1);
+        ck_assert_int_eq(pair_key(item), i);
+        mpb_value k = mpb_int(i);
+        ck_assert_int_eq(mpb_dict_delitem(c, d, &k), MPB_OK);
+    }
+    stop_server(SIGKILL);
+    start_server(true);
+    ck_assert_int_eq(mpb_iter_next(it, &item), MPB_ERR_CUT);
+    ck_assert_str_eq(c->errkind, "ConnectionError");
+    ck_assert_int_eq(mpb_ping(c), MPB_OK); /* the context itself is fine */
+    bool seen[30] = {false};
+    int n = 0, rc;
+    while ((rc = mpb_iter_next(it, &item)) == 1) {
+        int64_t k = pair_key(item);
+        ck_assert(k >= 10 && k < 30 && !seen[k]);
+        seen[k] = true;
+        n++;
+    }
+    ck_assert_int_eq(rc, 0);
+    ck_assert_int_eq(n, 20);
+    mpb_iter_free(it);
+
+    /* The same for a list and a set, and after a restart that lost the state (the
+     * named list is re-created empty: the walk starts over and finds nothing). */
+    mpb_ref l, s;
+    mpb_value init = tb_lit("[1, 2, 3, 4, 5, 6]");
+    ck_assert_int_eq(mpb_open(c, "list", "jobs", &init, &l), MPB_OK);
+    ck_assert_int_eq(mpb_create(c, "set", &init, &s), MPB_OK);
+    mpb_value_free(&init);
+    mpb_iter *li = mpb_list_iter(c, l, 2), *si = mpb_set_iter(c, s, 2);
+    ck_assert_int_eq(mpb_iter_next(li, &item), 1);
+    ck_assert_int_eq(mpb_iter_next(si, &item), 1);
+    ck_assert_int_eq(mpb_iter_next(si, &item), 1);
+    stop_server(SIGTERM);
+    start_server(false);
+    ck_assert_int_eq(mpb_iter_next(li, &item), 1); /* still in the first chunk */
+    ck_assert_int_eq(mpb_iter_next(si, &item), MPB_ERR_CUT);
+    ck_assert_int_eq(mpb_iter_next(si, &item), MPB_ERR_REPLY); /* it was anonymous: gone */
+    ck_assert_str_eq(c->errkind, "NoSuchObject");
+    ck_assert_int_eq(mpb_iter_next(li, &item), MPB_ERR_CUT);
+    ck_assert_int_eq(mpb_iter_next(li, &item), 0); /* "jobs" re-created empty */
+    mpb_iter_free(li);
+    mpb_iter_free(si);
+    mpb_free(c);
+}
+END_TEST
+
+START_TEST(a_walk_goes_on_across_compaction)
+{
+    /* No restart, but the log compacts into a snapshot (--compact-size 1) and the dict
+     * compacts its table (the entries behind the cursor are deleted as it goes): the walk
+     * is not cut and sees every entry once. */
+    server = fork();
+    ck_assert_int_ge(server, 0);
+    if (server == 0) {
+        const char *bin = getenv("MPB_SERVER");
+        execl(bin, bin, "--socket", sock, "--data-dir", data, "--compact-size", "1", "--quiet",
+              (char *)NULL);
+        _exit(127);
+    }
+    mpb_context *c = mpb_connect(address);
+    mpb_enable_reconnect(c, 1, 10000);
+    mpb_ref d = numbered_dict(c, "work", 200);
+    mpb_iter *it = mpb_dict_iter(c, d, 7);
+    mpb_value *item;
+    bool seen[200] = {false};
+    int n = 0, rc;
+    while ((rc = mpb_iter_next(it, &item)) == 1) {
+        int64_t k = pair_key(item);
+        ck_assert(k >= 0 && k < 200 && !seen[k]);
+        seen[k] = true;
+        n++;
+        mpb_value key = mpb_int(k);
+        ck_assert_int_eq(mpb_dict_delitem(c, d, &key), MPB_OK);
+    }
+    ck_assert_msg(rc == 0, "%d %s: %s", rc, c->errkind, c->errstr);
+    ck_assert_int_eq(n, 200);
+    mpb_iter_free(it);
+    int64_t len = -1;
+    ck_assert_int_eq(mpb_dict_len(c, d, &len), MPB_OK);
+    ck_assert_int_eq(len, 0);
+    DIR *dir = opendir(data);
+    ck_assert_ptr_nonnull(dir);
+    bool snapshot = false;
+    for (struct dirent *e; (e = readdir(dir)) != NULL;)
+        snapshot |= strcmp(e->d_name, "snapshot.mpb") == 0;
+    closedir(dir);
+    ck_assert_msg(snapshot, "the log never compacted");
+    mpb_free(c);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("resilient");
@@ -532,6 +655,8 @@ int main(void)
     tcase_add_loop_test(tc, reconnect_never_sends_a_call_to_an_object_it_did_not_name, 0, 2);
     tcase_add_test(tc, two_restarts_that_lose_the_state_translate_the_oldest_reference);
     tcase_add_test(tc, a_new_object_with_an_old_objects_number_is_not_translated);
+    tcase_add_test(tc, a_walk_cut_by_a_restart_is_reported_and_starts_over);
+    tcase_add_test(tc, a_walk_goes_on_across_compaction);
     suite_add_tcase(s, tc);
     return tb_run(s);
 }
