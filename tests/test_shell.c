@@ -21,6 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "mpb_reader.h"
 #include "testutil.h"
 
 #define RUN_TIMEOUT_MS 20000
@@ -236,6 +237,35 @@ START_TEST(objects_escapes_names_that_would_forge_rows_or_reach_the_terminal) {
     ck_assert_msg(strstr(r.out, "  records  ") != NULL, "plain names stay plain:\n%s", r.out);
     RUN(&r, NULL, "show", "--depth", "0", "@4");
     ck_assert_msg(strchr(r.out, '\x1b') == NULL && count(r.out, "\n") == 2, "%s", r.out);
+}
+END_TEST
+
+START_TEST(the_deepest_value_shows_through_every_command) {
+    /* The broker stores 30 levels under a key; dict.items chunks wrap it two deeper
+     * (34 in all), which libmpbroker, and so the shell, must read. */
+    mpb_value v = mpb_int(7);
+    for (int i = 0; i < MPB_READER_MAX_DEPTH - 2; i++) {
+        mpb_value a = mpb_array_value(1);
+        ck_assert_int_eq(mpb_value_push(&a, &v), 0);
+        v = a;
+    }
+    mpb_ref d;
+    ck_assert_int_eq(mpb_open(C, "dict", "deep", NULL, &d), MPB_OK);
+    mpb_value k = S("k");
+    ck_assert_int_eq(mpb_dict_setitem(C, d, &k, &v), MPB_OK);
+    mpb_value_free(&v);
+    char want[256] = "[[['k', ";
+    for (int i = 0; i < MPB_READER_MAX_DEPTH - 2; i++) strcat(want, "[");
+    strcat(want, "7");
+    for (int i = 0; i < MPB_READER_MAX_DEPTH - 2; i++) strcat(want, "]");
+    strcat(want, "]], None]\n");
+    run r;
+    RUN(&r, NULL, "call", "deep", "items", "0", "10");
+    expect(&r, 0, want, "");
+    RUN(&r, NULL, "--json", "call", "deep", "items", "0", "10");
+    ck_assert_int_eq(r.code, 0);
+    RUN(&r, NULL, "show", "deep");
+    ck_assert_int_eq(r.code, 0);
 }
 END_TEST
 
@@ -988,6 +1018,7 @@ static Suite *shell_suite(void) {
     tcase_add_test(tc, objects_json_lists_refs_in_dollar_notation);
     tcase_add_test(tc, objects_escapes_names_that_would_forge_rows_or_reach_the_terminal);
     tcase_add_test(tc, references_read_back_short_and_full);
+    tcase_add_test(tc, the_deepest_value_shows_through_every_command);
     tcase_add_test(tc, show_expands_nested_references_one_level);
     tcase_add_test(tc, show_json_writes_expanded_refs_with_type_and_value);
     tcase_add_test(tc, show_stops_at_a_cycle);
