@@ -182,6 +182,7 @@ void objects_new_id_space(void)
  * the first of a fresh random space. Never one that a live object has. */
 static uint64_t take_next_id(void)
 {
+    adopt_loaded = false; /* loading, if any, is over: nothing loaded, the fresh space stays */
     for (;;) {
         if ((next_id & MPB_REF_COUNTER_MASK) == 0)
             next_id = (random_space(mpb_ref_space(next_id - 1)) << MPB_REF_SPACE_SHIFT) | 1;
