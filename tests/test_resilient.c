@@ -517,6 +517,43 @@ START_TEST(a_new_object_with_an_old_objects_number_is_not_translated)
 }
 END_TEST
 
+static uint64_t id_space_of(mpb_context *c)
+{
+    mpb_value s;
+    ck_assert_int_eq(mpb_call(c, "manager.stats", NULL, 0, &s), MPB_OK);
+    mpb_value k = mpb_str_borrowed("id_space", 8);
+    const mpb_value *v = mpb_map_get(s.v.m, &k);
+    ck_assert_ptr_nonnull(v);
+    uint64_t space = (uint64_t)v->v.i;
+    mpb_value_free(&s);
+    return space;
+}
+
+START_TEST(the_id_space_is_kept_with_the_state_and_new_without_it)
+{
+    start_server(true);
+    mpb_context *c = mpb_connect(address);
+    mpb_enable_reconnect(c, 1, 10000);
+    uint64_t space = id_space_of(c);
+    ck_assert_uint_ge(space, 1);
+    ck_assert_uint_lt(space, UINT64_C(1) << MPB_REF_SPACE_BITS);
+    mpb_ref a, b;
+    ck_assert_int_eq(mpb_open(c, "list", "kept", NULL, &a), MPB_OK);
+    ck_assert_uint_eq(mpb_ref_space(a), space);
+    ck_assert_uint_lt(a, UINT64_C(1) << 63);
+    stop_server(SIGKILL);
+    start_server(true);
+    ck_assert_uint_eq(id_space_of(c), space); /* the data directory keeps it */
+    ck_assert_int_eq(mpb_create(c, "list", NULL, &b), MPB_OK);
+    ck_assert_uint_eq(mpb_ref_space(b), space);
+    ck_assert_uint_gt(b, a); /* and its count: no id is handed out twice */
+    stop_server(SIGTERM);
+    start_server(false);
+    ck_assert_uint_ne(id_space_of(c), space); /* a broker without the state: a new one */
+    mpb_free(c);
+}
+END_TEST
+
 /*--- Iterators across restarts and compaction ---*/
 
 /* A dict {0: 0, ..., n-1: n-1} named `name`. */
@@ -655,6 +692,7 @@ int main(void)
     tcase_add_loop_test(tc, reconnect_never_sends_a_call_to_an_object_it_did_not_name, 0, 2);
     tcase_add_test(tc, two_restarts_that_lose_the_state_translate_the_oldest_reference);
     tcase_add_test(tc, a_new_object_with_an_old_objects_number_is_not_translated);
+    tcase_add_test(tc, the_id_space_is_kept_with_the_state_and_new_without_it);
     tcase_add_test(tc, a_walk_cut_by_a_restart_is_reported_and_starts_over);
     tcase_add_test(tc, a_walk_goes_on_across_compaction);
     suite_add_tcase(s, tc);
