@@ -49,7 +49,7 @@ extern "C" {
 #define MPB_ERR_REPLY (-5)   /* the broker answered with an error: see errkind, errstr */
 #define MPB_ERR_CONNECT (-6) /* could not connect */
 #define MPB_ERR_ARG (-7)     /* a bad argument to this library call */
-#define MPB_ERR_CUT (-8)     /* mpb_iter_next: a new connection cut the walk; the next call
+#define MPB_ERR_CUT (-9)     /* mpb_iter_next: a new connection cut the walk; the next call
                                 starts it over (the context is fine) */
 
 typedef struct mpb_context {
