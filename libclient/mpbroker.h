@@ -174,7 +174,9 @@ int mpb_buffer_take_reply(mpb_context *c, mpb_value *result, int *got);
  * (owned by the caller: mpb_value_free; may be NULL to discard). *got = 0 and MPB_OK
  * when the time ran out or a signal interrupted the wait (so the caller can look at
  * its flags). MPB_ERR_ARG while calls await replies and none is queued: take the
- * replies first. A notification that cannot be decoded is dropped. */
+ * replies first. A notification that cannot be decoded, or nested deeper than
+ * MPB_REPLY_MAX_DEPTH (which no broker of this version sends), is dropped: it answers
+ * no call, so the context stays in step and usable. */
 int mpb_get_notification(mpb_context *c, int timeout_ms, char *method, size_t n,
                          mpb_value *params, int *got);
 
