@@ -178,15 +178,23 @@ void objects_new_id_space(void)
     adopt_loaded = true;
 }
 
+/* Once a space's counter is used up, go on in a fresh random one at once, so that
+ * next_id (which a snapshot records) always names a usable id. */
+static void leave_used_up_space(void)
+{
+    if ((next_id & MPB_REF_COUNTER_MASK) == 0)
+        next_id = (random_space(mpb_ref_space(next_id - 1)) << MPB_REF_SPACE_SHIFT) | 1;
+}
+
 /* The id for a new object: the next in the space, or, once its counter is used up,
  * the first of a fresh random space. Never one that a live object has. */
 static uint64_t take_next_id(void)
 {
     adopt_loaded = false; /* loading, if any, is over: nothing loaded, the fresh space stays */
     for (;;) {
-        if ((next_id & MPB_REF_COUNTER_MASK) == 0)
-            next_id = (random_space(mpb_ref_space(next_id - 1)) << MPB_REF_SPACE_SHIFT) | 1;
+        leave_used_up_space();
         uint64_t id = next_id++;
+        leave_used_up_space();
         if (!idmap_get(&table, id)) return id;
     }
 }
@@ -229,11 +237,20 @@ uint64_t objects_peek_next_id(void) { return next_id; }
 
 void objects_bump_next_id(uint64_t id)
 {
-    if (adopt_loaded) { /* loaded state goes on in its own space */
+    /* id - 1 was loaded. Its space is what counts: id itself is in the next space when
+     * id - 1 was the last of its own. */
+    if (adopt_loaded) /* loaded state goes on in its own space */
         next_id = id;
-        adopt_loaded = false;
-    } else if (mpb_ref_space(id) == mpb_ref_space(next_id) && id > next_id) {
-        next_id = id; /* ids of other spaces (before a roll-over) do not count here */
+    else if (mpb_ref_space(id - 1) == mpb_ref_space(next_id) && id > next_id)
+        next_id = id;
+    else
+        return; /* ids of other spaces (a snapshot's, from before a roll-over) */
+    adopt_loaded = false;
+    if ((next_id & MPB_REF_COUNTER_MASK) == 0) {
+        /* id - 1 used its space up, and the lifetime that logged it went on in a space
+         * of its own drawing: the next id loaded (a log is in time order) says which. */
+        leave_used_up_space();
+        adopt_loaded = true;
     }
 }
 

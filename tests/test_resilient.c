@@ -5,6 +5,7 @@
  */
 #include <check.h>
 #include <dirent.h>
+#include <msgpack.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -554,6 +555,62 @@ START_TEST(the_id_space_is_kept_with_the_state_and_new_without_it)
 }
 END_TEST
 
+/* Append ["create", id, typeid, name, nil] to a log being packed. */
+static void log_create(msgpack_packer *pk, uint64_t id, const char *typeid, const char *name)
+{
+    msgpack_pack_array(pk, 5);
+    msgpack_pack_str_with_body(pk, "create", 6);
+    msgpack_pack_uint64(pk, id);
+    msgpack_pack_str_with_body(pk, typeid, strlen(typeid));
+    msgpack_pack_str_with_body(pk, name, strlen(name));
+    msgpack_pack_nil(pk);
+}
+
+START_TEST(a_log_across_a_counter_roll_over_never_gives_an_id_twice)
+{
+    /* A broker that used up the counter of its space S moved on to a space S2, and its
+     * log says so: "b" was the last id of S, then deleted; "c" the first of S2. A
+     * restart must go on after "c" in S2: it used to ignore the ids of S2 and hand out
+     * b's id again (and report S + 1, a space nobody used). */
+    const uint64_t s = 0x1234, s2 = 0x5678;
+    ck_assert_int_eq(mkdir(data, 0700), 0);
+    char path[256];
+    snprintf(path, sizeof path, "%s/log.0.mpb", data);
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_array(&pk, 3);
+    msgpack_pack_str_with_body(&pk, "mpbroker-log", 12);
+    msgpack_pack_uint8(&pk, 1);
+    msgpack_pack_uint8(&pk, 0);
+    log_create(&pk, s << 32 | 0xfffffffe, "list", "a");
+    log_create(&pk, s << 32 | 0xffffffff, "list", "b");
+    msgpack_pack_array(&pk, 3);
+    msgpack_pack_str_with_body(&pk, "call", 4);
+    msgpack_pack_str_with_body(&pk, "manager.delete", 14);
+    msgpack_pack_array(&pk, 1);
+    msgpack_pack_str_with_body(&pk, "b", 1);
+    log_create(&pk, s2 << 32 | 1, "list", "c");
+    FILE *f = fopen(path, "wb");
+    ck_assert_ptr_nonnull(f);
+    ck_assert_uint_eq(fwrite(sb.data, 1, sb.size, f), sb.size);
+    ck_assert_int_eq(fclose(f), 0);
+    msgpack_sbuffer_destroy(&sb);
+    for (int restart = 0; restart < 2; restart++) {
+        start_server(true);
+        mpb_context *c = mpb_connect(address);
+        ck_assert(c && !c->err);
+        ck_assert_uint_eq(id_space_of(c), s2);
+        mpb_ref n;
+        ck_assert_int_eq(mpb_open(c, "list", restart ? "new1" : "new0", NULL, &n), MPB_OK);
+        ck_assert_uint_eq(n, s2 << 32 | (2 + restart));
+        mpb_free(c);
+        stop_server(SIGTERM);
+    }
+}
+END_TEST
+
 /*--- Iterators across restarts and compaction ---*/
 
 /* A dict {0: 0, ..., n-1: n-1} named `name`. */
@@ -693,6 +750,7 @@ int main(void)
     tcase_add_test(tc, two_restarts_that_lose_the_state_translate_the_oldest_reference);
     tcase_add_test(tc, a_new_object_with_an_old_objects_number_is_not_translated);
     tcase_add_test(tc, the_id_space_is_kept_with_the_state_and_new_without_it);
+    tcase_add_test(tc, a_log_across_a_counter_roll_over_never_gives_an_id_twice);
     tcase_add_test(tc, a_walk_cut_by_a_restart_is_reported_and_starts_over);
     tcase_add_test(tc, a_walk_goes_on_across_compaction);
     suite_add_tcase(s, tc);
