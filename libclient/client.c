@@ -612,6 +612,8 @@ void mpb_client_note_open(mpb_context *c, const char *typeid, const char *name, 
     for (size_t i = 0; i < p->nnamed; i++)
         if (strcmp(p->named[i]->name, name) == 0) {
             named_moved(p, p->named[i], ref); /* out of memory: just not translated */
+            /* Re-created as what it is now (another client may have replaced it). */
+            snprintf(p->named[i]->typeid, sizeof p->named[i]->typeid, "%s", typeid);
             return;
         }
     struct mpb_named **v = realloc(p->named, (p->nnamed + 1) * sizeof *v);

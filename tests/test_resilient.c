@@ -518,6 +518,37 @@ START_TEST(a_new_object_with_an_old_objects_number_is_not_translated)
 }
 END_TEST
 
+START_TEST(a_name_opened_again_as_another_type_is_reopened_as_that_type)
+{
+    /* "x" was a list when this client first opened it; another client replaced it with
+     * a dict, which this client then opened. After a restart that lost the state, the
+     * reconnect must make "x" a dict again, not a list. */
+    start_server(false);
+    mpb_context *c = mpb_connect(address), *o = mpb_connect(address);
+    mpb_enable_reconnect(c, 1, 10000);
+    mpb_ref l, d, od;
+    ck_assert_int_eq(mpb_open(c, "list", "x", NULL, &l), MPB_OK);
+    mpb_value name = mpb_str_borrowed("x", 1);
+    ck_assert_int_eq(mpb_call(o, "manager.delete", &name, 1, NULL), MPB_OK);
+    ck_assert_int_eq(mpb_open(o, "dict", "x", NULL, &od), MPB_OK);
+    ck_assert_int_eq(mpb_open(c, "dict", "x", NULL, &d), MPB_OK);
+    ck_assert_uint_eq(d, od);
+    mpb_free(o);
+    stop_server(SIGTERM);
+    start_server(false);
+    mpb_value k = mpb_int(1), v = mpb_int(2);
+    ck_assert_msg(mpb_dict_setitem(c, d, &k, &v) == MPB_OK, "%s: %s", c->errkind, c->errstr);
+    o = mpb_connect(address);
+    mpb_ref now;
+    ck_assert_int_eq(mpb_open(o, "dict", "x", NULL, &now), MPB_OK); /* a dict, holding it */
+    mpb_value got;
+    ck_assert_int_eq(mpb_dict_getitem(o, now, &k, &got), MPB_OK);
+    ck_assert_int_eq(got.v.i, 2);
+    mpb_free(o);
+    mpb_free(c);
+}
+END_TEST
+
 static uint64_t id_space_of(mpb_context *c)
 {
     mpb_value s;
@@ -749,6 +780,7 @@ int main(void)
     tcase_add_loop_test(tc, reconnect_never_sends_a_call_to_an_object_it_did_not_name, 0, 2);
     tcase_add_test(tc, two_restarts_that_lose_the_state_translate_the_oldest_reference);
     tcase_add_test(tc, a_new_object_with_an_old_objects_number_is_not_translated);
+    tcase_add_test(tc, a_name_opened_again_as_another_type_is_reopened_as_that_type);
     tcase_add_test(tc, the_id_space_is_kept_with_the_state_and_new_without_it);
     tcase_add_test(tc, a_log_across_a_counter_roll_over_never_gives_an_id_twice);
     tcase_add_test(tc, a_walk_cut_by_a_restart_is_reported_and_starts_over);
