@@ -51,6 +51,9 @@ struct mpb_context_priv {
     uint32_t *ids;       /* ring of msgids awaiting replies, oldest at ids[head] */
     size_t head, nids, cap;
     uint32_t next_id;    /* msgpack-rpc msgids are 32-bit; they wrap */
+    size_t lost;         /* calls in flight when a connection broke, older than any in ids:
+                            each is taken as a ConnectionError, in order (never answered by
+                            the reply to a call made since) */
     mpb_reader reader;   /* replies read but not yet taken */
     bool eof;            /* the broker closed its side: serve what is buffered, then fail */
     bool wdead;          /* a write failed as the broker closed: read what it answered */
@@ -133,6 +136,7 @@ static int break_conn(mpb_context *c) {
     c->fd = -1;
     snprintf(p->broken, sizeof p->broken, "%s%s%s", c->errkind, c->errkind[0] ? ": " : "",
              c->errstr);
+    p->lost += p->nids;
     p->nids = p->head = 0;
     p->out.size = p->out_sent = 0;
     return c->err;
@@ -473,7 +477,7 @@ void mpb_free(mpb_context *c) {
 /* Forget everything in flight: after a fork (the parent's) or a lost connection. */
 static void reset_stream(mpb_context *c) {
     struct mpb_context_priv *p = c->priv;
-    p->nids = p->head = 0;
+    p->nids = p->head = p->lost = 0;
     p->out.size = p->out_sent = 0;
     p->eof = p->wdead = false;
     mpb_reader_destroy(&p->reader);
@@ -543,12 +547,14 @@ static long long now_ms(void);
 static int reconnect(mpb_context *c) {
     struct mpb_context_priv *p = c->priv;
     long long deadline = now_ms() + p->reconnect_wait_ms;
+    size_t lost = p->lost; /* the caller's, still to be taken (reset_stream clears it) */
     p->reconnecting = true;
     for (long delay = 10;; delay = delay * 2 > 1000 ? 1000 : delay * 2) {
         reset_stream(c);
         open_conn(c);
         if (c->fd >= 0 && reopen_named(c) == MPB_OK) {
             p->reconnecting = false;
+            p->lost = lost;
             p->conn_gen++;
             return MPB_OK;
         }
@@ -559,6 +565,7 @@ static int reconnect(mpb_context *c) {
         nanosleep(&(struct timespec){ms / 1000, (ms % 1000) * 1000000}, NULL);
     }
     p->reconnecting = false;
+    p->lost = lost;
     return set_err(c, MPB_ERR_IO, "ConnectionError", "cannot reconnect to %s (%s)", p->address,
                    p->broken);
 }
@@ -753,14 +760,39 @@ static int read_some(mpb_context *c, bool block) {
     return MPB_OK;
 }
 
+/* The oldest call was lost with a connection: its outcome. */
+static int take_lost(mpb_context *c) {
+    c->priv->lost--;
+    return set_err(c, MPB_ERR_IO, "ConnectionError", "the connection was lost before the "
+                   "reply came (%s)", c->priv->broken);
+}
+
+static int take_reply(mpb_context *c, mpb_value *result, int *got);
+
 int mpb_buffer_take_reply(mpb_context *c, mpb_value *result, int *got) {
+    int dummy;
     if (result != NULL) *result = mpb_nil();
-    if (got != NULL) *got = 0;
+    if (got == NULL) got = &dummy;
+    *got = 0;
     if (c == NULL) return MPB_ERR_ARG;
-    if (own_conn(c) != MPB_OK || fail_if_broken(c)) return c->err;
+    if (own_conn(c) != MPB_OK) return c->err;
     struct mpb_context_priv *p = c->priv;
+    if (p->lost > 0) {
+        *got = 1;
+        return take_lost(c);
+    }
+    if (fail_if_broken(c)) return c->err;
     if (p->nids == 0)
         return set_err(c, MPB_ERR_ARG, "ValueError", "no call is waiting for a reply");
+    size_t inflight = p->nids;
+    int rc = take_reply(c, result, got);
+    if (*got && c->fd < 0) p->lost = inflight - 1; /* the oldest has its outcome */
+    return rc;
+}
+
+/* mpb_buffer_take_reply, calls awaiting replies. */
+static int take_reply(mpb_context *c, mpb_value *result, int *got) {
+    struct mpb_context_priv *p = c->priv;
     msgpack_object o;
     mpb_read_status st;
     /* Notifications (monitor events) may come between replies: queue them. One too
@@ -776,7 +808,7 @@ int mpb_buffer_take_reply(mpb_context *c, mpb_value *result, int *got) {
     }
     switch (st) {
     case MPB_READ_MSG:
-        if (got != NULL) *got = 1;
+        *got = 1;
         return handle_reply(c, &o, result);
     case MPB_READ_NEED:
         if (p->eof) {
@@ -786,7 +818,7 @@ int mpb_buffer_take_reply(mpb_context *c, mpb_value *result, int *got) {
         set_ok(c);
         return MPB_OK;
     case MPB_READ_TOO_DEEP:
-        if (got != NULL) *got = 1;
+        *got = 1;
         return too_deep_reply(c);
     default:
         set_err(c, MPB_ERR_PROTOCOL, "ProtocolError", "bad reply: %s", p->reader.errstr);
@@ -830,15 +862,22 @@ int mpb_get_reply(mpb_context *c, mpb_value *result) {
     int rc, got;
     if (result != NULL) *result = mpb_nil();
     if (c == NULL) return MPB_ERR_ARG;
-    if (own_conn(c) != MPB_OK || fail_if_broken(c)) return c->err;
-    if (c->priv->nids == 0)
+    if (own_conn(c) != MPB_OK) return c->err;
+    struct mpb_context_priv *p = c->priv;
+    if (p->lost > 0) return take_lost(c);
+    if (fail_if_broken(c)) return c->err;
+    if (p->nids == 0)
         return set_err(c, MPB_ERR_ARG, "ValueError", "no call is waiting for a reply");
+    size_t inflight = p->nids;
     /* A failed flush may leave replies to read (see write_failed): serve those. */
-    if ((rc = mpb_flush(c)) != MPB_OK && c->fd < 0) return rc;
-    for (;;) {
-        if ((rc = mpb_buffer_take_reply(c, result, &got)) != MPB_OK || got) return rc;
-        if ((rc = read_some(c, true)) != MPB_OK) return rc;
+    if ((rc = mpb_flush(c)) == MPB_OK || c->fd >= 0) {
+        while ((rc = mpb_buffer_take_reply(c, result, &got)) == MPB_OK && !got &&
+               (rc = read_some(c, true)) == MPB_OK) {
+        }
     }
+    /* Failed with the connection: that was this call's outcome; the others are lost. */
+    if (rc != MPB_OK && c->fd < 0) p->lost = inflight - 1;
+    return rc;
 }
 
 int mpb_call(mpb_context *c, const char *method, const mpb_value *args, size_t nargs,
@@ -847,16 +886,17 @@ int mpb_call(mpb_context *c, const char *method, const mpb_value *args, size_t n
     if (result != NULL) *result = mpb_nil();
     if (c == NULL) return MPB_ERR_ARG;
     if (own_conn(c) != MPB_OK) return c->err;
-    if (c->priv->nids > 0)
+    if (mpb_pending(c) > 0)
         return set_err(c, MPB_ERR_ARG, "ValueError", "mpb_call with %zu pipelined replies "
-                       "unread: take them with mpb_get_reply first", c->priv->nids);
+                       "unread: take them with mpb_get_reply first", mpb_pending(c));
     if ((rc = mpb_append_call(c, method, args, nargs)) != MPB_OK) return rc;
     return mpb_get_reply(c, result);
 }
 
 size_t mpb_pending(const mpb_context *c) {
     /* In a child of fork() the calls in flight are the parent's: none are this one's. */
-    return c != NULL && c->priv != NULL && c->priv->fork_gen == fork_gen ? c->priv->nids : 0;
+    return c != NULL && c->priv != NULL && c->priv->fork_gen == fork_gen
+               ? c->priv->nids + c->priv->lost : 0;
 }
 
 /*--- Notifications ---*/

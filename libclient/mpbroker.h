@@ -109,7 +109,10 @@ mpb_context *mpb_connect_with_key(const char *address, const void *key, size_t l
  *   (These guarantees need a broker that numbers ids in spaces, as this version does.)
  * - Calls are never resent: a call whose reply was lost with the connection fails with
  *   "ConnectionError" (it may or may not have been applied), as do the calls queued
- *   behind it; the next call reconnects. Holds, lock ownership and parked requests of
+ *   behind it; the next call reconnects. Each lost call keeps its place: mpb_pending
+ *   counts it and its own mpb_get_reply reports the loss, in call order, before any
+ *   call made since is answered (mpb_call refuses until they are taken), so no reply
+ *   is ever taken as another call's. Holds, lock ownership and parked requests of
  *   the old connection are gone with it (the broker dropped them).
  * With reconnect off, calls on a lost connection fail fast with "ConnectionError". */
 int mpb_enable_reconnect(mpb_context *c, int enable, int max_wait_ms);

@@ -288,6 +288,47 @@ START_TEST(with_reconnect_a_client_keeps_working_across_a_restart)
 }
 END_TEST
 
+/* Queue manager.ping(tag). */
+static void append_ping(mpb_context *c, const char *tag)
+{
+    mpb_value a = mpb_str_borrowed(tag, strlen(tag));
+    ck_assert_int_eq(mpb_append_call(c, "manager.ping", &a, 1), MPB_OK);
+}
+
+START_TEST(a_call_lost_with_the_connection_never_takes_a_later_calls_reply)
+{
+    /* A and B are in a pipeline when the broker restarts: both are lost. A's
+     * mpb_get_reply says so; then a new call C reconnects. The next mpb_get_reply is
+     * B's: it must fail too, not return C's reply as B's (it did: the lost calls were
+     * forgotten, so C's reply answered the oldest call still counted). */
+    start_server(false);
+    mpb_context *c = mpb_connect(address);
+    ck_assert_int_eq(mpb_enable_reconnect(c, 1, 10000), MPB_OK);
+    append_ping(c, "A");
+    append_ping(c, "B");
+    stop_server(SIGTERM);
+    start_server(false);
+    mpb_value r;
+    ck_assert_int_lt(mpb_get_reply(c, &r), 0); /* A */
+    ck_assert_str_eq(c->errkind, "ConnectionError");
+    ck_assert_uint_eq(mpb_pending(c), 1); /* B, lost too */
+    ck_assert_int_eq(mpb_call(c, "manager.ping", NULL, 0, &r), MPB_ERR_ARG); /* B unread */
+    append_ping(c, "C");
+    ck_assert_uint_eq(mpb_pending(c), 2);
+    int rc = mpb_get_reply(c, &r); /* B */
+    ck_assert_msg(rc < 0, "B's reply was %s", r.type == MPB_STR ? r.v.s : "?");
+    ck_assert_str_eq(c->errkind, "ConnectionError");
+    mpb_value_free(&r);
+    ck_assert_int_eq(mpb_get_reply(c, &r), MPB_OK); /* C */
+    ck_assert_str_eq(r.v.s, "C");
+    mpb_value_free(&r);
+    ck_assert_uint_eq(mpb_pending(c), 0);
+    ck_assert_int_eq(mpb_get_reply(c, &r), MPB_ERR_ARG);
+    ck_assert_int_eq(mpb_ping(c), MPB_OK);
+    mpb_free(c);
+}
+END_TEST
+
 START_TEST(reconnect_to_a_broker_that_lost_its_state_reopens_names)
 {
     start_server(false);
@@ -776,6 +817,7 @@ int main(void)
     tcase_add_test(tc, reconnect_finds_a_broker_within_one_backoff_step_of_its_start);
     tcase_add_test(tc, without_reconnect_calls_fail_fast_with_connection_error);
     tcase_add_test(tc, with_reconnect_a_client_keeps_working_across_a_restart);
+    tcase_add_test(tc, a_call_lost_with_the_connection_never_takes_a_later_calls_reply);
     tcase_add_test(tc, reconnect_to_a_broker_that_lost_its_state_reopens_names);
     tcase_add_loop_test(tc, reconnect_never_sends_a_call_to_an_object_it_did_not_name, 0, 2);
     tcase_add_test(tc, two_restarts_that_lose_the_state_translate_the_oldest_reference);
