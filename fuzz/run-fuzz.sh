@@ -1,10 +1,12 @@
 #!/bin/sh
-# run-fuzz.sh FUZZER CORPUS REGRESSIONS: a bounded libFuzzer run of fuzz_dispatch.
+# run-fuzz.sh FUZZER CORPUS REGRESSIONS: a bounded libFuzzer run of fuzz_dispatch (or
+# of the target named by $FUZZ_NAME, e.g. fuzz-reader).
 #
 # Runs $FUZZ_RUNS executions (default 200000) or $FUZZ_SECONDS (default 60), whichever
 # ends first, from the seed corpus, writing new inputs to a scratch directory (the
 # committed corpus is never changed), then prints one summary line:
 #   fuzz-dispatch: N executions in S s, cov: C ft: F, corpus K inputs, 0 crashes
+# (the first word is $FUZZ_NAME when set).
 # A crash or leak fails the run; the input that caused it is copied into REGRESSIONS
 # (commit it: fuzz-replay then runs it in every build from then on).
 set -u
@@ -41,5 +43,5 @@ if [ "$crashes" -gt 0 ]; then
     # The report itself (with its stack), not the shadow-byte map that ends it.
     sed -n '/==ERROR\|runtime error\|ERROR: libFuzzer/,/^SUMMARY/p' "$work/log" | head -60
 fi
-echo "fuzz-dispatch: ${execs:-0} executions in ${elapsed} s, cov: ${cov:-?} ft: ${ft:-?}, corpus ${corp:-?} inputs, $crashes crashes"
+echo "${FUZZ_NAME:-fuzz-dispatch}: ${execs:-0} executions in ${elapsed} s, cov: ${cov:-?} ft: ${ft:-?}, corpus ${corp:-?} inputs, $crashes crashes"
 [ "$rc" -eq 0 ] && [ "$crashes" -eq 0 ]
