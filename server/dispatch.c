@@ -352,7 +352,9 @@ void dispatch_message(mpb_conn *c, const msgpack_object *msg)
     }
     int id = mpb_method_lookup(name, len);
     if (!c->authed && !auth_gate(&r, id)) return; /* only the handshake before it */
-    if (params->type == MSGPACK_OBJECT_ARRAY)
+    /* Monitors see nothing of a connection before it has authenticated: its nonces
+     * and proofs are its own, and its bytes are anyone's. */
+    if (c->authed && params->type == MSGPACK_OBJECT_ARRAY)
         admin_monitor_feed(c, id < 0 ? NULL : &mpb_methods[id], name, len, params);
     if (id < 0) {
         /* Unknown notifications are ignored: real clients send their own. */

@@ -275,6 +275,56 @@ START_TEST(unauthenticated_requests_are_small)
 }
 END_TEST
 
+/* A monitor's next event; its repr (free it). NULL when none came within ms. */
+static char *next_event(mpb_context *mon, int ms)
+{
+    char method[64];
+    mpb_value params;
+    int got = 0;
+    ck_assert_int_eq(mpb_get_notification(mon, ms, method, sizeof method, &params, &got), MPB_OK);
+    if (!got) return NULL;
+    ck_assert_str_eq(method, "monitor");
+    char *s = tb_repr(&params);
+    mpb_value_free(&params);
+    return s;
+}
+
+START_TEST(monitors_see_nothing_before_authentication)
+{
+    mpb_context *mon = mpb_connect_with_key(B.address, KEY, strlen(KEY));
+    ck_assert_int_eq(mon->err, MPB_OK);
+    ck_assert_int_eq(mpb_call(mon, "manager.monitor", NULL, 0, NULL), MPB_OK);
+    /* Strangers: a challenge, a forged proof, a forged request. */
+    int fd = tb_raw_connect(&B);
+    mpb_value arg = mpb_bin_borrowed(CLIENT_C, sizeof CLIENT_C);
+    tb_send_call(fd, 1, "auth.challenge", &arg, 1);
+    mpb_value m = read_response(fd);
+    mpb_value_free(&m);
+    arg = mpb_bin_borrowed("{sha256}forged: 1 [9 unix:pid=1] manager.delete('x')....", 40);
+    tb_send_call(fd, 2, "auth.response", &arg, 1);
+    expect_error(fd, "AuthError");
+    close(fd);
+    fd = tb_raw_connect(&B);
+    arg = mpb_str_borrowed("forged", 6);
+    tb_send_call(fd, 1, "manager.ping", &arg, 1);
+    expect_error(fd, "AuthError");
+    close(fd);
+    /* A keyed client: its handshake is not shown, its first call is. */
+    mpb_context *c = mpb_connect_with_key(B.address, KEY, strlen(KEY));
+    ck_assert_int_eq(c->err, MPB_OK);
+    mpb_value marker = mpb_str("marker");
+    ck_assert_int_eq(mpb_call(c, "manager.ping", &marker, 1, NULL), MPB_OK);
+    mpb_value_free(&marker);
+    char *ev = next_event(mon, 5000);
+    ck_assert_ptr_nonnull(ev);
+    ck_assert_msg(strstr(ev, "'method': 'manager.ping', 'params': ['marker']") != NULL, "%s", ev);
+    free(ev);
+    ck_assert_ptr_null(next_event(mon, 200));
+    mpb_free(c);
+    mpb_free(mon);
+}
+END_TEST
+
 START_TEST(broker_without_key_does_not_fool_a_keyed_client)
 {
     tb_broker nokey;
@@ -654,6 +704,7 @@ static Suite *security_suite(void)
     tcase_add_test(tc, unauthenticated_requests_are_small);
     tcase_add_test(tc, broker_without_key_does_not_fool_a_keyed_client);
     tcase_add_test(tc, connection_that_never_authenticates_is_closed);
+    tcase_add_test(tc, monitors_see_nothing_before_authentication);
     suite_add_tcase(s, tc);
     tc = tcase_create("exposure");
     tcase_set_timeout(tc, 60);
