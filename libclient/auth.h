@@ -18,8 +18,9 @@ void mpb_client_key_free(unsigned char *key, size_t len);
 /* Run the handshake on the freshly connected c->fd, before any other request (it
  * reads and writes the socket itself, with a 10 s limit for each reply). MPB_OK, or
  * an error set on c: kind "AuthError" when either side failed to prove the key (the
- * broker's own proof is checked first: a broker that cannot prove the key is not
- * trusted with anything), "ConnectionError" for I/O. The caller closes on error. */
+ * broker's proof comes after ours and is checked before anything else is sent: a
+ * broker that cannot prove the key is not trusted with anything), "ConnectionError"
+ * for I/O. The caller closes on error. */
 int mpb_client_handshake(mpb_context *c, const unsigned char *key, size_t len);
 
 #endif

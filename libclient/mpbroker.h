@@ -63,7 +63,7 @@ typedef struct mpb_context {
  * mpb_free. */
 mpb_context *mpb_connect(const char *address);
 /* As mpb_connect, and authenticate with key[0, len) (docs/PROTOCOL.md,
- * "Authentication"): the broker proves it knows the key, then this context does.
+ * "Authentication"): this context proves it knows the key, then the broker does.
  * key NULL: the key is read from the file named by $MPBROKER_AUTHKEY_FILE (one
  * trailing newline dropped), else taken from $MPBROKER_AUTHKEY; neither set: no
  * handshake. mpb_connect(address) is mpb_connect_with_key(address, NULL, 0). A failed

@@ -1,25 +1,30 @@
 /* auth.c - the authkey handshake: mutual HMAC-SHA256 challenge-response over two RPC
- * methods, and loading the key.
+ * methods, what a connection may send before it, and loading the key.
  *
- * Modelled on Python 3.12's multiprocessing.connection (deliver_challenge /
- * answer_challenge): random challenges from RAND_bytes, each named by a "{sha256}"
- * prefix, HMAC-SHA256 proofs, constant-time comparison (CRYPTO_memcmp). As an RPC it
- * is one round trip plus one request, both sides proving the key:
+ * Modelled on Python 3.12's multiprocessing.connection: random challenges from
+ * RAND_bytes, each named by a "{sha256}" prefix, HMAC-SHA256 proofs, constant-time
+ * comparison (CRYPTO_memcmp), and, as there, the connecting side proves itself first:
  *
  *   client: auth.challenge [C]        C = "{sha256}" + 32..256 random bytes
- *   broker: [S, "{sha256}" + HMAC(key, "mpbroker-auth server" || C || S)]
- *                                     S = "{sha256}" + 40 random bytes
- *   client: checks the broker's proof, then
- *           auth.response ["{sha256}" + HMAC(key, "mpbroker-auth client" || S || C)]
- *   broker: true, or AuthError and the connection closes.
+ *   broker: S                         S = "{sha256}" + 40 random bytes
+ *   client: auth.response ["{sha256}" + HMAC(key, "mpbroker-auth client" || S || C)]
+ *   broker: checks it; wrong: AuthError and the connection closes; right:
+ *           "{sha256}" + HMAC(key, "mpbroker-auth server" || C || S), which the client
+ *           checks in turn before it sends anything else.
  *
- * Each proof binds both challenges, and the two directions use distinct labels, so
- * nothing the broker ever sends is a proof it would accept (no reflection), and a
- * proof is worthless on any other connection. Handshake state lives in a struct
- * mpb_auth owned by the connection (c->auth), allocated when a connection opens on a
- * keyed broker and freed once the handshake ends or the connection closes; its timer
- * closes a connection that has not authenticated within --auth-timeout. What the handlers do not do is
- * dispatch's: the gate (auth_gate) runs before any other method is looked at.
+ * A peer without the key so gets nothing from the broker that depends on the key (S
+ * is random; an error's text is fixed): it cannot take a proof home and guess a weak
+ * key offline. Each proof binds both challenges, and the two directions use distinct
+ * labels, so nothing the broker ever sends is a proof it would accept (no reflection),
+ * and a proof is worthless on any other connection.
+ *
+ * Before the handshake has succeeded a connection may send exactly two well-formed
+ * requests (auth_serve): anything else gets at most one error reply and the connection
+ * closes, and conn.c reads no more than AUTH_MAX_MSG bytes ahead. Handshake state
+ * lives in a struct mpb_auth owned by the connection (c->auth), allocated when a
+ * connection opens on a keyed broker and freed once the handshake ends or the
+ * connection closes; its timer closes a connection that has not authenticated within
+ * --auth-timeout.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -44,6 +49,7 @@
 #define DIGEST 32
 #define PROOF_LEN (PREFIX_LEN + DIGEST)
 #define KEY_MAX (64u << 10)
+#define KEY_WEAK 16 /* bytes: a shorter key is warned about at start */
 
 static const char LABEL_SERVER[] = "mpbroker-auth server";
 static const char LABEL_CLIENT[] = "mpbroker-auth client";
@@ -77,6 +83,13 @@ static int set_key(const void *p, size_t n, const char *from)
     memcpy(key_buf, p, n);
     g_config.authkey = key_buf;
     g_config.authkey_len = n;
+    /* Only a client that proves the key learns anything derived from it, but a short
+     * key can still be guessed online, or offline by a fake broker a client was
+     * tricked into trying. */
+    if (n < KEY_WEAK)
+        fprintf(stderr, "mpbroker-server: warning: the authkey from %s is only %zu bytes: "
+                "use %d or more random bytes (e.g. head -c 32 /dev/urandom | base64)\n",
+                from, n, KEY_WEAK);
     return 0;
 }
 
@@ -188,14 +201,6 @@ static void fail(mpb_req *r, const char *why)
     r->conn->closing = true;
 }
 
-bool auth_gate(mpb_req *r, int id)
-{
-    if (id == MPB_M_AUTH_CHALLENGE || id == MPB_M_AUTH_RESPONSE) return true;
-    fail(r, "authenticate first: this broker has an authkey (auth.challenge, then "
-            "auth.response)");
-    return false;
-}
-
 /* out = PREFIX + HMAC-SHA256(key, label || a || b). */
 static void proof(unsigned char out[PROOF_LEN], const char *label, const unsigned char *a,
                   size_t alen, const unsigned char *b, size_t blen)
@@ -228,7 +233,7 @@ static bool may_handshake(mpb_req *r)
     return true;
 }
 
-/* auth.challenge CLIENT_CHALLENGE */
+/* auth.challenge CLIENT_CHALLENGE: replies SERVER_CHALLENGE, random, nothing else. */
 void auth_challenge(mpb_req *r)
 {
     if (!may_handshake(r)) return;
@@ -237,7 +242,7 @@ void auth_challenge(mpb_req *r)
     size_t n;
     struct mpb_auth *a = c->auth;
     if (!a) {
-        reply_error(r, MPB_E_OUT_OF_MEMORY, "auth.challenge: out of memory");
+        fail(r, "auth.challenge: out of memory");
         return;
     }
     if (a->client_len) {
@@ -257,15 +262,10 @@ void auth_challenge(mpb_req *r)
         fail(r, "auth.challenge: no random bytes to be had");
         return;
     }
-    unsigned char mine[PROOF_LEN];
-    proof(mine, LABEL_SERVER, a->client, a->client_len, a->server, sizeof a->server);
-    msgpack_packer *pk = reply_begin(r);
-    msgpack_pack_array(pk, 2);
-    msgpack_pack_bin_with_body(pk, a->server, sizeof a->server);
-    msgpack_pack_bin_with_body(pk, mine, sizeof mine);
+    msgpack_pack_bin_with_body(reply_begin(r), a->server, sizeof a->server);
 }
 
-/* auth.response CLIENT_PROOF */
+/* auth.response CLIENT_PROOF: checks it, then replies SERVER_PROOF. */
 void auth_response(mpb_req *r)
 {
     if (!may_handshake(r)) return;
@@ -281,13 +281,75 @@ void auth_response(mpb_req *r)
     proof(want, LABEL_CLIENT, a->server, sizeof a->server, a->client, a->client_len);
     bool ok = mpb_object_bytes(&r->args[0], &p, &n) && n == PROOF_LEN &&
               CRYPTO_memcmp(p, want, PROOF_LEN) == 0;
-    OPENSSL_cleanse(want, sizeof want);
     if (!ok) {
+        OPENSSL_cleanse(want, sizeof want);
         fail(r, "wrong authkey");
         return;
     }
+    /* The client has proved the key: only now does the broker prove it in turn. */
+    proof(want, LABEL_SERVER, a->client, a->client_len, a->server, sizeof a->server);
+    msgpack_pack_bin_with_body(reply_begin(r), want, sizeof want);
+    OPENSSL_cleanse(want, sizeof want);
     auth_conn_free(c);
     c->authed = true;
     c->in.max_msg = g_config.max_msg;
-    reply_bool(r, true);
+}
+
+/*--- Before the handshake ---*/
+
+/* A request from an unauthenticated connection, checked and run: true when it was a
+ * well-formed auth.challenge or auth.response that succeeded. On false an error has
+ * been replied, unless the message had no msgid to reply to. */
+static bool serve_unauthenticated(mpb_conn *c, const msgpack_object *msg)
+{
+    const msgpack_object *f = msg->via.array.ptr;
+    bool is_req = msg->type == MSGPACK_OBJECT_ARRAY && msg->via.array.size == 4 &&
+                  f[0].type == MSGPACK_OBJECT_POSITIVE_INTEGER && f[0].via.u64 == 0 &&
+                  f[1].type == MSGPACK_OBJECT_POSITIVE_INTEGER;
+    if (!is_req) {
+        /* Garbage gets one BadRequest; a notification or a response, nothing. */
+        bool silent = msg->type == MSGPACK_OBJECT_ARRAY && msg->via.array.size > 0 &&
+                      f[0].type == MSGPACK_OBJECT_POSITIVE_INTEGER &&
+                      (f[0].via.u64 == 1 || f[0].via.u64 == 2);
+        bool has_id = msg->type == MSGPACK_OBJECT_ARRAY && msg->via.array.size >= 2 &&
+                      f[0].type == MSGPACK_OBJECT_POSITIVE_INTEGER && f[0].via.u64 == 0 &&
+                      f[1].type == MSGPACK_OBJECT_POSITIVE_INTEGER;
+        if (!silent)
+            dispatch_reply_bad(c, has_id, has_id ? f[1].via.u64 : 0, MPB_E_BAD_REQUEST,
+                               "expected [0, msgid, method, params]: authenticate first "
+                               "(auth.challenge, then auth.response)");
+        return false;
+    }
+    mpb_req r = {.conn = c, .msgid = f[1].via.u64};
+    const char *name;
+    size_t len;
+    int id = mpb_object_bytes(&f[2], &name, &len) ? mpb_method_lookup(name, len) : -1;
+    if (id != MPB_M_AUTH_CHALLENGE && id != MPB_M_AUTH_RESPONSE) {
+        reply_error(&r, MPB_E_AUTH, "authenticate first: this broker has an authkey "
+                    "(auth.challenge, then auth.response)");
+        return false;
+    }
+    r.method = id;
+    r.info = &mpb_methods[id];
+    if (f[3].type != MSGPACK_OBJECT_ARRAY || f[3].via.array.size != 1) {
+        reply_error(&r, MPB_E_AUTH, "%s takes one argument, a bin", r.info->name);
+        return false;
+    }
+    r.args = f[3].via.array.ptr;
+    r.nargs = 1;
+    c->ops++;
+    if (id == MPB_M_AUTH_CHALLENGE) auth_challenge(&r);
+    else auth_response(&r);
+    return !r.failed;
+}
+
+void auth_serve(mpb_conn *c, const msgpack_object *msg)
+{
+    if (serve_unauthenticated(c, msg)) return;
+    /* One misstep ends it: a stranger cannot make the broker answer, or read, more. */
+    if (!g_config.quiet && c->auth)
+        fprintf(stderr, "mpbroker-server: connection %llu (%s) sent something other than "
+                "the handshake: closed\n", (unsigned long long)c->id, c->peer);
+    auth_conn_free(c);
+    c->closing = true;
 }

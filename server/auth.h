@@ -2,8 +2,8 @@
  *
  * With a key (--authkey-file, $MPBROKER_AUTHKEY_FILE or $MPBROKER_AUTHKEY) a new
  * connection may call only auth.challenge and auth.response until it has proved that
- * it knows the key, and the broker proves the same to it (docs/PROTOCOL.md,
- * "Authentication"). Anything else first is AuthError, and the connection closes.
+ * it knows the key; then the broker proves the same to it (docs/PROTOCOL.md,
+ * "Authentication"). Anything else first gets one error, and the connection closes.
  * Without a key every connection starts authenticated.
  */
 #ifndef MPB_AUTH_H
@@ -13,8 +13,9 @@
 
 #include "server.h"
 
-/* Requests larger than this are TooLarge until the handshake is done: a client
- * without the key cannot make the broker buffer megabytes. */
+/* Until the handshake is done a request larger than this is TooLarge, and conn.c
+ * reads no further ahead: a client without the key cannot make the broker buffer
+ * more. */
 #define AUTH_MAX_MSG 1024
 
 /* Read the key into g_config.authkey: from `file` when not NULL, else from the file
@@ -28,9 +29,10 @@ void auth_unload_key(void);
 void auth_conn_new(mpb_conn *c);
 /* The connection is going: forget its handshake state. */
 void auth_conn_free(mpb_conn *c);
-/* An unauthenticated connection called method id (-1: unknown). true when that is a
- * handshake method; otherwise replies AuthError (not to a notification), marks the
- * connection closing and returns false. */
-bool auth_gate(mpb_req *r, int id);
+/* A whole message from a connection that has not authenticated: served when it is a
+ * well-formed auth.challenge or auth.response request; anything else (another method,
+ * a bad shape, a notification, a failed step) gets at most one error reply and marks
+ * the connection closing. */
+void auth_serve(mpb_conn *c, const msgpack_object *msg);
 
 #endif

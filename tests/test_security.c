@@ -15,12 +15,15 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "mpb_address.h"
 #include "mpb_codec.h"
+#include "mpb_reader.h"
 #include "testutil.h"
 
 #define KEY "correct horse battery staple"
@@ -93,30 +96,44 @@ static void proof(unsigned char out[40], const char *label, const void *a, size_
     HMAC(EVP_sha256(), KEY, (int)strlen(KEY), msg, n + alen + blen, out + 8, &len);
 }
 
-/* auth.challenge with C; stores the broker's S (48 bytes) and checks its proof. */
-static void raw_challenge(int fd, const unsigned char *C, size_t clen, unsigned char S[48],
-                          unsigned char server_proof[40])
+/* auth.challenge with C; stores the broker's S (48 bytes: "{sha256}" + 40 random). */
+static void raw_challenge(int fd, const unsigned char *C, size_t clen, unsigned char S[48])
 {
     mpb_value arg = mpb_bin_borrowed(C, clen);
     tb_send_call(fd, 1, "auth.challenge", &arg, 1);
     mpb_value m = read_response(fd);
     ck_assert_int_eq(m.v.a->items[2].type, MPB_NIL);
     mpb_value *res = &m.v.a->items[3];
-    ck_assert_int_eq(res->type, MPB_ARRAY);
-    ck_assert_uint_eq(res->v.a->len, 2);
-    ck_assert_uint_eq(res->v.a->items[0].len, 48);
-    ck_assert_uint_eq(res->v.a->items[1].len, 40);
-    memcpy(S, res->v.a->items[0].v.s, 48);
-    memcpy(server_proof, res->v.a->items[1].v.s, 40);
-    unsigned char want[40];
+    ck_assert_int_eq(res->type, MPB_BIN);
+    ck_assert_uint_eq(res->len, 48);
+    ck_assert(memcmp(res->v.s, "{sha256}", 8) == 0);
+    memcpy(S, res->v.s, 48);
+    mpb_value_free(&m);
+}
+
+/* auth.response with the right proof; checks the broker's proof that follows. */
+static void raw_respond(int fd, const unsigned char *C, size_t clen, const unsigned char S[48])
+{
+    unsigned char cp[40], want[40];
+    proof(cp, "mpbroker-auth client", S, 48, C, clen);
+    mpb_value arg = mpb_bin_borrowed(cp, 40);
+    tb_send_call(fd, 2, "auth.response", &arg, 1);
+    mpb_value m = read_response(fd);
+    ck_assert_int_eq(m.v.a->items[2].type, MPB_NIL);
+    mpb_value *res = &m.v.a->items[3];
+    ck_assert_int_eq(res->type, MPB_BIN);
+    ck_assert_uint_eq(res->len, 40);
     proof(want, "mpbroker-auth server", C, clen, S, 48);
-    ck_assert_msg(memcmp(want, server_proof, 40) == 0, "the broker's proof is wrong");
+    ck_assert_msg(memcmp(want, res->v.s, 40) == 0, "the broker's proof is wrong");
     mpb_value_free(&m);
 }
 
 static const unsigned char CLIENT_C[48] = "{sha256}0123456789abcdef0123456789abcdef01234567";
 
 /*--- Authentication ---*/
+
+/* The broker still serves a client with the key. */
+static void expect_pong_keyed(void);
 
 static void auth_setup(void)
 {
@@ -128,6 +145,14 @@ static void auth_setup(void)
     setenv("MPBROKER_AUTHKEY", KEY, 1);
     tb_start(&B, 0, args);
     unsetenv("MPBROKER_AUTHKEY");
+}
+
+static void expect_pong_keyed(void)
+{
+    mpb_context *c = mpb_connect_with_key(B.address, KEY, strlen(KEY));
+    ck_assert_msg(c->err == MPB_OK, "%s", c->errstr);
+    ck_assert_int_eq(mpb_ping(c), MPB_OK);
+    mpb_free(c);
 }
 
 static void auth_teardown(void)
@@ -208,16 +233,9 @@ END_TEST
 START_TEST(raw_handshake_as_documented)
 {
     int fd = tb_raw_connect(&B);
-    unsigned char S[48], sp[40], cp[40];
-    raw_challenge(fd, CLIENT_C, sizeof CLIENT_C, S, sp);
-    proof(cp, "mpbroker-auth client", S, 48, CLIENT_C, sizeof CLIENT_C);
-    mpb_value arg = mpb_bin_borrowed(cp, 40);
-    tb_send_call(fd, 2, "auth.response", &arg, 1);
-    mpb_value m = read_response(fd);
-    ck_assert_int_eq(m.v.a->items[2].type, MPB_NIL);
-    ck_assert_int_eq(m.v.a->items[3].type, MPB_BOOL);
-    ck_assert(m.v.a->items[3].v.b);
-    mpb_value_free(&m);
+    unsigned char S[48];
+    raw_challenge(fd, CLIENT_C, sizeof CLIENT_C, S);
+    raw_respond(fd, CLIENT_C, sizeof CLIENT_C, S);
     expect_pong(fd);
     close(fd);
 }
@@ -225,10 +243,10 @@ END_TEST
 
 START_TEST(bad_responses_are_refused_and_closed)
 {
-    unsigned char S[48], sp[40], cp[40];
+    unsigned char S[48], cp[40];
     /* A wrong proof. */
     int fd = tb_raw_connect(&B);
-    raw_challenge(fd, CLIENT_C, sizeof CLIENT_C, S, sp);
+    raw_challenge(fd, CLIENT_C, sizeof CLIENT_C, S);
     proof(cp, "mpbroker-auth client", S, 48, CLIENT_C, sizeof CLIENT_C);
     cp[20] ^= 1;
     mpb_value arg = mpb_bin_borrowed(cp, 40);
@@ -236,10 +254,10 @@ START_TEST(bad_responses_are_refused_and_closed)
     expect_error(fd, "AuthError");
     ck_assert_int_eq(tb_wait_closed(fd, 5000), 1);
     close(fd);
-    /* Reflection: the broker's own proof sent back as ours. */
+    /* Reflection: the proof the broker would give, sent as ours. */
     fd = tb_raw_connect(&B);
-    raw_challenge(fd, CLIENT_C, sizeof CLIENT_C, S, sp);
-    arg = mpb_bin_borrowed(sp, 40);
+    raw_challenge(fd, CLIENT_C, sizeof CLIENT_C, S);
+    proof(cp, "mpbroker-auth server", CLIENT_C, sizeof CLIENT_C, S, 48);
     tb_send_call(fd, 2, "auth.response", &arg, 1);
     expect_error(fd, "AuthError");
     ck_assert_int_eq(tb_wait_closed(fd, 5000), 1);
@@ -256,6 +274,57 @@ START_TEST(bad_responses_are_refused_and_closed)
     expect_error(fd, "AuthError");
     ck_assert_int_eq(tb_wait_closed(fd, 5000), 1);
     close(fd);
+}
+END_TEST
+
+/* Every byte a stranger gets from a broker keyed with key: a challenge, then a wrong
+ * proof, until the broker closes. n gets the count; S's offset in it goes to *s_at. */
+static size_t stranger_transcript(const char *key, unsigned char *out, size_t cap, size_t *s_at)
+{
+    tb_broker t;
+    setenv("MPBROKER_AUTHKEY", key, 1);
+    const char *args[] = {"--quiet", NULL};
+    tb_start(&t, 0, args);
+    unsetenv("MPBROKER_AUTHKEY");
+    int fd = tb_raw_connect(&t);
+    mpb_value arg = mpb_bin_borrowed(CLIENT_C, sizeof CLIENT_C);
+    tb_send_call(fd, 1, "auth.challenge", &arg, 1);
+    size_t n = 0;
+    /* The challenge's reply: [1, 1, nil, bin8 48 S] is 4 + 2 + 48 bytes. */
+    while (n < 54) {
+        struct pollfd pf = {.fd = fd, .events = POLLIN};
+        ck_assert_int_eq(poll(&pf, 1, 5000), 1);
+        ssize_t got = read(fd, out + n, cap - n);
+        ck_assert_int_gt(got, 0);
+        n += (size_t)got;
+    }
+    ck_assert_uint_eq(n, 54);
+    *s_at = 6;
+    unsigned char cp[40];
+    memset(cp, 0, sizeof cp);
+    memcpy(cp, "{sha256}", 8);
+    arg = mpb_bin_borrowed(cp, 40);
+    tb_send_call(fd, 2, "auth.response", &arg, 1);
+    for (ssize_t got; (got = read(fd, out + n, cap - n)) > 0;) n += (size_t)got;
+    close(fd);
+    ck_assert_int_eq(tb_stop(&t), 0);
+    return n;
+}
+
+START_TEST(a_stranger_learns_nothing_that_depends_on_the_key)
+{
+    /* Two brokers with different keys, the same stranger's bytes: what comes back
+     * must be the same, but for the 40 random bytes of S. (The old order sent the
+     * broker's proof, an HMAC of the key, in reply to the first request.) */
+    unsigned char a[4096], b[4096];
+    size_t sa, sb;
+    size_t na = stranger_transcript(KEY, a, sizeof a, &sa);
+    size_t nb = stranger_transcript("another key, just as long!!!", b, sizeof b, &sb);
+    ck_assert_uint_eq(na, nb);
+    ck_assert_uint_gt(na, 54); /* the AuthError came too */
+    ck_assert(memcmp(a, b, sa + 8) == 0);                     /* up to S's random bytes */
+    ck_assert(memcmp(a + sa + 48, b + sb + 48, na - sa - 48) == 0); /* everything after */
+    ck_assert(memcmp(a + sa + 8, b + sb + 8, 40) != 0);        /* S is random */
 }
 END_TEST
 
@@ -296,11 +365,9 @@ START_TEST(monitors_see_nothing_before_authentication)
     ck_assert_int_eq(mpb_call(mon, "manager.monitor", NULL, 0, NULL), MPB_OK);
     /* Strangers: a challenge, a forged proof, a forged request. */
     int fd = tb_raw_connect(&B);
-    mpb_value arg = mpb_bin_borrowed(CLIENT_C, sizeof CLIENT_C);
-    tb_send_call(fd, 1, "auth.challenge", &arg, 1);
-    mpb_value m = read_response(fd);
-    mpb_value_free(&m);
-    arg = mpb_bin_borrowed("{sha256}forged: 1 [9 unix:pid=1] manager.delete('x')....", 40);
+    unsigned char S[48];
+    raw_challenge(fd, CLIENT_C, sizeof CLIENT_C, S);
+    mpb_value arg = mpb_bin_borrowed("{sha256}forged: 1 [9 unix:pid=1] manager.delete('x')....", 40);
     tb_send_call(fd, 2, "auth.response", &arg, 1);
     expect_error(fd, "AuthError");
     close(fd);
@@ -322,6 +389,75 @@ START_TEST(monitors_see_nothing_before_authentication)
     ck_assert_ptr_null(next_event(mon, 200));
     mpb_free(c);
     mpb_free(mon);
+}
+END_TEST
+
+/* Reply [1, msgid, nil, BIN] on fd. */
+static void send_bin_reply(int fd, uint64_t msgid, const void *p, size_t n)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_array(&pk, 4);
+    msgpack_pack_uint8(&pk, 1);
+    msgpack_pack_uint64(&pk, msgid);
+    msgpack_pack_nil(&pk);
+    msgpack_pack_bin_with_body(&pk, p, n);
+    tb_write_all(fd, sb.data, sb.size);
+    msgpack_sbuffer_destroy(&sb);
+}
+
+/* An impostor on path that does not know the key but plays the handshake: it sends a
+ * challenge, then as its "proof" either the client's own proof (reflect) or random
+ * bytes. Serves one connection; returns its pid. */
+static pid_t fake_broker(const char *path, bool reflect)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
+    int l = socket(AF_UNIX, SOCK_STREAM, 0);
+    ck_assert_int_eq(bind(l, (struct sockaddr *)&sa, sizeof sa), 0);
+    ck_assert_int_eq(listen(l, 4), 0);
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid > 0) {
+        close(l);
+        return pid;
+    }
+    int fd = accept(l, NULL, NULL);
+    mpb_value m;
+    if (fd < 0 || tb_read_msg(fd, &m, 5000) < 0) _exit(1);
+    mpb_value_free(&m);
+    send_bin_reply(fd, 1, CLIENT_C, 48); /* any 48 bytes starting {sha256} */
+    if (tb_read_msg(fd, &m, 5000) < 0) _exit(1);
+    unsigned char sp[40];
+    memcpy(sp, m.v.a->items[3].v.a->items[0].v.s, 40);
+    if (!reflect) memset(sp + 8, 0x5a, 32);
+    mpb_value_free(&m);
+    send_bin_reply(fd, 2, sp, 40);
+    tb_wait_closed(fd, 5000);
+    _exit(0);
+}
+
+START_TEST(a_broker_that_cannot_prove_the_key_is_refused)
+{
+    for (int reflect = 0; reflect < 2; reflect++) {
+        char dir[] = "/tmp/mpbfake.XXXXXX", path[64];
+        ck_assert_ptr_nonnull(mkdtemp(dir));
+        snprintf(path, sizeof path, "%s/s", dir);
+        pid_t pid = fake_broker(path, reflect);
+        mpb_context *c = mpb_connect_with_key(path, KEY, strlen(KEY));
+        ck_assert_int_eq(c->err, MPB_ERR_CONNECT);
+        ck_assert_str_eq(c->errkind, "AuthError");
+        ck_assert_msg(strstr(c->errstr, "could not prove") != NULL, "%s", c->errstr);
+        ck_assert_int_ne(mpb_ping(c), MPB_OK); /* and nothing else was sent */
+        mpb_free(c);
+        int st;
+        ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+        ck_assert_int_eq(WEXITSTATUS(st), 0);
+        unlink(path);
+        rmdir(dir);
+    }
 }
 END_TEST
 
@@ -347,8 +483,8 @@ START_TEST(connection_that_never_authenticates_is_closed)
     unsetenv("MPBROKER_AUTHKEY");
     ck_assert_int_eq(c->err, MPB_OK);
     int idle = tb_raw_connect(&t), halfway = tb_raw_connect(&t);
-    unsigned char S[48], sp[40];
-    raw_challenge(halfway, CLIENT_C, sizeof CLIENT_C, S, sp); /* and then nothing */
+    unsigned char S[48];
+    raw_challenge(halfway, CLIENT_C, sizeof CLIENT_C, S); /* and then nothing */
     ck_assert_int_eq(tb_wait_closed(idle, 5000), 1);
     ck_assert_int_eq(tb_wait_closed(halfway, 5000), 1);
     close(idle);
@@ -357,6 +493,176 @@ START_TEST(connection_that_never_authenticates_is_closed)
     ck_assert_int_eq(mpb_ping(c), MPB_OK);
     mpb_free(c);
     ck_assert_int_eq(tb_stop(&t), 0);
+}
+END_TEST
+
+/*--- Before authentication ---*/
+
+/* Pack one message into sb (cleared first) from a packing function. */
+typedef void (*packfn)(msgpack_packer *pk);
+static void pk_req(msgpack_packer *pk, const char *m, int nparams, bool params_array)
+{
+    msgpack_pack_array(pk, 4);
+    msgpack_pack_uint8(pk, 0);
+    msgpack_pack_uint8(pk, 1);
+    msgpack_pack_str_with_body(pk, m, strlen(m));
+    if (params_array) msgpack_pack_array(pk, (size_t)nparams);
+    for (int i = 0; i < nparams; i++) msgpack_pack_bin_with_body(pk, CLIENT_C, sizeof CLIENT_C);
+}
+static void bad_nil(msgpack_packer *pk) { msgpack_pack_nil(pk); }
+static void bad_str(msgpack_packer *pk) { msgpack_pack_str_with_body(pk, "hello", 5); }
+static void bad_empty(msgpack_packer *pk) { msgpack_pack_array(pk, 0); }
+static void bad_no_args(msgpack_packer *pk) { pk_req(pk, "auth.challenge", 0, true); }
+static void bad_two_args(msgpack_packer *pk) { pk_req(pk, "auth.challenge", 2, true); }
+static void bad_params(msgpack_packer *pk) { pk_req(pk, "auth.challenge", 1, false); }
+static void bad_other(msgpack_packer *pk) { pk_req(pk, "manager.ping", 0, true); }
+static void bad_method(msgpack_packer *pk)
+{
+    msgpack_pack_array(pk, 4);
+    msgpack_pack_uint8(pk, 0);
+    msgpack_pack_uint8(pk, 1);
+    msgpack_pack_uint8(pk, 7);
+    msgpack_pack_array(pk, 0);
+}
+static void bad_notify(msgpack_packer *pk)
+{
+    msgpack_pack_array(pk, 3);
+    msgpack_pack_uint8(pk, 2);
+    msgpack_pack_str_with_body(pk, "auth.challenge", 14);
+    msgpack_pack_array(pk, 1);
+    msgpack_pack_bin_with_body(pk, CLIENT_C, sizeof CLIENT_C);
+}
+static void bad_response(msgpack_packer *pk)
+{
+    msgpack_pack_array(pk, 4);
+    msgpack_pack_uint8(pk, 1);
+    msgpack_pack_uint8(pk, 1);
+    msgpack_pack_nil(pk);
+    msgpack_pack_nil(pk);
+}
+static void bad_deep(msgpack_packer *pk)
+{
+    msgpack_pack_array(pk, 4);
+    msgpack_pack_uint8(pk, 0);
+    msgpack_pack_uint8(pk, 1);
+    msgpack_pack_str_with_body(pk, "auth.challenge", 14);
+    for (int i = 0; i < 40; i++) msgpack_pack_array(pk, 1);
+    msgpack_pack_nil(pk);
+}
+
+/* Everything the broker sends on fd until it closes (at most cap bytes are kept);
+ * -1 if it does not close within 5 s. */
+static ssize_t read_until_closed(int fd, char *buf, size_t cap)
+{
+    size_t n = 0;
+    char scratch[65536];
+    for (;;) {
+        struct pollfd pf = {.fd = fd, .events = POLLIN};
+        if (poll(&pf, 1, 5000) != 1) return -1;
+        ssize_t got = read(fd, scratch, sizeof scratch);
+        if (got == 0 || (got < 0 && errno == ECONNRESET)) return (ssize_t)n;
+        if (got < 0) return -1;
+        if (n < cap) memcpy(buf + n, scratch, (size_t)got < cap - n ? (size_t)got : cap - n);
+        n += (size_t)got;
+    }
+}
+
+START_TEST(anything_but_the_handshake_gets_one_reply_then_closes)
+{
+    /* Each, followed by 100 KB of nils (each a whole message): at most one small
+     * reply, then the connection is closed. (Before: a nil, a bad shape or a wrong
+     * argument count got an error each and the connection stayed, so 100 KB of 0xc0
+     * earned megabytes of replies.) */
+    static const struct { const char *what; packfn f; bool replies; } cases[] = {
+        {"a bare nil", bad_nil, true},          {"a bare str", bad_str, true},
+        {"an empty array", bad_empty, true},    {"no argument", bad_no_args, true},
+        {"two arguments", bad_two_args, true},  {"params not an array", bad_params, true},
+        {"another method", bad_other, true},    {"a method not a string", bad_method, true},
+        {"a notification", bad_notify, false},  {"a response", bad_response, false},
+        {"nested too deep", bad_deep, true},
+    };
+    char *nils = malloc(100000);
+    memset(nils, 0xc0, 100000);
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        int fd = tb_raw_connect(&B);
+        msgpack_sbuffer sb;
+        msgpack_packer pk;
+        msgpack_sbuffer_init(&sb);
+        msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+        cases[i].f(&pk);
+        ck_assert_int_eq(tb_write_all(fd, sb.data, sb.size), 0);
+        msgpack_sbuffer_destroy(&sb);
+        (void)!tb_write_all(fd, nils, 100000); /* the broker may have closed already */
+        char got[1024];
+        ssize_t n = read_until_closed(fd, got, sizeof got);
+        ck_assert_msg(n >= 0, "%s: the connection stayed open", cases[i].what);
+        ck_assert_msg(n <= 300, "%s: %zd bytes of replies", cases[i].what, n);
+        if (cases[i].replies) {
+            mpb_reader r;
+            msgpack_object o;
+            ck_assert_int_eq(mpb_reader_init(&r, 0, MPB_READER_MAX_DEPTH), 0);
+            ck_assert_int_eq(mpb_reader_feed(&r, got, (size_t)n), 0);
+            ck_assert_msg(mpb_reader_next(&r, &o) == MPB_READ_MSG, "%s: no reply", cases[i].what);
+            ck_assert_msg(mpb_reader_next(&r, &o) == MPB_READ_NEED, "%s: more than one reply",
+                          cases[i].what);
+            mpb_reader_destroy(&r);
+        } else {
+            ck_assert_msg(n == 0, "%s: %zd bytes of replies", cases[i].what, n);
+        }
+        close(fd);
+    }
+    free(nils);
+    expect_pong_keyed();
+}
+END_TEST
+
+/* Peak resident memory of process pid, in KiB (VmHWM). */
+static long peak_rss_kib(pid_t pid)
+{
+    char path[64], line[256];
+    long kib = -1;
+    snprintf(path, sizeof path, "/proc/%ld/status", (long)pid);
+    FILE *f = fopen(path, "r");
+    ck_assert_ptr_nonnull(f);
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "VmHWM: %ld kB", &kib) == 1) break;
+    fclose(f);
+    return kib;
+}
+
+START_TEST(strangers_flooding_bytes_cost_the_broker_little)
+{
+    /* 100 connections each pour up to 256 KiB of nils and read nothing. The broker
+     * reads at most 1 KiB of each, answers once and closes: its peak memory grows by
+     * a few tens of KiB per connection. (Before: each got up to 4 MiB of unread
+     * replies buffered, about 400 MB in all.) */
+    enum { N = 100 };
+    int fds[N];
+    char *nils = malloc(256 << 10);
+    memset(nils, 0xc0, 256 << 10);
+    long before = peak_rss_kib(B.pid);
+    for (int i = 0; i < N; i++) {
+        fds[i] = tb_raw_connect(&B);
+        int fl = 1;
+        ck_assert_int_eq(ioctl(fds[i], FIONBIO, &fl), 0);
+        size_t off = 0;
+        ssize_t w;
+        while (off < (256u << 10) &&
+               (w = send(fds[i], nils + off, (256u << 10) - off, MSG_NOSIGNAL)) > 0)
+            off += (size_t)w;
+    }
+    for (int i = 0; i < N; i++) {
+        int fl = 0;
+        ioctl(fds[i], FIONBIO, &fl);
+        char got[512];
+        ck_assert_msg(read_until_closed(fds[i], got, sizeof got) >= 0, "connection %d open", i);
+        close(fds[i]);
+    }
+    long after = peak_rss_kib(B.pid);
+    ck_assert_msg(after - before < N * 64, "peak RSS grew by %ld KiB for %d strangers",
+                  after - before, N);
+    free(nils);
+    expect_pong_keyed();
 }
 END_TEST
 
@@ -405,6 +711,23 @@ START_TEST(tcp_beyond_loopback_needs_a_key)
     ck_assert_int_eq(run_server(args2, err, sizeof err), 2);
     ck_assert_msg(strstr(err, "chmod 600") != NULL, "stderr: %s", err);
     drop_keyfile();
+}
+END_TEST
+
+START_TEST(a_short_key_is_warned_about_at_start)
+{
+    /* --socket none and nothing else: the broker reads its key, then exits 2
+     * ("nothing to listen on"), which is all this needs. */
+    char err[1024];
+    const char *args[] = {"--socket", "none", NULL};
+    setenv("MPBROKER_AUTHKEY", "sunshine42", 1);
+    ck_assert_int_eq(run_server(args, err, sizeof err), 2);
+    ck_assert_msg(strstr(err, "warning: the authkey from $MPBROKER_AUTHKEY is only 10 bytes"),
+                  "stderr: %s", err);
+    setenv("MPBROKER_AUTHKEY", "sixteen bytes ok", 1);
+    ck_assert_int_eq(run_server(args, err, sizeof err), 2);
+    ck_assert_msg(strstr(err, "warning") == NULL, "stderr: %s", err);
+    unsetenv("MPBROKER_AUTHKEY");
 }
 END_TEST
 
@@ -701,15 +1024,24 @@ static Suite *security_suite(void)
     tcase_add_test(tc, any_method_before_the_handshake_is_auth_error_then_closed);
     tcase_add_test(tc, raw_handshake_as_documented);
     tcase_add_test(tc, bad_responses_are_refused_and_closed);
+    tcase_add_test(tc, a_stranger_learns_nothing_that_depends_on_the_key);
     tcase_add_test(tc, unauthenticated_requests_are_small);
     tcase_add_test(tc, broker_without_key_does_not_fool_a_keyed_client);
+    tcase_add_test(tc, a_broker_that_cannot_prove_the_key_is_refused);
     tcase_add_test(tc, connection_that_never_authenticates_is_closed);
     tcase_add_test(tc, monitors_see_nothing_before_authentication);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("preauth");
+    tcase_add_checked_fixture(tc, auth_setup, auth_teardown);
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, anything_but_the_handshake_gets_one_reply_then_closes);
+    tcase_add_test(tc, strangers_flooding_bytes_cost_the_broker_little);
     suite_add_tcase(s, tc);
     tc = tcase_create("exposure");
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, tcp_beyond_loopback_needs_a_key);
     tcase_add_test(tc, tcp_without_a_host_is_loopback);
+    tcase_add_test(tc, a_short_key_is_warned_about_at_start);
     tcase_add_test(tc, tcp_any_address_with_a_key_serves);
     tcase_add_test(tc, unix_socket_is_private_or_group);
     suite_add_tcase(s, tc);
