@@ -36,6 +36,7 @@ static struct evconnlistener *listeners[9];
 static int nlisteners;
 static char socket_path[108];
 static const char *socket_group; /* --socket-group, or NULL */
+static bool insecure;             /* --insecure: keyless TCP on loopback allowed */
 static struct event *accept_retry; /* re-enables the listeners after EMFILE */
 #define DRAIN_SECONDS 5.0           /* at shutdown, for clients slow to read replies */
 
@@ -59,7 +60,9 @@ static void usage(FILE *f)
             "                          mode 0600). --socket none: no Unix socket\n"
             "  -l, --listen tcp://HOST:PORT\n"
             "                          also listen on TCP (repeatable); tcp://:PORT is\n"
-            "                          127.0.0.1. Beyond loopback only with an authkey\n"
+            "                          127.0.0.1. Needs an authkey, or --insecure\n"
+            "      --insecure          allow --listen on loopback without an authkey:\n"
+            "                          every local user can then use every object\n"
             "      --max-message BYTES largest request accepted (default %u)\n"
             "      --max-depth N       deepest nesting accepted, 1..%d (default %d)\n"
             "      --data-dir DIR      persist state in DIR (append-only log + snapshot);\n"
@@ -197,14 +200,21 @@ static void listen_tcp(const char *addr)
         fprintf(stderr, "mpbroker-server: %s: %s\n", addr, evutil_gai_strerror(rc));
         exit(2);
     }
-    /* Protected mode, as Redis's: reachable from other hosts only with a key. */
-    if (!g_config.authkey && !limits_is_loopback(ai->ai_addr)) {
+    /* Protected mode, stricter than Redis's: a TCP port, even on loopback, is open to
+     * every local user (the Unix socket is the owner's alone), so without a key it
+     * takes --insecure, and beyond loopback a key, always. */
+    bool loopback = limits_is_loopback(ai->ai_addr);
+    if (!g_config.authkey && (!insecure || !loopback)) {
         fprintf(stderr, "mpbroker-server: refusing to listen on %s without an authkey: "
-                "any host that reaches it could use every object. Give --authkey-file "
-                "(or $MPBROKER_AUTHKEY), or listen on 127.0.0.1\n", addr);
+                "%s could use every object. Give --authkey-file (or $MPBROKER_AUTHKEY)%s\n",
+                addr, loopback ? "every local user" : "any host that reaches it",
+                loopback ? ", or --insecure to accept that" : "");
         if (socket_path[0]) unlink(socket_path);
         exit(2);
     }
+    if (!g_config.authkey && !g_config.quiet)
+        fprintf(stderr, "mpbroker-server: warning: --insecure: %s has no authkey: every "
+                "local user can use every object\n", addr);
     struct evconnlistener *l = evconnlistener_new_bind(
         base, on_accept, NULL,
         LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC | LEV_OPT_REUSEABLE, 1024, ai->ai_addr,
@@ -217,7 +227,7 @@ static void parse_args(int argc, char **argv, const char **sock, const char **au
 {
     enum { OPT_MAX_MSG = 256, OPT_MAX_DEPTH, OPT_DATA_DIR, OPT_FSYNC, OPT_COMPACT,
            OPT_AUTHKEY_FILE, OPT_SOCKET_GROUP, OPT_MAX_CLIENTS, OPT_MAX_OUTPUT,
-           OPT_OUTPUT_TIMEOUT, OPT_MAX_MEMORY, OPT_AUTH_TIMEOUT };
+           OPT_OUTPUT_TIMEOUT, OPT_MAX_MEMORY, OPT_AUTH_TIMEOUT, OPT_INSECURE };
     static const struct option opts[] = {
         {"socket", required_argument, NULL, 's'},
         {"listen", required_argument, NULL, 'l'},
@@ -233,6 +243,7 @@ static void parse_args(int argc, char **argv, const char **sock, const char **au
         {"max-output", required_argument, NULL, OPT_MAX_OUTPUT},
         {"output-timeout", required_argument, NULL, OPT_OUTPUT_TIMEOUT},
         {"max-memory", required_argument, NULL, OPT_MAX_MEMORY},
+        {"insecure", no_argument, NULL, OPT_INSECURE},
         {"quiet", no_argument, NULL, 'q'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -297,6 +308,7 @@ static void parse_args(int argc, char **argv, const char **sock, const char **au
         case OPT_MAX_MEMORY:
             g_config.max_memory = limits_parse_bytes("--max-memory", optarg, 0);
             break;
+        case OPT_INSECURE: insecure = true; break;
         case 'q': g_config.quiet = true; break;
         case 'h': usage(stdout); exit(0);
         default: usage(stderr); exit(2);

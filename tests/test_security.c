@@ -703,6 +703,10 @@ START_TEST(tcp_beyond_loopback_needs_a_key)
     ck_assert_msg(strstr(err, "without an authkey") != NULL, "stderr: %s", err);
     const char *args6[] = {"--socket", "none", "--listen", "tcp://[::]:0", NULL};
     ck_assert_int_eq(run_server(args6, err, sizeof err), 2);
+    /* --insecure does not open it to other hosts. */
+    const char *args_i[] = {"--socket", "none", "--insecure", "--listen", "tcp://0.0.0.0:0", NULL};
+    ck_assert_int_eq(run_server(args_i, err, sizeof err), 2);
+    ck_assert_msg(strstr(err, "any host that reaches it") != NULL, "stderr: %s", err);
     /* A group/world-readable key file is refused too. */
     make_keyfile();
     chmod(keyfile, 0644);
@@ -731,6 +735,24 @@ START_TEST(a_short_key_is_warned_about_at_start)
 }
 END_TEST
 
+START_TEST(keyless_tcp_on_loopback_needs_insecure)
+{
+    /* Every local user can reach a loopback port (the Unix socket is 0600): without a
+     * key the broker refuses it unless told --insecure. */
+    char err[1024];
+    const char *args[] = {"--socket", "none", "--listen", "tcp://127.0.0.1:0", NULL};
+    ck_assert_int_eq(run_server(args, err, sizeof err), 2);
+    ck_assert_msg(strstr(err, "every local user could use every object") &&
+                  strstr(err, "--insecure"), "stderr: %s", err);
+    tb_broker t;
+    tb_start(&t, 1, NULL); /* with --insecure (testutil adds it for TCP) */
+    mpb_context *c = mpb_connect(t.address);
+    ck_assert_int_eq(mpb_ping(c), MPB_OK);
+    mpb_free(c);
+    ck_assert_int_eq(tb_stop(&t), 0);
+}
+END_TEST
+
 START_TEST(tcp_without_a_host_is_loopback)
 {
     char host[64], port[16];
@@ -748,7 +770,7 @@ START_TEST(tcp_without_a_host_is_loopback)
     snprintf(listen, sizeof listen, "tcp://:%d", ntohs(sa.sin_port));
     snprintf(address, sizeof address, "tcp://127.0.0.1:%d", ntohs(sa.sin_port));
     tb_broker t;
-    const char *args[] = {"--listen", listen, NULL};
+    const char *args[] = {"--listen", listen, "--insecure", NULL};
     tb_start(&t, 0, args);
     mpb_context *c = mpb_connect(address);
     ck_assert_msg(c->err == MPB_OK, "%s", c->errstr);
@@ -1040,6 +1062,7 @@ static Suite *security_suite(void)
     tc = tcase_create("exposure");
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, tcp_beyond_loopback_needs_a_key);
+    tcase_add_test(tc, keyless_tcp_on_loopback_needs_insecure);
     tcase_add_test(tc, tcp_without_a_host_is_loopback);
     tcase_add_test(tc, a_short_key_is_warned_about_at_start);
     tcase_add_test(tc, tcp_any_address_with_a_key_serves);

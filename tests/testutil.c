@@ -104,6 +104,7 @@ void tb_start(tb_broker *b, int tcp, const char *const *extra_args) {
         snprintf(b->address, sizeof b->address, "%s", listen);
         argv[n++] = "--listen";
         argv[n++] = listen;
+        argv[n++] = "--insecure"; /* keyless TCP: the test's own broker (no-op with a key) */
     }
     for (size_t i = 0; extra_args != NULL && extra_args[i] != NULL; i++) {
         ck_assert_msg(n < 63, "too many extra arguments");

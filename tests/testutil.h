@@ -20,7 +20,8 @@ typedef struct tb_broker {
 
 /* Start mpbroker-server with extra arguments (NULL-terminated list, may be NULL) and
  * wait until it answers manager.ping. Aborts the test (ck_abort) on failure. When tcp
- * is nonzero the broker also listens on a free loopback port and address is TCP. */
+ * is nonzero the broker also listens on a free loopback port (with --insecure, which
+ * lets it do so without a key) and address is TCP. */
 void tb_start(tb_broker *b, int tcp, const char *const *extra_args);
 /* SIGTERM, wait for exit; returns the exit status as from waitpid (or -1). Removes
  * the temporary directory. */
