@@ -45,6 +45,8 @@ mpb_config g_config = {
     .output_timeout = 0,
     .max_memory = 16u << 20,
     .auth_timeout = 10,
+    .max_handshakes = 100,
+    .max_handshakes_per_peer = 100,
 };
 bool g_shutdown_requested;
 void server_stop(void) { g_shutdown_requested = true; }

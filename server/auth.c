@@ -28,6 +28,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
@@ -35,10 +36,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "auth.h"
+#include "limits.h"
 #include "mpb_codec.h"
 
 #define PREFIX "{sha256}"
@@ -54,12 +57,26 @@
 static const char LABEL_SERVER[] = "mpbroker-auth server";
 static const char LABEL_CLIENT[] = "mpbroker-auth client";
 
+/* Who a connection comes from, for --max-handshakes-per-peer: a uid on a Unix socket,
+ * an IP address (without the port) over TCP. */
+typedef struct peer_id {
+    int family; /* AF_UNIX (addr holds the uid), AF_INET or AF_INET6 */
+    unsigned char addr[16];
+} peer_id;
+
 struct mpb_auth {
     unsigned char client[PREFIX_LEN + CLIENT_NONCE_MAX]; /* C, as received */
     size_t client_len; /* 0 until auth.challenge */
     unsigned char server[PREFIX_LEN + SERVER_NONCE]; /* S */
     struct event timer; /* --auth-timeout: a connection cannot sit unauthenticated */
+    mpb_conn *conn;
+    peer_id peer;
+    struct mpb_auth *prev, *next; /* the pending list, oldest first */
 };
+
+/* Connections still authenticating, oldest first (admission evicts from the front). */
+static struct mpb_auth *pending_head, *pending_tail;
+static size_t npending;
 
 /*--- The key ---*/
 
@@ -155,6 +172,78 @@ void auth_unload_key(void)
     g_config.authkey_len = 0;
 }
 
+/*--- Admission: connections still authenticating ---*/
+
+static void peer_of(int fd, bool tcp, peer_id *out)
+{
+    memset(out, 0, sizeof *out);
+    if (!tcp) {
+        struct ucred cred;
+        socklen_t len = sizeof cred;
+        out->family = AF_UNIX;
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0)
+            memcpy(out->addr, &cred.uid, sizeof cred.uid);
+        return;
+    }
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    if (getpeername(fd, (struct sockaddr *)&ss, &len) < 0) return;
+    if (ss.ss_family == AF_INET) {
+        out->family = AF_INET;
+        memcpy(out->addr, &((struct sockaddr_in *)&ss)->sin_addr, 4);
+    } else if (ss.ss_family == AF_INET6) {
+        const struct in6_addr *a = &((struct sockaddr_in6 *)&ss)->sin6_addr;
+        out->family = AF_INET6;
+        if (IN6_IS_ADDR_V4MAPPED(a)) { /* the same host as its IPv4 address */
+            out->family = AF_INET;
+            memcpy(out->addr, a->s6_addr + 12, 4);
+        } else {
+            memcpy(out->addr, a->s6_addr, 16);
+        }
+    }
+}
+
+static void peer_name(const peer_id *p, char *buf, size_t n)
+{
+    if (p->family == AF_UNIX) {
+        uid_t uid;
+        memcpy(&uid, p->addr, sizeof uid);
+        snprintf(buf, n, "uid %lu", (unsigned long)uid);
+    } else {
+        evutil_inet_ntop(p->family, p->addr, buf, n);
+    }
+}
+
+bool auth_admit(int fd, bool tcp, char *why, size_t n)
+{
+    if (!g_config.authkey) return true;
+    peer_id p;
+    size_t same = 0;
+    peer_of(fd, tcp, &p);
+    for (struct mpb_auth *a = pending_head; a; a = a->next)
+        if (memcmp(&a->peer, &p, sizeof p) == 0) same++;
+    if (same < g_config.max_handshakes_per_peer) return true;
+    char name[64];
+    peer_name(&p, name, sizeof name);
+    snprintf(why, n, "%zu connections from %s are already authenticating "
+             "(--max-handshakes-per-peer)", same, name);
+    return false;
+}
+
+size_t auth_pending(void) { return npending; }
+
+bool auth_evict_oldest(const char *why)
+{
+    if (!pending_head) return false;
+    mpb_conn *c = pending_head->conn;
+    if (!g_config.quiet)
+        fprintf(stderr, "mpbroker-server: connection %llu (%s), still authenticating, closed "
+                "to make room: %s\n", (unsigned long long)c->id, c->peer, why);
+    limits_refuse(c->fd, why);
+    conn_close(c); /* from the listener's callback: no connection's callback runs */
+    return true;
+}
+
 /*--- Connections ---*/
 
 static void on_auth_timeout(evutil_socket_t fd, short what, void *arg)
@@ -174,7 +263,16 @@ void auth_conn_new(mpb_conn *c)
     if (c->authed) return;
     c->in.max_msg = AUTH_MAX_MSG;
     /* Without memory for the handshake state the connection can only fail it. */
-    if (!(c->auth = calloc(1, sizeof *c->auth)) || g_config.auth_timeout <= 0) return;
+    struct mpb_auth *a = c->auth = calloc(1, sizeof *c->auth);
+    if (!a) return;
+    a->conn = c;
+    peer_of(c->fd, c->is_tcp, &a->peer);
+    a->prev = pending_tail;
+    if (pending_tail) pending_tail->next = a;
+    else pending_head = a;
+    pending_tail = a;
+    npending++;
+    if (g_config.auth_timeout <= 0) return;
     double whole = (double)(long)g_config.auth_timeout;
     struct timeval tv = {(time_t)whole, (suseconds_t)((g_config.auth_timeout - whole) * 1e6)};
     evtimer_assign(&c->auth->timer, event_get_base(&c->rev), on_auth_timeout, c);
@@ -183,7 +281,13 @@ void auth_conn_new(mpb_conn *c)
 
 void auth_conn_free(mpb_conn *c)
 {
-    if (!c->auth) return;
+    struct mpb_auth *a = c->auth;
+    if (!a) return;
+    if (a->prev) a->prev->next = a->next;
+    else pending_head = a->next;
+    if (a->next) a->next->prev = a->prev;
+    else pending_tail = a->prev;
+    npending--;
     evtimer_del(&c->auth->timer); /* harmless when never added */
     OPENSSL_cleanse(c->auth, sizeof *c->auth);
     free(c->auth);

@@ -1,5 +1,5 @@
-/* limits.c - resource limits and exposure rules: connections (--max-clients and the
- * file descriptors they need), stored data (--max-memory), reply size (--max-output),
+/* limits.c - resource limits and exposure rules: connections (--max-clients, the file
+ * descriptors they need, and the room strangers may take while authenticating), stored data (--max-memory), reply size (--max-output),
  * loopback checks for protected mode, and the socket's group.
  *
  * Where each limit is enforced: admission in main.c's accept callback; memory in
@@ -20,6 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "auth.h"
 #include "limits.h"
 #include "persist.h"
 
@@ -78,16 +79,11 @@ void limits_setup_nofile(void)
     }
 }
 
-bool limits_admit(int fd)
+void limits_refuse(int fd, const char *why)
 {
-    if (conn_count() < g_config.max_clients) return true;
-    /* Say why before closing (one small write: a fresh socket always takes it), and
-     * log at most once a second, whatever the flood. */
-    char msg[128];
+    /* One small write: a fresh socket always takes it. */
     msgpack_sbuffer sb = {.size = 0, .data = NULL, .alloc = 0};
     msgpack_packer pk;
-    snprintf(msg, sizeof msg, "the broker serves at most %zu connections (--max-clients)",
-             g_config.max_clients);
     msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
     msgpack_pack_array(&pk, 4);
     msgpack_pack_uint8(&pk, 1);
@@ -95,16 +91,45 @@ bool limits_admit(int fd)
     msgpack_pack_array(&pk, 2);
     const char *kind = mpb_errkind_name(MPB_E_TOO_MANY_CLIENTS);
     msgpack_pack_str_with_body(&pk, kind, strlen(kind));
-    msgpack_pack_str_with_body(&pk, msg, strlen(msg));
+    msgpack_pack_str_with_body(&pk, why, strlen(why));
     msgpack_pack_nil(&pk);
     if (sb.data) (void)!send(fd, sb.data, sb.size, MSG_NOSIGNAL | MSG_DONTWAIT);
     msgpack_sbuffer_destroy(&sb);
+}
+
+void limits_setup_handshakes(void)
+{
+    /* Connections that authenticate can always take the place of ones still trying,
+     * so the handshake caps need no room of their own: they only must not exceed
+     * the whole. */
+    if (g_config.max_handshakes > g_config.max_clients)
+        g_config.max_handshakes = g_config.max_clients;
+    if (g_config.max_handshakes_per_peer > g_config.max_handshakes)
+        g_config.max_handshakes_per_peer = g_config.max_handshakes;
+}
+
+bool limits_admit(int fd, bool tcp)
+{
+    char why[160];
+    if (!auth_admit(fd, tcp, why, sizeof why)) goto refuse; /* --max-handshakes-per-peer */
+    bool full = conn_count() >= g_config.max_clients;
+    if (!full && auth_pending() < g_config.max_handshakes) return true;
+    /* Full, or too many authenticating: a connection that has not authenticated yet
+     * makes room (the oldest: a client with the key needs only one round trip), so
+     * strangers never lock out those with the key. */
+    snprintf(why, sizeof why, full ? "the broker serves at most %zu connections "
+             "(--max-clients)" : "at most %zu connections may be authenticating at once "
+             "(--max-handshakes)", full ? g_config.max_clients : g_config.max_handshakes);
+    if (auth_evict_oldest(why)) return true;
+refuse:
+    limits_refuse(fd, why);
+    /* Log at most once a second, whatever the flood. */
     static time_t last_log;
     static unsigned long refused;
     refused++;
     time_t now = time(NULL);
     if (!g_config.quiet && now != last_log) {
-        fprintf(stderr, "mpbroker-server: refused a connection: %s (%lu refused so far)\n", msg,
+        fprintf(stderr, "mpbroker-server: refused a connection: %s (%lu refused so far)\n", why,
                 refused);
         last_log = now;
     }

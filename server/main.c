@@ -28,7 +28,9 @@ mpb_config g_config = {.max_msg = MPB_READER_DEFAULT_MAX_MSG, .max_depth = MPB_R
                        .max_clients = LIMITS_DEFAULT_MAX_CLIENTS,
                        .max_output = LIMITS_DEFAULT_MAX_OUTPUT,
                        .output_timeout = LIMITS_DEFAULT_OUTPUT_TIMEOUT,
-                       .auth_timeout = LIMITS_DEFAULT_AUTH_TIMEOUT};
+                       .auth_timeout = LIMITS_DEFAULT_AUTH_TIMEOUT,
+                       .max_handshakes = LIMITS_DEFAULT_MAX_HANDSHAKES,
+                       .max_handshakes_per_peer = LIMITS_DEFAULT_MAX_HANDSHAKES_PER_PEER};
 bool g_shutdown_requested;
 
 static struct event_base *base;
@@ -77,6 +79,11 @@ static void usage(FILE *f)
             "                          $MPBROKER_AUTHKEY_FILE, else $MPBROKER_AUTHKEY, else none\n"
             "      --auth-timeout S    close a connection that has not authenticated after\n"
             "                          S seconds (default %g; 0: never)\n"
+            "      --max-handshakes N  connections authenticating at once (default %d);\n"
+            "                          past it the oldest of them is closed for a new one\n"
+            "      --max-handshakes-per-peer N\n"
+            "                          the same from one uid (Unix socket) or IP address\n"
+            "                          (default %d); past it new ones are refused\n"
             "      --socket-group GROUP the Unix socket is 0660 and belongs to GROUP\n"
             "      --max-clients N     connections served at once (default %d); more are\n"
             "                          refused with TooManyClients\n"
@@ -95,6 +102,7 @@ static void usage(FILE *f)
             "removed, exit 0.\n",
             mpb_default_socket_path(def, sizeof def), MPB_READER_DEFAULT_MAX_MSG,
             MPB_READER_MAX_DEPTH, MPB_READER_MAX_DEPTH, LIMITS_DEFAULT_AUTH_TIMEOUT,
+            LIMITS_DEFAULT_MAX_HANDSHAKES, LIMITS_DEFAULT_MAX_HANDSHAKES_PER_PEER,
             LIMITS_DEFAULT_MAX_CLIENTS,
             LIMITS_DEFAULT_MAX_OUTPUT >> 20, LIMITS_DEFAULT_OUTPUT_TIMEOUT);
 }
@@ -106,7 +114,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
     (void)salen;
     (void)arg;
     bool tcp = sa->sa_family == AF_INET || sa->sa_family == AF_INET6;
-    if (!limits_admit(fd)) { /* --max-clients */
+    if (!limits_admit(fd, tcp)) { /* --max-clients, --max-handshakes[-per-peer] */
         close(fd);
         return;
     }
@@ -227,7 +235,8 @@ static void parse_args(int argc, char **argv, const char **sock, const char **au
 {
     enum { OPT_MAX_MSG = 256, OPT_MAX_DEPTH, OPT_DATA_DIR, OPT_FSYNC, OPT_COMPACT,
            OPT_AUTHKEY_FILE, OPT_SOCKET_GROUP, OPT_MAX_CLIENTS, OPT_MAX_OUTPUT,
-           OPT_OUTPUT_TIMEOUT, OPT_MAX_MEMORY, OPT_AUTH_TIMEOUT, OPT_INSECURE };
+           OPT_OUTPUT_TIMEOUT, OPT_MAX_MEMORY, OPT_AUTH_TIMEOUT, OPT_INSECURE,
+           OPT_MAX_HANDSHAKES, OPT_MAX_HANDSHAKES_PER_PEER };
     static const struct option opts[] = {
         {"socket", required_argument, NULL, 's'},
         {"listen", required_argument, NULL, 'l'},
@@ -244,6 +253,8 @@ static void parse_args(int argc, char **argv, const char **sock, const char **au
         {"output-timeout", required_argument, NULL, OPT_OUTPUT_TIMEOUT},
         {"max-memory", required_argument, NULL, OPT_MAX_MEMORY},
         {"insecure", no_argument, NULL, OPT_INSECURE},
+        {"max-handshakes", required_argument, NULL, OPT_MAX_HANDSHAKES},
+        {"max-handshakes-per-peer", required_argument, NULL, OPT_MAX_HANDSHAKES_PER_PEER},
         {"quiet", no_argument, NULL, 'q'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -309,6 +320,13 @@ static void parse_args(int argc, char **argv, const char **sock, const char **au
             g_config.max_memory = limits_parse_bytes("--max-memory", optarg, 0);
             break;
         case OPT_INSECURE: insecure = true; break;
+        case OPT_MAX_HANDSHAKES:
+            g_config.max_handshakes = limits_parse_bytes("--max-handshakes", optarg, 1);
+            break;
+        case OPT_MAX_HANDSHAKES_PER_PEER:
+            g_config.max_handshakes_per_peer =
+                limits_parse_bytes("--max-handshakes-per-peer", optarg, 1);
+            break;
         case 'q': g_config.quiet = true; break;
         case 'h': usage(stdout); exit(0);
         default: usage(stderr); exit(2);
@@ -329,6 +347,7 @@ int main(int argc, char **argv)
     parse_args(argc, argv, &sock, &authkey_file);
     if (auth_load_key(authkey_file) < 0) return 2;
     limits_setup_nofile();
+    limits_setup_handshakes();
     if (strcmp(sock, "none") == 0) sock = NULL;
     if (!sock && g_config.ntcp == 0) {
         fprintf(stderr, "mpbroker-server: nothing to listen on\n");

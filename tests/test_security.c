@@ -7,6 +7,7 @@
  */
 #include <check.h>
 #include <errno.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <openssl/hmac.h>
 #include <poll.h>
@@ -666,6 +667,91 @@ START_TEST(strangers_flooding_bytes_cost_the_broker_little)
 }
 END_TEST
 
+/*--- Room for clients with the key ---*/
+
+/* A raw TCP connection to t from the loopback address src (127.x.y.z: each is
+ * another peer to the broker). */
+static int tcp_from(const tb_broker *t, const char *src)
+{
+    const char *colon = strrchr(t->address, ':');
+    struct sockaddr_in from = {.sin_family = AF_INET}, to = {.sin_family = AF_INET};
+    to.sin_port = htons((uint16_t)atoi(colon + 1));
+    inet_pton(AF_INET, "127.0.0.1", &to.sin_addr);
+    inet_pton(AF_INET, src, &from.sin_addr);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    ck_assert_int_eq(bind(fd, (struct sockaddr *)&from, sizeof from), 0);
+    ck_assert_int_eq(connect(fd, (struct sockaddr *)&to, sizeof to), 0);
+    return fd;
+}
+
+/* fd gets TooManyClients naming cap, then is closed. */
+static void expect_refused(int fd, const char *cap)
+{
+    mpb_value m;
+    ck_assert_int_eq(tb_read_msg(fd, &m, 5000), 0);
+    ck_assert_str_eq(m.v.a->items[2].v.a->items[0].v.s, "TooManyClients");
+    ck_assert_msg(strstr(m.v.a->items[2].v.a->items[1].v.s, cap) != NULL, "%s",
+                  m.v.a->items[2].v.a->items[1].v.s);
+    mpb_value_free(&m);
+    ck_assert_int_eq(tb_wait_closed(fd, 5000), 1);
+    close(fd);
+}
+
+/* fd is still open, and the broker has sent nothing on it (in 200 ms). */
+static bool still_waiting(int fd)
+{
+    struct pollfd pf = {.fd = fd, .events = POLLIN};
+    return poll(&pf, 1, 200) == 0;
+}
+
+START_TEST(strangers_cannot_lock_out_clients_with_the_key)
+{
+    /* Before: connections that never authenticate counted like any other, so enough
+     * of them (re-opened as --auth-timeout closed them) kept every client with the
+     * key out with TooManyClients. */
+    make_keyfile();
+    tb_broker t;
+    const char *args[] = {"--authkey-file", keyfile, "--max-clients", "8", "--max-handshakes",
+                          "4", "--max-handshakes-per-peer", "2", "--auth-timeout", "60", NULL};
+    setenv("MPBROKER_AUTHKEY", KEY, 1);
+    tb_start(&t, 1, args);
+    mpb_context *k[9];
+    k[0] = tb_connect(&t); /* from 127.0.0.1, authenticated */
+    /* One stranger's address gets two handshakes at a time, no more. */
+    int a1 = tcp_from(&t, "127.0.0.2"), a2 = tcp_from(&t, "127.0.0.2");
+    expect_refused(tcp_from(&t, "127.0.0.2"), "--max-handshakes-per-peer");
+    ck_assert(still_waiting(a1) && still_waiting(a2));
+    /* Two more addresses fill --max-handshakes; one more stranger takes the place of
+     * the oldest. */
+    int b1 = tcp_from(&t, "127.0.0.3"), b2 = tcp_from(&t, "127.0.0.3");
+    ck_assert(still_waiting(b1) && still_waiting(b2));
+    int c1 = tcp_from(&t, "127.0.0.4");
+    expect_refused(a1, "--max-handshakes");
+    ck_assert(still_waiting(c1));
+    /* Clients with the key fill the whole broker, each taking a stranger's place
+     * when there is no other room: first a2's, and at --max-clients b1's, b2's,
+     * c1's. */
+    for (int i = 1; i < 8; i++) k[i] = tb_connect(&t);
+    expect_refused(a2, "--max-handshakes");
+    expect_refused(b1, "--max-clients");
+    expect_refused(b2, "--max-clients");
+    expect_refused(c1, "--max-clients");
+    /* Now all 8 have the key: nobody else comes in, strangers or not. */
+    expect_refused(tcp_from(&t, "127.0.0.5"), "--max-clients");
+    k[8] = mpb_connect(t.address);
+    ck_assert_int_eq(k[8]->err, MPB_ERR_CONNECT);
+    ck_assert_str_eq(k[8]->errkind, "TooManyClients");
+    mpb_free(k[8]);
+    for (int i = 0; i < 8; i++) {
+        ck_assert_int_eq(mpb_ping(k[i]), MPB_OK);
+        mpb_free(k[i]);
+    }
+    unsetenv("MPBROKER_AUTHKEY");
+    ck_assert_int_eq(tb_stop(&t), 0);
+    drop_keyfile();
+}
+END_TEST
+
 /*--- Exposure ---*/
 
 /* Run the server with args (NULL-terminated after argv[0]); its exit status, with
@@ -1058,6 +1144,10 @@ static Suite *security_suite(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, anything_but_the_handshake_gets_one_reply_then_closes);
     tcase_add_test(tc, strangers_flooding_bytes_cost_the_broker_little);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("room");
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, strangers_cannot_lock_out_clients_with_the_key);
     suite_add_tcase(s, tc);
     tc = tcase_create("exposure");
     tcase_set_timeout(tc, 60);
