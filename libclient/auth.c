@@ -24,12 +24,14 @@
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
 #include <poll.h>
+#include <pwd.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "auth.h"
@@ -268,4 +270,81 @@ done:
     OPENSSL_cleanse(want, sizeof want);
     mpb_reader_destroy(&r);
     return rc;
+}
+
+/*--- The peer ---*/
+
+int mpb_client_unix_address(mpb_context *c, const char *address, char *path, size_t n,
+                            char *peer, size_t pn)
+{
+    const char *q = strchr(address, '?');
+    size_t len = q ? (size_t)(q - address) : strlen(address);
+    peer[0] = '\0';
+    if (len == 0 || len >= n || len >= sizeof ((struct sockaddr_un *)0)->sun_path)
+        return fail(c, MPB_ERR_CONNECT, "ConnectionError", "bad Unix socket path '%s'",
+                    address);
+    memcpy(path, address, len);
+    path[len] = '\0';
+    if (q == NULL) return MPB_OK;
+    if (strncmp(q, "?peer=", 6) != 0 || q[6] == '\0' || strlen(q + 6) >= pn)
+        return fail(c, MPB_ERR_CONNECT, "ConnectionError", "bad address '%s': after the "
+                    "path only ?peer=USER (a name, a uid, or any) may come", address);
+    memcpy(peer, q + 6, strlen(q + 6) + 1);
+    return MPB_OK;
+}
+
+/* uid for a user name or number; -1 if there is no such user. */
+static long long uid_of(const char *who)
+{
+    char *end;
+    unsigned long long n = strtoull(who, &end, 10);
+    if (end != who && *end == '\0') return n <= (uid_t)-1 ? (long long)n : -1;
+    struct passwd pw, *res = NULL;
+    char buf[4096];
+    if (getpwnam_r(who, &pw, buf, sizeof buf, &res) != 0 || res == NULL) return -1;
+    return (long long)res->pw_uid;
+}
+
+static void user_name(uid_t uid, char *out, size_t n)
+{
+    struct passwd pw, *res = NULL;
+    char buf[4096];
+    if (getpwuid_r(uid, &pw, buf, sizeof buf, &res) == 0 && res != NULL)
+        snprintf(out, n, "%lu (%s)", (unsigned long)uid, res->pw_name);
+    else
+        snprintf(out, n, "%lu", (unsigned long)uid);
+}
+
+int mpb_client_check_peer(mpb_context *c, int fd, const char *path, const char *peer)
+{
+#ifdef SO_PEERCRED
+    if (strcmp(peer, "any") == 0) return MPB_OK;
+    struct ucred cred;
+    socklen_t len = sizeof cred;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
+        return fail(c, MPB_ERR_CONNECT, "AuthError", "%s: who is the broker? (SO_PEERCRED: "
+                    "%s)", path, strerror(errno));
+    uid_t me = geteuid();
+    long long want = peer[0] ? uid_of(peer) : -1;
+    if (peer[0] && want < 0)
+        return fail(c, MPB_ERR_CONNECT, "AuthError", "%s?peer=%s: no such user", path, peer);
+    if (peer[0] ? (long long)cred.uid == want : cred.uid == me || cred.uid == 0)
+        return MPB_OK;
+    /* Someone else's broker: whatever we would send it (objects, a proof of our key)
+     * would be theirs. */
+    char who[96], whom[96];
+    user_name(cred.uid, who, sizeof who);
+    if (peer[0]) user_name((uid_t)want, whom, sizeof whom);
+    else snprintf(whom, sizeof whom, "you (uid %lu) or root", (unsigned long)me);
+    return fail(c, MPB_ERR_CONNECT, "AuthError", "%s: the broker there runs as uid %s, not "
+                "as %s: refused, it may be another user's squatting the path (add "
+                "?peer=%lu to the address to trust it)", path, who, whom,
+                (unsigned long)cred.uid);
+#else
+    (void)c;
+    (void)fd;
+    (void)path;
+    (void)peer;
+    return MPB_OK; /* no peer credentials here: the socket's directory must be private */
+#endif
 }

@@ -59,6 +59,11 @@ typedef struct mpb_context {
 /*--- Connecting ---*/
 /* Connect to address: "unix:/path", "/path" (a Unix socket), or "tcp://HOST:PORT".
  * NULL means $MPBROKER_ADDRESS when set, else mpb_default_address().
+ * On a Unix socket the broker must run as this process's effective uid or as root:
+ * another user's broker (one that took the path first, say) is refused with
+ * MPB_ERR_CONNECT, kind "AuthError", before a byte is sent. "?peer=USER" after the
+ * path (a name or a uid) trusts that user's broker instead, "?peer=any" any broker,
+ * as libpq's requirepeer.
  * Always returns a context unless out of memory (NULL): check c->err. Free it with
  * mpb_free. */
 mpb_context *mpb_connect(const char *address);
@@ -85,8 +90,8 @@ int mpb_enable_reconnect(mpb_context *c, int enable, int max_wait_ms);
 /* Close the connection and free the context. NULL is fine. */
 void mpb_free(mpb_context *c);
 /* The broker's default Unix socket path: $XDG_RUNTIME_DIR/mpbroker.sock when
- * XDG_RUNTIME_DIR is set, else /tmp/mpbroker-$UID.sock. Written into buf (size n);
- * returns buf. */
+ * XDG_RUNTIME_DIR is set, else ${TMPDIR:-/tmp}/mpbroker-$EUID/mpbroker.sock. Written
+ * into buf (size n); returns buf. */
 char *mpb_default_address(char *buf, size_t n);
 
 /*--- The generic call ---*/

@@ -1,6 +1,7 @@
 /* limits.c - resource limits and exposure rules: connections (--max-clients, the file
- * descriptors they need, and the room strangers may take while authenticating), stored data (--max-memory), reply size (--max-output),
- * loopback checks for protected mode, and the socket's group.
+ * descriptors they need, and the room strangers may take while authenticating), stored
+ * data (--max-memory), reply size (--max-output), loopback checks for protected mode.
+ * (The socket file's ownership and mode are sockfile.c's.)
  *
  * Where each limit is enforced: admission in main.c's accept callback; memory in
  * dispatch's arg_value (before a handler changes anything) and after manager.create;
@@ -8,7 +9,6 @@
  * count itself is objects.c's (objects_mem_used).
  */
 #include <errno.h>
-#include <grp.h>
 #include <math.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -16,7 +16,6 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -148,29 +147,6 @@ bool limits_is_loopback(const struct sockaddr *sa)
         return IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127;
     }
     return sa->sa_family == AF_UNIX;
-}
-
-void limits_socket_group(const char *path, const char *group)
-{
-    char *end;
-    gid_t gid;
-    struct group *g = getgrnam(group);
-    if (g) {
-        gid = g->gr_gid;
-    } else {
-        unsigned long n = strtoul(group, &end, 10);
-        if (end == group || *end) {
-            fprintf(stderr, "mpbroker-server: --socket-group: no group '%s'\n", group);
-            exit(2);
-        }
-        gid = (gid_t)n;
-    }
-    if (chown(path, (uid_t)-1, gid) < 0 || chmod(path, 0660) < 0) {
-        fprintf(stderr, "mpbroker-server: --socket-group %s on %s: %s\n", group, path,
-                strerror(errno));
-        unlink(path);
-        exit(2);
-    }
 }
 
 /*--- Memory ---*/

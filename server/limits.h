@@ -41,8 +41,6 @@ bool limits_admit(int fd, bool tcp);
 void limits_refuse(int fd, const char *why);
 /* Is this a loopback address (127.0.0.0/8, ::1, or v4-mapped loopback)? */
 bool limits_is_loopback(const struct sockaddr *sa);
-/* --socket-group: give the Unix socket to this group, mode 0660. Exits 2 on failure. */
-void limits_socket_group(const char *path, const char *group);
 
 /* --max-memory: may r store v? false after replying OutOfMemory. Deletions (remove,
  * pop, delitem, discard, delattr) are never refused: they free memory. */

@@ -11,7 +11,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -23,6 +22,7 @@
 #include "mpb_address.h"
 #include "persist.h"
 #include "server.h"
+#include "sockfile.h"
 
 mpb_config g_config = {.max_msg = MPB_READER_DEFAULT_MAX_MSG, .max_depth = MPB_READER_MAX_DEPTH,
                        .max_clients = LIMITS_DEFAULT_MAX_CLIENTS,
@@ -58,8 +58,9 @@ static void usage(FILE *f)
             "locks, semaphores, conditions, events, barriers, values and arrays shared\n"
             "between processes over MessagePack-RPC (see docs/PROTOCOL.md).\n"
             "\n"
-            "  -s, --socket PATH       Unix socket to listen on (default %s;\n"
-            "                          mode 0600). --socket none: no Unix socket\n"
+            "  -s, --socket PATH       Unix socket to listen on (default %s,\n"
+            "                          in a directory of its own that must be this\n"
+            "                          user's; mode 0600). --socket none: no Unix socket\n"
             "  -l, --listen tcp://HOST:PORT\n"
             "                          also listen on TCP (repeatable); tcp://:PORT is\n"
             "                          127.0.0.1. Needs an authkey, or --insecure\n"
@@ -167,29 +168,12 @@ static void add_listener(struct evconnlistener *l, const char *what)
     if (!g_config.quiet) fprintf(stderr, "mpbroker-server: listening on %s\n", what);
 }
 
-static void listen_unix(const char *path)
+static void listen_unix(const char *path, bool is_default)
 {
-    struct sockaddr_un sun = {.sun_family = AF_UNIX};
-    if (strlen(path) >= sizeof sun.sun_path) {
-        fprintf(stderr, "mpbroker-server: socket path too long: %s\n", path);
-        exit(2);
-    }
-    strcpy(sun.sun_path, path);
-    /* A live broker already there? Then refuse; a stale file is removed. */
-    int probe = socket(AF_UNIX, SOCK_STREAM, 0);
-    if (probe >= 0 && connect(probe, (struct sockaddr *)&sun, sizeof sun) == 0) {
-        fprintf(stderr, "mpbroker-server: a broker is already listening on %s\n", path);
-        exit(1);
-    }
-    if (probe >= 0) close(probe);
-    unlink(path);
-    mode_t old = umask(0177); /* the socket is created 0600: only our user may connect */
-    struct evconnlistener *l = evconnlistener_new_bind(
-        base, on_accept, NULL, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, 1024,
-        (struct sockaddr *)&sun, sizeof sun);
-    umask(old);
-    if (l && socket_group) limits_socket_group(path, socket_group);
+    int fd = sockfile_listen(path, is_default, socket_group); /* exits when it cannot */
     snprintf(socket_path, sizeof socket_path, "%s", path);
+    struct evconnlistener *l = evconnlistener_new(
+        base, on_accept, NULL, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, 0, fd);
     char what[128];
     snprintf(what, sizeof what, "unix:%s", path);
     add_listener(l, what);
@@ -366,7 +350,7 @@ int main(int argc, char **argv)
     persist_open(base); /* before listening: clients see the loaded state */
     admin_init(base);
     accept_retry = evtimer_new(base, on_accept_retry, NULL);
-    if (sock) listen_unix(sock);
+    if (sock) listen_unix(sock, sock == def);
     for (int i = 0; i < g_config.ntcp; i++) listen_tcp(g_config.tcp[i]);
     struct event *sigint = evsignal_new(base, SIGINT, on_signal, NULL);
     struct event *sigterm = evsignal_new(base, SIGTERM, on_signal, NULL);

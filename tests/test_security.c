@@ -1,9 +1,10 @@
-/* test_security.c - authentication, exposure and limits against a real broker.
+/* test_security.c - authentication and limits against a real broker.
  *
  * The authkey handshake from both ends (libmpbroker, and raw bytes where a test plays
- * a client that does it wrong), protected mode and socket permissions at start-up,
- * every configurable limit (each hit is a clear error and leaves the broker and the
- * other connections as they were), and the graceful stop on SIGTERM.
+ * a client, or a broker, that does it wrong), what a connection without the key may
+ * cost the broker, every configurable limit (each hit is a clear error and leaves the
+ * broker and the other connections as they were), and the graceful stop on SIGTERM.
+ * Who may reach the broker (sockets, other users, TCP) is test_exposure.c's.
  */
 #include <check.h>
 #include <errno.h>
@@ -497,6 +498,23 @@ START_TEST(connection_that_never_authenticates_is_closed)
 }
 END_TEST
 
+START_TEST(a_short_key_is_warned_about_at_start)
+{
+    /* --socket none and nothing else: the broker reads its key, then exits 2
+     * ("nothing to listen on"), which is all this needs. */
+    char err[1024];
+    const char *args[] = {"--socket", "none", NULL};
+    setenv("MPBROKER_AUTHKEY", "sunshine42", 1);
+    ck_assert_int_eq(tb_run_server(args, err, sizeof err), 2);
+    ck_assert_msg(strstr(err, "warning: the authkey from $MPBROKER_AUTHKEY is only 10 bytes"),
+                  "stderr: %s", err);
+    setenv("MPBROKER_AUTHKEY", "sixteen bytes ok", 1);
+    ck_assert_int_eq(tb_run_server(args, err, sizeof err), 2);
+    ck_assert_msg(strstr(err, "warning") == NULL, "stderr: %s", err);
+    unsetenv("MPBROKER_AUTHKEY");
+}
+END_TEST
+
 /*--- Before authentication ---*/
 
 /* Pack one message into sb (cleared first) from a packing function. */
@@ -752,159 +770,6 @@ START_TEST(strangers_cannot_lock_out_clients_with_the_key)
 }
 END_TEST
 
-/*--- Exposure ---*/
-
-/* Run the server with args (NULL-terminated after argv[0]); its exit status, with
- * its stderr in err. */
-static int run_server(const char *const *args, char *err, size_t errlen)
-{
-    int p[2];
-    ck_assert_int_eq(pipe(p), 0);
-    pid_t pid = fork();
-    ck_assert_int_ge(pid, 0);
-    if (pid == 0) {
-        const char *argv[32] = {getenv("MPB_SERVER")};
-        for (int i = 0; args[i] && i < 30; i++) argv[i + 1] = args[i];
-        dup2(p[1], 2);
-        close(p[0]);
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
-    }
-    close(p[1]);
-    size_t n = 0;
-    ssize_t got;
-    while (n + 1 < errlen && (got = read(p[0], err + n, errlen - 1 - n)) > 0) n += (size_t)got;
-    err[n] = '\0';
-    close(p[0]);
-    int st;
-    ck_assert_int_eq(waitpid(pid, &st, 0), pid);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
-
-START_TEST(tcp_beyond_loopback_needs_a_key)
-{
-    char err[1024];
-    const char *args[] = {"--socket", "none", "--listen", "tcp://0.0.0.0:0", NULL};
-    ck_assert_int_eq(run_server(args, err, sizeof err), 2);
-    ck_assert_msg(strstr(err, "without an authkey") != NULL, "stderr: %s", err);
-    const char *args6[] = {"--socket", "none", "--listen", "tcp://[::]:0", NULL};
-    ck_assert_int_eq(run_server(args6, err, sizeof err), 2);
-    /* --insecure does not open it to other hosts. */
-    const char *args_i[] = {"--socket", "none", "--insecure", "--listen", "tcp://0.0.0.0:0", NULL};
-    ck_assert_int_eq(run_server(args_i, err, sizeof err), 2);
-    ck_assert_msg(strstr(err, "any host that reaches it") != NULL, "stderr: %s", err);
-    /* A group/world-readable key file is refused too. */
-    make_keyfile();
-    chmod(keyfile, 0644);
-    const char *args2[] = {"--socket", "none", "--authkey-file", keyfile, "--listen",
-                           "tcp://127.0.0.1:0", NULL};
-    ck_assert_int_eq(run_server(args2, err, sizeof err), 2);
-    ck_assert_msg(strstr(err, "chmod 600") != NULL, "stderr: %s", err);
-    drop_keyfile();
-}
-END_TEST
-
-START_TEST(a_short_key_is_warned_about_at_start)
-{
-    /* --socket none and nothing else: the broker reads its key, then exits 2
-     * ("nothing to listen on"), which is all this needs. */
-    char err[1024];
-    const char *args[] = {"--socket", "none", NULL};
-    setenv("MPBROKER_AUTHKEY", "sunshine42", 1);
-    ck_assert_int_eq(run_server(args, err, sizeof err), 2);
-    ck_assert_msg(strstr(err, "warning: the authkey from $MPBROKER_AUTHKEY is only 10 bytes"),
-                  "stderr: %s", err);
-    setenv("MPBROKER_AUTHKEY", "sixteen bytes ok", 1);
-    ck_assert_int_eq(run_server(args, err, sizeof err), 2);
-    ck_assert_msg(strstr(err, "warning") == NULL, "stderr: %s", err);
-    unsetenv("MPBROKER_AUTHKEY");
-}
-END_TEST
-
-START_TEST(keyless_tcp_on_loopback_needs_insecure)
-{
-    /* Every local user can reach a loopback port (the Unix socket is 0600): without a
-     * key the broker refuses it unless told --insecure. */
-    char err[1024];
-    const char *args[] = {"--socket", "none", "--listen", "tcp://127.0.0.1:0", NULL};
-    ck_assert_int_eq(run_server(args, err, sizeof err), 2);
-    ck_assert_msg(strstr(err, "every local user could use every object") &&
-                  strstr(err, "--insecure"), "stderr: %s", err);
-    tb_broker t;
-    tb_start(&t, 1, NULL); /* with --insecure (testutil adds it for TCP) */
-    mpb_context *c = mpb_connect(t.address);
-    ck_assert_int_eq(mpb_ping(c), MPB_OK);
-    mpb_free(c);
-    ck_assert_int_eq(tb_stop(&t), 0);
-}
-END_TEST
-
-START_TEST(tcp_without_a_host_is_loopback)
-{
-    char host[64], port[16];
-    ck_assert_int_eq(mpb_parse_tcp("tcp://:7000", host, sizeof host, port, sizeof port), 0);
-    ck_assert_str_eq(host, "127.0.0.1");
-    ck_assert_str_eq(port, "7000");
-    /* So it needs no key: a broker started that way serves on 127.0.0.1. */
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof sa;
-    int probe = socket(AF_INET, SOCK_STREAM, 0);
-    ck_assert_int_eq(bind(probe, (struct sockaddr *)&sa, sizeof sa), 0);
-    ck_assert_int_eq(getsockname(probe, (struct sockaddr *)&sa, &len), 0);
-    close(probe);
-    char listen[64], address[64];
-    snprintf(listen, sizeof listen, "tcp://:%d", ntohs(sa.sin_port));
-    snprintf(address, sizeof address, "tcp://127.0.0.1:%d", ntohs(sa.sin_port));
-    tb_broker t;
-    const char *args[] = {"--listen", listen, "--insecure", NULL};
-    tb_start(&t, 0, args);
-    mpb_context *c = mpb_connect(address);
-    ck_assert_msg(c->err == MPB_OK, "%s", c->errstr);
-    ck_assert_int_eq(mpb_ping(c), MPB_OK);
-    mpb_free(c);
-    ck_assert_int_eq(tb_stop(&t), 0);
-}
-END_TEST
-
-START_TEST(tcp_any_address_with_a_key_serves)
-{
-    make_keyfile();
-    tb_broker t;
-    const char *args[] = {"--authkey-file", keyfile, NULL};
-    setenv("MPBROKER_AUTHKEY", KEY, 1);
-    tb_start(&t, 1, args); /* loopback TCP, with a key */
-    mpb_context *c = mpb_connect(t.address);
-    ck_assert_msg(c->err == MPB_OK, "%s", c->errstr);
-    ck_assert_int_eq(mpb_ping(c), MPB_OK);
-    mpb_free(c);
-    unsetenv("MPBROKER_AUTHKEY");
-    c = mpb_connect(t.address); /* over TCP without the key: refused */
-    ck_assert_int_ne(mpb_ping(c), MPB_OK);
-    mpb_free(c);
-    ck_assert_int_eq(tb_stop(&t), 0);
-    drop_keyfile();
-}
-END_TEST
-
-START_TEST(unix_socket_is_private_or_group)
-{
-    tb_broker t;
-    struct stat st;
-    tb_start(&t, 0, NULL);
-    ck_assert_int_eq(stat(t.sock, &st), 0);
-    ck_assert_int_eq(st.st_mode & 0777, 0600);
-    ck_assert_int_eq(tb_stop(&t), 0);
-    char gid[32];
-    snprintf(gid, sizeof gid, "%lu", (unsigned long)getgid());
-    const char *args[] = {"--socket-group", gid, NULL};
-    tb_start(&t, 0, args);
-    ck_assert_int_eq(stat(t.sock, &st), 0);
-    ck_assert_int_eq(st.st_mode & 0777, 0660);
-    ck_assert_uint_eq(st.st_gid, getgid());
-    ck_assert_int_eq(tb_stop(&t), 0);
-}
-END_TEST
-
 /*--- Limits ---*/
 
 static void limits_setup(void)
@@ -1149,14 +1014,9 @@ static Suite *security_suite(void)
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, strangers_cannot_lock_out_clients_with_the_key);
     suite_add_tcase(s, tc);
-    tc = tcase_create("exposure");
+    tc = tcase_create("key");
     tcase_set_timeout(tc, 60);
-    tcase_add_test(tc, tcp_beyond_loopback_needs_a_key);
-    tcase_add_test(tc, keyless_tcp_on_loopback_needs_insecure);
-    tcase_add_test(tc, tcp_without_a_host_is_loopback);
     tcase_add_test(tc, a_short_key_is_warned_about_at_start);
-    tcase_add_test(tc, tcp_any_address_with_a_key_serves);
-    tcase_add_test(tc, unix_socket_is_private_or_group);
     suite_add_tcase(s, tc);
     tc = tcase_create("limits");
     tcase_add_checked_fixture(tc, limits_setup, limits_teardown);

@@ -40,6 +40,19 @@ int tb_read_msg(int fd, mpb_value *out, int timeout_ms);
 /* Read until EOF within timeout_ms; returns 1 if the peer closed, 0 if not. */
 int tb_wait_closed(int fd, int timeout_ms);
 
+/*--- Other programs, maybe as another user ---*/
+/* Start argv (argv[0] a path) with env changed ("NAME=value" set, "NAME" unset; env
+ * may be NULL), as uid when uid >= 0 (setpriv --reuid=uid --regid=uid
+ * --clear-groups: no user needs to exist; it is sent SIGTERM if this process dies),
+ * stdout and stderr to the file out (NULL: inherited). Returns the pid. */
+pid_t tb_spawn(const char *const *argv, long uid, const char *const *env, const char *out);
+/* tb_spawn and wait: returns the exit status (128 + signal), with what the program
+ * wrote to stdout and stderr in out (NUL-terminated, truncated to outlen). */
+int tb_run_prog(const char *const *argv, long uid, const char *const *env, char *out,
+                size_t outlen);
+/* tb_run_prog of $MPB_SERVER with args (NULL-terminated) as this user. */
+int tb_run_server(const char *const *args, char *out, size_t outlen);
+
 /* Run every test of s (CK_ENV decides forking and verbosity) and return the exit
  * status for main: EXIT_FAILURE when any failed. Frees s. */
 int tb_run(Suite *s);
