@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <math.h>
 #include <netinet/in.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -150,6 +151,49 @@ bool limits_is_loopback(const struct sockaddr *sa)
 }
 
 /*--- Memory ---*/
+
+/* The memory limit of this process's cgroup (v2 memory.max, v1
+ * memory.limit_in_bytes), or 0 when it has none we can read. */
+static uint64_t cgroup_limit(void)
+{
+    FILE *f = fopen("/proc/self/cgroup", "r");
+    char line[512], path[640];
+    uint64_t limit = 0;
+    while (f && fgets(line, sizeof line, f)) {
+        line[strcspn(line, "\n")] = '\0';
+        char *ctl = strchr(line, ':'), *cg = ctl ? strchr(ctl + 1, ':') : NULL;
+        if (!cg) continue;
+        *cg++ = '\0';
+        ctl++;
+        if (strcmp(line, "0") == 0 && ctl[0] == '\0') /* v2: "0::/path" */
+            snprintf(path, sizeof path, "/sys/fs/cgroup%s/memory.max", cg);
+        else if (strstr(ctl, "memory")) /* v1: "N:memory:/path" */
+            snprintf(path, sizeof path, "/sys/fs/cgroup/memory%s/memory.limit_in_bytes", cg);
+        else
+            continue;
+        FILE *m = fopen(path, "r");
+        unsigned long long n;
+        if (m && fscanf(m, "%llu", &n) == 1 && n > 0 && (limit == 0 || n < limit)) limit = n;
+        if (m) fclose(m); /* "max" (v2) reads as no number: no limit */
+    }
+    if (f) fclose(f);
+    return limit;
+}
+
+size_t limits_default_max_memory(void)
+{
+    /* Redis leaves maxmemory off on 64-bit systems (and sets 3 GB on 32-bit ones); a
+     * broker any client can fill would rather refuse a write than meet the OOM killer,
+     * so: half of what the process may use, physical RAM or its container's limit,
+     * leaving the other half for what the count leaves out (allocator overhead,
+     * buffers, requests being decoded). */
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    uint64_t ram = pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page : 0;
+    uint64_t cg = cgroup_limit();
+    if (cg && (ram == 0 || cg < ram)) ram = cg;
+    if (ram == 0) return 0; /* unknown: no default limit */
+    return ram / 2 > SIZE_MAX ? SIZE_MAX : (size_t)(ram / 2);
+}
 
 /* Writes that take values only to find and remove things: never refused. */
 static bool frees_memory(const char *method)

@@ -7,6 +7,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -93,8 +94,9 @@ static void usage(FILE *f)
             "                          connection is closed\n"
             "      --output-timeout S  close a connection that reads none of its replies\n"
             "                          for S seconds (default %g; 0: never)\n"
-            "      --max-memory BYTES  stored data (default 0: no limit); writes past it\n"
-            "                          are OutOfMemory. K, M, G suffixes allowed\n"
+            "      --max-memory BYTES  stored data (default half of RAM or of the\n"
+            "                          cgroup's limit, here %zu MiB; 0: none); writes\n"
+            "                          past it are OutOfMemory. K, M, G suffixes allowed\n"
             "  -q, --quiet             no start-up message\n"
             "  -h, --help              this text\n"
             "\n"
@@ -105,7 +107,8 @@ static void usage(FILE *f)
             MPB_READER_MAX_DEPTH, MPB_READER_MAX_DEPTH, LIMITS_DEFAULT_AUTH_TIMEOUT,
             LIMITS_DEFAULT_MAX_HANDSHAKES, LIMITS_DEFAULT_MAX_HANDSHAKES_PER_PEER,
             LIMITS_DEFAULT_MAX_CLIENTS,
-            LIMITS_DEFAULT_MAX_OUTPUT >> 20, LIMITS_DEFAULT_OUTPUT_TIMEOUT);
+            LIMITS_DEFAULT_MAX_OUTPUT >> 20, LIMITS_DEFAULT_OUTPUT_TIMEOUT,
+            limits_default_max_memory() >> 20);
 }
 
 static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
@@ -328,7 +331,9 @@ int main(int argc, char **argv)
     char def[108];
     const char *sock = mpb_default_socket_path(def, sizeof def);
     const char *authkey_file = NULL;
+    g_config.max_memory = SIZE_MAX; /* until parse_args: not given */
     parse_args(argc, argv, &sock, &authkey_file);
+    if (g_config.max_memory == SIZE_MAX) g_config.max_memory = limits_default_max_memory();
     if (auth_load_key(authkey_file) < 0) return 2;
     limits_setup_nofile();
     limits_setup_handshakes();

@@ -944,6 +944,29 @@ START_TEST(max_output_makes_a_big_read_too_large)
 }
 END_TEST
 
+START_TEST(stored_data_is_bounded_by_default)
+{
+    /* Before, nothing bounded stored data unless --max-memory was given: any client
+     * could fill the machine. Now the default is half of RAM (or of the cgroup's
+     * limit), and --max-memory 0 still means none. */
+    tb_broker t;
+    tb_start(&t, 0, NULL);
+    mpb_context *c = tb_connect(&t);
+    int64_t max = stat_int(c, "max_memory");
+    uint64_t ram = (uint64_t)sysconf(_SC_PHYS_PAGES) * (uint64_t)sysconf(_SC_PAGESIZE);
+    ck_assert_int_gt(max, 0);
+    ck_assert_uint_le((uint64_t)max, ram / 2);
+    mpb_free(c);
+    ck_assert_int_eq(tb_stop(&t), 0);
+    const char *args[] = {"--max-memory", "0", NULL};
+    tb_start(&t, 0, args);
+    c = tb_connect(&t);
+    ck_assert_int_eq(stat_int(c, "max_memory"), 0);
+    mpb_free(c);
+    ck_assert_int_eq(tb_stop(&t), 0);
+}
+END_TEST
+
 /*--- Shutdown ---*/
 
 START_TEST(sigterm_answers_requests_already_received)
@@ -1025,6 +1048,10 @@ static Suite *security_suite(void)
     tcase_add_test(tc, max_memory_refuses_writes_and_changes_nothing);
     tcase_add_test(tc, max_output_makes_a_big_read_too_large);
     tcase_add_test(tc, memory_count_returns_to_zero_after_every_type);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("defaults");
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, stored_data_is_bounded_by_default);
     suite_add_tcase(s, tc);
     tc = tcase_create("shutdown");
     tcase_set_timeout(tc, 60);
