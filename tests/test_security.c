@@ -21,6 +21,7 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <grp.h>
 #include <unistd.h>
 
 #include "mpb_address.h"
@@ -770,6 +771,56 @@ START_TEST(strangers_cannot_lock_out_clients_with_the_key)
 }
 END_TEST
 
+/* In a child running as uid: open n raw connections to path and report, through the
+ * exit status, how many were refused (TooManyClients) within a second. */
+static int refused_as(const char *path, uid_t uid, int n)
+{
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        if (setgroups(0, NULL) < 0 || setresgid(uid, uid, uid) < 0 || setresuid(uid, uid, uid) < 0)
+            _exit(100);
+        int fds[16], refused = 0;
+        for (int i = 0; i < n; i++) {
+            struct sockaddr_un sa = {.sun_family = AF_UNIX};
+            snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
+            fds[i] = socket(AF_UNIX, SOCK_STREAM, 0);
+            if (connect(fds[i], (struct sockaddr *)&sa, sizeof sa) < 0) _exit(101);
+        }
+        for (int i = 0; i < n; i++) {
+            struct pollfd pf = {.fd = fds[i], .events = POLLIN};
+            if (poll(&pf, 1, i == 0 ? 1000 : 100) == 1) refused++;
+        }
+        _exit(refused);
+    }
+    int st;
+    ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+    return WEXITSTATUS(st);
+}
+
+START_TEST(only_strangers_are_capped_per_peer_on_the_unix_socket)
+{
+    /* The per-peer cap is for strangers: on the Unix socket another uid (a member of
+     * --socket-group, say) is capped, the broker's own uid and root are not. */
+    if (geteuid() != 0) {
+        printf("skipped: needs root (a second uid)\n");
+        return;
+    }
+    make_keyfile();
+    tb_broker t;
+    const char *args[] = {"--authkey-file", keyfile, "--max-handshakes-per-peer", "2", NULL};
+    setenv("MPBROKER_AUTHKEY", KEY, 1);
+    tb_start(&t, 0, args);
+    unsetenv("MPBROKER_AUTHKEY");
+    ck_assert_int_eq(chmod(t.dir, 0755), 0);
+    ck_assert_int_eq(chmod(t.sock, 0777), 0);
+    ck_assert_int_eq(refused_as(t.sock, 0, 5), 0);
+    ck_assert_int_eq(refused_as(t.sock, 64001, 5), 3);
+    ck_assert_int_eq(tb_stop(&t), 0);
+    drop_keyfile();
+}
+END_TEST
+
 /*--- Limits ---*/
 
 static void limits_setup(void)
@@ -1036,6 +1087,7 @@ static Suite *security_suite(void)
     tc = tcase_create("room");
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, strangers_cannot_lock_out_clients_with_the_key);
+    tcase_add_test(tc, only_strangers_are_capped_per_peer_on_the_unix_socket);
     suite_add_tcase(s, tc);
     tc = tcase_create("key");
     tcase_set_timeout(tc, 60);
