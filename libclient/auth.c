@@ -337,7 +337,7 @@ int mpb_client_check_peer(mpb_context *c, int fd, const char *path, const char *
     if (peer[0]) user_name((uid_t)want, whom, sizeof whom);
     else snprintf(whom, sizeof whom, "you (uid %lu) or root", (unsigned long)me);
     return fail(c, MPB_ERR_CONNECT, "AuthError", "%s: the broker there runs as uid %s, not "
-                "as %s: refused, it may be another user's squatting the path (add "
+                "as %s: refused: it may be another user squatting the path (add "
                 "?peer=%lu to the address to trust it)", path, who, whom,
                 (unsigned long)cred.uid);
 #else
