@@ -241,9 +241,6 @@ bool auth_evict_oldest(const char *why)
 {
     if (!pending_head) return false;
     mpb_conn *c = pending_head->conn;
-    if (!g_config.quiet)
-        fprintf(stderr, "mpbroker-server: connection %llu (%s), still authenticating, closed "
-                "to make room: %s\n", (unsigned long long)c->id, c->peer, why);
     limits_refuse(c->fd, why);
     conn_close(c); /* from the listener's callback: no connection's callback runs */
     return true;

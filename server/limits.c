@@ -108,8 +108,21 @@ void limits_setup_handshakes(void)
         g_config.max_handshakes_per_peer = g_config.max_handshakes;
 }
 
+/* Log what admission did at most once a second per kind, whatever the flood. */
+static void log_admission(const char *what, const char *why, unsigned long *count,
+                          time_t *last)
+{
+    ++*count;
+    time_t now = time(NULL);
+    if (g_config.quiet || now == *last) return;
+    *last = now;
+    fprintf(stderr, "mpbroker-server: %s: %s (%lu so far)\n", what, why, *count);
+}
+
 bool limits_admit(int fd, bool tcp)
 {
+    static unsigned long refused, evicted;
+    static time_t refused_log, evicted_log;
     char why[160];
     if (!auth_admit(fd, tcp, why, sizeof why)) goto refuse; /* --max-handshakes-per-peer */
     bool full = conn_count() >= g_config.max_clients;
@@ -120,19 +133,14 @@ bool limits_admit(int fd, bool tcp)
     snprintf(why, sizeof why, full ? "the broker serves at most %zu connections "
              "(--max-clients)" : "at most %zu connections may be authenticating at once "
              "(--max-handshakes)", full ? g_config.max_clients : g_config.max_handshakes);
-    if (auth_evict_oldest(why)) return true;
+    if (auth_evict_oldest(why)) {
+        log_admission("closed a connection still authenticating to make room", why, &evicted,
+                      &evicted_log);
+        return true;
+    }
 refuse:
     limits_refuse(fd, why);
-    /* Log at most once a second, whatever the flood. */
-    static time_t last_log;
-    static unsigned long refused;
-    refused++;
-    time_t now = time(NULL);
-    if (!g_config.quiet && now != last_log) {
-        fprintf(stderr, "mpbroker-server: refused a connection: %s (%lu refused so far)\n", why,
-                refused);
-        last_log = now;
-    }
+    log_admission("refused a connection", why, &refused, &refused_log);
     return false;
 }
 
