@@ -70,7 +70,7 @@ static uint64_t rss_bytes(void)
 void manager_stats(mpb_req *r)
 {
     msgpack_packer *pk = reply_begin(r);
-    msgpack_pack_map(pk, 11);
+    msgpack_pack_map(pk, 12);
     pack_key(pk, "pid");
     msgpack_pack_int64(pk, getpid());
     pack_key(pk, "uptime");
@@ -93,6 +93,8 @@ void manager_stats(mpb_req *r)
     msgpack_pack_uint64(pk, objects_mem_used());
     pack_key(pk, "max_memory");
     msgpack_pack_uint64(pk, g_config.max_memory);
+    pack_key(pk, "id_space"); /* of the next object id (PROTOCOL.md "References") */
+    msgpack_pack_uint64(pk, mpb_ref_space(objects_peek_next_id()));
 }
 
 /* manager.clients */

@@ -352,6 +352,7 @@ int main(int argc, char **argv)
     }
     mpb_hash_randomize(); /* before any map exists */
     objects_init();
+    objects_new_id_space(); /* a state loaded next keeps its own */
     persist_open(base); /* before listening: clients see the loaded state */
     admin_init(base);
     accept_retry = evtimer_new(base, on_accept_retry, NULL);
