@@ -337,18 +337,21 @@ static int new_socket(int family) {
     return fd;
 }
 
-static void connect_unix(mpb_context *c, const char *path) {
+static void connect_unix(mpb_context *c, const char *address) {
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    if (path[0] == '\0' || strlen(path) >= sizeof sa.sun_path) {
-        set_err(c, MPB_ERR_CONNECT, "ConnectionError", "bad Unix socket path '%s'", path);
+    char path[sizeof sa.sun_path], peer[64]; /* PATH[?peer=WHO] (auth.c) */
+    if (mpb_client_unix_address(c, address, path, sizeof path, peer, sizeof peer) != MPB_OK)
         return;
-    }
     memcpy(sa.sun_path, path, strlen(path) + 1);
     int fd = new_socket(AF_UNIX);
     if (fd < 0 || connect_fd(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
         set_err(c, MPB_ERR_CONNECT, "ConnectionError", "connect %s: %s", path,
                 strerror(errno));
         if (fd >= 0) close(fd);
+        return;
+    }
+    if (mpb_client_check_peer(c, fd, path, peer) != MPB_OK) { /* not another user's */
+        close(fd);
         return;
     }
     c->fd = fd;

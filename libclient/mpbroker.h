@@ -63,11 +63,16 @@ typedef struct mpb_context {
 /*--- Connecting ---*/
 /* Connect to address: "unix:/path", "/path" (a Unix socket), or "tcp://HOST:PORT".
  * NULL means $MPBROKER_ADDRESS when set, else mpb_default_address().
+ * On a Unix socket the broker must run as this process's effective uid or as root:
+ * another user's broker (one that took the path first, say) is refused with
+ * MPB_ERR_CONNECT, kind "AuthError", before a byte is sent. "?peer=USER" after the
+ * path (a name or a uid) trusts that user's broker instead, "?peer=any" any broker,
+ * as libpq's requirepeer.
  * Always returns a context unless out of memory (NULL): check c->err. Free it with
  * mpb_free. */
 mpb_context *mpb_connect(const char *address);
 /* As mpb_connect, and authenticate with key[0, len) (docs/PROTOCOL.md,
- * "Authentication"): the broker proves it knows the key, then this context does.
+ * "Authentication"): this context proves it knows the key, then the broker does.
  * key NULL: the key is read from the file named by $MPBROKER_AUTHKEY_FILE (one
  * trailing newline dropped), else taken from $MPBROKER_AUTHKEY; neither set: no
  * handshake. mpb_connect(address) is mpb_connect_with_key(address, NULL, 0). A failed
@@ -119,8 +124,8 @@ int mpb_enable_reconnect(mpb_context *c, int enable, int max_wait_ms);
 /* Close the connection and free the context. NULL is fine. */
 void mpb_free(mpb_context *c);
 /* The broker's default Unix socket path: $XDG_RUNTIME_DIR/mpbroker.sock when
- * XDG_RUNTIME_DIR is set, else /tmp/mpbroker-$UID.sock. Written into buf (size n);
- * returns buf. */
+ * XDG_RUNTIME_DIR is set, else ${TMPDIR:-/tmp}/mpbroker-$EUID/mpbroker.sock. Written
+ * into buf (size n); returns buf. */
 char *mpb_default_address(char *buf, size_t n);
 
 /*--- The generic call ---*/

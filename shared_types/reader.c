@@ -281,7 +281,9 @@ char *mpb_reader_space(mpb_reader *r, size_t want, size_t *avail)
     if (r->cap - r->end < want) {
         compact_front(r);
         if (r->cap - r->end < want) {
-            size_t cap = r->cap ? r->cap : INITIAL_CAP;
+            /* A reader limited to small messages (the broker's before a handshake)
+             * starts small. */
+            size_t cap = r->cap ? r->cap : r->max_msg < INITIAL_CAP ? r->max_msg : INITIAL_CAP;
             while (cap - r->end < want) {
                 if (cap > SIZE_MAX / 2)
                     return NULL;
