@@ -290,7 +290,9 @@ void auth_conn_free(mpb_conn *c)
     if (a->next) a->next->prev = a->prev;
     else pending_tail = a->prev;
     npending--;
-    evtimer_del(&c->auth->timer); /* harmless when never added */
+    /* Never assigned under --auth-timeout 0: libevent would warn on stderr for each
+     * stranger, --quiet or not. */
+    if (event_initialized(&a->timer)) evtimer_del(&a->timer);
     OPENSSL_cleanse(c->auth, sizeof *c->auth);
     free(c->auth);
     c->auth = NULL;

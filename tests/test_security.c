@@ -499,6 +499,57 @@ START_TEST(connection_that_never_authenticates_is_closed)
 }
 END_TEST
 
+START_TEST(strangers_cannot_make_a_quiet_broker_write_to_its_log)
+{
+    /* Before, with --auth-timeout 0 the never-armed timer was deleted all the same when
+     * a connection closed unauthenticated, and libevent wrote "[warn] event_del_: event
+     * has no event_base set." each time: a line per stranger, --quiet or not. */
+    char dir[] = "/tmp/mpbquiet.XXXXXX", sock[64], log[64];
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    snprintf(sock, sizeof sock, "%s/s.sock", dir);
+    snprintf(log, sizeof log, "%s/stderr", dir);
+    const char *argv[] = {getenv("MPB_SERVER"), "--quiet", "--socket", sock, "--authkey-file",
+                          keyfile, "--auth-timeout", "0", NULL};
+    pid_t pid = tb_spawn(argv, -1, NULL, log);
+    mpb_context *c = NULL;
+    for (int i = 0; i < 1000; i++) {
+        c = mpb_connect_with_key(sock, KEY, strlen(KEY));
+        if (c->err == MPB_OK) break;
+        mpb_free(c);
+        c = NULL;
+        usleep(10000);
+    }
+    ck_assert_ptr_nonnull(c);
+    struct sockaddr_un sun = {.sun_family = AF_UNIX};
+    snprintf(sun.sun_path, sizeof sun.sun_path, "%s", sock);
+    for (int i = 0; i < 3; i++) { /* connect, then go without a word */
+        int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+        ck_assert_int_eq(connect(fd, (struct sockaddr *)&sun, sizeof sun), 0);
+        close(fd);
+    }
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0); /* send garbage, and be closed */
+    ck_assert_int_eq(connect(fd, (struct sockaddr *)&sun, sizeof sun), 0);
+    ck_assert_int_eq(tb_write_all(fd, "\xc0", 1), 0);
+    ck_assert_int_eq(tb_wait_closed(fd, 5000), 1);
+    close(fd);
+    ck_assert_int_eq(mpb_ping(c), MPB_OK); /* all of them served by now */
+    mpb_free(c);
+    int st;
+    kill(pid, SIGTERM);
+    ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+    ck_assert_int_eq(WEXITSTATUS(st), 0);
+    char out[1024] = "";
+    FILE *f = fopen(log, "r");
+    ck_assert_ptr_nonnull(f);
+    size_t n = fread(out, 1, sizeof out - 1, f);
+    out[n] = '\0';
+    fclose(f);
+    ck_assert_msg(n == 0, "a --quiet broker wrote: %s", out);
+    unlink(log);
+    ck_assert_int_eq(rmdir(dir), 0);
+}
+END_TEST
+
 START_TEST(a_short_key_is_warned_about_at_start)
 {
     /* --socket none and nothing else: the broker reads its key, then exits 2
@@ -1076,6 +1127,7 @@ static Suite *security_suite(void)
     tcase_add_test(tc, broker_without_key_does_not_fool_a_keyed_client);
     tcase_add_test(tc, a_broker_that_cannot_prove_the_key_is_refused);
     tcase_add_test(tc, connection_that_never_authenticates_is_closed);
+    tcase_add_test(tc, strangers_cannot_make_a_quiet_broker_write_to_its_log);
     tcase_add_test(tc, monitors_see_nothing_before_authentication);
     suite_add_tcase(s, tc);
     tc = tcase_create("preauth");
