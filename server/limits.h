@@ -42,8 +42,9 @@ void limits_refuse(int fd, const char *why);
 /* Is this a loopback address (127.0.0.0/8, ::1, or v4-mapped loopback)? */
 bool limits_is_loopback(const struct sockaddr *sa);
 
-/* The default --max-memory: half of physical RAM, or of the cgroup's memory limit
- * when that is lower (a container); 0 (none) when neither can be read. */
+/* The default --max-memory: half of physical RAM, or of the lowest memory limit of
+ * the process's cgroup and those above it when that is lower (a container, a limited
+ * slice); 0 (none) when neither can be read. */
 size_t limits_default_max_memory(void);
 /* --max-memory: may r store v? false after replying OutOfMemory. Deletions (remove,
  * pop, delitem, discard, delattr) are never refused: they free memory. */

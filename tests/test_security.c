@@ -1069,6 +1069,67 @@ START_TEST(stored_data_is_bounded_by_default)
 }
 END_TEST
 
+/* Write s into the file at path; false when it cannot be opened or written. */
+static bool write_file(const char *path, const char *s)
+{
+    FILE *f = fopen(path, "w");
+    if (f == NULL) return false;
+    bool ok = fputs(s, f) >= 0;
+    return fclose(f) == 0 && ok;
+}
+
+START_TEST(default_memory_limit_follows_a_parent_cgroup)
+{
+    /* A cgroup's memory limit binds its children: a broker in a child of a limited
+     * cgroup (a service in a limited slice, a container's process in a sub-group) may
+     * use no more than the parent allows. Before, only the broker's own cgroup was
+     * read, and the default was half of all RAM there. Needs root and a memory
+     * cgroup hierarchy it may write (v1 here, v2 elsewhere). */
+    if (geteuid() != 0) {
+        printf("skipped: needs root (cgroups)\n");
+        return;
+    }
+    const char *base = "/sys/fs/cgroup", *file = "memory.max";
+    char line[512], top[128], leaf[160], path[256];
+    FILE *f = fopen("/proc/self/cgroup", "r");
+    while (f && fgets(line, sizeof line, f))
+        if (strstr(line, ":memory:")) {
+            base = "/sys/fs/cgroup/memory";
+            file = "memory.limit_in_bytes";
+        }
+    if (f) fclose(f);
+    snprintf(top, sizeof top, "%s/mpbtest.XXXXXX", base);
+    if (mkdtemp(top) == NULL) {
+        printf("skipped: cannot make a cgroup in %s: %s\n", base, strerror(errno));
+        return;
+    }
+    snprintf(leaf, sizeof leaf, "%s/leaf", top);
+    snprintf(path, sizeof path, "%s/cgroup.subtree_control", top);
+    if (strcmp(file, "memory.max") == 0) (void)!write_file(path, "+memory");
+    snprintf(path, sizeof path, "%s/%s", top, file);
+    bool made = write_file(path, "268435456\n") && mkdir(leaf, 0755) == 0;
+    snprintf(path, sizeof path, "%s/%s", leaf, file);
+    if (!made || access(path, F_OK) != 0) {
+        printf("skipped: cannot limit memory in %s\n", top);
+        rmdir(leaf);
+        rmdir(top);
+        return;
+    }
+    /* The broker in the leaf, which has no limit of its own; its parent has 256 MiB. */
+    char script[512], out[4096];
+    snprintf(script, sizeof script, "echo $$ > %s/cgroup.procs && exec %s --help", leaf,
+             getenv("MPB_SERVER"));
+    const char *argv[] = {"/bin/sh", "-c", script, NULL};
+    int rc = tb_run_prog(argv, -1, NULL, out, sizeof out);
+    for (int i = 0; i < 100 && rmdir(leaf) < 0 && errno == EBUSY; i++) usleep(10000);
+    rmdir(top);
+    ck_assert_msg(rc == 0, "%s", out);
+    const char *here = strstr(out, "here ");
+    ck_assert_msg(here != NULL, "%s", out);
+    ck_assert_msg(strtoul(here + 5, NULL, 10) == 128, "default --max-memory: %.20s", here);
+}
+END_TEST
+
 /*--- Shutdown ---*/
 
 START_TEST(sigterm_answers_requests_already_received)
@@ -1156,6 +1217,7 @@ static Suite *security_suite(void)
     tc = tcase_create("defaults");
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, stored_data_is_bounded_by_default);
+    tcase_add_test(tc, default_memory_limit_follows_a_parent_cgroup);
     suite_add_tcase(s, tc);
     tc = tcase_create("shutdown");
     tcase_set_timeout(tc, 60);
