@@ -332,6 +332,35 @@ START_TEST(clients_trust_only_their_own_uid_or_root_unless_told)
 }
 END_TEST
 
+START_TEST(peer_is_a_name_or_a_plain_uid_never_a_signed_number)
+{
+    /* ?peer= took its number through strtoull, which also takes a sign and blanks and
+     * negates: "-18446744073709551615" was uid 1, "-0" root. A uid is digits only. */
+    tb_broker t;
+    tb_start(&t, 0, NULL);
+    unsigned long long me = geteuid();
+    char neg[32], addr[400];
+    if (me == 0) snprintf(neg, sizeof neg, "-0");
+    else snprintf(neg, sizeof neg, "-%llu", 0ull - me); /* wraps back to me */
+    const char *bad[] = {neg, "+%llu", " %llu", NULL};
+    for (int i = 0; bad[i]; i++) {
+        char who[40];
+        snprintf(who, sizeof who, bad[i], me);
+        snprintf(addr, sizeof addr, "%s?peer=%s", t.sock, who);
+        mpb_context *c = mpb_connect(addr);
+        ck_assert_msg(c->err == MPB_ERR_CONNECT && strstr(c->errstr, "no such user"),
+                      "?peer=%s: %s", who, c->err ? c->errstr : "connected");
+        mpb_free(c);
+    }
+    snprintf(addr, sizeof addr, "%s?peer=%llu", t.sock, me); /* the plain number works */
+    mpb_context *c = mpb_connect(addr);
+    ck_assert_msg(c->err == MPB_OK, "%s", c->errstr);
+    ck_assert_int_eq(mpb_ping(c), MPB_OK);
+    mpb_free(c);
+    ck_assert_int_eq(tb_stop(&t), 0);
+}
+END_TEST
+
 /*--- The socket's group ---*/
 
 START_TEST(socket_group_is_set_without_a_path_based_chown)
@@ -583,6 +612,7 @@ static Suite *exposure_suite(void)
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, squatting_the_default_path_is_refused_by_broker_and_client);
     tcase_add_test(tc, clients_trust_only_their_own_uid_or_root_unless_told);
+    tcase_add_test(tc, peer_is_a_name_or_a_plain_uid_never_a_signed_number);
     suite_add_tcase(s, tc);
     tc = tcase_create("tcp");
     tcase_set_timeout(tc, 60);
