@@ -124,7 +124,9 @@ bool limits_admit(int fd, bool tcp)
     static unsigned long refused, evicted;
     static time_t refused_log, evicted_log;
     char why[160];
-    if (!auth_admit(fd, tcp, why, sizeof why)) goto refuse; /* --max-handshakes-per-peer */
+    if (auth_make_room_for_peer(fd, tcp, why, sizeof why)) /* --max-handshakes-per-peer */
+        log_admission("closed a connection still authenticating to make room", why, &evicted,
+                      &evicted_log);
     bool full = conn_count() >= g_config.max_clients;
     if (!full && auth_pending() < g_config.max_handshakes) return true;
     /* Full, or too many authenticating: a connection that has not authenticated yet
@@ -138,7 +140,6 @@ bool limits_admit(int fd, bool tcp)
                       &evicted_log);
         return true;
     }
-refuse:
     limits_refuse(fd, why);
     log_admission("refused a connection", why, &refused, &refused_log);
     return false;

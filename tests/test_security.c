@@ -787,22 +787,24 @@ START_TEST(strangers_cannot_lock_out_clients_with_the_key)
     tb_start(&t, 1, args);
     mpb_context *k[9];
     k[0] = tb_connect(&t); /* from 127.0.0.1, authenticated */
-    /* One stranger's address gets two handshakes at a time, no more. */
+    /* One stranger's address gets two handshakes at a time, no more: a third takes
+     * the place of its oldest. */
     int a1 = tcp_from(&t, "127.0.0.2"), a2 = tcp_from(&t, "127.0.0.2");
-    expect_refused(tcp_from(&t, "127.0.0.2"), "--max-handshakes-per-peer");
-    ck_assert(still_waiting(a1) && still_waiting(a2));
+    int a3 = tcp_from(&t, "127.0.0.2");
+    expect_refused(a1, "--max-handshakes-per-peer");
+    ck_assert(still_waiting(a2) && still_waiting(a3));
     /* Two more addresses fill --max-handshakes; one more stranger takes the place of
      * the oldest. */
     int b1 = tcp_from(&t, "127.0.0.3"), b2 = tcp_from(&t, "127.0.0.3");
     ck_assert(still_waiting(b1) && still_waiting(b2));
     int c1 = tcp_from(&t, "127.0.0.4");
-    expect_refused(a1, "--max-handshakes");
+    expect_refused(a2, "--max-handshakes");
     ck_assert(still_waiting(c1));
     /* Clients with the key fill the whole broker, each taking a stranger's place
-     * when there is no other room: first a2's, and at --max-clients b1's, b2's,
+     * when there is no other room: first a3's, and at --max-clients b1's, b2's,
      * c1's. */
     for (int i = 1; i < 8; i++) k[i] = tb_connect(&t);
-    expect_refused(a2, "--max-handshakes");
+    expect_refused(a3, "--max-handshakes");
     expect_refused(b1, "--max-clients");
     expect_refused(b2, "--max-clients");
     expect_refused(c1, "--max-clients");
@@ -816,6 +818,36 @@ START_TEST(strangers_cannot_lock_out_clients_with_the_key)
         ck_assert_int_eq(mpb_ping(k[i]), MPB_OK);
         mpb_free(k[i]);
     }
+    unsetenv("MPBROKER_AUTHKEY");
+    ck_assert_int_eq(tb_stop(&t), 0);
+    drop_keyfile();
+}
+END_TEST
+
+START_TEST(strangers_sharing_a_clients_address_cannot_lock_it_out)
+{
+    /* Over TCP a peer is an IP address, and every local user is 127.0.0.1. Before, a
+     * peer at --max-handshakes-per-peer had its new connections refused: any local
+     * user holding that many idle connections (re-opened as --auth-timeout closed
+     * them) kept every client with the key out of a loopback broker. Now the peer's
+     * oldest handshake gives way, and the client needs only its round trip. */
+    make_keyfile();
+    tb_broker t;
+    const char *args[] = {"--authkey-file", keyfile, "--max-handshakes-per-peer", "3",
+                          "--auth-timeout", "60", NULL};
+    setenv("MPBROKER_AUTHKEY", KEY, 1);
+    tb_start(&t, 1, args);
+    int idle[3];
+    for (int i = 0; i < 3; i++) idle[i] = tcp_from(&t, "127.0.0.1"); /* another local user */
+    ck_assert(still_waiting(idle[0]));
+    mpb_context *c = mpb_connect(t.address); /* from 127.0.0.1 too, with the key */
+    ck_assert_msg(c->err == MPB_OK, "%s: %s", c->errkind, c->errstr);
+    ck_assert_int_eq(mpb_ping(c), MPB_OK);
+    mpb_free(c);
+    expect_refused(idle[0], "--max-handshakes-per-peer"); /* the oldest made room */
+    ck_assert(still_waiting(idle[1]) && still_waiting(idle[2]));
+    close(idle[1]);
+    close(idle[2]);
     unsetenv("MPBROKER_AUTHKEY");
     ck_assert_int_eq(tb_stop(&t), 0);
     drop_keyfile();
@@ -1200,6 +1232,7 @@ static Suite *security_suite(void)
     tc = tcase_create("room");
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, strangers_cannot_lock_out_clients_with_the_key);
+    tcase_add_test(tc, strangers_sharing_a_clients_address_cannot_lock_it_out);
     tcase_add_test(tc, only_strangers_are_capped_per_peer_on_the_unix_socket);
     suite_add_tcase(s, tc);
     tc = tcase_create("key");
