@@ -103,11 +103,21 @@ static void crash_under_load(const char *policy, const char *compact, int writer
         ck_assert_int_eq(pipe(p[k]), 0);
         if ((w[k] = fork()) == 0) append_until_dead(B.address, names[k], p[k][1]);
     }
-    /* Kill it mid-load: once the writers are well under way (bounded wait). */
-    int64_t done = 0;
-    for (int i = 0; i < 1000 && done < 200; i++) {
-        mpb_ref l;
-        if (mpb_lookup(C, "log0", &l) == MPB_OK) mpb_list_len(C, l, &done);
+    /* Kill it mid-load: once every writer has written and the first is well under way
+     * (bounded wait). A writer that had not yet opened its list would find nothing to
+     * check after the restart (on a loaded machine the crash came first). Each writer
+     * has one call in flight, so a list of 201 means at least 200 acknowledged. */
+    for (int i = 0; i < 1000; i++) {
+        int64_t first = 0, n;
+        int started = 0;
+        for (int k = 0; k < writers; k++) {
+            mpb_ref l;
+            n = 0;
+            if (mpb_lookup(C, names[k], &l) == MPB_OK) mpb_list_len(C, l, &n);
+            started += n > 0;
+            if (k == 0) first = n;
+        }
+        if (first > 200 && started == writers) break;
         usleep(10000);
     }
     crash();
