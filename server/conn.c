@@ -40,7 +40,8 @@ static void conn_free(mpb_conn *c);
 /* Group commit state (see group_commit_wait). */
 static struct event commit_ev;
 static bool commit_ev_ready;
-static mpb_conn *commit_list;
+static mpb_conn *commit_list;  /* waiting for the next round's fsync */
+static mpb_conn *commit_round; /* being written out by on_commit now */
 
 static void on_commit(evutil_socket_t fd, short what, void *arg);
 
@@ -230,11 +231,13 @@ static bool group_commit_wait(mpb_conn *c)
 
 static void commit_unlink(mpb_conn *c)
 {
-    for (mpb_conn **p = &commit_list; *p; p = &(*p)->commit_next)
-        if (*p == c) {
-            *p = c->commit_next;
-            break;
-        }
+    for (mpb_conn **list = &commit_list; list; list = list == &commit_list ? &commit_round : NULL)
+        for (mpb_conn **p = list; *p; p = &(*p)->commit_next)
+            if (*p == c) {
+                *p = c->commit_next;
+                c->commit_wait = false;
+                return;
+            }
     c->commit_wait = false;
 }
 
@@ -246,9 +249,15 @@ static void on_commit(evutil_socket_t fd, short what, void *arg)
     (void)what;
     (void)arg;
     persist_sync(); /* one write + fdatasync for the whole round */
-    while (commit_list) {
-        mpb_conn *c = commit_list;
-        commit_list = c->commit_next;
+    /* Only this round: a connection that logs again while the round is written out
+     * (a semaphore unit returned as another connection is freed) waits for the next
+     * round, which its group_commit_wait schedules. Looping until the list is empty
+     * would re-queue it for ever. */
+    commit_round = commit_list;
+    commit_list = NULL;
+    while (commit_round) {
+        mpb_conn *c = commit_round;
+        commit_round = c->commit_next;
         c->commit_wait = false;
         after_serving(c);
     }

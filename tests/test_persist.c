@@ -276,6 +276,68 @@ START_TEST(a_corrupted_snapshot_refuses_to_start)
 }
 END_TEST
 
+/* A named object's reference, opened on C with INITIAL as a Python literal (or none). */
+static mpb_ref open_named(const char *type, const char *name, const char *initial)
+{
+    mpb_ref r;
+    mpb_value init = initial ? V(initial) : mpb_nil();
+    int rc = mpb_open(C, type, name, initial ? &init : NULL, &r);
+    ck_assert_msg(rc == MPB_OK, "open %s %s: %s", type, name, C->errstr);
+    mpb_value_free(&init);
+    return r;
+}
+
+/* Read one reply from a raw connection and assert its result's repr. */
+static void raw_expect(int fd, const char *want, int timeout_ms)
+{
+    mpb_value msg;
+    ck_assert_msg(tb_read_msg(fd, &msg, timeout_ms) == 0, "no reply within %d ms (want %s)",
+                  timeout_ms, want);
+    ck_assert_int_eq(msg.type, MPB_ARRAY);
+    ck_assert_int_eq(msg.v.a->len, 4);
+    char *got = tb_repr(&msg.v.a->items[3]);
+    char *err = tb_repr(&msg.v.a->items[2]);
+    ck_assert_msg(strcmp(got, want) == 0, "reply %s (error %s), want %s", got, err, want);
+    free(got);
+    free(err);
+    mpb_value_free(&msg);
+}
+
+START_TEST(group_commit_survives_a_release_logged_while_a_connection_is_freed)
+{
+    /* Bug 3: c1 holds a unit; while the loop is busy, c2 sends a write, then c1 sends
+     * one and closes. The release logged as c1 is freed kept c2 re-queued in the group
+     * commit for ever: 100% CPU, SIGTERM ignored. */
+    start("always", "67108864");
+    mpb_ref s = open_named("semaphore", "sem", "1");
+    mpb_ref l = open_named("list", "l", NULL);
+    mpb_ref big = open_named("list", "big", NULL);
+    mpb_value items = mpb_array_value(1 << 20);
+    for (int i = 0; i < 1 << 20; i++) {
+        mpb_value v = mpb_int(i & 63);
+        ck_assert_int_eq(mpb_value_push(&items, &v), 0);
+    }
+    EXPECT("None", "list.extend", R(big), items);
+    int c1 = tb_raw_connect(&B), c2 = tb_raw_connect(&B), busy = tb_raw_connect(&B);
+    tb_send_call(c1, 1, "semaphore.acquire", TB_ARGS(R(s)));
+    raw_expect(c1, "True", 5000);
+    /* Keep the loop busy: list.count scans the whole list. */
+    enum { SCANS = 40 };
+    for (int i = 0; i < SCANS; i++) tb_send_call(busy, (uint64_t)i, "list.count", TB_ARGS(R(big), V("'absent'")));
+    usleep(20000);
+    tb_send_call(c2, 1, "list.append", TB_ARGS(R(l), mpb_int(2)));
+    usleep(2000);
+    tb_send_call(c1, 2, "list.append", TB_ARGS(R(l), mpb_int(1)));
+    close(c1);
+    for (int i = 0; i < SCANS; i++) raw_expect(busy, "0", 60000);
+    raw_expect(c2, "None", 10000); /* never came */
+    close(c2);
+    close(busy);
+    EXPECT("1", "semaphore.value", R(s));
+    stop(); /* exits 0 on SIGTERM */
+}
+END_TEST
+
 START_TEST(bad_fsync_policy_is_refused)
 {
     char cmd[300];
@@ -299,6 +361,7 @@ static Suite *persist_suite(void)
     tcase_add_test(tc, a_torn_log_tail_is_truncated_with_a_warning);
     tcase_add_test(tc, a_corrupted_snapshot_refuses_to_start);
     tcase_add_test(tc, bad_fsync_policy_is_refused);
+    tcase_add_test(tc, group_commit_survives_a_release_logged_while_a_connection_is_freed);
     suite_add_tcase(s, tc);
     return s;
 }
