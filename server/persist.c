@@ -38,6 +38,11 @@ size_t g_persist_buffered;
 
 static msgpack_sbuffer logbuf;
 static msgpack_packer logpk;
+/* Effects of the call being served (a parked get served by a put): they go into the
+ * log after the call, which replay must run first (see persist_call_begin). */
+static msgpack_sbuffer effbuf;
+static msgpack_packer effpk;
+static int in_call;
 static int logfd = -1, dirfd_ = -1;
 static uint64_t gen;
 static size_t log_bytes, snap_bytes;
@@ -93,11 +98,22 @@ void persist_log_call(const char *method, const msgpack_object *params)
 void persist_log_effect(const char *method, const mpb_value *args, size_t n)
 {
     if (!persist_enabled() || replaying) return;
-    msgpack_pack_array(&logpk, 3);
-    pack_str(&logpk, "call");
-    pack_str(&logpk, method);
-    msgpack_pack_array(&logpk, n);
-    for (size_t i = 0; i < n; i++) mpb_value_pack(&logpk, &args[i]);
+    msgpack_packer *pk = in_call ? &effpk : &logpk;
+    msgpack_pack_array(pk, 3);
+    pack_str(pk, "call");
+    pack_str(pk, method);
+    msgpack_pack_array(pk, n);
+    for (size_t i = 0; i < n; i++) mpb_value_pack(pk, &args[i]);
+    logged();
+}
+
+void persist_call_begin(void) { in_call++; }
+
+void persist_call_end(void)
+{
+    if (--in_call > 0 || effbuf.size == 0) return;
+    msgpack_sbuffer_write(&logbuf, effbuf.data, effbuf.size);
+    msgpack_sbuffer_clear(&effbuf);
     logged();
 }
 
@@ -490,6 +506,8 @@ void persist_open(struct event_base *base)
     /* lockfd stays open (and locked) until exit */
     msgpack_sbuffer_init(&logbuf);
     msgpack_packer_init(&logpk, &logbuf, msgpack_sbuffer_write);
+    msgpack_sbuffer_init(&effbuf);
+    msgpack_packer_init(&effpk, &effbuf, msgpack_sbuffer_write);
     replay.id = UINT64_MAX;
     msgpack_sbuffer_init(&replay.out);
     msgpack_packer_init(&replay.pk, &replay.out, msgpack_sbuffer_write);
@@ -516,6 +534,7 @@ void persist_close(void)
     close(logfd);
     logfd = -1;
     msgpack_sbuffer_destroy(&logbuf);
+    msgpack_sbuffer_destroy(&effbuf);
     if (fsync_timer) event_free(fsync_timer);
     if (compact_ev) event_free(compact_ev);
 }

@@ -33,8 +33,14 @@ void persist_open(struct event_base *base);
 static inline bool persist_enabled(void) { return g_persist.dir != NULL; }
 /* Log a call: method with its params as received (params an array). */
 void persist_log_call(const char *method, const msgpack_object *params);
-/* Log a call built from values (a synthetic effect: "queue.get_nowait" [ref]). */
+/* Log a call built from values (a synthetic effect: "queue.get_nowait" [ref]). Inside
+ * persist_call_begin/end the effect is logged after the call being served, whatever
+ * the order they happen in: a put that serves a parked get replays as the put, then
+ * the get. */
 void persist_log_effect(const char *method, const mpb_value *args, size_t n);
+/* Around one request's handler and its persist_log_call (dispatch_run). */
+void persist_call_begin(void);
+void persist_call_end(void);
 /* Log that an object was created (manager.create/open): its id, typeid, name and
  * the INITIAL argument (NULL for none). */
 void persist_log_create(const mpb_object *o, const msgpack_object *initial);

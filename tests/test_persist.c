@@ -303,6 +303,89 @@ static void raw_expect(int fd, const char *want, int timeout_ms)
     mpb_value_free(&msg);
 }
 
+/* Wait (bounded) until n connections have a parked request (manager.clients). */
+static void wait_parked(int n)
+{
+    int parked = -1;
+    for (int i = 0; i < 1000 && parked != n; i++) {
+        mpb_value all;
+        ck_assert_int_eq(mpb_call(C, "manager.clients", NULL, 0, &all), MPB_OK);
+        parked = 0;
+        for (size_t k = 0; k < all.v.a->len; k++) {
+            mpb_value key = mpb_str_borrowed("parked", 6);
+            mpb_value *v = mpb_map_get(all.v.a->items[k].v.m, &key);
+            parked += v && v->v.i == 1;
+        }
+        mpb_value_free(&all);
+        if (parked != n) usleep(5000);
+    }
+    ck_assert_int_eq(parked, n);
+}
+
+START_TEST(a_get_served_by_a_put_is_not_undone_by_a_restart)
+{
+    /* Bug 4: the parked get's effect was logged before the put that caused it. */
+    start("always", "67108864");
+    mpb_ref q = open_named("queue", "jobs", NULL);
+    int getter = tb_raw_connect(&B);
+    tb_send_call(getter, 1, "queue.get", TB_ARGS(R(q)));
+    wait_parked(1);
+    EXPECT("None", "queue.put", R(q), V("'job-1'"));
+    raw_expect(getter, "'job-1'", 5000);
+    close(getter);
+    EXPECT("0", "queue.qsize", R(q));
+    crash();
+    start("always", "67108864");
+    EXPECT("0", "queue.qsize", R(q)); /* was 1: the delivered job came back */
+}
+END_TEST
+
+START_TEST(a_put_admitted_by_a_get_survives_a_restart)
+{
+    /* Bug 4: the admitted put was logged before the get that made room for it. */
+    start("always", "67108864");
+    mpb_ref q = open_named("queue", "bounded", "1");
+    EXPECT("None", "queue.put", R(q), V("'a'"));
+    int putter = tb_raw_connect(&B);
+    tb_send_call(putter, 1, "queue.put", TB_ARGS(R(q), V("'b'")));
+    wait_parked(1); /* the queue is full */
+    EXPECT("'a'", "queue.get", R(q));
+    raw_expect(putter, "None", 5000);
+    close(putter);
+    EXPECT("1", "queue.qsize", R(q));
+    crash();
+    start("always", "67108864");
+    EXPECT("1", "queue.qsize", R(q)); /* was 0: 'b' was lost */
+    EXPECT("'b'", "queue.get_nowait", R(q));
+}
+END_TEST
+
+START_TEST(a_semaphore_handoff_survives_a_restart)
+{
+    /* Bug 4: the hand-off was logged before the release that made it. */
+    start("always", "67108864");
+    mpb_ref s = open_named("semaphore", "sem", "1");
+    EXPECT("True", "semaphore.acquire", R(s));
+    int waiter = tb_raw_connect(&B);
+    tb_send_call(waiter, 1, "semaphore.acquire", TB_ARGS(R(s)));
+    wait_parked(1);
+    EXPECT("None", "semaphore.release", R(s));
+    raw_expect(waiter, "True", 5000);
+    EXPECT("0", "semaphore.value", R(s));
+    close(waiter); /* its unit comes back */
+    for (int i = 0; i < 500; i++) {
+        mpb_value v;
+        ck_assert_int_eq(mpb_call(C, "semaphore.value", (mpb_value[]){R(s)}, 1, &v), MPB_OK);
+        if (v.v.i == 1) break;
+        usleep(10000);
+    }
+    EXPECT("1", "semaphore.value", R(s));
+    crash();
+    start("always", "67108864");
+    EXPECT("1", "semaphore.value", R(s)); /* was 2 */
+}
+END_TEST
+
 START_TEST(group_commit_survives_a_release_logged_while_a_connection_is_freed)
 {
     /* Bug 3: c1 holds a unit; while the loop is busy, c2 sends a write, then c1 sends
@@ -361,6 +444,9 @@ static Suite *persist_suite(void)
     tcase_add_test(tc, a_torn_log_tail_is_truncated_with_a_warning);
     tcase_add_test(tc, a_corrupted_snapshot_refuses_to_start);
     tcase_add_test(tc, bad_fsync_policy_is_refused);
+    tcase_add_test(tc, a_get_served_by_a_put_is_not_undone_by_a_restart);
+    tcase_add_test(tc, a_put_admitted_by_a_get_survives_a_restart);
+    tcase_add_test(tc, a_semaphore_handoff_survives_a_restart);
     tcase_add_test(tc, group_commit_survives_a_release_logged_while_a_connection_is_freed);
     suite_add_tcase(s, tc);
     return s;
