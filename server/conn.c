@@ -160,6 +160,7 @@ static int flush_out(mpb_conn *c)
 {
     /* Nothing is acknowledged before it is in the log (and fsynced, under always). */
     if (persist_pending()) persist_sync();
+    if (c->held) return 0; /* the log failed: conn_release_held sends it */
     bool progressed = false;
     while (out_pending(c) > 0) {
         ssize_t n = send(c->fd, c->out.data + c->out_sent, out_pending(c), MSG_NOSIGNAL);
@@ -346,6 +347,21 @@ static void on_write(evutil_socket_t fd, short what, void *arg)
     after_serving(c);
 }
 
+void conn_hold_unsent(void)
+{
+    for (mpb_conn *c = conns; c; c = c->next)
+        if (out_pending(c) > 0 || c->commit_wait) c->held = true;
+}
+
+void conn_release_held(void)
+{
+    for (mpb_conn *c = conns; c; c = c->next)
+        if (c->held) {
+            c->held = false;
+            event_active(&c->wev, EV_WRITE, 0);
+        }
+}
+
 void conn_schedule_flush(mpb_conn *c)
 {
     if (output_over(c) && !c->closing) kill_soon(c, "unsent output over --max-output");
@@ -399,6 +415,9 @@ static double mono_now(void)
 
 void conn_drain_all(struct event_base *base, double seconds)
 {
+    /* Read-only after a disk failure: one more try to store the state, so that the
+     * held replies can go; if it fails they never will (connections close unanswered). */
+    persist_try_recover();
     /* As if every peer had closed its side: the usual path then answers what was
      * read (more as the output drains), writes it, and frees the connection. A parked
      * request is not waited for: its connection goes like one whose peer left. */
@@ -414,8 +433,8 @@ void conn_drain_all(struct event_base *base, double seconds)
         bool busy = false;
         for (mpb_conn *c = conns, *next; c; c = next) {
             next = c->next;
-            if (out_pending(c) == 0 && (c->blocked || mpb_reader_pending(&c->in) == 0) &&
-                !event_pending(&c->wev, EV_WRITE, NULL))
+            if (c->held || (out_pending(c) == 0 && (c->blocked || mpb_reader_pending(&c->in) == 0) &&
+                            !event_pending(&c->wev, EV_WRITE, NULL)))
                 conn_free(c);
             else
                 busy = true;

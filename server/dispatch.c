@@ -377,6 +377,7 @@ void dispatch_message(mpb_conn *c, const msgpack_object *msg)
 void dispatch_run(mpb_req *r, const msgpack_object *params)
 {
     if (!check_params(r, &params->via.array)) return;
+    if (persist_refuses(r)) return; /* read-only after a disk failure */
     bool was_blocked = r->conn->blocked;
     persist_call_begin();
     handlers[r->method](r);
