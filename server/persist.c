@@ -150,8 +150,10 @@ bool persist_refuses_create(mpb_req *r)
 static void fail_errno(const char *what, size_t needed)
 {
     int e = errno;
-    if (e == ENOSPC || e == EDQUOT)
+    if ((e == ENOSPC || e == EDQUOT) && needed)
         fail("%s: %s: %zu bytes needed, %llu free", what, persist_errtext(e), needed, free_bytes());
+    else if (e == ENOSPC || e == EDQUOT)
+        fail("%s: %s: %llu bytes free", what, persist_errtext(e), free_bytes());
     else
         fail("%s: %s", what, persist_errtext(e));
 }

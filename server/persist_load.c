@@ -181,6 +181,21 @@ static void log_damaged(const where *w, const char *why)
            w->f->len - w->at, dirname_, w->f->name, w->at);
 }
 
+/* The live log has no header (why: what is there instead). Refuse, or with --repair
+ * keep its bytes and let persist.c give it a new one. */
+static void no_header(const loaded *f, const char *why)
+{
+    if (repair) {
+        cut(f, 0);
+        return;
+    }
+    refuse("%s/%s has no valid header (%zu bytes; %s): refusing to start. A log is created "
+           "with its header synced, so this is damage. To start from the snapshot alone, run "
+           "once:\n    mpbroker-server --data-dir %s --repair\n"
+           "  which keeps the log's bytes in %s/%s.cut-0 and gives it a new header.", dirname_,
+           f->name, f->len, why, dirname_, dirname_, f->name);
+}
+
 /*--- Replaying one record ---*/
 
 /* Create object ID of TYPEID with NAME (nil: anonymous), held by the replay. */
@@ -222,8 +237,23 @@ static const char *load_call(const msgpack_object *f)
     dispatch_run(&r, &f[2]);
     const char *res = NULL;
     if (r.failed) {
-        snprintf(why, sizeof why, "%s fails when replayed: %.*s", r.info->name,
-                 (int)(replay->out.size > 200 ? 200 : replay->out.size), replay->out.data);
+        /* The reply is [1, MSGID, [KIND, MESSAGE], nil]: say its kind and message. */
+        msgpack_unpacked u;
+        msgpack_unpacked_init(&u);
+        const char *kind = "?", *msg = "";
+        size_t kl = 1, ml = 0;
+        if (msgpack_unpack_next(&u, replay->out.data, replay->out.size, NULL) ==
+                MSGPACK_UNPACK_SUCCESS &&
+            u.data.type == MSGPACK_OBJECT_ARRAY && u.data.via.array.size == 4) {
+            const msgpack_object *e = &u.data.via.array.ptr[2];
+            if (e->type == MSGPACK_OBJECT_ARRAY && e->via.array.size == 2) {
+                mpb_object_bytes(&e->via.array.ptr[0], &kind, &kl);
+                mpb_object_bytes(&e->via.array.ptr[1], &msg, &ml);
+            }
+        }
+        snprintf(why, sizeof why, "%s fails when replayed: %.*s: %.*s", r.info->name, (int)kl,
+                 kind, (int)(ml > 200 ? 200 : ml), msg);
+        msgpack_unpacked_destroy(&u);
         res = why;
     }
     msgpack_sbuffer_clear(&replay->out);
@@ -259,13 +289,12 @@ static void check_header(const loaded *f, const msgpack_object *rec, bool snapsh
 {
     const char *magic = snapshot ? "mpbroker-snapshot" : "mpbroker-log";
     const msgpack_object *h = rec->via.array.ptr;
+    if (rec->via.array.size >= 2 && is_uint(&h[1]) && h[1].via.u64 > PERSIST_FORMAT)
+        refuse("%s/%s is in format %llu, written by a newer mpbroker (this one reads formats 1 "
+               "and %d); refusing to start", dirname_, f->name, (unsigned long long)h[1].via.u64,
+               PERSIST_FORMAT);
     if (!rec_is(rec, magic, snapshot ? 4 : 3) || !is_uint(&h[1]) || !is_uint(&h[2]) ||
         (snapshot && !is_uint(&h[3]))) {
-        if (rec->type == MSGPACK_OBJECT_ARRAY && rec->via.array.size >= 2 && is_uint(&h[1]) &&
-            h[1].via.u64 > PERSIST_FORMAT)
-            refuse("%s/%s is in format %llu, written by a newer mpbroker (this one reads "
-                   "formats 1 and %d); refusing to start", dirname_, f->name,
-                   (unsigned long long)h[1].via.u64, PERSIST_FORMAT);
         refuse("%s/%s does not begin with an mpbroker %s header; refusing to start", dirname_,
                f->name, snapshot ? "snapshot" : "log");
     }
@@ -314,12 +343,10 @@ static size_t replay_v2(loaded *f, bool snapshot, uint64_t *gen)
                        "snapshot is written whole, so this is not a crash: restore it from a "
                        "backup, or move the directory's files away to start empty.", dirname_,
                        f->name, w.at, (unsigned long long)w.index, why);
-            if (w.index == 0 && !repair)
-                refuse("%s/%s has no valid header (%zu bytes; %s): refusing to start. A log is "
-                       "created with its header synced, so this is damage. To start from the "
-                       "snapshot alone, run once:\n    mpbroker-server --data-dir %s --repair\n"
-                       "  which keeps the log's bytes in %s/%s.cut-0 and gives it a new header.",
-                       dirname_, f->name, f->len, why, dirname_, dirname_, f->name);
+            if (w.index == 0) {
+                no_header(f, why);
+                break;
+            }
             if (d.torn && w.index > 0) {
                 fprintf(stderr, "mpbroker-server: %s/%s ends in a torn record at byte %zu "
                         "(%s: a write the broker did not finish, never acknowledged under "
@@ -368,6 +395,13 @@ static size_t replay_v2(loaded *f, bool snapshot, uint64_t *gen)
         w.at += size;
     }
     msgpack_zone_destroy(&zone);
+    if (w.index == 0 && f->len == 0) {
+        if (snapshot)
+            refuse("%s/%s is empty: refusing to start. A snapshot is written whole, so this is "
+                   "not a crash: restore it from a backup, or move the directory's files away "
+                   "to start empty.", dirname_, f->name);
+        no_header(f, "the file is empty");
+    }
     if (snapshot && !ended)
         refuse("%s/%s has no end record (%zu bytes): it is incomplete; refusing to start",
                dirname_, f->name, f->len);
@@ -531,7 +565,7 @@ void persist_load(int dirfd, const char *dir, bool do_repair, mpb_conn *replay_c
         out->old_format = f.format == 1;
         uint64_t g = out->gen;
         size_t good = f.format == 1 ? replay_v1(&f, false, &g, &end_ok) : replay_v2(&f, false, &g);
-        if (good == 0) { /* --repair of a header-less log: persist.c writes a new one */
+        if (good == 0) { /* --repair of a header-less log (no_header): a new one follows */
             out->have_log = false;
             if (unlinkat(dfd, live, 0) < 0)
                 refuse("--repair: cannot remove %s/%s: %s", dirname_, live, persist_errtext(errno));

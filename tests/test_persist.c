@@ -370,7 +370,9 @@ START_TEST(a_put_admitted_by_a_get_survives_a_restart)
     mpb_ref q = open_named("queue", "bounded", "1");
     EXPECT("None", "queue.put", R(q), V("'a'"));
     int putter = tb_raw_connect(&B);
-    tb_send_call(putter, 1, "queue.put", TB_ARGS(R(q), V("'b'")));
+    mpb_value b = V("'b'");
+    tb_send_call(putter, 1, "queue.put", TB_ARGS(R(q), b));
+    mpb_value_free(&b);
     wait_parked(1); /* the queue is full */
     EXPECT("'a'", "queue.get", R(q));
     raw_expect(putter, "None", 5000);
@@ -429,7 +431,9 @@ START_TEST(group_commit_survives_a_release_logged_while_a_connection_is_freed)
     raw_expect(c1, "True", 5000);
     /* Keep the loop busy: list.count scans the whole list. */
     enum { SCANS = 40 };
-    for (int i = 0; i < SCANS; i++) tb_send_call(busy, (uint64_t)i, "list.count", TB_ARGS(R(big), V("'absent'")));
+    mpb_value absent = V("'absent'");
+    for (int i = 0; i < SCANS; i++) tb_send_call(busy, (uint64_t)i, "list.count", TB_ARGS(R(big), absent));
+    mpb_value_free(&absent);
     usleep(20000);
     tb_send_call(c2, 1, "list.append", TB_ARGS(R(l), mpb_int(2)));
     usleep(2000);
