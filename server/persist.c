@@ -67,13 +67,14 @@ static bool have_snap;
 
 /* Read-only mode. */
 static bool failed;
-static char failure[640];
+static char failure[640];  /* what failed first */
+static char last_try[640]; /* why the last try to store the state again failed, or "" */
 static uint64_t nfailures;
 static double failed_since, next_try, backoff;
 static size_t need_bytes; /* free space a retry needs (0: unknown) */
 static double compact_again; /* after a failed compaction, not before this */
 
-#define RETRY_MAX 60.0 /* seconds between tries to recover, at most */
+#define RETRY_MAX 10.0 /* seconds between tries to recover, at most */
 
 static double now(void)
 {
@@ -107,6 +108,7 @@ __attribute__((format(printf, 1, 2))) static void fail(const char *fmt, ...)
     vsnprintf(failure, sizeof failure, fmt, ap);
     va_end(ap);
     failed = true;
+    last_try[0] = '\0';
     nfailures++;
     failed_since = now();
     backoff = 1;
@@ -115,14 +117,21 @@ __attribute__((format(printf, 1, 2))) static void fail(const char *fmt, ...)
     g_persist_buffered = 0;
     need_fsync = false;
     fprintf(stderr, "mpbroker-server: PERSISTENCE FAILED: %s\n"
-            "mpbroker-server: read-only until the whole state is stored again (tried every "
-            "few seconds): writes get PersistenceError, replies to writes not yet stored are "
-            "held, reads go on\n", failure);
+            "mpbroker-server: read-only until the whole state is stored again (tried after 1, "
+            "2, 4, 8, then every 10 s): writes get PersistenceError, replies to writes not yet "
+            "stored are held, reads go on\n", failure);
     conn_hold_unsent();
 }
 
 bool persist_failed(void) { return failed; }
-const char *persist_failure(void) { return failed ? failure : NULL; }
+const char *persist_failure(void)
+{
+    static char both[sizeof failure + sizeof last_try + 64];
+    if (!failed) return NULL;
+    if (!last_try[0]) return failure;
+    snprintf(both, sizeof both, "%s; storing the state again failed: %s", failure, last_try);
+    return both;
+}
 uint64_t persist_failures(void) { return nfailures; }
 
 const char *persist_state(void)
@@ -151,9 +160,11 @@ static void fail_errno(const char *what, size_t needed)
 {
     int e = errno;
     if ((e == ENOSPC || e == EDQUOT) && needed)
-        fail("%s: %s: %zu bytes needed, %llu free", what, persist_errtext(e), needed, free_bytes());
+        fail("%s: %s: %zu bytes needed, the file system reports %llu free", what,
+             persist_errtext(e), needed, free_bytes());
     else if (e == ENOSPC || e == EDQUOT)
-        fail("%s: %s: %llu bytes free", what, persist_errtext(e), free_bytes());
+        fail("%s: %s: the file system reports %llu bytes free", what, persist_errtext(e),
+             free_bytes());
     else
         fail("%s: %s", what, persist_errtext(e));
 }
@@ -406,8 +417,9 @@ static size_t write_snapshot(uint64_t g, char *why, size_t whylen)
     unlinkat(dirfd_, PERSIST_SNAPSHOT_TMP, 0);
     if (err == ENOSPC || err == EDQUOT) {
         need_bytes = bytes + 4096;
-        snprintf(why, whylen, "writing %s/%s: %s: the snapshot needs %zu bytes, %llu are free",
-                 g_persist.dir, PERSIST_SNAPSHOT_TMP, persist_errtext(err), bytes, free_bytes());
+        snprintf(why, whylen, "writing %s/%s: %s: the snapshot needs %zu bytes, the file "
+                 "system reports %llu free", g_persist.dir, PERSIST_SNAPSHOT_TMP,
+                 persist_errtext(err), bytes, free_bytes());
     } else {
         snprintf(why, whylen, "writing %s/%s: %s", g_persist.dir, PERSIST_SNAPSHOT_TMP,
                  err == EFBIG ? "an object too large for one record (4 GiB)" : persist_errtext(err));
@@ -607,9 +619,9 @@ static void recover(void)
     if (r <= 0) {
         backoff = backoff * 2 > RETRY_MAX ? RETRY_MAX : backoff * 2;
         next_try = now() + backoff;
-        if (strcmp(why, failure) != 0) {
-            snprintf(failure, sizeof failure, "%s", why);
-            fprintf(stderr, "mpbroker-server: still read-only: %s\n", failure);
+        if (strcmp(why, last_try) != 0) {
+            snprintf(last_try, sizeof last_try, "%s", why);
+            fprintf(stderr, "mpbroker-server: still read-only: %s\n", last_try);
         }
         return;
     }

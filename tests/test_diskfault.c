@@ -23,7 +23,7 @@
 
 #include "testutil.h"
 
-static char datadir[64], ctl[64]; /* ctl: the shim's arm, heal and log files */
+static char datadir[128], ctl[64]; /* ctl: the shim's arm, heal and log files */
 static char arm_path[128], heal_path[128], log_path[128];
 static tb_broker B;
 static mpb_context *C;
@@ -268,7 +268,7 @@ START_TEST(a_failed_compaction_leaves_the_log_going_and_no_temporary_behind)
     for (int i = 0; i < 40; i++) EXPECT("None", "list.append", R(l), mpb_int(i));
     ck_assert_str_eq(persistence(NULL, 0, NULL), "ok");
     struct stat st;
-    char path[128];
+    char path[160];
     snprintf(path, sizeof path, "%s/log.tmp", datadir);
     ck_assert_int_ne(stat(path, &st), 0);
     snprintf(path, sizeof path, "%s/snapshot.tmp", datadir);
@@ -408,6 +408,170 @@ START_TEST(a_data_directory_it_may_not_write_is_reported_as_such)
 }
 END_TEST
 
+/*--- A real file system filling up (root and loop devices; skipped otherwise) ---*/
+
+static char mounts[2][80]; /* unmounted by teardown, innermost first */
+
+/* Also at exit: a failed assertion leaves the test's child by exit(), before the
+ * fixture's teardown. */
+static void unmount_all(void)
+{
+    char cmd[200];
+    for (int i = 1; i >= 0; i--)
+        if (mounts[i][0]) {
+            snprintf(cmd, sizeof cmd, "umount -l '%s' 2>/dev/null", mounts[i]);
+            if (system(cmd) != 0) fprintf(stderr, "diskfault: could not unmount %s\n", mounts[i]);
+            mounts[i][0] = '\0';
+        }
+}
+
+/* Run cmd quietly; false (after saying why the test is skipped) if it fails. */
+static bool try_sh(const char *what, const char *cmd)
+{
+    char full[700];
+    snprintf(full, sizeof full, "%s >/dev/null 2>&1", cmd);
+    if (system(full) == 0) return true;
+    printf("diskfault: %s failed (%s): skipping the real file system test\n", what, cmd);
+    return false;
+}
+
+/* Append [i, 1000 bytes] to l on fd until one is not acknowledged within 3 s;
+ * returns how many were (bounded: a file system that never fills fails the test). */
+static int fill(int fd, mpb_ref l)
+{
+    char pad[1001];
+    memset(pad, 'x', 1000);
+    pad[1000] = '\0';
+    for (int i = 0; i < 200000; i++) {
+        mpb_value item = mpb_array_value(2), n = mpb_int(i), p = mpb_str(pad);
+        mpb_value_push(&item, &n);
+        mpb_value_push(&item, &p);
+        tb_send_call(fd, (uint64_t)i, "list.append", TB_ARGS(R(l), item));
+        mpb_value_free(&item);
+        mpb_value msg;
+        if (tb_read_msg(fd, &msg, 3000) < 0) return i;
+        bool ok = msg.v.a->items[2].type == MPB_NIL;
+        mpb_value_free(&msg);
+        ck_assert_msg(ok, "append %d failed instead of being held", i);
+    }
+    ck_abort_msg("the file system never filled");
+    return -1;
+}
+
+/* After the restart: l holds [0, pad], [1, pad], ... ; returns how many. */
+static int64_t check_filled(mpb_ref l)
+{
+    mpb_value all;
+    ck_assert_int_eq(mpb_list_copy(C, l, &all), MPB_OK);
+    int64_t n = (int64_t)all.v.a->len;
+    for (int64_t i = 0; i < n; i++) {
+        const mpb_value *it = &all.v.a->items[i];
+        ck_assert(it->type == MPB_ARRAY && it->v.a->items[0].v.i == i && it->v.a->items[1].len == 1000);
+    }
+    mpb_value_free(&all);
+    return n;
+}
+
+/* The held write comes back once there is room; every acknowledged one survives. */
+static void fill_free_restart(const char *free_cmd, const char *want_in_error)
+{
+    start("always", "1073741824", NULL);
+    mpb_ref l = open_list();
+    int w = tb_raw_connect(&B);
+    int acked = fill(w, l);
+    char err[400];
+    ck_assert_str_eq(persistence(err, sizeof err, NULL), "read-only");
+    ck_assert_msg(strstr(err, want_in_error), "%s", err);
+    TB_EXPECT_ERR(C, "PersistenceError", "list.append", R(l), mpb_int(-1));
+    ck_assert_int_eq(system(free_cmd), 0);
+    mpb_value msg;
+    ck_assert_msg(tb_read_msg(w, &msg, 30000) == 0, "no reply after the disk had room again");
+    mpb_value_free(&msg);
+    close(w);
+    ck_assert_str_eq(persistence(NULL, 0, NULL), "ok");
+    crash();
+    start("always", "1073741824", NULL);
+    ck_assert_int_eq(check_filled(l), acked + 1);
+    printf("diskfault: %s: %d writes acknowledged before the disk filled, the next held until "
+           "it had room, all %d there after a restart\n", want_in_error, acked, acked + 1);
+}
+
+START_TEST(a_real_file_system_that_fills_up_loses_nothing_acknowledged)
+{
+    /* ext4 on a loop device, nearly filled: write(2) fails with ENOSPC. */
+    if (geteuid() != 0) {
+        printf("diskfault: not root: skipping the real file system test\n");
+        return;
+    }
+    atexit(unmount_all);
+    char img[96], cmd[400];
+    snprintf(img, sizeof img, "%s/disk.img", ctl);
+    snprintf(mounts[0], sizeof mounts[0], "%s/mnt", ctl);
+    ck_assert_int_eq(mkdir(mounts[0], 0700), 0);
+    snprintf(cmd, sizeof cmd, "truncate -s 8M %s && mkfs.ext4 -q -F %s", img, img);
+    if (!try_sh("mkfs.ext4", cmd) || (snprintf(cmd, sizeof cmd, "mount -o loop %s %s", img,
+                                                mounts[0]),
+                                       !try_sh("mounting a loop device", cmd))) {
+        mounts[0][0] = '\0';
+        return;
+    }
+    rm_rf(datadir); /* the fixture's: the data goes on the new file system */
+    snprintf(datadir, sizeof datadir, "%s/data", mounts[0]);
+    /* Leave about 300 KiB. */
+    snprintf(cmd, sizeof cmd, "fallocate -l $(( $(df -B1 --output=avail %s | tail -1) - 300000 )) "
+             "%s/filler", mounts[0], mounts[0]);
+    ck_assert_int_eq(system(cmd), 0);
+    snprintf(cmd, sizeof cmd, "rm %s/filler", mounts[0]);
+    fill_free_restart(cmd, "No space left on device");
+}
+END_TEST
+
+START_TEST(a_real_disk_whose_backing_store_fills_up_loses_nothing_acknowledged)
+{
+    /* The issue's case: ext4 on a loop device whose backing file (on a 4 MiB tmpfs)
+     * fills up. ext4 still reports free space; writes land in the page cache, and
+     * fdatasync fails. Before: 2241 of 3000 acknowledged writes were gone. */
+    if (geteuid() != 0) {
+        printf("diskfault: not root: skipping the backing store test\n");
+        return;
+    }
+    atexit(unmount_all);
+    char img[96], cmd[600];
+    snprintf(mounts[0], sizeof mounts[0], "%s/ram", ctl);
+    snprintf(mounts[1], sizeof mounts[1], "%s/mnt", ctl);
+    ck_assert_int_eq(mkdir(mounts[0], 0700), 0);
+    ck_assert_int_eq(mkdir(mounts[1], 0700), 0);
+    snprintf(cmd, sizeof cmd, "mount -t tmpfs -o size=4m tmpfs %s", mounts[0]);
+    if (!try_sh("mounting a tmpfs", cmd)) {
+        mounts[0][0] = mounts[1][0] = '\0';
+        return;
+    }
+    snprintf(img, sizeof img, "%s/disk.img", mounts[0]);
+    snprintf(cmd, sizeof cmd, "truncate -s 64M %s && mkfs.ext4 -q -F -O ^has_journal "
+             "-E lazy_itable_init=1,nodiscard %s", img, img);
+    if (!try_sh("mkfs.ext4", cmd) || (snprintf(cmd, sizeof cmd, "mount -o loop %s %s", img,
+                                                mounts[1]),
+                                       !try_sh("mounting a loop device", cmd))) {
+        mounts[1][0] = '\0';
+        return;
+    }
+    rm_rf(datadir);
+    snprintf(datadir, sizeof datadir, "%s/data", mounts[1]);
+    snprintf(cmd, sizeof cmd, "mount -o remount,size=256m %s", mounts[0]);
+    fill_free_restart(cmd, "fdatasync");
+}
+END_TEST
+
+static void teardown_mounts(void)
+{
+    if (C) mpb_free(C);
+    C = NULL;
+    if (B.pid > 0) tb_stop(&B);
+    unmount_all();
+    rm_rf(ctl);
+    snprintf(datadir, sizeof datadir, "/nonexistent");
+}
+
 static Suite *diskfault_suite(void)
 {
     Suite *s = suite_create("diskfault");
@@ -422,6 +586,12 @@ static Suite *diskfault_suite(void)
     tcase_add_test(tc, a_data_directory_it_may_not_write_is_reported_as_such);
     tcase_add_test(tc, every_failing_disk_call_of_a_workload_loses_nothing_acknowledged);
     suite_add_tcase(s, tc);
+    TCase *fs = tcase_create("filesystem");
+    tcase_add_checked_fixture(fs, setup, teardown_mounts);
+    tcase_set_timeout(fs, 300);
+    tcase_add_test(fs, a_real_file_system_that_fills_up_loses_nothing_acknowledged);
+    tcase_add_test(fs, a_real_disk_whose_backing_store_fills_up_loses_nothing_acknowledged);
+    suite_add_tcase(s, fs);
     return s;
 }
 
