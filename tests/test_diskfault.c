@@ -259,6 +259,26 @@ START_TEST(a_full_disk_holds_the_reply_and_says_how_much_was_needed)
 }
 END_TEST
 
+START_TEST(a_broker_stopped_while_read_only_exits_1_and_never_sends_the_held_reply)
+{
+    start("always", "67108864", "write:1+:ENOSPC:short");
+    mpb_ref l = open_list();
+    EXPECT("None", "list.append", R(l), mpb_int(0));
+    touch(arm_path);
+    int w = tb_raw_connect(&B);
+    ck_assert(!raw_append(w, 1, l, 1, 500));
+    mpb_free(C);
+    C = NULL;
+    int st = tb_stop(&B); /* SIGTERM: one more try to store the state, which fails */
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 1, "status %d", st);
+    mpb_value msg;
+    ck_assert_int_eq(tb_read_msg(w, &msg, 1000), -1); /* closed, never answered */
+    close(w);
+    start("always", "67108864", NULL); /* the half-written record is a torn tail */
+    ck_assert_int_eq(check_prefix(l), 1);
+}
+END_TEST
+
 START_TEST(a_failed_compaction_leaves_the_log_going_and_no_temporary_behind)
 {
     /* The first rename of a compaction (log.tmp to log.N.mpb) fails, once. */
@@ -581,6 +601,7 @@ static Suite *diskfault_suite(void)
     tcase_add_test(tc, a_failed_fdatasync_under_always_holds_the_reply_and_refuses_writes_until_recovered);
     tcase_add_test(tc, a_failed_fdatasync_under_everysec_refuses_every_write_after_the_failing_tick);
     tcase_add_test(tc, a_full_disk_holds_the_reply_and_says_how_much_was_needed);
+    tcase_add_test(tc, a_broker_stopped_while_read_only_exits_1_and_never_sends_the_held_reply);
     tcase_add_test(tc, a_failed_compaction_leaves_the_log_going_and_no_temporary_behind);
     tcase_add_test(tc, a_removed_data_directory_is_noticed_and_stored_again);
     tcase_add_test(tc, a_data_directory_it_may_not_write_is_reported_as_such);
