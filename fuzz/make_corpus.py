@@ -1,8 +1,9 @@
 #!/usr/bin/python3
 """make_corpus.py - write the seed corpus of fuzz_dispatch (fuzz/corpus/).
 
-Each seed is one session: a set-up byte (bit 0: the broker has an authkey), then
-msgpack-rpc requests as a client sends them. Objects get ids 1, 2, ... in creation
+Each seed is one session: a set-up byte (bit 0: the broker has an authkey; bit 1: the
+target does the handshake with the key first), then msgpack-rpc requests as a client
+sends them. Objects get ids 1, 2, ... in creation
 order within a session, so the seeds can name them. Run with Debian's python3 (it
 needs python3-msgpack); the files are committed, so the build does not run this.
 """
@@ -17,8 +18,8 @@ def ref(i):
     return msgpack.ExtType(1, struct.pack('>Q', i))
 
 
-def session(calls, keyed=False, raw=b''):
-    out = bytearray([1 if keyed else 0])
+def session(calls, keyed=False, raw=b'', knows_key=False):
+    out = bytearray([(1 if keyed else 0) | (2 if knows_key else 0)])
     for i, c in enumerate(calls):
         if c[0] == 'notify':
             out += msgpack.packb([2, c[1], list(c[2:])])
@@ -100,6 +101,13 @@ S['auth_ok_shape'] = session([
     ('auth.challenge', b'{sha256}' + bytes(range(40))), ('auth.response', b'{sha256}' + bytes(32)),
     ('manager.ping',)], keyed=True)
 S['auth_gate'] = session([('manager.objects',), ('auth.challenge', b'short')], keyed=True)
+S['auth_preauth_garbage'] = session([
+    ('auth.challenge',), ('auth.challenge', b'{sha256}' + bytes(40), b'x')], keyed=True,
+    raw=b'\xc0' * 64)
+S['auth_keyed_session'] = session([
+    ('manager.create', 'list', [1]), ('list.append', ref(1), 'k'),
+    ('auth.challenge', b'{sha256}' + bytes(40)), ('auth.response', b'{sha256}' + bytes(32)),
+    ('manager.monitor',), ('list.copy', ref(1))], keyed=True, knows_key=True)
 S['auth_nokey'] = session([('auth.challenge', b'{sha256}' + bytes(40)), ('manager.ping',)])
 S['big_reply'] = session([
     ('manager.create', 'list'), ('list.extend', ref(1), ['y' * 6000] * 20)] +

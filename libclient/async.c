@@ -252,7 +252,9 @@ static void on_write(evutil_socket_t fd, short what, void *arg) {
     mpb_async_context *ac = arg;
     int done;
     if (mpb_buffer_write(ac->c, &done) != MPB_OK) {
-        broken(ac);
+        /* Still open: the broker closed on a write but its replies may be waiting; the
+         * read event delivers them, then the EOF ends the context. */
+        if (ac->c->fd < 0) broken(ac);
         return;
     }
     if (!done) event_add(ac->priv->wev, NULL);

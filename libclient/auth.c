@@ -1,11 +1,17 @@
 /* auth.c - libmpbroker's half of the authkey handshake (docs/PROTOCOL.md,
- * "Authentication"; the broker's half is server/auth.c), and where a key comes from.
+ * "Authentication"; the broker's half is server/auth.c), where a key comes from, and
+ * who may be on the other end of a Unix socket.
  *
  *   -> auth.challenge [C]      C = "{sha256}" + 40 random bytes
- *   <- [S, "{sha256}" + HMAC-SHA256(key, "mpbroker-auth server" || C || S)]
- *      the broker's proof is checked (constant time) before anything else is sent
+ *   <- S                       the broker's random challenge
  *   -> auth.response ["{sha256}" + HMAC-SHA256(key, "mpbroker-auth client" || S || C)]
- *   <- true
+ *   <- "{sha256}" + HMAC-SHA256(key, "mpbroker-auth server" || C || S)
+ *      the broker's proof, checked (constant time) before anything else is sent
+ *
+ * The client proves itself first (as in Python's multiprocessing), so that a broker
+ * reachable by strangers never hands out anything derived from the key; a client, in
+ * turn, must not prove the key to an impostor, which is why a Unix socket's peer is
+ * checked before the handshake (mpb_client_check_peer).
  *
  * It runs on the raw socket with its own encoder and reader, before the context has
  * any call in flight, so it neither depends on nor disturbs the pipelining state in
@@ -18,12 +24,14 @@
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
 #include <poll.h>
+#include <pwd.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "auth.h"
@@ -211,12 +219,24 @@ static void proof(unsigned char out[PROOF_LEN], const unsigned char *key, size_t
     OPENSSL_cleanse(msg, sizeof msg);
 }
 
+/* The result of the reply read into o, if it is a bin of lo..hi bytes; else NULL. */
+static const msgpack_object_bin *bin_result(const msgpack_object *o, size_t lo, size_t hi)
+{
+    const msgpack_object *res = &o->via.array.ptr[3];
+    if (res->type != MSGPACK_OBJECT_BIN || res->via.bin.size < lo || res->via.bin.size > hi ||
+        memcmp(res->via.bin.ptr, PREFIX, PREFIX_LEN) != 0)
+        return NULL;
+    return &res->via.bin;
+}
+
 int mpb_client_handshake(mpb_context *c, const unsigned char *key, size_t keylen)
 {
-    unsigned char mine[PREFIX_LEN + NONCE], want[PROOF_LEN], server[PREFIX_LEN + SERVER_CHALLENGE_MAX];
+    unsigned char mine[PREFIX_LEN + NONCE], cp[PROOF_LEN], want[PROOF_LEN];
+    unsigned char server[PREFIX_LEN + SERVER_CHALLENGE_MAX];
     size_t slen = 0;
     mpb_reader r;
     msgpack_object o;
+    const msgpack_object_bin *b;
     int rc;
     memcpy(mine, PREFIX, PREFIX_LEN);
     if (RAND_bytes(mine + PREFIX_LEN, NONCE) != 1)
@@ -226,33 +246,105 @@ int mpb_client_handshake(mpb_context *c, const unsigned char *key, size_t keylen
     if ((rc = send_call(c, 1, "auth.challenge", mine, sizeof mine)) != MPB_OK ||
         (rc = read_reply(c, &r, 1, &o)) != MPB_OK)
         goto done;
-    /* [S, proof]: S is the broker's challenge, proof its answer to ours. */
-    const msgpack_object *res = &o.via.array.ptr[3];
-    const msgpack_object *s = res->via.array.ptr, *p = s + 1;
-    if (res->type != MSGPACK_OBJECT_ARRAY || res->via.array.size != 2 ||
-        s->type != MSGPACK_OBJECT_BIN || s->via.bin.size < PREFIX_LEN + 16 ||
-        s->via.bin.size > sizeof server || memcmp(s->via.bin.ptr, PREFIX, PREFIX_LEN) != 0 ||
-        p->type != MSGPACK_OBJECT_BIN || p->via.bin.size != PROOF_LEN) {
-        rc = fail(c, MPB_ERR_PROTOCOL, "ProtocolError", "auth.challenge: unexpected reply");
+    /* S, the broker's challenge: ours to answer first. */
+    if ((b = bin_result(&o, PREFIX_LEN + 16, sizeof server)) == NULL) {
+        rc = fail(c, MPB_ERR_PROTOCOL, "ProtocolError", "auth.challenge: unexpected reply "
+                  "(a broker older than this library's handshake?)");
         goto done;
     }
-    slen = s->via.bin.size;
-    memcpy(server, s->via.bin.ptr, slen);
-    proof(want, key, keylen, "mpbroker-auth server", mine, sizeof mine, server, slen);
-    if (CRYPTO_memcmp(want, p->via.bin.ptr, PROOF_LEN) != 0) {
-        rc = fail(c, MPB_ERR_CONNECT, "AuthError", "the broker could not prove it knows "
-                  "the authkey (wrong key on one side)");
-        goto done;
-    }
-    proof(want, key, keylen, "mpbroker-auth client", server, slen, mine, sizeof mine);
-    if ((rc = send_call(c, 2, "auth.response", want, sizeof want)) != MPB_OK ||
+    slen = b->size;
+    memcpy(server, b->ptr, slen);
+    proof(cp, key, keylen, "mpbroker-auth client", server, slen, mine, sizeof mine);
+    if ((rc = send_call(c, 2, "auth.response", cp, sizeof cp)) != MPB_OK ||
         (rc = read_reply(c, &r, 2, &o)) != MPB_OK)
         goto done;
-    if (o.via.array.ptr[3].type != MSGPACK_OBJECT_BOOLEAN || !o.via.array.ptr[3].via.boolean)
-        rc = fail(c, MPB_ERR_PROTOCOL, "ProtocolError", "auth.response: unexpected reply");
+    /* The broker's proof, now that it has ours: it must know the key too. */
+    proof(want, key, keylen, "mpbroker-auth server", mine, sizeof mine, server, slen);
+    if ((b = bin_result(&o, PROOF_LEN, PROOF_LEN)) == NULL ||
+        CRYPTO_memcmp(want, b->ptr, PROOF_LEN) != 0)
+        rc = fail(c, MPB_ERR_CONNECT, "AuthError", "the broker could not prove it knows "
+                  "the authkey (wrong key on one side)");
 done:
     if (rc == MPB_ERR_REPLY) c->err = rc = MPB_ERR_CONNECT; /* the broker said no */
+    OPENSSL_cleanse(cp, sizeof cp);
     OPENSSL_cleanse(want, sizeof want);
     mpb_reader_destroy(&r);
     return rc;
+}
+
+/*--- The peer ---*/
+
+int mpb_client_unix_address(mpb_context *c, const char *address, char *path, size_t n,
+                            char *peer, size_t pn)
+{
+    const char *q = strchr(address, '?');
+    size_t len = q ? (size_t)(q - address) : strlen(address);
+    peer[0] = '\0';
+    if (len == 0 || len >= n || len >= sizeof ((struct sockaddr_un *)0)->sun_path)
+        return fail(c, MPB_ERR_CONNECT, "ConnectionError", "bad Unix socket path '%s'",
+                    address);
+    memcpy(path, address, len);
+    path[len] = '\0';
+    if (q == NULL) return MPB_OK;
+    if (strncmp(q, "?peer=", 6) != 0 || q[6] == '\0' || strlen(q + 6) >= pn)
+        return fail(c, MPB_ERR_CONNECT, "ConnectionError", "bad address '%s': after the "
+                    "path only ?peer=USER (a name, a uid, or any) may come", address);
+    memcpy(peer, q + 6, strlen(q + 6) + 1);
+    return MPB_OK;
+}
+
+/* uid for a user name or number; -1 if there is no such user. */
+static long long uid_of(const char *who)
+{
+    char *end;
+    unsigned long long n = strtoull(who, &end, 10);
+    if (end != who && *end == '\0') return n <= (uid_t)-1 ? (long long)n : -1;
+    struct passwd pw, *res = NULL;
+    char buf[4096];
+    if (getpwnam_r(who, &pw, buf, sizeof buf, &res) != 0 || res == NULL) return -1;
+    return (long long)res->pw_uid;
+}
+
+static void user_name(uid_t uid, char *out, size_t n)
+{
+    struct passwd pw, *res = NULL;
+    char buf[4096];
+    if (getpwuid_r(uid, &pw, buf, sizeof buf, &res) == 0 && res != NULL)
+        snprintf(out, n, "%lu (%s)", (unsigned long)uid, res->pw_name);
+    else
+        snprintf(out, n, "%lu", (unsigned long)uid);
+}
+
+int mpb_client_check_peer(mpb_context *c, int fd, const char *path, const char *peer)
+{
+#ifdef SO_PEERCRED
+    if (strcmp(peer, "any") == 0) return MPB_OK;
+    struct ucred cred;
+    socklen_t len = sizeof cred;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
+        return fail(c, MPB_ERR_CONNECT, "AuthError", "%s: who is the broker? (SO_PEERCRED: "
+                    "%s)", path, strerror(errno));
+    uid_t me = geteuid();
+    long long want = peer[0] ? uid_of(peer) : -1;
+    if (peer[0] && want < 0)
+        return fail(c, MPB_ERR_CONNECT, "AuthError", "%s?peer=%s: no such user", path, peer);
+    if (peer[0] ? (long long)cred.uid == want : cred.uid == me || cred.uid == 0)
+        return MPB_OK;
+    /* Someone else's broker: whatever we would send it (objects, a proof of our key)
+     * would be theirs. */
+    char who[96], whom[96];
+    user_name(cred.uid, who, sizeof who);
+    if (peer[0]) user_name((uid_t)want, whom, sizeof whom);
+    else snprintf(whom, sizeof whom, "you (uid %lu) or root", (unsigned long)me);
+    return fail(c, MPB_ERR_CONNECT, "AuthError", "%s: the broker there runs as uid %s, not "
+                "as %s: refused: it may be another user squatting the path (add "
+                "?peer=%lu to the address to trust it)", path, who, whom,
+                (unsigned long)cred.uid);
+#else
+    (void)c;
+    (void)fd;
+    (void)path;
+    (void)peer;
+    return MPB_OK; /* no peer credentials here: the socket's directory must be private */
+#endif
 }

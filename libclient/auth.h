@@ -18,8 +18,20 @@ void mpb_client_key_free(unsigned char *key, size_t len);
 /* Run the handshake on the freshly connected c->fd, before any other request (it
  * reads and writes the socket itself, with a 10 s limit for each reply). MPB_OK, or
  * an error set on c: kind "AuthError" when either side failed to prove the key (the
- * broker's own proof is checked first: a broker that cannot prove the key is not
- * trusted with anything), "ConnectionError" for I/O. The caller closes on error. */
+ * broker's proof comes after ours and is checked before anything else is sent: a
+ * broker that cannot prove the key is not trusted with anything), "ConnectionError"
+ * for I/O. The caller closes on error. */
 int mpb_client_handshake(mpb_context *c, const unsigned char *key, size_t len);
+
+/* A Unix socket address, "PATH" or "PATH?peer=WHO" (the caller has taken any
+ * "unix:" off): the path into path (size n, with room for sun_path), WHO into peer
+ * (size pn; "" when absent). MPB_OK, or an error set on c (ConnectionError). */
+int mpb_client_unix_address(mpb_context *c, const char *address, char *path, size_t n,
+                            char *peer, size_t pn);
+/* Is the broker on the other end of the connected Unix socket fd one this process
+ * may talk to? With peer "" it must run as our effective uid or as root; peer names
+ * the one user to accept instead (a name or a number), "any" accepts anyone. MPB_OK,
+ * or MPB_ERR_CONNECT with kind "AuthError" and why (the caller closes fd). */
+int mpb_client_check_peer(mpb_context *c, int fd, const char *path, const char *peer);
 
 #endif

@@ -53,24 +53,28 @@ struct mpb_context_priv {
     uint32_t next_id;    /* msgpack-rpc msgids are 32-bit; they wrap */
     mpb_reader reader;   /* replies read but not yet taken */
     bool eof;            /* the broker closed its side: serve what is buffered, then fail */
+    bool wdead;          /* a write failed as the broker closed: read what it answered */
     char broken[32 + 2 + 256]; /* why the connection is gone, for later calls */
     struct mpb_note *notes, *notes_tail; /* notifications read while awaiting replies */
     /* Resilience: where to reconnect, and what to re-open there. */
     unsigned long fork_gen; /* fork_gen when fd was opened: another process must not use it */
     char address[320];
     bool reconnect;
+    bool reconnecting;        /* in reconnect(): its own calls must not start another */
+    unsigned long conn_gen;   /* connections opened since the first: walks cannot cross */
     int reconnect_wait_ms;
     struct mpb_named **named; /* objects opened by name, re-opened after a reconnect */
     size_t nnamed;
-    mpb_ref *xlat;           /* pairs old, new: references renamed by a re-open */
-    size_t nxlat;
+    size_t nxlat;             /* old references translated, all names together */
     unsigned char *authkey; /* the key for the handshake (auth.c), or NULL; owned */
     size_t authkey_len;
 };
 
 /* A name this context opened: re-opened by name after a reconnect. */
 struct mpb_named {
-    mpb_ref ref;
+    mpb_ref ref;  /* its reference now */
+    mpb_ref *old; /* its references from brokers that lost their state: translated */
+    size_t nold;
     char typeid[24];
     char name[];
 };
@@ -81,6 +85,20 @@ struct mpb_note {
     mpb_value params; /* owned */
     char method[];
 };
+
+/* Counts fork()s in this process's ancestry line, so that a context can tell it was
+ * inherited without a getpid() system call on every call (pthread_atfork). */
+static volatile unsigned long fork_gen;
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+static void on_fork_child(void) { fork_gen++; }
+
+static int after_fork(mpb_context *c);
+
+/* First thing in every entry point that touches the connection: a context inherited
+ * through fork() must not read, write or even look at the parent's socket. */
+static inline int own_conn(mpb_context *c) {
+    return c->priv->fork_gen == fork_gen ? MPB_OK : after_fork(c);
+}
 
 /*--- Errors ---*/
 
@@ -128,11 +146,14 @@ static int fail_if_broken(mpb_context *c) {
 
 /*--- Wire form: requests out, replies in (no I/O here) ---*/
 
-/* A reference as the broker now knows it: a re-open after a reconnect to a broker that
- * lost its state gave the named object a new id. */
+/* A reference as the broker now knows it: the reference an opened name had under a
+ * broker that lost its state is the re-created object's. Ids are never reused across
+ * such lifetimes (mpb_value.h), so an old reference cannot be confused with a new
+ * one: anything not translated here goes out as it is. */
 static mpb_ref xlat_ref(const struct mpb_context_priv *p, mpb_ref r) {
-    for (size_t i = 0; i < p->nxlat; i++)
-        if (p->xlat[2 * i] == r) return p->xlat[2 * i + 1];
+    for (size_t i = 0; i < p->nnamed; i++)
+        for (size_t k = 0; k < p->named[i]->nold; k++)
+            if (p->named[i]->old[k] == r) return p->named[i]->ref;
     return r;
 }
 
@@ -175,7 +196,7 @@ static void copy_error(mpb_context *c, const msgpack_object *e) {
     }
     mpb_value v;
     char *repr = NULL;
-    if (mpb_value_from_object(e, &v, MPB_READER_MAX_DEPTH, NULL, 0) == MPB_E_NONE) {
+    if (mpb_value_from_object(e, &v, MPB_REPLY_MAX_DEPTH, NULL, 0) == MPB_E_NONE) {
         repr = mpb_value_repr(&v);
         mpb_value_free(&v);
     }
@@ -203,7 +224,7 @@ static struct mpb_note *note_from_object(const msgpack_object *o) {
     n->next = NULL;
     memcpy(n->method, m, mlen);
     n->method[mlen] = '\0';
-    if (mpb_value_from_object(&a[2], &n->params, MPB_READER_MAX_DEPTH, NULL, 0) !=
+    if (mpb_value_from_object(&a[2], &n->params, MPB_REPLY_MAX_DEPTH, NULL, 0) !=
         MPB_E_NONE) {
         free(n);
         return NULL;
@@ -251,7 +272,7 @@ static int handle_reply(mpb_context *c, const msgpack_object *o, mpb_value *resu
     }
     if (result != NULL) {
         char why[96];
-        mpb_errkind k = mpb_value_from_object(&a[3], result, MPB_READER_MAX_DEPTH, why,
+        mpb_errkind k = mpb_value_from_object(&a[3], result, MPB_REPLY_MAX_DEPTH, why,
                                               sizeof why);
         if (k == MPB_E_OUT_OF_MEMORY) /* the stream is still in step: stay usable */
             return set_err(c, MPB_ERR_OOM, "OutOfMemory", "decoding the reply: %s", why);
@@ -262,6 +283,21 @@ static int handle_reply(mpb_context *c, const msgpack_object *o, mpb_value *resu
     }
     set_ok(c);
     return MPB_OK;
+}
+
+/* The reader skipped a reply deeper than MPB_REPLY_MAX_DEPTH, which no broker of this
+ * version sends. When it answered the oldest call, only that call fails: the stream is
+ * still in step. Anything else is a broken stream. */
+static int too_deep_reply(mpb_context *c) {
+    struct mpb_context_priv *p = c->priv;
+    if (p->reader.skipped_type != 1 || p->reader.skipped_msgid != p->ids[p->head]) {
+        set_err(c, MPB_ERR_PROTOCOL, "ProtocolError", "reply nested too deeply: %s",
+                p->reader.errstr);
+        return break_conn(c);
+    }
+    p->head = (p->head + 1) % p->cap;
+    p->nids--;
+    return set_err(c, MPB_ERR_PROTOCOL, "TooDeep", "reply not read: %s", p->reader.errstr);
 }
 
 /*--- Connecting ---*/
@@ -297,18 +333,21 @@ static int new_socket(int family) {
     return fd;
 }
 
-static void connect_unix(mpb_context *c, const char *path) {
+static void connect_unix(mpb_context *c, const char *address) {
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    if (path[0] == '\0' || strlen(path) >= sizeof sa.sun_path) {
-        set_err(c, MPB_ERR_CONNECT, "ConnectionError", "bad Unix socket path '%s'", path);
+    char path[sizeof sa.sun_path], peer[64]; /* PATH[?peer=WHO] (auth.c) */
+    if (mpb_client_unix_address(c, address, path, sizeof path, peer, sizeof peer) != MPB_OK)
         return;
-    }
     memcpy(sa.sun_path, path, strlen(path) + 1);
     int fd = new_socket(AF_UNIX);
     if (fd < 0 || connect_fd(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
         set_err(c, MPB_ERR_CONNECT, "ConnectionError", "connect %s: %s", path,
                 strerror(errno));
         if (fd >= 0) close(fd);
+        return;
+    }
+    if (mpb_client_check_peer(c, fd, path, peer) != MPB_OK) { /* not another user's */
+        close(fd);
         return;
     }
     c->fd = fd;
@@ -353,15 +392,10 @@ static void connect_tcp(mpb_context *c, const char *address) {
     c->fd = fd;
 }
 
-/* Connect c (not connected) to its address: the one path for the first connection, a
- * reconnect, and a forked child's own connection. */
-/* Counts fork()s in this process's ancestry line, so that a context can tell it was
- * inherited without a getpid() system call on every call (pthread_atfork). */
-static volatile unsigned long fork_gen;
-static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
-static void on_fork_child(void) { fork_gen++; }
 static void atfork_init(void) { pthread_atfork(NULL, NULL, on_fork_child); }
 
+/* Connect c (not connected) to its address: the one path for the first connection, a
+ * reconnect, and a forked child's own connection. */
 static void open_conn(mpb_context *c) {
     const char *address = c->priv->address;
     pthread_once(&atfork_once, atfork_init);
@@ -392,7 +426,7 @@ mpb_context *mpb_connect_with_key(const char *address, const void *key, size_t k
     if (c == NULL) return NULL;
     c->fd = -1;
     if ((c->priv = calloc(1, sizeof *c->priv)) == NULL ||
-        mpb_reader_init(&c->priv->reader, MAX_REPLY, MPB_READER_MAX_DEPTH) < 0) {
+        mpb_reader_init(&c->priv->reader, MAX_REPLY, MPB_REPLY_MAX_DEPTH) < 0) {
         free(c->priv);
         free(c);
         return NULL;
@@ -420,9 +454,11 @@ void mpb_free(mpb_context *c) {
         msgpack_sbuffer_destroy(&c->priv->out);
         free(c->priv->ids);
         mpb_reader_destroy(&c->priv->reader);
-        for (size_t i = 0; i < c->priv->nnamed; i++) free(c->priv->named[i]);
+        for (size_t i = 0; i < c->priv->nnamed; i++) {
+            free(c->priv->named[i]->old);
+            free(c->priv->named[i]);
+        }
         free(c->priv->named);
-        free(c->priv->xlat);
         mpb_client_key_free(c->priv->authkey, c->priv->authkey_len);
         while (c->priv->notes != NULL) {
             struct mpb_note *n = c->priv->notes;
@@ -442,9 +478,9 @@ static void reset_stream(mpb_context *c) {
     struct mpb_context_priv *p = c->priv;
     p->nids = p->head = 0;
     p->out.size = p->out_sent = 0;
-    p->eof = false;
+    p->eof = p->wdead = false;
     mpb_reader_destroy(&p->reader);
-    mpb_reader_init(&p->reader, MAX_REPLY, MPB_READER_MAX_DEPTH);
+    mpb_reader_init(&p->reader, MAX_REPLY, MPB_REPLY_MAX_DEPTH);
 }
 
 /* With nothing in flight, is the broker gone (EOF or reset waiting on the socket)? */
@@ -457,61 +493,107 @@ static bool peer_gone(int fd) {
     return n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR);
 }
 
-/* Open the named objects again; a changed id is recorded for translation. */
+/* Name n now has reference ref. An id of another space means the broker lost its
+ * state and this is the object re-created under the name: the old references are
+ * translated to it from now on. An id of the same space means the state was kept and
+ * the name now belongs to another object (deleted and created again meanwhile): the old
+ * reference still names the old object (NoSuchObject once it is gone), and what was
+ * translated to it is no longer. -1 when out of memory. */
+static int named_moved(struct mpb_context_priv *p, struct mpb_named *n, mpb_ref ref) {
+    if (ref == n->ref) return 0;
+    if (mpb_ref_space(ref) == mpb_ref_space(n->ref)) {
+        p->nxlat -= n->nold;
+        n->nold = 0;
+    } else {
+        mpb_ref *o = realloc(n->old, (n->nold + 1) * sizeof *o);
+        if (o == NULL) return -1;
+        n->old = o;
+        n->old[n->nold++] = n->ref;
+        p->nxlat++;
+    }
+    n->ref = ref;
+    return 0;
+}
+
+/* Open every name again, in one round trip, and follow what moved (named_moved). A
+ * name that cannot be opened now (another object took it with another type) is left
+ * alone: its references fail at the broker. A lost connection fails the attempt. */
 static int reopen_named(mpb_context *c) {
     struct mpb_context_priv *p = c->priv;
+    int rc = MPB_OK;
     for (size_t i = 0; i < p->nnamed; i++) {
         struct mpb_named *n = p->named[i];
         mpb_value args[2] = {mpb_str_borrowed(n->typeid, strlen(n->typeid)),
-                             mpb_str_borrowed(n->name, strlen(n->name))}, r;
-        int rc = mpb_call(c, "manager.open", args, 2, &r);
-        if (rc != MPB_OK) return rc;
-        if (r.type == MPB_REF && r.v.ref != xlat_ref(p, n->ref)) {
-            mpb_ref *x = realloc(p->xlat, (p->nxlat + 1) * 2 * sizeof *x);
-            if (x == NULL) return set_err(c, MPB_ERR_OOM, "OutOfMemory", "reconnecting");
-            p->xlat = x;
-            x[2 * p->nxlat] = n->ref;
-            x[2 * p->nxlat++ + 1] = r.v.ref;
-        }
+                             mpb_str_borrowed(n->name, strlen(n->name))};
+        if ((rc = mpb_append_call(c, "manager.open", args, 2)) != MPB_OK) return rc;
     }
-    return MPB_OK;
+    for (size_t i = 0; i < p->nnamed && c->fd >= 0; i++) {
+        mpb_value r;
+        int one = mpb_get_reply(c, &r);
+        if (one == MPB_OK && r.type == MPB_REF && named_moved(p, p->named[i], r.v.ref) < 0)
+            one = set_err(c, MPB_ERR_OOM, "OutOfMemory", "reconnecting");
+        mpb_value_free(&r);
+        if (one != MPB_OK && one != MPB_ERR_REPLY && rc == MPB_OK) rc = one;
+    }
+    if (rc == MPB_OK) set_ok(c);
+    return rc;
 }
 
-/* Connect again, backing off from 10 ms to 1 s, for up to reconnect_wait_ms. */
+static long long now_ms(void);
+
+/* Connect again, backing off from 10 ms to 1 s, for up to reconnect_wait_ms: the last
+ * sleep is cut to the time left, and one last attempt is made at the deadline. */
 static int reconnect(mpb_context *c) {
     struct mpb_context_priv *p = c->priv;
-    struct timespec t0, now;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
+    long long deadline = now_ms() + p->reconnect_wait_ms;
+    p->reconnecting = true;
     for (long delay = 10;; delay = delay * 2 > 1000 ? 1000 : delay * 2) {
         reset_stream(c);
         open_conn(c);
-        if (c->fd >= 0 && reopen_named(c) == MPB_OK) return MPB_OK;
+        if (c->fd >= 0 && reopen_named(c) == MPB_OK) {
+            p->reconnecting = false;
+            p->conn_gen++;
+            return MPB_OK;
+        }
         if (c->fd >= 0) break_conn(c);
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        long spent = (now.tv_sec - t0.tv_sec) * 1000 + (now.tv_nsec - t0.tv_nsec) / 1000000;
-        if (!p->reconnect || spent >= p->reconnect_wait_ms) break;
-        nanosleep(&(struct timespec){delay / 1000, (delay % 1000) * 1000000}, NULL);
+        long long left = deadline - now_ms();
+        if (!p->reconnect || left <= 0) break;
+        long ms = delay < left ? delay : (long)left;
+        nanosleep(&(struct timespec){ms / 1000, (ms % 1000) * 1000000}, NULL);
     }
+    p->reconnecting = false;
     return set_err(c, MPB_ERR_IO, "ConnectionError", "cannot reconnect to %s (%s)", p->address,
                    p->broken);
 }
 
-/* Before a call: a context inherited through fork() opens its own socket (the
- * parent's would interleave both processes' bytes); with reconnect on, a connection
- * the broker closed is opened again. */
+/* In a child of fork(): the socket, the requests queued or in flight, and the replies
+ * and notifications read so far all belong to the parent, which goes on using them.
+ * Drop this process's copies (sending the queued requests would run them twice, and
+ * reading would steal the parent's replies) and open a connection of its own. */
+static int after_fork(mpb_context *c) {
+    struct mpb_context_priv *p = c->priv;
+    if (c->fd >= 0) close(c->fd); /* our copy only: the parent's stays open */
+    c->fd = -1;
+    reset_stream(c);
+    while (p->notes != NULL) {
+        struct mpb_note *n = p->notes;
+        p->notes = n->next;
+        mpb_value_free(&n->params);
+        free(n);
+    }
+    p->notes_tail = NULL;
+    bool keep = p->reconnect;
+    p->reconnect = false; /* one attempt: the broker is up, the parent uses it */
+    int rc = reconnect(c);
+    p->reconnect = keep;
+    p->fork_gen = fork_gen; /* tried, even if it failed: that is now this context's state */
+    return rc;
+}
+
+/* Before a call: with reconnect on, a connection the broker closed is opened again. */
 static int ensure_conn(mpb_context *c) {
     struct mpb_context_priv *p = c->priv;
-    if (p->fork_gen != fork_gen) {
-        if (c->fd >= 0) close(c->fd); /* our copy only: the parent's stays open */
-        c->fd = -1;
-        reset_stream(c);
-        bool keep = p->reconnect;
-        p->reconnect = false; /* one attempt: the broker is up, the parent uses it */
-        int rc = reconnect(c);
-        p->reconnect = keep;
-        return rc;
-    }
-    if (!p->reconnect) return MPB_OK;
+    if (!p->reconnect || p->reconnecting) return MPB_OK;
     if (c->fd >= 0 && p->nids == 0 && peer_gone(c->fd)) {
         set_err(c, MPB_ERR_EOF, "ConnectionError", "the broker closed the connection");
         break_conn(c);
@@ -526,16 +608,23 @@ int mpb_enable_reconnect(mpb_context *c, int enable, int max_wait_ms) {
     return MPB_OK;
 }
 
+unsigned long mpb_client_conn_gen(const mpb_context *c) { return c->priv->conn_gen; }
+
 void mpb_client_note_open(mpb_context *c, const char *typeid, const char *name, mpb_ref ref) {
     struct mpb_context_priv *p = c->priv;
     for (size_t i = 0; i < p->nnamed; i++)
-        if (strcmp(p->named[i]->name, name) == 0) return;
+        if (strcmp(p->named[i]->name, name) == 0) {
+            named_moved(p, p->named[i], ref); /* out of memory: just not translated */
+            return;
+        }
     struct mpb_named **v = realloc(p->named, (p->nnamed + 1) * sizeof *v);
     if (v == NULL) return; /* it will just not be re-opened */
     p->named = v;
     struct mpb_named *n = malloc(sizeof *n + strlen(name) + 1);
     if (n == NULL) return;
     n->ref = ref;
+    n->old = NULL;
+    n->nold = 0;
     snprintf(n->typeid, sizeof n->typeid, "%s", typeid);
     strcpy(n->name, name);
     p->named[p->nnamed++] = n;
@@ -562,7 +651,7 @@ int mpb_append_call(mpb_context *c, const char *method, const mpb_value *args,
     if (c == NULL) return MPB_ERR_ARG;
     if (method == NULL || (args == NULL && nargs > 0))
         return set_err(c, MPB_ERR_ARG, "ValueError", "mpb_append_call: NULL method or args");
-    if (ensure_conn(c) != MPB_OK || fail_if_broken(c)) return c->err;
+    if (own_conn(c) != MPB_OK || ensure_conn(c) != MPB_OK || fail_if_broken(c)) return c->err;
     struct mpb_context_priv *p = c->priv;
     if (ids_reserve(p) < 0) return set_err(c, MPB_ERR_OOM, "OutOfMemory", "queueing a call");
     size_t mark = p->out.size;
@@ -575,37 +664,31 @@ int mpb_append_call(mpb_context *c, const char *method, const mpb_value *args,
     return MPB_OK;
 }
 
-/* The broker closed on us mid-write. It may have said why first ([1, nil, [kind,
- * msg], nil] for a request over --max-message, say): that beats "Broken pipe". */
+/* A write failed. EPIPE or ECONNRESET: the broker closed on us mid-write, having
+ * answered what it had read, and perhaps said why it closed ([1, nil, [kind, msg], nil]
+ * for a request over --max-message). Those replies may be in the socket or the reader
+ * already: stop writing (what is unsent is dropped: it can never arrive) but keep the
+ * connection for reading, so that mpb_get_reply serves each call in order with its own
+ * outcome, and only the calls the broker never answered fail, at the EOF. */
 static int write_failed(mpb_context *c, int e) {
     struct mpb_context_priv *p = c->priv;
-    msgpack_object o;
     set_err(c, MPB_ERR_IO, "ConnectionError", "write: %s", strerror(e));
     if (e != EPIPE && e != ECONNRESET) return break_conn(c);
-    for (;;) {
-        size_t avail;
-        char *space = mpb_reader_space(&p->reader, READ_CHUNK, &avail);
-        ssize_t n = space ? recv(c->fd, space, avail, MSG_DONTWAIT) : -1;
-        if (n <= 0) break;
-        mpb_reader_commit(&p->reader, (size_t)n);
-    }
-    while (mpb_reader_next(&p->reader, &o) == MPB_READ_MSG) {
-        if (o.type == MSGPACK_OBJECT_ARRAY && o.via.array.size == 4 &&
-            o.via.array.ptr[1].type == MSGPACK_OBJECT_NIL &&
-            o.via.array.ptr[2].type != MSGPACK_OBJECT_NIL) {
-            copy_error(c, &o.via.array.ptr[2]);
-            c->err = MPB_ERR_PROTOCOL;
-            break;
-        }
-    }
-    return break_conn(c);
+    p->wdead = true;
+    p->out.size = p->out_sent = 0;
+    snprintf(p->broken, sizeof p->broken, "%s: %s", c->errkind, c->errstr);
+    return c->err;
 }
 
 int mpb_buffer_write(mpb_context *c, int *done) {
     if (done != NULL) *done = 0;
     if (c == NULL) return MPB_ERR_ARG;
-    if (fail_if_broken(c)) return c->err;
+    if (own_conn(c) != MPB_OK || fail_if_broken(c)) return c->err;
     struct mpb_context_priv *p = c->priv;
+    if (p->wdead) { /* requests queued after the broker closed can never be sent */
+        p->out.size = p->out_sent = 0;
+        return set_err(c, MPB_ERR_IO, "ConnectionError", "not connected (%s)", p->broken);
+    }
     while (p->out_sent < p->out.size) {
         ssize_t n = send(c->fd, p->out.data + p->out_sent, p->out.size - p->out_sent,
                          MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -639,7 +722,7 @@ int mpb_buffer_read(mpb_context *c) { return read_some(c, false); }
 
 static int read_some(mpb_context *c, bool block) {
     if (c == NULL) return MPB_ERR_ARG;
-    if (fail_if_broken(c)) return c->err;
+    if (own_conn(c) != MPB_OK || fail_if_broken(c)) return c->err;
     struct mpb_context_priv *p = c->priv;
     if (p->eof) {
         set_ok(c);
@@ -675,16 +758,22 @@ int mpb_buffer_take_reply(mpb_context *c, mpb_value *result, int *got) {
     if (result != NULL) *result = mpb_nil();
     if (got != NULL) *got = 0;
     if (c == NULL) return MPB_ERR_ARG;
-    if (fail_if_broken(c)) return c->err;
+    if (own_conn(c) != MPB_OK || fail_if_broken(c)) return c->err;
     struct mpb_context_priv *p = c->priv;
     if (p->nids == 0)
         return set_err(c, MPB_ERR_ARG, "ValueError", "no call is waiting for a reply");
     msgpack_object o;
     mpb_read_status st;
-    /* Notifications (monitor events) may come between replies: queue them. */
-    while ((st = mpb_reader_next(&p->reader, &o)) == MPB_READ_MSG && is_notification(&o)) {
-        struct mpb_note *n = note_from_object(&o);
-        if (n != NULL) note_push(p, n);
+    /* Notifications (monitor events) may come between replies: queue them. One too
+     * deep to read answers no call, so skipping it keeps the stream in step. */
+    for (;;) {
+        st = mpb_reader_next(&p->reader, &o);
+        if (st == MPB_READ_MSG && is_notification(&o)) {
+            struct mpb_note *n = note_from_object(&o);
+            if (n != NULL) note_push(p, n);
+        } else if (st != MPB_READ_TOO_DEEP || p->reader.skipped_type != 2) {
+            break;
+        }
     }
     switch (st) {
     case MPB_READ_MSG:
@@ -698,9 +787,8 @@ int mpb_buffer_take_reply(mpb_context *c, mpb_value *result, int *got) {
         set_ok(c);
         return MPB_OK;
     case MPB_READ_TOO_DEEP:
-        set_err(c, MPB_ERR_PROTOCOL, "ProtocolError", "reply nested too deeply: %s",
-                p->reader.errstr);
-        return break_conn(c);
+        if (got != NULL) *got = 1;
+        return too_deep_reply(c);
     default:
         set_err(c, MPB_ERR_PROTOCOL, "ProtocolError", "bad reply: %s", p->reader.errstr);
         return break_conn(c);
@@ -726,6 +814,7 @@ int mpb_flush(mpb_context *c) {
     int done, rc;
     short rev = 0;
     if (c == NULL) return MPB_ERR_ARG;
+    if (own_conn(c) != MPB_OK) return c->err;
     while ((rc = mpb_buffer_write(c, &done)) == MPB_OK && !done) {
         /* Read replies while we write: a broker whose output to us is full stops
          * reading, and a long pipeline would otherwise deadlock on both sides. */
@@ -742,10 +831,11 @@ int mpb_get_reply(mpb_context *c, mpb_value *result) {
     int rc, got;
     if (result != NULL) *result = mpb_nil();
     if (c == NULL) return MPB_ERR_ARG;
-    if (fail_if_broken(c)) return c->err;
+    if (own_conn(c) != MPB_OK || fail_if_broken(c)) return c->err;
     if (c->priv->nids == 0)
         return set_err(c, MPB_ERR_ARG, "ValueError", "no call is waiting for a reply");
-    if ((rc = mpb_flush(c)) != MPB_OK) return rc;
+    /* A failed flush may leave replies to read (see write_failed): serve those. */
+    if ((rc = mpb_flush(c)) != MPB_OK && c->fd < 0) return rc;
     for (;;) {
         if ((rc = mpb_buffer_take_reply(c, result, &got)) != MPB_OK || got) return rc;
         if ((rc = read_some(c, true)) != MPB_OK) return rc;
@@ -757,6 +847,7 @@ int mpb_call(mpb_context *c, const char *method, const mpb_value *args, size_t n
     int rc;
     if (result != NULL) *result = mpb_nil();
     if (c == NULL) return MPB_ERR_ARG;
+    if (own_conn(c) != MPB_OK) return c->err;
     if (c->priv->nids > 0)
         return set_err(c, MPB_ERR_ARG, "ValueError", "mpb_call with %zu pipelined replies "
                        "unread: take them with mpb_get_reply first", c->priv->nids);
@@ -765,7 +856,8 @@ int mpb_call(mpb_context *c, const char *method, const mpb_value *args, size_t n
 }
 
 size_t mpb_pending(const mpb_context *c) {
-    return c != NULL && c->priv != NULL ? c->priv->nids : 0;
+    /* In a child of fork() the calls in flight are the parent's: none are this one's. */
+    return c != NULL && c->priv != NULL && c->priv->fork_gen == fork_gen ? c->priv->nids : 0;
 }
 
 /*--- Notifications ---*/
@@ -794,6 +886,7 @@ int mpb_get_notification(mpb_context *c, int timeout_ms, char *method, size_t n,
     if (got != NULL) *got = 0;
     if (method != NULL && n > 0) method[0] = '\0';
     if (c == NULL) return MPB_ERR_ARG;
+    if (own_conn(c) != MPB_OK) return c->err;
     struct mpb_context_priv *p = c->priv;
     if (p->notes != NULL) { /* read before the connection broke, if it did: still good */
         note_take(p, method, n, params);

@@ -493,6 +493,7 @@ struct mpb_iter {
     mpb_value cursor; /* START of the next chunk; nil once the last one is in */
     mpb_value items;  /* the current chunk (an array), or nil before the first */
     size_t pos;       /* next item in it */
+    unsigned long gen; /* the connection the cursor came over (mpb_client_conn_gen) */
 };
 
 static mpb_iter *iter_new(mpb_context *c, const char *method, mpb_ref ref, int64_t chunk) {
@@ -518,11 +519,35 @@ mpb_iter *mpb_set_iter(mpb_context *c, mpb_ref s, int64_t chunk) {
     return iter_new(c, "set.items", s, chunk);
 }
 
-/* Fetch the chunk at it->cursor. The iterator changes only on success. */
+/* Start the walk over: the next call fetches from position 0. */
+static void iter_rewind(mpb_iter *it) {
+    mpb_value_free(&it->items);
+    it->cursor = mpb_int(0);
+    it->pos = 0;
+}
+
+/* Fetch the chunk at it->cursor. The iterator changes only on success, or when a new
+ * connection cut the walk: a cursor is a position in one broker process, and a
+ * reconnect may have reached another (a restart renumbers dict and set positions, and
+ * a list may have changed in between), so a chunk asked for with a cursor from before
+ * is not used: the walk is rewound and MPB_ERR_CUT reported. */
 static int iter_fetch(mpb_iter *it) {
     mpb_value args[3] = {mpb_refv(it->ref), it->cursor, mpb_int(it->chunk)}, r;
+    bool resuming = it->cursor.type == MPB_INT && it->cursor.v.i != 0;
     int rc = call_typed(it->c, it->method, args, N(args), MPB_ARRAY, "an [items, next] array", &r);
+    if (resuming && mpb_client_conn_gen(it->c) != it->gen) {
+        if (rc == MPB_OK) mpb_value_free(&r);
+        if (rc == MPB_OK || it->c->fd >= 0) { /* reconnected: the walk is cut */
+            iter_rewind(it);
+            it->c->err = MPB_ERR_CUT;
+            strcpy(it->c->errkind, "ConnectionError");
+            snprintf(it->c->errstr, sizeof it->c->errstr, "%s: a reconnect cut the walk (positions "
+                     "do not survive one); the next call starts it over", it->method);
+            return MPB_ERR_CUT;
+        }
+    }
     if (rc != MPB_OK) return rc;
+    it->gen = mpb_client_conn_gen(it->c);
     mpb_value *f = r.v.a->items;
     /* An empty chunk that is not the last would make mpb_iter_next spin. */
     if (r.v.a->len != 2 || f[0].type != MPB_ARRAY ||

@@ -8,4 +8,9 @@
  * reconnect. */
 void mpb_client_note_open(mpb_context *c, const char *typeid, const char *name, mpb_ref ref);
 
+/* Counts the connections this context opened after its first (reconnects, and a
+ * forked child's own): what a broker said about positions (cursors) holds only while
+ * it stays the same. */
+unsigned long mpb_client_conn_gen(const mpb_context *c);
+
 #endif

@@ -15,7 +15,9 @@
  * c->errkind (the wire error kind, e.g. "KeyError") and c->errstr (its message). No call
  * prints, aborts or exits. A broker error (MPB_ERR_REPLY) leaves the context usable;
  * MPB_ERR_IO / MPB_ERR_EOF / MPB_ERR_PROTOCOL leave it broken (every later call fails
- * fast with kind "ConnectionError").
+ * fast with kind "ConnectionError", or reconnects: mpb_enable_reconnect), except where
+ * a function says otherwise (a failed flush whose replies can still be read, a reply
+ * too deep or of the wrong type for a typed helper, a cut walk).
  *
  * Results written to an mpb_value *out are owned by the caller: free them with
  * mpb_value_free. On error *out is left nil.
@@ -47,6 +49,8 @@ extern "C" {
 #define MPB_ERR_REPLY (-5)   /* the broker answered with an error: see errkind, errstr */
 #define MPB_ERR_CONNECT (-6) /* could not connect */
 #define MPB_ERR_ARG (-7)     /* a bad argument to this library call */
+#define MPB_ERR_CUT (-9)     /* mpb_iter_next: a new connection cut the walk; the next call
+                                starts it over (the context is fine) */
 
 typedef struct mpb_context {
     int err;           /* last error code, MPB_OK when none */
@@ -59,34 +63,66 @@ typedef struct mpb_context {
 /*--- Connecting ---*/
 /* Connect to address: "unix:/path", "/path" (a Unix socket), or "tcp://HOST:PORT".
  * NULL means $MPBROKER_ADDRESS when set, else mpb_default_address().
+ * On a Unix socket the broker must run as this process's effective uid or as root:
+ * another user's broker (one that took the path first, say) is refused with
+ * MPB_ERR_CONNECT, kind "AuthError", before a byte is sent. "?peer=USER" after the
+ * path (a name or a uid) trusts that user's broker instead, "?peer=any" any broker,
+ * as libpq's requirepeer.
  * Always returns a context unless out of memory (NULL): check c->err. Free it with
  * mpb_free. */
 mpb_context *mpb_connect(const char *address);
 /* As mpb_connect, and authenticate with key[0, len) (docs/PROTOCOL.md,
- * "Authentication"): the broker proves it knows the key, then this context does.
+ * "Authentication"): this context proves it knows the key, then the broker does.
  * key NULL: the key is read from the file named by $MPBROKER_AUTHKEY_FILE (one
  * trailing newline dropped), else taken from $MPBROKER_AUTHKEY; neither set: no
  * handshake. mpb_connect(address) is mpb_connect_with_key(address, NULL, 0). A failed
  * handshake is MPB_ERR_CONNECT with errkind "AuthError". The key is copied (and wiped
  * at mpb_free); a reconnect authenticates again. */
 mpb_context *mpb_connect_with_key(const char *address, const void *key, size_t len);
-/* Resilience. A context used in a process other than the one that connected it (it
- * was inherited through fork()) opens its own connection at its next call, so parent
- * and child never share a socket. With reconnect on (off by default), a call made
- * after the broker closed the connection (a restart) first reconnects, retrying with
- * backoff (10 ms doubling to 1 s) for up to max_wait_ms (-1: keep the current
- * setting, 30 s at first), and re-opens every object this context opened by name
- * (mpb_open); if the broker lost its state the object is re-created empty and the old
- * reference is translated where it is a call's own parameter. A call whose reply was
- * lost with the connection still fails with errkind "ConnectionError" (it may or may
- * not have been applied: the library never resends it). With reconnect off, calls on
- * a lost connection fail fast with "ConnectionError". */
+/* fork(). A context inherited through fork() is the parent's until the child first
+ * uses it: then (at any call that takes the context, mpb_pending aside) the child
+ * drops its copies of what belongs to the parent (the socket, requests queued but not
+ * yet sent, calls awaiting replies, replies and notifications already read) and opens
+ * a connection of its own (one attempt; after that, as reconnect says). So
+ * parent and child never share a socket; a call queued or in flight at fork() is sent
+ * and answered once, in the parent only; in the child mpb_pending is 0 and
+ * mpb_get_reply has nothing to read (MPB_ERR_ARG) until it makes calls of its own. The
+ * parent goes on as if nothing happened. This holds for fork() (pthread_atfork), not
+ * for a raw clone() or vfork(). Async contexts: see mpb_async_connect.
+ *
+ * Reconnect (off by default; this call turns it on or off). With it on, a call made
+ * after the broker closed the connection (a restart) first connects again:
+ * - Backoff: attempts 10 ms apart, doubling to at most 1 s between attempts, for
+ *   max_wait_ms in all (-1: keep the current setting, 30 s at first; 0: one attempt).
+ *   The last wait is cut to the time left: the call fails ("ConnectionError", "cannot
+ *   reconnect") no later than max_wait_ms after it began (plus one connect attempt).
+ * - Authentication is done again with the same key.
+ * - Every name this context opened with mpb_open is opened again (one round trip; a
+ *   hold of the new connection). If the broker kept its state (--data-dir), the names
+ *   have the same references and nothing changes. If it lost its state, each name is
+ *   created again empty (the initial value is not sent again), and from then on every
+ *   reference that name ever had under an earlier broker is translated to the new one
+ *   where it is a call's own parameter (not inside a value). Walks in progress are
+ *   cut (see "Iterating in chunks").
+ * - A reference never silently changes what it names. Any other reference (an
+ *   anonymous object, a name looked up with mpb_lookup, a reference read out of an
+ *   object, or one inside a value) goes to the broker as it is: the broker never gives
+ *   one id to two objects across its lifetimes (docs/PROTOCOL.md, "References"), so a
+ *   reference from a lifetime that lost its state fails with "NoSuchObject" instead of
+ *   reaching whatever now has its number. A name deleted and made again while the state
+ *   was kept is not translated either: the old reference names the old object.
+ *   (These guarantees need a broker that numbers ids in spaces, as this version does.)
+ * - Calls are never resent: a call whose reply was lost with the connection fails with
+ *   "ConnectionError" (it may or may not have been applied), as do the calls queued
+ *   behind it; the next call reconnects. Holds, lock ownership and parked requests of
+ *   the old connection are gone with it (the broker dropped them).
+ * With reconnect off, calls on a lost connection fail fast with "ConnectionError". */
 int mpb_enable_reconnect(mpb_context *c, int enable, int max_wait_ms);
 /* Close the connection and free the context. NULL is fine. */
 void mpb_free(mpb_context *c);
 /* The broker's default Unix socket path: $XDG_RUNTIME_DIR/mpbroker.sock when
- * XDG_RUNTIME_DIR is set, else /tmp/mpbroker-$UID.sock. Written into buf (size n);
- * returns buf. */
+ * XDG_RUNTIME_DIR is set, else ${TMPDIR:-/tmp}/mpbroker-$EUID/mpbroker.sock. Written
+ * into buf (size n); returns buf. */
 char *mpb_default_address(char *buf, size_t n);
 
 /*--- The generic call ---*/
@@ -99,11 +135,21 @@ int mpb_call(mpb_context *c, const char *method, const mpb_value *args, size_t n
 /* Queue a call without waiting for the reply. */
 int mpb_append_call(mpb_context *c, const char *method, const mpb_value *args,
                     size_t nargs);
-/* Send everything queued. */
+/* Send everything queued. When the broker closes the connection while we write (a
+ * request over its --max-message, a shutdown), the flush fails with "ConnectionError"
+ * but the replies the broker sent before closing stay readable: mpb_get_reply then gives
+ * each call its own outcome, in order (the calls answered, the one the broker refused
+ * with why, e.g. "TooLarge"), and ConnectionError only to the calls it never answered.
+ * A broken pipeline therefore never discards a reply that arrived. */
 int mpb_flush(mpb_context *c);
 /* Flush, then read the reply to the oldest call still unanswered, in order.
  * MPB_ERR_REPLY for an error reply (the pipeline stays in step). MPB_ERR_ARG when
- * no call is outstanding. */
+ * no call is outstanding.
+ * Depth: every reply a broker can legally send is read (MPB_REPLY_MAX_DEPTH levels,
+ * mpb_reader.h: two more than the deepest request, since dict.items chunks and monitor
+ * events wrap a stored value two levels deeper than the request that stored it). A
+ * reply deeper than that fails its own call with MPB_ERR_PROTOCOL, errkind "TooDeep",
+ * and the context stays usable; a notification deeper than that is dropped. */
 int mpb_get_reply(mpb_context *c, mpb_value *result);
 /* Number of calls sent or queued whose replies have not been read. */
 size_t mpb_pending(const mpb_context *c);
@@ -133,7 +179,9 @@ int mpb_buffer_take_reply(mpb_context *c, mpb_value *result, int *got);
  * (owned by the caller: mpb_value_free; may be NULL to discard). *got = 0 and MPB_OK
  * when the time ran out or a signal interrupted the wait (so the caller can look at
  * its flags). MPB_ERR_ARG while calls await replies and none is queued: take the
- * replies first. A notification that cannot be decoded is dropped. */
+ * replies first. A notification that cannot be decoded, or nested deeper than
+ * MPB_REPLY_MAX_DEPTH (which no broker of this version sends), is dropped: it answers
+ * no call, so the context stays in step and usable. */
 int mpb_get_notification(mpb_context *c, int timeout_ms, char *method, size_t n,
                          mpb_value *params, int *got);
 
@@ -259,17 +307,28 @@ int mpb_set_update(mpb_context *c, mpb_ref s, const mpb_value *other);
 /*--- Iterating in chunks: one round trip per chunk, not per item ---
  * Over a list's items (list.slice), a dict's [key, value] pairs (dict.items) or a
  * set's elements (set.items), `chunk` (<= 0: 1000) per call, fetched lazily by
- * mpb_iter_next. Concurrent changes: docs/PROTOCOL.md, "Cursors". The context stays
- * usable between calls; the iterator must not outlive it. NULL only when out of
- * memory; free with mpb_iter_free (NULL is fine). */
+ * mpb_iter_next. The context stays usable between calls (other calls may be made on
+ * it); the iterator must not outlive it. NULL only when out of memory; free with
+ * mpb_iter_free (NULL is fine).
+ * What a walk sees:
+ * - Over one connection: every chunk is taken at one instant; between chunks other
+ *   clients' changes show as docs/PROTOCOL.md, "Cursors" says (a dict or set walk sees
+ *   every entry present for the whole walk exactly once, across deletions and the
+ *   broker compacting its table or its log; a list walk follows indexes).
+ * - A walk never goes on across connections: positions belong to one broker process.
+ *   When the context connected again since the last chunk (a reconnect, or the first
+ *   call in a child of fork()), the next mpb_iter_next returns MPB_ERR_CUT (errkind
+ *   "ConnectionError") instead of a chunk and rewinds: the call after it starts the
+ *   walk over from the first position, so entries may be seen again, but none is
+ *   skipped in silence. Items of a chunk already fetched are still returned first. */
 typedef struct mpb_iter mpb_iter;
 mpb_iter *mpb_list_iter(mpb_context *c, mpb_ref l, int64_t chunk);
 mpb_iter *mpb_dict_iter(mpb_context *c, mpb_ref d, int64_t chunk);
 mpb_iter *mpb_set_iter(mpb_context *c, mpb_ref s, int64_t chunk);
 /* 1 and *item points at the next item (owned by the iterator, valid until the next
- * call; to keep it, copy the struct and set **item to nil); 0 at the end; or a
- * negative MPB_ERR_* with the detail on the context (calling again retries the chunk
- * that failed). */
+ * call; to keep it, copy the struct and set **item to nil); 0 at the end; MPB_ERR_CUT
+ * (see above: calling again starts over); or another negative MPB_ERR_* with the
+ * detail on the context (calling again retries the chunk that failed). */
 int mpb_iter_next(mpb_iter *it, mpb_value **item);
 void mpb_iter_free(mpb_iter *it);
 
@@ -296,8 +355,10 @@ typedef struct mpb_async_context mpb_async_context;
 /* What a callback receives; valid only until the callback returns. */
 typedef struct mpb_reply {
     int err;           /* MPB_OK; MPB_ERR_REPLY (the broker's error, the connection goes
-                          on); MPB_ERR_OOM (reply too big to decode, goes on); else the
-                          connection is lost: errkind "ConnectionError" or "ProtocolError" */
+                          on); MPB_ERR_OOM (reply too big to decode, goes on);
+                          MPB_ERR_PROTOCOL with errkind "TooDeep" (see mpb_get_reply, goes
+                          on); else the connection is lost: errkind "ConnectionError" or
+                          "ProtocolError" */
     char errkind[32];  /* "" on success, else "KeyError", "ConnectionError", ... */
     char errstr[256];
     mpb_value value;   /* the result; nil on error. The library frees it after the

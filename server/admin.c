@@ -71,7 +71,7 @@ static uint64_t rss_bytes(void)
 void manager_stats(mpb_req *r)
 {
     msgpack_packer *pk = reply_begin(r);
-    msgpack_pack_map(pk, 14);
+    msgpack_pack_map(pk, 15);
     pack_key(pk, "pid");
     msgpack_pack_int64(pk, getpid());
     pack_key(pk, "uptime");
@@ -94,6 +94,8 @@ void manager_stats(mpb_req *r)
     msgpack_pack_uint64(pk, objects_mem_used());
     pack_key(pk, "max_memory");
     msgpack_pack_uint64(pk, g_config.max_memory);
+    pack_key(pk, "id_space"); /* of the next object id (PROTOCOL.md "References") */
+    msgpack_pack_uint64(pk, mpb_ref_space(objects_peek_next_id()));
     pack_key(pk, "persistence"); /* "off", "ok", or "read-only" after a disk failure */
     pack_key(pk, persist_state());
     pack_key(pk, "persistence_error");

@@ -1,28 +1,34 @@
 /* auth.c - the authkey handshake: mutual HMAC-SHA256 challenge-response over two RPC
- * methods, and loading the key.
+ * methods, what a connection may send before it, and loading the key.
  *
- * Modelled on Python 3.12's multiprocessing.connection (deliver_challenge /
- * answer_challenge): random challenges from RAND_bytes, each named by a "{sha256}"
- * prefix, HMAC-SHA256 proofs, constant-time comparison (CRYPTO_memcmp). As an RPC it
- * is one round trip plus one request, both sides proving the key:
+ * Modelled on Python 3.12's multiprocessing.connection: random challenges from
+ * RAND_bytes, each named by a "{sha256}" prefix, HMAC-SHA256 proofs, constant-time
+ * comparison (CRYPTO_memcmp), and, as there, the connecting side proves itself first:
  *
  *   client: auth.challenge [C]        C = "{sha256}" + 32..256 random bytes
- *   broker: [S, "{sha256}" + HMAC(key, "mpbroker-auth server" || C || S)]
- *                                     S = "{sha256}" + 40 random bytes
- *   client: checks the broker's proof, then
- *           auth.response ["{sha256}" + HMAC(key, "mpbroker-auth client" || S || C)]
- *   broker: true, or AuthError and the connection closes.
+ *   broker: S                         S = "{sha256}" + 40 random bytes
+ *   client: auth.response ["{sha256}" + HMAC(key, "mpbroker-auth client" || S || C)]
+ *   broker: checks it; wrong: AuthError and the connection closes; right:
+ *           "{sha256}" + HMAC(key, "mpbroker-auth server" || C || S), which the client
+ *           checks in turn before it sends anything else.
  *
- * Each proof binds both challenges, and the two directions use distinct labels, so
- * nothing the broker ever sends is a proof it would accept (no reflection), and a
- * proof is worthless on any other connection. Handshake state lives in a struct
- * mpb_auth owned by the connection (c->auth), allocated when a connection opens on a
- * keyed broker and freed once the handshake ends or the connection closes; its timer
- * closes a connection that has not authenticated within --auth-timeout. What the handlers do not do is
- * dispatch's: the gate (auth_gate) runs before any other method is looked at.
+ * A peer without the key so gets nothing from the broker that depends on the key (S
+ * is random; an error's text is fixed): it cannot take a proof home and guess a weak
+ * key offline. Each proof binds both challenges, and the two directions use distinct
+ * labels, so nothing the broker ever sends is a proof it would accept (no reflection),
+ * and a proof is worthless on any other connection.
+ *
+ * Before the handshake has succeeded a connection may send exactly two well-formed
+ * requests (auth_serve): anything else gets at most one error reply and the connection
+ * closes, and conn.c reads no more than AUTH_MAX_MSG bytes ahead. Handshake state
+ * lives in a struct mpb_auth owned by the connection (c->auth), allocated when a
+ * connection opens on a keyed broker and freed once the handshake ends or the
+ * connection closes; its timer closes a connection that has not authenticated within
+ * --auth-timeout.
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
@@ -30,10 +36,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "auth.h"
+#include "limits.h"
 #include "mpb_codec.h"
 
 #define PREFIX "{sha256}"
@@ -44,16 +52,31 @@
 #define DIGEST 32
 #define PROOF_LEN (PREFIX_LEN + DIGEST)
 #define KEY_MAX (64u << 10)
+#define KEY_WEAK 16 /* bytes: a shorter key is warned about at start */
 
 static const char LABEL_SERVER[] = "mpbroker-auth server";
 static const char LABEL_CLIENT[] = "mpbroker-auth client";
+
+/* Who a connection comes from, for --max-handshakes-per-peer: a uid on a Unix socket,
+ * an IP address (without the port) over TCP. */
+typedef struct peer_id {
+    int family; /* AF_UNIX (addr holds the uid), AF_INET or AF_INET6 */
+    unsigned char addr[16];
+} peer_id;
 
 struct mpb_auth {
     unsigned char client[PREFIX_LEN + CLIENT_NONCE_MAX]; /* C, as received */
     size_t client_len; /* 0 until auth.challenge */
     unsigned char server[PREFIX_LEN + SERVER_NONCE]; /* S */
     struct event timer; /* --auth-timeout: a connection cannot sit unauthenticated */
+    mpb_conn *conn;
+    peer_id peer;
+    struct mpb_auth *prev, *next; /* the pending list, oldest first */
 };
+
+/* Connections still authenticating, oldest first (admission evicts from the front). */
+static struct mpb_auth *pending_head, *pending_tail;
+static size_t npending;
 
 /*--- The key ---*/
 
@@ -77,6 +100,13 @@ static int set_key(const void *p, size_t n, const char *from)
     memcpy(key_buf, p, n);
     g_config.authkey = key_buf;
     g_config.authkey_len = n;
+    /* Only a client that proves the key learns anything derived from it, but a short
+     * key can still be guessed online, or offline by a fake broker a client was
+     * tricked into trying. */
+    if (n < KEY_WEAK)
+        fprintf(stderr, "mpbroker-server: warning: the authkey from %s is only %zu bytes: "
+                "use %d or more random bytes (e.g. head -c 32 /dev/urandom | base64)\n",
+                from, n, KEY_WEAK);
     return 0;
 }
 
@@ -142,6 +172,80 @@ void auth_unload_key(void)
     g_config.authkey_len = 0;
 }
 
+/*--- Admission: connections still authenticating ---*/
+
+static void peer_of(int fd, bool tcp, peer_id *out)
+{
+    memset(out, 0, sizeof *out);
+    if (!tcp) {
+        struct ucred cred;
+        socklen_t len = sizeof cred;
+        out->family = AF_UNIX;
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0)
+            memcpy(out->addr, &cred.uid, sizeof cred.uid);
+        return;
+    }
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    if (getpeername(fd, (struct sockaddr *)&ss, &len) < 0) return;
+    if (ss.ss_family == AF_INET) {
+        out->family = AF_INET;
+        memcpy(out->addr, &((struct sockaddr_in *)&ss)->sin_addr, 4);
+    } else if (ss.ss_family == AF_INET6) {
+        const struct in6_addr *a = &((struct sockaddr_in6 *)&ss)->sin6_addr;
+        out->family = AF_INET6;
+        if (IN6_IS_ADDR_V4MAPPED(a)) { /* the same host as its IPv4 address */
+            out->family = AF_INET;
+            memcpy(out->addr, a->s6_addr + 12, 4);
+        } else {
+            memcpy(out->addr, a->s6_addr, 16);
+        }
+    }
+}
+
+static void peer_name(const peer_id *p, char *buf, size_t n)
+{
+    if (p->family == AF_UNIX) {
+        uid_t uid;
+        memcpy(&uid, p->addr, sizeof uid);
+        snprintf(buf, n, "uid %lu", (unsigned long)uid);
+    } else {
+        evutil_inet_ntop(p->family, p->addr, buf, n);
+    }
+}
+
+bool auth_admit(int fd, bool tcp, char *why, size_t n)
+{
+    if (!g_config.authkey) return true;
+    peer_id p;
+    size_t same = 0;
+    peer_of(fd, tcp, &p);
+    if (p.family == AF_UNIX) { /* the broker's own user and root are trusted anyway */
+        uid_t uid;
+        memcpy(&uid, p.addr, sizeof uid);
+        if (uid == geteuid() || uid == 0) return true;
+    }
+    for (struct mpb_auth *a = pending_head; a; a = a->next)
+        if (memcmp(&a->peer, &p, sizeof p) == 0) same++;
+    if (same < g_config.max_handshakes_per_peer) return true;
+    char name[64];
+    peer_name(&p, name, sizeof name);
+    snprintf(why, n, "%zu connections from %s are already authenticating "
+             "(--max-handshakes-per-peer)", same, name);
+    return false;
+}
+
+size_t auth_pending(void) { return npending; }
+
+bool auth_evict_oldest(const char *why)
+{
+    if (!pending_head) return false;
+    mpb_conn *c = pending_head->conn;
+    limits_refuse(c->fd, why);
+    conn_close(c); /* from the listener's callback: no connection's callback runs */
+    return true;
+}
+
 /*--- Connections ---*/
 
 static void on_auth_timeout(evutil_socket_t fd, short what, void *arg)
@@ -161,7 +265,16 @@ void auth_conn_new(mpb_conn *c)
     if (c->authed) return;
     c->in.max_msg = AUTH_MAX_MSG;
     /* Without memory for the handshake state the connection can only fail it. */
-    if (!(c->auth = calloc(1, sizeof *c->auth)) || g_config.auth_timeout <= 0) return;
+    struct mpb_auth *a = c->auth = calloc(1, sizeof *c->auth);
+    if (!a) return;
+    a->conn = c;
+    peer_of(c->fd, c->is_tcp, &a->peer);
+    a->prev = pending_tail;
+    if (pending_tail) pending_tail->next = a;
+    else pending_head = a;
+    pending_tail = a;
+    npending++;
+    if (g_config.auth_timeout <= 0) return;
     double whole = (double)(long)g_config.auth_timeout;
     struct timeval tv = {(time_t)whole, (suseconds_t)((g_config.auth_timeout - whole) * 1e6)};
     evtimer_assign(&c->auth->timer, event_get_base(&c->rev), on_auth_timeout, c);
@@ -170,7 +283,13 @@ void auth_conn_new(mpb_conn *c)
 
 void auth_conn_free(mpb_conn *c)
 {
-    if (!c->auth) return;
+    struct mpb_auth *a = c->auth;
+    if (!a) return;
+    if (a->prev) a->prev->next = a->next;
+    else pending_head = a->next;
+    if (a->next) a->next->prev = a->prev;
+    else pending_tail = a->prev;
+    npending--;
     evtimer_del(&c->auth->timer); /* harmless when never added */
     OPENSSL_cleanse(c->auth, sizeof *c->auth);
     free(c->auth);
@@ -186,14 +305,6 @@ static void fail(mpb_req *r, const char *why)
                 (unsigned long long)r->conn->id, r->conn->peer, why);
     auth_conn_free(r->conn);
     r->conn->closing = true;
-}
-
-bool auth_gate(mpb_req *r, int id)
-{
-    if (id == MPB_M_AUTH_CHALLENGE || id == MPB_M_AUTH_RESPONSE) return true;
-    fail(r, "authenticate first: this broker has an authkey (auth.challenge, then "
-            "auth.response)");
-    return false;
 }
 
 /* out = PREFIX + HMAC-SHA256(key, label || a || b). */
@@ -228,7 +339,7 @@ static bool may_handshake(mpb_req *r)
     return true;
 }
 
-/* auth.challenge CLIENT_CHALLENGE */
+/* auth.challenge CLIENT_CHALLENGE: replies SERVER_CHALLENGE, random, nothing else. */
 void auth_challenge(mpb_req *r)
 {
     if (!may_handshake(r)) return;
@@ -237,7 +348,7 @@ void auth_challenge(mpb_req *r)
     size_t n;
     struct mpb_auth *a = c->auth;
     if (!a) {
-        reply_error(r, MPB_E_OUT_OF_MEMORY, "auth.challenge: out of memory");
+        fail(r, "auth.challenge: out of memory");
         return;
     }
     if (a->client_len) {
@@ -257,15 +368,10 @@ void auth_challenge(mpb_req *r)
         fail(r, "auth.challenge: no random bytes to be had");
         return;
     }
-    unsigned char mine[PROOF_LEN];
-    proof(mine, LABEL_SERVER, a->client, a->client_len, a->server, sizeof a->server);
-    msgpack_packer *pk = reply_begin(r);
-    msgpack_pack_array(pk, 2);
-    msgpack_pack_bin_with_body(pk, a->server, sizeof a->server);
-    msgpack_pack_bin_with_body(pk, mine, sizeof mine);
+    msgpack_pack_bin_with_body(reply_begin(r), a->server, sizeof a->server);
 }
 
-/* auth.response CLIENT_PROOF */
+/* auth.response CLIENT_PROOF: checks it, then replies SERVER_PROOF. */
 void auth_response(mpb_req *r)
 {
     if (!may_handshake(r)) return;
@@ -281,13 +387,75 @@ void auth_response(mpb_req *r)
     proof(want, LABEL_CLIENT, a->server, sizeof a->server, a->client, a->client_len);
     bool ok = mpb_object_bytes(&r->args[0], &p, &n) && n == PROOF_LEN &&
               CRYPTO_memcmp(p, want, PROOF_LEN) == 0;
-    OPENSSL_cleanse(want, sizeof want);
     if (!ok) {
+        OPENSSL_cleanse(want, sizeof want);
         fail(r, "wrong authkey");
         return;
     }
+    /* The client has proved the key: only now does the broker prove it in turn. */
+    proof(want, LABEL_SERVER, a->client, a->client_len, a->server, sizeof a->server);
+    msgpack_pack_bin_with_body(reply_begin(r), want, sizeof want);
+    OPENSSL_cleanse(want, sizeof want);
     auth_conn_free(c);
     c->authed = true;
     c->in.max_msg = g_config.max_msg;
-    reply_bool(r, true);
+}
+
+/*--- Before the handshake ---*/
+
+/* A request from an unauthenticated connection, checked and run: true when it was a
+ * well-formed auth.challenge or auth.response that succeeded. On false an error has
+ * been replied, unless the message had no msgid to reply to. */
+static bool serve_unauthenticated(mpb_conn *c, const msgpack_object *msg)
+{
+    const msgpack_object *f = msg->via.array.ptr;
+    bool is_req = msg->type == MSGPACK_OBJECT_ARRAY && msg->via.array.size == 4 &&
+                  f[0].type == MSGPACK_OBJECT_POSITIVE_INTEGER && f[0].via.u64 == 0 &&
+                  f[1].type == MSGPACK_OBJECT_POSITIVE_INTEGER;
+    if (!is_req) {
+        /* Garbage gets one BadRequest; a notification or a response, nothing. */
+        bool silent = msg->type == MSGPACK_OBJECT_ARRAY && msg->via.array.size > 0 &&
+                      f[0].type == MSGPACK_OBJECT_POSITIVE_INTEGER &&
+                      (f[0].via.u64 == 1 || f[0].via.u64 == 2);
+        bool has_id = msg->type == MSGPACK_OBJECT_ARRAY && msg->via.array.size >= 2 &&
+                      f[0].type == MSGPACK_OBJECT_POSITIVE_INTEGER && f[0].via.u64 == 0 &&
+                      f[1].type == MSGPACK_OBJECT_POSITIVE_INTEGER;
+        if (!silent)
+            dispatch_reply_bad(c, has_id, has_id ? f[1].via.u64 : 0, MPB_E_BAD_REQUEST,
+                               "expected [0, msgid, method, params]: authenticate first "
+                               "(auth.challenge, then auth.response)");
+        return false;
+    }
+    mpb_req r = {.conn = c, .msgid = f[1].via.u64};
+    const char *name;
+    size_t len;
+    int id = mpb_object_bytes(&f[2], &name, &len) ? mpb_method_lookup(name, len) : -1;
+    if (id != MPB_M_AUTH_CHALLENGE && id != MPB_M_AUTH_RESPONSE) {
+        reply_error(&r, MPB_E_AUTH, "authenticate first: this broker has an authkey "
+                    "(auth.challenge, then auth.response)");
+        return false;
+    }
+    r.method = id;
+    r.info = &mpb_methods[id];
+    if (f[3].type != MSGPACK_OBJECT_ARRAY || f[3].via.array.size != 1) {
+        reply_error(&r, MPB_E_AUTH, "%s takes one argument, a bin", r.info->name);
+        return false;
+    }
+    r.args = f[3].via.array.ptr;
+    r.nargs = 1;
+    c->ops++;
+    if (id == MPB_M_AUTH_CHALLENGE) auth_challenge(&r);
+    else auth_response(&r);
+    return !r.failed;
+}
+
+void auth_serve(mpb_conn *c, const msgpack_object *msg)
+{
+    if (serve_unauthenticated(c, msg)) return;
+    /* One misstep ends it: a stranger cannot make the broker answer, or read, more. */
+    if (!g_config.quiet && c->auth)
+        fprintf(stderr, "mpbroker-server: connection %llu (%s) sent something other than "
+                "the handshake: closed\n", (unsigned long long)c->id, c->peer);
+    auth_conn_free(c);
+    c->closing = true;
 }

@@ -2,19 +2,21 @@
  *
  * With a key (--authkey-file, $MPBROKER_AUTHKEY_FILE or $MPBROKER_AUTHKEY) a new
  * connection may call only auth.challenge and auth.response until it has proved that
- * it knows the key, and the broker proves the same to it (docs/PROTOCOL.md,
- * "Authentication"). Anything else first is AuthError, and the connection closes.
+ * it knows the key; then the broker proves the same to it (docs/PROTOCOL.md,
+ * "Authentication"). Anything else first gets one error, and the connection closes.
  * Without a key every connection starts authenticated.
  */
 #ifndef MPB_AUTH_H
 #define MPB_AUTH_H
 
 #include <stdbool.h>
+#include <stddef.h>
 
 #include "server.h"
 
-/* Requests larger than this are TooLarge until the handshake is done: a client
- * without the key cannot make the broker buffer megabytes. */
+/* Until the handshake is done a request larger than this is TooLarge, and conn.c
+ * reads no further ahead: a client without the key cannot make the broker buffer
+ * more. */
 #define AUTH_MAX_MSG 1024
 
 /* Read the key into g_config.authkey: from `file` when not NULL, else from the file
@@ -24,13 +26,22 @@
 int auth_load_key(const char *file);
 /* Free the key (at exit). */
 void auth_unload_key(void);
+/* Admission of an accepted socket while connections are authenticating (limits.c
+ * decides with these): auth_admit is false, with why written, when its peer (uid on a
+ * Unix socket, but for the broker's own and root; IP address over TCP) already has
+ * --max-handshakes-per-peer connections authenticating; auth_pending counts them all; auth_evict_oldest closes the oldest of
+ * them, telling it why (false when there is none). Only from the listener's callback. */
+bool auth_admit(int fd, bool tcp, char *why, size_t n);
+size_t auth_pending(void);
+bool auth_evict_oldest(const char *why);
 /* A new connection: authenticated at once when there is no key. */
 void auth_conn_new(mpb_conn *c);
 /* The connection is going: forget its handshake state. */
 void auth_conn_free(mpb_conn *c);
-/* An unauthenticated connection called method id (-1: unknown). true when that is a
- * handshake method; otherwise replies AuthError (not to a notification), marks the
- * connection closing and returns false. */
-bool auth_gate(mpb_req *r, int id);
+/* A whole message from a connection that has not authenticated: served when it is a
+ * well-formed auth.challenge or auth.response request; anything else (another method,
+ * a bad shape, a notification, a failed step) gets at most one error reply and marks
+ * the connection closing. */
+void auth_serve(mpb_conn *c, const msgpack_object *msg);
 
 #endif

@@ -204,6 +204,7 @@ static void serve_buffered(mpb_conn *c)
         if (st == MPB_READ_TOO_DEEP) {
             dispatch_reply_bad(c, c->in.has_skipped_msgid, c->in.skipped_msgid,
                                MPB_E_TOO_DEEP, c->in.errstr);
+            if (!c->authed) c->closing = true; /* before the handshake: one error, then out */
             continue;
         }
         dispatch_message(c, &msg);
@@ -296,16 +297,21 @@ static void on_read(evutil_socket_t fd, short what, void *arg)
     (void)what;
     mpb_conn *c = arg;
     for (int round = 0; round < 4; round++) {
+        /* Before the handshake nothing is read past AUTH_MAX_MSG bytes: a stranger's
+         * bytes wait in the kernel until the ones before them are served. */
+        size_t pend = mpb_reader_pending(&c->in);
+        size_t want = c->authed ? READ_CHUNK : pend < AUTH_MAX_MSG ? AUTH_MAX_MSG - pend : 0;
         size_t avail;
-        char *space = mpb_reader_space(&c->in, READ_CHUNK, &avail);
+        char *space = want ? mpb_reader_space(&c->in, want, &avail) : NULL;
         if (!space) {
             c->closing = true;
             break;
         }
+        if (!c->authed) avail = want;
         ssize_t n = read(fd, space, avail);
         if (n > 0) {
             mpb_reader_commit(&c->in, (size_t)n);
-            if ((size_t)n < avail) break;
+            if ((size_t)n < avail || !c->authed) break;
             continue;
         }
         if (n == 0) {

@@ -317,6 +317,11 @@ static bool check_params(mpb_req *r, const msgpack_object_array *params)
 
 void dispatch_message(mpb_conn *c, const msgpack_object *msg)
 {
+    /* Before the handshake only the handshake, strictly (and no monitor sees it). */
+    if (!c->authed) {
+        auth_serve(c, msg);
+        return;
+    }
     mpb_req r = {.conn = c};
     if (msg->type != MSGPACK_OBJECT_ARRAY || msg->via.array.size == 0 ||
         msg->via.array.ptr[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER) {
@@ -351,7 +356,6 @@ void dispatch_message(mpb_conn *c, const msgpack_object *msg)
         return;
     }
     int id = mpb_method_lookup(name, len);
-    if (!c->authed && !auth_gate(&r, id)) return; /* only the handshake before it */
     if (params->type == MSGPACK_OBJECT_ARRAY)
         admin_monitor_feed(c, id < 0 ? NULL : &mpb_methods[id], name, len, params);
     if (id < 0) {

@@ -1,6 +1,7 @@
-/* limits.c - resource limits and exposure rules: connections (--max-clients and the
- * file descriptors they need), stored data (--max-memory), reply size (--max-output),
- * loopback checks for protected mode, and the socket's group.
+/* limits.c - resource limits and exposure rules: connections (--max-clients, the file
+ * descriptors they need, and the room strangers may take while authenticating), stored
+ * data (--max-memory), reply size (--max-output), loopback checks for protected mode.
+ * (The socket file's ownership and mode are sockfile.c's.)
  *
  * Where each limit is enforced: admission in main.c's accept callback; memory in
  * dispatch's arg_value (before a handler changes anything) and after manager.create;
@@ -8,18 +9,18 @@
  * count itself is objects.c's (objects_mem_used).
  */
 #include <errno.h>
-#include <grp.h>
 #include <math.h>
 #include <netinet/in.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "auth.h"
 #include "limits.h"
 #include "persist.h"
 
@@ -78,16 +79,11 @@ void limits_setup_nofile(void)
     }
 }
 
-bool limits_admit(int fd)
+void limits_refuse(int fd, const char *why)
 {
-    if (conn_count() < g_config.max_clients) return true;
-    /* Say why before closing (one small write: a fresh socket always takes it), and
-     * log at most once a second, whatever the flood. */
-    char msg[128];
+    /* One small write: a fresh socket always takes it. */
     msgpack_sbuffer sb = {.size = 0, .data = NULL, .alloc = 0};
     msgpack_packer pk;
-    snprintf(msg, sizeof msg, "the broker serves at most %zu connections (--max-clients)",
-             g_config.max_clients);
     msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
     msgpack_pack_array(&pk, 4);
     msgpack_pack_uint8(&pk, 1);
@@ -95,19 +91,56 @@ bool limits_admit(int fd)
     msgpack_pack_array(&pk, 2);
     const char *kind = mpb_errkind_name(MPB_E_TOO_MANY_CLIENTS);
     msgpack_pack_str_with_body(&pk, kind, strlen(kind));
-    msgpack_pack_str_with_body(&pk, msg, strlen(msg));
+    msgpack_pack_str_with_body(&pk, why, strlen(why));
     msgpack_pack_nil(&pk);
     if (sb.data) (void)!send(fd, sb.data, sb.size, MSG_NOSIGNAL | MSG_DONTWAIT);
     msgpack_sbuffer_destroy(&sb);
-    static time_t last_log;
-    static unsigned long refused;
-    refused++;
+}
+
+void limits_setup_handshakes(void)
+{
+    /* Connections that authenticate can always take the place of ones still trying,
+     * so the handshake caps need no room of their own: they only must not exceed
+     * the whole. */
+    if (g_config.max_handshakes > g_config.max_clients)
+        g_config.max_handshakes = g_config.max_clients;
+    if (g_config.max_handshakes_per_peer > g_config.max_handshakes)
+        g_config.max_handshakes_per_peer = g_config.max_handshakes;
+}
+
+/* Log what admission did at most once a second per kind, whatever the flood. */
+static void log_admission(const char *what, const char *why, unsigned long *count,
+                          time_t *last)
+{
+    ++*count;
     time_t now = time(NULL);
-    if (!g_config.quiet && now != last_log) {
-        fprintf(stderr, "mpbroker-server: refused a connection: %s (%lu refused so far)\n", msg,
-                refused);
-        last_log = now;
+    if (g_config.quiet || now == *last) return;
+    *last = now;
+    fprintf(stderr, "mpbroker-server: %s: %s (%lu so far)\n", what, why, *count);
+}
+
+bool limits_admit(int fd, bool tcp)
+{
+    static unsigned long refused, evicted;
+    static time_t refused_log, evicted_log;
+    char why[160];
+    if (!auth_admit(fd, tcp, why, sizeof why)) goto refuse; /* --max-handshakes-per-peer */
+    bool full = conn_count() >= g_config.max_clients;
+    if (!full && auth_pending() < g_config.max_handshakes) return true;
+    /* Full, or too many authenticating: a connection that has not authenticated yet
+     * makes room (the oldest: a client with the key needs only one round trip), so
+     * strangers never lock out those with the key. */
+    snprintf(why, sizeof why, full ? "the broker serves at most %zu connections "
+             "(--max-clients)" : "at most %zu connections may be authenticating at once "
+             "(--max-handshakes)", full ? g_config.max_clients : g_config.max_handshakes);
+    if (auth_evict_oldest(why)) {
+        log_admission("closed a connection still authenticating to make room", why, &evicted,
+                      &evicted_log);
+        return true;
     }
+refuse:
+    limits_refuse(fd, why);
+    log_admission("refused a connection", why, &refused, &refused_log);
     return false;
 }
 
@@ -125,30 +158,50 @@ bool limits_is_loopback(const struct sockaddr *sa)
     return sa->sa_family == AF_UNIX;
 }
 
-void limits_socket_group(const char *path, const char *group)
+/*--- Memory ---*/
+
+/* The memory limit of this process's cgroup (v2 memory.max, v1
+ * memory.limit_in_bytes), or 0 when it has none we can read. */
+static uint64_t cgroup_limit(void)
 {
-    char *end;
-    gid_t gid;
-    struct group *g = getgrnam(group);
-    if (g) {
-        gid = g->gr_gid;
-    } else {
-        unsigned long n = strtoul(group, &end, 10);
-        if (end == group || *end) {
-            fprintf(stderr, "mpbroker-server: --socket-group: no group '%s'\n", group);
-            exit(2);
-        }
-        gid = (gid_t)n;
+    FILE *f = fopen("/proc/self/cgroup", "r");
+    char line[512], path[640];
+    uint64_t limit = 0;
+    while (f && fgets(line, sizeof line, f)) {
+        line[strcspn(line, "\n")] = '\0';
+        char *ctl = strchr(line, ':'), *cg = ctl ? strchr(ctl + 1, ':') : NULL;
+        if (!cg) continue;
+        *cg++ = '\0';
+        ctl++;
+        if (strcmp(line, "0") == 0 && ctl[0] == '\0') /* v2: "0::/path" */
+            snprintf(path, sizeof path, "/sys/fs/cgroup%s/memory.max", cg);
+        else if (strstr(ctl, "memory")) /* v1: "N:memory:/path" */
+            snprintf(path, sizeof path, "/sys/fs/cgroup/memory%s/memory.limit_in_bytes", cg);
+        else
+            continue;
+        FILE *m = fopen(path, "r");
+        unsigned long long n;
+        if (m && fscanf(m, "%llu", &n) == 1 && n > 0 && (limit == 0 || n < limit)) limit = n;
+        if (m) fclose(m); /* "max" (v2) reads as no number: no limit */
     }
-    if (chown(path, (uid_t)-1, gid) < 0 || chmod(path, 0660) < 0) {
-        fprintf(stderr, "mpbroker-server: --socket-group %s on %s: %s\n", group, path,
-                strerror(errno));
-        unlink(path);
-        exit(2);
-    }
+    if (f) fclose(f);
+    return limit;
 }
 
-/*--- Memory ---*/
+size_t limits_default_max_memory(void)
+{
+    /* Redis leaves maxmemory off on 64-bit systems (and sets 3 GB on 32-bit ones); a
+     * broker any client can fill would rather refuse a write than meet the OOM killer,
+     * so: half of what the process may use, physical RAM or its container's limit,
+     * leaving the other half for what the count leaves out (allocator overhead,
+     * buffers, requests being decoded). */
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    uint64_t ram = pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page : 0;
+    uint64_t cg = cgroup_limit();
+    if (cg && (ram == 0 || cg < ram)) ram = cg;
+    if (ram == 0) return 0; /* unknown: no default limit */
+    return ram / 2 > SIZE_MAX ? SIZE_MAX : (size_t)(ram / 2);
+}
 
 /* Writes that take values only to find and remove things: never refused. */
 static bool frees_memory(const char *method)

@@ -17,6 +17,8 @@
 #define LIMITS_DEFAULT_MAX_OUTPUT ((size_t)256 << 20)
 #define LIMITS_DEFAULT_OUTPUT_TIMEOUT 60.0
 #define LIMITS_DEFAULT_AUTH_TIMEOUT 10.0
+#define LIMITS_DEFAULT_MAX_HANDSHAKES 1024
+#define LIMITS_DEFAULT_MAX_HANDSHAKES_PER_PEER 128
 
 /* A byte count with an optional K, M or G suffix (powers of 1024); exits 2 with a
  * message naming opt when arg is not one, or is below min. */
@@ -27,14 +29,22 @@ double limits_parse_seconds(const char *opt, const char *arg);
 /* At start: raise RLIMIT_NOFILE's soft limit as far as --max-clients needs (up to the
  * hard limit), and lower --max-clients, with a warning, when it cannot. */
 void limits_setup_nofile(void);
-/* A new socket: true when it may be served; over --max-clients, writes it a
- * TooManyClients error and returns false (the caller closes it). */
-bool limits_admit(int fd);
+/* At start (after limits_setup_nofile): the handshake caps fit --max-clients. */
+void limits_setup_handshakes(void);
+/* A new socket: true when it may be served. When the broker is full (--max-clients)
+ * or too many connections are authenticating (--max-handshakes), the oldest of those
+ * still authenticating is closed to make room; with none to close, or when the
+ * socket's peer already has --max-handshakes-per-peer connections authenticating, it
+ * writes it a TooManyClients error and returns false (the caller closes it). */
+bool limits_admit(int fd, bool tcp);
+/* Write [1, nil, ["TooManyClients", why], nil] to fd, without blocking. */
+void limits_refuse(int fd, const char *why);
 /* Is this a loopback address (127.0.0.0/8, ::1, or v4-mapped loopback)? */
 bool limits_is_loopback(const struct sockaddr *sa);
-/* --socket-group: give the Unix socket to this group, mode 0660. Exits 2 on failure. */
-void limits_socket_group(const char *path, const char *group);
 
+/* The default --max-memory: half of physical RAM, or of the cgroup's memory limit
+ * when that is lower (a container); 0 (none) when neither can be read. */
+size_t limits_default_max_memory(void);
 /* --max-memory: may r store v? false after replying OutOfMemory. Deletions (remove,
  * pop, delitem, discard, delattr) are never refused: they free memory. */
 bool limits_memory_for_value(mpb_req *r, const mpb_value *v);

@@ -7,11 +7,11 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -23,12 +23,15 @@
 #include "mpb_address.h"
 #include "persist.h"
 #include "server.h"
+#include "sockfile.h"
 
 mpb_config g_config = {.max_msg = MPB_READER_DEFAULT_MAX_MSG, .max_depth = MPB_READER_MAX_DEPTH,
                        .max_clients = LIMITS_DEFAULT_MAX_CLIENTS,
                        .max_output = LIMITS_DEFAULT_MAX_OUTPUT,
                        .output_timeout = LIMITS_DEFAULT_OUTPUT_TIMEOUT,
-                       .auth_timeout = LIMITS_DEFAULT_AUTH_TIMEOUT};
+                       .auth_timeout = LIMITS_DEFAULT_AUTH_TIMEOUT,
+                       .max_handshakes = LIMITS_DEFAULT_MAX_HANDSHAKES,
+                       .max_handshakes_per_peer = LIMITS_DEFAULT_MAX_HANDSHAKES_PER_PEER};
 bool g_shutdown_requested;
 
 static struct event_base *base;
@@ -36,6 +39,7 @@ static struct evconnlistener *listeners[9];
 static int nlisteners;
 static char socket_path[108];
 static const char *socket_group; /* --socket-group, or NULL */
+static bool insecure;             /* --insecure: keyless TCP on loopback allowed */
 static struct event *accept_retry; /* re-enables the listeners after EMFILE */
 #define DRAIN_SECONDS 5.0           /* at shutdown, for clients slow to read replies */
 
@@ -55,11 +59,14 @@ static void usage(FILE *f)
             "locks, semaphores, conditions, events, barriers, values and arrays shared\n"
             "between processes over MessagePack-RPC (see docs/PROTOCOL.md).\n"
             "\n"
-            "  -s, --socket PATH       Unix socket to listen on (default %s;\n"
-            "                          mode 0600). --socket none: no Unix socket\n"
+            "  -s, --socket PATH       Unix socket to listen on (default %s,\n"
+            "                          in a directory of its own that must be this\n"
+            "                          user's; mode 0600). --socket none: no Unix socket\n"
             "  -l, --listen tcp://HOST:PORT\n"
             "                          also listen on TCP (repeatable); tcp://:PORT is\n"
-            "                          127.0.0.1. Beyond loopback only with an authkey\n"
+            "                          127.0.0.1. Needs an authkey, or --insecure\n"
+            "      --insecure          allow --listen on loopback without an authkey:\n"
+            "                          every local user can then use every object\n"
             "      --max-message BYTES largest request accepted (default %u)\n"
             "      --max-depth N       deepest nesting accepted, 1..%d (default %d)\n"
             "      --data-dir DIR      persist state in DIR (append-only log + snapshot);\n"
@@ -78,6 +85,11 @@ static void usage(FILE *f)
             "                          $MPBROKER_AUTHKEY_FILE, else $MPBROKER_AUTHKEY, else none\n"
             "      --auth-timeout S    close a connection that has not authenticated after\n"
             "                          S seconds (default %g; 0: never)\n"
+            "      --max-handshakes N  connections authenticating at once (default %d);\n"
+            "                          past it the oldest of them is closed for a new one\n"
+            "      --max-handshakes-per-peer N\n"
+            "                          the same from one other uid (Unix socket) or IP\n"
+            "                          address (default %d); past it new ones are refused\n"
             "      --socket-group GROUP the Unix socket is 0660 and belongs to GROUP\n"
             "      --max-clients N     connections served at once (default %d); more are\n"
             "                          refused with TooManyClients\n"
@@ -86,8 +98,9 @@ static void usage(FILE *f)
             "                          connection is closed\n"
             "      --output-timeout S  close a connection that reads none of its replies\n"
             "                          for S seconds (default %g; 0: never)\n"
-            "      --max-memory BYTES  stored data (default 0: no limit); writes past it\n"
-            "                          are OutOfMemory. K, M, G suffixes allowed\n"
+            "      --max-memory BYTES  stored data (default half of RAM or of the\n"
+            "                          cgroup's limit, here %zu MiB; 0: none); writes\n"
+            "                          past it are OutOfMemory. K, M, G suffixes allowed\n"
             "  -q, --quiet             no start-up message\n"
             "  -h, --help              this text\n"
             "\n"
@@ -96,8 +109,10 @@ static void usage(FILE *f)
             "removed, exit 0.\n",
             mpb_default_socket_path(def, sizeof def), MPB_READER_DEFAULT_MAX_MSG,
             MPB_READER_MAX_DEPTH, MPB_READER_MAX_DEPTH, LIMITS_DEFAULT_AUTH_TIMEOUT,
+            LIMITS_DEFAULT_MAX_HANDSHAKES, LIMITS_DEFAULT_MAX_HANDSHAKES_PER_PEER,
             LIMITS_DEFAULT_MAX_CLIENTS,
-            LIMITS_DEFAULT_MAX_OUTPUT >> 20, LIMITS_DEFAULT_OUTPUT_TIMEOUT);
+            LIMITS_DEFAULT_MAX_OUTPUT >> 20, LIMITS_DEFAULT_OUTPUT_TIMEOUT,
+            limits_default_max_memory() >> 20);
 }
 
 static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
@@ -107,7 +122,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
     (void)salen;
     (void)arg;
     bool tcp = sa->sa_family == AF_INET || sa->sa_family == AF_INET6;
-    if (!limits_admit(fd)) { /* --max-clients */
+    if (!limits_admit(fd, tcp)) { /* --max-clients, --max-handshakes[-per-peer] */
         close(fd);
         return;
     }
@@ -160,29 +175,12 @@ static void add_listener(struct evconnlistener *l, const char *what)
     if (!g_config.quiet) fprintf(stderr, "mpbroker-server: listening on %s\n", what);
 }
 
-static void listen_unix(const char *path)
+static void listen_unix(const char *path, bool is_default)
 {
-    struct sockaddr_un sun = {.sun_family = AF_UNIX};
-    if (strlen(path) >= sizeof sun.sun_path) {
-        fprintf(stderr, "mpbroker-server: socket path too long: %s\n", path);
-        exit(2);
-    }
-    strcpy(sun.sun_path, path);
-    /* A live broker already there? Then refuse; a stale file is removed. */
-    int probe = socket(AF_UNIX, SOCK_STREAM, 0);
-    if (probe >= 0 && connect(probe, (struct sockaddr *)&sun, sizeof sun) == 0) {
-        fprintf(stderr, "mpbroker-server: a broker is already listening on %s\n", path);
-        exit(1);
-    }
-    if (probe >= 0) close(probe);
-    unlink(path);
-    mode_t old = umask(0177); /* the socket is created 0600: only our user may connect */
-    struct evconnlistener *l = evconnlistener_new_bind(
-        base, on_accept, NULL, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, 1024,
-        (struct sockaddr *)&sun, sizeof sun);
-    umask(old);
-    if (l && socket_group) limits_socket_group(path, socket_group);
+    int fd = sockfile_listen(path, is_default, socket_group); /* exits when it cannot */
     snprintf(socket_path, sizeof socket_path, "%s", path);
+    struct evconnlistener *l = evconnlistener_new(
+        base, on_accept, NULL, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, 0, fd);
     char what[128];
     snprintf(what, sizeof what, "unix:%s", path);
     add_listener(l, what);
@@ -201,14 +199,21 @@ static void listen_tcp(const char *addr)
         fprintf(stderr, "mpbroker-server: %s: %s\n", addr, evutil_gai_strerror(rc));
         exit(2);
     }
-    /* Protected mode, as Redis's: reachable from other hosts only with a key. */
-    if (!g_config.authkey && !limits_is_loopback(ai->ai_addr)) {
+    /* Protected mode, stricter than Redis's: a TCP port, even on loopback, is open to
+     * every local user (the Unix socket is the owner's alone), so without a key it
+     * takes --insecure, and beyond loopback a key, always. */
+    bool loopback = limits_is_loopback(ai->ai_addr);
+    if (!g_config.authkey && (!insecure || !loopback)) {
         fprintf(stderr, "mpbroker-server: refusing to listen on %s without an authkey: "
-                "any host that reaches it could use every object. Give --authkey-file "
-                "(or $MPBROKER_AUTHKEY), or listen on 127.0.0.1\n", addr);
+                "%s could use every object. Give --authkey-file (or $MPBROKER_AUTHKEY)%s\n",
+                addr, loopback ? "every local user" : "any host that reaches it",
+                loopback ? ", or --insecure to accept that" : "");
         if (socket_path[0]) unlink(socket_path);
         exit(2);
     }
+    if (!g_config.authkey && !g_config.quiet)
+        fprintf(stderr, "mpbroker-server: warning: --insecure: %s has no authkey: every "
+                "local user can use every object\n", addr);
     struct evconnlistener *l = evconnlistener_new_bind(
         base, on_accept, NULL,
         LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC | LEV_OPT_REUSEABLE, 1024, ai->ai_addr,
@@ -221,7 +226,8 @@ static void parse_args(int argc, char **argv, const char **sock, const char **au
 {
     enum { OPT_MAX_MSG = 256, OPT_MAX_DEPTH, OPT_DATA_DIR, OPT_FSYNC, OPT_COMPACT,
            OPT_AUTHKEY_FILE, OPT_SOCKET_GROUP, OPT_MAX_CLIENTS, OPT_MAX_OUTPUT,
-           OPT_OUTPUT_TIMEOUT, OPT_MAX_MEMORY, OPT_AUTH_TIMEOUT, OPT_REPAIR };
+           OPT_OUTPUT_TIMEOUT, OPT_MAX_MEMORY, OPT_AUTH_TIMEOUT, OPT_INSECURE,
+           OPT_MAX_HANDSHAKES, OPT_MAX_HANDSHAKES_PER_PEER, OPT_REPAIR };
     static const struct option opts[] = {
         {"socket", required_argument, NULL, 's'},
         {"listen", required_argument, NULL, 'l'},
@@ -238,6 +244,9 @@ static void parse_args(int argc, char **argv, const char **sock, const char **au
         {"max-output", required_argument, NULL, OPT_MAX_OUTPUT},
         {"output-timeout", required_argument, NULL, OPT_OUTPUT_TIMEOUT},
         {"max-memory", required_argument, NULL, OPT_MAX_MEMORY},
+        {"insecure", no_argument, NULL, OPT_INSECURE},
+        {"max-handshakes", required_argument, NULL, OPT_MAX_HANDSHAKES},
+        {"max-handshakes-per-peer", required_argument, NULL, OPT_MAX_HANDSHAKES_PER_PEER},
         {"quiet", no_argument, NULL, 'q'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -303,6 +312,14 @@ static void parse_args(int argc, char **argv, const char **sock, const char **au
         case OPT_MAX_MEMORY:
             g_config.max_memory = limits_parse_bytes("--max-memory", optarg, 0);
             break;
+        case OPT_INSECURE: insecure = true; break;
+        case OPT_MAX_HANDSHAKES:
+            g_config.max_handshakes = limits_parse_bytes("--max-handshakes", optarg, 1);
+            break;
+        case OPT_MAX_HANDSHAKES_PER_PEER:
+            g_config.max_handshakes_per_peer =
+                limits_parse_bytes("--max-handshakes-per-peer", optarg, 1);
+            break;
         case 'q': g_config.quiet = true; break;
         case 'h': usage(stdout); exit(0);
         default: usage(stderr); exit(2);
@@ -324,9 +341,12 @@ int main(int argc, char **argv)
     char def[108];
     const char *sock = mpb_default_socket_path(def, sizeof def);
     const char *authkey_file = NULL;
+    g_config.max_memory = SIZE_MAX; /* until parse_args: not given */
     parse_args(argc, argv, &sock, &authkey_file);
+    if (g_config.max_memory == SIZE_MAX) g_config.max_memory = limits_default_max_memory();
     if (auth_load_key(authkey_file) < 0) return 2;
     limits_setup_nofile();
+    limits_setup_handshakes();
     if (strcmp(sock, "none") == 0) sock = NULL;
     if (!sock && g_config.ntcp == 0 && !g_persist.repair) {
         fprintf(stderr, "mpbroker-server: nothing to listen on\n");
@@ -342,6 +362,7 @@ int main(int argc, char **argv)
     }
     mpb_hash_randomize(); /* before any map exists */
     objects_init();
+    objects_new_id_space(); /* a state loaded next keeps its own */
     persist_open(base); /* before listening: clients see the loaded state */
     if (g_persist.repair) { /* loaded (and cut where it had to be): done */
         int rc = persist_close() ? 0 : 1;
@@ -354,7 +375,7 @@ int main(int argc, char **argv)
     }
     admin_init(base);
     accept_retry = evtimer_new(base, on_accept_retry, NULL);
-    if (sock) listen_unix(sock);
+    if (sock) listen_unix(sock, sock == def);
     for (int i = 0; i < g_config.ntcp; i++) listen_tcp(g_config.tcp[i]);
     struct event *sigint = evsignal_new(base, SIGINT, on_signal, NULL);
     struct event *sigterm = evsignal_new(base, SIGTERM, on_signal, NULL);

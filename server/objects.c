@@ -5,6 +5,9 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "objects.h"
 
@@ -119,6 +122,7 @@ bool idmap_next(const mpb_idmap *m, size_t *it, uint64_t *key, void **val)
 static mpb_idmap table;     /* id -> mpb_object */
 static mpb_map *names;      /* str -> int id */
 static uint64_t next_id = 1;
+static bool adopt_loaded; /* the first id loaded from --data-dir decides the space */
 static mpb_object **free_queue;
 static size_t free_len, free_cap;
 static size_t mem_used; /* see objects_mem_used */
@@ -146,7 +150,45 @@ void objects_init(void)
 {
     mem_used = 0;
     next_id = 1; /* the fuzzer starts each input afresh: references stay predictable */
+    adopt_loaded = false;
     names = mpb_map_new();
+}
+
+/*--- Id spaces (docs/PROTOCOL.md, "References") ---*/
+
+/* A random space, 1..2^31-1, other than `avoid`. getrandom, else the clock and pid:
+ * what matters is that two lifetimes of a broker are unlikely to draw the same one. */
+static uint64_t random_space(uint64_t avoid)
+{
+    uint64_t r = 0, space;
+    do {
+        if (getrandom(&r, sizeof r, 0) != (ssize_t)sizeof r) {
+            struct timespec t;
+            clock_gettime(CLOCK_REALTIME, &t);
+            r = mix64((uint64_t)t.tv_nsec ^ ((uint64_t)t.tv_sec << 20) ^ (uint64_t)getpid() ^ r);
+        }
+        space = r & ((1ULL << MPB_REF_SPACE_BITS) - 1);
+    } while (space == 0 || space == avoid);
+    return space;
+}
+
+void objects_new_id_space(void)
+{
+    next_id = (random_space(0) << MPB_REF_SPACE_SHIFT) | 1;
+    adopt_loaded = true;
+}
+
+/* The id for a new object: the next in the space, or, once its counter is used up,
+ * the first of a fresh random space. Never one that a live object has. */
+static uint64_t take_next_id(void)
+{
+    adopt_loaded = false; /* loading, if any, is over: nothing loaded, the fresh space stays */
+    for (;;) {
+        if ((next_id & MPB_REF_COUNTER_MASK) == 0)
+            next_id = (random_space(mpb_ref_space(next_id - 1)) << MPB_REF_SPACE_SHIFT) | 1;
+        uint64_t id = next_id++;
+        if (!idmap_get(&table, id)) return id;
+    }
 }
 
 static void object_destroy(mpb_object *o)
@@ -187,7 +229,12 @@ uint64_t objects_peek_next_id(void) { return next_id; }
 
 void objects_bump_next_id(uint64_t id)
 {
-    if (id > next_id) next_id = id;
+    if (adopt_loaded) { /* loaded state goes on in its own space */
+        next_id = id;
+        adopt_loaded = false;
+    } else if (mpb_ref_space(id) == mpb_ref_space(next_id) && id > next_id) {
+        next_id = id; /* ids of other spaces (before a roll-over) do not count here */
+    }
 }
 
 mpb_object *objects_create_id(mpb_otype type, int variant, const char *name, size_t name_len,
@@ -198,7 +245,7 @@ mpb_object *objects_create_id(mpb_otype type, int variant, const char *name, siz
     mpb_object *o = calloc(1, sizeof *o);
     if (!o) return NULL;
     if (id) objects_bump_next_id(id + 1);
-    o->id = id ? id : next_id++;
+    o->id = id ? id : take_next_id();
     o->type = type;
     o->variant = variant;
     if (ops->init(o) < 0) {

@@ -82,7 +82,14 @@ mpb_object *objects_create(mpb_otype type, int variant, const char *name, size_t
  * also when the id is taken. */
 mpb_object *objects_create_id(mpb_otype type, int variant, const char *name, size_t name_len,
                               mpb_ref id);
-/* The id the next object will get; ids below `id` are never handed out again. */
+/* Start numbering in a random id space (docs/PROTOCOL.md, "References"), so that
+ * this broker's ids are not those of an earlier lifetime that lost its state. Call
+ * before loading persisted state: the first id loaded (the snapshot's next id, else the
+ * first object created in the log) then takes over its space, which --data-dir keeps.
+ * Without it (the fuzzer) ids are 1, 2, 3... */
+void objects_new_id_space(void);
+/* The id the next object will get; ids below `id` in its space are never handed out
+ * again. */
 uint64_t objects_peek_next_id(void);
 void objects_bump_next_id(uint64_t id);
 /* The typeid a client would use to create it ("rlock"). */

@@ -33,6 +33,8 @@ typedef struct mpb_config {
     double output_timeout; /* s a connection's output may stall (0: forever) */
     size_t max_memory;     /* bytes of stored data (0: unlimited) */
     double auth_timeout;   /* s to complete the handshake (0: forever) */
+    size_t max_handshakes; /* connections authenticating at once */
+    size_t max_handshakes_per_peer; /* the same, from one uid (Unix) or IP address */
 } mpb_config;
 
 extern mpb_config g_config;

@@ -7,11 +7,24 @@
 
 #include "mpb_address.h"
 
+char *mpb_default_socket_dir(char *buf, size_t n)
+{
+    /* $XDG_RUNTIME_DIR is the user's own (0700, made by pam_systemd). Without it
+     * (cron, su, ssh without pam_systemd, containers), a directory of the broker's own
+     * in the temporary directory, never a socket straight in world-writable /tmp:
+     * another user could take that name first (docs/PROTOCOL.md, "Transport"). */
+    const char *xdg = getenv("XDG_RUNTIME_DIR");
+    const char *tmp = getenv("TMPDIR");
+    if (xdg && xdg[0] == '/') snprintf(buf, n, "%s", xdg);
+    else snprintf(buf, n, "%s/mpbroker-%lu", tmp && tmp[0] == '/' ? tmp : "/tmp",
+                  (unsigned long)geteuid());
+    return buf;
+}
+
 char *mpb_default_socket_path(char *buf, size_t n)
 {
-    const char *xdg = getenv("XDG_RUNTIME_DIR");
-    if (xdg && *xdg) snprintf(buf, n, "%s/mpbroker.sock", xdg);
-    else snprintf(buf, n, "/tmp/mpbroker-%lu.sock", (unsigned long)getuid());
+    char dir[4096];
+    snprintf(buf, n, "%s/mpbroker.sock", mpb_default_socket_dir(dir, sizeof dir));
     return buf;
 }
 

@@ -4,9 +4,11 @@
 
 #include <stddef.h>
 
-/* The default Unix socket path: $XDG_RUNTIME_DIR/mpbroker.sock when XDG_RUNTIME_DIR
- * is set and non-empty, else /tmp/mpbroker-$UID.sock. Written into buf (size n,
- * truncated if short); returns buf. */
+/* The default socket's directory: $XDG_RUNTIME_DIR when it is set (to an absolute
+ * path), else ${TMPDIR:-/tmp}/mpbroker-$EUID, a directory the broker makes 0700 and
+ * checks it owns. Written into buf (size n, truncated if short); returns buf. */
+char *mpb_default_socket_dir(char *buf, size_t n);
+/* The default Unix socket path: that directory + "/mpbroker.sock". */
 char *mpb_default_socket_path(char *buf, size_t n);
 
 /* Split "tcp://HOST:PORT" (HOST may be [v6]; empty, as in "tcp://:PORT", means

@@ -21,14 +21,24 @@
 extern "C" {
 #endif
 
-#define MPB_READER_MAX_DEPTH 32 /* msgpack-c's compiled-in limit; max_depth is capped here */
+/* Nesting limits (a message's own array is level 1). The broker reads requests up to
+ * MPB_READER_MAX_DEPTH levels (its --max-depth is at most this). A request puts an
+ * argument at level 3 ([0, id, m, [ARG]]); a reply or notification may carry a stored
+ * value up to MPB_REPLY_WRAP_DEPTH levels deeper than that: a dict.items chunk
+ * [1, id, nil, [[[KEY, VALUE], ...], NEXT]] and a monitor event
+ * [2, "monitor", [{..., params: [ARG]}]] both put it at level 5. So a client must read
+ * MPB_REPLY_MAX_DEPTH levels to read every reply the broker can legally send. The
+ * reader decodes up to that (msgpack-c alone stops at 32). */
+#define MPB_READER_MAX_DEPTH 32
+#define MPB_REPLY_WRAP_DEPTH 2
+#define MPB_REPLY_MAX_DEPTH (MPB_READER_MAX_DEPTH + MPB_REPLY_WRAP_DEPTH)
 #define MPB_READER_DEFAULT_MAX_MSG (16u << 20) /* decoded, each element costs msgpack-c 24 bytes */
 
 typedef enum mpb_read_status {
     MPB_READ_MSG = 1,       /* *out holds the next message */
     MPB_READ_NEED = 0,      /* no whole message buffered yet: feed more */
     MPB_READ_TOO_DEEP = -1, /* a whole message nested deeper than max_depth was skipped;
-                               skipped_msgid is set when it looked like a request */
+                               skipped_type and skipped_msgid say what it looked like */
     MPB_READ_BAD = -2,      /* malformed or over max_msg: the stream cannot be resynced */
 } mpb_read_status;
 
@@ -36,11 +46,13 @@ typedef struct mpb_reader {
     char *buf;
     size_t start, end, cap; /* unread bytes are buf[start, end) */
     size_t max_msg;         /* bytes */
-    int max_depth;          /* 1..MPB_READER_MAX_DEPTH */
+    int max_depth;          /* 1..MPB_REPLY_MAX_DEPTH */
     msgpack_zone zone;      /* reused for every message */
     bool too_large;         /* after MPB_READ_BAD: it was the size limit (else malformed) */
-    bool has_skipped_msgid; /* after MPB_READ_TOO_DEEP */
-    uint64_t skipped_msgid;
+    bool has_skipped_msgid; /* after MPB_READ_TOO_DEEP: it looked like a request */
+    int skipped_type;       /* after MPB_READ_TOO_DEEP: 0 request [0, msgid, m, p], 1
+                               response [1, msgid, e, r], 2 notification [2, m, p], or -1 */
+    uint64_t skipped_msgid; /* of a skipped request or response */
     char errstr[96]; /* after MPB_READ_BAD / MPB_READ_TOO_DEEP: what was wrong */
     /* Private: how far the scanner got into the message at buf[start], so that a
      * message arriving in many small reads is scanned once, not once per read. */
@@ -48,14 +60,15 @@ typedef struct mpb_reader {
         size_t off;        /* bytes of the message scanned (whole items only) */
         uint64_t pending;  /* items still to come */
         int depth;         /* open containers with items left */
+        int peak;          /* the deepest level reached */
         bool too_deep;
-        uint64_t remain[MPB_READER_MAX_DEPTH]; /* items left in each open container */
+        uint64_t remain[MPB_REPLY_MAX_DEPTH]; /* items left in each open container */
     } scan;
     bool failed; /* private: MPB_READ_BAD is final */
 } mpb_reader;
 
 /* 0, or -1 on allocation failure. max_msg 0 means the default; max_depth is clamped
- * to [1, MPB_READER_MAX_DEPTH]. */
+ * to [1, MPB_REPLY_MAX_DEPTH]. */
 int mpb_reader_init(mpb_reader *r, size_t max_msg, int max_depth);
 void mpb_reader_destroy(mpb_reader *r);
 /* Copy n bytes in. 0, or -1 on allocation failure. */

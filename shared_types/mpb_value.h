@@ -45,6 +45,17 @@ typedef struct mpb_array mpb_array;
 typedef struct mpb_map mpb_map;
 typedef uint64_t mpb_ref;
 
+/* An object id is SPACE << 32 | COUNTER. A broker starting without state picks a random
+ * SPACE (1..2^31-1) and counts objects from 1 in it; --data-dir keeps the space with the
+ * state; a used-up counter moves on to a new random space. So a broker that lost its
+ * state never hands out an id an earlier lifetime did (an old reference names nothing:
+ * NoSuchObject), and a client can tell from two ids of one name whether the broker it
+ * reconnected to kept them (docs/PROTOCOL.md, "References"). Ids stay below 2^63. */
+#define MPB_REF_SPACE_SHIFT 32
+#define MPB_REF_SPACE_BITS 31
+#define MPB_REF_COUNTER_MASK ((UINT64_C(1) << MPB_REF_SPACE_SHIFT) - 1)
+static inline uint64_t mpb_ref_space(mpb_ref r) { return r >> MPB_REF_SPACE_SHIFT; }
+
 /* 16 bytes, so that a list of a million ints costs 16 MB, not 32. */
 typedef struct mpb_value {
     uint8_t type;  /* mpb_type */

@@ -20,6 +20,10 @@
 
 #include "mpb_reader.h"
 
+#ifndef MSGPACK_EMBED_STACK_SIZE /* msgpack/unpack_define.h: the unpacker's depth */
+#define MSGPACK_EMBED_STACK_SIZE 32
+#endif
+
 #define INITIAL_CAP 16384          /* first buffer */
 #define SHRINK_ABOVE ((size_t)1 << 20) /* an emptied buffer bigger than this is freed */
 #define ZONE_CHUNK 8192            /* msgpack-c's default; the zone keeps one chunk */
@@ -42,7 +46,7 @@ static size_t norm_max_msg(size_t max_msg)
 
 static int norm_max_depth(int d)
 {
-    return d < 1 ? 1 : (d > MPB_READER_MAX_DEPTH ? MPB_READER_MAX_DEPTH : d);
+    return d < 1 ? 1 : (d > MPB_REPLY_MAX_DEPTH ? MPB_REPLY_MAX_DEPTH : d);
 }
 
 static void set_err(char *err, size_t errlen, const char *fmt, ...)
@@ -133,7 +137,9 @@ static void track_depth(scan_state *st, const head *h, int max_depth)
         uint64_t items = h->kind == K_MAP ? 2 * h->count : h->count;
         if (st->depth + 1 > max_depth)
             st->too_deep = true;
-        else if (items > 0)
+        else if (st->depth + 1 > st->peak)
+            st->peak = st->depth + 1;
+        if (!st->too_deep && items > 0)
             st->remain[st->depth++] = items;
     }
     while (st->depth > 0 && st->remain[st->depth - 1] == 0)
@@ -212,24 +218,28 @@ static size_t peek_uint(const unsigned char *p, size_t n, uint64_t *v)
     return 1 + w;
 }
 
-/* Does the message p[0, n) start like a request [0, msgid, ...]? */
-static bool peek_request_msgid(const unsigned char *p, size_t n, uint64_t *msgid)
+/* What the message p[0, n) looks like: a request [0, msgid, m, p] or response
+ * [1, msgid, e, r] (*msgid set), a notification [2, m, p], or none of them (-1). */
+static int peek_rpc(const unsigned char *p, size_t n, uint64_t *msgid)
 {
-    static const unsigned char a16[] = {0xdc, 0, 4}, a32[] = {0xdd, 0, 0, 0, 4};
-    size_t off, used;
+    size_t off, used, len;
     uint64_t type;
-    if (n >= 1 && p[0] == 0x94)
-        off = 1;
-    else if (n >= sizeof a16 && memcmp(p, a16, sizeof a16) == 0)
-        off = sizeof a16;
-    else if (n >= sizeof a32 && memcmp(p, a32, sizeof a32) == 0)
-        off = sizeof a32;
+    if (n >= 1 && p[0] >= 0x90 && p[0] <= 0x9f)
+        off = 1, len = p[0] & 0x0f;
+    else if (n >= 3 && p[0] == 0xdc)
+        off = 3, len = (size_t)read_be(p + 1, 2);
+    else if (n >= 5 && p[0] == 0xdd)
+        off = 5, len = (size_t)read_be(p + 1, 4);
     else
-        return false;
-    if (off >= n || (used = peek_uint(p + off, n - off, &type)) == 0 || type != 0)
-        return false;
+        return -1;
+    if (off >= n || (used = peek_uint(p + off, n - off, &type)) == 0)
+        return -1;
     off += used;
-    return off < n && peek_uint(p + off, n - off, msgid) > 0;
+    if (type == 2 && len == 3)
+        return 2;
+    if (type > 1 || len != 4 || off >= n || peek_uint(p + off, n - off, msgid) == 0)
+        return -1;
+    return (int)type;
 }
 
 /*--- Reader ---*/
@@ -271,7 +281,9 @@ char *mpb_reader_space(mpb_reader *r, size_t want, size_t *avail)
     if (r->cap - r->end < want) {
         compact_front(r);
         if (r->cap - r->end < want) {
-            size_t cap = r->cap ? r->cap : INITIAL_CAP;
+            /* A reader limited to small messages (the broker's before a handshake)
+             * starts small. */
+            size_t cap = r->cap ? r->cap : r->max_msg < INITIAL_CAP ? r->max_msg : INITIAL_CAP;
             while (cap - r->end < want) {
                 if (cap > SIZE_MAX / 2)
                     return NULL;
@@ -321,7 +333,8 @@ static void reset_empty(mpb_reader *r)
 static mpb_read_status skip_too_deep(mpb_reader *r, size_t size)
 {
     const unsigned char *p = (const unsigned char *)r->buf + r->start;
-    r->has_skipped_msgid = peek_request_msgid(p, size, &r->skipped_msgid);
+    r->skipped_type = peek_rpc(p, size, &r->skipped_msgid);
+    r->has_skipped_msgid = r->skipped_type == 0;
     snprintf(r->errstr, sizeof r->errstr, "message nested deeper than %d levels",
              r->max_depth);
     r->start += size;
@@ -329,9 +342,169 @@ static mpb_read_status skip_too_deep(mpb_reader *r, size_t size)
     return MPB_READ_TOO_DEEP;
 }
 
+/*--- Decoding past msgpack-c's depth ---*/
+
+/* msgpack-c's unpacker stops at MSGPACK_EMBED_STACK_SIZE (32) levels, compiled in. A
+ * client reads replies up to MPB_REPLY_MAX_DEPTH, so a message the scanner measured
+ * deeper than that is decoded here instead, into the same zone and with strings
+ * pointing into the buffer, exactly as msgpack-c would. The scanner has already checked
+ * every header and length, and bounded the depth, so the recursion is bounded too;
+ * the bounds are checked again anyway. */
+typedef struct deep_in {
+    const unsigned char *p;
+    size_t n, off;
+    msgpack_zone *zone;
+} deep_in;
+
+static bool deep_take(deep_in *d, size_t k, const unsigned char **at)
+{
+    if (d->n - d->off < k)
+        return false;
+    *at = d->p + d->off;
+    d->off += k;
+    return true;
+}
+
+static bool deep_obj(deep_in *d, msgpack_object *o, int depth);
+
+static bool deep_container(deep_in *d, msgpack_object *o, int kind, uint64_t count, int depth)
+{
+    if (depth >= MPB_REPLY_MAX_DEPTH || count > d->n - d->off)
+        return false; /* every element takes at least one byte */
+    if (kind == K_ARRAY) {
+        o->type = MSGPACK_OBJECT_ARRAY;
+        o->via.array.size = (uint32_t)count;
+        o->via.array.ptr = count ? msgpack_zone_malloc(d->zone, count * sizeof(msgpack_object)) : NULL;
+        if (count && o->via.array.ptr == NULL)
+            return false;
+        for (uint64_t i = 0; i < count; i++)
+            if (!deep_obj(d, &o->via.array.ptr[i], depth + 1))
+                return false;
+        return true;
+    }
+    o->type = MSGPACK_OBJECT_MAP;
+    o->via.map.size = (uint32_t)count;
+    o->via.map.ptr = count ? msgpack_zone_malloc(d->zone, count * sizeof(msgpack_object_kv)) : NULL;
+    if (count && o->via.map.ptr == NULL)
+        return false;
+    for (uint64_t i = 0; i < count; i++)
+        if (!deep_obj(d, &o->via.map.ptr[i].key, depth + 1) ||
+            !deep_obj(d, &o->via.map.ptr[i].val, depth + 1))
+            return false;
+    return true;
+}
+
+/* A number: fixints, [u]int8..64, float32/64. */
+static bool deep_number(deep_in *d, unsigned b, msgpack_object *o)
+{
+    static const unsigned char width[] = {1, 2, 4, 8};
+    const unsigned char *q;
+    if (b <= 0x7f || b >= 0xe0) {
+        int64_t v = b <= 0x7f ? (int64_t)b : (int64_t)(int8_t)b;
+        o->type = v >= 0 ? MSGPACK_OBJECT_POSITIVE_INTEGER : MSGPACK_OBJECT_NEGATIVE_INTEGER;
+        o->via.i64 = v;
+        return true;
+    }
+    if (b == 0xca || b == 0xcb) {
+        if (!deep_take(d, b == 0xca ? 4 : 8, &q))
+            return false;
+        uint64_t bits = read_be(q, b == 0xca ? 4 : 8);
+        if (b == 0xca) {
+            uint32_t b32 = (uint32_t)bits;
+            float f;
+            memcpy(&f, &b32, sizeof f);
+            o->type = MSGPACK_OBJECT_FLOAT32;
+            o->via.f64 = f;
+        } else {
+            double f;
+            memcpy(&f, &bits, sizeof f);
+            o->type = MSGPACK_OBJECT_FLOAT64;
+            o->via.f64 = f;
+        }
+        return true;
+    }
+    int w = width[(b - 0xcc) & 3];
+    if (!deep_take(d, (size_t)w, &q))
+        return false;
+    uint64_t u = read_be(q, w);
+    if (b <= 0xcf) { /* uint8..64 */
+        o->type = MSGPACK_OBJECT_POSITIVE_INTEGER;
+        o->via.u64 = u;
+        return true;
+    }
+    int64_t v = w == 8 ? (int64_t)u : (int64_t)(u ^ (1ull << (8 * w - 1))) - (int64_t)(1ull << (8 * w - 1));
+    o->type = v >= 0 ? MSGPACK_OBJECT_POSITIVE_INTEGER : MSGPACK_OBJECT_NEGATIVE_INTEGER;
+    o->via.i64 = v; /* a non-negative one reads as u64 too, as msgpack-c gives it */
+    return true;
+}
+
+static bool deep_obj(deep_in *d, msgpack_object *o, int depth)
+{
+    const unsigned char *q;
+    head h;
+    if (!deep_take(d, 1, &q) || !classify(*q, &h))
+        return false;
+    unsigned b = *q;
+    if (h.lenbytes > 0) {
+        if (!deep_take(d, (size_t)h.lenbytes, &q))
+            return false;
+        h.count = read_be(q, h.lenbytes);
+    }
+    if (h.kind == K_ARRAY || h.kind == K_MAP)
+        return deep_container(d, o, h.kind, h.count, depth);
+    if (h.kind == K_BYTES) {
+        bool ext = (b >= 0xd4 && b <= 0xd8) || (b >= 0xc7 && b <= 0xc9);
+        const unsigned char *t = NULL;
+        if ((ext && !deep_take(d, 1, &t)) || !deep_take(d, (size_t)h.count, &q))
+            return false;
+        if (ext) {
+            o->type = MSGPACK_OBJECT_EXT;
+            o->via.ext.type = (int8_t)*t;
+            o->via.ext.size = (uint32_t)h.count;
+            o->via.ext.ptr = (const char *)q;
+        } else if (b >= 0xc4 && b <= 0xc6) {
+            o->type = MSGPACK_OBJECT_BIN;
+            o->via.bin.size = (uint32_t)h.count;
+            o->via.bin.ptr = (const char *)q;
+        } else {
+            o->type = MSGPACK_OBJECT_STR;
+            o->via.str.size = (uint32_t)h.count;
+            o->via.str.ptr = (const char *)q;
+        }
+        return true;
+    }
+    if (b == 0xc0) {
+        o->type = MSGPACK_OBJECT_NIL;
+        return true;
+    }
+    if (b == 0xc2 || b == 0xc3) {
+        o->type = MSGPACK_OBJECT_BOOLEAN;
+        o->via.boolean = b == 0xc3;
+        return true;
+    }
+    return deep_number(d, b, o);
+}
+
+static bool decode_deep(const char *p, size_t size, msgpack_zone *zone, msgpack_object *out)
+{
+    deep_in d = {(const unsigned char *)p, size, 0, zone};
+    return deep_obj(&d, out, 0) && d.off == size;
+}
+
 static mpb_read_status decode_msg(mpb_reader *r, size_t size, msgpack_object *out)
 {
     size_t off = 0;
+    if (r->scan.peak > MSGPACK_EMBED_STACK_SIZE) {
+        if (!decode_deep(r->buf + r->start, size, &r->zone, out)) {
+            r->failed = true;
+            snprintf(r->errstr, sizeof r->errstr, "cannot decode a message %d levels deep",
+                     r->scan.peak);
+            return MPB_READ_BAD;
+        }
+        r->start += size;
+        scan_reset(&r->scan);
+        return MPB_READ_MSG;
+    }
     msgpack_unpack_return rc = msgpack_unpack(r->buf + r->start, size, &off, &r->zone, out);
     if ((rc != MSGPACK_UNPACK_SUCCESS && rc != MSGPACK_UNPACK_EXTRA_BYTES) || off != size) {
         /* The scanner let it through, so this is msgpack-c's own limit or memory. */
@@ -352,6 +525,7 @@ mpb_read_status mpb_reader_next(mpb_reader *r, msgpack_object *out)
     /* The previous message's objects die here, as documented. */
     msgpack_zone_clear(&r->zone);
     r->has_skipped_msgid = false;
+    r->skipped_type = -1;
     if (r->start == r->end) {
         reset_empty(r);
         return MPB_READ_NEED;

@@ -44,6 +44,16 @@ typedef struct cli_opts {
     int depth; /* show --depth N; -1 when not given */
 } cli_opts;
 
+/* References in the shell. A broker numbers objects SPACE << 32 | COUNTER (mpb_value.h);
+ * the shell writes a reference of the broker's current space as its COUNTER (<ref 7:
+ * list>, @7, {"$ref": 7}) and any other in full, and reads a number below 2^32 as a
+ * COUNTER in that space. Full ids are read too, so what the shell prints reads back. */
+uint64_t cli_ref_short(mpb_ref ref);
+mpb_ref cli_ref_full(uint64_t n);
+/* Take the space from c's broker now (manager.stats id_space); cli_conn makes its
+ * connection the source, asked at the first use. */
+void cli_learn_id_space(mpb_context *c);
+
 /*--- main.c ---*/
 /* Print "error: <fmt>" on stderr. Returns code, for `return cli_error(CLI_FAIL, ...)`. */
 int cli_error(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -155,6 +165,14 @@ void cli_node_free(cli_node *nd);
 /* Print on one line when it fits in 80 columns, else one item a line, indented by two
  * spaces a level; ends with a newline. */
 void cli_node_print(const cli_node *nd, FILE *f);
+/* What the shell prints for a string it did not write (an object's name, a peer, a
+ * method another client sent): the text itself when Python's repr would show it
+ * unchanged between its quotes (printable, no quote or backslash), else that repr,
+ * 'evil\n1 ...\x1b[31m', so no name can forge a line or send the terminal a control
+ * sequence. v not a string: its repr. malloc'd (free it); NULL when out of memory. */
+char *cli_display(const mpb_value *v);
+/* A name that prints as itself and is one word: one completion may offer. */
+bool cli_name_is_plain(const char *name);
 /* Human forms of quantities: "1.5 KiB", "3m 20s". Into buf; returns buf. */
 char *cli_bytes(char *buf, size_t n, double bytes);
 char *cli_duration(char *buf, size_t n, double seconds);

@@ -130,7 +130,7 @@ static void type_list(mpb_cli *cli, char *buf, size_t n) {
 int cli_resolve(mpb_cli *cli, const char *word, mpb_ref *out) {
     const char *name = word[0] == '@' ? word + 1 : word;
     if (word[0] == '@' && name[0] != '\0' && strspn(name, "0123456789") == strlen(name)) {
-        *out = strtoull(name, NULL, 10);
+        *out = cli_ref_full(strtoull(name, NULL, 10));
         return CLI_OK;
     }
     mpb_context *c = cli_conn(cli);
@@ -233,17 +233,23 @@ static int cmd_objects(mpb_cli *cli, int argc, cli_arg *argv, const cli_opts *o)
     for (size_t i = 0; i < n && rc == CLI_OK; i++) {
         char cells[8][32];
         const char *row[8];
-        const mpb_value *ref = cli_field(&rows[i], "ref");
-        snprintf(cells[0], 32, "%llu", ref && ref->type == MPB_REF ? (unsigned long long)ref->v.ref : 0);
+        const mpb_value *ref = cli_field(&rows[i], "ref"), *name = cli_field(&rows[i], "name");
+        char *type = cli_display(cli_field(&rows[i], "type"));
+        char *shown = name != NULL && name->type == MPB_STR ? cli_display(name) : strdup("-");
+        snprintf(cells[0], 32, "%llu",
+                 ref && ref->type == MPB_REF ? (unsigned long long)cli_ref_short(ref->v.ref) : 0);
         row[0] = cells[0];
-        row[1] = cli_field_str(&rows[i], "type", "?");
-        row[2] = cli_field_str(&rows[i], "name", "-");
+        row[1] = type;
+        row[2] = shown;
         for (int k = 0; k < 5; k++) {
             long long v = cli_field_int(&rows[i], fields[k], -1);
             snprintf(cells[3 + k], 32, v < 0 ? "-" : "%lld", v);
             row[3 + k] = cells[3 + k];
         }
-        if (cli_table_add(&t, row) < 0) rc = cli_error(CLI_FAIL, "out of memory");
+        if (type == NULL || shown == NULL || cli_table_add(&t, row) < 0)
+            rc = cli_error(CLI_FAIL, "out of memory");
+        free(type);
+        free(shown);
     }
     if (rc == CLI_OK && n == 0) printf("(no objects)\n");
     else if (rc == CLI_OK) cli_table_print(&t, stdout);
@@ -262,7 +268,8 @@ static int cmd_show(mpb_cli *cli, int argc, cli_arg *argv, const cli_opts *o) {
     const mpb_value *info = cli_object_info(cli, ref);
     if (info == NULL) {
         if (cli_objects(cli, true) == NULL) return CLI_FAIL;
-        return cli_error(CLI_FAIL, "no object @%llu (objects lists them)", (unsigned long long)ref);
+        return cli_error(CLI_FAIL, "no object @%llu (objects lists them)",
+                         (unsigned long long)cli_ref_short(ref));
     }
     const char *type = cli_field_str(info, "type", "?");
     mpb_value content;
@@ -272,11 +279,11 @@ static int cmd_show(mpb_cli *cli, int argc, cli_arg *argv, const cli_opts *o) {
     if (!o->json) {
         const char *name = cli_field_str(info, "name", NULL);
         long long len = cli_field_int(info, "len", -1);
-        printf("<ref %llu: %s>", (unsigned long long)ref, type);
+        printf("<ref %llu: %s>", (unsigned long long)cli_ref_short(ref), type);
         if (name != NULL) {
             mpb_value nv = mpb_str_borrowed(name, strlen(name));
             char *r = mpb_value_repr(&nv);
-            printf(" %s", r ? r : name);
+            printf(" %s", r ? r : "?");
             free(r);
         }
         if (len >= 0) printf(" len %lld", len);
@@ -319,7 +326,7 @@ static int cmd_call(mpb_cli *cli, int argc, cli_arg *argv, const cli_opts *o) {
             const mpb_value *info = cli_object_info(cli, ref);
             if (info == NULL)
                 return cli_error(CLI_FAIL, "no object @%llu (objects lists them)",
-                                 (unsigned long long)ref);
+                                 (unsigned long long)cli_ref_short(ref));
             char fbuf[64];
             snprintf(full, sizeof full, "%s.%s",
                      family_of(cli, cli_field_str(info, "type", "?"), fbuf, sizeof fbuf), method);
@@ -454,8 +461,10 @@ static int cmd_clients(mpb_cli *cli, int argc, cli_arg *argv, const cli_opts *o)
                  cli_field_int(e, "self", 0) && cli_field_int(e, "monitor", 0) ? "," : "",
                  cli_field_int(e, "monitor", 0) ? "monitor" : "");
         for (int k = 0; k < 9; k++) row[k] = cells[k];
-        row[1] = cli_field_str(e, "peer", "?");
-        if (cli_table_add(&t, row) < 0) rc = cli_error(CLI_FAIL, "out of memory");
+        char *peer = cli_display(cli_field(e, "peer"));
+        row[1] = peer;
+        if (peer == NULL || cli_table_add(&t, row) < 0) rc = cli_error(CLI_FAIL, "out of memory");
+        free(peer);
     }
     if (rc == CLI_OK) cli_table_print(&t, stdout);
     cli_table_free(&t);
@@ -471,19 +480,37 @@ static void on_stop(int sig) {
     monitor_stop = 1;
 }
 
+/* References in v written as the shell writes them (cli_ref_short), for printing. */
+static void shorten_refs(mpb_value *v) {
+    if (v->type == MPB_REF) {
+        v->v.ref = cli_ref_short(v->v.ref);
+    } else if (v->type == MPB_ARRAY) {
+        for (size_t i = 0; i < v->v.a->len; i++) shorten_refs(&v->v.a->items[i]);
+    } else if (v->type == MPB_MAP) {
+        size_t it = 0;
+        mpb_map_entry *e;
+        while ((e = mpb_map_next(v->v.m, &it)) != NULL) shorten_refs(&e->val); /* keys: as is */
+    }
+}
+
 /* One event: "1732671234.123456 [3 unix:pid=42] list.append(<ref 1>, 5)". */
-static void print_event(const mpb_value *ev, bool json) {
+static void print_event(mpb_value *ev, bool json) {
     long long dropped = cli_field_int(ev, "dropped", 0);
     if (json) {
         cli_print_json(stdout, cli_value_to_json(ev));
         return;
     }
     if (dropped > 0) printf("(%lld events dropped: this monitor fell behind)\n", dropped);
-    const mpb_value *t = cli_field(ev, "time"), *params = cli_field(ev, "params");
+    const mpb_value *t = cli_field(ev, "time");
+    mpb_value *params = (mpb_value *)cli_field(ev, "params"); /* ev is ours to change */
+    /* The method is whatever another client sent: shown as any untrusted name. */
+    char *peer = cli_display(cli_field(ev, "peer")), *method = cli_display(cli_field(ev, "method"));
     printf("%.6f [%lld %s] %s(", t && t->type == MPB_FLOAT ? t->v.f : 0.0,
-           cli_field_int(ev, "conn", 0), cli_field_str(ev, "peer", "?"),
-           cli_field_str(ev, "method", "?"));
+           cli_field_int(ev, "conn", 0), peer ? peer : "?", method ? method : "?");
+    free(peer);
+    free(method);
     for (size_t i = 0; params && params->type == MPB_ARRAY && i < params->v.a->len; i++) {
+        shorten_refs(&params->v.a->items[i]);
         char *r = mpb_value_repr(&params->v.a->items[i]);
         printf("%s%s", i ? ", " : "", r ? r : "?");
         free(r);
@@ -506,6 +533,7 @@ static int cmd_monitor(mpb_cli *cli, int argc, cli_arg *argv, const cli_opts *o)
         mpb_free(m);
         return rc;
     }
+    cli_learn_id_space(m); /* now: m is the connection this command prints from */
     if (isatty(STDERR_FILENO))
         fprintf(stderr, "monitoring %s: every other connection's requests; Ctrl-C stops\n",
                 cli->address);
@@ -670,10 +698,10 @@ static void add_objects(mpb_cli *cli, strv *s, bool refs) {
     for (size_t i = 0; objs != NULL && i < objs->v.a->len; i++) {
         const mpb_value *e = &objs->v.a->items[i], *r = cli_field(e, "ref");
         const char *name = cli_field_str(e, "name", NULL);
-        if (name != NULL) add(s, name);
+        if (name != NULL && cli_name_is_plain(name)) add(s, name); /* others need quotes */
         if (refs && r != NULL && r->type == MPB_REF) {
             char buf[32];
-            snprintf(buf, sizeof buf, "@%llu", (unsigned long long)r->v.ref);
+            snprintf(buf, sizeof buf, "@%llu", (unsigned long long)cli_ref_short(r->v.ref));
             add(s, buf);
         }
     }
@@ -704,7 +732,8 @@ static const char *word_type(mpb_cli *cli, const char *word) {
     for (size_t i = 0; objs != NULL && i < objs->v.a->len; i++) {
         const mpb_value *e = &objs->v.a->items[i], *r = cli_field(e, "ref");
         char buf[32];
-        snprintf(buf, sizeof buf, "@%llu", r && r->type == MPB_REF ? (unsigned long long)r->v.ref : 0);
+        snprintf(buf, sizeof buf, "@%llu",
+                 r && r->type == MPB_REF ? (unsigned long long)cli_ref_short(r->v.ref) : 0);
         const char *name = cli_field_str(e, "name", NULL);
         if (is(buf, word) || (name && (is(name, word) || (word[0] == '@' && is(name, word + 1)))))
             return cli_field_str(e, "type", NULL);
@@ -715,10 +744,24 @@ static const char *word_type(mpb_cli *cli, const char *word) {
 char **cli_complete(mpb_cli *cli, char **words, int n, const char *partial) {
     strv s = {.prefix = partial, .cap = 16, .v = calloc(16, sizeof(char *))};
     if (s.v == NULL) return NULL;
-    while (n > 1 && words[1][0] == '-' && words[1][1] == '-') /* skip flags */
-        words++, n--;
+    /* Flags come right after the command (as cli_run reads them) and change nothing
+     * about what the next word can be: drop them, and the number after --depth. */
+    int i = 1, kept = n > 0 ? 1 : 0;
+    for (; i < n && strncmp(words[i], "--", 2) == 0 && !is(words[i], "--"); i++) {
+        if (is(words[i], "--depth") && ++i == n) { /* it wants a number: no candidates */
+            cli_forget(cli);
+            return s.v;
+        }
+    }
+    bool only_flags = i == n;
+    if (i < n && is(words[i], "--")) i++; /* the end of the flags */
+    for (; i < n; i++) words[kept++] = words[i];
+    n = kept;
     const char *cmd = n > 0 ? words[0] : "";
-    if (n == 0) {
+    if (n >= 1 && only_flags && strncmp(partial, "--", 2) == 0) {
+        add(&s, "--json");
+        if (is(cmd, "show")) add(&s, "--depth");
+    } else if (n == 0) {
         for (const cli_command *c = cli_commands; c->name; c++) add(&s, c->name);
     } else if (n == 1 && is(cmd, "help")) {
         for (const cli_command *c = cli_commands; c->name; c++) add(&s, c->name);

@@ -6,6 +6,7 @@
  * level, with its closing bracket on a line of its own. Nothing here talks to the
  * broker or knows JSON.
  */
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +15,34 @@
 #include "cli.h"
 
 #define WIDTH 80
+
+/*--- Untrusted text ---*/
+
+/* repr(v) when it differs from v between quotes, else NULL; *plain says which. */
+static char *repr_if_needed(const char *p, size_t len, bool *plain) {
+    mpb_value v = mpb_str_borrowed(p, len);
+    char *r = mpb_value_repr(&v);
+    *plain = r != NULL && strlen(r) == len + 2 && r[0] == '\'' && memcmp(r + 1, p, len) == 0;
+    if (*plain) {
+        free(r);
+        return NULL;
+    }
+    return r;
+}
+
+char *cli_display(const mpb_value *v) {
+    if (v == NULL) return strdup("?");
+    if (v->type != MPB_STR && v->type != MPB_BIN) return mpb_value_repr(v);
+    bool plain;
+    char *r = repr_if_needed(v->v.s, v->len, &plain);
+    return plain ? strndup(v->v.s, v->len) : r;
+}
+
+bool cli_name_is_plain(const char *name) {
+    bool plain;
+    free(repr_if_needed(name, strlen(name), &plain));
+    return plain && strpbrk(name, " \t") == NULL;
+}
 
 /*--- Tables ---*/
 
@@ -129,7 +158,8 @@ int cli_node_build(cli_node *nd, const mpb_value *v, const cli_layout *lay) {
         const char *type = lay->type_of(lay->ctx, v->v.ref);
         size_t len = strlen(type) + 32;
         if ((nd->text = malloc(len)) == NULL) return -1;
-        snprintf(nd->text, len, "<ref %llu: %s>", (unsigned long long)v->v.ref, type);
+        snprintf(nd->text, len, "<ref %llu: %s>", (unsigned long long)cli_ref_short(v->v.ref),
+                 type);
         int r = lay->expand(lay->ctx, v->v.ref, &content);
         if (r < 0) return -1;
         if (r > 0) {

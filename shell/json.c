@@ -126,7 +126,7 @@ static int notation(const json_t *j, mpb_value *out, int depth, char *err, size_
     if (strcmp(key, "$ref") == 0) {
         if (!json_is_integer(v) || json_integer_value(v) < 0)
             return fail(err, n, "$ref wants an object id, a non-negative integer");
-        *out = mpb_refv((mpb_ref)json_integer_value(v));
+        *out = mpb_refv(cli_ref_full((uint64_t)json_integer_value(v)));
         return 1;
     }
     if (strcmp(key, "$bin") == 0) {
@@ -318,7 +318,7 @@ static json_t *map_to_json(const mpb_map *m, const cli_layout *lay) {
 /* {"$ref": N}, or with "$type" and "$value" when lay expands it. */
 static json_t *ref_to_json(mpb_ref ref, const cli_layout *lay) {
     mpb_value content;
-    json_t *id = json_integer((json_int_t)ref);
+    json_t *id = json_integer((json_int_t)cli_ref_short(ref));
     if (lay == NULL || lay->expand(lay->ctx, ref, &content) <= 0) return tagged("$ref", id);
     json_t *o = json_object(), *val = to_json(&content, lay);
     mpb_value_free(&content);

@@ -47,6 +47,37 @@ int cli_broker_error(const mpb_context *c) {
     return cli_error(CLI_FAIL, "%s", c->errstr);
 }
 
+/* The broker whose id space the short form uses, asked at the first reference shown or
+ * read (not at connect: a broker that wants a key would close on that question). */
+static mpb_context *space_source;
+static uint64_t id_space;
+static bool space_known;
+
+void cli_learn_id_space(mpb_context *c) {
+    mpb_value s;
+    space_source = c;
+    space_known = true;
+    id_space = 0; /* a broker without one, or an error: every reference in full */
+    if (c == NULL || mpb_call(c, "manager.stats", NULL, 0, &s) != MPB_OK) return;
+    long long space = cli_field_int(&s, "id_space", 0);
+    if (space > 0 && (uint64_t)space < (UINT64_C(1) << MPB_REF_SPACE_BITS)) id_space = (uint64_t)space;
+    mpb_value_free(&s);
+}
+
+static uint64_t current_space(void) {
+    if (!space_known) cli_learn_id_space(space_source);
+    return id_space;
+}
+
+uint64_t cli_ref_short(mpb_ref ref) {
+    uint64_t space = current_space();
+    return space != 0 && mpb_ref_space(ref) == space ? ref & MPB_REF_COUNTER_MASK : ref;
+}
+
+mpb_ref cli_ref_full(uint64_t n) {
+    return n <= MPB_REF_COUNTER_MASK ? (current_space() << MPB_REF_SPACE_SHIFT) | n : n;
+}
+
 mpb_context *cli_conn(mpb_cli *cli) {
     if (cli->c != NULL && cli->c->fd >= 0) return cli->c;
     bool again = cli->c != NULL;
@@ -66,6 +97,8 @@ mpb_context *cli_conn(mpb_cli *cli) {
     }
     if (again) fprintf(stderr, "(reconnected to %s)\n", cli->address);
     cli->c = c;
+    space_source = c; /* a new broker, perhaps: ask again when needed */
+    space_known = false;
     return c;
 }
 

@@ -46,6 +46,87 @@ class Client:
         assert typ == 1 and rid == msgid, (typ, rid, msgid)
         return err, res
 
+def doc_handshake():
+    """The handshake function exactly as docs/PROTOCOL.md writes it (Authentication,
+    "In Python"), so that the text itself is what is tested."""
+    doc = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs",
+                            "PROTOCOL.md")).read()
+    section = doc[doc.index("## Authentication"):doc.index("## Messages")]
+    code = section[section.index("```python") + len("```python"):]
+    code = code[:code.index("```")]
+    env = {}
+    exec(code, env)
+    return env["handshake"]
+
+class CallError(Exception):
+    pass
+
+def keyed(server):
+    """A broker with a key, and a handshake written from PROTOCOL.md's text alone."""
+    key = b"interop key, long enough to pass"
+    d = tempfile.mkdtemp(prefix="mpbinterop.")
+    path = os.path.join(d, "s.sock")
+    env = dict(os.environ, MPBROKER_AUTHKEY=key.decode())
+    env.pop("MPBROKER_AUTHKEY_FILE", None)
+    p = subprocess.Popen([server, "--socket", path, "--quiet"], env=env)
+    try:
+        for _ in range(200):
+            if os.path.exists(path):
+                break
+            time.sleep(0.05)
+        handshake = doc_handshake()
+
+        def caller(c):
+            def call(method, *params):
+                err, res = c.call(method, *params)
+                if err is not None:
+                    raise CallError(err)
+                return res
+            return call
+
+        c = Client(path)
+        try:
+            handshake(caller(c), key)
+            ok = True
+        except Exception as e:
+            ok = repr(e)
+        check("PROTOCOL.md's Python handshake authenticates", ok is True, ok)
+        err, res = c.call("manager.ping")
+        check("then every method is served", err is None and res == "pong", repr((err, res)))
+        # The wrong key: AuthError at auth.response, then the connection is closed.
+        c = Client(path)
+        try:
+            handshake(caller(c), b"not the key")
+            outcome = "accepted"
+        except CallError as e:
+            outcome = e.args[0][0]
+        check("a wrong key is AuthError", outcome == "AuthError", outcome)
+        try:
+            c.call("manager.ping")
+            closed = False
+        except (EOFError, ConnectionResetError, BrokenPipeError):
+            closed = True
+        check("and the connection is closed", closed)
+        # A broker that does not know the key cannot pass the client's check.
+        class Impostor:
+            def __init__(self):
+                self.s = os.urandom(40)
+            def __call__(self, method, *params):
+                if method == "auth.challenge":
+                    return b"{sha256}" + self.s
+                return b"{sha256}" + os.urandom(32)
+        try:
+            handshake(Impostor(), key)
+            outcome = "trusted"
+        except ConnectionError:
+            outcome = "refused"
+        check("an impostor's proof is refused", outcome == "refused", outcome)
+    finally:
+        p.terminate()
+        rc = p.wait(10)
+        check("keyed broker: clean exit 0", rc == 0, repr(rc))
+        os.rmdir(d) if os.path.isdir(d) and not os.listdir(d) else None
+
 def main():
     server = os.environ.get("MPB_SERVER", "build/mpbroker-server")
     d = tempfile.mkdtemp(prefix="mpbinterop.")
@@ -130,6 +211,7 @@ def main():
         check("SIGTERM: clean exit 0", rc == 0, repr(rc))
         check("socket file removed", not os.path.exists(path))
         os.rmdir(d) if os.path.isdir(d) and not os.listdir(d) else None
+    keyed(server)
     print(f"interop: {passed} passed, {failed} failed")
     return 1 if failed else 0
 

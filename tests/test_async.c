@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "mpb_reader.h"
 #include "testutil.h"
 
 static tb_broker B;
@@ -253,6 +254,78 @@ START_TEST(async_big_reply_spans_many_reads)
 }
 END_TEST
 
+START_TEST(async_reads_the_deepest_reply_the_broker_sends)
+{
+    /* A value of the deepest nesting the broker stores, in a dict.items chunk: two
+     * levels deeper than the request that stored it (MPB_REPLY_WRAP_DEPTH). */
+    mpb_value v = mpb_int(1);
+    for (int i = 0; i < MPB_READER_MAX_DEPTH - 2; i++) {
+        mpb_value a = mpb_array_value(1);
+        ck_assert_int_eq(mpb_value_push(&a, &v), 0);
+        v = a;
+    }
+    mpb_ref d = make("dict");
+    mpb_value k = mpb_str_borrowed("k", 1);
+    ck_assert_int_eq(mpb_dict_setitem(C, d, &k, &v), MPB_OK);
+    mpb_value_free(&v);
+    mpb_async_context *ac = connect_async();
+    reset_seen(2);
+    mpb_value a[] = {mpb_refv(d), mpb_int(0), mpb_int(10)};
+    call(ac, "dict.items", a, 3, 0);
+    call(ac, "dict.len", a, 1, 1);
+    run_loop();
+    ck_assert_msg(S.ok == 2, "%s: %s", S.kind, S.str);
+    ck_assert_int_eq(S.kept.v.i, 1);
+    mpb_async_free(ac);
+    reset_seen(0);
+}
+END_TEST
+
+static char outcome[8][32]; /* errkind per call, "" for success */
+static int outcomes;
+
+static void record_outcome(mpb_async_context *ac, mpb_reply *r, void *privdata)
+{
+    (void)ac;
+    (void)privdata;
+    snprintf(outcome[outcomes++], sizeof outcome[0], "%s", r->errkind);
+}
+
+static void stop_loop(const mpb_async_context *ac, int status)
+{
+    (void)ac;
+    (void)status;
+    event_base_loopbreak(base);
+}
+
+START_TEST(async_pipeline_broken_by_a_too_large_call_answers_each_call)
+{
+    /* The broker answers three appends, refuses the fourth call (over --max-message)
+     * and closes: the callbacks get OK three times, TooLarge, then ConnectionError. */
+    enum { HUGE = 32 << 20 };
+    mpb_ref l = make("list");
+    mpb_async_context *ac = connect_async();
+    mpb_async_set_disconnect_callback(ac, stop_loop);
+    char *huge = malloc(HUGE);
+    ck_assert_ptr_nonnull(huge);
+    memset(huge, 'x', HUGE);
+    outcomes = 0;
+    for (int i = 0; i < 5; i++) {
+        mpb_value a[] = {mpb_refv(l), i == 3 ? mpb_str_borrowed(huge, HUGE) : mpb_int(i)};
+        ck_assert_int_eq(mpb_async_call(ac, "list.append", a, 2, record_outcome, NULL), MPB_OK);
+    }
+    free(huge);
+    run_loop();
+    ck_assert_int_eq(outcomes, 5);
+    for (int i = 0; i < 3; i++) ck_assert_str_eq(outcome[i], "");
+    ck_assert_str_eq(outcome[3], "TooLarge");
+    ck_assert_str_eq(outcome[4], "ConnectionError");
+    int64_t n;
+    ck_assert_int_eq(mpb_list_len(C, l, &n), MPB_OK);
+    ck_assert_int_eq(n, 3);
+}
+END_TEST
+
 START_TEST(async_many_contexts_share_one_loop)
 {
     enum { CONNS = 20, CALLS = 500 };
@@ -415,6 +488,8 @@ int main(void)
     tcase_add_test(tc, async_error_reply_carries_kind_and_message);
     tcase_add_test(tc, async_calls_made_from_callbacks_are_sent);
     tcase_add_test(tc, async_big_reply_spans_many_reads);
+    tcase_add_test(tc, async_reads_the_deepest_reply_the_broker_sends);
+    tcase_add_test(tc, async_pipeline_broken_by_a_too_large_call_answers_each_call);
     tcase_add_test(tc, async_many_contexts_share_one_loop);
     tcase_add_test(tc, async_lost_connection_fails_every_pending_call);
     tcase_add_test(tc, async_free_inside_a_callback_is_deferred);

@@ -155,6 +155,12 @@ static void dump_object(const mpb_object *o, msgpack_packer *pk)
     }
 }
 
+static int by_id(const void *a, const void *b)
+{
+    uint64_t x = (*(mpb_object *const *)a)->id, y = (*(mpb_object *const *)b)->id;
+    return x < y ? -1 : x > y;
+}
+
 /* A refused start exits 1 from inside persist_open: leave at once, without the exit
  * handlers (under ASan, LeakSanitizer's scan of the whole process would take a
  * tenth of a second per load; this child's memory is the parent's copy anyway). */
@@ -166,6 +172,7 @@ static void child_load(const char *dir)
     atexit(refused_exit);
     struct event_base *base = event_base_new();
     objects_init();
+    objects_new_id_space(); /* as main does: a loaded state keeps its own */
     g_persist.dir = dir;
     g_persist.fsync = MPB_FSYNC_ALWAYS;
     persist_open(base);
@@ -174,10 +181,11 @@ static void child_load(const char *dir)
     msgpack_sbuffer_init(&sb);
     msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
     msgpack_pack_uint64(&pk, objects_peek_next_id());
-    for (uint64_t id = 1; id < objects_peek_next_id(); id++) {
-        mpb_object *o = objects_get(id);
-        if (o) dump_object(o, &pk);
-    }
+    size_t n = objects_count(), it = 0, k = 0;
+    mpb_object **all = calloc(n + 1, sizeof *all), *o;
+    while (objects_next(&it, &o) && k < n) all[k++] = o;
+    qsort(all, k, sizeof *all, by_id);
+    for (size_t i = 0; i < k; i++) dump_object(all[i], &pk);
     ssize_t w = write(1, sb.data, sb.size);
     _exit(w == (ssize_t)sb.size ? 0 : 3);
 }

@@ -434,7 +434,8 @@ START_TEST(too_deep_msgid_is_read_in_any_uint_encoding)
     ck_assert(r.has_skipped_msgid);
     ck_assert_uint_eq(r.skipped_msgid, 9);
     ck_assert_int_eq(mpb_reader_next(&r, &o), MPB_READ_TOO_DEEP);
-    ck_assert(!r.has_skipped_msgid); /* a notification-like [1, ...] has no msgid to answer */
+    ck_assert(!r.has_skipped_msgid); /* a response [1, 5, ...] has no msgid to answer */
+    ck_assert_int_eq(r.skipped_type, 1);
     ck_assert_int_eq(mpb_reader_next(&r, &o), MPB_READ_NEED);
     mpb_reader_destroy(&r);
 }
@@ -471,6 +472,100 @@ START_TEST(map_keys_and_values_nest_like_arrays)
 }
 END_TEST
 
+/* Every scalar encoding and both empty containers, as raw bytes: an array of 26. */
+static const unsigned char every_kind[] = {
+    0xdc, 0x00, 26,                                     /* array16 header */
+    0xc0, 0xc3, 0xc2, 0x00, 0x7f, 0xff, 0xe0,           /* nil true false fixints */
+    0xcc, 0x80, 0xcd, 0xff, 0xff, 0xce, 0xff, 0xff, 0xff, 0xff, /* uint8/16/32 */
+    0xcf, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,       /* uint64 max */
+    0xd0, 0x80, 0xd1, 0x80, 0x00, 0xd2, 0x80, 0x00, 0x00, 0x00, /* int8/16/32 min */
+    0xd3, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,       /* int64 min */
+    0xd0, 0x05,                                         /* int8 holding 5 */
+    0xca, 0x40, 0x20, 0x00, 0x00,                       /* float32 2.5 */
+    0xcb, 0x3f, 0xf8, 0, 0, 0, 0, 0, 0,                 /* float64 1.5 */
+    0xa3, 'a', 'b', 'c', 0xd9, 0x03, 'x', 'y', 'z',     /* fixstr, str8 */
+    0xc4, 0x02, 'h', 'i',                               /* bin8 */
+    0xd7, 0x01, 0, 0, 0, 0, 0, 0, 0, 0x07,              /* fixext8: the reference 7 */
+    0xc7, 0x08, 0x01, 0, 0, 0, 0, 0, 0, 0, 0x09,        /* ext8: the reference 9 */
+    0x81, 0xa1, 'k', 0x01, 0x90, 0x80,                  /* {'k': 1}, [], {} */
+};
+
+/* The innermost item of n single-item arrays around it. */
+static const msgpack_object *unwrap(const msgpack_object *o, int n)
+{
+    for (int i = 0; i < n; i++) {
+        ck_assert_int_eq(o->type, MSGPACK_OBJECT_ARRAY);
+        ck_assert_uint_eq(o->via.array.size, 1);
+        o = &o->via.array.ptr[0];
+    }
+    return o;
+}
+
+START_TEST(replies_deeper_than_msgpack_c_reads_decode_the_same)
+{
+    /* A broker reply may nest MPB_REPLY_MAX_DEPTH (34) levels; msgpack-c stops at 32,
+     * so the reader decodes such messages itself. Both paths must agree on every kind. */
+    const int wraps = MPB_REPLY_MAX_DEPTH - 2; /* + every_kind's array + {'k': 1} */
+    mpb_reader r = new_reader(0, MPB_REPLY_MAX_DEPTH);
+    msgpack_object o;
+    ck_assert_int_eq(mpb_reader_feed(&r, every_kind, sizeof every_kind), 0);
+    ck_assert_int_eq(mpb_reader_next(&r, &o), MPB_READ_MSG); /* msgpack-c's path */
+    char *shallow = repr_of(&o);
+    bytes b;
+    bytes_init(&b);
+    for (int i = 0; i < wraps; i++) bytes_raw(&b, "\x91", 1);
+    bytes_raw(&b, every_kind, sizeof every_kind);
+    ck_assert_int_eq(mpb_reader_feed(&r, b.sb.data, b.sb.size), 0);
+    ck_assert_int_eq(mpb_reader_next(&r, &o), MPB_READ_MSG);
+    char *deep = repr_of(unwrap(&o, wraps));
+    ck_assert_str_eq(deep, shallow);
+    ck_assert_ptr_nonnull(strstr(deep, "18446744073709551615"));
+    ck_assert_ptr_nonnull(strstr(deep, "-9223372036854775808"));
+    free(deep);
+    free(shallow);
+    /* Strings point into the buffer, as msgpack-c's do. */
+    const msgpack_object *abc = &unwrap(&o, wraps)->via.array.ptr[18];
+    ck_assert_int_eq(abc->type, MSGPACK_OBJECT_STR);
+    ck_assert(abc->via.str.ptr > r.buf && abc->via.str.ptr < r.buf + r.cap);
+    /* One more level is past every legal reply: skipped, and the stream goes on. */
+    bytes c;
+    bytes_init(&c);
+    for (int i = 0; i < wraps + 1; i++) bytes_raw(&c, "\x91", 1);
+    bytes_raw(&c, every_kind, sizeof every_kind);
+    bytes_raw(&c, every_kind, sizeof every_kind);
+    ck_assert_int_eq(mpb_reader_feed(&r, c.sb.data, c.sb.size), 0);
+    msgpack_sbuffer_destroy(&c.sb);
+    ck_assert_int_eq(mpb_reader_next(&r, &o), MPB_READ_TOO_DEEP);
+    ck_assert_int_eq(mpb_reader_next(&r, &o), MPB_READ_MSG);
+    ck_assert_int_eq(mpb_reader_next(&r, &o), MPB_READ_NEED);
+    mpb_reader_destroy(&r);
+    msgpack_sbuffer_destroy(&b.sb);
+}
+END_TEST
+
+START_TEST(a_skipped_message_says_whether_it_was_a_response_or_a_notification)
+{
+    const unsigned char resp[] = {0x94, 0x01, 0xcd, 0x01, 0x00, 0xc0, 0x91, 0x91, 0x91, 0x01};
+    const unsigned char note[] = {0x93, 0x02, 0xa1, 'm', 0x91, 0x91, 0x91, 0x01};
+    const unsigned char other[] = {0x92, 0x02, 0x91, 0x91, 0x91, 0x01};
+    mpb_reader r = new_reader(0, 3);
+    msgpack_object o;
+    ck_assert_int_eq(mpb_reader_feed(&r, resp, sizeof resp), 0);
+    ck_assert_int_eq(mpb_reader_feed(&r, note, sizeof note), 0);
+    ck_assert_int_eq(mpb_reader_feed(&r, other, sizeof other), 0);
+    ck_assert_int_eq(mpb_reader_next(&r, &o), MPB_READ_TOO_DEEP);
+    ck_assert_int_eq(r.skipped_type, 1);
+    ck_assert_uint_eq(r.skipped_msgid, 256);
+    ck_assert(!r.has_skipped_msgid); /* only a request gets an answer */
+    ck_assert_int_eq(mpb_reader_next(&r, &o), MPB_READ_TOO_DEEP);
+    ck_assert_int_eq(r.skipped_type, 2);
+    ck_assert_int_eq(mpb_reader_next(&r, &o), MPB_READ_TOO_DEEP);
+    ck_assert_int_eq(r.skipped_type, -1);
+    ck_assert_int_eq(mpb_reader_next(&r, &o), MPB_READ_NEED);
+    mpb_reader_destroy(&r);
+}
+END_TEST
+
 /*--- Suite ---*/
 
 static Suite *reader_suite(void)
@@ -488,7 +583,9 @@ static Suite *reader_suite(void)
                     message_of_exactly_max_msg_bytes_is_accepted}},
         {"depth", {message_at_max_depth_decodes, one_level_deeper_is_skipped_with_its_msgid,
                    too_deep_msgid_is_read_in_any_uint_encoding,
-                   empty_containers_count_toward_depth, map_keys_and_values_nest_like_arrays}},
+                   empty_containers_count_toward_depth, map_keys_and_values_nest_like_arrays,
+                   replies_deeper_than_msgpack_c_reads_decode_the_same,
+                   a_skipped_message_says_whether_it_was_a_response_or_a_notification}},
     };
     for (size_t g = 0; g < sizeof groups / sizeof groups[0]; g++) {
         TCase *tc = tcase_create(groups[g].name);

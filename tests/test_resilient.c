@@ -4,6 +4,7 @@
  * each time), so that a client can find the restarted broker where it left it.
  */
 #include <check.h>
+#include <dirent.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -100,6 +101,152 @@ START_TEST(a_forked_child_gets_its_own_connection)
 }
 END_TEST
 
+/*--- fork() at every point of a pipeline ---*/
+
+enum fork_point { NOTHING_SENT, SENT_UNREAD, HALF_READ, NPOINTS };
+static const char *const point_names[] = {"nothing sent", "sent and unread", "half read"};
+
+/* Queue list.append(l, "<who>-<i>") for i in [0, n). */
+static void append_tagged(mpb_context *c, mpb_ref l, const char *who, int n)
+{
+    for (int i = 0; i < n; i++) {
+        char tag[32];
+        snprintf(tag, sizeof tag, "%s-%d", who, i);
+        mpb_value a[2] = {mpb_refv(l), mpb_str_borrowed(tag, strlen(tag))};
+        ck_assert_int_eq(mpb_append_call(c, "list.append", a, 2), MPB_OK);
+    }
+}
+
+/* In the child: the parent's pipeline is not ours; our own calls work. 0 if all held. */
+static int child_after_fork(mpb_context *c, mpb_ref l)
+{
+    if (mpb_pending(c) != 0) return 1;
+    mpb_value r;
+    if (mpb_get_reply(c, &r) != MPB_ERR_ARG) return 2; /* nothing of ours to read */
+    char method[16];
+    int got;
+    if (mpb_get_notification(c, 0, method, sizeof method, &r, &got) != MPB_OK || got) return 3;
+    if (mpb_ping(c) != MPB_OK) return 4;
+    append_tagged(c, l, "child", 3);
+    for (int i = 0; i < 3; i++)
+        if (mpb_get_reply(c, &r) != MPB_OK) return 5;
+    mpb_value arg = mpb_str_borrowed("child-payload", 13);
+    if (mpb_call(c, "manager.ping", &arg, 1, &r) != MPB_OK || r.type != MPB_STR ||
+        strcmp(r.v.s, "child-payload") != 0)
+        return 6;
+    mpb_value_free(&r);
+    return 0;
+}
+
+START_TEST(fork_at_every_point_of_a_pipeline)
+{
+    /* The parent has three list.append calls in a pipeline when it forks: not yet sent,
+     * sent with no reply read, or with one reply read. The child must neither send them
+     * again nor read their replies; both go on calling, each getting its own replies,
+     * and every append runs exactly once. */
+    start_server(false);
+    for (int point = 0; point < NPOINTS; point++) {
+        mpb_context *c = mpb_connect(address);
+        ck_assert(c && !c->err);
+        mpb_ref l;
+        ck_assert_int_eq(mpb_create(c, "list", NULL, &l), MPB_OK);
+        append_tagged(c, l, "parent", 3);
+        int read = 0;
+        if (point >= SENT_UNREAD) ck_assert_int_eq(mpb_flush(c), MPB_OK);
+        if (point == HALF_READ) {
+            ck_assert_int_eq(mpb_get_reply(c, NULL), MPB_OK);
+            read = 1;
+        }
+        if (point == SENT_UNREAD) usleep(50000); /* let the replies arrive unread */
+        pid_t pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+            int rc = child_after_fork(c, l);
+            mpb_free(c);
+            _exit(rc);
+        }
+        for (; read < 3; read++)
+            ck_assert_msg(mpb_get_reply(c, NULL) == MPB_OK, "%s: parent reply %d: %s: %s",
+                          point_names[point], read, c->errkind, c->errstr);
+        mpb_value arg = mpb_str_borrowed("parent-payload", 14), r;
+        ck_assert_int_eq(mpb_call(c, "manager.ping", &arg, 1, &r), MPB_OK);
+        ck_assert_str_eq(r.v.s, "parent-payload");
+        mpb_value_free(&r);
+        int st;
+        ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+        ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s: the child failed at step %d",
+                      point_names[point], WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+        /* Each append ran once: three of the parent's, three of the child's. */
+        mpb_value all;
+        ck_assert_int_eq(mpb_list_copy(c, l, &all), MPB_OK);
+        ck_assert_uint_eq(all.v.a->len, 6);
+        for (int i = 0; i < 6; i++) {
+            char want[32];
+            snprintf(want, sizeof want, "%s-%d", i < 3 ? "parent" : "child", i % 3);
+            int times = 0;
+            for (size_t k = 0; k < 6; k++) times += strcmp(all.v.a->items[k].v.s, want) == 0;
+            ck_assert_msg(times == 1, "%s: %s appended %d times", point_names[point], want, times);
+        }
+        mpb_value_free(&all);
+        mpb_free(c);
+    }
+}
+END_TEST
+
+/*--- Backoff ---*/
+
+static long long ms_since(const struct timespec *t0)
+{
+    struct timespec t1;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    return (t1.tv_sec - t0->tv_sec) * 1000LL + (t1.tv_nsec - t0->tv_nsec) / 1000000;
+}
+
+START_TEST(reconnect_gives_up_at_max_wait_not_a_backoff_step_later)
+{
+    /* No broker: a call retries for max_wait_ms, and stops then (the last sleep is cut
+     * to the time left; it used to overrun by up to the 1 s backoff step). */
+    static const int waits[] = {0, 1275};
+    for (size_t i = 0; i < sizeof waits / sizeof waits[0]; i++) {
+        mpb_context *c = mpb_connect(address);
+        ck_assert(c && c->err == MPB_ERR_CONNECT);
+        ck_assert_int_eq(mpb_enable_reconnect(c, 1, waits[i]), MPB_OK);
+        struct timespec t0;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        ck_assert_int_lt(mpb_ping(c), 0);
+        long long took = ms_since(&t0);
+        ck_assert_str_eq(c->errkind, "ConnectionError");
+        ck_assert_msg(took >= waits[i] - 5 && took < waits[i] + 400, "max_wait_ms %d took %lld ms",
+                      waits[i], took);
+        mpb_free(c);
+    }
+}
+END_TEST
+
+START_TEST(reconnect_finds_a_broker_within_one_backoff_step_of_its_start)
+{
+    /* The broker appears 2.5 s after the client starts retrying: with steps capped at
+     * 1 s, the client is through less than a step (plus start-up) after that. */
+    mpb_context *c = mpb_connect(address);
+    ck_assert(c && c->err == MPB_ERR_CONNECT);
+    ck_assert_int_eq(mpb_enable_reconnect(c, 1, 20000), MPB_OK);
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    server = fork();
+    ck_assert_int_ge(server, 0);
+    if (server == 0) {
+        usleep(2500 * 1000);
+        const char *bin = getenv("MPB_SERVER");
+        execl(bin, bin, "--socket", sock, "--quiet", (char *)NULL);
+        _exit(127);
+    }
+    ck_assert_msg(mpb_ping(c) == MPB_OK, "%s: %s", c->errkind, c->errstr);
+    long long took = ms_since(&t0);
+    ck_assert_msg(took >= 2500 && took < 2500 + 1000 + 1000, "took %lld ms", took);
+    mpb_free(c);
+}
+END_TEST
+
 START_TEST(without_reconnect_calls_fail_fast_with_connection_error)
 {
     start_server(false);
@@ -165,6 +312,370 @@ START_TEST(reconnect_to_a_broker_that_lost_its_state_reopens_names)
 }
 END_TEST
 
+/*--- Reconnect: no call ever reaches an object it did not name ---*/
+
+static void set_label(mpb_context *c, mpb_ref ns, const char *attr, const char *text)
+{
+    mpb_value v = mpb_str_borrowed(text, strlen(text));
+    ck_assert_msg(mpb_ns_setattr(c, ns, attr, &v) == MPB_OK, "%s: %s", c->errkind, c->errstr);
+}
+
+/* A namespace labelled `label`: named when name is not NULL, else anonymous (held by c). */
+static mpb_ref labelled(mpb_context *c, const char *name, const char *label)
+{
+    mpb_ref r;
+    if (name != NULL)
+        ck_assert_int_eq(mpb_open(c, "namespace", name, NULL, &r), MPB_OK);
+    else
+        ck_assert_int_eq(mpb_create(c, "namespace", NULL, &r), MPB_OK);
+    set_label(c, r, "label", label);
+    return r;
+}
+
+/* Every namespace the broker has that a call touched must have been touched as what it
+ * is: its "touched" attribute equals its "label" (or, re-created empty by a reconnect,
+ * its name). Returns how many were touched. */
+static int check_touched(const char *why)
+{
+    mpb_context *obs = mpb_connect(address);
+    ck_assert(obs && !obs->err);
+    mpb_value objs;
+    ck_assert_int_eq(mpb_call(obs, "manager.objects", NULL, 0, &objs), MPB_OK);
+    int touched = 0;
+    for (size_t i = 0; i < objs.v.a->len; i++) {
+        const mpb_value *o = &objs.v.a->items[i];
+        mpb_value k = mpb_str_borrowed("type", 4);
+        const mpb_value *type = mpb_map_get(o->v.m, &k);
+        if (strcmp(type->v.s, "namespace") != 0) continue;
+        k = mpb_str_borrowed("ref", 3);
+        mpb_ref ref = mpb_map_get(o->v.m, &k)->v.ref;
+        k = mpb_str_borrowed("name", 4);
+        const mpb_value *name = mpb_map_get(o->v.m, &k);
+        mpb_value vars;
+        ck_assert_int_eq(mpb_ns_vars(obs, ref, &vars), MPB_OK);
+        k = mpb_str_borrowed("touched", 7);
+        const mpb_value *t = mpb_map_get(vars.v.m, &k);
+        k = mpb_str_borrowed("label", 5);
+        const mpb_value *label = mpb_map_get(vars.v.m, &k);
+        const char *want = label ? label->v.s : name->type == MPB_STR ? name->v.s : "?";
+        if (t != NULL) {
+            ck_assert_msg(strcmp(t->v.s, want) == 0, "%s: a call meant for '%s' reached '%s'",
+                          why, t->v.s, want);
+            touched++;
+        }
+        mpb_value_free(&vars);
+    }
+    mpb_value_free(&objs);
+    mpb_free(obs);
+    return touched;
+}
+
+/* c touches ref as `meant`: OK, or NoSuchObject; anything else fails the test. */
+static bool touch(mpb_context *c, mpb_ref ref, const char *meant)
+{
+    mpb_value v = mpb_str_borrowed(meant, strlen(meant));
+    int rc = mpb_ns_setattr(c, ref, "touched", &v);
+    ck_assert_msg(rc == MPB_OK || (rc == MPB_ERR_REPLY && strcmp(c->errkind, "NoSuchObject") == 0),
+                  "touching %s: %s: %s", meant, c->errkind, c->errstr);
+    return rc == MPB_OK;
+}
+
+#define ROUNDS 4
+
+START_TEST(reconnect_never_sends_a_call_to_an_object_it_did_not_name)
+{
+    /* _i = 0: restarts that lose the state; 1: with --data-dir. Each round another
+     * client makes objects (anonymous and named) before and after a restart, and deletes
+     * and re-creates a name; this client, reconnecting, then calls on every reference it
+     * ever had. Each call must reach the object the reference named or fail with
+     * NoSuchObject: the opened name "stats" always reaches the object named "stats". */
+    bool data = _i;
+    start_server(data);
+    mpb_context *c = mpb_connect(address);
+    ck_assert(c && !c->err);
+    mpb_enable_reconnect(c, 1, 10000);
+    mpb_ref stats = labelled(c, "stats", "stats");
+    mpb_ref anon[ROUNDS], shared[ROUNDS];
+    char label[64];
+    for (int round = 0; round < ROUNDS; round++) {
+        mpb_context *o = mpb_connect(address);
+        ck_assert(o && !o->err);
+        for (int k = 0; k < 3; k++) {
+            snprintf(label, sizeof label, "o-anon-%d-%d", round, k);
+            labelled(o, NULL, label);
+        }
+        snprintf(label, sizeof label, "shared-%d", round);
+        labelled(o, label, label);
+        snprintf(label, sizeof label, "c-anon-%d", round);
+        anon[round] = labelled(c, NULL, label);
+        snprintf(label, sizeof label, "shared-%d", round);
+        ck_assert_int_eq(mpb_lookup(c, label, &shared[round]), MPB_OK);
+        mpb_free(o);
+
+        stop_server(round % 2 ? SIGKILL : SIGTERM);
+        start_server(data);
+
+        /* Someone else gets the first ids of the new broker, or of what is left. */
+        o = mpb_connect(address);
+        ck_assert(o && !o->err);
+        for (int k = 0; k < 4; k++) {
+            snprintf(label, sizeof label, "o2-anon-%d-%d", round, k);
+            labelled(o, NULL, label);
+        }
+        snprintf(label, sizeof label, "late-%d", round);
+        labelled(o, label, label);
+        if (data && round > 0) { /* a name deleted and made again: another object */
+            snprintf(label, sizeof label, "shared-%d", round - 1);
+            ck_assert_int_eq(mpb_delete(o, label), MPB_OK);
+            char l2[64];
+            snprintf(l2, sizeof l2, "shared-%d-again", round - 1);
+            labelled(o, label, l2);
+        }
+
+        ck_assert_msg(touch(c, stats, "stats"), "round %d: the opened name was lost", round);
+        for (int r = 0; r <= round; r++) {
+            snprintf(label, sizeof label, "c-anon-%d", r);
+            ck_assert_msg(!touch(c, anon[r], label), "%s outlived its holder", label);
+            snprintf(label, sizeof label, "shared-%d", r);
+            bool alive = data && r >= round; /* kept, and not yet deleted and made again */
+            ck_assert_msg(touch(c, shared[r], label) == alive, "round %d: %s", round, label);
+        }
+        mpb_free(o);
+        int n = check_touched(data ? "with --data-dir" : "losing the state");
+        ck_assert_int_ge(n, 1);
+    }
+    mpb_free(c);
+}
+END_TEST
+
+START_TEST(two_restarts_that_lose_the_state_translate_the_oldest_reference)
+{
+    /* "stats" has a new id after each restart; the reference from the first broker, and
+     * the one looked up from the second, both reach the third's "stats", never another
+     * client's private namespace. */
+    start_server(false);
+    mpb_context *c = mpb_connect(address);
+    mpb_enable_reconnect(c, 1, 10000);
+    mpb_ref first, second;
+    ck_assert_int_eq(mpb_open(c, "namespace", "stats", NULL, &first), MPB_OK);
+    mpb_context *others[2];
+    mpb_ref private[2];
+    for (int i = 0; i < 2; i++) {
+        stop_server(SIGTERM);
+        start_server(false);
+        others[i] = mpb_connect(address);
+        ck_assert_int_eq(mpb_create(others[i], "namespace", NULL, &private[i]), MPB_OK);
+        int64_t v = 0;
+        ck_assert_msg(mpb_ns_incr(c, first, "runs", 100, &v) == MPB_OK, "%s: %s", c->errkind,
+                      c->errstr);
+        ck_assert_int_eq(v, 100); /* a fresh "stats" each time */
+        if (i == 0) ck_assert_int_eq(mpb_lookup(c, "stats", &second), MPB_OK);
+    }
+    int64_t v = 0;
+    ck_assert_int_eq(mpb_ns_incr(c, second, "runs", 1, &v), MPB_OK);
+    ck_assert_int_eq(v, 101);
+    for (int i = 0; i < 2; i++) {
+        mpb_value vars;
+        if (i == 1) { /* the live one is untouched; the first broker's is gone */
+            ck_assert_int_eq(mpb_ns_vars(others[i], private[i], &vars), MPB_OK);
+            ck_assert_uint_eq(vars.v.m->len, 0);
+            mpb_value_free(&vars);
+        }
+        mpb_free(others[i]);
+    }
+    mpb_free(c);
+}
+END_TEST
+
+START_TEST(a_new_object_with_an_old_objects_number_is_not_translated)
+{
+    /* After a restart that lost the state, another client's first object is looked up
+     * and written through this client: the value lands in that object, not in "stats". */
+    start_server(false);
+    mpb_context *c = mpb_connect(address);
+    mpb_enable_reconnect(c, 1, 10000);
+    mpb_ref stats, other;
+    ck_assert_int_eq(mpb_open(c, "namespace", "stats", NULL, &stats), MPB_OK);
+    stop_server(SIGTERM);
+    start_server(false);
+    mpb_context *o = mpb_connect(address);
+    ck_assert_int_eq(mpb_open(o, "namespace", "other", NULL, &other), MPB_OK);
+    mpb_ref seen;
+    ck_assert_int_eq(mpb_lookup(c, "other", &seen), MPB_OK);
+    ck_assert_uint_eq(seen, other);
+    ck_assert_uint_ne(seen, stats); /* ids are not reused across lifetimes */
+    mpb_value x = mpb_int(42), got;
+    ck_assert_int_eq(mpb_ns_setattr(c, seen, "x", &x), MPB_OK);
+    ck_assert_int_eq(mpb_ns_getattr(o, other, "x", &got), MPB_OK);
+    ck_assert_int_eq(got.v.i, 42);
+    mpb_ref now;
+    ck_assert_int_eq(mpb_lookup(o, "stats", &now), MPB_OK);
+    ck_assert_int_eq(mpb_ns_getattr(o, now, "x", &got), MPB_ERR_REPLY);
+    ck_assert_str_eq(o->errkind, "AttributeError");
+    mpb_free(o);
+    mpb_free(c);
+}
+END_TEST
+
+static uint64_t id_space_of(mpb_context *c)
+{
+    mpb_value s;
+    ck_assert_int_eq(mpb_call(c, "manager.stats", NULL, 0, &s), MPB_OK);
+    mpb_value k = mpb_str_borrowed("id_space", 8);
+    const mpb_value *v = mpb_map_get(s.v.m, &k);
+    ck_assert_ptr_nonnull(v);
+    uint64_t space = (uint64_t)v->v.i;
+    mpb_value_free(&s);
+    return space;
+}
+
+START_TEST(the_id_space_is_kept_with_the_state_and_new_without_it)
+{
+    start_server(true);
+    mpb_context *c = mpb_connect(address);
+    mpb_enable_reconnect(c, 1, 10000);
+    uint64_t space = id_space_of(c);
+    ck_assert_uint_ge(space, 1);
+    ck_assert_uint_lt(space, UINT64_C(1) << MPB_REF_SPACE_BITS);
+    mpb_ref a, b;
+    ck_assert_int_eq(mpb_open(c, "list", "kept", NULL, &a), MPB_OK);
+    ck_assert_uint_eq(mpb_ref_space(a), space);
+    ck_assert_uint_lt(a, UINT64_C(1) << 63);
+    stop_server(SIGKILL);
+    start_server(true);
+    ck_assert_uint_eq(id_space_of(c), space); /* the data directory keeps it */
+    ck_assert_int_eq(mpb_create(c, "list", NULL, &b), MPB_OK);
+    ck_assert_uint_eq(mpb_ref_space(b), space);
+    ck_assert_uint_gt(b, a); /* and its count: no id is handed out twice */
+    stop_server(SIGTERM);
+    start_server(false);
+    ck_assert_uint_ne(id_space_of(c), space); /* a broker without the state: a new one */
+    mpb_free(c);
+}
+END_TEST
+
+/*--- Iterators across restarts and compaction ---*/
+
+/* A dict {0: 0, ..., n-1: n-1} named `name`. */
+static mpb_ref numbered_dict(mpb_context *c, const char *name, int n)
+{
+    mpb_ref d;
+    ck_assert_int_eq(mpb_open(c, "dict", name, NULL, &d), MPB_OK);
+    for (int i = 0; i < n; i++) {
+        mpb_value k = mpb_int(i);
+        ck_assert_int_eq(mpb_dict_setitem(c, d, &k, &k), MPB_OK);
+    }
+    return d;
+}
+
+/* The key of a [key, value] pair from a dict iterator. */
+static int64_t pair_key(const mpb_value *item) { return item->v.a->items[0].v.i; }
+
+START_TEST(a_walk_cut_by_a_restart_is_reported_and_starts_over)
+{
+    /* The consumer pattern across a restart that keeps the state: take ten, delete them,
+     * and the broker restarts. The next chunk must not be asked with the old cursor (a
+     * restart renumbers positions: it skipped 10..18); the cut is reported, and the walk
+     * started over sees exactly the twenty that are left. */
+    start_server(true);
+    mpb_context *c = mpb_connect(address);
+    mpb_enable_reconnect(c, 1, 10000);
+    mpb_ref d = numbered_dict(c, "work", 30);
+    mpb_iter *it = mpb_dict_iter(c, d, 10);
+    mpb_value *item;
+    for (int i = 0; i < 10; i++) {
+        ck_assert_int_eq(mpb_iter_next(it, &item), 1);
+        ck_assert_int_eq(pair_key(item), i);
+        mpb_value k = mpb_int(i);
+        ck_assert_int_eq(mpb_dict_delitem(c, d, &k), MPB_OK);
+    }
+    stop_server(SIGKILL);
+    start_server(true);
+    ck_assert_int_eq(mpb_iter_next(it, &item), MPB_ERR_CUT);
+    ck_assert_str_eq(c->errkind, "ConnectionError");
+    ck_assert_int_eq(mpb_ping(c), MPB_OK); /* the context itself is fine */
+    bool seen[30] = {false};
+    int n = 0, rc;
+    while ((rc = mpb_iter_next(it, &item)) == 1) {
+        int64_t k = pair_key(item);
+        ck_assert(k >= 10 && k < 30 && !seen[k]);
+        seen[k] = true;
+        n++;
+    }
+    ck_assert_int_eq(rc, 0);
+    ck_assert_int_eq(n, 20);
+    mpb_iter_free(it);
+
+    /* The same for a list and a set, and after a restart that lost the state (the
+     * named list is re-created empty: the walk starts over and finds nothing). */
+    mpb_ref l, s;
+    mpb_value init = tb_lit("[1, 2, 3, 4, 5, 6]");
+    ck_assert_int_eq(mpb_open(c, "list", "jobs", &init, &l), MPB_OK);
+    ck_assert_int_eq(mpb_create(c, "set", &init, &s), MPB_OK);
+    mpb_value_free(&init);
+    mpb_iter *li = mpb_list_iter(c, l, 2), *si = mpb_set_iter(c, s, 2);
+    ck_assert_int_eq(mpb_iter_next(li, &item), 1);
+    ck_assert_int_eq(mpb_iter_next(si, &item), 1);
+    ck_assert_int_eq(mpb_iter_next(si, &item), 1);
+    stop_server(SIGTERM);
+    start_server(false);
+    ck_assert_int_eq(mpb_iter_next(li, &item), 1); /* still in the first chunk */
+    ck_assert_int_eq(mpb_iter_next(si, &item), MPB_ERR_CUT);
+    ck_assert_int_eq(mpb_iter_next(si, &item), MPB_ERR_REPLY); /* it was anonymous: gone */
+    ck_assert_str_eq(c->errkind, "NoSuchObject");
+    ck_assert_int_eq(mpb_iter_next(li, &item), MPB_ERR_CUT);
+    ck_assert_int_eq(mpb_iter_next(li, &item), 0); /* "jobs" re-created empty */
+    mpb_iter_free(li);
+    mpb_iter_free(si);
+    mpb_free(c);
+}
+END_TEST
+
+START_TEST(a_walk_goes_on_across_compaction)
+{
+    /* No restart, but the log compacts into a snapshot (--compact-size 1) and the dict
+     * compacts its table (the entries behind the cursor are deleted as it goes): the walk
+     * is not cut and sees every entry once. */
+    server = fork();
+    ck_assert_int_ge(server, 0);
+    if (server == 0) {
+        const char *bin = getenv("MPB_SERVER");
+        execl(bin, bin, "--socket", sock, "--data-dir", data, "--compact-size", "1", "--quiet",
+              (char *)NULL);
+        _exit(127);
+    }
+    mpb_context *c = mpb_connect(address);
+    mpb_enable_reconnect(c, 1, 10000);
+    mpb_ref d = numbered_dict(c, "work", 200);
+    mpb_iter *it = mpb_dict_iter(c, d, 7);
+    mpb_value *item;
+    bool seen[200] = {false};
+    int n = 0, rc;
+    while ((rc = mpb_iter_next(it, &item)) == 1) {
+        int64_t k = pair_key(item);
+        ck_assert(k >= 0 && k < 200 && !seen[k]);
+        seen[k] = true;
+        n++;
+        mpb_value key = mpb_int(k);
+        ck_assert_int_eq(mpb_dict_delitem(c, d, &key), MPB_OK);
+    }
+    ck_assert_msg(rc == 0, "%d %s: %s", rc, c->errkind, c->errstr);
+    ck_assert_int_eq(n, 200);
+    mpb_iter_free(it);
+    int64_t len = -1;
+    ck_assert_int_eq(mpb_dict_len(c, d, &len), MPB_OK);
+    ck_assert_int_eq(len, 0);
+    DIR *dir = opendir(data);
+    ck_assert_ptr_nonnull(dir);
+    bool snapshot = false;
+    for (struct dirent *e; (e = readdir(dir)) != NULL;)
+        snapshot |= strcmp(e->d_name, "snapshot.mpb") == 0;
+    closedir(dir);
+    ck_assert_msg(snapshot, "the log never compacted");
+    mpb_free(c);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("resilient");
@@ -172,9 +683,18 @@ int main(void)
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, a_forked_child_gets_its_own_connection);
+    tcase_add_test(tc, fork_at_every_point_of_a_pipeline);
+    tcase_add_test(tc, reconnect_gives_up_at_max_wait_not_a_backoff_step_later);
+    tcase_add_test(tc, reconnect_finds_a_broker_within_one_backoff_step_of_its_start);
     tcase_add_test(tc, without_reconnect_calls_fail_fast_with_connection_error);
     tcase_add_test(tc, with_reconnect_a_client_keeps_working_across_a_restart);
     tcase_add_test(tc, reconnect_to_a_broker_that_lost_its_state_reopens_names);
+    tcase_add_loop_test(tc, reconnect_never_sends_a_call_to_an_object_it_did_not_name, 0, 2);
+    tcase_add_test(tc, two_restarts_that_lose_the_state_translate_the_oldest_reference);
+    tcase_add_test(tc, a_new_object_with_an_old_objects_number_is_not_translated);
+    tcase_add_test(tc, the_id_space_is_kept_with_the_state_and_new_without_it);
+    tcase_add_test(tc, a_walk_cut_by_a_restart_is_reported_and_starts_over);
+    tcase_add_test(tc, a_walk_goes_on_across_compaction);
     suite_add_tcase(s, tc);
     return tb_run(s);
 }

@@ -1,12 +1,14 @@
-/* test_security.c - authentication, exposure and limits against a real broker.
+/* test_security.c - authentication and limits against a real broker.
  *
  * The authkey handshake from both ends (libmpbroker, and raw bytes where a test plays
- * a client that does it wrong), protected mode and socket permissions at start-up,
- * every configurable limit (each hit is a clear error and leaves the broker and the
- * other connections as they were), and the graceful stop on SIGTERM.
+ * a client, or a broker, that does it wrong), what a connection without the key may
+ * cost the broker, every configurable limit (each hit is a clear error and leaves the
+ * broker and the other connections as they were), and the graceful stop on SIGTERM.
+ * Who may reach the broker (sockets, other users, TCP) is test_exposure.c's.
  */
 #include <check.h>
 #include <errno.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <openssl/hmac.h>
 #include <poll.h>
@@ -15,12 +17,16 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
+#include <grp.h>
 #include <unistd.h>
 
 #include "mpb_address.h"
 #include "mpb_codec.h"
+#include "mpb_reader.h"
 #include "testutil.h"
 
 #define KEY "correct horse battery staple"
@@ -93,30 +99,44 @@ static void proof(unsigned char out[40], const char *label, const void *a, size_
     HMAC(EVP_sha256(), KEY, (int)strlen(KEY), msg, n + alen + blen, out + 8, &len);
 }
 
-/* auth.challenge with C; stores the broker's S (48 bytes) and checks its proof. */
-static void raw_challenge(int fd, const unsigned char *C, size_t clen, unsigned char S[48],
-                          unsigned char server_proof[40])
+/* auth.challenge with C; stores the broker's S (48 bytes: "{sha256}" + 40 random). */
+static void raw_challenge(int fd, const unsigned char *C, size_t clen, unsigned char S[48])
 {
     mpb_value arg = mpb_bin_borrowed(C, clen);
     tb_send_call(fd, 1, "auth.challenge", &arg, 1);
     mpb_value m = read_response(fd);
     ck_assert_int_eq(m.v.a->items[2].type, MPB_NIL);
     mpb_value *res = &m.v.a->items[3];
-    ck_assert_int_eq(res->type, MPB_ARRAY);
-    ck_assert_uint_eq(res->v.a->len, 2);
-    ck_assert_uint_eq(res->v.a->items[0].len, 48);
-    ck_assert_uint_eq(res->v.a->items[1].len, 40);
-    memcpy(S, res->v.a->items[0].v.s, 48);
-    memcpy(server_proof, res->v.a->items[1].v.s, 40);
-    unsigned char want[40];
+    ck_assert_int_eq(res->type, MPB_BIN);
+    ck_assert_uint_eq(res->len, 48);
+    ck_assert(memcmp(res->v.s, "{sha256}", 8) == 0);
+    memcpy(S, res->v.s, 48);
+    mpb_value_free(&m);
+}
+
+/* auth.response with the right proof; checks the broker's proof that follows. */
+static void raw_respond(int fd, const unsigned char *C, size_t clen, const unsigned char S[48])
+{
+    unsigned char cp[40], want[40];
+    proof(cp, "mpbroker-auth client", S, 48, C, clen);
+    mpb_value arg = mpb_bin_borrowed(cp, 40);
+    tb_send_call(fd, 2, "auth.response", &arg, 1);
+    mpb_value m = read_response(fd);
+    ck_assert_int_eq(m.v.a->items[2].type, MPB_NIL);
+    mpb_value *res = &m.v.a->items[3];
+    ck_assert_int_eq(res->type, MPB_BIN);
+    ck_assert_uint_eq(res->len, 40);
     proof(want, "mpbroker-auth server", C, clen, S, 48);
-    ck_assert_msg(memcmp(want, server_proof, 40) == 0, "the broker's proof is wrong");
+    ck_assert_msg(memcmp(want, res->v.s, 40) == 0, "the broker's proof is wrong");
     mpb_value_free(&m);
 }
 
 static const unsigned char CLIENT_C[48] = "{sha256}0123456789abcdef0123456789abcdef01234567";
 
 /*--- Authentication ---*/
+
+/* The broker still serves a client with the key. */
+static void expect_pong_keyed(void);
 
 static void auth_setup(void)
 {
@@ -128,6 +148,14 @@ static void auth_setup(void)
     setenv("MPBROKER_AUTHKEY", KEY, 1);
     tb_start(&B, 0, args);
     unsetenv("MPBROKER_AUTHKEY");
+}
+
+static void expect_pong_keyed(void)
+{
+    mpb_context *c = mpb_connect_with_key(B.address, KEY, strlen(KEY));
+    ck_assert_msg(c->err == MPB_OK, "%s", c->errstr);
+    ck_assert_int_eq(mpb_ping(c), MPB_OK);
+    mpb_free(c);
 }
 
 static void auth_teardown(void)
@@ -208,16 +236,9 @@ END_TEST
 START_TEST(raw_handshake_as_documented)
 {
     int fd = tb_raw_connect(&B);
-    unsigned char S[48], sp[40], cp[40];
-    raw_challenge(fd, CLIENT_C, sizeof CLIENT_C, S, sp);
-    proof(cp, "mpbroker-auth client", S, 48, CLIENT_C, sizeof CLIENT_C);
-    mpb_value arg = mpb_bin_borrowed(cp, 40);
-    tb_send_call(fd, 2, "auth.response", &arg, 1);
-    mpb_value m = read_response(fd);
-    ck_assert_int_eq(m.v.a->items[2].type, MPB_NIL);
-    ck_assert_int_eq(m.v.a->items[3].type, MPB_BOOL);
-    ck_assert(m.v.a->items[3].v.b);
-    mpb_value_free(&m);
+    unsigned char S[48];
+    raw_challenge(fd, CLIENT_C, sizeof CLIENT_C, S);
+    raw_respond(fd, CLIENT_C, sizeof CLIENT_C, S);
     expect_pong(fd);
     close(fd);
 }
@@ -225,10 +246,10 @@ END_TEST
 
 START_TEST(bad_responses_are_refused_and_closed)
 {
-    unsigned char S[48], sp[40], cp[40];
+    unsigned char S[48], cp[40];
     /* A wrong proof. */
     int fd = tb_raw_connect(&B);
-    raw_challenge(fd, CLIENT_C, sizeof CLIENT_C, S, sp);
+    raw_challenge(fd, CLIENT_C, sizeof CLIENT_C, S);
     proof(cp, "mpbroker-auth client", S, 48, CLIENT_C, sizeof CLIENT_C);
     cp[20] ^= 1;
     mpb_value arg = mpb_bin_borrowed(cp, 40);
@@ -236,10 +257,10 @@ START_TEST(bad_responses_are_refused_and_closed)
     expect_error(fd, "AuthError");
     ck_assert_int_eq(tb_wait_closed(fd, 5000), 1);
     close(fd);
-    /* Reflection: the broker's own proof sent back as ours. */
+    /* Reflection: the proof the broker would give, sent as ours. */
     fd = tb_raw_connect(&B);
-    raw_challenge(fd, CLIENT_C, sizeof CLIENT_C, S, sp);
-    arg = mpb_bin_borrowed(sp, 40);
+    raw_challenge(fd, CLIENT_C, sizeof CLIENT_C, S);
+    proof(cp, "mpbroker-auth server", CLIENT_C, sizeof CLIENT_C, S, 48);
     tb_send_call(fd, 2, "auth.response", &arg, 1);
     expect_error(fd, "AuthError");
     ck_assert_int_eq(tb_wait_closed(fd, 5000), 1);
@@ -259,6 +280,57 @@ START_TEST(bad_responses_are_refused_and_closed)
 }
 END_TEST
 
+/* Every byte a stranger gets from a broker keyed with key: a challenge, then a wrong
+ * proof, until the broker closes. n gets the count; S's offset in it goes to *s_at. */
+static size_t stranger_transcript(const char *key, unsigned char *out, size_t cap, size_t *s_at)
+{
+    tb_broker t;
+    setenv("MPBROKER_AUTHKEY", key, 1);
+    const char *args[] = {"--quiet", NULL};
+    tb_start(&t, 0, args);
+    unsetenv("MPBROKER_AUTHKEY");
+    int fd = tb_raw_connect(&t);
+    mpb_value arg = mpb_bin_borrowed(CLIENT_C, sizeof CLIENT_C);
+    tb_send_call(fd, 1, "auth.challenge", &arg, 1);
+    size_t n = 0;
+    /* The challenge's reply: [1, 1, nil, bin8 48 S] is 4 + 2 + 48 bytes. */
+    while (n < 54) {
+        struct pollfd pf = {.fd = fd, .events = POLLIN};
+        ck_assert_int_eq(poll(&pf, 1, 5000), 1);
+        ssize_t got = read(fd, out + n, cap - n);
+        ck_assert_int_gt(got, 0);
+        n += (size_t)got;
+    }
+    ck_assert_uint_eq(n, 54);
+    *s_at = 6;
+    unsigned char cp[40];
+    memset(cp, 0, sizeof cp);
+    memcpy(cp, "{sha256}", 8);
+    arg = mpb_bin_borrowed(cp, 40);
+    tb_send_call(fd, 2, "auth.response", &arg, 1);
+    for (ssize_t got; (got = read(fd, out + n, cap - n)) > 0;) n += (size_t)got;
+    close(fd);
+    ck_assert_int_eq(tb_stop(&t), 0);
+    return n;
+}
+
+START_TEST(a_stranger_learns_nothing_that_depends_on_the_key)
+{
+    /* Two brokers with different keys, the same stranger's bytes: what comes back
+     * must be the same, but for the 40 random bytes of S. (The old order sent the
+     * broker's proof, an HMAC of the key, in reply to the first request.) */
+    unsigned char a[4096], b[4096];
+    size_t sa, sb;
+    size_t na = stranger_transcript(KEY, a, sizeof a, &sa);
+    size_t nb = stranger_transcript("another key, just as long!!!", b, sizeof b, &sb);
+    ck_assert_uint_eq(na, nb);
+    ck_assert_uint_gt(na, 54); /* the AuthError came too */
+    ck_assert(memcmp(a, b, sa + 8) == 0);                     /* up to S's random bytes */
+    ck_assert(memcmp(a + sa + 48, b + sb + 48, na - sa - 48) == 0); /* everything after */
+    ck_assert(memcmp(a + sa + 8, b + sb + 8, 40) != 0);        /* S is random */
+}
+END_TEST
+
 START_TEST(unauthenticated_requests_are_small)
 {
     int fd = tb_raw_connect(&B);
@@ -272,6 +344,123 @@ START_TEST(unauthenticated_requests_are_small)
     mpb_value_free(&m);
     ck_assert_int_eq(tb_wait_closed(fd, 5000), 1);
     close(fd);
+}
+END_TEST
+
+/* A monitor's next event; its repr (free it). NULL when none came within ms. */
+static char *next_event(mpb_context *mon, int ms)
+{
+    char method[64];
+    mpb_value params;
+    int got = 0;
+    ck_assert_int_eq(mpb_get_notification(mon, ms, method, sizeof method, &params, &got), MPB_OK);
+    if (!got) return NULL;
+    ck_assert_str_eq(method, "monitor");
+    char *s = tb_repr(&params);
+    mpb_value_free(&params);
+    return s;
+}
+
+START_TEST(monitors_see_nothing_before_authentication)
+{
+    mpb_context *mon = mpb_connect_with_key(B.address, KEY, strlen(KEY));
+    ck_assert_int_eq(mon->err, MPB_OK);
+    ck_assert_int_eq(mpb_call(mon, "manager.monitor", NULL, 0, NULL), MPB_OK);
+    /* Strangers: a challenge, a forged proof, a forged request. */
+    int fd = tb_raw_connect(&B);
+    unsigned char S[48];
+    raw_challenge(fd, CLIENT_C, sizeof CLIENT_C, S);
+    mpb_value arg = mpb_bin_borrowed("{sha256}forged: 1 [9 unix:pid=1] manager.delete('x')....", 40);
+    tb_send_call(fd, 2, "auth.response", &arg, 1);
+    expect_error(fd, "AuthError");
+    close(fd);
+    fd = tb_raw_connect(&B);
+    arg = mpb_str_borrowed("forged", 6);
+    tb_send_call(fd, 1, "manager.ping", &arg, 1);
+    expect_error(fd, "AuthError");
+    close(fd);
+    /* A keyed client: its handshake is not shown, its first call is. */
+    mpb_context *c = mpb_connect_with_key(B.address, KEY, strlen(KEY));
+    ck_assert_int_eq(c->err, MPB_OK);
+    mpb_value marker = mpb_str("marker");
+    ck_assert_int_eq(mpb_call(c, "manager.ping", &marker, 1, NULL), MPB_OK);
+    mpb_value_free(&marker);
+    char *ev = next_event(mon, 5000);
+    ck_assert_ptr_nonnull(ev);
+    ck_assert_msg(strstr(ev, "'method': 'manager.ping', 'params': ['marker']") != NULL, "%s", ev);
+    free(ev);
+    ck_assert_ptr_null(next_event(mon, 200));
+    mpb_free(c);
+    mpb_free(mon);
+}
+END_TEST
+
+/* Reply [1, msgid, nil, BIN] on fd. */
+static void send_bin_reply(int fd, uint64_t msgid, const void *p, size_t n)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_array(&pk, 4);
+    msgpack_pack_uint8(&pk, 1);
+    msgpack_pack_uint64(&pk, msgid);
+    msgpack_pack_nil(&pk);
+    msgpack_pack_bin_with_body(&pk, p, n);
+    tb_write_all(fd, sb.data, sb.size);
+    msgpack_sbuffer_destroy(&sb);
+}
+
+/* An impostor on path that does not know the key but plays the handshake: it sends a
+ * challenge, then as its "proof" either the client's own proof (reflect) or random
+ * bytes. Serves one connection; returns its pid. */
+static pid_t fake_broker(const char *path, bool reflect)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
+    int l = socket(AF_UNIX, SOCK_STREAM, 0);
+    ck_assert_int_eq(bind(l, (struct sockaddr *)&sa, sizeof sa), 0);
+    ck_assert_int_eq(listen(l, 4), 0);
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid > 0) {
+        close(l);
+        return pid;
+    }
+    int fd = accept(l, NULL, NULL);
+    mpb_value m;
+    if (fd < 0 || tb_read_msg(fd, &m, 5000) < 0) _exit(1);
+    mpb_value_free(&m);
+    send_bin_reply(fd, 1, CLIENT_C, 48); /* any 48 bytes starting {sha256} */
+    if (tb_read_msg(fd, &m, 5000) < 0) _exit(1);
+    unsigned char sp[40];
+    memcpy(sp, m.v.a->items[3].v.a->items[0].v.s, 40);
+    if (!reflect) memset(sp + 8, 0x5a, 32);
+    mpb_value_free(&m);
+    send_bin_reply(fd, 2, sp, 40);
+    tb_wait_closed(fd, 5000);
+    _exit(0);
+}
+
+START_TEST(a_broker_that_cannot_prove_the_key_is_refused)
+{
+    for (int reflect = 0; reflect < 2; reflect++) {
+        char dir[] = "/tmp/mpbfake.XXXXXX", path[64];
+        ck_assert_ptr_nonnull(mkdtemp(dir));
+        snprintf(path, sizeof path, "%s/s", dir);
+        pid_t pid = fake_broker(path, reflect);
+        mpb_context *c = mpb_connect_with_key(path, KEY, strlen(KEY));
+        ck_assert_int_eq(c->err, MPB_ERR_CONNECT);
+        ck_assert_str_eq(c->errkind, "AuthError");
+        ck_assert_msg(strstr(c->errstr, "could not prove") != NULL, "%s", c->errstr);
+        ck_assert_int_ne(mpb_ping(c), MPB_OK); /* and nothing else was sent */
+        mpb_free(c);
+        int st;
+        ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+        ck_assert_int_eq(WEXITSTATUS(st), 0);
+        unlink(path);
+        rmdir(dir);
+    }
 }
 END_TEST
 
@@ -297,8 +486,8 @@ START_TEST(connection_that_never_authenticates_is_closed)
     unsetenv("MPBROKER_AUTHKEY");
     ck_assert_int_eq(c->err, MPB_OK);
     int idle = tb_raw_connect(&t), halfway = tb_raw_connect(&t);
-    unsigned char S[48], sp[40];
-    raw_challenge(halfway, CLIENT_C, sizeof CLIENT_C, S, sp); /* and then nothing */
+    unsigned char S[48];
+    raw_challenge(halfway, CLIENT_C, sizeof CLIENT_C, S); /* and then nothing */
     ck_assert_int_eq(tb_wait_closed(idle, 5000), 1);
     ck_assert_int_eq(tb_wait_closed(halfway, 5000), 1);
     close(idle);
@@ -310,117 +499,325 @@ START_TEST(connection_that_never_authenticates_is_closed)
 }
 END_TEST
 
-/*--- Exposure ---*/
-
-/* Run the server with args (NULL-terminated after argv[0]); its exit status, with
- * its stderr in err. */
-static int run_server(const char *const *args, char *err, size_t errlen)
+START_TEST(a_short_key_is_warned_about_at_start)
 {
-    int p[2];
-    ck_assert_int_eq(pipe(p), 0);
+    /* --socket none and nothing else: the broker reads its key, then exits 2
+     * ("nothing to listen on"), which is all this needs. */
+    char err[1024];
+    const char *args[] = {"--socket", "none", NULL};
+    setenv("MPBROKER_AUTHKEY", "sunshine42", 1);
+    ck_assert_int_eq(tb_run_server(args, err, sizeof err), 2);
+    ck_assert_msg(strstr(err, "warning: the authkey from $MPBROKER_AUTHKEY is only 10 bytes"),
+                  "stderr: %s", err);
+    setenv("MPBROKER_AUTHKEY", "sixteen bytes ok", 1);
+    ck_assert_int_eq(tb_run_server(args, err, sizeof err), 2);
+    ck_assert_msg(strstr(err, "warning") == NULL, "stderr: %s", err);
+    unsetenv("MPBROKER_AUTHKEY");
+}
+END_TEST
+
+/*--- Before authentication ---*/
+
+/* Pack one message into sb (cleared first) from a packing function. */
+typedef void (*packfn)(msgpack_packer *pk);
+static void pk_req(msgpack_packer *pk, const char *m, int nparams, bool params_array)
+{
+    msgpack_pack_array(pk, 4);
+    msgpack_pack_uint8(pk, 0);
+    msgpack_pack_uint8(pk, 1);
+    msgpack_pack_str_with_body(pk, m, strlen(m));
+    if (params_array) msgpack_pack_array(pk, (size_t)nparams);
+    for (int i = 0; i < nparams; i++) msgpack_pack_bin_with_body(pk, CLIENT_C, sizeof CLIENT_C);
+}
+static void bad_nil(msgpack_packer *pk) { msgpack_pack_nil(pk); }
+static void bad_str(msgpack_packer *pk) { msgpack_pack_str_with_body(pk, "hello", 5); }
+static void bad_empty(msgpack_packer *pk) { msgpack_pack_array(pk, 0); }
+static void bad_no_args(msgpack_packer *pk) { pk_req(pk, "auth.challenge", 0, true); }
+static void bad_two_args(msgpack_packer *pk) { pk_req(pk, "auth.challenge", 2, true); }
+static void bad_params(msgpack_packer *pk) { pk_req(pk, "auth.challenge", 1, false); }
+static void bad_other(msgpack_packer *pk) { pk_req(pk, "manager.ping", 0, true); }
+static void bad_method(msgpack_packer *pk)
+{
+    msgpack_pack_array(pk, 4);
+    msgpack_pack_uint8(pk, 0);
+    msgpack_pack_uint8(pk, 1);
+    msgpack_pack_uint8(pk, 7);
+    msgpack_pack_array(pk, 0);
+}
+static void bad_notify(msgpack_packer *pk)
+{
+    msgpack_pack_array(pk, 3);
+    msgpack_pack_uint8(pk, 2);
+    msgpack_pack_str_with_body(pk, "auth.challenge", 14);
+    msgpack_pack_array(pk, 1);
+    msgpack_pack_bin_with_body(pk, CLIENT_C, sizeof CLIENT_C);
+}
+static void bad_response(msgpack_packer *pk)
+{
+    msgpack_pack_array(pk, 4);
+    msgpack_pack_uint8(pk, 1);
+    msgpack_pack_uint8(pk, 1);
+    msgpack_pack_nil(pk);
+    msgpack_pack_nil(pk);
+}
+static void bad_deep(msgpack_packer *pk)
+{
+    msgpack_pack_array(pk, 4);
+    msgpack_pack_uint8(pk, 0);
+    msgpack_pack_uint8(pk, 1);
+    msgpack_pack_str_with_body(pk, "auth.challenge", 14);
+    for (int i = 0; i < 40; i++) msgpack_pack_array(pk, 1);
+    msgpack_pack_nil(pk);
+}
+
+/* Everything the broker sends on fd until it closes (at most cap bytes are kept);
+ * -1 if it does not close within 5 s. */
+static ssize_t read_until_closed(int fd, char *buf, size_t cap)
+{
+    size_t n = 0;
+    char scratch[65536];
+    for (;;) {
+        struct pollfd pf = {.fd = fd, .events = POLLIN};
+        if (poll(&pf, 1, 5000) != 1) return -1;
+        ssize_t got = read(fd, scratch, sizeof scratch);
+        if (got == 0 || (got < 0 && errno == ECONNRESET)) return (ssize_t)n;
+        if (got < 0) return -1;
+        if (n < cap) memcpy(buf + n, scratch, (size_t)got < cap - n ? (size_t)got : cap - n);
+        n += (size_t)got;
+    }
+}
+
+START_TEST(anything_but_the_handshake_gets_one_reply_then_closes)
+{
+    /* Each, followed by 100 KB of nils (each a whole message): at most one small
+     * reply, then the connection is closed. (Before: a nil, a bad shape or a wrong
+     * argument count got an error each and the connection stayed, so 100 KB of 0xc0
+     * earned megabytes of replies.) */
+    static const struct { const char *what; packfn f; bool replies; } cases[] = {
+        {"a bare nil", bad_nil, true},          {"a bare str", bad_str, true},
+        {"an empty array", bad_empty, true},    {"no argument", bad_no_args, true},
+        {"two arguments", bad_two_args, true},  {"params not an array", bad_params, true},
+        {"another method", bad_other, true},    {"a method not a string", bad_method, true},
+        {"a notification", bad_notify, false},  {"a response", bad_response, false},
+        {"nested too deep", bad_deep, true},
+    };
+    char *nils = malloc(100000);
+    memset(nils, 0xc0, 100000);
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        int fd = tb_raw_connect(&B);
+        msgpack_sbuffer sb;
+        msgpack_packer pk;
+        msgpack_sbuffer_init(&sb);
+        msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+        cases[i].f(&pk);
+        ck_assert_int_eq(tb_write_all(fd, sb.data, sb.size), 0);
+        msgpack_sbuffer_destroy(&sb);
+        (void)!tb_write_all(fd, nils, 100000); /* the broker may have closed already */
+        char got[1024];
+        ssize_t n = read_until_closed(fd, got, sizeof got);
+        ck_assert_msg(n >= 0, "%s: the connection stayed open", cases[i].what);
+        ck_assert_msg(n <= 300, "%s: %zd bytes of replies", cases[i].what, n);
+        if (cases[i].replies) {
+            mpb_reader r;
+            msgpack_object o;
+            ck_assert_int_eq(mpb_reader_init(&r, 0, MPB_READER_MAX_DEPTH), 0);
+            ck_assert_int_eq(mpb_reader_feed(&r, got, (size_t)n), 0);
+            ck_assert_msg(mpb_reader_next(&r, &o) == MPB_READ_MSG, "%s: no reply", cases[i].what);
+            ck_assert_msg(mpb_reader_next(&r, &o) == MPB_READ_NEED, "%s: more than one reply",
+                          cases[i].what);
+            mpb_reader_destroy(&r);
+        } else {
+            ck_assert_msg(n == 0, "%s: %zd bytes of replies", cases[i].what, n);
+        }
+        close(fd);
+    }
+    free(nils);
+    expect_pong_keyed();
+}
+END_TEST
+
+/* Peak resident memory of process pid, in KiB (VmHWM). */
+static long peak_rss_kib(pid_t pid)
+{
+    char path[64], line[256];
+    long kib = -1;
+    snprintf(path, sizeof path, "/proc/%ld/status", (long)pid);
+    FILE *f = fopen(path, "r");
+    ck_assert_ptr_nonnull(f);
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "VmHWM: %ld kB", &kib) == 1) break;
+    fclose(f);
+    return kib;
+}
+
+START_TEST(strangers_flooding_bytes_cost_the_broker_little)
+{
+    /* 100 connections each pour up to 256 KiB of nils and read nothing. The broker
+     * reads at most 1 KiB of each, answers once and closes: its peak memory grows by
+     * a few tens of KiB per connection. (Before: each got up to 4 MiB of unread
+     * replies buffered, about 400 MB in all.) */
+    enum { N = 100 };
+    int fds[N];
+    char *nils = malloc(256 << 10);
+    memset(nils, 0xc0, 256 << 10);
+    long before = peak_rss_kib(B.pid);
+    for (int i = 0; i < N; i++) {
+        fds[i] = tb_raw_connect(&B);
+        int fl = 1;
+        ck_assert_int_eq(ioctl(fds[i], FIONBIO, &fl), 0);
+        size_t off = 0;
+        ssize_t w;
+        while (off < (256u << 10) &&
+               (w = send(fds[i], nils + off, (256u << 10) - off, MSG_NOSIGNAL)) > 0)
+            off += (size_t)w;
+    }
+    for (int i = 0; i < N; i++) {
+        int fl = 0;
+        ioctl(fds[i], FIONBIO, &fl);
+        char got[512];
+        ck_assert_msg(read_until_closed(fds[i], got, sizeof got) >= 0, "connection %d open", i);
+        close(fds[i]);
+    }
+    long after = peak_rss_kib(B.pid);
+    ck_assert_msg(after - before < N * 64, "peak RSS grew by %ld KiB for %d strangers",
+                  after - before, N);
+    free(nils);
+    expect_pong_keyed();
+}
+END_TEST
+
+/*--- Room for clients with the key ---*/
+
+/* A raw TCP connection to t from the loopback address src (127.x.y.z: each is
+ * another peer to the broker). */
+static int tcp_from(const tb_broker *t, const char *src)
+{
+    const char *colon = strrchr(t->address, ':');
+    struct sockaddr_in from = {.sin_family = AF_INET}, to = {.sin_family = AF_INET};
+    to.sin_port = htons((uint16_t)atoi(colon + 1));
+    inet_pton(AF_INET, "127.0.0.1", &to.sin_addr);
+    inet_pton(AF_INET, src, &from.sin_addr);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    ck_assert_int_eq(bind(fd, (struct sockaddr *)&from, sizeof from), 0);
+    ck_assert_int_eq(connect(fd, (struct sockaddr *)&to, sizeof to), 0);
+    return fd;
+}
+
+/* fd gets TooManyClients naming cap, then is closed. */
+static void expect_refused(int fd, const char *cap)
+{
+    mpb_value m;
+    ck_assert_int_eq(tb_read_msg(fd, &m, 5000), 0);
+    ck_assert_str_eq(m.v.a->items[2].v.a->items[0].v.s, "TooManyClients");
+    ck_assert_msg(strstr(m.v.a->items[2].v.a->items[1].v.s, cap) != NULL, "%s",
+                  m.v.a->items[2].v.a->items[1].v.s);
+    mpb_value_free(&m);
+    ck_assert_int_eq(tb_wait_closed(fd, 5000), 1);
+    close(fd);
+}
+
+/* fd is still open, and the broker has sent nothing on it (in 200 ms). */
+static bool still_waiting(int fd)
+{
+    struct pollfd pf = {.fd = fd, .events = POLLIN};
+    return poll(&pf, 1, 200) == 0;
+}
+
+START_TEST(strangers_cannot_lock_out_clients_with_the_key)
+{
+    /* Before: connections that never authenticate counted like any other, so enough
+     * of them (re-opened as --auth-timeout closed them) kept every client with the
+     * key out with TooManyClients. */
+    make_keyfile();
+    tb_broker t;
+    const char *args[] = {"--authkey-file", keyfile, "--max-clients", "8", "--max-handshakes",
+                          "4", "--max-handshakes-per-peer", "2", "--auth-timeout", "60", NULL};
+    setenv("MPBROKER_AUTHKEY", KEY, 1);
+    tb_start(&t, 1, args);
+    mpb_context *k[9];
+    k[0] = tb_connect(&t); /* from 127.0.0.1, authenticated */
+    /* One stranger's address gets two handshakes at a time, no more. */
+    int a1 = tcp_from(&t, "127.0.0.2"), a2 = tcp_from(&t, "127.0.0.2");
+    expect_refused(tcp_from(&t, "127.0.0.2"), "--max-handshakes-per-peer");
+    ck_assert(still_waiting(a1) && still_waiting(a2));
+    /* Two more addresses fill --max-handshakes; one more stranger takes the place of
+     * the oldest. */
+    int b1 = tcp_from(&t, "127.0.0.3"), b2 = tcp_from(&t, "127.0.0.3");
+    ck_assert(still_waiting(b1) && still_waiting(b2));
+    int c1 = tcp_from(&t, "127.0.0.4");
+    expect_refused(a1, "--max-handshakes");
+    ck_assert(still_waiting(c1));
+    /* Clients with the key fill the whole broker, each taking a stranger's place
+     * when there is no other room: first a2's, and at --max-clients b1's, b2's,
+     * c1's. */
+    for (int i = 1; i < 8; i++) k[i] = tb_connect(&t);
+    expect_refused(a2, "--max-handshakes");
+    expect_refused(b1, "--max-clients");
+    expect_refused(b2, "--max-clients");
+    expect_refused(c1, "--max-clients");
+    /* Now all 8 have the key: nobody else comes in, strangers or not. */
+    expect_refused(tcp_from(&t, "127.0.0.5"), "--max-clients");
+    k[8] = mpb_connect(t.address);
+    ck_assert_int_eq(k[8]->err, MPB_ERR_CONNECT);
+    ck_assert_str_eq(k[8]->errkind, "TooManyClients");
+    mpb_free(k[8]);
+    for (int i = 0; i < 8; i++) {
+        ck_assert_int_eq(mpb_ping(k[i]), MPB_OK);
+        mpb_free(k[i]);
+    }
+    unsetenv("MPBROKER_AUTHKEY");
+    ck_assert_int_eq(tb_stop(&t), 0);
+    drop_keyfile();
+}
+END_TEST
+
+/* In a child running as uid: open n raw connections to path and report, through the
+ * exit status, how many were refused (TooManyClients) within a second. */
+static int refused_as(const char *path, uid_t uid, int n)
+{
     pid_t pid = fork();
     ck_assert_int_ge(pid, 0);
     if (pid == 0) {
-        const char *argv[32] = {getenv("MPB_SERVER")};
-        for (int i = 0; args[i] && i < 30; i++) argv[i + 1] = args[i];
-        dup2(p[1], 2);
-        close(p[0]);
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
+        if (setgroups(0, NULL) < 0 || setresgid(uid, uid, uid) < 0 || setresuid(uid, uid, uid) < 0)
+            _exit(100);
+        int fds[16], refused = 0;
+        for (int i = 0; i < n; i++) {
+            struct sockaddr_un sa = {.sun_family = AF_UNIX};
+            snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
+            fds[i] = socket(AF_UNIX, SOCK_STREAM, 0);
+            if (connect(fds[i], (struct sockaddr *)&sa, sizeof sa) < 0) _exit(101);
+        }
+        for (int i = 0; i < n; i++) {
+            struct pollfd pf = {.fd = fds[i], .events = POLLIN};
+            if (poll(&pf, 1, i == 0 ? 1000 : 100) == 1) refused++;
+        }
+        _exit(refused);
     }
-    close(p[1]);
-    size_t n = 0;
-    ssize_t got;
-    while (n + 1 < errlen && (got = read(p[0], err + n, errlen - 1 - n)) > 0) n += (size_t)got;
-    err[n] = '\0';
-    close(p[0]);
     int st;
     ck_assert_int_eq(waitpid(pid, &st, 0), pid);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    return WEXITSTATUS(st);
 }
 
-START_TEST(tcp_beyond_loopback_needs_a_key)
+START_TEST(only_strangers_are_capped_per_peer_on_the_unix_socket)
 {
-    char err[1024];
-    const char *args[] = {"--socket", "none", "--listen", "tcp://0.0.0.0:0", NULL};
-    ck_assert_int_eq(run_server(args, err, sizeof err), 2);
-    ck_assert_msg(strstr(err, "without an authkey") != NULL, "stderr: %s", err);
-    const char *args6[] = {"--socket", "none", "--listen", "tcp://[::]:0", NULL};
-    ck_assert_int_eq(run_server(args6, err, sizeof err), 2);
-    /* A group/world-readable key file is refused too. */
-    make_keyfile();
-    chmod(keyfile, 0644);
-    const char *args2[] = {"--socket", "none", "--authkey-file", keyfile, "--listen",
-                           "tcp://127.0.0.1:0", NULL};
-    ck_assert_int_eq(run_server(args2, err, sizeof err), 2);
-    ck_assert_msg(strstr(err, "chmod 600") != NULL, "stderr: %s", err);
-    drop_keyfile();
-}
-END_TEST
-
-START_TEST(tcp_without_a_host_is_loopback)
-{
-    char host[64], port[16];
-    ck_assert_int_eq(mpb_parse_tcp("tcp://:7000", host, sizeof host, port, sizeof port), 0);
-    ck_assert_str_eq(host, "127.0.0.1");
-    ck_assert_str_eq(port, "7000");
-    /* So it needs no key: a broker started that way serves on 127.0.0.1. */
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof sa;
-    int probe = socket(AF_INET, SOCK_STREAM, 0);
-    ck_assert_int_eq(bind(probe, (struct sockaddr *)&sa, sizeof sa), 0);
-    ck_assert_int_eq(getsockname(probe, (struct sockaddr *)&sa, &len), 0);
-    close(probe);
-    char listen[64], address[64];
-    snprintf(listen, sizeof listen, "tcp://:%d", ntohs(sa.sin_port));
-    snprintf(address, sizeof address, "tcp://127.0.0.1:%d", ntohs(sa.sin_port));
-    tb_broker t;
-    const char *args[] = {"--listen", listen, NULL};
-    tb_start(&t, 0, args);
-    mpb_context *c = mpb_connect(address);
-    ck_assert_msg(c->err == MPB_OK, "%s", c->errstr);
-    ck_assert_int_eq(mpb_ping(c), MPB_OK);
-    mpb_free(c);
-    ck_assert_int_eq(tb_stop(&t), 0);
-}
-END_TEST
-
-START_TEST(tcp_any_address_with_a_key_serves)
-{
+    /* The per-peer cap is for strangers: on the Unix socket another uid (a member of
+     * --socket-group, say) is capped, the broker's own uid and root are not. */
+    if (geteuid() != 0) {
+        printf("skipped: needs root (a second uid)\n");
+        return;
+    }
     make_keyfile();
     tb_broker t;
-    const char *args[] = {"--authkey-file", keyfile, NULL};
+    const char *args[] = {"--authkey-file", keyfile, "--max-handshakes-per-peer", "2", NULL};
     setenv("MPBROKER_AUTHKEY", KEY, 1);
-    tb_start(&t, 1, args); /* loopback TCP, with a key */
-    mpb_context *c = mpb_connect(t.address);
-    ck_assert_msg(c->err == MPB_OK, "%s", c->errstr);
-    ck_assert_int_eq(mpb_ping(c), MPB_OK);
-    mpb_free(c);
+    tb_start(&t, 0, args);
     unsetenv("MPBROKER_AUTHKEY");
-    c = mpb_connect(t.address); /* over TCP without the key: refused */
-    ck_assert_int_ne(mpb_ping(c), MPB_OK);
-    mpb_free(c);
+    ck_assert_int_eq(chmod(t.dir, 0755), 0);
+    ck_assert_int_eq(chmod(t.sock, 0777), 0);
+    ck_assert_int_eq(refused_as(t.sock, 0, 5), 0);
+    ck_assert_int_eq(refused_as(t.sock, 64001, 5), 3);
     ck_assert_int_eq(tb_stop(&t), 0);
     drop_keyfile();
-}
-END_TEST
-
-START_TEST(unix_socket_is_private_or_group)
-{
-    tb_broker t;
-    struct stat st;
-    tb_start(&t, 0, NULL);
-    ck_assert_int_eq(stat(t.sock, &st), 0);
-    ck_assert_int_eq(st.st_mode & 0777, 0600);
-    ck_assert_int_eq(tb_stop(&t), 0);
-    char gid[32];
-    snprintf(gid, sizeof gid, "%lu", (unsigned long)getgid());
-    const char *args[] = {"--socket-group", gid, NULL};
-    tb_start(&t, 0, args);
-    ck_assert_int_eq(stat(t.sock, &st), 0);
-    ck_assert_int_eq(st.st_mode & 0777, 0660);
-    ck_assert_uint_eq(st.st_gid, getgid());
-    ck_assert_int_eq(tb_stop(&t), 0);
 }
 END_TEST
 
@@ -598,6 +995,29 @@ START_TEST(max_output_makes_a_big_read_too_large)
 }
 END_TEST
 
+START_TEST(stored_data_is_bounded_by_default)
+{
+    /* Before, nothing bounded stored data unless --max-memory was given: any client
+     * could fill the machine. Now the default is half of RAM (or of the cgroup's
+     * limit), and --max-memory 0 still means none. */
+    tb_broker t;
+    tb_start(&t, 0, NULL);
+    mpb_context *c = tb_connect(&t);
+    int64_t max = stat_int(c, "max_memory");
+    uint64_t ram = (uint64_t)sysconf(_SC_PHYS_PAGES) * (uint64_t)sysconf(_SC_PAGESIZE);
+    ck_assert_int_gt(max, 0);
+    ck_assert_uint_le((uint64_t)max, ram / 2);
+    mpb_free(c);
+    ck_assert_int_eq(tb_stop(&t), 0);
+    const char *args[] = {"--max-memory", "0", NULL};
+    tb_start(&t, 0, args);
+    c = tb_connect(&t);
+    ck_assert_int_eq(stat_int(c, "max_memory"), 0);
+    mpb_free(c);
+    ck_assert_int_eq(tb_stop(&t), 0);
+}
+END_TEST
+
 /*--- Shutdown ---*/
 
 START_TEST(sigterm_answers_requests_already_received)
@@ -651,16 +1071,27 @@ static Suite *security_suite(void)
     tcase_add_test(tc, any_method_before_the_handshake_is_auth_error_then_closed);
     tcase_add_test(tc, raw_handshake_as_documented);
     tcase_add_test(tc, bad_responses_are_refused_and_closed);
+    tcase_add_test(tc, a_stranger_learns_nothing_that_depends_on_the_key);
     tcase_add_test(tc, unauthenticated_requests_are_small);
     tcase_add_test(tc, broker_without_key_does_not_fool_a_keyed_client);
+    tcase_add_test(tc, a_broker_that_cannot_prove_the_key_is_refused);
     tcase_add_test(tc, connection_that_never_authenticates_is_closed);
+    tcase_add_test(tc, monitors_see_nothing_before_authentication);
     suite_add_tcase(s, tc);
-    tc = tcase_create("exposure");
+    tc = tcase_create("preauth");
+    tcase_add_checked_fixture(tc, auth_setup, auth_teardown);
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, anything_but_the_handshake_gets_one_reply_then_closes);
+    tcase_add_test(tc, strangers_flooding_bytes_cost_the_broker_little);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("room");
     tcase_set_timeout(tc, 60);
-    tcase_add_test(tc, tcp_beyond_loopback_needs_a_key);
-    tcase_add_test(tc, tcp_without_a_host_is_loopback);
-    tcase_add_test(tc, tcp_any_address_with_a_key_serves);
-    tcase_add_test(tc, unix_socket_is_private_or_group);
+    tcase_add_test(tc, strangers_cannot_lock_out_clients_with_the_key);
+    tcase_add_test(tc, only_strangers_are_capped_per_peer_on_the_unix_socket);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("key");
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, a_short_key_is_warned_about_at_start);
     suite_add_tcase(s, tc);
     tc = tcase_create("limits");
     tcase_add_checked_fixture(tc, limits_setup, limits_teardown);
@@ -669,6 +1100,10 @@ static Suite *security_suite(void)
     tcase_add_test(tc, max_memory_refuses_writes_and_changes_nothing);
     tcase_add_test(tc, max_output_makes_a_big_read_too_large);
     tcase_add_test(tc, memory_count_returns_to_zero_after_every_type);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("defaults");
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, stored_data_is_bounded_by_default);
     suite_add_tcase(s, tc);
     tc = tcase_create("shutdown");
     tcase_set_timeout(tc, 60);

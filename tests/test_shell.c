@@ -21,6 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "mpb_reader.h"
 #include "testutil.h"
 
 #define RUN_TIMEOUT_MS 20000
@@ -199,6 +200,12 @@ static char *repr_of_call(const char *method, mpb_value *args, size_t n) {
     return s;
 }
 
+static int count(const char *hay, const char *needle) {
+    int n = 0;
+    for (const char *p = hay; (p = strstr(p, needle)) != NULL; p++) n++;
+    return n;
+}
+
 /*--- One-shot ---*/
 
 START_TEST(objects_is_an_aligned_table_of_every_object) {
@@ -211,6 +218,74 @@ START_TEST(objects_is_an_aligned_table_of_every_object) {
              "  2  dict       config     4        1      1          0  %5lld\n"
              "  3  namespace  stats      1        1      1          0  %5lld\n",
              bytes_of(RECORDS), bytes_of(CONFIG), bytes_of(STATS));
+    expect(&r, 0, want, "");
+}
+END_TEST
+
+START_TEST(objects_escapes_names_that_would_forge_rows_or_reach_the_terminal) {
+    /* A name with a newline and an escape sequence: printed as its repr (as show does),
+     * so the table keeps one line per object and no control byte is written. */
+    const char *evil = "evil\n1    list  forged\x1b[31m";
+    mpb_ref e;
+    ck_assert_int_eq(mpb_open(C, "list", evil, NULL, &e), MPB_OK);
+    run r;
+    RUN(&r, NULL, "objects");
+    ck_assert_int_eq(r.code, 0);
+    ck_assert_msg(strchr(r.out, '\x1b') == NULL, "an escape reached the terminal:\n%s", r.out);
+    ck_assert_int_eq(count(r.out, "\n"), 5); /* the heading and four objects */
+    ck_assert_msg(strstr(r.out, "'evil\\n1    list  forged\\x1b[31m'") != NULL, "%s", r.out);
+    ck_assert_msg(strstr(r.out, "  records  ") != NULL, "plain names stay plain:\n%s", r.out);
+    RUN(&r, NULL, "show", "--depth", "0", "@4");
+    ck_assert_msg(strchr(r.out, '\x1b') == NULL && count(r.out, "\n") == 2, "%s", r.out);
+}
+END_TEST
+
+START_TEST(the_deepest_value_shows_through_every_command) {
+    /* The broker stores 30 levels under a key; dict.items chunks wrap it two deeper
+     * (34 in all), which libmpbroker, and so the shell, must read. */
+    mpb_value v = mpb_int(7);
+    for (int i = 0; i < MPB_READER_MAX_DEPTH - 2; i++) {
+        mpb_value a = mpb_array_value(1);
+        ck_assert_int_eq(mpb_value_push(&a, &v), 0);
+        v = a;
+    }
+    mpb_ref d;
+    ck_assert_int_eq(mpb_open(C, "dict", "deep", NULL, &d), MPB_OK);
+    mpb_value k = S("k");
+    ck_assert_int_eq(mpb_dict_setitem(C, d, &k, &v), MPB_OK);
+    mpb_value_free(&v);
+    char want[256] = "[[['k', ";
+    for (int i = 0; i < MPB_READER_MAX_DEPTH - 2; i++) strcat(want, "[");
+    strcat(want, "7");
+    for (int i = 0; i < MPB_READER_MAX_DEPTH - 2; i++) strcat(want, "]");
+    strcat(want, "]], None]\n");
+    run r;
+    RUN(&r, NULL, "call", "deep", "items", "0", "10");
+    expect(&r, 0, want, "");
+    RUN(&r, NULL, "--json", "call", "deep", "items", "0", "10");
+    ck_assert_int_eq(r.code, 0);
+    RUN(&r, NULL, "show", "deep");
+    ck_assert_int_eq(r.code, 0);
+}
+END_TEST
+
+START_TEST(references_read_back_short_and_full) {
+    /* The shell writes a reference of the broker's id space as its counter and reads it
+     * back so; a full id reads too, and one of another space is shown in full. */
+    char full[64], want[128];
+    snprintf(full, sizeof full, "@%llu", (unsigned long long)STATS);
+    run r;
+    RUN(&r, NULL, "show", "--depth", "0", full);
+    expect(&r, 0, "<ref 3: namespace> 'stats' len 1\n{'runs': 3}\n", "");
+    RUN(&r, NULL, "show", "@3");
+    expect(&r, 0, "<ref 3: namespace> 'stats' len 1\n{'runs': 3}\n", "");
+    mpb_ref other = (STATS ^ (UINT64_C(1) << 40)) & ~MPB_REF_COUNTER_MASK; /* another space */
+    snprintf(full, sizeof full, "{\"$ref\": %llu}", (unsigned long long)(other | 1));
+    RUN(&r, NULL, "call", "manager.ping", full);
+    snprintf(want, sizeof want, "<ref %llu: ?>\n", (unsigned long long)(other | 1));
+    expect(&r, 0, want, "");
+    RUN(&r, NULL, "--json", "call", "manager.ping", full);
+    snprintf(want, sizeof want, "%s\n", full);
     expect(&r, 0, want, "");
 }
 END_TEST
@@ -331,9 +406,14 @@ START_TEST(call_writes_refs_and_bin_in_the_documented_notation) {
     RUN(&r, NULL, "call", "records", "append", "{\"$ref\": 2}");
     expect(&r, 0, "None\n", "");
     mpb_value args[] = {mpb_refv(CONFIG)};
-    char *s = repr_of_call("dict.copy", args, 1);
-    ck_assert_str_eq(s, "{'host': 'localhost', 'port': 7000, 'ratio': 0.5, 'jobs': <ref 1>, "
-                        "'counters': <ref 3>, 'raw': b'\\x00\\x01\\x02\\xff'}");
+    char *s = repr_of_call("dict.copy", args, 1), want[256];
+    /* The library shows full ids; the shell, those of the broker's space as @1, @3. */
+    snprintf(want, sizeof want, "{'host': 'localhost', 'port': 7000, 'ratio': 0.5, 'jobs': "
+             "<ref %llu>, 'counters': <ref %llu>, 'raw': b'\\x00\\x01\\x02\\xff'}",
+             (unsigned long long)RECORDS, (unsigned long long)STATS);
+    ck_assert_str_eq(s, want);
+    ck_assert_uint_eq(RECORDS & MPB_REF_COUNTER_MASK, 1);
+    ck_assert_uint_eq(STATS & MPB_REF_COUNTER_MASK, 3);
     free(s);
     RUN(&r, NULL, "call", "config", "get", "raw");
     expect(&r, 0, "b'\\x00\\x01\\x02\\xff'\n", "");
@@ -379,7 +459,7 @@ START_TEST(create_named_and_del) {
     expect(&r, 0, "<ref 4: list>\n", "");
     mpb_ref jobs;
     ck_assert_int_eq(mpb_lookup(C, "jobs", &jobs), MPB_OK);
-    ck_assert_uint_eq(jobs, 4);
+    ck_assert_uint_eq(jobs, (RECORDS & ~MPB_REF_COUNTER_MASK) | 4); /* @4: in the broker's space */
     RUN(&r, NULL, "--json", "create", "namespace");
     expect(&r, 0, "{\"$ref\": 5}\n",
            "note: an anonymous object lives while held: this one goes when mpbroker-cli exits "
@@ -652,6 +732,24 @@ START_TEST(monitor_json_is_one_object_a_line) {
 }
 END_TEST
 
+START_TEST(monitor_escapes_the_method_another_client_sent) {
+    int fd;
+    pid_t pid = start_monitor(0, &fd);
+    int raw = tb_raw_connect(&B);
+    tb_send_call(raw, 1, "x\x1b[2J\nforged", NULL, 0);
+    mpb_value reply;
+    ck_assert_int_eq(tb_read_msg(raw, &reply, 5000), 0); /* NoSuchMethod */
+    mpb_value_free(&reply);
+    char buf[8192] = "";
+    const char *want = "] 'x\\x1b[2J\\nforged'()\n";
+    ck_assert_msg(read_until(fd, buf, sizeof buf, want, 10000), "no '%s' in:\n%s", want, buf);
+    ck_assert_msg(strchr(buf, '\x1b') == NULL, "%s", buf);
+    ck_assert_int_eq(stop_child(pid), 0);
+    close(fd);
+    close(raw);
+}
+END_TEST
+
 /*--- Interactive, on a pseudo-terminal ---*/
 
 typedef struct term {
@@ -752,12 +850,6 @@ static int term_end(term *t) {
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
-static int count(const char *hay, const char *needle) {
-    int n = 0;
-    for (const char *p = hay; (p = strstr(p, needle)) != NULL; p++) n++;
-    return n;
-}
-
 START_TEST(interactive_completes_and_recalls_history) {
     term t;
     char prompt[400];
@@ -773,6 +865,23 @@ START_TEST(interactive_completes_and_recalls_history) {
     at = term_type(&t, "\x1b[A\r", "CONTAINED");
     term_expect(&t, at, prompt);
     ck_assert_int_eq(count(t.buf, "CONTAINED"), 2);
+
+    /* After a flag, as without: show --json rec<Tab>, call --json rec<Tab> le<Tab>,
+     * show --depth 2 rec<Tab>; and the flags themselves: show --j<Tab>. */
+    term_type(&t, "show --json rec\t", "ords ");
+    at = term_type(&t, "\r", "[\"Hindi\", 9]]");
+    term_expect(&t, at, prompt);
+    term_type(&t, "call --json rec\t", "ords ");
+    term_type(&t, "le\t", "n ");
+    at = term_type(&t, "\r", "\r\n3\r\n");
+    term_expect(&t, at, prompt);
+    term_type(&t, "show --depth 0 rec\t", "ords ");
+    at = term_type(&t, "\r", "'records' len 3");
+    term_expect(&t, at, prompt);
+    term_type(&t, "show --j\t", "son ");
+    term_type(&t, "conf\t", "ig ");
+    at = term_type(&t, "\r", "\"localhost\"");
+    term_expect(&t, at, prompt);
 
     /* Object name, then method name: call rec<Tab> le<Tab> -> call records len */
     term_type(&t, "call rec\t", "records ");
@@ -907,6 +1016,9 @@ static Suite *shell_suite(void) {
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, objects_is_an_aligned_table_of_every_object);
     tcase_add_test(tc, objects_json_lists_refs_in_dollar_notation);
+    tcase_add_test(tc, objects_escapes_names_that_would_forge_rows_or_reach_the_terminal);
+    tcase_add_test(tc, references_read_back_short_and_full);
+    tcase_add_test(tc, the_deepest_value_shows_through_every_command);
     tcase_add_test(tc, show_expands_nested_references_one_level);
     tcase_add_test(tc, show_json_writes_expanded_refs_with_type_and_value);
     tcase_add_test(tc, show_stops_at_a_cycle);
@@ -942,6 +1054,7 @@ static Suite *shell_suite(void) {
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, monitor_shows_another_process_operations);
     tcase_add_test(tc, monitor_json_is_one_object_a_line);
+    tcase_add_test(tc, monitor_escapes_the_method_another_client_sent);
     tcase_add_test(tc, replies_are_read_past_queued_notifications);
     suite_add_tcase(s, tc);
 

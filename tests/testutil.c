@@ -8,6 +8,7 @@
 #include <check.h>
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
@@ -104,6 +105,7 @@ void tb_start(tb_broker *b, int tcp, const char *const *extra_args) {
         snprintf(b->address, sizeof b->address, "%s", listen);
         argv[n++] = "--listen";
         argv[n++] = listen;
+        argv[n++] = "--insecure"; /* keyless TCP: the test's own broker (no-op with a key) */
     }
     for (size_t i = 0; extra_args != NULL && extra_args[i] != NULL; i++) {
         ck_assert_msg(n < 63, "too many extra arguments");
@@ -425,4 +427,78 @@ mpb_ref tb_create(mpb_context *c, const char *type, const char *initial)
     ck_assert_msg(rc == MPB_OK, "create %s: %s %s", type, c->errkind, c->errstr);
     mpb_value_free(&init);
     return r;
+}
+
+/*--- Other programs, maybe as another user ---*/
+
+pid_t tb_spawn(const char *const *argv, long uid, const char *const *env, const char *out)
+{
+    int fd = -1;
+    if (out != NULL) {
+        fd = open(out, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        ck_assert_msg(fd >= 0, "%s: %s", out, strerror(errno));
+    }
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    ck_assert_msg(pid >= 0, "fork: %s", strerror(errno));
+    if (pid > 0) {
+        if (fd >= 0) close(fd);
+        return pid;
+    }
+    for (size_t i = 0; env != NULL && env[i] != NULL; i++) {
+        const char *eq = strchr(env[i], '=');
+        if (eq == NULL) {
+            unsetenv(env[i]);
+        } else {
+            char name[128];
+            snprintf(name, sizeof name, "%.*s", (int)(eq - env[i]), env[i]);
+            setenv(name, eq + 1, 1);
+        }
+    }
+    if (fd >= 0) {
+        dup2(fd, 1);
+        dup2(fd, 2);
+    }
+#ifdef __linux__
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+#endif
+    if (uid < 0) {
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    char reuid[32], regid[32];
+    snprintf(reuid, sizeof reuid, "--reuid=%ld", uid);
+    snprintf(regid, sizeof regid, "--regid=%ld", uid);
+    const char *as[72] = {"setpriv", reuid, regid, "--clear-groups", "--pdeathsig", "TERM"};
+    size_t n = 6;
+    for (size_t i = 0; argv[i] != NULL && n < 71; i++) as[n++] = argv[i];
+    as[n] = NULL;
+    execvp("setpriv", (char *const *)as);
+    _exit(127);
+}
+
+int tb_run_prog(const char *const *argv, long uid, const char *const *env, char *out,
+                size_t outlen)
+{
+    char path[] = "/tmp/mpbtest-out.XXXXXX";
+    int fd = mkstemp(path);
+    ck_assert_msg(fd >= 0, "mkstemp: %s", strerror(errno));
+    pid_t pid = tb_spawn(argv, uid, env, path);
+    int st;
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+    }
+    ssize_t n = read(fd, out, outlen - 1);
+    out[n > 0 ? n : 0] = '\0';
+    close(fd);
+    unlink(path);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+int tb_run_server(const char *const *args, char *out, size_t outlen)
+{
+    const char *argv[40] = {getenv("MPB_SERVER")};
+    ck_assert_msg(argv[0] != NULL, "MPB_SERVER is not set");
+    for (size_t i = 0; args[i] != NULL && i < 38; i++) argv[i + 1] = args[i];
+    return tb_run_prog(argv, -1, NULL, out, outlen);
 }

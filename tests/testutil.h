@@ -20,7 +20,8 @@ typedef struct tb_broker {
 
 /* Start mpbroker-server with extra arguments (NULL-terminated list, may be NULL) and
  * wait until it answers manager.ping. Aborts the test (ck_abort) on failure. When tcp
- * is nonzero the broker also listens on a free loopback port and address is TCP. */
+ * is nonzero the broker also listens on a free loopback port (with --insecure, which
+ * lets it do so without a key) and address is TCP. */
 void tb_start(tb_broker *b, int tcp, const char *const *extra_args);
 /* SIGTERM, wait for exit; returns the exit status as from waitpid (or -1). Removes
  * the temporary directory. */
@@ -38,6 +39,19 @@ void tb_send_call(int fd, uint64_t msgid, const char *method, const mpb_value *p
 int tb_read_msg(int fd, mpb_value *out, int timeout_ms);
 /* Read until EOF within timeout_ms; returns 1 if the peer closed, 0 if not. */
 int tb_wait_closed(int fd, int timeout_ms);
+
+/*--- Other programs, maybe as another user ---*/
+/* Start argv (argv[0] a path) with env changed ("NAME=value" set, "NAME" unset; env
+ * may be NULL), as uid when uid >= 0 (setpriv --reuid=uid --regid=uid
+ * --clear-groups: no user needs to exist; it is sent SIGTERM if this process dies),
+ * stdout and stderr to the file out (NULL: inherited). Returns the pid. */
+pid_t tb_spawn(const char *const *argv, long uid, const char *const *env, const char *out);
+/* tb_spawn and wait: returns the exit status (128 + signal), with what the program
+ * wrote to stdout and stderr in out (NUL-terminated, truncated to outlen). */
+int tb_run_prog(const char *const *argv, long uid, const char *const *env, char *out,
+                size_t outlen);
+/* tb_run_prog of $MPB_SERVER with args (NULL-terminated) as this user. */
+int tb_run_server(const char *const *args, char *out, size_t outlen);
 
 /* Run every test of s (CK_ENV decides forking and verbosity) and return the exit
  * status for main: EXIT_FAILURE when any failed. Frees s. */
