@@ -582,6 +582,33 @@ START_TEST(a_real_disk_whose_backing_store_fills_up_loses_nothing_acknowledged)
 }
 END_TEST
 
+START_TEST(a_data_directory_on_a_read_only_file_system_is_reported_as_such)
+{
+    if (geteuid() != 0) {
+        printf("diskfault: not root: skipping the read-only file system test\n");
+        return;
+    }
+    atexit(unmount_all);
+    char cmd[600];
+    snprintf(mounts[0], sizeof mounts[0], "%s/ro", ctl);
+    ck_assert_int_eq(mkdir(mounts[0], 0700), 0);
+    snprintf(cmd, sizeof cmd, "mount -t tmpfs -o size=1m,ro tmpfs %s", mounts[0]);
+    if (!try_sh("mounting a read-only tmpfs", cmd)) {
+        mounts[0][0] = '\0';
+        return;
+    }
+    snprintf(cmd, sizeof cmd, "%s --socket %s/x.sock --data-dir %s/data 2>&1", getenv("MPB_SERVER"),
+             ctl, mounts[0]);
+    FILE *p = popen(cmd, "r");
+    char out[600] = "";
+    size_t n = fread(out, 1, sizeof out - 1, p);
+    out[n] = '\0';
+    int status = pclose(p);
+    ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 1, "status %d: %s", status, out);
+    ck_assert_msg(strstr(out, "Read-only file system") && strstr(out, "mounted read-only"), "%s", out);
+}
+END_TEST
+
 static void teardown_mounts(void)
 {
     if (C) mpb_free(C);
@@ -612,6 +639,7 @@ static Suite *diskfault_suite(void)
     tcase_set_timeout(fs, 300);
     tcase_add_test(fs, a_real_file_system_that_fills_up_loses_nothing_acknowledged);
     tcase_add_test(fs, a_real_disk_whose_backing_store_fills_up_loses_nothing_acknowledged);
+    tcase_add_test(fs, a_data_directory_on_a_read_only_file_system_is_reported_as_such);
     suite_add_tcase(s, fs);
     return s;
 }
