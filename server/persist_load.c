@@ -349,9 +349,9 @@ static size_t replay_v2(loaded *f, bool snapshot, uint64_t *gen)
             }
             if (d.torn && w.index > 0) {
                 fprintf(stderr, "mpbroker-server: %s/%s ends in a torn record at byte %zu "
-                        "(%s: a write the broker did not finish, never acknowledged under "
-                        "--fsync always); cutting the %zu bytes from there\n", dirname_,
-                        f->name, w.at, pf_status_text(st), f->len - w.at);
+                        "(%s: a write that did not reach the disk, after a crash or a disk "
+                        "failure); cutting the %zu bytes from there\n", dirname_, f->name,
+                        w.at, pf_status_text(st), f->len - w.at);
                 break;
             }
             log_damaged(&w, why);
