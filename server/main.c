@@ -106,7 +106,7 @@ static void usage(FILE *f)
             "\n"
             "SIGINT or SIGTERM (or manager.shutdown) stop the broker cleanly: no new\n"
             "connections, requests already received are answered, the socket file is\n"
-            "removed, exit 0.\n",
+            "removed, exit 0 (1 if --data-dir could not store every write).\n",
             mpb_default_socket_path(def, sizeof def), MPB_READER_DEFAULT_MAX_MSG,
             MPB_READER_MAX_DEPTH, MPB_READER_MAX_DEPTH, LIMITS_DEFAULT_AUTH_TIMEOUT,
             LIMITS_DEFAULT_MAX_HANDSHAKES, LIMITS_DEFAULT_MAX_HANDSHAKES_PER_PEER,
