@@ -297,8 +297,10 @@ int mpb_client_unix_address(mpb_context *c, const char *address, char *path, siz
 static long long uid_of(const char *who)
 {
     char *end;
-    unsigned long long n = strtoull(who, &end, 10);
-    if (end != who && *end == '\0') return n <= (uid_t)-1 ? (long long)n : -1;
+    errno = 0;
+    unsigned long long n = strtoull(who, &end, 10); /* digits only: it takes "-1" too */
+    if (who[0] >= '0' && who[0] <= '9' && *end == '\0')
+        return errno == 0 && n <= (uid_t)-1 ? (long long)n : -1;
     struct passwd pw, *res = NULL;
     char buf[4096];
     if (getpwnam_r(who, &pw, buf, sizeof buf, &res) != 0 || res == NULL) return -1;

@@ -214,25 +214,39 @@ static void peer_name(const peer_id *p, char *buf, size_t n)
     }
 }
 
-bool auth_admit(int fd, bool tcp, char *why, size_t n)
+/* Close a connection still authenticating, telling it why. Only from the listener's
+ * callback, where no connection's callback runs. */
+static void evict(struct mpb_auth *a, const char *why)
 {
-    if (!g_config.authkey) return true;
+    mpb_conn *c = a->conn;
+    limits_refuse(c->fd, why);
+    conn_close(c);
+}
+
+bool auth_make_room_for_peer(int fd, bool tcp, char *why, size_t n)
+{
+    if (!g_config.authkey) return false;
     peer_id p;
     size_t same = 0;
+    struct mpb_auth *oldest = NULL;
     peer_of(fd, tcp, &p);
     if (p.family == AF_UNIX) { /* the broker's own user and root are trusted anyway */
         uid_t uid;
         memcpy(&uid, p.addr, sizeof uid);
-        if (uid == geteuid() || uid == 0) return true;
+        if (uid == geteuid() || uid == 0) return false;
     }
     for (struct mpb_auth *a = pending_head; a; a = a->next)
-        if (memcmp(&a->peer, &p, sizeof p) == 0) same++;
-    if (same < g_config.max_handshakes_per_peer) return true;
+        if (memcmp(&a->peer, &p, sizeof p) == 0 && same++ == 0) oldest = a;
+    if (same < g_config.max_handshakes_per_peer) return false;
+    /* Its oldest gives way rather than the new one being refused: a peer may be many
+     * (every local user is 127.0.0.1), and a client with the key among them must
+     * still get in. */
     char name[64];
     peer_name(&p, name, sizeof name);
     snprintf(why, n, "%zu connections from %s are already authenticating "
              "(--max-handshakes-per-peer)", same, name);
-    return false;
+    evict(oldest, why);
+    return true;
 }
 
 size_t auth_pending(void) { return npending; }
@@ -240,9 +254,7 @@ size_t auth_pending(void) { return npending; }
 bool auth_evict_oldest(const char *why)
 {
     if (!pending_head) return false;
-    mpb_conn *c = pending_head->conn;
-    limits_refuse(c->fd, why);
-    conn_close(c); /* from the listener's callback: no connection's callback runs */
+    evict(pending_head, why);
     return true;
 }
 
@@ -290,7 +302,9 @@ void auth_conn_free(mpb_conn *c)
     if (a->next) a->next->prev = a->prev;
     else pending_tail = a->prev;
     npending--;
-    evtimer_del(&c->auth->timer); /* harmless when never added */
+    /* Never assigned under --auth-timeout 0: libevent would warn on stderr for each
+     * stranger, --quiet or not. */
+    if (event_initialized(&a->timer)) evtimer_del(&a->timer);
     OPENSSL_cleanse(c->auth, sizeof *c->auth);
     free(c->auth);
     c->auth = NULL;

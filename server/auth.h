@@ -27,11 +27,13 @@ int auth_load_key(const char *file);
 /* Free the key (at exit). */
 void auth_unload_key(void);
 /* Admission of an accepted socket while connections are authenticating (limits.c
- * decides with these): auth_admit is false, with why written, when its peer (uid on a
- * Unix socket, but for the broker's own and root; IP address over TCP) already has
- * --max-handshakes-per-peer connections authenticating; auth_pending counts them all; auth_evict_oldest closes the oldest of
- * them, telling it why (false when there is none). Only from the listener's callback. */
-bool auth_admit(int fd, bool tcp, char *why, size_t n);
+ * decides with these): when its peer (uid on a Unix socket, but for the broker's own
+ * and root; IP address over TCP) already has --max-handshakes-per-peer connections
+ * authenticating, auth_make_room_for_peer closes the oldest of them, telling it why,
+ * and returns true with why written; auth_pending counts them all; auth_evict_oldest
+ * closes the oldest of them, telling it why (false when there is none). Only from the
+ * listener's callback. */
+bool auth_make_room_for_peer(int fd, bool tcp, char *why, size_t n);
 size_t auth_pending(void);
 bool auth_evict_oldest(const char *why);
 /* A new connection: authenticated at once when there is no key. */

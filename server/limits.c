@@ -124,7 +124,9 @@ bool limits_admit(int fd, bool tcp)
     static unsigned long refused, evicted;
     static time_t refused_log, evicted_log;
     char why[160];
-    if (!auth_admit(fd, tcp, why, sizeof why)) goto refuse; /* --max-handshakes-per-peer */
+    if (auth_make_room_for_peer(fd, tcp, why, sizeof why)) /* --max-handshakes-per-peer */
+        log_admission("closed a connection still authenticating to make room", why, &evicted,
+                      &evicted_log);
     bool full = conn_count() >= g_config.max_clients;
     if (!full && auth_pending() < g_config.max_handshakes) return true;
     /* Full, or too many authenticating: a connection that has not authenticated yet
@@ -138,7 +140,6 @@ bool limits_admit(int fd, bool tcp)
                       &evicted_log);
         return true;
     }
-refuse:
     limits_refuse(fd, why);
     log_admission("refused a connection", why, &refused, &refused_log);
     return false;
@@ -160,12 +161,31 @@ bool limits_is_loopback(const struct sockaddr *sa)
 
 /*--- Memory ---*/
 
-/* The memory limit of this process's cgroup (v2 memory.max, v1
- * memory.limit_in_bytes), or 0 when it has none we can read. */
+/* The lowest number in file over the cgroup root + cg and each of its ancestors (a
+ * parent's limit binds its children: a service in a limited slice), or 0 when none
+ * has one we can read. Cuts cg down as it climbs. */
+static uint64_t lowest_up(const char *root, char *cg, const char *file)
+{
+    uint64_t limit = 0;
+    for (;;) {
+        char path[640];
+        snprintf(path, sizeof path, "%s%s/%s", root, cg, file);
+        FILE *m = fopen(path, "r");
+        unsigned long long n;
+        if (m && fscanf(m, "%llu", &n) == 1 && n > 0 && (limit == 0 || n < limit)) limit = n;
+        if (m) fclose(m); /* "max" (v2) reads as no number: no limit */
+        char *slash = strrchr(cg, '/');
+        if (!slash) return limit;
+        *slash = '\0';
+    }
+}
+
+/* The memory limit of this process's cgroup or of any above it (v2 memory.max, v1
+ * memory.limit_in_bytes), or 0 when there is none we can read. */
 static uint64_t cgroup_limit(void)
 {
     FILE *f = fopen("/proc/self/cgroup", "r");
-    char line[512], path[640];
+    char line[512];
     uint64_t limit = 0;
     while (f && fgets(line, sizeof line, f)) {
         line[strcspn(line, "\n")] = '\0';
@@ -173,16 +193,14 @@ static uint64_t cgroup_limit(void)
         if (!cg) continue;
         *cg++ = '\0';
         ctl++;
+        uint64_t n;
         if (strcmp(line, "0") == 0 && ctl[0] == '\0') /* v2: "0::/path" */
-            snprintf(path, sizeof path, "/sys/fs/cgroup%s/memory.max", cg);
+            n = lowest_up("/sys/fs/cgroup", cg, "memory.max");
         else if (strstr(ctl, "memory")) /* v1: "N:memory:/path" */
-            snprintf(path, sizeof path, "/sys/fs/cgroup/memory%s/memory.limit_in_bytes", cg);
+            n = lowest_up("/sys/fs/cgroup/memory", cg, "memory.limit_in_bytes");
         else
             continue;
-        FILE *m = fopen(path, "r");
-        unsigned long long n;
-        if (m && fscanf(m, "%llu", &n) == 1 && n > 0 && (limit == 0 || n < limit)) limit = n;
-        if (m) fclose(m); /* "max" (v2) reads as no number: no limit */
+        if (n > 0 && (limit == 0 || n < limit)) limit = n;
     }
     if (f) fclose(f);
     return limit;

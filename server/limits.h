@@ -31,19 +31,21 @@ double limits_parse_seconds(const char *opt, const char *arg);
 void limits_setup_nofile(void);
 /* At start (after limits_setup_nofile): the handshake caps fit --max-clients. */
 void limits_setup_handshakes(void);
-/* A new socket: true when it may be served. When the broker is full (--max-clients)
- * or too many connections are authenticating (--max-handshakes), the oldest of those
- * still authenticating is closed to make room; with none to close, or when the
- * socket's peer already has --max-handshakes-per-peer connections authenticating, it
- * writes it a TooManyClients error and returns false (the caller closes it). */
+/* A new socket: true when it may be served. When its peer already has
+ * --max-handshakes-per-peer connections authenticating, the oldest of those is closed
+ * to make room; when the broker is full (--max-clients) or too many connections are
+ * authenticating (--max-handshakes), the oldest of all those still authenticating is;
+ * with none to close, it writes the socket a TooManyClients error and returns false
+ * (the caller closes it). */
 bool limits_admit(int fd, bool tcp);
 /* Write [1, nil, ["TooManyClients", why], nil] to fd, without blocking. */
 void limits_refuse(int fd, const char *why);
 /* Is this a loopback address (127.0.0.0/8, ::1, or v4-mapped loopback)? */
 bool limits_is_loopback(const struct sockaddr *sa);
 
-/* The default --max-memory: half of physical RAM, or of the cgroup's memory limit
- * when that is lower (a container); 0 (none) when neither can be read. */
+/* The default --max-memory: half of physical RAM, or of the lowest memory limit of
+ * the process's cgroup and those above it when that is lower (a container, a limited
+ * slice); 0 (none) when neither can be read. */
 size_t limits_default_max_memory(void);
 /* --max-memory: may r store v? false after replying OutOfMemory. Deletions (remove,
  * pop, delitem, discard, delattr) are never refused: they free memory. */

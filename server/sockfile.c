@@ -8,9 +8,9 @@
  * replaced only when it is a socket of ours that nobody answers on; anything else
  * (another user's socket, a regular file) is refused. The socket is created 0600 by
  * the umask at bind(). With --socket-group it is bound inside a private staging
- * directory beside the final path, given to the group there (a name nobody else can
- * reach), and renamed into place: no chown or chmod ever goes through a path that
- * another user could swap for a symlink.
+ * directory beside the final path (reached through its descriptor), given to the
+ * group there (a name nobody else can reach), and renamed into place: no bind, chown
+ * or chmod ever goes through a path that another user could swap for a symlink.
  *
  * Everything here runs once, at start, before the loop; failures print why and exit.
  */
@@ -132,23 +132,34 @@ static int bind_masked(int fd, const char *path, mode_t mask)
     return rc;
 }
 
+/* bind() to name inside the directory open as dfd, whatever path leads there now:
+ * the staging directory's own path runs through a directory that group members may
+ * write, and one of them could rename the directory and leave a symlink in its place
+ * (bind follows it, and would make a file of ours wherever it points). */
+static int bind_in(int fd, int dfd, const char *name, mode_t mask)
+{
+    int cwd = open(".", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (cwd < 0) return -1;
+    int rc = fchdir(dfd) < 0 ? -1 : bind_masked(fd, name, mask);
+    int err = errno;
+    if (fchdir(cwd) < 0) die(1, "cannot return to the working directory: %s", strerror(errno));
+    close(cwd);
+    errno = err;
+    return rc;
+}
+
 /* --socket-group: bind in a private staging directory beside path, hand the file to
  * gid there, then rename it into place. */
 static void bind_for_group(int fd, const char *path, gid_t gid)
 {
-    char stage[sizeof ((struct sockaddr_un *)0)->sun_path + 32], file[sizeof stage + 2];
+    char stage[sizeof ((struct sockaddr_un *)0)->sun_path + 32];
     const char *slash = strrchr(path, '/');
     int dirlen = slash ? (int)(slash - path) : 1;
     snprintf(stage, sizeof stage, "%.*s/.mpbroker-XXXXXX", dirlen, slash ? path : ".");
-    snprintf(file, sizeof file, "%s/s", stage);
-    if (strlen(file) >= sizeof ((struct sockaddr_un *)0)->sun_path)
-        die(2, "--socket-group: the socket path %s is too long (the socket is made under "
-            "a longer name first)", path);
     if (!mkdtemp(stage)) die(2, "--socket-group: cannot create %s: %s", stage, strerror(errno));
-    snprintf(file, sizeof file, "%s/s", stage);
     int dfd = open(stage, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     int err = 0;
-    if (dfd < 0 || bind_masked(fd, file, 0117) < 0 || /* 0660 from the start */
+    if (dfd < 0 || bind_in(fd, dfd, "s", 0117) < 0 || /* 0660 from the start */
         fchownat(dfd, "s", (uid_t)-1, gid, AT_SYMLINK_NOFOLLOW) < 0 ||
         renameat(dfd, "s", AT_FDCWD, path) < 0)
         err = errno;

@@ -332,6 +332,35 @@ START_TEST(clients_trust_only_their_own_uid_or_root_unless_told)
 }
 END_TEST
 
+START_TEST(peer_is_a_name_or_a_plain_uid_never_a_signed_number)
+{
+    /* ?peer= took its number through strtoull, which also takes a sign and blanks and
+     * negates: "-18446744073709551615" was uid 1, "-0" root. A uid is digits only. */
+    tb_broker t;
+    tb_start(&t, 0, NULL);
+    unsigned long long me = geteuid();
+    char neg[32], addr[400];
+    if (me == 0) snprintf(neg, sizeof neg, "-0");
+    else snprintf(neg, sizeof neg, "-%llu", 0ull - me); /* wraps back to me */
+    const char *bad[] = {neg, "+%llu", " %llu", NULL};
+    for (int i = 0; bad[i]; i++) {
+        char who[40];
+        snprintf(who, sizeof who, bad[i], me);
+        snprintf(addr, sizeof addr, "%s?peer=%s", t.sock, who);
+        mpb_context *c = mpb_connect(addr);
+        ck_assert_msg(c->err == MPB_ERR_CONNECT && strstr(c->errstr, "no such user"),
+                      "?peer=%s: %s", who, c->err ? c->errstr : "connected");
+        mpb_free(c);
+    }
+    snprintf(addr, sizeof addr, "%s?peer=%llu", t.sock, me); /* the plain number works */
+    mpb_context *c = mpb_connect(addr);
+    ck_assert_msg(c->err == MPB_OK, "%s", c->errstr);
+    ck_assert_int_eq(mpb_ping(c), MPB_OK);
+    mpb_free(c);
+    ck_assert_int_eq(tb_stop(&t), 0);
+}
+END_TEST
+
 /*--- The socket's group ---*/
 
 START_TEST(socket_group_is_set_without_a_path_based_chown)
@@ -387,6 +416,74 @@ START_TEST(socket_group_is_set_without_a_path_based_chown)
     ck_assert_int_eq(chowns, 1); /* the group was given, once, in the staging directory */
     unlink(log);
     ck_assert_int_eq(rmdir(dir), 0); /* and nothing was left behind */
+}
+END_TEST
+
+START_TEST(socket_group_bind_cannot_be_redirected_by_a_group_member)
+{
+    /* --socket-group binds in a staging directory inside the socket's directory, which
+     * group members may write. Before, bind() went through the staging directory's
+     * path: a member who renamed that directory and left a symlink in its place while
+     * bind ran had the broker (root here) make a socket file wherever the link
+     * pointed. strace holds bind back for 2 s to open that window every time. */
+    if (!is_root()) return;
+    if (access("/usr/bin/strace", X_OK) != 0) {
+        printf("skipped: no /usr/bin/strace\n");
+        return;
+    }
+    const long member = 64003; /* uid and gid: setpriv makes it a member of the group */
+    char top[] = "/tmp/mpbstage.XXXXXX", dir[64], victim[64], sock[80], script[512];
+    ck_assert_ptr_nonnull(mkdtemp(top));
+    ck_assert_int_eq(chmod(top, 0755), 0);
+    snprintf(dir, sizeof dir, "%s/shared", top);
+    snprintf(victim, sizeof victim, "%s/victim", top);
+    snprintf(sock, sizeof sock, "%s/s.sock", dir);
+    ck_assert_int_eq(mkdir(dir, 0700), 0);
+    ck_assert_int_eq(chown(dir, 0, (gid_t)member), 0);
+    ck_assert_int_eq(chmod(dir, 0770), 0); /* writable by the group, not sticky */
+    ck_assert_int_eq(mkdir(victim, 0700), 0);
+    /* The member: wait for the staging directory, move it aside, link to victim. */
+    snprintf(script, sizeof script,
+             "for i in $(seq 1000); do for s in %s/.mpbroker-*; do "
+             "if [ -d \"$s\" ] && [ ! -L \"$s\" ]; then "
+             "mv \"$s\" \"$s.moved\" && ln -s %s \"$s\" && exit 0; fi; done; sleep 0.01; "
+             "done; exit 1", dir, victim);
+    const char *att[] = {"/bin/sh", "-c", script, NULL};
+    pid_t attacker = tb_spawn(att, member, NULL, NULL);
+    char gid[32];
+    snprintf(gid, sizeof gid, "%ld", member);
+    const char *argv[] = {"/usr/bin/strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=bind",
+                          "-e", "inject=bind:delay_enter=2000000", server(), "--quiet",
+                          "--socket", sock, "--socket-group", gid, NULL};
+    const char *env[] = {"ASAN_OPTIONS=detect_leaks=0", NULL}; /* LSan cannot ptrace */
+    pid_t pid = tb_spawn(argv, -1, env, NULL);
+    int st;
+    ck_assert_int_eq(waitpid(attacker, &st, 0), attacker);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the swap did not happen");
+    /* The broker binds in its own staging directory, wherever that was moved. */
+    mpb_context *c = NULL;
+    for (int i = 0; i < 1000 && waitpid(pid, &st, WNOHANG) == 0; i++) {
+        c = mpb_connect(sock);
+        if (c->err == MPB_OK && mpb_ping(c) == MPB_OK) break;
+        mpb_free(c);
+        c = NULL;
+        usleep(10000);
+    }
+    char stray[96];
+    snprintf(stray, sizeof stray, "%s/s", victim);
+    ck_assert_msg(access(stray, F_OK) != 0, "the broker made %s", stray);
+    ck_assert_msg(c != NULL, "the broker did not start");
+    struct stat sst;
+    ck_assert_int_eq(stat(sock, &sst), 0);
+    ck_assert_int_eq(sst.st_mode & 0777, 0660);
+    ck_assert_uint_eq(sst.st_gid, (gid_t)member);
+    ck_assert_int_eq(mpb_call(c, "manager.shutdown", NULL, 0, NULL), MPB_OK);
+    mpb_free(c);
+    ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+    ck_assert_int_eq(WEXITSTATUS(st), 0);
+    const char *rm[] = {"/bin/rm", "-rf", top, NULL};
+    char out[256];
+    tb_run_prog(rm, -1, NULL, out, sizeof out);
 }
 END_TEST
 
@@ -509,11 +606,13 @@ static Suite *exposure_suite(void)
     tcase_add_test(tc, a_broker_refuses_a_socket_path_that_is_not_its_own);
     tcase_add_test(tc, unix_socket_is_private_or_group);
     tcase_add_test(tc, socket_group_is_set_without_a_path_based_chown);
+    tcase_add_test(tc, socket_group_bind_cannot_be_redirected_by_a_group_member);
     suite_add_tcase(s, tc);
     tc = tcase_create("users");
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, squatting_the_default_path_is_refused_by_broker_and_client);
     tcase_add_test(tc, clients_trust_only_their_own_uid_or_root_unless_told);
+    tcase_add_test(tc, peer_is_a_name_or_a_plain_uid_never_a_signed_number);
     suite_add_tcase(s, tc);
     tc = tcase_create("tcp");
     tcase_set_timeout(tc, 60);

@@ -499,6 +499,57 @@ START_TEST(connection_that_never_authenticates_is_closed)
 }
 END_TEST
 
+START_TEST(strangers_cannot_make_a_quiet_broker_write_to_its_log)
+{
+    /* Before, with --auth-timeout 0 the never-armed timer was deleted all the same when
+     * a connection closed unauthenticated, and libevent wrote "[warn] event_del_: event
+     * has no event_base set." each time: a line per stranger, --quiet or not. */
+    char dir[] = "/tmp/mpbquiet.XXXXXX", sock[64], log[64];
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    snprintf(sock, sizeof sock, "%s/s.sock", dir);
+    snprintf(log, sizeof log, "%s/stderr", dir);
+    const char *argv[] = {getenv("MPB_SERVER"), "--quiet", "--socket", sock, "--authkey-file",
+                          keyfile, "--auth-timeout", "0", NULL};
+    pid_t pid = tb_spawn(argv, -1, NULL, log);
+    mpb_context *c = NULL;
+    for (int i = 0; i < 1000; i++) {
+        c = mpb_connect_with_key(sock, KEY, strlen(KEY));
+        if (c->err == MPB_OK) break;
+        mpb_free(c);
+        c = NULL;
+        usleep(10000);
+    }
+    ck_assert_ptr_nonnull(c);
+    struct sockaddr_un sun = {.sun_family = AF_UNIX};
+    snprintf(sun.sun_path, sizeof sun.sun_path, "%s", sock);
+    for (int i = 0; i < 3; i++) { /* connect, then go without a word */
+        int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+        ck_assert_int_eq(connect(fd, (struct sockaddr *)&sun, sizeof sun), 0);
+        close(fd);
+    }
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0); /* send garbage, and be closed */
+    ck_assert_int_eq(connect(fd, (struct sockaddr *)&sun, sizeof sun), 0);
+    ck_assert_int_eq(tb_write_all(fd, "\xc0", 1), 0);
+    ck_assert_int_eq(tb_wait_closed(fd, 5000), 1);
+    close(fd);
+    ck_assert_int_eq(mpb_ping(c), MPB_OK); /* all of them served by now */
+    mpb_free(c);
+    int st;
+    kill(pid, SIGTERM);
+    ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+    ck_assert_int_eq(WEXITSTATUS(st), 0);
+    char out[1024] = "";
+    FILE *f = fopen(log, "r");
+    ck_assert_ptr_nonnull(f);
+    size_t n = fread(out, 1, sizeof out - 1, f);
+    out[n] = '\0';
+    fclose(f);
+    ck_assert_msg(n == 0, "a --quiet broker wrote: %s", out);
+    unlink(log);
+    ck_assert_int_eq(rmdir(dir), 0);
+}
+END_TEST
+
 START_TEST(a_short_key_is_warned_about_at_start)
 {
     /* --socket none and nothing else: the broker reads its key, then exits 2
@@ -736,22 +787,24 @@ START_TEST(strangers_cannot_lock_out_clients_with_the_key)
     tb_start(&t, 1, args);
     mpb_context *k[9];
     k[0] = tb_connect(&t); /* from 127.0.0.1, authenticated */
-    /* One stranger's address gets two handshakes at a time, no more. */
+    /* One stranger's address gets two handshakes at a time, no more: a third takes
+     * the place of its oldest. */
     int a1 = tcp_from(&t, "127.0.0.2"), a2 = tcp_from(&t, "127.0.0.2");
-    expect_refused(tcp_from(&t, "127.0.0.2"), "--max-handshakes-per-peer");
-    ck_assert(still_waiting(a1) && still_waiting(a2));
+    int a3 = tcp_from(&t, "127.0.0.2");
+    expect_refused(a1, "--max-handshakes-per-peer");
+    ck_assert(still_waiting(a2) && still_waiting(a3));
     /* Two more addresses fill --max-handshakes; one more stranger takes the place of
      * the oldest. */
     int b1 = tcp_from(&t, "127.0.0.3"), b2 = tcp_from(&t, "127.0.0.3");
     ck_assert(still_waiting(b1) && still_waiting(b2));
     int c1 = tcp_from(&t, "127.0.0.4");
-    expect_refused(a1, "--max-handshakes");
+    expect_refused(a2, "--max-handshakes");
     ck_assert(still_waiting(c1));
     /* Clients with the key fill the whole broker, each taking a stranger's place
-     * when there is no other room: first a2's, and at --max-clients b1's, b2's,
+     * when there is no other room: first a3's, and at --max-clients b1's, b2's,
      * c1's. */
     for (int i = 1; i < 8; i++) k[i] = tb_connect(&t);
-    expect_refused(a2, "--max-handshakes");
+    expect_refused(a3, "--max-handshakes");
     expect_refused(b1, "--max-clients");
     expect_refused(b2, "--max-clients");
     expect_refused(c1, "--max-clients");
@@ -765,6 +818,36 @@ START_TEST(strangers_cannot_lock_out_clients_with_the_key)
         ck_assert_int_eq(mpb_ping(k[i]), MPB_OK);
         mpb_free(k[i]);
     }
+    unsetenv("MPBROKER_AUTHKEY");
+    ck_assert_int_eq(tb_stop(&t), 0);
+    drop_keyfile();
+}
+END_TEST
+
+START_TEST(strangers_sharing_a_clients_address_cannot_lock_it_out)
+{
+    /* Over TCP a peer is an IP address, and every local user is 127.0.0.1. Before, a
+     * peer at --max-handshakes-per-peer had its new connections refused: any local
+     * user holding that many idle connections (re-opened as --auth-timeout closed
+     * them) kept every client with the key out of a loopback broker. Now the peer's
+     * oldest handshake gives way, and the client needs only its round trip. */
+    make_keyfile();
+    tb_broker t;
+    const char *args[] = {"--authkey-file", keyfile, "--max-handshakes-per-peer", "3",
+                          "--auth-timeout", "60", NULL};
+    setenv("MPBROKER_AUTHKEY", KEY, 1);
+    tb_start(&t, 1, args);
+    int idle[3];
+    for (int i = 0; i < 3; i++) idle[i] = tcp_from(&t, "127.0.0.1"); /* another local user */
+    ck_assert(still_waiting(idle[0]));
+    mpb_context *c = mpb_connect(t.address); /* from 127.0.0.1 too, with the key */
+    ck_assert_msg(c->err == MPB_OK, "%s: %s", c->errkind, c->errstr);
+    ck_assert_int_eq(mpb_ping(c), MPB_OK);
+    mpb_free(c);
+    expect_refused(idle[0], "--max-handshakes-per-peer"); /* the oldest made room */
+    ck_assert(still_waiting(idle[1]) && still_waiting(idle[2]));
+    close(idle[1]);
+    close(idle[2]);
     unsetenv("MPBROKER_AUTHKEY");
     ck_assert_int_eq(tb_stop(&t), 0);
     drop_keyfile();
@@ -1018,6 +1101,67 @@ START_TEST(stored_data_is_bounded_by_default)
 }
 END_TEST
 
+/* Write s into the file at path; false when it cannot be opened or written. */
+static bool write_file(const char *path, const char *s)
+{
+    FILE *f = fopen(path, "w");
+    if (f == NULL) return false;
+    bool ok = fputs(s, f) >= 0;
+    return fclose(f) == 0 && ok;
+}
+
+START_TEST(default_memory_limit_follows_a_parent_cgroup)
+{
+    /* A cgroup's memory limit binds its children: a broker in a child of a limited
+     * cgroup (a service in a limited slice, a container's process in a sub-group) may
+     * use no more than the parent allows. Before, only the broker's own cgroup was
+     * read, and the default was half of all RAM there. Needs root and a memory
+     * cgroup hierarchy it may write (v1 here, v2 elsewhere). */
+    if (geteuid() != 0) {
+        printf("skipped: needs root (cgroups)\n");
+        return;
+    }
+    const char *base = "/sys/fs/cgroup", *file = "memory.max";
+    char line[512], top[128], leaf[160], path[256];
+    FILE *f = fopen("/proc/self/cgroup", "r");
+    while (f && fgets(line, sizeof line, f))
+        if (strstr(line, ":memory:")) {
+            base = "/sys/fs/cgroup/memory";
+            file = "memory.limit_in_bytes";
+        }
+    if (f) fclose(f);
+    snprintf(top, sizeof top, "%s/mpbtest.XXXXXX", base);
+    if (mkdtemp(top) == NULL) {
+        printf("skipped: cannot make a cgroup in %s: %s\n", base, strerror(errno));
+        return;
+    }
+    snprintf(leaf, sizeof leaf, "%s/leaf", top);
+    snprintf(path, sizeof path, "%s/cgroup.subtree_control", top);
+    if (strcmp(file, "memory.max") == 0) (void)!write_file(path, "+memory");
+    snprintf(path, sizeof path, "%s/%s", top, file);
+    bool made = write_file(path, "268435456\n") && mkdir(leaf, 0755) == 0;
+    snprintf(path, sizeof path, "%s/%s", leaf, file);
+    if (!made || access(path, F_OK) != 0) {
+        printf("skipped: cannot limit memory in %s\n", top);
+        rmdir(leaf);
+        rmdir(top);
+        return;
+    }
+    /* The broker in the leaf, which has no limit of its own; its parent has 256 MiB. */
+    char script[512], out[4096];
+    snprintf(script, sizeof script, "echo $$ > %s/cgroup.procs && exec %s --help", leaf,
+             getenv("MPB_SERVER"));
+    const char *argv[] = {"/bin/sh", "-c", script, NULL};
+    int rc = tb_run_prog(argv, -1, NULL, out, sizeof out);
+    for (int i = 0; i < 100 && rmdir(leaf) < 0 && errno == EBUSY; i++) usleep(10000);
+    rmdir(top);
+    ck_assert_msg(rc == 0, "%s", out);
+    const char *here = strstr(out, "here ");
+    ck_assert_msg(here != NULL, "%s", out);
+    ck_assert_msg(strtoul(here + 5, NULL, 10) == 128, "default --max-memory: %.20s", here);
+}
+END_TEST
+
 /*--- Shutdown ---*/
 
 START_TEST(sigterm_answers_requests_already_received)
@@ -1076,6 +1220,7 @@ static Suite *security_suite(void)
     tcase_add_test(tc, broker_without_key_does_not_fool_a_keyed_client);
     tcase_add_test(tc, a_broker_that_cannot_prove_the_key_is_refused);
     tcase_add_test(tc, connection_that_never_authenticates_is_closed);
+    tcase_add_test(tc, strangers_cannot_make_a_quiet_broker_write_to_its_log);
     tcase_add_test(tc, monitors_see_nothing_before_authentication);
     suite_add_tcase(s, tc);
     tc = tcase_create("preauth");
@@ -1087,6 +1232,7 @@ static Suite *security_suite(void)
     tc = tcase_create("room");
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, strangers_cannot_lock_out_clients_with_the_key);
+    tcase_add_test(tc, strangers_sharing_a_clients_address_cannot_lock_it_out);
     tcase_add_test(tc, only_strangers_are_capped_per_peer_on_the_unix_socket);
     suite_add_tcase(s, tc);
     tc = tcase_create("key");
@@ -1104,6 +1250,7 @@ static Suite *security_suite(void)
     tc = tcase_create("defaults");
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, stored_data_is_bounded_by_default);
+    tcase_add_test(tc, default_memory_limit_follows_a_parent_cgroup);
     suite_add_tcase(s, tc);
     tc = tcase_create("shutdown");
     tcase_set_timeout(tc, 60);
