@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "persist.h"
 #include "server.h"
 
 #define MONITOR_MAX_BACKLOG (16u << 20)
@@ -70,7 +71,7 @@ static uint64_t rss_bytes(void)
 void manager_stats(mpb_req *r)
 {
     msgpack_packer *pk = reply_begin(r);
-    msgpack_pack_map(pk, 12);
+    msgpack_pack_map(pk, 15);
     pack_key(pk, "pid");
     msgpack_pack_int64(pk, getpid());
     pack_key(pk, "uptime");
@@ -95,6 +96,13 @@ void manager_stats(mpb_req *r)
     msgpack_pack_uint64(pk, g_config.max_memory);
     pack_key(pk, "id_space"); /* of the next object id (PROTOCOL.md "References") */
     msgpack_pack_uint64(pk, mpb_ref_space(objects_peek_next_id()));
+    pack_key(pk, "persistence"); /* "off", "ok", or "read-only" after a disk failure */
+    pack_key(pk, persist_state());
+    pack_key(pk, "persistence_error");
+    if (persist_failure()) pack_key(pk, persist_failure());
+    else msgpack_pack_nil(pk);
+    pack_key(pk, "persistence_failures");
+    msgpack_pack_uint64(pk, persist_failures());
 }
 
 /* manager.clients */

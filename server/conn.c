@@ -40,7 +40,8 @@ static void conn_free(mpb_conn *c);
 /* Group commit state (see group_commit_wait). */
 static struct event commit_ev;
 static bool commit_ev_ready;
-static mpb_conn *commit_list;
+static mpb_conn *commit_list;  /* waiting for the next round's fsync */
+static mpb_conn *commit_round; /* being written out by on_commit now */
 
 static void on_commit(evutil_socket_t fd, short what, void *arg);
 
@@ -159,6 +160,7 @@ static int flush_out(mpb_conn *c)
 {
     /* Nothing is acknowledged before it is in the log (and fsynced, under always). */
     if (persist_pending()) persist_sync();
+    if (c->held) return 0; /* the log failed: conn_release_held sends it */
     bool progressed = false;
     while (out_pending(c) > 0) {
         ssize_t n = send(c->fd, c->out.data + c->out_sent, out_pending(c), MSG_NOSIGNAL);
@@ -231,11 +233,13 @@ static bool group_commit_wait(mpb_conn *c)
 
 static void commit_unlink(mpb_conn *c)
 {
-    for (mpb_conn **p = &commit_list; *p; p = &(*p)->commit_next)
-        if (*p == c) {
-            *p = c->commit_next;
-            break;
-        }
+    for (mpb_conn **list = &commit_list; list; list = list == &commit_list ? &commit_round : NULL)
+        for (mpb_conn **p = list; *p; p = &(*p)->commit_next)
+            if (*p == c) {
+                *p = c->commit_next;
+                c->commit_wait = false;
+                return;
+            }
     c->commit_wait = false;
 }
 
@@ -247,9 +251,15 @@ static void on_commit(evutil_socket_t fd, short what, void *arg)
     (void)what;
     (void)arg;
     persist_sync(); /* one write + fdatasync for the whole round */
-    while (commit_list) {
-        mpb_conn *c = commit_list;
-        commit_list = c->commit_next;
+    /* Only this round: a connection that logs again while the round is written out
+     * (a semaphore unit returned as another connection is freed) waits for the next
+     * round, which its group_commit_wait schedules. Looping until the list is empty
+     * would re-queue it for ever. */
+    commit_round = commit_list;
+    commit_list = NULL;
+    while (commit_round) {
+        mpb_conn *c = commit_round;
+        commit_round = c->commit_next;
         c->commit_wait = false;
         after_serving(c);
     }
@@ -343,6 +353,21 @@ static void on_write(evutil_socket_t fd, short what, void *arg)
     after_serving(c);
 }
 
+void conn_hold_unsent(void)
+{
+    for (mpb_conn *c = conns; c; c = c->next)
+        if (out_pending(c) > 0 || c->commit_wait) c->held = true;
+}
+
+void conn_release_held(void)
+{
+    for (mpb_conn *c = conns; c; c = c->next)
+        if (c->held) {
+            c->held = false;
+            event_active(&c->wev, EV_WRITE, 0);
+        }
+}
+
 void conn_schedule_flush(mpb_conn *c)
 {
     if (output_over(c) && !c->closing) kill_soon(c, "unsent output over --max-output");
@@ -396,6 +421,9 @@ static double mono_now(void)
 
 void conn_drain_all(struct event_base *base, double seconds)
 {
+    /* Read-only after a disk failure: one more try to store the state, so that the
+     * held replies can go; if it fails they never will (connections close unanswered). */
+    persist_try_recover();
     /* As if every peer had closed its side: the usual path then answers what was
      * read (more as the output drains), writes it, and frees the connection. A parked
      * request is not waited for: its connection goes like one whose peer left. */
@@ -411,8 +439,8 @@ void conn_drain_all(struct event_base *base, double seconds)
         bool busy = false;
         for (mpb_conn *c = conns, *next; c; c = next) {
             next = c->next;
-            if (out_pending(c) == 0 && (c->blocked || mpb_reader_pending(&c->in) == 0) &&
-                !event_pending(&c->wev, EV_WRITE, NULL))
+            if (c->held || (out_pending(c) == 0 && (c->blocked || mpb_reader_pending(&c->in) == 0) &&
+                            !event_pending(&c->wev, EV_WRITE, NULL)))
                 conn_free(c);
             else
                 busy = true;

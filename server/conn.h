@@ -35,6 +35,7 @@ typedef struct mpb_conn {
     bool read_paused;  /* backpressure: output above the high mark */
     bool blocked;      /* a parked request: later requests wait their turn */
     bool commit_wait;  /* replies wait for the round's fsync (conn.c group commit) */
+    bool held;         /* persistence failed: unsent replies wait until it recovers */
     struct mpb_conn *commit_next;
     pid_t peer_pid;    /* from SO_PEERCRED on Unix sockets, else 0 */
     uid_t peer_uid;
@@ -67,6 +68,11 @@ void conn_serve(mpb_conn *c);
 /* Close c now (its holds, ownership and parked request go). Never from inside
  * another connection's callback. */
 void conn_close(mpb_conn *c);
+/* Persistence failed (persist.c): every reply not yet sent may acknowledge a write
+ * that is not stored, so every connection with unsent output keeps it until
+ * conn_release_held, called once the whole state is stored again. */
+void conn_hold_unsent(void);
+void conn_release_held(void);
 size_t conn_count(void);
 mpb_conn *conn_first(void);
 

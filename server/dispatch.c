@@ -381,11 +381,15 @@ void dispatch_message(mpb_conn *c, const msgpack_object *msg)
 void dispatch_run(mpb_req *r, const msgpack_object *params)
 {
     if (!check_params(r, &params->via.array)) return;
+    if (persist_refuses(r)) return; /* read-only after a disk failure */
     bool was_blocked = r->conn->blocked;
+    persist_call_begin();
     handlers[r->method](r);
     /* Persistence logs a write that took effect now; a parked one is logged by its
-     * type when its effect happens. */
+     * type when its effect happens. Effects the call caused (a parked get it served)
+     * are logged after it. */
     if ((r->info->flags & (MPB_F_WRITE | MPB_F_NOLOG)) == MPB_F_WRITE && !r->failed &&
         r->conn->blocked == was_blocked && persist_enabled())
         persist_log_call(r->info->name, params);
+    persist_call_end();
 }

@@ -76,6 +76,10 @@ static void usage(FILE *f)
             "                          (default), or no (leave it to the OS)\n"
             "      --compact-size N    compact the log into a snapshot past N bytes\n"
             "                          (and twice the snapshot; default 64 MiB)\n"
+            "      --repair            with --data-dir: load it, cutting a damaged log at\n"
+            "                          the damage (the cut bytes are kept in\n"
+            "                          DIR/log.N.mpb.cut-OFFSET), then exit; run it when\n"
+            "                          a start was refused and said to\n"
             "      --authkey-file FILE clients must prove they know the key in FILE (mode\n"
             "                          0600) by the auth.* handshake; default\n"
             "                          $MPBROKER_AUTHKEY_FILE, else $MPBROKER_AUTHKEY, else none\n"
@@ -103,7 +107,7 @@ static void usage(FILE *f)
             "\n"
             "SIGINT or SIGTERM (or manager.shutdown) stop the broker cleanly: no new\n"
             "connections, requests already received are answered, the socket file is\n"
-            "removed, exit 0.\n",
+            "removed, exit 0 (1 if --data-dir could not store every write).\n",
             mpb_default_socket_path(def, sizeof def), MPB_READER_DEFAULT_MAX_MSG,
             MPB_READER_MAX_DEPTH, MPB_READER_MAX_DEPTH, LIMITS_DEFAULT_AUTH_TIMEOUT,
             LIMITS_DEFAULT_MAX_HANDSHAKES, LIMITS_DEFAULT_MAX_HANDSHAKES_PER_PEER,
@@ -224,7 +228,7 @@ static void parse_args(int argc, char **argv, const char **sock, const char **au
     enum { OPT_MAX_MSG = 256, OPT_MAX_DEPTH, OPT_DATA_DIR, OPT_FSYNC, OPT_COMPACT,
            OPT_AUTHKEY_FILE, OPT_SOCKET_GROUP, OPT_MAX_CLIENTS, OPT_MAX_OUTPUT,
            OPT_OUTPUT_TIMEOUT, OPT_MAX_MEMORY, OPT_AUTH_TIMEOUT, OPT_INSECURE,
-           OPT_MAX_HANDSHAKES, OPT_MAX_HANDSHAKES_PER_PEER };
+           OPT_MAX_HANDSHAKES, OPT_MAX_HANDSHAKES_PER_PEER, OPT_REPAIR };
     static const struct option opts[] = {
         {"socket", required_argument, NULL, 's'},
         {"listen", required_argument, NULL, 'l'},
@@ -233,6 +237,7 @@ static void parse_args(int argc, char **argv, const char **sock, const char **au
         {"data-dir", required_argument, NULL, OPT_DATA_DIR},
         {"fsync", required_argument, NULL, OPT_FSYNC},
         {"compact-size", required_argument, NULL, OPT_COMPACT},
+        {"repair", no_argument, NULL, OPT_REPAIR},
         {"authkey-file", required_argument, NULL, OPT_AUTHKEY_FILE},
         {"auth-timeout", required_argument, NULL, OPT_AUTH_TIMEOUT},
         {"socket-group", required_argument, NULL, OPT_SOCKET_GROUP},
@@ -283,6 +288,7 @@ static void parse_args(int argc, char **argv, const char **sock, const char **au
                 exit(2);
             }
             break;
+        case OPT_REPAIR: g_persist.repair = true; break;
         case OPT_MAX_DEPTH:
             g_config.max_depth = (int)strtol(optarg, &end, 10);
             if (*end || g_config.max_depth < 3 || g_config.max_depth > MPB_READER_MAX_DEPTH) {
@@ -320,6 +326,10 @@ static void parse_args(int argc, char **argv, const char **sock, const char **au
         default: usage(stderr); exit(2);
         }
     }
+    if (g_persist.repair && !g_persist.dir) {
+        fprintf(stderr, "mpbroker-server: --repair needs --data-dir\n");
+        exit(2);
+    }
     if (optind < argc) {
         fprintf(stderr, "mpbroker-server: unexpected argument '%s'\n", argv[optind]);
         usage(stderr);
@@ -339,7 +349,7 @@ int main(int argc, char **argv)
     limits_setup_nofile();
     limits_setup_handshakes();
     if (strcmp(sock, "none") == 0) sock = NULL;
-    if (!sock && g_config.ntcp == 0) {
+    if (!sock && g_config.ntcp == 0 && !g_persist.repair) {
         fprintf(stderr, "mpbroker-server: nothing to listen on\n");
         return 2;
     }
@@ -355,6 +365,15 @@ int main(int argc, char **argv)
     objects_init();
     objects_new_id_space(); /* a state loaded next keeps its own */
     persist_open(base); /* before listening: clients see the loaded state */
+    if (g_persist.repair) { /* loaded (and cut where it had to be): done */
+        int rc = persist_close() ? 0 : 1;
+        objects_shutdown();
+        auth_unload_key();
+        event_base_free(base);
+        fprintf(stderr, "mpbroker-server: --repair: %s loads; start the broker without "
+                "--repair\n", g_persist.dir);
+        return rc;
+    }
     admin_init(base);
     accept_retry = evtimer_new(base, on_accept_retry, NULL);
     if (sock) listen_unix(sock, sock == def);
@@ -370,7 +389,7 @@ int main(int argc, char **argv)
     if (socket_path[0]) unlink(socket_path);
     conn_drain_all(base, DRAIN_SECONDS); /* answer what was received */
     conn_close_all();
-    persist_close();
+    bool stored = persist_close();
     objects_shutdown();
     event_free(sigint);
     event_free(sigterm);
@@ -378,5 +397,5 @@ int main(int argc, char **argv)
     auth_unload_key();
     event_base_free(base);
     if (!g_config.quiet) fprintf(stderr, "mpbroker-server: stopped\n");
-    return 0;
+    return stored ? 0 : 1;
 }

@@ -1,72 +1,93 @@
-/* persist.c - the append-only log, snapshots, compaction and start-up replay.
+/* persist.c - the append-only log, snapshots and compaction, what happens when the
+ * disk fails, and watching the data directory. Start-up loading is persist_load.c's,
+ * the record format persist_file.c's.
  *
- * Files in the data directory:
- *   snapshot.mpb   ["mpbroker-snapshot", 1, GEN, NEXT_ID], then ["obj", ID, TYPEID,
- *                  NAME|nil] for every object, then ["fill", ID, INITIAL] for each, then
- *                  ["end", RECORDS, CRC32 of every byte before this record]. Written to
- *                  snapshot.tmp, fsynced, renamed: it is whole or absent.
- *   log.GEN.mpb    ["mpbroker-log", 1, GEN], then records appended as changes happen:
- *                  ["create", ID, TYPEID, NAME|nil, INITIAL|nil] and
- *                  ["call", METHOD, PARAMS]. Replayed after the snapshot of the same GEN.
- *   lock           flock()ed while a broker uses the directory.
- * Two passes (obj, then fill) let objects refer to each other in any order, cycles
- * included. Records are msgpack, so a log cut short by a crash ends in an incomplete
- * record: it is truncated to the last whole one, with a warning. A snapshot that does
- * not check out refuses the start: silently starting empty would lose everything.
+ * Files in the data directory (format 2, every record checksummed: persist_file.h):
+ *   snapshot.mpb   header ["mpbroker-snapshot", 2, GEN, NEXT_ID], then ["obj", ID,
+ *                  TYPEID, NAME|nil] for every object, ["fill", ID, INITIAL] for each,
+ *                  queue items as ["call", "queue.put_nowait", [REF, ITEM]], and
+ *                  ["end", RECORDS]. Two passes (obj, then fill) let objects refer to
+ *                  each other in any order, cycles included.
+ *   log.GEN.mpb    header ["mpbroker-log", 2, GEN], then ["create", ID, TYPEID,
+ *                  NAME|nil, INITIAL|nil] and ["call", METHOD, PARAMS] records appended
+ *                  as changes happen; replayed after the snapshot of the same GEN.
+ *   lock           flock()ed while a broker uses the directory; holds its pid.
+ * A new generation (compaction, recovery, converting format 1) is made by
+ * new_generation(): every file appears under its name whole and synced, or not at all.
  *
- * Replay runs every record through the real handlers on a private connection that
- * holds every object while loading; its holds and ownerships are dropped at the end,
- * which frees anonymous objects nothing contains, and returns semaphore units.
+ * Failure (docs/PROTOCOL.md, "Persistence"): when a write or fsync of the log fails,
+ * or the directory or a live file is removed or replaced, nothing on disk can be
+ * trusted to hold what the broker acknowledged, but memory holds all of it. The broker
+ * turns read-only: writes are refused with PersistenceError, replies not yet sent are
+ * held (conn.c), reads go on. Each tick it tries to store the whole state as a new
+ * generation; once that is synced, the held replies go out and writes are accepted.
+ *
  * Compaction runs in the loop (no fork): it is synchronous, so no write can slip
  * between the snapshot and the new log.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <time.h>
 #include <unistd.h>
-#include <zlib.h>
 
 #include "mpb_codec.h"
+#include "mpb_reader.h"
 #include "persist.h"
+#include "persist_file.h"
+#include "persist_load.h"
 
 mpb_persist_config g_persist = {.fsync = MPB_FSYNC_EVERYSEC, .compact_min = 64u << 20};
 size_t g_persist_buffered;
 
 static msgpack_sbuffer logbuf;
 static msgpack_packer logpk;
-static int logfd = -1, dirfd_ = -1;
+/* Effects of the call being served (a parked get served by a put): they go into the
+ * log after the call, which replay must run first (see persist_call_begin). */
+static msgpack_sbuffer effbuf;
+static msgpack_packer effpk;
+static int in_call;
+
+static int logfd = -1, dirfd_ = -1, lockfd = -1;
 static uint64_t gen;
 static size_t log_bytes, snap_bytes;
 static bool need_fsync, replaying;
-static struct event *fsync_timer, *compact_ev;
+static struct event *tick_ev, *compact_ev;
 static mpb_conn replay;
+/* What the watch compares with: the directory, the live log and snapshot. */
+static struct stat dir_st, log_st, snap_st;
+static bool have_snap;
 
-#define RECORD_MAX ((size_t)1 << 40) /* the scanner's size cap: files are trusted sizes */
+/* Read-only mode. */
+static bool failed;
+static char failure[640];  /* what failed first */
+static char last_try[640]; /* why the last try to store the state again failed, or "" */
+static uint64_t nfailures;
+static double failed_since, next_try, backoff;
+static size_t need_bytes; /* free space a retry needs (0: unknown) */
+static double compact_again; /* after a failed compaction, not before this */
 
-static void die(const char *fmt, const char *arg)
+#define RETRY_MAX 10.0 /* seconds between tries to recover, at most */
+
+static double now(void)
 {
-    fprintf(stderr, "mpbroker-server: ");
-    fprintf(stderr, fmt, arg, strerror(errno));
-    fprintf(stderr, "\n");
-    exit(1);
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
 }
 
-static char *path_in(const char *name)
+static unsigned long long free_bytes(void)
 {
-    static char buf[4096];
-    snprintf(buf, sizeof buf, "%s/%s", g_persist.dir, name);
-    return buf;
-}
-
-static char *log_name(uint64_t g)
-{
-    static char name[64];
-    snprintf(name, sizeof name, "log.%llu.mpb", (unsigned long long)g);
-    return name;
+    struct statvfs sv;
+    if (dirfd_ < 0 || fstatvfs(dirfd_, &sv) < 0) return 0;
+    return (unsigned long long)sv.f_bavail * sv.f_frsize;
 }
 
 bool persist_is_replay(const mpb_conn *c) { return c == &replay; }
@@ -76,34 +97,125 @@ static void pack_str(msgpack_packer *pk, const char *s)
     msgpack_pack_str_with_body(pk, s, strlen(s));
 }
 
+/*--- Read-only mode ---*/
+
+/* The log cannot be trusted any more: stop acknowledging writes (see the top). */
+__attribute__((format(printf, 1, 2))) static void fail(const char *fmt, ...)
+{
+    if (failed) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(failure, sizeof failure, fmt, ap);
+    va_end(ap);
+    failed = true;
+    last_try[0] = '\0';
+    nfailures++;
+    failed_since = now();
+    backoff = 1;
+    next_try = failed_since + backoff;
+    msgpack_sbuffer_clear(&logbuf); /* memory has it all; a new generation will store it */
+    g_persist_buffered = 0;
+    need_fsync = false;
+    fprintf(stderr, "mpbroker-server: PERSISTENCE FAILED: %s\n"
+            "mpbroker-server: read-only until the whole state is stored again (tried after 1, "
+            "2, 4, 8, then every 10 s): writes get PersistenceError, replies to writes not yet "
+            "stored are held, reads go on\n", failure);
+    conn_hold_unsent();
+}
+
+bool persist_failed(void) { return failed; }
+const char *persist_failure(void)
+{
+    static char both[sizeof failure + sizeof last_try + 64];
+    if (!failed) return NULL;
+    if (!last_try[0]) return failure;
+    snprintf(both, sizeof both, "%s; storing the state again failed: %s", failure, last_try);
+    return both;
+}
+uint64_t persist_failures(void) { return nfailures; }
+
+const char *persist_state(void)
+{
+    return !persist_enabled() ? "off" : failed ? "read-only" : "ok";
+}
+
+bool persist_refuses(mpb_req *r)
+{
+    if (!failed || (r->info->flags & (MPB_F_WRITE | MPB_F_NOLOG)) != MPB_F_WRITE) return false;
+    reply_error(r, MPB_E_PERSISTENCE, "%s: the broker cannot store writes now: %s", r->info->name,
+                failure);
+    return true;
+}
+
+bool persist_refuses_create(mpb_req *r)
+{
+    if (!failed) return false;
+    reply_error(r, MPB_E_PERSISTENCE, "%s: the broker cannot store new objects now: %s",
+                r->info->name, failure);
+    return true;
+}
+
+/* Fail with errno's text and, for a full disk, how much was needed and is free. */
+static void fail_errno(const char *what, size_t needed)
+{
+    int e = errno;
+    if ((e == ENOSPC || e == EDQUOT) && needed)
+        fail("%s: %s: %zu bytes needed, the file system reports %llu free", what,
+             persist_errtext(e), needed, free_bytes());
+    else if (e == ENOSPC || e == EDQUOT)
+        fail("%s: %s: the file system reports %llu bytes free", what, persist_errtext(e),
+             free_bytes());
+    else
+        fail("%s: %s", what, persist_errtext(e));
+}
+
 /*--- Logging ---*/
 
-static void logged(void) { g_persist_buffered = logbuf.size; }
+static void logged(msgpack_sbuffer *sb, size_t start)
+{
+    if (pf_end(sb, start) < 0) fail("a record over 4 GiB cannot be logged");
+    g_persist_buffered = logbuf.size;
+}
 
 void persist_log_call(const char *method, const msgpack_object *params)
 {
-    if (replaying) return;
+    if (replaying || failed) return;
+    size_t at = pf_begin(&logbuf);
     msgpack_pack_array(&logpk, 3);
     pack_str(&logpk, "call");
     pack_str(&logpk, method);
     msgpack_pack_object(&logpk, *params);
-    logged();
+    logged(&logbuf, at);
 }
 
 void persist_log_effect(const char *method, const mpb_value *args, size_t n)
 {
-    if (!persist_enabled() || replaying) return;
-    msgpack_pack_array(&logpk, 3);
-    pack_str(&logpk, "call");
-    pack_str(&logpk, method);
-    msgpack_pack_array(&logpk, n);
-    for (size_t i = 0; i < n; i++) mpb_value_pack(&logpk, &args[i]);
-    logged();
+    if (!persist_enabled() || replaying || failed) return;
+    msgpack_sbuffer *sb = in_call ? &effbuf : &logbuf;
+    msgpack_packer *pk = in_call ? &effpk : &logpk;
+    size_t at = pf_begin(sb);
+    msgpack_pack_array(pk, 3);
+    pack_str(pk, "call");
+    pack_str(pk, method);
+    msgpack_pack_array(pk, n);
+    for (size_t i = 0; i < n; i++) mpb_value_pack(pk, &args[i]);
+    logged(sb, at);
+}
+
+void persist_call_begin(void) { in_call++; }
+
+void persist_call_end(void)
+{
+    if (--in_call > 0 || effbuf.size == 0) return;
+    if (!failed) msgpack_sbuffer_write(&logbuf, effbuf.data, effbuf.size);
+    msgpack_sbuffer_clear(&effbuf);
+    g_persist_buffered = logbuf.size;
 }
 
 void persist_log_create(const mpb_object *o, const msgpack_object *initial)
 {
-    if (!persist_enabled() || replaying) return;
+    if (!persist_enabled() || replaying || failed) return;
+    size_t at = pf_begin(&logbuf);
     msgpack_pack_array(&logpk, 5);
     pack_str(&logpk, "create");
     msgpack_pack_uint64(&logpk, o->id);
@@ -112,66 +224,90 @@ void persist_log_create(const mpb_object *o, const msgpack_object *initial)
     else msgpack_pack_nil(&logpk);
     if (initial) msgpack_pack_object(&logpk, *initial);
     else msgpack_pack_nil(&logpk);
-    logged();
+    logged(&logbuf, at);
 }
 
-static void write_all(int fd, const char *p, size_t n, const char *what)
+/* Is the live log still the file in the directory? (rm -rf of the directory leaves
+ * the broker writing into an unlinked file.) */
+static bool log_unlinked(void)
 {
-    while (n > 0) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0 && errno == EINTR) continue;
-        /* A write we cannot log must not be acknowledged: stop rather than lie. */
-        if (w < 0) die("cannot write %s: %s", what);
-        p += w;
-        n -= (size_t)w;
+    struct stat st;
+    return fstat(logfd, &st) == 0 && st.st_nlink == 0;
+}
+
+bool persist_sync(void)
+{
+    if (failed) return false;
+    if (logbuf.size == 0) return true;
+    char what[600];
+    if (pf_write_all(logfd, logbuf.data, logbuf.size, NULL) < 0) {
+        snprintf(what, sizeof what, "writing %zu bytes to %s/%s", logbuf.size, g_persist.dir,
+                 persist_log_name(gen));
+        fail_errno(what, logbuf.size);
+        return false;
     }
-}
-
-void persist_sync(void)
-{
-    if (logbuf.size == 0) return;
-    write_all(logfd, logbuf.data, logbuf.size, "the log");
     log_bytes += logbuf.size;
     msgpack_sbuffer_clear(&logbuf);
     g_persist_buffered = 0;
-    if (g_persist.fsync == MPB_FSYNC_ALWAYS) fdatasync(logfd);
-    else need_fsync = true;
-    if (log_bytes > g_persist.compact_min && log_bytes > 2 * snap_bytes && compact_ev)
+    if (g_persist.fsync == MPB_FSYNC_ALWAYS) {
+        if (fdatasync(logfd) < 0) {
+            snprintf(what, sizeof what, "fdatasync of %s/%s", g_persist.dir, persist_log_name(gen));
+            fail_errno(what, 0);
+            return false;
+        }
+        if (log_unlinked()) {
+            fail("%s/%s was removed while in use", g_persist.dir, persist_log_name(gen));
+            return false;
+        }
+    } else {
+        need_fsync = true;
+    }
+    if (log_bytes > g_persist.compact_min && log_bytes > 2 * snap_bytes && compact_ev &&
+        now() >= compact_again)
         event_active(compact_ev, EV_TIMEOUT, 0);
-}
-
-static void on_fsync_timer(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    (void)arg;
-    if (need_fsync && g_persist.fsync == MPB_FSYNC_EVERYSEC) fdatasync(logfd);
-    need_fsync = false;
+    return true;
 }
 
 /*--- Snapshots ---*/
 
-/* A streaming writer that checksums what it writes. */
+/* A buffered writer of framed records that remembers its first error and goes on
+ * counting bytes after it (so a full disk can say how much was needed). */
 typedef struct snapw {
-    int fd;
-    uLong crc;
-    size_t bytes;
-    char buf[1 << 16];
+    int fd, err;
+    size_t total;
+    msgpack_sbuffer rec; /* the record being packed */
+    msgpack_packer pk;   /* packs into rec */
     size_t len;
+    char buf[1 << 16];
 } snapw;
 
-static int snap_write(void *data, const char *p, size_t n)
+static void snap_out(snapw *w, const char *p, size_t n)
 {
-    snapw *w = data;
-    w->crc = crc32(w->crc, (const Bytef *)p, (uInt)n);
-    w->bytes += n;
+    w->total += n;
+    if (w->err) return;
     if (w->len + n > sizeof w->buf) {
-        write_all(w->fd, w->buf, w->len, "the snapshot");
+        if (pf_write_all(w->fd, w->buf, w->len, NULL) < 0) w->err = errno;
         w->len = 0;
     }
-    if (n > sizeof w->buf) write_all(w->fd, p, n, "the snapshot");
-    else memcpy(w->buf + w->len, p, n), w->len += n;
-    return 0;
+    if (w->err) return;
+    if (n > sizeof w->buf) {
+        if (pf_write_all(w->fd, p, n, NULL) < 0) w->err = errno;
+    } else {
+        memcpy(w->buf + w->len, p, n);
+        w->len += n;
+    }
+}
+
+static size_t rec_begin(snapw *w)
+{
+    msgpack_sbuffer_clear(&w->rec);
+    return pf_begin(&w->rec);
+}
+
+static void rec_end(snapw *w, size_t at)
+{
+    if (pf_end(&w->rec, at) < 0 && !w->err) w->err = EFBIG; /* one object over 4 GiB */
+    snap_out(w, w->rec.data, w->rec.size);
 }
 
 static void dump_state(const mpb_object *o, msgpack_packer *pk)
@@ -192,86 +328,194 @@ static void dump_state(const mpb_object *o, msgpack_packer *pk)
     }
 }
 
-/* Write snapshot.mpb for generation g. Returns its size. */
-static size_t write_snapshot(uint64_t g)
+static void pack_snapshot(snapw *w, uint64_t g)
 {
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s", path_in("snapshot.tmp"));
-    snapw *w = calloc(1, sizeof *w);
-    if (!w) die("cannot write %s: %s", "the snapshot"); /* errno: ENOMEM */
-    w->fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (w->fd < 0) die("cannot create %s: %s", tmp);
-    w->crc = crc32(0, NULL, 0);
-    msgpack_packer pk;
-    msgpack_packer_init(&pk, w, snap_write);
-    msgpack_pack_array(&pk, 4);
-    pack_str(&pk, "mpbroker-snapshot");
-    msgpack_pack_uint8(&pk, 1);
-    msgpack_pack_uint64(&pk, g);
-    msgpack_pack_uint64(&pk, objects_peek_next_id());
+    msgpack_packer *pk = &w->pk;
+    size_t at = rec_begin(w);
+    msgpack_pack_array(pk, 4);
+    pack_str(pk, "mpbroker-snapshot");
+    msgpack_pack_uint8(pk, PERSIST_FORMAT);
+    msgpack_pack_uint64(pk, g);
+    msgpack_pack_uint64(pk, objects_peek_next_id());
+    rec_end(w, at);
     uint64_t records = 1;
     size_t it = 0;
     mpb_object *o;
-    while (objects_next(&it, &o)) {
-        msgpack_pack_array(&pk, 4);
-        pack_str(&pk, "obj");
-        msgpack_pack_uint64(&pk, o->id);
-        pack_str(&pk, objects_typeid(o));
-        if (o->name) pack_str(&pk, o->name);
-        else msgpack_pack_nil(&pk);
-        records++;
+    for (; objects_next(&it, &o); records++) {
+        at = rec_begin(w);
+        msgpack_pack_array(pk, 4);
+        pack_str(pk, "obj");
+        msgpack_pack_uint64(pk, o->id);
+        pack_str(pk, objects_typeid(o));
+        if (o->name) pack_str(pk, o->name);
+        else msgpack_pack_nil(pk);
+        rec_end(w, at);
     }
     for (it = 0; objects_next(&it, &o); records++) {
-        msgpack_pack_array(&pk, 3);
-        pack_str(&pk, "fill");
-        msgpack_pack_uint64(&pk, o->id);
-        dump_state(o, &pk);
+        at = rec_begin(w);
+        msgpack_pack_array(pk, 3);
+        pack_str(pk, "fill");
+        msgpack_pack_uint64(pk, o->id);
+        dump_state(o, pk);
+        rec_end(w, at);
     }
-    for (it = 0; objects_next(&it, &o);)
-        if (o->type == MPB_OT_QUEUE) records += queue_dump_items(o, &pk);
-    uLong crc = w->crc;
-    msgpack_pack_array(&pk, 3);
-    pack_str(&pk, "end");
-    msgpack_pack_uint64(&pk, records);
-    msgpack_pack_uint32(&pk, (uint32_t)crc);
-    write_all(w->fd, w->buf, w->len, "the snapshot");
-    if (fsync(w->fd) < 0 || close(w->fd) < 0) die("cannot write %s: %s", tmp);
-    if (rename(tmp, path_in("snapshot.mpb")) < 0) die("cannot rename %s: %s", tmp);
-    fsync(dirfd_);
-    size_t bytes = w->bytes;
-    free(w);
-    return bytes;
+    /* Queue items, one record each (queue_dump_items packs them back to back). */
+    msgpack_sbuffer items;
+    msgpack_packer ipk;
+    msgpack_sbuffer_init(&items);
+    msgpack_packer_init(&ipk, &items, msgpack_sbuffer_write);
+    for (it = 0; objects_next(&it, &o);) {
+        if (o->type != MPB_OT_QUEUE) continue;
+        msgpack_sbuffer_clear(&items);
+        size_t n = queue_dump_items(o, &ipk);
+        for (size_t i = 0, off = 0, size; i < n; i++, records++, off += size) {
+            mpb_read_status st = mpb_scan(items.data + off, items.size - off, items.size,
+                                          MPB_READER_MAX_DEPTH, &size);
+            if (st != MPB_READ_MSG && st != MPB_READ_TOO_DEEP) {
+                if (!w->err) w->err = EINVAL; /* cannot happen: we packed it */
+                break;
+            }
+            at = rec_begin(w);
+            msgpack_sbuffer_write(&w->rec, items.data + off, size);
+            rec_end(w, at);
+        }
+    }
+    msgpack_sbuffer_destroy(&items);
+    at = rec_begin(w);
+    msgpack_pack_array(pk, 2);
+    pack_str(pk, "end");
+    msgpack_pack_uint64(pk, records);
+    rec_end(w, at);
 }
 
-/* Start log.g.mpb (truncating), replacing the open log. */
-static void open_new_log(uint64_t g)
+/* Write snapshot.tmp for generation g, synced. Its size, or 0 with why set. */
+static size_t write_snapshot(uint64_t g, char *why, size_t whylen)
 {
-    int fd = open(path_in(log_name(g)), O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0600);
-    if (fd < 0) die("cannot create %s: %s", path_in(log_name(g)));
-    msgpack_sbuffer hdr;
+    snapw *w = calloc(1, sizeof *w);
+    if (!w) {
+        snprintf(why, whylen, "writing a snapshot: %s", strerror(ENOMEM));
+        return 0;
+    }
+    w->fd = openat(dirfd_, PERSIST_SNAPSHOT_TMP, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (w->fd < 0) {
+        snprintf(why, whylen, "creating %s/%s: %s", g_persist.dir, PERSIST_SNAPSHOT_TMP,
+                 persist_errtext(errno));
+        free(w);
+        return 0;
+    }
+    msgpack_sbuffer_init(&w->rec);
+    msgpack_packer_init(&w->pk, &w->rec, msgpack_sbuffer_write);
+    pack_snapshot(w, g);
+    if (!w->err && pf_write_all(w->fd, w->buf, w->len, NULL) < 0) w->err = errno;
+    if (!w->err && fsync(w->fd) < 0) w->err = errno;
+    if (close(w->fd) < 0 && !w->err) w->err = errno;
+    size_t bytes = w->total;
+    int err = w->err;
+    msgpack_sbuffer_destroy(&w->rec);
+    free(w);
+    if (!err) return bytes;
+    unlinkat(dirfd_, PERSIST_SNAPSHOT_TMP, 0);
+    if (err == ENOSPC || err == EDQUOT) {
+        need_bytes = bytes + 4096;
+        snprintf(why, whylen, "writing %s/%s: %s: the snapshot needs %zu bytes, the file "
+                 "system reports %llu free", g_persist.dir, PERSIST_SNAPSHOT_TMP,
+                 persist_errtext(err), bytes, free_bytes());
+    } else {
+        snprintf(why, whylen, "writing %s/%s: %s", g_persist.dir, PERSIST_SNAPSHOT_TMP,
+                 err == EFBIG ? "an object too large for one record (4 GiB)" : persist_errtext(err));
+    }
+    return 0;
+}
+
+/* The header record of log.g.mpb, into sb. */
+static void log_header(msgpack_sbuffer *sb, uint64_t g)
+{
     msgpack_packer pk;
-    msgpack_sbuffer_init(&hdr);
-    msgpack_packer_init(&pk, &hdr, msgpack_sbuffer_write);
+    msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
+    size_t at = pf_begin(sb);
     msgpack_pack_array(&pk, 3);
     pack_str(&pk, "mpbroker-log");
-    msgpack_pack_uint8(&pk, 1);
+    msgpack_pack_uint8(&pk, PERSIST_FORMAT);
     msgpack_pack_uint64(&pk, g);
-    write_all(fd, hdr.data, hdr.size, "the log");
-    fdatasync(fd);
-    fsync(dirfd_);
-    log_bytes = hdr.size;
+    pf_end(sb, at);
+}
+
+/* Create log.g.mpb with its header, atomically. Its fd, or -1 with why set. */
+static int create_log(uint64_t g, char *why, size_t whylen)
+{
+    msgpack_sbuffer hdr;
+    msgpack_sbuffer_init(&hdr);
+    log_header(&hdr, g);
+    const char *step;
+    int fd = pf_create(dirfd_, PERSIST_LOG_TMP, persist_log_name(g), hdr.data, hdr.size, &step);
+    if (fd < 0)
+        snprintf(why, whylen, "creating %s/%s (%s): %s", g_persist.dir, persist_log_name(g), step,
+                 persist_errtext(errno));
+    else
+        log_bytes = hdr.size;
     msgpack_sbuffer_destroy(&hdr);
+    return fd;
+}
+
+/* Remember what the watch compares with. */
+static void note_files(void)
+{
+    fstat(dirfd_, &dir_st);
+    fstat(logfd, &log_st);
+    have_snap = fstatat(dirfd_, PERSIST_SNAPSHOT, &snap_st, 0) == 0;
+}
+
+/* Store the whole state as generation gen+1: snapshot.tmp written and synced; log.tmp
+ * with its header synced and renamed to log.G+1.mpb; snapshot.tmp renamed to
+ * snapshot.mpb and the directory synced. From that rename on, G+1 is live (a
+ * snapshot's log exists before it does). Returns 1 stored; 0 failed with generation
+ * gen still live and intact; -1 failed after the rename (what is on disk is unknown). */
+static int new_generation(char *why, size_t whylen)
+{
+    uint64_t g = gen + 1;
+    size_t bytes = write_snapshot(g, why, whylen);
+    if (!bytes) return 0;
+    int fd = create_log(g, why, whylen);
+    if (fd < 0) {
+        unlinkat(dirfd_, PERSIST_SNAPSHOT_TMP, 0);
+        return 0;
+    }
+    if (renameat(dirfd_, PERSIST_SNAPSHOT_TMP, dirfd_, PERSIST_SNAPSHOT) < 0) {
+        snprintf(why, whylen, "renaming %s/%s: %s", g_persist.dir, PERSIST_SNAPSHOT_TMP,
+                 persist_errtext(errno));
+        close(fd);
+        unlinkat(dirfd_, persist_log_name(g), 0);
+        unlinkat(dirfd_, PERSIST_SNAPSHOT_TMP, 0);
+        return 0;
+    }
+    int synced = fsync(dirfd_);
+    int e = errno;
     if (logfd >= 0) close(logfd);
     logfd = fd;
+    uint64_t old = gen;
+    gen = g;
+    snap_bytes = bytes;
+    need_bytes = 0;
+    if (synced < 0) {
+        snprintf(why, whylen, "fsync of %s: %s", g_persist.dir, persist_errtext(e));
+        return -1;
+    }
+    unlinkat(dirfd_, persist_log_name(old), 0); /* in the snapshot now */
+    note_files();
+    return 1;
 }
 
 static void compact(void)
 {
-    persist_sync();
-    snap_bytes = write_snapshot(gen + 1);
-    uint64_t old = gen++;
-    open_new_log(gen);
-    unlink(path_in(log_name(old)));
+    if (failed || !persist_sync()) return;
+    char why[600];
+    int r = new_generation(why, sizeof why);
+    if (r < 0) fail("%s", why);
+    if (r == 0) {
+        compact_again = now() + 30;
+        fprintf(stderr, "mpbroker-server: warning: compaction failed, the log goes on "
+                "(tried again in 30 s): %s\n", why);
+    }
 }
 
 static void on_compact(evutil_socket_t fd, short what, void *arg)
@@ -282,240 +526,240 @@ static void on_compact(evutil_socket_t fd, short what, void *arg)
     compact();
 }
 
-/*--- Loading ---*/
+/*--- Recovery ---*/
 
-typedef struct loaded {
-    char *data;
-    size_t len;
-} loaded;
-
-static bool read_file(const char *path, loaded *f)
+/* Take the lock of the directory open as fd. 0, or -1 with why set. */
+static int take_lock(int fd, char *why, size_t whylen)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        if (errno == ENOENT) return false;
-        die("cannot open %s: %s", path);
+    int lfd = openat(fd, "lock", O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (lfd < 0) {
+        snprintf(why, whylen, "cannot open %s/lock: %s", g_persist.dir, persist_errtext(errno));
+        return -1;
     }
+    if (flock(lfd, LOCK_EX | LOCK_NB) < 0) {
+        char pid[32] = "";
+        ssize_t n = pread(lfd, pid, sizeof pid - 1, 0);
+        pid[n > 0 ? n : 0] = '\0';
+        pid[strcspn(pid, "\n")] = '\0';
+        snprintf(why, whylen, "%s is in use by another broker%s%s%s", g_persist.dir,
+                 pid[0] ? " (pid " : "", pid, pid[0] ? ")" : "");
+        close(lfd);
+        return -1;
+    }
+    char pid[32];
+    int n = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+    if (ftruncate(lfd, 0) == 0 && pwrite(lfd, pid, (size_t)n, 0) == n) {
+        /* only for messages: a full disk must not stop a start */
+    }
+    if (lockfd >= 0) close(lockfd);
+    lockfd = lfd;
+    return 0;
+}
+
+/* Does the directory open as fd hold a snapshot or a log? */
+static bool holds_data(int fd)
+{
+    int dfd = dup(fd);
+    DIR *d = dfd >= 0 ? fdopendir(dfd) : NULL;
+    if (!d) return true; /* cannot tell: do not write over it */
+    bool data = false;
+    for (struct dirent *e; !data && (e = readdir(d));)
+        data = !strcmp(e->d_name, PERSIST_SNAPSHOT) || !strncmp(e->d_name, "log.", 4);
+    closedir(d);
+    return data;
+}
+
+/* After the directory was removed or replaced: use what is at its path now, if it is
+ * ours to use (absent: created; empty of data: taken). 0, or -1 with why set. */
+static int directory_again(char *why, size_t whylen)
+{
     struct stat st;
-    if (fstat(fd, &st) < 0) die("cannot stat %s: %s", path);
-    f->len = (size_t)st.st_size;
-    f->data = malloc(f->len + 1);
-    if (!f->data) die("cannot read %s: %s", path); /* errno: ENOMEM */
-    size_t got = 0;
-    while (got < f->len) {
-        ssize_t n = read(fd, f->data + got, f->len - got);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) die("cannot read %s: %s", path);
-        got += (size_t)n;
+    if (stat(g_persist.dir, &st) == 0 && st.st_dev == dir_st.st_dev && st.st_ino == dir_st.st_ino)
+        return 0; /* the same directory: only a file went */
+    if (mkdir(g_persist.dir, 0700) < 0 && errno != EEXIST) {
+        snprintf(why, whylen, "cannot create %s again: %s", g_persist.dir, persist_errtext(errno));
+        return -1;
     }
-    close(fd);
-    return true;
+    int fd = open(g_persist.dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) {
+        snprintf(why, whylen, "cannot open %s: %s", g_persist.dir, persist_errtext(errno));
+        return -1;
+    }
+    int saved = lockfd;
+    lockfd = -1;
+    if (take_lock(fd, why, whylen) < 0) {
+        lockfd = saved;
+        close(fd);
+        return -1;
+    }
+    if (holds_data(fd)) {
+        snprintf(why, whylen, "%s was replaced by a directory that holds other data: not "
+                 "writing over it (move it away to let this broker store its state there)",
+                 g_persist.dir);
+        close(lockfd);
+        lockfd = saved;
+        close(fd);
+        return -1;
+    }
+    if (saved >= 0) close(saved);
+    close(dirfd_);
+    dirfd_ = fd;
+    fstat(dirfd_, &dir_st);
+    return 0;
 }
 
-static bool rec_is(const msgpack_object *rec, const char *tag, uint32_t size)
+static void recover(void)
 {
-    const char *p;
-    size_t n;
-    return rec->type == MSGPACK_OBJECT_ARRAY && rec->via.array.size == size &&
-           mpb_object_bytes(&rec->via.array.ptr[0], &p, &n) && n == strlen(tag) &&
-           memcmp(p, tag, n) == 0;
-}
-
-static unsigned long replay_errors;
-
-/* Create object ID of TYPEID with NAME (nil: anonymous), held by the replay. */
-static mpb_object *load_obj(const msgpack_object *f)
-{
-    const char *tp, *np = NULL;
-    size_t tn, nn = 0;
-    int variant;
-    if (f[1].type != MSGPACK_OBJECT_POSITIVE_INTEGER || !mpb_object_bytes(&f[2], &tp, &tn))
-        return NULL;
-    mpb_otype t = mpb_typeid_lookup(tp, tn, &variant);
-    if (t == MPB_OT_NONE) return NULL;
-    if (f[3].type != MSGPACK_OBJECT_NIL && !mpb_object_bytes(&f[3], &np, &nn)) return NULL;
-    mpb_object *o = objects_create_id(t, variant, np, nn, f[1].via.u64);
-    if (o) objects_hold(&replay.holds, o);
-    return o;
-}
-
-/* Run an object's init_from on INITIAL, as manager.create would. */
-static bool load_fill(mpb_object *o, const msgpack_object *initial)
-{
-    mpb_req r = {.conn = &replay, .method = MPB_M_MANAGER_CREATE,
-                 .info = &mpb_methods[MPB_M_MANAGER_CREATE], .args = initial, .nargs = 1};
-    bool ok = manager_init_object(&r, o, 0);
-    msgpack_sbuffer_clear(&replay.out);
-    return ok;
-}
-
-static void load_call(const msgpack_object *f)
-{
-    const char *mp;
-    size_t mn;
-    int id = mpb_object_bytes(&f[1], &mp, &mn) ? mpb_method_lookup(mp, mn) : -1;
-    if (id < 0 || f[2].type != MSGPACK_OBJECT_ARRAY) {
-        replay_errors++;
+    char why[600];
+    if (need_bytes && free_bytes() < need_bytes) {
+        next_try = now() + 1; /* quietly: nothing changed */
         return;
     }
-    mpb_req r = {.conn = &replay, .method = id, .info = &mpb_methods[id]};
-    dispatch_run(&r, &f[2]);
-    if (r.failed && replay_errors++ < 5)
-        fprintf(stderr, "mpbroker-server: warning: replaying %s failed: %.*s\n", r.info->name,
-                (int)(replay.out.size > 200 ? 200 : replay.out.size), replay.out.data);
-    msgpack_sbuffer_clear(&replay.out);
-    objects_collect();
+    int r = directory_again(why, sizeof why) < 0 ? 0 : new_generation(why, sizeof why);
+    if (r <= 0) {
+        backoff = backoff * 2 > RETRY_MAX ? RETRY_MAX : backoff * 2;
+        next_try = now() + backoff;
+        if (strcmp(why, last_try) != 0) {
+            snprintf(last_try, sizeof last_try, "%s", why);
+            fprintf(stderr, "mpbroker-server: still read-only: %s\n", last_try);
+        }
+        return;
+    }
+    failed = false;
+    fprintf(stderr, "mpbroker-server: persistence recovered after %.1f s: the whole state is "
+            "stored in %s (generation %llu); writes are accepted again\n",
+            now() - failed_since, g_persist.dir, (unsigned long long)gen);
+    conn_release_held();
 }
 
-/* Apply one record; false when it makes no sense (corruption). */
-static bool apply(const msgpack_object *rec, bool snapshot)
+void persist_try_recover(void)
 {
-    const msgpack_object *f = rec->via.array.ptr;
-    if (snapshot && rec_is(rec, "obj", 4)) return load_obj(f) != NULL;
-    if (snapshot && rec_is(rec, "fill", 3)) {
-        mpb_object *o = f[1].type == MSGPACK_OBJECT_POSITIVE_INTEGER ? objects_get(f[1].via.u64) : NULL;
-        return o && load_fill(o, &f[2]);
-    }
-    if (!snapshot && rec_is(rec, "create", 5)) {
-        mpb_object *o = load_obj(f);
-        if (o && !load_fill(o, &f[4])) replay_errors++;
-        return o != NULL;
-    }
-    if (rec_is(rec, "call", 3)) {
-        load_call(f);
-        return true;
-    }
-    return false;
+    if (persist_enabled() && failed) recover();
 }
 
-/* Read records from f; returns the offset after the last whole record. Sets *end_ok
- * when a snapshot's "end" record checked out. */
-static size_t load_records(const char *path, loaded *f, bool snapshot, uint64_t *g, bool *end_ok)
+/*--- The tick: fsync (everysec), watch, recover ---*/
+
+/* Has the directory, the live log or the snapshot been removed or replaced? */
+static void watch(void)
 {
-    msgpack_zone zone;
-    msgpack_zone_init(&zone, 1 << 16);
-    size_t off = 0;
-    uint64_t records = 0;
-    *end_ok = false;
-    while (off < f->len) {
-        size_t size;
-        mpb_read_status st = mpb_scan(f->data + off, f->len - off, RECORD_MAX,
-                                      MPB_READER_MAX_DEPTH, &size);
-        if (st == MPB_READ_NEED) break; /* a torn tail */
-        msgpack_object rec;
-        size_t used = 0;
-        msgpack_zone_clear(&zone);
-        if (st != MPB_READ_MSG ||
-            msgpack_unpack(f->data + off, size, &used, &zone, &rec) < 0 ||
-            rec.type != MSGPACK_OBJECT_ARRAY || rec.via.array.size == 0) {
-            fprintf(stderr, "mpbroker-server: %s is corrupted at byte %zu; refusing to start "
-                    "(move it away to start without it)\n", path, off);
-            exit(1);
-        }
-        const msgpack_object *fl = rec.via.array.ptr;
-        if (records == 0) { /* the header */
-            const char *want = snapshot ? "mpbroker-snapshot" : "mpbroker-log";
-            if (!rec_is(&rec, want, snapshot ? 4 : 3) || fl[2].type != MSGPACK_OBJECT_POSITIVE_INTEGER) {
-                fprintf(stderr, "mpbroker-server: %s is not an mpbroker %s; refusing to start\n",
-                        path, snapshot ? "snapshot" : "log");
-                exit(1);
-            }
-            *g = fl[2].via.u64;
-            if (snapshot) objects_bump_next_id(fl[3].via.u64);
-        } else if (snapshot && rec_is(&rec, "end", 3)) {
-            uLong crc = crc32(crc32(0, NULL, 0), (const Bytef *)f->data, (uInt)off);
-            *end_ok = fl[1].via.u64 == records && fl[2].via.u64 == (uint32_t)crc;
-            off += size;
-            break;
-        } else if (!apply(&rec, snapshot)) {
-            fprintf(stderr, "mpbroker-server: %s: record %llu at byte %zu makes no sense; "
-                    "refusing to start\n", path, (unsigned long long)records, off);
-            exit(1);
-        }
-        records++;
-        off += size;
+    struct stat st;
+    if (stat(g_persist.dir, &st) < 0 || st.st_dev != dir_st.st_dev || st.st_ino != dir_st.st_ino) {
+        fail("the data directory %s was removed or replaced while in use", g_persist.dir);
+        return;
     }
-    msgpack_zone_destroy(&zone);
-    return off;
+    const char *log = persist_log_name(gen);
+    if (fstatat(dirfd_, log, &st, 0) < 0 || st.st_ino != log_st.st_ino) {
+        fail("%s/%s was removed or replaced while in use", g_persist.dir, log);
+        return;
+    }
+    if (have_snap && (fstatat(dirfd_, PERSIST_SNAPSHOT, &st, 0) < 0 || st.st_ino != snap_st.st_ino))
+        fail("%s/%s was removed or replaced while in use", g_persist.dir, PERSIST_SNAPSHOT);
 }
 
-static void load(void)
+static void on_tick(evutil_socket_t fd, short what, void *arg)
 {
-    loaded f;
-    uint64_t g = 0;
-    bool end_ok;
-    replaying = true;
-    if (read_file(path_in("snapshot.mpb"), &f)) {
-        load_records(path_in("snapshot.mpb"), &f, true, &g, &end_ok);
-        free(f.data);
-        if (!end_ok) {
-            fprintf(stderr, "mpbroker-server: %s is corrupted or incomplete (checksum); "
-                    "refusing to start (move it away to start without it)\n", path_in("snapshot.mpb"));
-            exit(1);
-        }
-        snap_bytes = f.len;
+    (void)fd;
+    (void)what;
+    (void)arg;
+    if (failed) {
+        if (now() >= next_try) recover();
+        return;
     }
-    gen = g;
-    char lp[4096];
-    snprintf(lp, sizeof lp, "%s", path_in(log_name(gen)));
-    if (read_file(lp, &f)) {
-        uint64_t lg = gen;
-        size_t good = load_records(lp, &f, false, &lg, &end_ok);
-        if (good < f.len) {
-            fprintf(stderr, "mpbroker-server: warning: %s ends in an incomplete record "
-                    "(a crash mid-write): truncated from %zu to %zu bytes\n", lp, f.len, good);
-            if (truncate(lp, (off_t)good) < 0) die("cannot truncate %s: %s", lp);
+    if (need_fsync && g_persist.fsync == MPB_FSYNC_EVERYSEC) {
+        need_fsync = false;
+        if (fdatasync(logfd) < 0) {
+            char what_[600];
+            snprintf(what_, sizeof what_, "fdatasync of %s/%s", g_persist.dir, persist_log_name(gen));
+            fail_errno(what_, 0);
+            return;
         }
-        log_bytes = good;
-        free(f.data);
     }
-    /* Loaded: nothing holds or owns anything now. */
-    objects_drop_owned(&replay.owned, replay.id);
-    objects_drop_holds(&replay.holds);
-    objects_collect();
-    replaying = false;
-    if (replay_errors)
-        fprintf(stderr, "mpbroker-server: warning: %lu logged calls did not replay\n", replay_errors);
+    watch();
+}
+
+/*--- Start and stop ---*/
+
+static void die(const char *what, const char *path)
+{
+    fprintf(stderr, "mpbroker-server: %s %s: %s\n", what, path, persist_errtext(errno));
+    exit(1);
 }
 
 void persist_open(struct event_base *base)
 {
     if (!persist_enabled()) return;
-    if (mkdir(g_persist.dir, 0700) < 0 && errno != EEXIST) die("cannot create %s: %s", g_persist.dir);
+    if (mkdir(g_persist.dir, 0700) < 0 && errno != EEXIST) die("cannot create", g_persist.dir);
     dirfd_ = open(g_persist.dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dirfd_ < 0) die("cannot open %s: %s", g_persist.dir);
-    int lockfd = open(path_in("lock"), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (lockfd < 0 || flock(lockfd, LOCK_EX | LOCK_NB) < 0)
-        die("%s is in use by another broker (%s)", g_persist.dir);
-    /* lockfd stays open (and locked) until exit */
+    if (dirfd_ < 0) die("cannot open", g_persist.dir);
+    char why[600];
+    if (take_lock(dirfd_, why, sizeof why) < 0) {
+        fprintf(stderr, "mpbroker-server: %s\n", why);
+        exit(1);
+    }
     msgpack_sbuffer_init(&logbuf);
     msgpack_packer_init(&logpk, &logbuf, msgpack_sbuffer_write);
+    msgpack_sbuffer_init(&effbuf);
+    msgpack_packer_init(&effpk, &effbuf, msgpack_sbuffer_write);
     replay.id = UINT64_MAX;
     msgpack_sbuffer_init(&replay.out);
     msgpack_packer_init(&replay.pk, &replay.out, msgpack_sbuffer_write);
-    load();
+
+    persist_loaded l;
+    replaying = true;
+    persist_load(dirfd_, g_persist.dir, g_persist.repair, &replay, &l);
+    /* Loaded: nothing holds or owns anything now. */
+    objects_drop_owned(&replay.owned, replay.id);
+    objects_drop_holds(&replay.holds);
+    objects_collect();
+    replaying = false;
     msgpack_sbuffer_destroy(&replay.out);
-    struct stat st;
-    if (stat(path_in(log_name(gen)), &st) == 0) {
-        logfd = open(path_in(log_name(gen)), O_WRONLY | O_APPEND | O_CLOEXEC);
-        if (logfd < 0) die("cannot open %s: %s", path_in(log_name(gen)));
-    } else {
-        open_new_log(gen);
+    gen = l.gen;
+    snap_bytes = l.snap_bytes;
+    log_bytes = l.log_bytes;
+
+    if (l.old_format) { /* format 1: store it as format 2 now */
+        int r = new_generation(why, sizeof why);
+        if (r <= 0) {
+            fprintf(stderr, "mpbroker-server: cannot convert %s to format 2: %s\n",
+                    g_persist.dir, why);
+            exit(1);
+        }
+        fprintf(stderr, "mpbroker-server: converted %s to format 2 (generation %llu)\n",
+                g_persist.dir, (unsigned long long)gen);
+    } else if (l.have_log) {
+        logfd = openat(dirfd_, persist_log_name(gen), O_WRONLY | O_APPEND | O_CLOEXEC);
+        if (logfd < 0) {
+            snprintf(why, sizeof why, "%s/%s", g_persist.dir, persist_log_name(gen));
+            die("cannot open for writing", why);
+        }
+    } else if ((logfd = create_log(gen, why, sizeof why)) < 0) {
+        fprintf(stderr, "mpbroker-server: %s\n", why);
+        exit(1);
     }
-    fsync_timer = event_new(base, -1, EV_PERSIST, on_fsync_timer, NULL);
+    note_files();
+    tick_ev = event_new(base, -1, EV_PERSIST, on_tick, NULL);
     struct timeval one = {1, 0};
-    event_add(fsync_timer, &one);
+    event_add(tick_ev, &one);
     compact_ev = event_new(base, -1, 0, on_compact, NULL);
 }
 
-void persist_close(void)
+bool persist_close(void)
 {
-    if (!persist_enabled() || logfd < 0) return;
-    persist_sync();
-    fdatasync(logfd);
+    if (!persist_enabled() || logfd < 0) return true;
+    bool ok = persist_sync();
+    if (ok && fdatasync(logfd) < 0) {
+        fail_errno("fdatasync of the log at exit", 0);
+        ok = false;
+    }
+    if (!ok)
+        fprintf(stderr, "mpbroker-server: stopping with writes not stored: %s\n", failure);
     close(logfd);
     logfd = -1;
+    if (lockfd >= 0) close(lockfd);
+    if (dirfd_ >= 0) close(dirfd_);
     msgpack_sbuffer_destroy(&logbuf);
-    if (fsync_timer) event_free(fsync_timer);
+    msgpack_sbuffer_destroy(&effbuf);
+    if (tick_ev) event_free(tick_ev);
     if (compact_ev) event_free(compact_ev);
+    return ok;
 }

@@ -78,7 +78,7 @@ void manager_create(mpb_req *r)
 {
     int variant;
     mpb_otype t = type_arg(r, &variant);
-    if (t == MPB_OT_NONE) return;
+    if (t == MPB_OT_NONE || persist_refuses_create(r)) return;
     mpb_object *o = objects_create(t, variant, NULL, 0);
     if (!o) {
         reply_error(r, MPB_E_OUT_OF_MEMORY, "manager.create: out of memory");
@@ -107,6 +107,7 @@ void manager_open(mpb_req *r)
         return;
     }
     if (!o) {
+        if (persist_refuses_create(r)) return;
         if (!(o = objects_create(t, variant, name, n))) {
             reply_error(r, MPB_E_OUT_OF_MEMORY, "manager.open: out of memory");
             return;

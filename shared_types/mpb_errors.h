@@ -32,6 +32,7 @@ extern "C" {
     X(OUT_OF_MEMORY, "OutOfMemory")                                                     \
     X(AUTH, "AuthError")               /* wrong or missing authkey handshake */        \
     X(TOO_MANY_CLIENTS, "TooManyClients") /* over --max-clients: then closed */        \
+    X(PERSISTENCE, "PersistenceError") /* --data-dir cannot store writes now */         \
     X(CONNECTION, "ConnectionError")   /* client side: the connection is gone */       \
     X(PROTOCOL, "ProtocolError")       /* client side: the broker's reply made no sense */
 
