@@ -176,6 +176,100 @@ START_TEST(storing_a_reference_over_itself_or_swapping_keeps_the_objects)
 }
 END_TEST
 
+/*--- Bug 2: the --max-memory count after parked requests ---*/
+
+static int64_t stat_int(mpb_context *c, const char *key)
+{
+    mpb_value st;
+    ck_assert_int_eq(mpb_call(c, "manager.stats", NULL, 0, &st), MPB_OK);
+    mpb_value k = mpb_str_borrowed(key, strlen(key));
+    mpb_value *v = mpb_map_get(st.v.m, &k);
+    ck_assert_ptr_nonnull(v);
+    int64_t n = v->v.i;
+    mpb_value_free(&st);
+    return n;
+}
+
+static char datadir[64];
+
+static void start_with_data(const char *max_memory)
+{
+    const char *args[] = {"--data-dir", datadir, "--max-memory", max_memory, NULL};
+    tb_start(&B, 0, args);
+    C = tb_connect(&B);
+}
+
+static void data_setup(void)
+{
+    snprintf(datadir, sizeof datadir, "/tmp/mpbdata.XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(datadir));
+    C = NULL;
+}
+
+static void data_teardown(void)
+{
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", datadir);
+    ck_assert_int_eq(system(cmd), 0);
+}
+
+/* Stop the broker (it must exit 0) and start a fresh one on the same data: what it
+ * counts is the truth the running broker's count must equal. */
+static int64_t memory_after_restart(const char *max_memory)
+{
+    mpb_free(C);
+    ck_assert_int_eq(tb_stop(&B), 0);
+    start_with_data(max_memory);
+    return stat_int(C, "memory_used");
+}
+
+START_TEST(parked_requests_leave_the_memory_count_as_it_was)
+{
+    start_with_data("20000");
+    mpb_context *c2 = tb_connect(&B);
+    mpb_ref l, e, q;
+    ck_assert_int_eq(mpb_open(C, "list", "L", NULL, &l), MPB_OK);
+    ck_assert_int_eq(mpb_open(C, "event", "E", NULL, &e), MPB_OK);
+    mpb_value one = V("1");
+    ck_assert_int_eq(mpb_open(C, "queue", "Q", &one, &q), MPB_OK);
+    char chunk[9000];
+    memset(chunk, 'm', sizeof chunk);
+    EXPECT("None", "list.append", R(l), mpb_str_borrowed(chunk, sizeof chunk));
+    EXPECT("None", "list.append", R(l), mpb_str_borrowed(chunk, sizeof chunk));
+    int64_t used = stat_int(C, "memory_used");
+    ck_assert_int_gt(used, 18000);
+
+    /* Waits that time out: each parked with no item. */
+    for (int i = 0; i < 200; i++) EXPECT("False", "event.wait", R(e), mpb_float(0.0005));
+    ck_assert_int_eq(stat_int(C, "memory_used"), used);
+    /* The limit still holds: 18000 more bytes are refused. */
+    EXPECT_ERR("OutOfMemory", "list.append", R(l), mpb_str_borrowed(chunk, sizeof chunk));
+
+    /* A put parked on a full queue: timed out, then one admitted by a get. */
+    EXPECT("None", "queue.put", R(q), S("a"));
+    int64_t with_a = stat_int(C, "memory_used");
+    TB_EXPECT_ERR(c2, "Full", "queue.put", R(q), S("b"), mpb_bool(true), mpb_float(0.01));
+    ck_assert_int_eq(stat_int(C, "memory_used"), with_a);
+    mpb_value put[] = {R(q), S("b")};
+    ck_assert_int_eq(mpb_append_call(c2, "queue.put", put, 2), MPB_OK);
+    ck_assert_int_eq(mpb_flush(c2), MPB_OK);
+    mpb_value_free(&put[1]);
+    usleep(100000); /* parked by now (a later get would find the queue full anyway) */
+    EXPECT("'a'", "queue.get", R(q));
+    mpb_value res;
+    ck_assert_int_eq(mpb_get_reply(c2, &res), MPB_OK);
+    ck_assert_int_eq(res.type, MPB_NIL);
+    ck_assert_int_eq(stat_int(C, "memory_used"), with_a); /* 'b' in place of 'a' */
+    mpb_free(c2);
+
+    /* A fresh broker loading the same data counts the same. */
+    int64_t now = stat_int(C, "memory_used");
+    ck_assert_int_eq(memory_after_restart("20000"), now);
+    mpb_free(C);
+    ck_assert_int_eq(tb_stop(&B), 0);
+}
+END_TEST
+
 static Suite *integrity_suite(void)
 {
     Suite *s = suite_create("integrity");
@@ -184,6 +278,11 @@ static Suite *integrity_suite(void)
     tcase_set_timeout(tc, 60);
     tcase_add_loop_test(tc, storing_a_reference_over_itself_or_swapping_keeps_the_objects, 0, 10);
     suite_add_tcase(s, tc);
+    TCase *mem = tcase_create("memory");
+    tcase_add_checked_fixture(mem, data_setup, data_teardown);
+    tcase_set_timeout(mem, 120);
+    tcase_add_test(mem, parked_requests_leave_the_memory_count_as_it_was);
+    suite_add_tcase(s, mem);
     return s;
 }
 
