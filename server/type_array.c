@@ -90,6 +90,16 @@ bool array_init_from(mpb_req *r, mpb_object *o, uint32_t i)
     return ok; /* on failure the object is freed with what it holds */
 }
 
+/* Replace the item in *slot with *x (taken). A 'u' character takes 1 to 4 bytes: the
+ * memory count follows, as a fresh load of the array would count it. */
+static void store(mpb_object *o, mpb_value *slot, mpb_value *x)
+{
+    objects_recharge_state(o, mpb_value_memsize(slot), mpb_value_memsize(x));
+    mpb_value_free(slot);
+    *slot = *x;
+    *x = mpb_nil();
+}
+
 /* array.len REF */
 void array_len(mpb_req *r) { reply_int(r, (int64_t)ARR(r->self)->a.len); }
 
@@ -105,8 +115,7 @@ void array_setitem(mpb_req *r)
         int64_t i = seq_index(r, 0, (int64_t)a->len, "array assignment");
         mpb_value x;
         if (i < 0 || !arg_typed(r, 1, s->tc, &x)) return;
-        mpb_value_free(&a->items[i]);
-        a->items[i] = x;
+        store(r->self, &a->items[i], &x);
         reply_nil(r);
         return;
     }
@@ -132,10 +141,7 @@ void array_setitem(mpb_req *r)
     int64_t k = 0;
     while (k < n && arg_typed(&sub, (uint32_t)k, s->tc, &conv[k])) k++;
     if (k == n) {
-        for (int64_t j = 0, i = start; j < n; j++, i += step) {
-            mpb_value_free(&a->items[i]);
-            a->items[i] = conv[j];
-        }
+        for (int64_t j = 0, i = start; j < n; j++, i += step) store(r->self, &a->items[i], &conv[j]);
         reply_nil(r);
     } else {
         for (int64_t j = 0; j < k; j++) mpb_value_free(&conv[j]);
