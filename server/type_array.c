@@ -6,6 +6,7 @@
  */
 #include <stdlib.h>
 
+#include "limits.h"
 #include "mpb_codec.h"
 #include "persist.h"
 #include "server.h"
@@ -62,8 +63,19 @@ bool array_init_from(mpb_req *r, mpb_object *o, uint32_t i)
     sub.args = a->via.array.ptr;
     sub.nargs = 2;
     if (init->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
-        if (init->via.u64 > ARRAY_MAX_LEN || mpb_array_reserve(&s->a, init->via.u64) < 0) {
+        if (init->via.u64 > ARRAY_MAX_LEN) {
             reply_error(r, MPB_E_OUT_OF_MEMORY, "array of %llu items: too large",
+                        (unsigned long long)init->via.u64);
+            return false;
+        }
+        /* --max-memory before allocating: what the zeros will cost, as counted once
+         * the array exists (a slot each, and a 'c'/'u' item's bytes). */
+        mpb_value zero = typecode_zero(s->tc);
+        size_t each = objects_value_cost(&zero);
+        mpb_value_free(&zero);
+        if (!limits_memory_for_bytes(r, (size_t)init->via.u64 * each)) return false;
+        if (mpb_array_reserve(&s->a, init->via.u64) < 0) {
+            reply_error(r, MPB_E_OUT_OF_MEMORY, "array of %llu items: out of memory",
                         (unsigned long long)init->via.u64);
             return false;
         }

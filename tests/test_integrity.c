@@ -6,6 +6,7 @@
  * ctypes/array ranges for typecodes); results are compared through mpb_value_repr.
  */
 #include <check.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -319,6 +320,83 @@ START_TEST(value_and_array_count_characters_as_a_fresh_load_does)
 }
 END_TEST
 
+/*--- Bug 8: every way past --max-memory ---*/
+
+static void limited_setup(void)
+{
+    static const char *const args[] = {"--max-memory", "1M", NULL};
+    tb_start(&B, 0, args);
+    C = tb_connect(&B);
+}
+
+/* The broker's peak resident size so far, in KiB (VmHWM). */
+static long peak_rss_kib(void)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)B.pid);
+    FILE *f = fopen(path, "r");
+    ck_assert_ptr_nonnull(f);
+    long kib = -1;
+    while (fgets(line, sizeof line, f))
+        if (strncmp(line, "VmHWM:", 6) == 0) kib = strtol(line + 6, NULL, 10);
+    fclose(f);
+    ck_assert_int_gt(kib, 0);
+    return kib;
+}
+
+/* A str of n bytes, all c, with a distinct tag in front. */
+static mpb_value big_str(size_t n, char c, int tag)
+{
+    char *p = malloc(n);
+    memset(p, c, n);
+    snprintf(p, n, "%d", tag);
+    mpb_value v = mpb_strn(p, n);
+    free(p);
+    return v;
+}
+
+START_TEST(copies_from_other_objects_and_sized_creations_respect_max_memory)
+{
+    int64_t base = stat_int(C, "memory_used");
+    /* A list of 700 KB: a set copying it would hold 1.4 MB under a 1 MiB limit. */
+    mpb_ref l = make("list", NULL), s = make("set", "['keep']"), small = make("list", "['a', 'b']");
+    mpb_ref d = make("dict", NULL), n = make("namespace", NULL);
+    for (int i = 0; i < 70; i++) EXPECT("None", "list.append", R(l), big_str(10000, 'l', i));
+    int64_t used = stat_int(C, "memory_used");
+    EXPECT_ERR("OutOfMemory", "set.update", R(s), R(l));
+    EXPECT_ERR("OutOfMemory", "set.update", R(s), R(small), R(l)); /* all or nothing */
+    EXPECT_ERR("OutOfMemory", "set.symmetric_difference_update", R(s), R(l));
+    EXPECT("['keep']", "set.copy", R(s));
+    ck_assert_int_eq(stat_int(C, "memory_used"), used);
+    /* What fits is still taken. */
+    EXPECT("None", "set.update", R(s), R(small));
+    EXPECT("None", "set.symmetric_difference_update", R(s), R(small));
+    EXPECT("['keep']", "set.copy", R(s));
+
+    /* A key and a value that each fit, but not both. */
+    EXPECT_ERR("OutOfMemory", "dict.setitem", R(d), big_str(200000, 'k', 1), big_str(200000, 'v', 2));
+    EXPECT("0", "dict.len", R(d));
+    /* An attribute name is stored too. */
+    EXPECT_ERR("OutOfMemory", "namespace.setattr", R(n), big_str(400000, 'n', 3), I(1));
+    EXPECT("{}", "namespace.vars", R(n));
+    ck_assert_int_eq(stat_int(C, "memory_used"), used);
+
+    /* An array from a length is refused before its items are made. */
+    ck_assert_int_eq(mpb_release(C, l), MPB_OK);
+    long peak = peak_rss_kib();
+    EXPECT_ERR("OutOfMemory", "manager.create", S("array"), V("['u', 67108864]"));
+    EXPECT_ERR("OutOfMemory", "manager.create", S("array"), V("['d', 67108864]"));
+    EXPECT_ERR("OutOfMemory", "manager.create", S("array"), V("['u', 70000]"));
+    ck_assert_msg(peak_rss_kib() - peak < 64 * 1024, "peak RSS grew from %ld to %ld KiB", peak,
+                  peak_rss_kib());
+    mpb_ref a = make("array", "['u', 1000]");
+    EXPECT("1000", "array.len", R(a));
+    mpb_ref all[] = {s, small, d, n, a};
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++) ck_assert_int_eq(mpb_release(C, all[i]), MPB_OK);
+    ck_assert_int_eq(stat_int(C, "memory_used"), base);
+}
+END_TEST
+
 static Suite *integrity_suite(void)
 {
     Suite *s = suite_create("integrity");
@@ -333,6 +411,11 @@ static Suite *integrity_suite(void)
     tcase_add_test(mem, parked_requests_leave_the_memory_count_as_it_was);
     tcase_add_test(mem, value_and_array_count_characters_as_a_fresh_load_does);
     suite_add_tcase(s, mem);
+    TCase *lim = tcase_create("limits");
+    tcase_add_checked_fixture(lim, limited_setup, teardown);
+    tcase_set_timeout(lim, 120);
+    tcase_add_test(lim, copies_from_other_objects_and_sized_creations_respect_max_memory);
+    suite_add_tcase(s, lim);
     return s;
 }
 
