@@ -331,6 +331,81 @@ START_TEST(rlock_counts_recursion_per_owner)
 }
 END_TEST
 
+/* The reply to a call appended earlier on w (a parked one), asserted by repr. */
+static void expect_reply(mpb_context *w, const char *want)
+{
+    mpb_value r;
+    ck_assert_int_eq(mpb_get_reply(w, &r), MPB_OK);
+    char *got = tb_repr(&r);
+    ck_assert_str_eq(got, want);
+    free(got);
+    mpb_value_free(&r);
+}
+
+/* Append one call on w and send it without waiting for its reply. */
+static void send_call(mpb_context *w, const char *method, mpb_value *args, size_t n)
+{
+    ck_assert_int_eq(mpb_append_call(w, method, args, n), MPB_OK);
+    ck_assert_int_eq(mpb_flush(w), MPB_OK);
+}
+
+/* Issue 18 bug 5: with another connection parked on the rlock, its owner's acquire
+ * was refused ("would deadlock", or false after its timeout). */
+START_TEST(rlock_owner_reenters_while_another_connection_waits)
+{
+    mpb_ref l = make("rlock", NULL);
+    mpb_context *b = tb_connect(&B);
+    EXPECT("True", "lock.acquire", R(l));
+    send_call(b, "lock.acquire", (mpb_value[]){mpb_refv(l)}, 1);
+    await_parked(1);
+    EXPECT("True", "lock.acquire", R(l));
+    EXPECT("True", "lock.acquire", R(l), V("True"), V("5"));
+    EXPECT("True", "lock.acquire", R(l), V("False"));
+    for (int i = 0; i < 3; i++) { /* four levels: the fourth release hands it on */
+        EXPECT("None", "lock.release", R(l));
+        ck_assert_int_eq(parked_count(), 1);
+    }
+    EXPECT("None", "lock.release", R(l));
+    expect_reply(b, "True");
+    EXPECT_ERR("RuntimeError", "lock.release", R(l));
+    EXPECT("False", "lock.acquire", R(l), V("False"));
+    TB_EXPECT(b, "None", "lock.release", R(l));
+    mpb_free(b);
+}
+END_TEST
+
+/* The same through condition.acquire on a condition's default rlock, and a wait that
+ * gives up every level (handing the lock to the waiter) and takes them all back. */
+START_TEST(condition_owner_reenters_and_wait_restores_every_level)
+{
+    mpb_ref cv = make("condition", NULL), l;
+    mpb_value lk;
+    ck_assert_int_eq(mpb_call(C, "condition.lock", (mpb_value[]){mpb_refv(cv)}, 1, &lk), MPB_OK);
+    ck_assert_int_eq(lk.type, MPB_REF);
+    l = lk.v.ref;
+    mpb_context *a = tb_connect(&B), *b = tb_connect(&B);
+    TB_EXPECT(a, "True", "condition.acquire", R(cv));
+    send_call(b, "condition.acquire", (mpb_value[]){mpb_refv(cv)}, 1);
+    await_parked(1);
+    TB_EXPECT(a, "True", "condition.acquire", R(cv));
+    TB_EXPECT(a, "True", "condition.acquire", R(cv), V("True"), V("5"));
+    send_call(a, "condition.wait", (mpb_value[]){mpb_refv(cv), mpb_int(20)}, 2);
+    expect_reply(b, "True"); /* all three levels released at once */
+    TB_EXPECT(b, "None", "condition.notify", R(cv));
+    TB_EXPECT(b, "None", "condition.release", R(cv));
+    expect_reply(a, "True"); /* notified, and the owner again with three levels */
+    TB_EXPECT(b, "False", "condition.acquire", R(cv), V("False"));
+    for (int i = 0; i < 3; i++) {
+        EXPECT("True", "lock.locked", R(l));
+        TB_EXPECT(a, "None", "condition.release", R(cv));
+    }
+    EXPECT("False", "lock.locked", R(l));
+    TB_EXPECT_ERR(a, "RuntimeError", "condition.release", R(cv));
+    mpb_free(a);
+    mpb_free(b);
+}
+END_TEST
+
 static int hold_lock_forever(mpb_context *c, mpb_ref l)
 {
     if (mpb_lock_acquire(c, l, -1, NULL) != MPB_OK) return 1;
@@ -585,6 +660,8 @@ int main(void)
     tcase_add_test(tc, two_hundred_parked_waiters_while_others_keep_working);
     tcase_add_test(tc, lock_is_owned_by_its_connection);
     tcase_add_test(tc, rlock_counts_recursion_per_owner);
+    tcase_add_test(tc, rlock_owner_reenters_while_another_connection_waits);
+    tcase_add_test(tc, condition_owner_reenters_and_wait_restores_every_level);
     tcase_add_test(tc, a_lock_held_by_a_killed_process_goes_to_the_next_waiter);
     tcase_add_test(tc, lock_waiters_are_served_first_come_first_served);
     tcase_add_test(tc, semaphore_counts_and_bounded_refuses_over_release);
