@@ -7,12 +7,14 @@
  */
 #include <check.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "mpb_codec.h"
 #include "testutil.h"
 
 static tb_broker B;
@@ -279,6 +281,83 @@ START_TEST(two_hundred_parked_waiters_while_others_keep_working)
         ck_assert_int_eq(r.v.i, i);
         mpb_free(ws[i]);
     }
+}
+END_TEST
+
+/* Write the notification [2, method, params] to a raw socket. */
+static void send_notification(int fd, const char *method, const mpb_value *params, size_t n)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_array(&pk, 3);
+    msgpack_pack_uint8(&pk, 2);
+    msgpack_pack_str_with_body(&pk, method, strlen(method));
+    msgpack_pack_array(&pk, n);
+    for (size_t i = 0; i < n; i++) mpb_value_pack(&pk, &params[i]);
+    ck_assert_int_eq(tb_write_all(fd, sb.data, sb.size), 0);
+    msgpack_sbuffer_destroy(&sb);
+}
+
+/* Ping fd with msgid: the very next message it receives must be that reply. */
+static void expect_next_is_pong(int fd, uint64_t msgid)
+{
+    tb_send_call(fd, msgid, "manager.ping", NULL, 0);
+    mpb_value m;
+    ck_assert_int_eq(tb_read_msg(fd, &m, 5000), 0);
+    char *got = tb_repr(&m), want[64];
+    snprintf(want, sizeof want, "[1, %llu, None, 'pong']", (unsigned long long)msgid);
+    ck_assert_str_eq(got, want);
+    free(got);
+    mpb_value_free(&m);
+}
+
+/* Issue 18 bug 6: a parked notification was answered when it ended, with msgid 0
+ * ([1, 0, nil, "secret"] for a queue.get). A notification is never answered; it still
+ * waits in order (what follows it waits behind it), except queue.get, which is
+ * ignored rather than take an item for nobody. */
+START_TEST(blocking_calls_sent_as_notifications_are_never_answered)
+{
+    mpb_ref q = make("queue", NULL), full = make("queue", "1"), e = make("event", NULL),
+            l = make("lock", NULL);
+    int fd = tb_raw_connect(&B);
+    /* queue.get: ignored, the item stays for a real consumer */
+    send_notification(fd, "queue.get", (mpb_value[]){mpb_refv(q)}, 1);
+    expect_next_is_pong(fd, 1);
+    EXPECT("None", "queue.put", R(q), V("'secret'"));
+    expect_next_is_pong(fd, 2);
+    EXPECT("1", "queue.qsize", R(q));
+    /* event.wait: waits, and what follows waits behind it */
+    send_notification(fd, "event.wait", (mpb_value[]){mpb_refv(e)}, 1);
+    await_parked(1);
+    tb_send_call(fd, 3, "manager.ping", NULL, 0);
+    EXPECT("None", "event.set", R(e));
+    mpb_value m;
+    ck_assert_int_eq(tb_read_msg(fd, &m, 5000), 0);
+    char *got = tb_repr(&m);
+    ck_assert_str_eq(got, "[1, 3, None, 'pong']");
+    free(got);
+    mpb_value_free(&m);
+    EXPECT("None", "event.clear", R(e));
+    send_notification(fd, "event.wait", (mpb_value[]){mpb_refv(e), mpb_float(0.05)}, 2);
+    expect_next_is_pong(fd, 4); /* after the timeout, which answers nothing */
+    /* queue.put on a full queue: waits for room, then the item goes in */
+    EXPECT("None", "queue.put", R(full), V("'a'"));
+    send_notification(fd, "queue.put", (mpb_value[]){mpb_refv(full), mpb_str_borrowed("b", 1)}, 2);
+    await_parked(1);
+    EXPECT("'a'", "queue.get", R(full));
+    expect_next_is_pong(fd, 5);
+    EXPECT("'b'", "queue.get", R(full));
+    /* lock.acquire: handed over when released, silently; the lock is fd's */
+    EXPECT("True", "lock.acquire", R(l));
+    send_notification(fd, "lock.acquire", (mpb_value[]){mpb_refv(l)}, 1);
+    await_parked(1);
+    EXPECT("None", "lock.release", R(l));
+    expect_next_is_pong(fd, 6);
+    EXPECT("True", "lock.locked", R(l));
+    EXPECT_ERR("RuntimeError", "lock.release", R(l));
+    close(fd);
 }
 END_TEST
 
@@ -658,6 +737,7 @@ int main(void)
     tcase_add_test(tc, a_killed_waiter_does_not_swallow_an_item);
     tcase_add_test(tc, a_parked_request_holds_back_later_requests_on_its_connection);
     tcase_add_test(tc, two_hundred_parked_waiters_while_others_keep_working);
+    tcase_add_test(tc, blocking_calls_sent_as_notifications_are_never_answered);
     tcase_add_test(tc, lock_is_owned_by_its_connection);
     tcase_add_test(tc, rlock_counts_recursion_per_owner);
     tcase_add_test(tc, rlock_owner_reenters_while_another_connection_waits);
