@@ -30,6 +30,7 @@ typedef void (*mpb_wait_fn)(mpb_waiter *w);
 struct mpb_waiter {
     mpb_conn *conn;
     uint64_t msgid;
+    bool notify;         /* parked by a notification: its answer is discarded */
     int method;          /* mpb_method_id of the parked request */
     mpb_object *obj;     /* pinned until wait_done */
     mpb_waitq *q;        /* the queue it sits in, or NULL */
