@@ -153,7 +153,8 @@ void array_setitem(mpb_req *r)
     int64_t k = 0;
     while (k < n && arg_typed(&sub, (uint32_t)k, s->tc, &conv[k])) k++;
     if (k == n) {
-        for (int64_t j = 0, i = start; j < n; j++, i += step) store(r->self, &a->items[i], &conv[j]);
+        for (int64_t j = 0; j < n; j++) /* no running index: see seq_getitem */
+            store(r->self, &a->items[start + j * step], &conv[j]);
         reply_nil(r);
     } else {
         for (int64_t j = 0; j < k; j++) mpb_value_free(&conv[j]);
