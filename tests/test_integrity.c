@@ -531,6 +531,71 @@ START_TEST(slice_edges_of_the_int64_range)
 }
 END_TEST
 
+/*--- Value: a typecode's range, for set and incr alike ---*/
+
+/* An integer as a value: negative as int, else as uint (normalised). */
+static mpb_value num(__int128 x) { return x < 0 ? I((int64_t)x) : mpb_uint((uint64_t)x); }
+
+static const char *num_text(__int128 x, char *buf)
+{
+    if (x < 0) snprintf(buf, 32, "%lld", (long long)x);
+    else snprintf(buf, 32, "%llu", (unsigned long long)x);
+    return buf;
+}
+
+START_TEST(integer_typecodes_keep_their_range_in_set_and_incr)
+{
+    static const struct { char tc; __int128 lo, hi; } codes[] = {
+        {'b', -128, 127}, {'B', 0, 255}, {'h', -32768, 32767}, {'H', 0, 65535},
+        {'i', INT32_MIN, INT32_MAX}, {'I', 0, UINT32_MAX}, {'l', INT64_MIN, INT64_MAX},
+        {'q', INT64_MIN, INT64_MAX}, {'L', 0, UINT64_MAX}, {'Q', 0, UINT64_MAX},
+    };
+    const __int128 u64_top = UINT64_MAX, i64_bottom = INT64_MIN;
+    char b1[32], init[48];
+    for (size_t c = 0; c < sizeof codes / sizeof *codes; c++) {
+        __int128 lo = codes[c].lo, hi = codes[c].hi;
+        snprintf(init, sizeof init, "['%c']", codes[c].tc);
+        mpb_ref v = make("value", init);
+        /* up to the top, and not past it */
+        EXPECT("None", "value.set", R(v), num(hi - 1));
+        EXPECT(num_text(hi, b1), "value.incr", R(v));
+        EXPECT_ERR("OverflowError", "value.incr", R(v));
+        EXPECT_ERR("OverflowError", "value.incr", R(v), num(hi)); /* past 2^64 too */
+        EXPECT(num_text(hi, b1), "value.get", R(v));
+        if (hi < u64_top) EXPECT_ERR("OverflowError", "value.set", R(v), num(hi + 1));
+        EXPECT(num_text(hi, b1), "value.get", R(v));
+        /* down to the bottom (in steps a msgpack int can carry), and not past it */
+        __int128 at = hi, down = lo - hi;
+        for (; down < i64_bottom; down -= i64_bottom) {
+            at += i64_bottom;
+            EXPECT(num_text(at, b1), "value.incr", R(v), I(INT64_MIN));
+        }
+        EXPECT(num_text(lo, b1), "value.incr", R(v), num(down));
+        EXPECT_ERR("OverflowError", "value.incr", R(v), I(-1));
+        EXPECT_ERR("OverflowError", "value.incr", R(v), I(INT64_MIN));
+        if (lo > i64_bottom) EXPECT_ERR("OverflowError", "value.set", R(v), num(lo - 1));
+        EXPECT(num_text(lo, b1), "value.get", R(v));
+        /* the whole range in one step, both ways (a uint delta on a signed one) */
+        EXPECT(num_text(hi, b1), "value.incr", R(v), num(hi - lo));
+        if (lo - hi >= i64_bottom) EXPECT(num_text(lo, b1), "value.incr", R(v), num(lo - hi));
+        else EXPECT("None", "value.set", R(v), num(lo));
+        EXPECT_ERR("TypeError", "value.incr", R(v), mpb_float(1.5));
+        EXPECT_ERR("TypeError", "value.incr", R(v), S("1"));
+        EXPECT(num_text(lo, b1), "value.get", R(v));
+    }
+    /* The case: a 'Q' holding 2**63 takes incr 1. */
+    mpb_ref q = make("value", "['Q', 9223372036854775807]");
+    EXPECT("9223372036854775808", "value.incr", R(q));
+    EXPECT("9223372036854775809", "value.incr", R(q));
+    EXPECT("9223372036854775808", "value.incr", R(q), I(-1));
+    mpb_ref d = make("value", "['d', 1.5]");
+    EXPECT("2.0", "value.incr", R(d), mpb_float(0.5));
+    EXPECT("3.0", "value.incr", R(d));
+    mpb_ref ch = make("value", "['u', 'a']");
+    EXPECT_ERR("TypeError", "value.incr", R(ch));
+}
+END_TEST
+
 static Suite *integrity_suite(void)
 {
     Suite *s = suite_create("integrity");
@@ -556,6 +621,11 @@ static Suite *integrity_suite(void)
     tcase_add_test(sl, slice_edges_of_the_int64_range);
     tcase_add_test(sl, slices_clamp_exactly_as_cpython);
     suite_add_tcase(s, sl);
+    TCase *num = tcase_create("numbers");
+    tcase_add_checked_fixture(num, setup, teardown);
+    tcase_set_timeout(num, 60);
+    tcase_add_test(num, integer_typecodes_keep_their_range_in_set_and_incr);
+    suite_add_tcase(s, num);
     return s;
 }
 
