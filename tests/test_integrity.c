@@ -596,6 +596,30 @@ START_TEST(integer_typecodes_keep_their_range_in_set_and_incr)
 }
 END_TEST
 
+/*--- Semaphore: a negative value is refused, in every form ---*/
+
+START_TEST(a_semaphore_never_starts_negative)
+{
+    EXPECT_ERR("ValueError", "manager.create", S("semaphore"), I(-5));
+    EXPECT_ERR("ValueError", "manager.create", S("boundedsemaphore"), I(-1));
+    EXPECT_ERR("ValueError", "manager.open", S("semaphore"), S("s"), I(INT64_MIN));
+    /* The snapshot's form, {"value", "initial", "held"}, is checked as strictly. */
+    EXPECT_ERR("ValueError", "manager.create", S("semaphore"), V("{'value': -5}"));
+    EXPECT_ERR("ValueError", "manager.create", S("semaphore"), V("{'value': 1, 'initial': -1}"));
+    EXPECT_ERR("ValueError", "manager.create", S("semaphore"), V("{'value': 1, 'held': -1}"));
+    EXPECT_ERR("ValueError", "manager.create", S("boundedsemaphore"),
+               V("{'value': 3, 'initial': 2}"));
+    EXPECT_ERR("TypeError", "manager.create", S("semaphore"), V("{'value': 'x'}"));
+    EXPECT_ERR("ValueError", "manager.create", S("semaphore"), V("{'valu': 1}"));
+    EXPECT_ERR("TypeError", "manager.create", S("semaphore"), S("3"));
+    EXPECT("[]", "manager.objects");
+    mpb_ref z = make("semaphore", "0"), s = make("semaphore", "{'value': 2, 'initial': 3}");
+    EXPECT("0", "semaphore.value", R(z));
+    EXPECT("2", "semaphore.value", R(s));
+    EXPECT("False", "semaphore.acquire", R(z), mpb_bool(false));
+}
+END_TEST
+
 static Suite *integrity_suite(void)
 {
     Suite *s = suite_create("integrity");
@@ -625,6 +649,7 @@ static Suite *integrity_suite(void)
     tcase_add_checked_fixture(num, setup, teardown);
     tcase_set_timeout(num, 60);
     tcase_add_test(num, integer_typecodes_keep_their_range_in_set_and_incr);
+    tcase_add_test(num, a_semaphore_never_starts_negative);
     suite_add_tcase(s, num);
     return s;
 }
