@@ -29,6 +29,9 @@
 #define READ_CHUNK (64 * 1024)
 #define OUT_HIGH (4u << 20)
 #define OUT_LOW (1u << 20)
+/* Input read but held back by a parked request: past this, read no more until the
+ * park ends (the socket's buffers, then the sender, hold the rest). */
+#define IN_HIGH (4u << 20)
 
 static mpb_conn *conns;
 static size_t nconns;
@@ -316,6 +319,15 @@ static void after_serving(mpb_conn *c)
         c->read_paused = true;
         event_del(&c->rev);
     }
+    /* A parked request holds back what follows it. Past IN_HIGH of that, read no more
+     * until the park ends: one client streaming behind a park cannot fill the
+     * broker's memory. */
+    bool hold = c->blocked && mpb_reader_pending(&c->in) >= IN_HIGH;
+    if (hold != c->in_paused) {
+        c->in_paused = hold;
+        if (hold) event_del(&c->rev);
+        else if (!c->read_paused) event_add(&c->rev, NULL);
+    }
 }
 
 static void on_read(evutil_socket_t fd, short what, void *arg)
@@ -372,7 +384,7 @@ static void on_write(evutil_socket_t fd, short what, void *arg)
     if (out_pending(c) < OUT_LOW) {
         if (c->read_paused) {
             c->read_paused = false;
-            if (!c->eof && !c->closing) event_add(&c->rev, NULL);
+            if (!c->eof && !c->closing && !c->in_paused) event_add(&c->rev, NULL);
         }
         serve_buffered(c); /* what was read while paused or parked */
     }

@@ -10,7 +10,9 @@
 #include <string.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "mpb_codec.h"
@@ -343,6 +345,98 @@ START_TEST(a_half_closed_client_gets_every_answer_then_is_closed)
 }
 END_TEST
 
+/* VmRSS of a process, in KiB (from /proc/PID/status). */
+static long rss_kib(pid_t pid)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%ld/status", (long)pid);
+    FILE *f = fopen(path, "r");
+    ck_assert_ptr_nonnull(f);
+    long kib = -1;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "VmRSS: %ld kB", &kib) == 1) break;
+    fclose(f);
+    ck_assert_int_ge(kib, 0);
+    return kib;
+}
+
+enum { STREAM_MSGS = 6400, STREAM_PAYLOAD = 32000 }; /* about 200 MB */
+
+/* The streaming child: STREAM_MSGS pings of STREAM_PAYLOAD bytes (msgids 2, 3, ...),
+ * counting the bytes the socket took in *sent. */
+static void stream_pings(int fd, volatile size_t *sent)
+{
+    static char payload[STREAM_PAYLOAD];
+    memset(payload, 'p', sizeof payload);
+    mpb_value arg = mpb_str_borrowed(payload, sizeof payload);
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    for (uint64_t i = 0; i < STREAM_MSGS; i++) {
+        msgpack_sbuffer_clear(&sb);
+        msgpack_pack_array(&pk, 4);
+        msgpack_pack_uint8(&pk, 0);
+        msgpack_pack_uint64(&pk, 2 + i);
+        msgpack_pack_str_with_body(&pk, "manager.ping", 12);
+        msgpack_pack_array(&pk, 1);
+        mpb_value_pack(&pk, &arg);
+        if (tb_write_all(fd, sb.data, sb.size) != 0) _exit(1);
+        *sent += sb.size;
+    }
+    msgpack_sbuffer_destroy(&sb);
+    _exit(0);
+}
+
+/* Issue 18 bug 7: a connection parked on queue.get then streaming requests had all of
+ * them read into the broker's memory (1.5 GB of pings: 1.5 GB of RSS). Reading stops
+ * a few MiB behind a park; everything is answered, in order, once it ends. */
+START_TEST(input_behind_a_parked_request_is_bounded)
+{
+    mpb_context *c = tb_connect(&B);
+    mpb_ref q = tb_create(c, "queue", NULL);
+    int fd = tb_raw_connect(&B);
+    tb_send_call(fd, 1, "queue.get", (mpb_value[]){mpb_refv(q)}, 1);
+    await_parked(c, 1);
+    long before = rss_kib(B.pid);
+    volatile size_t *sent = mmap(NULL, sizeof *sent, PROT_READ | PROT_WRITE,
+                                 MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    ck_assert_ptr_ne((void *)sent, MAP_FAILED);
+    *sent = 0;
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) stream_pings(fd, sent);
+    /* Until the stream is all sent, or it has made no progress for a second. */
+    size_t last = (size_t)-1;
+    for (int still = 0; still < 10; usleep(100000)) {
+        size_t now = *sent;
+        still = now == last ? still + 1 : 0;
+        last = now;
+        if (now >= (size_t)STREAM_MSGS * STREAM_PAYLOAD) break;
+    }
+    long grown = rss_kib(B.pid) - before;
+    ck_assert_msg(grown < 64 * 1024, "the broker grew by %ld KiB with %zu bytes sent behind a park",
+                  grown, *sent);
+    mpb_value item = mpb_str_borrowed("item", 4);
+    ck_assert_int_eq(mpb_queue_put(c, q, &item, -1), MPB_OK);
+    expect_msg(fd, "[1, 1, None, 'item']");
+    for (int i = 0; i < STREAM_MSGS; i++) {
+        mpb_value m;
+        ck_assert_msg(tb_read_msg(fd, &m, 10000) == 0, "reply %d missing", i);
+        ck_assert_int_eq(m.v.a->items[1].v.i, 2 + i);
+        ck_assert_int_eq(m.v.a->items[2].type, MPB_NIL);
+        ck_assert_uint_eq(m.v.a->items[3].len, STREAM_PAYLOAD);
+        mpb_value_free(&m);
+    }
+    int st;
+    ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+    ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    munmap((void *)sent, sizeof *sent);
+    close(fd);
+    mpb_free(c);
+}
+END_TEST
+
 /* A raw TCP connection to a broker started with TCP (address tcp://127.0.0.1:PORT). */
 static int raw_tcp_connect(const tb_broker *t)
 {
@@ -405,6 +499,7 @@ static Suite *wire_suite(void)
     tcase_add_checked_fixture(park, setup, teardown);
     tcase_set_timeout(park, 120);
     tcase_add_test(park, a_half_closed_client_gets_every_answer_then_is_closed);
+    tcase_add_test(park, input_behind_a_parked_request_is_bounded);
     suite_add_tcase(s, park);
     TCase *tcp = tcase_create("tcp");
     tcase_set_timeout(tcp, 60);
