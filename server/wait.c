@@ -95,7 +95,7 @@ void wait_enqueue(mpb_waiter *w, mpb_waitq *q)
 static void wait_free(mpb_waiter *w)
 {
     wait_unlink(w);
-    objects_discard_value(&w->item);
+    if (w->item_counted) objects_discard_value(&w->item); /* else nil, or handed on */
     w->conn->parked = NULL;
     nparked--;
     objects_unpin(w->obj);

@@ -40,6 +40,8 @@ struct mpb_waiter {
     mpb_wait_fn on_timeout;
     mpb_wait_fn on_cancel; /* optional: its connection closed (before it is freed) */
     mpb_value item;      /* owned: what a queue.put waits to store */
+    bool item_counted;   /* item is counted as stored (objects_retain_value): released
+                            when the waiter goes, unless handed on (then cleared) */
     int64_t n;           /* per type: rlock depth to restore, barrier generation, ... */
     bool flag;           /* per type: condition wait's result */
 };
