@@ -365,6 +365,10 @@ void dispatch_message(mpb_conn *c, const msgpack_object *msg)
                         (int)(len > 64 ? 64 : len), name);
         return;
     }
+    /* queue.get answers with the item it takes, and a notification is answered to
+     * nobody: run, it would throw a producer's item away, maybe long after it was
+     * sent. It is ignored instead (get_nowait says "take one now", and runs). */
+    if (r.notify && id == MPB_M_QUEUE_GET) return;
     r.method = id;
     r.info = &mpb_methods[id];
     if (params->type != MSGPACK_OBJECT_ARRAY) {

@@ -294,10 +294,17 @@ fail:
     return NULL;
 }
 
+/* Does something keep o alive? */
+static bool kept(const mpb_object *o) { return o->name || o->holds || o->contained || o->pins; }
+
+/* Live: not queued for freeing, or queued and kept again since (a reference released
+ * and stored again by one handler: see objects_collect). */
+static bool live(const mpb_object *o) { return !o->queued || kept(o); }
+
 mpb_object *objects_get(mpb_ref id)
 {
     mpb_object *o = idmap_get(&table, id);
-    return o && !o->queued ? o : NULL;
+    return o && live(o) ? o : NULL;
 }
 
 mpb_object *objects_by_name(const char *name, size_t len)
@@ -331,7 +338,7 @@ bool objects_next(size_t *it, mpb_object **o)
     uint64_t k;
     void *v;
     while (idmap_next(&table, it, &k, &v)) {
-        if (((mpb_object *)v)->queued) continue;
+        if (!live(v)) continue;
         *o = v;
         return true;
     }
@@ -519,11 +526,19 @@ void objects_discard_value(mpb_value *v)
     mpb_value_free(v);
 }
 
+void objects_replace_value(mpb_value *slot, mpb_value *v)
+{
+    objects_retain_value(v);
+    objects_discard_value(slot);
+    *slot = *v;
+    *v = mpb_nil();
+}
+
 /*--- Freeing ---*/
 
 void objects_maybe_free(mpb_object *o)
 {
-    if (o->queued || o->name || o->holds || o->contained || o->pins) return;
+    if (o->queued || kept(o)) return;
     if (free_len == free_cap) {
         size_t ncap = free_cap ? free_cap * 2 : 16;
         mpb_object **q = realloc(free_queue, ncap * sizeof *q);
@@ -537,6 +552,12 @@ void objects_maybe_free(mpb_object *o)
 
 void objects_collect(void)
 {
-    /* Destroying an object releases what it contains, which may queue more. */
-    while (free_len > 0) object_destroy(free_queue[--free_len]);
+    /* Destroying an object releases what it contains, which may queue more. One that
+     * is kept again lives on: a handler that released a reference and stored it again
+     * (a swap, a value stored over itself) must not free what it still refers to. */
+    while (free_len > 0) {
+        mpb_object *o = free_queue[--free_len];
+        if (kept(o)) o->queued = false;
+        else object_destroy(o);
+    }
 }

@@ -3,7 +3,8 @@
  * An object lives while it has a name, or a connection holds it, or a value stored in
  * another object refers to it. When all three go, it is queued and freed by
  * objects_collect(), which dispatch calls after each request: never in the middle of
- * a handler, so a handler can never free the object it is working on.
+ * a handler, so a handler can never free the object it is working on, and one whose
+ * reference was released and stored again by the same request (a swap) lives on.
  * Reference cycles between anonymous objects are not collected (as with Python's
  * Manager); named objects and holds are the way to keep things alive on purpose.
  */
@@ -131,6 +132,11 @@ void objects_retain_items(const mpb_value *array);
 void objects_release_value(const mpb_value *v);
 /* Release and free a value that was stored in an object. */
 void objects_discard_value(mpb_value *v);
+/* Replace the value stored in *slot with *v (taken: left nil). The new value is
+ * retained before the old one is released, so a reference stored over itself stays
+ * alive. The rule for every overwrite; several at once (a slice, an update) retain
+ * all the new values first, then release the old ones. */
+void objects_replace_value(mpb_value *slot, mpb_value *v);
 /* Memory accounting for --max-memory (approximate, but it never drifts: what is
  * counted when a value enters an object is uncounted when it leaves). Counted: each
  * stored value (objects_value_cost, through retain/release above), each object's

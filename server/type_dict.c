@@ -47,10 +47,7 @@ int map_store(mpb_map *m, mpb_value *k, mpb_value *v)
 {
     mpb_value *cur = mpb_map_get(m, k);
     if (cur) {
-        objects_discard_value(cur);
-        *cur = *v;
-        objects_retain_value(v);
-        *v = mpb_nil();
+        objects_replace_value(cur, v);
         mpb_value_free(k);
         return 0;
     }

@@ -385,9 +385,7 @@ void list_setitem(mpb_req *r)
         int64_t i = index_arg(r, 0, "list assignment");
         mpb_value v;
         if (i < 0 || !arg_value(r, 1, &v)) return;
-        objects_discard_value(&a->items[i]);
-        a->items[i] = v;
-        objects_retain_value(&v);
+        objects_replace_value(&a->items[i], &v);
         reply_nil(r);
         return;
     }
@@ -415,6 +413,11 @@ void list_setitem(mpb_req *r)
             reply_error(r, MPB_E_OUT_OF_MEMORY, "list.setitem: out of memory");
             return;
         }
+    }
+    /* The new items first, then the old ones go: an item that is both (a swap) must
+     * never reach a count of zero. */
+    objects_retain_items(&v);
+    if (step == 1) {
         for (int64_t i = start; i < stop; i++) objects_discard_value(&a->items[i]);
         remove_range(a, (size_t)start, (size_t)(stop - start));
         open_gap(a, (size_t)start, (size_t)m); /* room reserved above: cannot fail */
@@ -426,7 +429,6 @@ void list_setitem(mpb_req *r)
             a->items[i] = v.v.a->items[k];
         }
     }
-    objects_retain_items(&v);
     v.v.a->len = 0; /* items moved into the list */
     mpb_value_free(&v);
     reply_nil(r);

@@ -115,8 +115,11 @@ void lock_acquire_req(mpb_req *r, mpb_object *lk, mpb_object *pin)
         return;
     }
     lockstate *l = LOCK(lk);
-    /* FIFO: a free lock with waiters queued is being handed on; do not jump them. */
-    if (!l->waiters.head && lock_try(lk, r->conn, 1)) {
+    /* FIFO: a free lock with waiters queued is being handed on; do not jump them. An
+     * rlock's owner jumps nobody by going one level deeper: it enters at once, as
+     * Python's RLock lets its owner in whoever else waits. */
+    bool reenter = l->owner == r->conn->id && lk->variant == 1;
+    if ((reenter || !l->waiters.head) && lock_try(lk, r->conn, 1)) {
         reply_bool(r, true);
         return;
     }

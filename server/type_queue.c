@@ -153,6 +153,7 @@ static void rebalance(mpb_object *o)
             mpb_value logged[2] = {self, w->item};
             persist_log_effect("queue.put_nowait", logged, 2);
             if (push(q, &w->item) < 0) return; /* out of memory: it keeps waiting */
+            w->item_counted = false; /* the queue counts it now */
             waitq_pop(&q->putters);
             mpb_req r;
             wait_req(w, &r);
@@ -206,6 +207,7 @@ static void do_put(mpb_req *r, mpb_value *item, bool block, double timeout)
     }
     objects_retain_value(item); /* the waiter's item counts as stored */
     w->item = *item;
+    w->item_counted = true;
 }
 
 static void do_get(mpb_req *r, bool block, double timeout)

@@ -33,6 +33,7 @@ mpb_waiter *wait_park(mpb_req *r, mpb_object *o, mpb_waitq *q, double timeout,
     }
     w->conn = r->conn;
     w->msgid = r->msgid;
+    w->notify = r->notify;
     w->method = r->method;
     w->obj = o;
     w->on_timeout = on_timeout;
@@ -54,8 +55,8 @@ mpb_waiter *wait_park(mpb_req *r, mpb_object *o, mpb_waitq *q, double timeout,
 
 void wait_req(mpb_waiter *w, mpb_req *r)
 {
-    *r = (mpb_req){.conn = w->conn, .msgid = w->msgid, .method = w->method,
-                   .info = &mpb_methods[w->method], .self = w->obj};
+    *r = (mpb_req){.conn = w->conn, .msgid = w->msgid, .notify = w->notify,
+                   .method = w->method, .info = &mpb_methods[w->method], .self = w->obj};
 }
 
 static void unlink_q(mpb_waiter *w)
@@ -94,7 +95,7 @@ void wait_enqueue(mpb_waiter *w, mpb_waitq *q)
 static void wait_free(mpb_waiter *w)
 {
     wait_unlink(w);
-    objects_discard_value(&w->item);
+    if (w->item_counted) objects_discard_value(&w->item); /* else nil, or handed on */
     w->conn->parked = NULL;
     nparked--;
     objects_unpin(w->obj);

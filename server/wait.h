@@ -30,6 +30,7 @@ typedef void (*mpb_wait_fn)(mpb_waiter *w);
 struct mpb_waiter {
     mpb_conn *conn;
     uint64_t msgid;
+    bool notify;         /* parked by a notification: its answer is discarded */
     int method;          /* mpb_method_id of the parked request */
     mpb_object *obj;     /* pinned until wait_done */
     mpb_waitq *q;        /* the queue it sits in, or NULL */
@@ -39,6 +40,8 @@ struct mpb_waiter {
     mpb_wait_fn on_timeout;
     mpb_wait_fn on_cancel; /* optional: its connection closed (before it is freed) */
     mpb_value item;      /* owned: what a queue.put waits to store */
+    bool item_counted;   /* item is counted as stored (objects_retain_value): released
+                            when the waiter goes, unless handed on (then cleared) */
     int64_t n;           /* per type: rlock depth to restore, barrier generation, ... */
     bool flag;           /* per type: condition wait's result */
 };

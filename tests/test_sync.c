@@ -7,12 +7,14 @@
  */
 #include <check.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "mpb_codec.h"
 #include "testutil.h"
 
 static tb_broker B;
@@ -282,6 +284,83 @@ START_TEST(two_hundred_parked_waiters_while_others_keep_working)
 }
 END_TEST
 
+/* Write the notification [2, method, params] to a raw socket. */
+static void send_notification(int fd, const char *method, const mpb_value *params, size_t n)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_array(&pk, 3);
+    msgpack_pack_uint8(&pk, 2);
+    msgpack_pack_str_with_body(&pk, method, strlen(method));
+    msgpack_pack_array(&pk, n);
+    for (size_t i = 0; i < n; i++) mpb_value_pack(&pk, &params[i]);
+    ck_assert_int_eq(tb_write_all(fd, sb.data, sb.size), 0);
+    msgpack_sbuffer_destroy(&sb);
+}
+
+/* Ping fd with msgid: the very next message it receives must be that reply. */
+static void expect_next_is_pong(int fd, uint64_t msgid)
+{
+    tb_send_call(fd, msgid, "manager.ping", NULL, 0);
+    mpb_value m;
+    ck_assert_int_eq(tb_read_msg(fd, &m, 5000), 0);
+    char *got = tb_repr(&m), want[64];
+    snprintf(want, sizeof want, "[1, %llu, None, 'pong']", (unsigned long long)msgid);
+    ck_assert_str_eq(got, want);
+    free(got);
+    mpb_value_free(&m);
+}
+
+/* Issue 18 bug 6: a parked notification was answered when it ended, with msgid 0
+ * ([1, 0, nil, "secret"] for a queue.get). A notification is never answered; it still
+ * waits in order (what follows it waits behind it), except queue.get, which is
+ * ignored rather than take an item for nobody. */
+START_TEST(blocking_calls_sent_as_notifications_are_never_answered)
+{
+    mpb_ref q = make("queue", NULL), full = make("queue", "1"), e = make("event", NULL),
+            l = make("lock", NULL);
+    int fd = tb_raw_connect(&B);
+    /* queue.get: ignored, the item stays for a real consumer */
+    send_notification(fd, "queue.get", (mpb_value[]){mpb_refv(q)}, 1);
+    expect_next_is_pong(fd, 1);
+    EXPECT("None", "queue.put", R(q), V("'secret'"));
+    expect_next_is_pong(fd, 2);
+    EXPECT("1", "queue.qsize", R(q));
+    /* event.wait: waits, and what follows waits behind it */
+    send_notification(fd, "event.wait", (mpb_value[]){mpb_refv(e)}, 1);
+    await_parked(1);
+    tb_send_call(fd, 3, "manager.ping", NULL, 0);
+    EXPECT("None", "event.set", R(e));
+    mpb_value m;
+    ck_assert_int_eq(tb_read_msg(fd, &m, 5000), 0);
+    char *got = tb_repr(&m);
+    ck_assert_str_eq(got, "[1, 3, None, 'pong']");
+    free(got);
+    mpb_value_free(&m);
+    EXPECT("None", "event.clear", R(e));
+    send_notification(fd, "event.wait", (mpb_value[]){mpb_refv(e), mpb_float(0.05)}, 2);
+    expect_next_is_pong(fd, 4); /* after the timeout, which answers nothing */
+    /* queue.put on a full queue: waits for room, then the item goes in */
+    EXPECT("None", "queue.put", R(full), V("'a'"));
+    send_notification(fd, "queue.put", (mpb_value[]){mpb_refv(full), mpb_str_borrowed("b", 1)}, 2);
+    await_parked(1);
+    EXPECT("'a'", "queue.get", R(full));
+    expect_next_is_pong(fd, 5);
+    EXPECT("'b'", "queue.get", R(full));
+    /* lock.acquire: handed over when released, silently; the lock is fd's */
+    EXPECT("True", "lock.acquire", R(l));
+    send_notification(fd, "lock.acquire", (mpb_value[]){mpb_refv(l)}, 1);
+    await_parked(1);
+    EXPECT("None", "lock.release", R(l));
+    expect_next_is_pong(fd, 6);
+    EXPECT("True", "lock.locked", R(l));
+    EXPECT_ERR("RuntimeError", "lock.release", R(l));
+    close(fd);
+}
+END_TEST
+
 /*--- lock, rlock ---*/
 
 START_TEST(lock_is_owned_by_its_connection)
@@ -328,6 +407,81 @@ START_TEST(rlock_counts_recursion_per_owner)
     ck_assert_int_eq(mpb_lock_acquire(other, l, 0, &got), MPB_OK);
     ck_assert_int_eq(got, 1);
     mpb_free(other);
+}
+END_TEST
+
+/* The reply to a call appended earlier on w (a parked one), asserted by repr. */
+static void expect_reply(mpb_context *w, const char *want)
+{
+    mpb_value r;
+    ck_assert_int_eq(mpb_get_reply(w, &r), MPB_OK);
+    char *got = tb_repr(&r);
+    ck_assert_str_eq(got, want);
+    free(got);
+    mpb_value_free(&r);
+}
+
+/* Append one call on w and send it without waiting for its reply. */
+static void send_call(mpb_context *w, const char *method, mpb_value *args, size_t n)
+{
+    ck_assert_int_eq(mpb_append_call(w, method, args, n), MPB_OK);
+    ck_assert_int_eq(mpb_flush(w), MPB_OK);
+}
+
+/* Issue 18 bug 5: with another connection parked on the rlock, its owner's acquire
+ * was refused ("would deadlock", or false after its timeout). */
+START_TEST(rlock_owner_reenters_while_another_connection_waits)
+{
+    mpb_ref l = make("rlock", NULL);
+    mpb_context *b = tb_connect(&B);
+    EXPECT("True", "lock.acquire", R(l));
+    send_call(b, "lock.acquire", (mpb_value[]){mpb_refv(l)}, 1);
+    await_parked(1);
+    EXPECT("True", "lock.acquire", R(l));
+    EXPECT("True", "lock.acquire", R(l), V("True"), V("5"));
+    EXPECT("True", "lock.acquire", R(l), V("False"));
+    for (int i = 0; i < 3; i++) { /* four levels: the fourth release hands it on */
+        EXPECT("None", "lock.release", R(l));
+        ck_assert_int_eq(parked_count(), 1);
+    }
+    EXPECT("None", "lock.release", R(l));
+    expect_reply(b, "True");
+    EXPECT_ERR("RuntimeError", "lock.release", R(l));
+    EXPECT("False", "lock.acquire", R(l), V("False"));
+    TB_EXPECT(b, "None", "lock.release", R(l));
+    mpb_free(b);
+}
+END_TEST
+
+/* The same through condition.acquire on a condition's default rlock, and a wait that
+ * gives up every level (handing the lock to the waiter) and takes them all back. */
+START_TEST(condition_owner_reenters_and_wait_restores_every_level)
+{
+    mpb_ref cv = make("condition", NULL), l;
+    mpb_value lk;
+    ck_assert_int_eq(mpb_call(C, "condition.lock", (mpb_value[]){mpb_refv(cv)}, 1, &lk), MPB_OK);
+    ck_assert_int_eq(lk.type, MPB_REF);
+    l = lk.v.ref;
+    mpb_context *a = tb_connect(&B), *b = tb_connect(&B);
+    TB_EXPECT(a, "True", "condition.acquire", R(cv));
+    send_call(b, "condition.acquire", (mpb_value[]){mpb_refv(cv)}, 1);
+    await_parked(1);
+    TB_EXPECT(a, "True", "condition.acquire", R(cv));
+    TB_EXPECT(a, "True", "condition.acquire", R(cv), V("True"), V("5"));
+    send_call(a, "condition.wait", (mpb_value[]){mpb_refv(cv), mpb_int(20)}, 2);
+    expect_reply(b, "True"); /* all three levels released at once */
+    TB_EXPECT(b, "None", "condition.notify", R(cv));
+    TB_EXPECT(b, "None", "condition.release", R(cv));
+    expect_reply(a, "True"); /* notified, and the owner again with three levels */
+    TB_EXPECT(b, "False", "condition.acquire", R(cv), V("False"));
+    for (int i = 0; i < 3; i++) {
+        EXPECT("True", "lock.locked", R(l));
+        TB_EXPECT(a, "None", "condition.release", R(cv));
+    }
+    EXPECT("False", "lock.locked", R(l));
+    TB_EXPECT_ERR(a, "RuntimeError", "condition.release", R(cv));
+    mpb_free(a);
+    mpb_free(b);
 }
 END_TEST
 
@@ -583,8 +737,11 @@ int main(void)
     tcase_add_test(tc, a_killed_waiter_does_not_swallow_an_item);
     tcase_add_test(tc, a_parked_request_holds_back_later_requests_on_its_connection);
     tcase_add_test(tc, two_hundred_parked_waiters_while_others_keep_working);
+    tcase_add_test(tc, blocking_calls_sent_as_notifications_are_never_answered);
     tcase_add_test(tc, lock_is_owned_by_its_connection);
     tcase_add_test(tc, rlock_counts_recursion_per_owner);
+    tcase_add_test(tc, rlock_owner_reenters_while_another_connection_waits);
+    tcase_add_test(tc, condition_owner_reenters_and_wait_restores_every_level);
     tcase_add_test(tc, a_lock_held_by_a_killed_process_goes_to_the_next_waiter);
     tcase_add_test(tc, lock_waiters_are_served_first_come_first_served);
     tcase_add_test(tc, semaphore_counts_and_bounded_refuses_over_release);
