@@ -273,8 +273,9 @@ int mpb_queue_task_done(mpb_context *c, mpb_ref q);
 int mpb_queue_join(mpb_context *c, mpb_ref q, double timeout, int *done);
 
 /* lock / rlock / semaphore / condition: *acquired is 1, or 0 after the timeout. A
- * lock belongs to the connection that acquired it; it is released if that
- * connection closes. */
+ * lock belongs to the connection that acquired it; if that connection closes it goes
+ * to the next waiter, or with none, anyone may release or take it (docs/PROTOCOL.md,
+ * "Blocking calls"). */
 int mpb_lock_acquire(mpb_context *c, mpb_ref l, double timeout, int *acquired);
 int mpb_lock_release(mpb_context *c, mpb_ref l);
 int mpb_sem_acquire(mpb_context *c, mpb_ref s, double timeout, int *acquired);
