@@ -526,6 +526,9 @@ START_TEST(slice_edges_of_the_int64_range)
     EXPECT_ERR("ValueError", "array.getitem", R(a), NIL, NIL, I(0));
     EXPECT_ERR("ValueError", "array.setitem", R(a), NIL, NIL, I(0), V("[]"));
     EXPECT_ERR("TypeError", "list.getitem", R(l), S("1"), NIL, NIL);
+    /* list.index's START and STOP clamp alike */
+    EXPECT("1", "list.index", R(l), I(1), I(INT64_MIN), mpb_uint(UINT64_MAX));
+    EXPECT_ERR("ValueError", "list.index", R(l), I(1), mpb_uint(UINT64_MAX));
     EXPECT("[0, 1, 3]", "list.copy", R(l));
     EXPECT("[0, 1, 2, 3, 44]", "array.tolist", R(a));
 }
