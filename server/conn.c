@@ -6,6 +6,10 @@
  * OUT_HIGH stops being served until it drains below OUT_LOW (a client that does not
  * read its replies cannot make the broker buffer without bound); when it resumes,
  * requests already buffered are served first, since no read event will announce them.
+ * A parked request holds back the requests behind it; past IN_HIGH of them, reading
+ * stops too until the park ends. After EOF (a half-close) everything read is still
+ * served, parked requests included, then the connection closes; a peer gone entirely
+ * (peer_gone) has its parked request dropped, so nothing is handed to nobody.
  * Limits (see limits.c): a connection whose unsent output passes --max-output, or
  * takes no byte of it for --output-timeout seconds, is closed: a client that stops
  * reading cannot hold the broker's memory.
