@@ -6,6 +6,10 @@
  * OUT_HIGH stops being served until it drains below OUT_LOW (a client that does not
  * read its replies cannot make the broker buffer without bound); when it resumes,
  * requests already buffered are served first, since no read event will announce them.
+ * A parked request holds back the requests behind it; past IN_HIGH of them, reading
+ * stops too until the park ends. After EOF (a half-close) everything read is still
+ * served, parked requests included, then the connection closes; a peer gone entirely
+ * (peer_gone) has its parked request dropped, so nothing is handed to nobody.
  * Limits (see limits.c): a connection whose unsent output passes --max-output, or
  * takes no byte of it for --output-timeout seconds, is closed: a client that stops
  * reading cannot hold the broker's memory.
@@ -273,15 +277,26 @@ static void on_commit(evutil_socket_t fd, short what, void *arg)
     }
 }
 
-/* After EOF: has the peer closed its socket entirely, not only its sending side? A
- * Unix socket tells (POLLHUP once both directions are shut). Over TCP a FIN reads the
- * same either way; a killed worker parked on queue.get is the common case, and
- * answering it would hand a queue item to nobody, so a TCP peer counts as gone. */
+/* Has the peer closed its socket entirely, not only its sending side? A Unix socket
+ * tells (POLLHUP once both directions are shut). Over TCP a FIN reads the same either
+ * way; a killed worker parked on queue.get is the common case, and answering it
+ * would hand a queue item to nobody, so a TCP peer that sent its FIN counts as gone. */
 static bool peer_gone(const mpb_conn *c)
 {
-    if (c->is_tcp) return true;
-    struct pollfd p = {.fd = c->fd, .events = POLLIN};
-    return poll(&p, 1, 0) == 1 && (p.revents & (POLLHUP | POLLERR));
+    struct pollfd p = {.fd = c->fd, .events = POLLIN | POLLRDHUP};
+    if (poll(&p, 1, 0) != 1) return false;
+    if (p.revents & (POLLHUP | POLLERR)) return true;
+    return c->is_tcp && (p.revents & POLLRDHUP);
+}
+
+bool conn_peer_left(mpb_conn *c)
+{
+    if (c->closing) return true;
+    /* A connection still reading learns of a close from its read event. */
+    if (!c->eof && !c->in_paused && !c->read_paused) return false;
+    if (!peer_gone(c)) return false;
+    kill_soon(c, "its peer closed the socket while it was not read");
+    return true;
 }
 
 /* After serving: write, apply backpressure, close when done. May free c. */
