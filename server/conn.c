@@ -11,6 +11,7 @@
  * reading cannot hold the broker's memory.
  */
 #include <errno.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,6 +29,9 @@
 #define READ_CHUNK (64 * 1024)
 #define OUT_HIGH (4u << 20)
 #define OUT_LOW (1u << 20)
+/* Input read but held back by a parked request: past this, read no more until the
+ * park ends (the socket's buffers, then the sender, hold the rest). */
+#define IN_HIGH (4u << 20)
 
 static mpb_conn *conns;
 static size_t nconns;
@@ -187,13 +191,16 @@ static int flush_out(mpb_conn *c)
     return 0;
 }
 
-/* Serve whole messages already buffered, as long as the connection may proceed. */
-static void serve_buffered(mpb_conn *c)
+/* Serve whole messages already buffered, as long as the connection may proceed.
+ * Returns how many were taken out of the reader. */
+static size_t serve_buffered(mpb_conn *c)
 {
+    size_t served = 0;
     while (!c->blocked && !c->closing && out_pending(c) < OUT_HIGH) {
         msgpack_object msg;
         mpb_read_status st = mpb_reader_next(&c->in, &msg);
         if (st == MPB_READ_NEED) break;
+        served++;
         if (st == MPB_READ_BAD) {
             dispatch_reply_bad(c, false, 0,
                                c->in.too_large ? MPB_E_TOO_LARGE : MPB_E_BAD_REQUEST,
@@ -210,6 +217,7 @@ static void serve_buffered(mpb_conn *c)
         dispatch_message(c, &msg);
         objects_collect();
     }
+    return served;
 }
 
 /*--- Group commit (--fsync always) ---
@@ -265,30 +273,60 @@ static void on_commit(evutil_socket_t fd, short what, void *arg)
     }
 }
 
+/* After EOF: has the peer closed its socket entirely, not only its sending side? A
+ * Unix socket tells (POLLHUP once both directions are shut). Over TCP a FIN reads the
+ * same either way; a killed worker parked on queue.get is the common case, and
+ * answering it would hand a queue item to nobody, so a TCP peer counts as gone. */
+static bool peer_gone(const mpb_conn *c)
+{
+    if (c->is_tcp) return true;
+    struct pollfd p = {.fd = c->fd, .events = POLLIN};
+    return poll(&p, 1, 0) == 1 && (p.revents & (POLLHUP | POLLERR));
+}
+
 /* After serving: write, apply backpressure, close when done. May free c. */
 static void after_serving(mpb_conn *c)
 {
-    if (group_commit_wait(c)) return;
-    if (flush_out(c) < 0) {
-        conn_free(c);
-        return;
-    }
-    if (output_over(c) && !c->closing) {
-        kill_soon(c, "unsent output over --max-output");
-        return; /* freed by its write callback, now pending */
-    }
-    size_t pend = out_pending(c);
-    if ((c->closing || c->eof) && (pend == 0 || c->closing)) {
-        if (pend == 0) {
+    for (;;) {
+        if (group_commit_wait(c)) return;
+        if (flush_out(c) < 0) {
             conn_free(c);
             return;
         }
-        event_del(&c->rev); /* only finishing the output now */
-        return;
+        if (output_over(c) && !c->closing) {
+            kill_soon(c, "unsent output over --max-output");
+            return; /* freed by its write callback, now pending */
+        }
+        if (c->closing) {
+            if (out_pending(c) == 0) conn_free(c);
+            else event_del(&c->rev); /* only finishing the output now */
+            return;
+        }
+        if (!c->eof) break;
+        /* The peer has sent all it will: serve every whole message it sent, parked
+         * ones included, answer them all, then close. */
+        if (c->blocked) {
+            if (peer_gone(c)) conn_free(c); /* nobody is left to read the answer */
+            return; /* else answered later: wait_done wakes on_write */
+        }
+        if (out_pending(c) > 0) return; /* on_write serves the rest as it drains */
+        if (serve_buffered(c) == 0) { /* only a partial message is left, for ever */
+            conn_free(c);
+            return;
+        }
     }
-    if (pend >= OUT_HIGH && !c->read_paused) {
+    if (out_pending(c) >= OUT_HIGH && !c->read_paused) {
         c->read_paused = true;
         event_del(&c->rev);
+    }
+    /* A parked request holds back what follows it. Past IN_HIGH of that, read no more
+     * until the park ends: one client streaming behind a park cannot fill the
+     * broker's memory. */
+    bool hold = c->blocked && mpb_reader_pending(&c->in) >= IN_HIGH;
+    if (hold != c->in_paused) {
+        c->in_paused = hold;
+        if (hold) event_del(&c->rev);
+        else if (!c->read_paused) event_add(&c->rev, NULL);
     }
 }
 
@@ -346,7 +384,7 @@ static void on_write(evutil_socket_t fd, short what, void *arg)
     if (out_pending(c) < OUT_LOW) {
         if (c->read_paused) {
             c->read_paused = false;
-            if (!c->eof && !c->closing) event_add(&c->rev, NULL);
+            if (!c->eof && !c->closing && !c->in_paused) event_add(&c->rev, NULL);
         }
         serve_buffered(c); /* what was read while paused or parked */
     }

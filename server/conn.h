@@ -30,9 +30,11 @@ typedef struct mpb_conn {
     mpb_idmap owned;   /* lock/semaphore id -> times acquired by this connection */
     struct mpb_waiter *parked; /* the request waiting (wait.h), or NULL */
     bool is_tcp;
-    bool eof;          /* peer closed its side: answer what was read, then close */
+    bool eof;          /* peer closed its side: answer what was read (parked requests
+                        * included), then close */
     bool closing;      /* close once the output is written */
     bool read_paused;  /* backpressure: output above the high mark */
+    bool in_paused;    /* input held back by a parked request above its high mark */
     bool blocked;      /* a parked request: later requests wait their turn */
     bool commit_wait;  /* replies wait for the round's fsync (conn.c group commit) */
     bool held;         /* persistence failed: unsent replies wait until it recovers */

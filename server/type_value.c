@@ -175,6 +175,8 @@ void value_set(mpb_req *r)
     valstate *v = VAL(r->self);
     mpb_value x;
     if (!arg_typed(r, 0, v->tc, &x)) return;
+    /* A 'u' character takes 1 to 4 bytes: the count follows, as a fresh load would. */
+    objects_recharge_state(r->self, mpb_value_memsize(&v->v), mpb_value_memsize(&x));
     mpb_value_free(&v->v);
     v->v = x;
     reply_nil(r);

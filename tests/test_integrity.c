@@ -6,6 +6,7 @@
  * ctypes/array ranges for typecodes); results are compared through mpb_value_repr.
  */
 #include <check.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -192,9 +193,13 @@ static int64_t stat_int(mpb_context *c, const char *key)
 
 static char datadir[64];
 
+/* --compact-size 1: the log is compacted into a snapshot as soon as it is twice the
+ * last snapshot, so a restart loads objects afresh rather than replaying their
+ * history (see compact_now). */
 static void start_with_data(const char *max_memory)
 {
-    const char *args[] = {"--data-dir", datadir, "--max-memory", max_memory, NULL};
+    const char *args[] = {"--data-dir", datadir, "--max-memory", max_memory,
+                          "--compact-size", "1", NULL};
     tb_start(&B, 0, args);
     C = tb_connect(&B);
 }
@@ -214,14 +219,25 @@ static void data_teardown(void)
 }
 
 /* Stop the broker (it must exit 0) and start a fresh one on the same data: what it
- * counts is the truth the running broker's count must equal. */
-static int64_t memory_after_restart(const char *max_memory)
+ * counts is the truth the running broker's count must equal. Small writes first, so
+ * that the state is in a snapshot, not only in the log's calls. */
+static void fresh_broker_counts_the_same_at(int line, const char *max_memory)
 {
+    mpb_ref e;
+    ck_assert_int_eq(mpb_open(C, "event", "compact", NULL, &e), MPB_OK);
+    for (int i = 0; i < 100; i++) {
+        EXPECT("None", "event.set", R(e));
+        EXPECT("None", "event.clear", R(e));
+    }
+    int64_t now = stat_int(C, "memory_used");
     mpb_free(C);
     ck_assert_int_eq(tb_stop(&B), 0);
     start_with_data(max_memory);
-    return stat_int(C, "memory_used");
+    int64_t fresh = stat_int(C, "memory_used");
+    ck_assert_msg(fresh == now, "line %d: memory_used %lld, a fresh broker counts %lld", line,
+                  (long long)now, (long long)fresh);
 }
+#define FRESH_BROKER_COUNTS_THE_SAME(max) fresh_broker_counts_the_same_at(__LINE__, max)
 
 START_TEST(parked_requests_leave_the_memory_count_as_it_was)
 {
@@ -263,10 +279,121 @@ START_TEST(parked_requests_leave_the_memory_count_as_it_was)
     mpb_free(c2);
 
     /* A fresh broker loading the same data counts the same. */
-    int64_t now = stat_int(C, "memory_used");
-    ck_assert_int_eq(memory_after_restart("20000"), now);
+    FRESH_BROKER_COUNTS_THE_SAME("20000");
     mpb_free(C);
     ck_assert_int_eq(tb_stop(&B), 0);
+}
+END_TEST
+
+START_TEST(value_and_array_count_characters_as_a_fresh_load_does)
+{
+    start_with_data("1M");
+    int64_t base = stat_int(C, "memory_used");
+    mpb_ref v, a;
+    mpb_value init = V("['u', 'a']");
+    ck_assert_int_eq(mpb_open(C, "value", "V", &init, &v), MPB_OK);
+    mpb_value_free(&init);
+    init = V("['u', ['a', 'b', 'c']]");
+    ck_assert_int_eq(mpb_open(C, "array", "A", &init, &a), MPB_OK);
+    mpb_value_free(&init);
+    /* 'u' items of 1, 3 and 4 bytes, set one by one and by a slice */
+    EXPECT("None", "value.set", R(v), S("\xe2\x82\xac"));
+    EXPECT("None", "array.setitem", R(a), I(0), S("\xe2\x82\xac"));
+    mpb_value two = mpb_array_value(2), c1 = S("\xf0\x9d\x84\x9e"), c2 = S("x");
+    mpb_value_push(&two, &c1);
+    mpb_value_push(&two, &c2);
+    EXPECT("None", "array.setitem", R(a), I(1), I(3), NIL, two);
+    FRESH_BROKER_COUNTS_THE_SAME("1M");
+    /* And back down: deleting the names leaves what was there before. */
+    v = a = 0;
+    ck_assert_int_eq(mpb_lookup(C, "V", &v), MPB_OK);
+    ck_assert_int_eq(mpb_lookup(C, "A", &a), MPB_OK);
+    EXPECT("None", "value.set", R(v), S("b"));
+    EXPECT("None", "array.setitem", R(a), NIL, NIL, NIL, V("['p', 'q', 'r']"));
+    FRESH_BROKER_COUNTS_THE_SAME("1M");
+    ck_assert_int_eq(mpb_delete(C, "V"), MPB_OK);
+    ck_assert_int_eq(mpb_delete(C, "A"), MPB_OK);
+    ck_assert_int_eq(mpb_delete(C, "compact"), MPB_OK);
+    ck_assert_int_eq(stat_int(C, "memory_used"), base);
+    mpb_free(C);
+    ck_assert_int_eq(tb_stop(&B), 0);
+}
+END_TEST
+
+/*--- Bug 8: every way past --max-memory ---*/
+
+static void limited_setup(void)
+{
+    static const char *const args[] = {"--max-memory", "1M", NULL};
+    tb_start(&B, 0, args);
+    C = tb_connect(&B);
+}
+
+/* The broker's peak resident size so far, in KiB (VmHWM). */
+static long peak_rss_kib(void)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)B.pid);
+    FILE *f = fopen(path, "r");
+    ck_assert_ptr_nonnull(f);
+    long kib = -1;
+    while (fgets(line, sizeof line, f))
+        if (strncmp(line, "VmHWM:", 6) == 0) kib = strtol(line + 6, NULL, 10);
+    fclose(f);
+    ck_assert_int_gt(kib, 0);
+    return kib;
+}
+
+/* A str of n bytes, all c, with a distinct tag in front. */
+static mpb_value big_str(size_t n, char c, int tag)
+{
+    char *p = malloc(n);
+    memset(p, c, n);
+    snprintf(p, n, "%d", tag);
+    mpb_value v = mpb_strn(p, n);
+    free(p);
+    return v;
+}
+
+START_TEST(copies_from_other_objects_and_sized_creations_respect_max_memory)
+{
+    int64_t base = stat_int(C, "memory_used");
+    /* A list of 700 KB: a set copying it would hold 1.4 MB under a 1 MiB limit. */
+    mpb_ref l = make("list", NULL), s = make("set", "['keep']"), small = make("list", "['a', 'b']");
+    mpb_ref d = make("dict", NULL), n = make("namespace", NULL);
+    for (int i = 0; i < 70; i++) EXPECT("None", "list.append", R(l), big_str(10000, 'l', i));
+    int64_t used = stat_int(C, "memory_used");
+    EXPECT_ERR("OutOfMemory", "set.update", R(s), R(l));
+    EXPECT_ERR("OutOfMemory", "set.update", R(s), R(small), R(l)); /* all or nothing */
+    EXPECT_ERR("OutOfMemory", "set.symmetric_difference_update", R(s), R(l));
+    EXPECT("['keep']", "set.copy", R(s));
+    ck_assert_int_eq(stat_int(C, "memory_used"), used);
+    /* What fits is still taken. */
+    EXPECT("None", "set.update", R(s), R(small));
+    EXPECT("None", "set.symmetric_difference_update", R(s), R(small));
+    EXPECT("['keep']", "set.copy", R(s));
+
+    /* A key and a value that each fit, but not both. */
+    EXPECT_ERR("OutOfMemory", "dict.setitem", R(d), big_str(200000, 'k', 1), big_str(200000, 'v', 2));
+    EXPECT("0", "dict.len", R(d));
+    /* An attribute name is stored too. */
+    EXPECT_ERR("OutOfMemory", "namespace.setattr", R(n), big_str(400000, 'n', 3), I(1));
+    EXPECT("{}", "namespace.vars", R(n));
+    ck_assert_int_eq(stat_int(C, "memory_used"), used);
+
+    /* An array from a length is refused before its items are made. */
+    ck_assert_int_eq(mpb_release(C, l), MPB_OK);
+    long peak = peak_rss_kib();
+    EXPECT_ERR("OutOfMemory", "manager.create", S("array"), V("['u', 67108864]"));
+    EXPECT_ERR("OutOfMemory", "manager.create", S("array"), V("['d', 67108864]"));
+    EXPECT_ERR("OutOfMemory", "manager.create", S("array"), V("['u', 70000]"));
+    ck_assert_msg(peak_rss_kib() - peak < 64 * 1024, "peak RSS grew from %ld to %ld KiB", peak,
+                  peak_rss_kib());
+    mpb_ref a = make("array", "['u', 1000]");
+    EXPECT("1000", "array.len", R(a));
+    mpb_ref all[] = {s, small, d, n, a};
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++) ck_assert_int_eq(mpb_release(C, all[i]), MPB_OK);
+    ck_assert_int_eq(stat_int(C, "memory_used"), base);
 }
 END_TEST
 
@@ -282,7 +409,13 @@ static Suite *integrity_suite(void)
     tcase_add_checked_fixture(mem, data_setup, data_teardown);
     tcase_set_timeout(mem, 120);
     tcase_add_test(mem, parked_requests_leave_the_memory_count_as_it_was);
+    tcase_add_test(mem, value_and_array_count_characters_as_a_fresh_load_does);
     suite_add_tcase(s, mem);
+    TCase *lim = tcase_create("limits");
+    tcase_add_checked_fixture(lim, limited_setup, teardown);
+    tcase_set_timeout(lim, 120);
+    tcase_add_test(lim, copies_from_other_objects_and_sized_creations_respect_max_memory);
+    suite_add_tcase(s, lim);
     return s;
 }
 
