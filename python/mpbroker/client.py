@@ -98,6 +98,7 @@ class Client:
         self._hlock = threading.Lock()
         self._holder = None
         self._releases = collections.deque()  # refs whose proxies died: released later
+        self._rehold = []  # proxies inherited through fork(): held again at first use
         self._types = {}  # ref id -> typeid; ids are never reused, so never stale
 
     def conn(self):
@@ -107,7 +108,24 @@ class Client:
         except AttributeError:
             c = self._local.c = _mpbroker.Connection(self.address, self.authkey,
                                                      self._proxy_for_ref)
+            if self._rehold:
+                self._hold_inherited()
             return c
+
+    def _hold_inherited(self):
+        # A child of fork() holds what the proxies it inherited name, as Python's
+        # proxies incref after fork: the parent may drop its own proxy (Process.start()
+        # deletes its args) while the child still works on the object.
+        proxies, self._rehold = self._rehold, []
+        calls = [('manager.incref', (p._mpb_ref,)) for p in proxies]
+        with self._hlock:
+            if self._holder is None:
+                self._holder = _mpbroker.Connection(self.address, self.authkey)
+            results = self._holder.pipeline(calls)
+        pid = os.getpid()
+        for p, r in zip(proxies, results):
+            if not isinstance(r, BaseException):
+                object.__setattr__(p, '_held_pid', pid)
 
     def call(self, method, *args):
         return self.conn().call(method, *args)
@@ -184,6 +202,11 @@ def _after_fork_in_child():
     _clients_lock = threading.Lock()
     for c in list(_clients.values()):
         c._reset()
+    from .proxies import live_proxies
+    for p in live_proxies():
+        if p._held_pid is not None:  # held by the parent: the child holds it anew
+            object.__setattr__(p, '_held_pid', None)
+            p._client._rehold.append(p)
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

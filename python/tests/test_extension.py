@@ -39,6 +39,12 @@ def tearDownModule():
         raise RuntimeError('the broker exited with %r' % M._exitcode)
 
 
+def _child_reads_late(l, go, done):
+    len(l)  # the child's first call: it holds l from here on
+    go.wait(10)
+    done.put(l[:])
+
+
 class Conversion(unittest.TestCase):
     def rt(self, v):
         return _mpbroker.roundtrip(v)
@@ -298,6 +304,22 @@ class Proxies(unittest.TestCase):
         self.assertEqual(os.waitstatus_to_exitcode(status), 0)
         l.append('parent again')
         self.assertEqual(l[:], ['parent', 'child', 'parent again'])
+
+    def test_a_forked_child_holds_what_it_inherited(self):
+        # Process.start() drops its args in the parent: the child's proxy must hold the
+        # object itself, or the parent's release would free it under the child.
+        import multiprocessing
+        ctx = multiprocessing.get_context('fork')
+        go, done = ctx.Event(), ctx.Queue()
+        p = ctx.Process(target=_child_reads_late, args=(M.list([1, 2]), go, done))
+        p.start()
+        gc.collect()
+        M._number_of_objects()  # a holder call: the parent's release goes out now
+        time.sleep(0.2)
+        go.set()
+        self.assertEqual(done.get(timeout=10), [1, 2])
+        p.join(10)
+        self.assertEqual(p.exitcode, 0)
 
     def test_named_objects_are_shared_by_name(self):
         a = M.named('records').list()
