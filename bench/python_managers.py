@@ -2,7 +2,10 @@
 caller, the same proxies' calls (list.append, dict set), 1 client and 50 client
 processes. Prints a Markdown table; speed is measured here, never asserted in tests.
 
-    PYTHONPATH=build/python /usr/bin/python3 bench/python_managers.py [ROUNDS]
+    PYTHONPATH=build/python /usr/bin/python3 bench/python_managers.py [ROUNDS] [--quick]
+
+--quick: tiny runs (1 and 5 clients), one round: the smoke test, not a measurement.
+bench/compare runs it (without --quick) and adds its table to compare.md.
 
 Each figure is the best of ROUNDS (default 3) runs: every client is started and
 connected (one call made) first, then all start together on an event; ops/s is the
@@ -54,7 +57,11 @@ def run(manager_factory, kind, clients, n):
 
 
 def main():
-    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    global CONFIGS
+    args = [a for a in sys.argv[1:] if a != '--quick']
+    rounds = int(args[0]) if args else 3
+    if '--quick' in sys.argv:
+        CONFIGS, rounds = [(1, 200), (5, 50)], 1
     print('| caller | clients | Python Manager ops/s | mpbroker ops/s | ratio |')
     print('|---|---|---|---|---|')
     for clients, n in CONFIGS:
