@@ -117,14 +117,17 @@ class Client:
         # proxies incref after fork: the parent may drop its own proxy (Process.start()
         # deletes its args) while the child still works on the object.
         proxies, self._rehold = self._rehold, []
-        calls = [('manager.incref', (p._mpb_ref,)) for p in proxies]
+        calls = []
+        for p in proxies:  # its object, and any it keeps beside (a barrier's gate)
+            calls += [('manager.incref', (r,)) for r in p._held_refs()]
         with self._hlock:
             if self._holder is None:
                 self._holder = _mpbroker.Connection(self.address, self.authkey)
-            results = self._holder.pipeline(calls)
+            results = iter(self._holder.pipeline(calls))
         pid = os.getpid()
-        for p, r in zip(proxies, results):
-            if not isinstance(r, BaseException):
+        for p in proxies:
+            ok = [not isinstance(next(results), BaseException) for _ in p._held_refs()]
+            if ok[0]:
                 object.__setattr__(p, '_held_pid', pid)
 
     def call(self, method, *args):
@@ -177,21 +180,30 @@ class Client:
             return False
 
 
-_clients = {}
+_clients = {}       # (address, authkey) -> Client
+_default_keys = {}  # address -> the authkey this process first used for it
 _clients_lock = threading.Lock()
 
 
 def get_client(address, authkey=None):
-    """The Client of this process for address; authkey None: the one this process
-    already uses for it, else current_process().authkey (as Python's proxies do)."""
+    """The Client of this process for address; authkey None: the key this process
+    first used for it, else current_process().authkey (as Python's proxies do)."""
     with _clients_lock:
-        c = _clients.get(address)
-        if c is not None and (authkey is None or authkey == c.authkey):
-            return c
         if authkey is None:
-            authkey = bytes(multiprocessing.current_process().authkey)
-        c = _clients[address] = Client(address, authkey)
+            authkey = _default_keys.get(address)
+            if authkey is None:
+                authkey = bytes(multiprocessing.current_process().authkey)
+        c = _clients.get((address, authkey))
+        if c is None:
+            c = _clients[(address, authkey)] = Client(address, authkey)
         return c
+
+
+def set_default_key(address, authkey):
+    """A manager connected to address with authkey: proxies of address that come
+    without a key (pickled by a process that was not spawning) use it."""
+    with _clients_lock:
+        _default_keys.setdefault(address, authkey)
 
 
 def _after_fork_in_child():

@@ -73,6 +73,10 @@ class BaseProxy:
     def _hold_extra(self):
         """Hold the objects the state refers to (an unpickled proxy)."""
 
+    def _held_refs(self):
+        """The references this proxy holds while alive: its own first."""
+        return (self._mpb_ref,)
+
     def _getstate(self):
         return None
 
@@ -507,6 +511,9 @@ class BarrierProxy(BaseProxy):
     def _hold_extra(self):
         if self._gate is not None and self._held_pid is not None:
             self._client.proxy_hold(self._gate)
+
+    def _held_refs(self):
+        return (self._mpb_ref,) if self._gate is None else (self._mpb_ref, self._gate)
 
     def wait(self, timeout=None):
         args = () if timeout is None else (timeout,)
