@@ -412,6 +412,9 @@ void auth_response(mpb_req *r)
     OPENSSL_cleanse(want, sizeof want);
     auth_conn_free(c);
     c->authed = true;
+    if (!g_config.quiet)
+        fprintf(stderr, "mpbroker-server: connection %llu (%s) authenticated\n",
+                (unsigned long long)c->id, c->peer);
     c->in.max_msg = g_config.max_msg;
 }
 

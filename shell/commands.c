@@ -456,6 +456,9 @@ static int cmd_clients(mpb_cli *cli, int argc, cli_arg *argv, const cli_opts *o)
         snprintf(cells[0], 40, "%lld", cli_field_int(e, "id", 0));
         for (int k = 0; k < 6; k++)
             if (nums[k]) snprintf(cells[2 + k], 40, "%lld", cli_field_int(e, nums[k], 0));
+        /* A TCP peer has no pid or uid the broker could know. */
+        if (cli_field_int(e, "pid", 0) <= 0) strcpy(cells[2], "-");
+        if (cli_field_int(e, "uid", -1) < 0) strcpy(cells[3], "-");
         cli_duration(cells[4], 40, age && age->type == MPB_FLOAT ? age->v.f : 0);
         snprintf(cells[8], 40, "%s%s%s", cli_field_int(e, "self", 0) ? "self" : "",
                  cli_field_int(e, "self", 0) && cli_field_int(e, "monitor", 0) ? "," : "",

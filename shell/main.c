@@ -259,6 +259,7 @@ static void usage(FILE *f) {
             "      --authkey-file FILE  the broker's authkey (default $MPBROKER_AUTHKEY_FILE\n"
             "                           or $MPBROKER_AUTHKEY)\n"
             "  -h, --help               this text\n"
+            "  -V, --version            the version\n"
             "\n"
             "Commands (help COMMAND in the shell, or mpbroker-cli help COMMAND):\n",
             mpb_default_address(def, sizeof def));
@@ -277,6 +278,7 @@ int main(int argc, char **argv) {
         {"json", no_argument, NULL, 'j'},
         {"authkey-file", required_argument, NULL, 'k'},
         {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
     };
     mpb_cli cli = {.methods = mpb_nil(), .objects = mpb_nil()};
@@ -287,7 +289,7 @@ int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0); /* a line at a time, also into pipes: see monitor */
     if (addr == NULL || addr[0] == '\0') addr = mpb_default_address(def, sizeof def);
     /* '+': options end at COMMAND, so `call l getitem -1` keeps its -1. */
-    while ((opt = getopt_long(argc, argv, "+s:H:h", longopts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "+s:H:hV", longopts, NULL)) != -1) {
         switch (opt) {
         case 's': addr = optarg; break;
         case 'H':
@@ -301,7 +303,10 @@ int main(int argc, char **argv) {
         /* libmpbroker reads the key where the broker does: through the environment. */
         case 'k': setenv("MPBROKER_AUTHKEY_FILE", optarg, 1); break;
         case 'h': usage(stdout); return CLI_OK;
-        default: usage(stderr); return CLI_USAGE;
+        case 'V': printf("mpbroker-cli %s\n", MPB_VERSION); return CLI_OK;
+        default: /* getopt said which option, in one line */
+            fprintf(stderr, "mpbroker-cli --help lists the options\n");
+            return CLI_USAGE;
         }
     }
     bool scheme = strncmp(addr, "unix:", 5) == 0 || strncmp(addr, "tcp://", 6) == 0;
