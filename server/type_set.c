@@ -322,7 +322,7 @@ static bool discard(mpb_map *self, const mpb_value *k)
 /* KeyError with the element's repr, as Python's. */
 static void reply_key_error(mpb_req *r, const mpb_value *k)
 {
-    char *s = mpb_value_repr(k);
+    char *s = mpb_value_repr_key(k);
     reply_error(r, MPB_E_KEY, "%.200s", s ? s : "element");
     free(s);
 }
