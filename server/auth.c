@@ -343,11 +343,12 @@ static bool may_handshake(mpb_req *r)
     if (!g_config.authkey) {
         /* A client that insists on authenticating must not trust a broker that cannot
          * prove the key; the connection itself is fine. */
-        reply_error(r, MPB_E_AUTH, "this broker has no authkey: it cannot prove one");
+        reply_error(r, MPB_E_AUTH, "%s: this broker has no authkey: it cannot prove one",
+                    r->info->name);
         return false;
     }
     if (r->conn->authed) {
-        reply_error(r, MPB_E_AUTH, "already authenticated");
+        reply_error(r, MPB_E_AUTH, "%s: already authenticated", r->info->name);
         return false;
     }
     return true;

@@ -33,8 +33,8 @@ static mpb_otype type_arg(mpb_req *r, int *variant)
     if (!arg_str(r, 0, &p, &n)) return MPB_OT_NONE;
     mpb_otype t = mpb_typeid_lookup(p, n, variant);
     if (t == MPB_OT_NONE)
-        reply_error(r, MPB_E_VALUE, "unknown type '%.*s' (see manager.methods)",
-                    (int)(n > 64 ? 64 : n), p);
+        reply_error(r, MPB_E_VALUE, "%s: unknown type '%.*s' (see manager.methods)",
+                    r->info->name, (int)(n > 64 ? 64 : n), p);
     return t;
 }
 
@@ -102,8 +102,8 @@ void manager_open(mpb_req *r)
     if (t == MPB_OT_NONE || !arg_str(r, 1, &name, &n)) return;
     mpb_object *o = objects_by_name(name, n);
     if (o && (o->type != t || o->variant != variant)) {
-        reply_error(r, MPB_E_TYPE, "object '%.*s' is a %s, not a %s", (int)(n > 64 ? 64 : n),
-                    name, objects_typeid(o), mpb_typeid_name(t, variant));
+        reply_error(r, MPB_E_TYPE, "%s: object '%.*s' is a %s, not a %s", r->info->name,
+                    (int)(n > 64 ? 64 : n), name, objects_typeid(o), mpb_typeid_name(t, variant));
         return;
     }
     if (!o) {
@@ -129,7 +129,8 @@ void manager_lookup(mpb_req *r)
     if (!arg_str(r, 0, &name, &n)) return;
     mpb_object *o = objects_by_name(name, n);
     if (o) reply_ref(r, o->id);
-    else reply_error(r, MPB_E_NO_SUCH_OBJECT, "no object named '%.*s'", (int)(n > 64 ? 64 : n), name);
+    else reply_error(r, MPB_E_NO_SUCH_OBJECT, "%s: no object named '%.*s'", r->info->name,
+                    (int)(n > 64 ? 64 : n), name);
 }
 
 /* manager.release REF */
@@ -157,7 +158,8 @@ void manager_delete(mpb_req *r)
     if (!arg_str(r, 0, &name, &n)) return;
     mpb_object *o = objects_by_name(name, n);
     if (!o) {
-        reply_error(r, MPB_E_NO_SUCH_OBJECT, "no object named '%.*s'", (int)(n > 64 ? 64 : n), name);
+        reply_error(r, MPB_E_NO_SUCH_OBJECT, "%s: no object named '%.*s'", r->info->name,
+                    (int)(n > 64 ? 64 : n), name);
         return;
     }
     objects_unname(o);

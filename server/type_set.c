@@ -92,7 +92,7 @@ bool set_init_from(mpb_req *r, mpb_object *o, uint32_t i)
 {
     if (!has_initial(r, i)) return true;
     if (r->args[i].type != MSGPACK_OBJECT_ARRAY) {
-        reply_error(r, MPB_E_TYPE, "a set's initial value must be an array");
+        reply_error(r, MPB_E_TYPE, "%s: a set's initial value must be an array", r->info->name);
         return false;
     }
     mpb_value v;

@@ -453,7 +453,7 @@ static int cmd_create(mpb_cli *cli, int argc, cli_arg *argv, const cli_opts *o) 
     int rc = mpb_call(cli->c, argc >= 2 ? "manager.open" : "manager.create", args, n, &r);
     if (argc >= 3) mpb_value_free(&args[2]);
     if (rc != MPB_OK && is(cli->c->errkind, "ValueError") &&
-        strncmp(cli->c->errstr, "unknown type", 12) == 0 && cli_methods(cli, false) != NULL) {
+        strstr(cli->c->errstr, "unknown type") != NULL && cli_methods(cli, false) != NULL) {
         type_list(cli, types, sizeof types);
         return cli_error(CLI_USAGE, "unknown type '%s' (types: %s)", argv[0].s, types);
     }
