@@ -117,10 +117,12 @@ mpb_conn *conn_new(struct event_base *base, int fd, bool is_tcp)
     }
     peer_describe(c);
     auth_conn_new(c);
-    if (!g_config.quiet)
-        fprintf(stderr, "mpbroker-server: connection %llu from %s uid=%ld%s\n",
-                (unsigned long long)c->id, c->peer, c->is_tcp ? -1L : (long)c->peer_uid,
-                c->authed ? "" : " (authenticating)");
+    if (!g_config.quiet) {
+        char uid[32] = ""; /* a TCP peer has none the broker could know */
+        if (!c->is_tcp) snprintf(uid, sizeof uid, " uid=%ld", (long)c->peer_uid);
+        fprintf(stderr, "mpbroker-server: connection %llu from %s%s%s\n",
+                (unsigned long long)c->id, c->peer, uid, c->authed ? "" : " (authenticating)");
+    }
     c->next = conns;
     if (conns) conns->prev = c;
     conns = c;
@@ -439,8 +441,14 @@ void conn_unblock(mpb_conn *c)
     event_active(&c->wev, EV_WRITE, 0);
 }
 
+static double mono_now(void);
+
 static void conn_free(mpb_conn *c)
 {
+    if (!g_config.quiet)
+        fprintf(stderr, "mpbroker-server: connection %llu (%s) closed after %.1f s, %llu "
+                "request%s\n", (unsigned long long)c->id, c->peer, mono_now() - c->since,
+                (unsigned long long)c->ops, c->ops == 1 ? "" : "s");
     if (c->commit_wait) commit_unlink(c);
     admin_conn_closed(c);
     auth_conn_free(c);
