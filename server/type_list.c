@@ -43,7 +43,7 @@ bool list_init_from(mpb_req *r, mpb_object *o, uint32_t i)
     if (!has_initial(r, i)) return true;
     const msgpack_object *init = &r->args[i];
     if (init->type != MSGPACK_OBJECT_ARRAY) {
-        reply_error(r, MPB_E_TYPE, "a list's initial value must be an array");
+        reply_error(r, MPB_E_TYPE, "%s: a list's initial value must be an array", r->info->name);
         return false;
     }
     mpb_value v;

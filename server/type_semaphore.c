@@ -187,7 +187,7 @@ bool sem_init_from(mpb_req *r, mpb_object *o, uint32_t i)
         if (!full_form(r, a, o->variant == 1, &s->value, &s->initial, &held)) return false;
         if (held > 0 && (idmap_put(&s->holders, r->conn->id, (void *)(uintptr_t)held) < 0 ||
                          objects_own(&r->conn->owned, o) < 0)) {
-            reply_error(r, MPB_E_OUT_OF_MEMORY, "manager.create: out of memory");
+            reply_error(r, MPB_E_OUT_OF_MEMORY, "%s: out of memory", r->info->name);
             return false;
         }
         return true;
@@ -248,7 +248,7 @@ void sem_release(mpb_req *r)
     }
     semstate *s = SEM(r->self);
     if (n > INT64_MAX - s->value) {
-        reply_error(r, MPB_E_OVERFLOW, "semaphore value out of the 64-bit range");
+        reply_error(r, MPB_E_OVERFLOW, "%s: semaphore value out of the 64-bit range", r->info->name);
         return;
     }
     if (r->self->variant == 1 && s->value + n > s->initial) {

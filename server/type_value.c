@@ -102,7 +102,8 @@ bool arg_typecode(mpb_req *r, const msgpack_object *o, char *tc)
         *tc = o->via.str.ptr[0];
         return true;
     }
-    reply_error(r, MPB_E_VALUE, "bad typecode (must be one of b, B, h, H, i, I, l, L, q, Q, f, d, c, u)");
+    reply_error(r, MPB_E_VALUE, "%s: bad typecode (must be one of b, B, h, H, i, I, l, L, q, Q, f, d, c, u)",
+                r->info->name);
     return false;
 }
 
@@ -147,7 +148,7 @@ bool value_init_from(mpb_req *r, mpb_object *o, uint32_t i)
     if (!has_initial(r, i)) return true;
     const msgpack_object *a = &r->args[i];
     if (a->type != MSGPACK_OBJECT_ARRAY || a->via.array.size < 1 || a->via.array.size > 2) {
-        reply_error(r, MPB_E_TYPE, "a value's initial value is [TYPECODE] or [TYPECODE, VALUE]");
+        reply_error(r, MPB_E_TYPE, "%s: a value's initial value is [TYPECODE] or [TYPECODE, VALUE]", r->info->name);
         return false;
     }
     valstate *v = VAL(o);
