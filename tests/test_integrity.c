@@ -80,7 +80,6 @@ static void alive_at(int line, mpb_ref x, const char *items)
 {
     tb_expect_at(line, C, items, "list.copy", TB_ARGS(R(x)));
 }
-#define ALIVE(x, items) alive_at(__LINE__, x, items)
 
 /*--- Bug 1: replacing a stored reference with itself, or swapping two ---*/
 
