@@ -4,6 +4,7 @@ a private broker started by mpbroker.Manager().
     PYTHONPATH=build/python /usr/bin/python3 python/tests/test_extension.py -v
 """
 import gc
+import multiprocessing
 import os
 import pickle
 import queue
@@ -37,6 +38,28 @@ def tearDownModule():
     M.shutdown()
     if M._exitcode != 0:  # under ASan a leak in the broker shows here
         raise RuntimeError('the broker exited with %r' % M._exitcode)
+
+
+class _Append:
+    def __init__(self, l):
+        self.l = l
+
+    def __call__(self):
+        self.l.append(True)
+
+
+def _trip(b, runs):
+    for i in range(2):
+        b.wait(10)
+        if len(runs) != 2 * i + 1:  # the action ran once, before anyone left the wait
+            raise SystemExit(1)
+        b.wait(10)  # a second trip (its action too): nobody goes on before all checked
+
+
+def _child_reads_late(l, go, done):
+    len(l)  # the child's first call: it holds l from here on
+    go.wait(10)
+    done.put(l[:])
 
 
 class Conversion(unittest.TestCase):
@@ -298,6 +321,51 @@ class Proxies(unittest.TestCase):
         self.assertEqual(os.waitstatus_to_exitcode(status), 0)
         l.append('parent again')
         self.assertEqual(l[:], ['parent', 'child', 'parent again'])
+
+    def test_a_forked_child_holds_what_it_inherited(self):
+        # Process.start() drops its args in the parent: the child's proxy must hold the
+        # object itself, or the parent's release would free it under the child.
+        import multiprocessing
+        ctx = multiprocessing.get_context('fork')
+        go, done = ctx.Event(), ctx.Queue()
+        p = ctx.Process(target=_child_reads_late, args=(M.list([1, 2]), go, done))
+        p.start()
+        gc.collect()
+        M._number_of_objects()  # a holder call: the parent's release goes out now
+        time.sleep(0.2)
+        go.set()
+        self.assertEqual(done.get(timeout=10), [1, 2])
+        p.join(10)
+        self.assertEqual(p.exitcode, 0)
+
+    def test_a_second_manager_connects_to_a_running_broker(self):
+        a = M.named('meeting').dict()
+        a['from'] = 'first'
+        other = mpbroker.SyncManager(address=M.address, authkey=M._authkey)
+        other.connect()
+        b = other.named('meeting').dict()
+        self.assertEqual(b['from'], 'first')
+        with mpbroker.Manager(M.address, M._authkey) as third:
+            self.assertEqual(third.named('meeting').dict().copy(), {'from': 'first'})
+        other.shutdown()  # a connected manager only disconnects: the broker goes on
+        self.assertEqual(a['from'], 'first')
+        M.delete('meeting')
+        with self.assertRaises(multiprocessing.AuthenticationError):
+            mpbroker.Manager(M.address, b'wrong key')
+
+    def test_a_barrier_action_runs_once_per_trip_before_anyone_leaves(self):
+        import multiprocessing as mp
+        ctx = mp.get_context('fork')
+        runs = M.list()
+        b = M.Barrier(3, action=_Append(runs))
+        ps = [ctx.Process(target=_trip, args=(b, runs)) for _ in range(2)]
+        for p in ps:
+            p.start()
+        _trip(b, runs)
+        for p in ps:
+            p.join(10)
+            self.assertEqual(p.exitcode, 0)
+        self.assertEqual(len(runs), 4)
 
     def test_named_objects_are_shared_by_name(self):
         a = M.named('records').list()
