@@ -56,8 +56,8 @@ def _trip(b, runs):
         b.wait(10)  # a second trip (its action too): nobody goes on before all checked
 
 
-def _child_reads_late(l, go, done):
-    len(l)  # the child's first call: it holds l from here on
+def _child_reads_late(l, started, go, done):
+    started.set()  # no call yet: the child holds l from its start
     go.wait(10)
     done.put(l[:])
 
@@ -327,12 +327,12 @@ class Proxies(unittest.TestCase):
         # object itself, or the parent's release would free it under the child.
         import multiprocessing
         ctx = multiprocessing.get_context('fork')
-        go, done = ctx.Event(), ctx.Queue()
-        p = ctx.Process(target=_child_reads_late, args=(M.list([1, 2]), go, done))
+        started, go, done = ctx.Event(), ctx.Event(), ctx.Queue()
+        p = ctx.Process(target=_child_reads_late, args=(M.list([1, 2]), started, go, done))
         p.start()
+        self.assertTrue(started.wait(10))
         gc.collect()
         M._number_of_objects()  # a holder call: the parent's release goes out now
-        time.sleep(0.2)
         go.set()
         self.assertEqual(done.get(timeout=10), [1, 2])
         p.join(10)
