@@ -56,6 +56,13 @@ def _trip(b, runs):
         b.wait(10)  # a second trip (its action too): nobody goes on before all checked
 
 
+def _child_reads(l, done):
+    try:
+        done.put(l[:])
+    except Exception as e:
+        done.put(repr(e))
+
+
 def _child_reads_late(l, started, go, done):
     started.set()  # no call yet: the child holds l from its start
     go.wait(10)
@@ -366,6 +373,19 @@ class Proxies(unittest.TestCase):
             p.join(10)
             self.assertEqual(p.exitcode, 0)
         self.assertEqual(len(runs), 4)
+
+    def test_a_spawned_child_finds_what_the_parent_dropped_at_start(self):
+        import multiprocessing
+        for method in ('spawn', 'forkserver'):
+            ctx = multiprocessing.get_context(method)
+            done = ctx.Queue()
+            p = ctx.Process(target=_child_reads, args=(M.list([1, 2]), done))
+            p.start()  # drops its args: our proxy goes, its release goes out next
+            gc.collect()
+            M._number_of_objects()
+            self.assertEqual(done.get(timeout=60), [1, 2], method)
+            p.join(10)
+            self.assertEqual(p.exitcode, 0)
 
     def test_named_objects_are_shared_by_name(self):
         a = M.named('records').list()
