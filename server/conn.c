@@ -6,6 +6,10 @@
  * OUT_HIGH stops being served until it drains below OUT_LOW (a client that does not
  * read its replies cannot make the broker buffer without bound); when it resumes,
  * requests already buffered are served first, since no read event will announce them.
+ * A parked request holds back the requests behind it; past IN_HIGH of them, reading
+ * stops too until the park ends. After EOF (a half-close) everything read is still
+ * served, parked requests included, then the connection closes; a peer gone entirely
+ * (peer_gone) has its parked request dropped, so nothing is handed to nobody.
  * Limits (see limits.c): a connection whose unsent output passes --max-output, or
  * takes no byte of it for --output-timeout seconds, is closed: a client that stops
  * reading cannot hold the broker's memory.
@@ -113,10 +117,12 @@ mpb_conn *conn_new(struct event_base *base, int fd, bool is_tcp)
     }
     peer_describe(c);
     auth_conn_new(c);
-    if (!g_config.quiet)
-        fprintf(stderr, "mpbroker-server: connection %llu from %s uid=%ld%s\n",
-                (unsigned long long)c->id, c->peer, c->is_tcp ? -1L : (long)c->peer_uid,
-                c->authed ? "" : " (authenticating)");
+    if (!g_config.quiet) {
+        char uid[32] = ""; /* a TCP peer has none the broker could know */
+        if (!c->is_tcp) snprintf(uid, sizeof uid, " uid=%ld", (long)c->peer_uid);
+        fprintf(stderr, "mpbroker-server: connection %llu from %s%s%s\n",
+                (unsigned long long)c->id, c->peer, uid, c->authed ? "" : " (authenticating)");
+    }
     c->next = conns;
     if (conns) conns->prev = c;
     conns = c;
@@ -273,15 +279,26 @@ static void on_commit(evutil_socket_t fd, short what, void *arg)
     }
 }
 
-/* After EOF: has the peer closed its socket entirely, not only its sending side? A
- * Unix socket tells (POLLHUP once both directions are shut). Over TCP a FIN reads the
- * same either way; a killed worker parked on queue.get is the common case, and
- * answering it would hand a queue item to nobody, so a TCP peer counts as gone. */
+/* Has the peer closed its socket entirely, not only its sending side? A Unix socket
+ * tells (POLLHUP once both directions are shut). Over TCP a FIN reads the same either
+ * way; a killed worker parked on queue.get is the common case, and answering it
+ * would hand a queue item to nobody, so a TCP peer that sent its FIN counts as gone. */
 static bool peer_gone(const mpb_conn *c)
 {
-    if (c->is_tcp) return true;
-    struct pollfd p = {.fd = c->fd, .events = POLLIN};
-    return poll(&p, 1, 0) == 1 && (p.revents & (POLLHUP | POLLERR));
+    struct pollfd p = {.fd = c->fd, .events = POLLIN | POLLRDHUP};
+    if (poll(&p, 1, 0) != 1) return false;
+    if (p.revents & (POLLHUP | POLLERR)) return true;
+    return c->is_tcp && (p.revents & POLLRDHUP);
+}
+
+bool conn_peer_left(mpb_conn *c)
+{
+    if (c->closing) return true;
+    /* A connection still reading learns of a close from its read event. */
+    if (!c->eof && !c->in_paused && !c->read_paused) return false;
+    if (!peer_gone(c)) return false;
+    kill_soon(c, "its peer closed the socket while it was not read");
+    return true;
 }
 
 /* After serving: write, apply backpressure, close when done. May free c. */
@@ -424,8 +441,14 @@ void conn_unblock(mpb_conn *c)
     event_active(&c->wev, EV_WRITE, 0);
 }
 
+static double mono_now(void);
+
 static void conn_free(mpb_conn *c)
 {
+    if (!g_config.quiet)
+        fprintf(stderr, "mpbroker-server: connection %llu (%s) closed after %.1f s, %llu "
+                "request%s\n", (unsigned long long)c->id, c->peer, mono_now() - c->since,
+                (unsigned long long)c->ops, c->ops == 1 ? "" : "s");
     if (c->commit_wait) commit_unlink(c);
     admin_conn_closed(c);
     auth_conn_free(c);

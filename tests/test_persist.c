@@ -204,7 +204,7 @@ START_TEST(named_objects_persist_and_unheld_anonymous_ones_go)
     ck_assert_int_eq(mpb_list_getitem(C, l, 2, &ref), MPB_OK);
     ck_assert_int_eq(ref.type, MPB_REF);
     ck_assert_uint_eq(ref.v.ref, kept);
-    EXPECT("{[1, 2]: 'tuple key'}", "dict.copy", R(kept));
+    EXPECT("{(1, 2): 'tuple key'}", "dict.copy", R(kept));
     TB_EXPECT_ERR(C, "NoSuchObject", "list.len", R(gone));
     EXPECT("2", "queue.qsize", R(q));
     EXPECT("1", "queue.get", R(q));

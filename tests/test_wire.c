@@ -5,6 +5,8 @@
  * nothing changed for anyone else.
  */
 #include <check.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -437,6 +439,69 @@ START_TEST(input_behind_a_parked_request_is_bounded)
 }
 END_TEST
 
+/* A getter whose client closed its socket while the broker was not reading it
+ * (after a half-close, or with its input paused behind the park) must not be handed
+ * an item: nobody would read it. */
+START_TEST(a_getter_whose_client_left_unnoticed_gets_no_item)
+{
+    mpb_context *c = tb_connect(&B);
+    mpb_ref q = tb_create(c, "queue", NULL);
+    mpb_value item = mpb_str_borrowed("item", 4), size;
+    /* half-closed, parked, then gone */
+    int fd = tb_raw_connect(&B);
+    tb_send_call(fd, 1, "queue.get", (mpb_value[]){mpb_refv(q)}, 1);
+    ck_assert_int_eq(shutdown(fd, SHUT_WR), 0);
+    await_parked(c, 1);
+    usleep(100000); /* the broker has read the EOF */
+    close(fd);
+    ck_assert_int_eq(mpb_queue_put(c, q, &item, -1), MPB_OK);
+    ck_assert_int_eq(mpb_call(c, "queue.qsize", (mpb_value[]){mpb_refv(q)}, 1, &size), MPB_OK);
+    ck_assert_int_eq(size.v.i, 1);
+    ck_assert_int_eq(mpb_call(c, "queue.get", (mpb_value[]){mpb_refv(q)}, 1, &size), MPB_OK);
+    mpb_value_free(&size);
+    /* parked with so much sent behind it that the broker stopped reading, then gone */
+    fd = tb_raw_connect(&B);
+    tb_send_call(fd, 2, "queue.get", (mpb_value[]){mpb_refv(q)}, 1);
+    await_parked(c, 1);
+    static char payload[30000];
+    memset(payload, 'p', sizeof payload);
+    mpb_value arg = mpb_str_borrowed(payload, sizeof payload);
+    ck_assert_int_eq(fcntl(fd, F_SETFL, O_NONBLOCK), 0);
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_array(&pk, 4);
+    msgpack_pack_uint8(&pk, 0);
+    msgpack_pack_uint8(&pk, 3);
+    msgpack_pack_str_with_body(&pk, "manager.ping", 12);
+    msgpack_pack_array(&pk, 1);
+    mpb_value_pack(&pk, &arg);
+    size_t off = 0, total = 0;
+    for (int stalled = 0; stalled < 20 && total < ((size_t)64 << 20);) {
+        ssize_t n = write(fd, sb.data + off, sb.size - off);
+        if (n > 0) {
+            off = (off + (size_t)n) % sb.size;
+            total += (size_t)n;
+            stalled = 0;
+        } else {
+            ck_assert(n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK));
+            stalled++;
+            usleep(50000);
+        }
+    }
+    msgpack_sbuffer_destroy(&sb);
+    ck_assert_msg(total < ((size_t)64 << 20), "the broker never stopped reading");
+    close(fd);
+    ck_assert_int_eq(mpb_queue_put(c, q, &item, -1), MPB_OK);
+    ck_assert_int_eq(mpb_call(c, "queue.qsize", (mpb_value[]){mpb_refv(q)}, 1, &size), MPB_OK);
+    ck_assert_int_eq(size.v.i, 1);
+    for (int i = 0; i < 500 && parked_count(c) > 0; i++) usleep(10000);
+    ck_assert_int_eq(parked_count(c), 0);
+    mpb_free(c);
+}
+END_TEST
+
 /* A raw TCP connection to a broker started with TCP (address tcp://127.0.0.1:PORT). */
 static int raw_tcp_connect(const tb_broker *t)
 {
@@ -500,6 +565,7 @@ static Suite *wire_suite(void)
     tcase_set_timeout(park, 120);
     tcase_add_test(park, a_half_closed_client_gets_every_answer_then_is_closed);
     tcase_add_test(park, input_behind_a_parked_request_is_bounded);
+    tcase_add_test(park, a_getter_whose_client_left_unnoticed_gets_no_item);
     suite_add_tcase(s, park);
     TCase *tcp = tcase_create("tcp");
     tcase_set_timeout(tcp, 60);
