@@ -8,7 +8,7 @@ ARGS       ?=
 
 # Debian packages the build and the tests need.
 PKGS = gcc make pkg-config meson ninja-build libmsgpack-dev libevent-dev check zlib1g-dev libssl-dev \
-       python3 python3-msgpack clang libclang-rt-14-dev libedit-dev libjansson-dev strace scdoc
+       python3 python3-msgpack python3-dev libpython3.11-testsuite clang libclang-rt-14-dev libedit-dev libjansson-dev strace scdoc
 
 .PHONY: all deps build asan fuzz fuzz-long run bench test test-plain test-asan clean
 
@@ -40,7 +40,7 @@ asan: deps $(ASAN_BUILD)/build.ninja
 # The libFuzzer target (clang; ASan + UBSan, any UB is a crash). `make test` runs it
 # bounded (fuzz/meson.build); `make fuzz-long` runs it until stopped (fuzz/README.md).
 $(FUZZ_BUILD)/build.ninja:
-	CC=clang meson setup $(FUZZ_BUILD) --buildtype=debugoptimized -Dfuzz=true -Dtests=false \
+	CC=clang meson setup $(FUZZ_BUILD) --buildtype=debugoptimized -Dfuzz=true -Dtests=false -Dpython=disabled \
 	  -Db_sanitize=address,undefined -Db_lundef=false \
 	  "-Dc_args=-fsanitize=fuzzer-no-link -fno-sanitize-recover=all"
 

@@ -63,6 +63,7 @@ struct mpb_context_priv {
     unsigned long fork_gen; /* fork_gen when fd was opened: another process must not use it */
     char address[320];
     bool reconnect;
+    bool interruptible;       /* a signal ends a blocking wait with MPB_ERR_INTR */
     bool reconnecting;        /* in reconnect(): its own calls must not start another */
     unsigned long conn_gen;   /* connections opened since the first: walks cannot cross */
     int reconnect_wait_ms;
@@ -727,6 +728,12 @@ int mpb_buffer_write(mpb_context *c, int *done) {
  * poll() when the socket is blocking, as it is but for async contexts). */
 static int read_some(mpb_context *c, bool block);
 
+/* A signal arrived during a blocking wait of an interruptible context: nothing is
+ * lost, the calls stay pending (see mpb_set_interruptible). */
+static int interrupted(mpb_context *c) {
+    return set_err(c, MPB_ERR_INTR, "Interrupted", "interrupted by a signal");
+}
+
 int mpb_buffer_read(mpb_context *c) { return read_some(c, false); }
 
 static int read_some(mpb_context *c, bool block) {
@@ -744,7 +751,9 @@ static int read_some(mpb_context *c, bool block) {
         ssize_t n = recv(c->fd, space, avail, block ? 0 : MSG_DONTWAIT);
         if (n < 0 && block && (errno == EAGAIN || errno == EWOULDBLOCK)) {
             struct pollfd pf = {.fd = c->fd, .events = POLLIN}; /* a non-blocking fd */
-            if (poll(&pf, 1, -1) >= 0 || errno == EINTR) continue;
+            if (poll(&pf, 1, -1) >= 0) continue;
+            if (errno == EINTR && p->interruptible) return interrupted(c);
+            if (errno == EINTR) continue;
         }
         if (n > 0) {
             mpb_reader_commit(&p->reader, (size_t)n);
@@ -752,6 +761,7 @@ static int read_some(mpb_context *c, bool block) {
             /* Replies already read (and a final BadRequest) are still served. */
             p->eof = true;
         } else if (errno == EINTR) {
+            if (block && p->interruptible) return interrupted(c);
             continue;
         } else if (errno != EAGAIN && errno != EWOULDBLOCK) {
             set_err(c, MPB_ERR_IO, "ConnectionError", "read: %s", strerror(errno));
@@ -835,6 +845,7 @@ static int take_reply(mpb_context *c, mpb_value *result, int *got) {
 static int wait_fd(mpb_context *c, short events, short *revents) {
     struct pollfd pf = {.fd = c->fd, .events = events};
     while (poll(&pf, 1, -1) < 0) {
+        if (errno == EINTR && c->priv->interruptible) return interrupted(c);
         if (errno != EINTR) {
             set_err(c, MPB_ERR_IO, "ConnectionError", "poll: %s", strerror(errno));
             return break_conn(c);
@@ -873,7 +884,7 @@ int mpb_get_reply(mpb_context *c, mpb_value *result) {
         return set_err(c, MPB_ERR_ARG, "ValueError", "no call is waiting for a reply");
     size_t inflight = p->nids;
     /* A failed flush may leave replies to read (see write_failed): serve those. */
-    if ((rc = mpb_flush(c)) == MPB_OK || c->fd >= 0) {
+    if ((rc = mpb_flush(c)) == MPB_OK || (c->fd >= 0 && rc != MPB_ERR_INTR)) {
         while ((rc = mpb_buffer_take_reply(c, result, &got)) == MPB_OK && !got &&
                (rc = read_some(c, true)) == MPB_OK) {
         }
@@ -894,6 +905,12 @@ int mpb_call(mpb_context *c, const char *method, const mpb_value *args, size_t n
                        "unread: take them with mpb_get_reply first", mpb_pending(c));
     if ((rc = mpb_append_call(c, method, args, nargs)) != MPB_OK) return rc;
     return mpb_get_reply(c, result);
+}
+
+int mpb_set_interruptible(mpb_context *c, int enable) {
+    if (c == NULL) return MPB_ERR_ARG;
+    c->priv->interruptible = enable != 0;
+    return MPB_OK;
 }
 
 size_t mpb_pending(const mpb_context *c) {

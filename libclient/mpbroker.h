@@ -51,6 +51,8 @@ extern "C" {
 #define MPB_ERR_ARG (-7)     /* a bad argument to this library call */
 #define MPB_ERR_CUT (-9)     /* mpb_iter_next: a new connection cut the walk; the next call
                                 starts it over (the context is fine) */
+#define MPB_ERR_INTR (-10)   /* a signal interrupted a blocking wait (mpb_set_interruptible);
+                                the calls stay pending and the context is fine */
 
 typedef struct mpb_context {
     int err;           /* last error code, MPB_OK when none */
@@ -154,6 +156,14 @@ int mpb_flush(mpb_context *c);
  * reply deeper than that fails its own call with MPB_ERR_PROTOCOL, errkind "TooDeep",
  * and the context stays usable; a notification deeper than that is dropped. */
 int mpb_get_reply(mpb_context *c, mpb_value *result);
+/* Interruptible mode (off by default; this call turns it on or off). Off, a signal
+ * that interrupts a blocking wait (in mpb_call, mpb_flush, mpb_get_reply) is ignored and
+ * the wait goes on. On, the wait returns MPB_ERR_INTR (errkind "Interrupted") at once
+ * and nothing is lost: every call stays pending, so the caller can look at its signal
+ * flags (Python: PyErr_CheckSignals) and then either wait on with mpb_get_reply or give
+ * up the connection with mpb_free (the broker then drops a parked request). A signal
+ * handler installed with SA_RESTART never interrupts a wait. */
+int mpb_set_interruptible(mpb_context *c, int enable);
 /* Number of calls sent or queued whose replies have not been read. */
 size_t mpb_pending(const mpb_context *c);
 
@@ -263,8 +273,9 @@ int mpb_queue_task_done(mpb_context *c, mpb_ref q);
 int mpb_queue_join(mpb_context *c, mpb_ref q, double timeout, int *done);
 
 /* lock / rlock / semaphore / condition: *acquired is 1, or 0 after the timeout. A
- * lock belongs to the connection that acquired it; it is released if that
- * connection closes. */
+ * lock belongs to the connection that acquired it; if that connection closes it goes
+ * to the next waiter, or with none, anyone may release or take it (docs/PROTOCOL.md,
+ * "Blocking calls"). */
 int mpb_lock_acquire(mpb_context *c, mpb_ref l, double timeout, int *acquired);
 int mpb_lock_release(mpb_context *c, mpb_ref l);
 int mpb_sem_acquire(mpb_context *c, mpb_ref s, double timeout, int *acquired);

@@ -6,11 +6,16 @@
  * OUT_HIGH stops being served until it drains below OUT_LOW (a client that does not
  * read its replies cannot make the broker buffer without bound); when it resumes,
  * requests already buffered are served first, since no read event will announce them.
+ * A parked request holds back the requests behind it; past IN_HIGH of them, reading
+ * stops too until the park ends. After EOF (a half-close) everything read is still
+ * served, parked requests included, then the connection closes; a peer gone entirely
+ * (peer_gone) has its parked request dropped, so nothing is handed to nobody.
  * Limits (see limits.c): a connection whose unsent output passes --max-output, or
  * takes no byte of it for --output-timeout seconds, is closed: a client that stops
  * reading cannot hold the broker's memory.
  */
 #include <errno.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,6 +33,9 @@
 #define READ_CHUNK (64 * 1024)
 #define OUT_HIGH (4u << 20)
 #define OUT_LOW (1u << 20)
+/* Input read but held back by a parked request: past this, read no more until the
+ * park ends (the socket's buffers, then the sender, hold the rest). */
+#define IN_HIGH (4u << 20)
 
 static mpb_conn *conns;
 static size_t nconns;
@@ -189,13 +197,16 @@ static int flush_out(mpb_conn *c)
     return 0;
 }
 
-/* Serve whole messages already buffered, as long as the connection may proceed. */
-static void serve_buffered(mpb_conn *c)
+/* Serve whole messages already buffered, as long as the connection may proceed.
+ * Returns how many were taken out of the reader. */
+static size_t serve_buffered(mpb_conn *c)
 {
+    size_t served = 0;
     while (!c->blocked && !c->closing && out_pending(c) < OUT_HIGH) {
         msgpack_object msg;
         mpb_read_status st = mpb_reader_next(&c->in, &msg);
         if (st == MPB_READ_NEED) break;
+        served++;
         if (st == MPB_READ_BAD) {
             dispatch_reply_bad(c, false, 0,
                                c->in.too_large ? MPB_E_TOO_LARGE : MPB_E_BAD_REQUEST,
@@ -212,6 +223,7 @@ static void serve_buffered(mpb_conn *c)
         dispatch_message(c, &msg);
         objects_collect();
     }
+    return served;
 }
 
 /*--- Group commit (--fsync always) ---
@@ -267,30 +279,71 @@ static void on_commit(evutil_socket_t fd, short what, void *arg)
     }
 }
 
+/* Has the peer closed its socket entirely, not only its sending side? A Unix socket
+ * tells (POLLHUP once both directions are shut). Over TCP a FIN reads the same either
+ * way; a killed worker parked on queue.get is the common case, and answering it
+ * would hand a queue item to nobody, so a TCP peer that sent its FIN counts as gone. */
+static bool peer_gone(const mpb_conn *c)
+{
+    struct pollfd p = {.fd = c->fd, .events = POLLIN | POLLRDHUP};
+    if (poll(&p, 1, 0) != 1) return false;
+    if (p.revents & (POLLHUP | POLLERR)) return true;
+    return c->is_tcp && (p.revents & POLLRDHUP);
+}
+
+bool conn_peer_left(mpb_conn *c)
+{
+    if (c->closing) return true;
+    /* A connection still reading learns of a close from its read event. */
+    if (!c->eof && !c->in_paused && !c->read_paused) return false;
+    if (!peer_gone(c)) return false;
+    kill_soon(c, "its peer closed the socket while it was not read");
+    return true;
+}
+
 /* After serving: write, apply backpressure, close when done. May free c. */
 static void after_serving(mpb_conn *c)
 {
-    if (group_commit_wait(c)) return;
-    if (flush_out(c) < 0) {
-        conn_free(c);
-        return;
-    }
-    if (output_over(c) && !c->closing) {
-        kill_soon(c, "unsent output over --max-output");
-        return; /* freed by its write callback, now pending */
-    }
-    size_t pend = out_pending(c);
-    if ((c->closing || c->eof) && (pend == 0 || c->closing)) {
-        if (pend == 0) {
+    for (;;) {
+        if (group_commit_wait(c)) return;
+        if (flush_out(c) < 0) {
             conn_free(c);
             return;
         }
-        event_del(&c->rev); /* only finishing the output now */
-        return;
+        if (output_over(c) && !c->closing) {
+            kill_soon(c, "unsent output over --max-output");
+            return; /* freed by its write callback, now pending */
+        }
+        if (c->closing) {
+            if (out_pending(c) == 0) conn_free(c);
+            else event_del(&c->rev); /* only finishing the output now */
+            return;
+        }
+        if (!c->eof) break;
+        /* The peer has sent all it will: serve every whole message it sent, parked
+         * ones included, answer them all, then close. */
+        if (c->blocked) {
+            if (peer_gone(c)) conn_free(c); /* nobody is left to read the answer */
+            return; /* else answered later: wait_done wakes on_write */
+        }
+        if (out_pending(c) > 0) return; /* on_write serves the rest as it drains */
+        if (serve_buffered(c) == 0) { /* only a partial message is left, for ever */
+            conn_free(c);
+            return;
+        }
     }
-    if (pend >= OUT_HIGH && !c->read_paused) {
+    if (out_pending(c) >= OUT_HIGH && !c->read_paused) {
         c->read_paused = true;
         event_del(&c->rev);
+    }
+    /* A parked request holds back what follows it. Past IN_HIGH of that, read no more
+     * until the park ends: one client streaming behind a park cannot fill the
+     * broker's memory. */
+    bool hold = c->blocked && mpb_reader_pending(&c->in) >= IN_HIGH;
+    if (hold != c->in_paused) {
+        c->in_paused = hold;
+        if (hold) event_del(&c->rev);
+        else if (!c->read_paused) event_add(&c->rev, NULL);
     }
 }
 
@@ -348,7 +401,7 @@ static void on_write(evutil_socket_t fd, short what, void *arg)
     if (out_pending(c) < OUT_LOW) {
         if (c->read_paused) {
             c->read_paused = false;
-            if (!c->eof && !c->closing) event_add(&c->rev, NULL);
+            if (!c->eof && !c->closing && !c->in_paused) event_add(&c->rev, NULL);
         }
         serve_buffered(c); /* what was read while paused or parked */
     }

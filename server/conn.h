@@ -30,9 +30,11 @@ typedef struct mpb_conn {
     mpb_idmap owned;   /* lock/semaphore id -> times acquired by this connection */
     struct mpb_waiter *parked; /* the request waiting (wait.h), or NULL */
     bool is_tcp;
-    bool eof;          /* peer closed its side: answer what was read, then close */
+    bool eof;          /* peer closed its side: answer what was read (parked requests
+                        * included), then close */
     bool closing;      /* close once the output is written */
     bool read_paused;  /* backpressure: output above the high mark */
+    bool in_paused;    /* input held back by a parked request above its high mark */
     bool blocked;      /* a parked request: later requests wait their turn */
     bool commit_wait;  /* replies wait for the round's fsync (conn.c group commit) */
     bool held;         /* persistence failed: unsent replies wait until it recovers */
@@ -54,6 +56,11 @@ mpb_conn *conn_new(struct event_base *base, int fd, bool is_tcp);
 /* Output was appended from outside this connection's own callbacks (a parked request
  * answered by another client's action): write it soon. */
 void conn_schedule_flush(mpb_conn *c);
+/* Is c's peer known to have closed its socket, though c is open? Asked before
+ * handing c's parked request something that would be lost unread (a queue item):
+ * c may not be reading (after a half-close, or paused by backpressure), so its read
+ * event would not tell. When true, c closes at its next callback. */
+bool conn_peer_left(mpb_conn *c);
 /* A parked request was answered: resume reading this connection's requests. */
 void conn_unblock(mpb_conn *c);
 /* Close every connection (at exit), writing what output the sockets take at once. */

@@ -235,19 +235,27 @@ static bool frees_memory(const char *method)
 static bool over_memory(mpb_req *r, size_t adding)
 {
     size_t used = objects_mem_used();
-    if (used + adding <= g_config.max_memory) return false;
+    if (adding <= g_config.max_memory && used <= g_config.max_memory - adding) return false;
     reply_error(r, MPB_E_OUT_OF_MEMORY, "%s: the shared data would pass the %zu-byte "
                 "--max-memory limit (%zu bytes used); nothing was changed", r->info->name,
                 g_config.max_memory, used);
     return true;
 }
 
-bool limits_memory_for_value(mpb_req *r, const mpb_value *v)
+bool limits_memory_for_bytes(mpb_req *r, size_t bytes)
 {
     if (g_config.max_memory == 0 || !(r->info->flags & MPB_F_WRITE) ||
         frees_memory(r->info->name) || persist_is_replay(r->conn))
         return true; /* what was stored before a restart is loaded whatever the limit */
-    return !over_memory(r, objects_value_cost(v));
+    size_t total = r->mem_granted + bytes < bytes ? SIZE_MAX : r->mem_granted + bytes;
+    if (over_memory(r, total)) return false;
+    r->mem_granted = total;
+    return true;
+}
+
+bool limits_memory_for_value(mpb_req *r, const mpb_value *v)
+{
+    return limits_memory_for_bytes(r, objects_value_cost(v));
 }
 
 bool limits_memory_after_create(mpb_req *r)

@@ -48,8 +48,14 @@ bool limits_is_loopback(const struct sockaddr *sa);
  * slice); 0 (none) when neither can be read. */
 size_t limits_default_max_memory(void);
 /* --max-memory: may r store v? false after replying OutOfMemory. Deletions (remove,
- * pop, delitem, discard, delattr) are never refused: they free memory. */
+ * pop, delitem, discard, delattr) are never refused: they free memory. What one
+ * request is granted adds up (a key and its value, several operands), so a request
+ * is refused when all it brings would pass the limit. */
 bool limits_memory_for_value(mpb_req *r, const mpb_value *v);
+/* The same for `bytes` r is about to store that no argument value accounts for (a
+ * set.update copying another object's elements, an array created from a length):
+ * call it before allocating them. */
+bool limits_memory_for_bytes(mpb_req *r, size_t bytes);
 /* After manager.create/open filled a new object: false after replying OutOfMemory
  * when the data is now over the limit (the caller frees the object). */
 bool limits_memory_after_create(mpb_req *r);

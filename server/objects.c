@@ -502,6 +502,18 @@ void objects_charge_state(mpb_object *o)
     }
 }
 
+void objects_recharge_state(mpb_object *o, size_t before, size_t after)
+{
+    if (after >= before) {
+        o->charged += after - before;
+        mem_used += after - before;
+        return;
+    }
+    size_t less = before - after < o->charged ? before - after : o->charged;
+    o->charged -= less;
+    mem_used -= less < mem_used ? less : mem_used;
+}
+
 void objects_retain_value(const mpb_value *v)
 {
     mem_used += objects_value_cost(v);

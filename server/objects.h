@@ -146,6 +146,9 @@ size_t objects_mem_used(void);
 /* What storing v costs: its slot and its heap bytes. */
 size_t objects_value_cost(const mpb_value *v);
 void objects_charge_state(mpb_object *o);
+/* That fixed state changed size in place (a value or array item replaced by one of
+ * another length, as 'u' strings are): from `before` to `after` heap bytes. */
+void objects_recharge_state(mpb_object *o, size_t before, size_t after);
 /* Queue o for freeing if nothing keeps it alive any more. */
 void objects_maybe_free(mpb_object *o);
 /* Free everything queued (and what that releases in turn). */

@@ -55,6 +55,7 @@ typedef struct mpb_req {
     mpb_object *self;            /* params[0] resolved, or NULL for manager.* */
     const msgpack_object *args;  /* params after the reference (all, for manager.*) */
     uint32_t nargs;
+    size_t mem_granted; /* bytes --max-memory let this request bring so far (limits.c) */
 } mpb_req;
 
 /*--- dispatch.c ---*/

@@ -9,8 +9,12 @@
 
 #include "wait.h"
 
+/* The owner of a lock whose owner died with nobody waiting: locked, and any
+ * connection may release or acquire it (no connection id is ever this). */
+#define LOCK_ORPHANED (UINT64_MAX - 1)
+
 typedef struct lockstate {
-    uint64_t owner; /* connection id; 0 when free */
+    uint64_t owner; /* connection id; 0 when free; LOCK_ORPHANED */
     int64_t depth;  /* recursion depth (1 for a plain lock) */
     mpb_waitq waiters;
 } lockstate;

@@ -6,6 +6,7 @@
  */
 #include <stdlib.h>
 
+#include "limits.h"
 #include "mpb_codec.h"
 #include "persist.h"
 #include "server.h"
@@ -62,8 +63,19 @@ bool array_init_from(mpb_req *r, mpb_object *o, uint32_t i)
     sub.args = a->via.array.ptr;
     sub.nargs = 2;
     if (init->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
-        if (init->via.u64 > ARRAY_MAX_LEN || mpb_array_reserve(&s->a, init->via.u64) < 0) {
+        if (init->via.u64 > ARRAY_MAX_LEN) {
             reply_error(r, MPB_E_OUT_OF_MEMORY, "%s: array of %llu items: too large",
+                        r->info->name, (unsigned long long)init->via.u64);
+            return false;
+        }
+        /* --max-memory before allocating: what the zeros will cost, as counted once
+         * the array exists (a slot each, and a 'c'/'u' item's bytes). */
+        mpb_value zero = typecode_zero(s->tc);
+        size_t each = objects_value_cost(&zero);
+        mpb_value_free(&zero);
+        if (!limits_memory_for_bytes(r, (size_t)init->via.u64 * each)) return false;
+        if (mpb_array_reserve(&s->a, init->via.u64) < 0) {
+            reply_error(r, MPB_E_OUT_OF_MEMORY, "%s: array of %llu items: out of memory",
                         r->info->name, (unsigned long long)init->via.u64);
             return false;
         }
@@ -90,6 +102,16 @@ bool array_init_from(mpb_req *r, mpb_object *o, uint32_t i)
     return ok; /* on failure the object is freed with what it holds */
 }
 
+/* Replace the item in *slot with *x (taken). A 'u' character takes 1 to 4 bytes: the
+ * memory count follows, as a fresh load of the array would count it. */
+static void store(mpb_object *o, mpb_value *slot, mpb_value *x)
+{
+    objects_recharge_state(o, mpb_value_memsize(slot), mpb_value_memsize(x));
+    mpb_value_free(slot);
+    *slot = *x;
+    *x = mpb_nil();
+}
+
 /* array.len REF */
 void array_len(mpb_req *r) { reply_int(r, (int64_t)ARR(r->self)->a.len); }
 
@@ -105,8 +127,7 @@ void array_setitem(mpb_req *r)
         int64_t i = seq_index(r, 0, (int64_t)a->len, "array assignment");
         mpb_value x;
         if (i < 0 || !arg_typed(r, 1, s->tc, &x)) return;
-        mpb_value_free(&a->items[i]);
-        a->items[i] = x;
+        store(r->self, &a->items[i], &x);
         reply_nil(r);
         return;
     }
@@ -132,10 +153,8 @@ void array_setitem(mpb_req *r)
     int64_t k = 0;
     while (k < n && arg_typed(&sub, (uint32_t)k, s->tc, &conv[k])) k++;
     if (k == n) {
-        for (int64_t j = 0, i = start; j < n; j++, i += step) {
-            mpb_value_free(&a->items[i]);
-            a->items[i] = conv[j];
-        }
+        for (int64_t j = 0; j < n; j++) /* no running index: see seq_getitem */
+            store(r->self, &a->items[start + j * step], &conv[j]);
         reply_nil(r);
     } else {
         for (int64_t j = 0; j < k; j++) mpb_value_free(&conv[j]);

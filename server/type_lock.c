@@ -1,9 +1,13 @@
 /* type_lock.c - Lock and RLock, owned by connections, handed FIFO to waiters.
  *
  * Unlike Python's Lock, release by a connection that does not own it is an error,
- * and a connection that dies gives back every lock it owns (Python would deadlock).
- * A plain lock acquired again by its owner with no timeout would wait forever (the
- * owner is the one blocked), so that is a RuntimeError instead.
+ * and a lock never deadlocks a waiter because its owner died (Python's would): a dead
+ * owner's lock goes to the next waiter at once, or, with nobody waiting, stays locked
+ * with no owner (robust-mutex semantics): then any connection may release it or
+ * acquire it. That keeps Python's own rule where its tests check it (a process locks
+ * a Lock and exits, another releases it). A plain lock acquired again by its owner
+ * with no timeout would wait forever (the owner is the one blocked), so that is a
+ * RuntimeError instead.
  */
 #include <stdlib.h>
 
@@ -52,7 +56,7 @@ static void lock_conn_gone(mpb_object *o, uint64_t conn_id, uintptr_t count)
     (void)count;
     lockstate *l = LOCK(o);
     if (l->owner != conn_id) return;
-    l->owner = 0;
+    l->owner = l->waiters.head ? 0 : LOCK_ORPHANED;
     l->depth = 0;
     handoff(o);
 }
@@ -75,7 +79,7 @@ bool lock_try(mpb_object *lk, mpb_conn *c, int64_t depth)
         l->depth += depth;
         return true;
     }
-    if (l->owner != 0) return false;
+    if (l->owner != 0 && l->owner != LOCK_ORPHANED) return false;
     if (objects_own(&c->owned, lk) < 0) return false;
     l->owner = c->id;
     l->depth = depth;
@@ -97,7 +101,8 @@ void lock_release_levels(mpb_object *lk, mpb_conn *c, bool all, int64_t *depth)
 void lock_grant_or_queue(mpb_object *lk, mpb_waiter *w)
 {
     lockstate *l = LOCK(lk);
-    if (l->owner == 0 && !l->waiters.head && lock_try(lk, w->conn, w->n > 0 ? w->n : 1))
+    if ((l->owner == 0 || l->owner == LOCK_ORPHANED) && !l->waiters.head &&
+        lock_try(lk, w->conn, w->n > 0 ? w->n : 1))
         answer_granted(w);
     else
         wait_enqueue(w, &l->waiters);
@@ -141,6 +146,12 @@ void lock_release_req(mpb_req *r, mpb_object *lk)
     lockstate *l = LOCK(lk);
     if (l->owner == 0) {
         reply_error(r, MPB_E_RUNTIME, "release unlocked lock");
+        return;
+    }
+    if (l->owner == LOCK_ORPHANED) { /* its owner died: anyone may release it */
+        reply_nil(r);
+        l->owner = 0;
+        handoff(lk);
         return;
     }
     if (l->owner != r->conn->id) {

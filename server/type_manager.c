@@ -8,6 +8,8 @@
 #include "persist.h"
 #include "server.h"
 
+static void pack_key(msgpack_packer *pk, const char *k);
+
 typedef bool (*init_fn)(mpb_req *r, mpb_object *o, uint32_t i);
 
 static const init_fn init_from[MPB_OT__COUNT] = {
@@ -148,6 +150,16 @@ void manager_incref(mpb_req *r)
 {
     mpb_object *o = ref_arg(r);
     if (o) hold_and_reply(r, o);
+}
+
+/* manager.typeof REF: what a client needs to wrap a reference it read out of an
+ * object (a Python proxy) without listing every object. */
+void manager_typeof(mpb_req *r)
+{
+    mpb_object *o = ref_arg(r);
+    if (!o) return;
+    msgpack_packer *pk = reply_begin(r);
+    pack_key(pk, objects_typeid(o));
 }
 
 /* manager.delete NAME */

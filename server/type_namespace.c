@@ -6,6 +6,7 @@
  * map_cas in type_dict.c): one implementation for both, and so is the storage
  * (objects.c gives namespaces dict's type operations).
  */
+#include "limits.h"
 #include "server.h"
 
 bool ns_init_from(mpb_req *r, mpb_object *o, uint32_t i)
@@ -13,12 +14,14 @@ bool ns_init_from(mpb_req *r, mpb_object *o, uint32_t i)
     return !has_initial(r, i) || map_update_from(r, o->u.map, i, true);
 }
 
-/* The attribute name argument as an owned str value; false after replying. */
+/* The attribute name argument as an owned str value; false after replying. A name
+ * that will be stored counts against --max-memory as a dict key does. */
 static bool attr_arg(mpb_req *r, mpb_value *out)
 {
     const char *p;
     size_t n;
     if (!arg_str(r, 0, &p, &n)) return false;
+    if (!limits_memory_for_bytes(r, sizeof(mpb_value) + n + 1)) return false; /* as stored */
     *out = mpb_strn(p, n);
     if (out->type != MPB_STR) {
         reply_error(r, MPB_E_OUT_OF_MEMORY, "%s: out of memory", r->info->name);

@@ -138,7 +138,9 @@ static void rebalance(mpb_object *o)
     for (bool moved = true; moved;) {
         moved = false;
         while (q->len > 0 && q->getters.head) {
-            mpb_waiter *w = waitq_pop(&q->getters);
+            /* Not to a getter whose client is gone: the item would be lost unread. */
+            mpb_waiter *w = waitq_pop_live(&q->getters);
+            if (!w) break;
             mpb_value v = pop(q);
             mpb_req r;
             wait_req(w, &r);

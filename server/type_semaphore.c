@@ -2,8 +2,17 @@
  *
  * Python's semaphores have no owner; to give back what a dead connection acquired,
  * each semaphore counts acquisitions per connection id (holders). A release is
- * charged to the releasing connection's own acquisitions first, else to anyone's, so
- * a dead connection never returns units that someone else already returned.
+ * charged to the releasing connection's own acquisitions first, else to orphans, else
+ * to anyone's, so a dead connection never returns units that someone else already
+ * returned.
+ *
+ * A dead holder's units go to waiters at once, one each; those left over become
+ * orphans (as a dead owner's lock, type_lock.c): still acquired, by nobody. Any
+ * connection may release one (a BoundedSemaphore's unit acquired by a process that
+ * exited can be released by another, as in Python), and an acquire that finds no
+ * free unit takes one, so no waiter is ever stuck behind a dead holder. For
+ * persistence an orphan is a unit still held by the replay (a restart returns it, as
+ * every held unit): only the units handed to waiters are logged as released.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +23,7 @@
 
 typedef struct semstate {
     int64_t value, initial;
+    int64_t orphans; /* units acquired by connections that died, released by nobody */
     mpb_waitq waiters;
     mpb_idmap holders; /* conn id -> units acquired and not released */
 } semstate;
@@ -56,8 +66,10 @@ static bool take(mpb_object *o, mpb_conn *c)
     return true;
 }
 
-/* Uncharge `units` released by conn_id: its own first, then anyone's. */
-static void uncharge(semstate *s, uint64_t conn_id, int64_t units)
+static void uncharge(semstate *s, uint64_t conn_id, int64_t units);
+
+/* Uncharge `units` from the holders: conn_id's own first, then anyone's. */
+static void uncharge_holders(semstate *s, uint64_t conn_id, int64_t units)
 {
     while (units > 0) {
         uint64_t id = conn_id;
@@ -94,20 +106,74 @@ static void handoff(mpb_object *o)
     }
 }
 
+/* The replay's connection (persist.c): at the end of a load it gives back every unit,
+ * orphans included, since a restart returns what connections held. */
+#define REPLAY_CONN_ID UINT64_MAX
+
 static void sem_conn_gone(mpb_object *o, uint64_t conn_id, uintptr_t count)
 {
     (void)count;
     semstate *s = SEM(o);
-    uintptr_t n = (uintptr_t)idmap_del(&s->holders, conn_id);
+    int64_t n = (int64_t)(uintptr_t)idmap_del(&s->holders, conn_id);
+    if (conn_id == REPLAY_CONN_ID) {
+        n += s->orphans;
+        s->orphans = 0;
+    }
     if (n == 0) return;
-    s->value += (int64_t)n;
-    mpb_value args[2] = {mpb_refv(o->id), mpb_int((int64_t)n)};
+    /* value > 0 only while nobody waits: so each waiter takes one of these units. */
+    int64_t waiting = (int64_t)s->waiters.len;
+    int64_t give = conn_id == REPLAY_CONN_ID || waiting > n ? n : waiting;
+    s->orphans += n - give;
+    if (give == 0) return;
+    s->value += give;
+    mpb_value args[2] = {mpb_refv(o->id), mpb_int(give)};
     persist_log_effect("semaphore.release", args, 2); /* its holder died */
     handoff(o);
 }
 
 const mpb_type_ops mpb_semaphore_ops = {sem_init, sem_destroy, sem_length, sem_memsize,
                                         sem_conn_gone};
+
+/* The full form {"value": V, "initial": I, "held": H} into *value, *initial, *held;
+ * false after replying. Every number must be an int >= 0 (as Python's "semaphore
+ * initial value must be >= 0"), and a bounded semaphore's value within its initial
+ * one: a client may send this form too, and a negative value would read as 2^64-5
+ * units. */
+static bool full_form(mpb_req *r, const msgpack_object *a, bool bounded, int64_t *value,
+                      int64_t *initial, int64_t *held)
+{
+    static const char *const keys[] = {"value", "initial", "held"};
+    int64_t *slots[] = {value, initial, held};
+    for (uint32_t k = 0; k < a->via.map.size; k++) {
+        const msgpack_object_kv *kv = &a->via.map.ptr[k];
+        const char *key;
+        size_t kl;
+        int j = 0;
+        if (mpb_object_bytes(&kv->key, &key, &kl))
+            while (j < 3 && (strlen(keys[j]) != kl || memcmp(key, keys[j], kl) != 0)) j++;
+        else
+            j = 3;
+        if (j == 3) {
+            reply_error(r, MPB_E_VALUE, "a semaphore's initial map takes only value, initial, held");
+            return false;
+        }
+        if (kv->val.type != MSGPACK_OBJECT_POSITIVE_INTEGER &&
+            kv->val.type != MSGPACK_OBJECT_NEGATIVE_INTEGER) {
+            reply_error(r, MPB_E_TYPE, "semaphore %s must be an integer", keys[j]);
+            return false;
+        }
+        if (!mpb_object_int(&kv->val, slots[j]) || *slots[j] < 0) {
+            reply_error(r, MPB_E_VALUE, "semaphore %s value must be >= 0 (and below 2^63)",
+                        j == 0 ? "initial" : keys[j]); /* Python's words for the value */
+            return false;
+        }
+    }
+    if (bounded && *value > *initial) {
+        reply_error(r, MPB_E_VALUE, "a bounded semaphore's value cannot pass its initial value");
+        return false;
+    }
+    return true;
+}
 
 /* INITIAL: VALUE, or the full form {"value": V, "initial": I, "held": H} (a
  * snapshot: H units acquired by the creating connection). */
@@ -118,16 +184,7 @@ bool sem_init_from(mpb_req *r, mpb_object *o, uint32_t i)
     if (a->type == MSGPACK_OBJECT_MAP) {
         semstate *s = SEM(o);
         int64_t held = 0;
-        for (uint32_t k = 0; k < a->via.map.size; k++) {
-            const msgpack_object_kv *kv = &a->via.map.ptr[k];
-            int64_t n;
-            const char *key;
-            size_t kl;
-            if (!mpb_object_int(&kv->val, &n) || !mpb_object_bytes(&kv->key, &key, &kl)) continue;
-            if (kl == 5 && !memcmp(key, "value", 5)) s->value = n;
-            else if (kl == 7 && !memcmp(key, "initial", 7)) s->initial = n;
-            else if (kl == 4 && !memcmp(key, "held", 4)) held = n;
-        }
+        if (!full_form(r, a, o->variant == 1, &s->value, &s->initial, &held)) return false;
         if (held > 0 && (idmap_put(&s->holders, r->conn->id, (void *)(uintptr_t)held) < 0 ||
                          objects_own(&r->conn->owned, o) < 0)) {
             reply_error(r, MPB_E_OUT_OF_MEMORY, "%s: out of memory", r->info->name);
@@ -161,6 +218,21 @@ void sem_acquire(mpb_req *r)
         else reply_error(r, MPB_E_OUT_OF_MEMORY, "semaphore.acquire: out of memory");
         return;
     }
+    /* An orphan (see above) is taken rather than waited for. In a replay the log holds
+     * no orphans: an acquire that succeeded at once with no free unit took one, a unit
+     * the replay holds already. */
+    if (s->value == 0 && !s->waiters.head && (s->orphans > 0 || persist_is_replay(r->conn))) {
+        s->value++;
+        if (!take(r->self, r->conn)) {
+            s->value--;
+            reply_error(r, MPB_E_OUT_OF_MEMORY, "semaphore.acquire: out of memory");
+            return;
+        }
+        if (persist_is_replay(r->conn)) uncharge(s, r->conn->id, 1);
+        else s->orphans--;
+        reply_bool(r, true);
+        return;
+    }
     if (!blocking || timeout == 0) reply_bool(r, false);
     else wait_park(r, r->self, &s->waiters, timeout, wait_timeout_false);
 }
@@ -189,6 +261,19 @@ void sem_release(mpb_req *r)
     handoff(r->self);
 }
 
+/* Uncharge `units` released by conn_id: its own first, then orphans, then anyone's. */
+static void uncharge(semstate *s, uint64_t conn_id, int64_t units)
+{
+    int64_t own = (int64_t)(uintptr_t)idmap_get(&s->holders, conn_id);
+    int64_t from_orphans = units - own;
+    if (from_orphans > s->orphans) from_orphans = s->orphans;
+    if (from_orphans > 0) {
+        s->orphans -= from_orphans;
+        units -= from_orphans;
+    }
+    uncharge_holders(s, conn_id, units);
+}
+
 /* semaphore.value REF */
 void sem_value(mpb_req *r) { reply_int(r, SEM(r->self)->value); }
 
@@ -200,6 +285,7 @@ void sem_dump(const mpb_object *o, msgpack_packer *pk)
     uint64_t id;
     void *n;
     while (idmap_next(&s->holders, &it, &id, &n)) held += (int64_t)(uintptr_t)n;
+    held += s->orphans; /* still acquired: a restart returns them, as every held unit */
     msgpack_pack_map(pk, 3);
     msgpack_pack_str_with_body(pk, "value", 5);
     msgpack_pack_int64(pk, s->value);

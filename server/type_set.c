@@ -12,6 +12,7 @@
  */
 #include <stdlib.h>
 
+#include "limits.h"
 #include "mpb_codec.h"
 #include "persist.h"
 #include "server.h"
@@ -124,7 +125,8 @@ void set_dump(const mpb_object *o, msgpack_packer *pk)
  * object, or built (own) from an array or map argument or a list object. */
 typedef struct operand {
     const mpb_map *m;
-    mpb_map *own; /* freed by free_operands; NULL when m is borrowed */
+    mpb_map *own;   /* freed by free_operands; NULL when m is borrowed */
+    bool from_ref;  /* another object's elements: --max-memory has not seen them */
 } operand;
 
 #define MAX_OPERANDS 255 /* a method row's MAX is an unsigned char */
@@ -132,8 +134,10 @@ typedef struct operand {
 static bool operand_arg(mpb_req *r, uint32_t i, operand *op)
 {
     op->m = op->own = NULL;
+    op->from_ref = false;
     mpb_ref ref;
     if (mpb_object_is_ref(&r->args[i], &ref)) {
+        op->from_ref = true;
         mpb_object *o = objects_get(ref);
         if (!o) {
             reply_error(r, MPB_E_NO_SUCH_OBJECT, "%s: no object %llu (released or never created)",
@@ -271,38 +275,45 @@ static void reply_walk(mpb_req *r, walk_fn walk)
 
 #define SET(r) ((r)->self->u.map)
 
-/* Add copies of the keys of src that self lacks. All or nothing: on allocation
- * failure what was added is taken out again and false returned (nothing replied).
- * The elements added are retained only on success. */
-static bool add_missing(mpb_map *self, const mpb_map *src, const uint8_t *skip, size_t *added)
+/* What add_missing found. */
+enum { ADD_OK, ADD_NOMEM, ADD_OVER_LIMIT /* --max-memory: replied */ };
+
+/* Add copies of the keys of operand src that self lacks. All or nothing: on
+ * allocation failure, or when --max-memory refuses the next copy, stop and return
+ * why; commit_added then takes out what was added. The elements added are retained
+ * only on success. An operand read from another object was not counted as an
+ * argument is (arg_value): each copy is checked against the limit before it is made. */
+static int add_missing(mpb_req *r, mpb_map *self, const operand *src, const uint8_t *skip,
+                       size_t *added)
 {
     size_t it = 0;
     mpb_map_entry *e;
-    while ((e = mpb_map_next(src, &it))) {
+    while ((e = mpb_map_next(src->m, &it))) {
         if ((skip && skip[it - 1]) || has(self, &e->key)) continue;
+        if (src->from_ref && !limits_memory_for_value(r, &e->key)) return ADD_OVER_LIMIT;
         mpb_value k, nil = mpb_nil();
-        if (mpb_value_copy(&k, &e->key) < 0) return false;
+        if (mpb_value_copy(&k, &e->key) < 0) return ADD_NOMEM;
         if (mpb_map_set(self, &k, &nil, NULL) < 0) {
             mpb_value_free(&k);
-            return false;
+            return ADD_NOMEM;
         }
         (*added)++;
     }
-    return true;
+    return ADD_OK;
 }
 
 /* Finish add_missing calls: retain what they added, or take it all out again. The
  * entries added are the last `added` slots (nothing was deleted in between, and
  * compaction keeps order). */
-static bool commit_added(mpb_req *r, mpb_map *self, size_t added, bool ok)
+static bool commit_added(mpb_req *r, mpb_map *self, size_t added, int how)
 {
-    if (!ok) {
+    if (how != ADD_OK) {
         for (; added > 0; added--) {
             mpb_value k;
             mpb_map_pop_last(self, &k, NULL);
             mpb_value_free(&k);
         }
-        reply_oom(r);
+        if (how == ADD_NOMEM) reply_oom(r);
         return false;
     }
     for (size_t i = self->used - added; i < self->used; i++)
@@ -428,10 +439,10 @@ void set_update(mpb_req *r)
     operand ops[MAX_OPERANDS];
     size_t n, added = 0;
     if (!operands(r, 0, ops, &n)) return;
-    bool ok = true;
-    for (size_t j = 0; ok && j < n; j++)
-        if (ops[j].m != SET(r)) ok = add_missing(SET(r), ops[j].m, NULL, &added);
-    if (commit_added(r, SET(r), added, ok)) reply_nil(r);
+    int how = ADD_OK;
+    for (size_t j = 0; how == ADD_OK && j < n; j++)
+        if (ops[j].m != SET(r)) how = add_missing(r, SET(r), &ops[j], NULL, &added);
+    if (commit_added(r, SET(r), added, how)) reply_nil(r);
     free_operands(ops, n);
 }
 
@@ -507,8 +518,8 @@ void set_symmetric_difference_update(mpb_req *r)
     size_t it = 0, added = 0;
     mpb_map_entry *e;
     while ((e = mpb_map_next(op.m, &it))) in[it - 1] = has(self, &e->key);
-    bool ok = add_missing(self, op.m, in, &added);
-    if (commit_added(r, self, added, ok)) {
+    int how = add_missing(r, self, &op, in, &added);
+    if (commit_added(r, self, added, how)) {
         for (it = 0; (e = mpb_map_next(op.m, &it));)
             if (in[it - 1]) discard(self, &e->key);
         reply_nil(r);

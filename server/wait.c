@@ -126,6 +126,13 @@ mpb_waiter *waitq_pop(mpb_waitq *q)
     return w;
 }
 
+mpb_waiter *waitq_pop_live(mpb_waitq *q)
+{
+    mpb_waiter *w;
+    while ((w = waitq_pop(q)) && conn_peer_left(w->conn)) wait_conn_closed(w->conn);
+    return w;
+}
+
 void waitq_fail_all(mpb_waitq *q, mpb_errkind kind, const char *msg)
 {
     mpb_waiter *w;

@@ -64,6 +64,9 @@ void wait_answer_bool(mpb_waiter *w, bool result);
 void wait_timeout_false(mpb_waiter *w);
 /* Pop the oldest waiter of q (unlinked), or NULL. */
 mpb_waiter *waitq_pop(mpb_waitq *q);
+/* waitq_pop, cancelling on the way waiters whose peer has left (conn_peer_left): for
+ * a hand-off that must not be lost unread. */
+mpb_waiter *waitq_pop_live(mpb_waitq *q);
 /* Answer every waiter in q with an error (an object going away, a barrier broken). */
 void waitq_fail_all(mpb_waitq *q, mpb_errkind kind, const char *msg);
 /* Its connection is closing: cancel the waiter without replying. */

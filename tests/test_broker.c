@@ -74,6 +74,16 @@ START_TEST(list_mutators_behave_as_python)
 }
 END_TEST
 
+START_TEST(typeof_names_the_type_an_object_was_created_as)
+{
+    EXPECT("'list'", "manager.typeof", R(new_obj("list", "[]")));
+    EXPECT("'rlock'", "manager.typeof", R(new_obj("rlock", "None")));
+    EXPECT("'joinablequeue'", "manager.typeof", R(new_obj("joinablequeue", "None")));
+    EXPECT_ERR("NoSuchObject", "manager.typeof", R(0x7fffffff00000001ull));
+    EXPECT_ERR("TypeError", "manager.typeof", V("1"));
+}
+END_TEST
+
 START_TEST(list_search_behaves_as_python)
 {
     mpb_ref l = new_obj("list", "[1, 2.0, 'x', [1, 2], 2, True]");
@@ -543,6 +553,7 @@ static Suite *broker_suite(void)
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, list_mutators_behave_as_python);
+    tcase_add_test(tc, typeof_names_the_type_an_object_was_created_as);
     tcase_add_test(tc, list_search_behaves_as_python);
     tcase_add_test(tc, list_indexes_and_slices_behave_as_python);
     tcase_add_test(tc, list_sort_of_mixed_types_is_type_error_and_list_unchanged);

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <linux/sockios.h> /* SIOCOUTQ */
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -1177,11 +1178,33 @@ START_TEST(sigterm_answers_requests_already_received)
     for (int i = 0; i < 16; i++) ck_assert_int_eq(mpb_list_append(c, l, &v), MPB_OK);
     mpb_free(c);
     /* 20 copies of 1 MiB asked for at once, none read: the broker stops serving them
-     * after about 4 MiB of unsent replies. The rest sit read but unanswered. */
+     * after about 4 MiB of unsent replies. The rest sit read but unanswered. They go
+     * in one write, so that one read takes them all (sent one by one, the later ones
+     * could still be in the socket when the broker stops reading, and requests not
+     * read at SIGTERM are not answered); SIGTERM only once the broker read them. */
     int fd = tb_raw_connect(&t);
     mpb_value r = mpb_refv(l);
-    for (int i = 0; i < 20; i++) tb_send_call(fd, (uint64_t)i, "list.copy", &r, 1);
-    usleep(300000);
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    for (int i = 0; i < 20; i++) {
+        msgpack_pack_array(&pk, 4);
+        msgpack_pack_uint8(&pk, 0);
+        msgpack_pack_uint64(&pk, (uint64_t)i);
+        msgpack_pack_str_with_body(&pk, "list.copy", 9);
+        msgpack_pack_array(&pk, 1);
+        mpb_value_pack(&pk, &r);
+    }
+    ck_assert_int_eq(tb_write_all(fd, sb.data, sb.size), 0);
+    msgpack_sbuffer_destroy(&sb);
+    int unread = -1; /* a Unix socket's SIOCOUTQ: bytes the peer has not read yet */
+    for (int i = 0; i < 1000; i++) {
+        ck_assert_int_eq(ioctl(fd, SIOCOUTQ, &unread), 0);
+        if (unread == 0) break;
+        usleep(10000);
+    }
+    ck_assert_int_eq(unread, 0);
     ck_assert_int_eq(kill(t.pid, SIGTERM), 0);
     for (int i = 0; i < 20; i++) {
         mpb_value m;

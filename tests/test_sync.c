@@ -386,9 +386,96 @@ START_TEST(lock_is_owned_by_its_connection)
     EXPECT("None", "lock.release", R(l));
     ck_assert_int_eq(mpb_lock_acquire(other, l, 0, &got), MPB_OK);
     ck_assert_int_eq(got, 1);
-    mpb_free(other); /* its lock goes with it */
+    mpb_free(other); /* nobody waits: its lock stays locked, owned by nobody */
     usleep(100000);
-    EXPECT("False", "lock.locked", R(l));
+    EXPECT("True", "lock.locked", R(l));
+}
+END_TEST
+
+/* Robust-mutex semantics (docs/PROTOCOL.md, "Ownership"): a dead owner's lock goes to
+ * the next waiter at once; with nobody waiting it stays locked and anyone may release
+ * it (CPython's test_lock: a child locks a Lock and exits, the parent releases it) or
+ * acquire it. */
+START_TEST(a_dead_owners_lock_goes_to_the_next_waiter_at_once)
+{
+    mpb_ref l = make("lock", NULL);
+    mpb_context *owner = tb_connect(&B);
+    int got = -1;
+    ck_assert_int_eq(mpb_lock_acquire(owner, l, 0, &got), MPB_OK);
+    ck_assert_int_eq(got, 1);
+    int waiter = tb_raw_connect(&B);
+    tb_send_call(waiter, 1, "lock.acquire", TB_ARGS(R(l)));
+    while (parked_count() != 1) usleep(1000);
+    mpb_free(owner);
+    mpb_value msg;
+    ck_assert_int_eq(tb_read_msg(waiter, &msg, 5000), 0);
+    ck_assert(msg.v.a->items[3].type == MPB_BOOL && msg.v.a->items[3].v.b);
+    mpb_value_free(&msg);
+    EXPECT_ERR("RuntimeError", "lock.release", R(l)); /* the waiter owns it now */
+    close(waiter);
+}
+END_TEST
+
+START_TEST(a_dead_owners_lock_with_no_waiter_may_be_released_or_taken_by_anyone)
+{
+    mpb_ref l = make("lock", NULL), r = make("rlock", NULL);
+    for (int i = 0; i < 2; i++) {
+        mpb_context *owner = tb_connect(&B);
+        int got = -1;
+        ck_assert_int_eq(mpb_lock_acquire(owner, l, 0, &got), MPB_OK);
+        ck_assert_int_eq(mpb_lock_acquire(owner, r, 0, &got), MPB_OK);
+        ck_assert_int_eq(mpb_lock_acquire(owner, r, 0, &got), MPB_OK); /* depth 2 */
+        mpb_free(owner);
+        usleep(100000);
+        EXPECT("True", "lock.locked", R(l));
+        EXPECT("True", "lock.locked", R(r));
+        if (i == 0) { /* released by another connection: free, whatever the depth */
+            EXPECT("None", "lock.release", R(l));
+            EXPECT("None", "lock.release", R(r));
+            EXPECT_ERR("RuntimeError", "lock.release", R(l)); /* already released */
+            EXPECT("False", "lock.locked", R(r));
+        } else { /* acquired by another connection, without waiting */
+            EXPECT("True", "lock.acquire", R(l), V("False"));
+            EXPECT("True", "lock.acquire", R(r), V("False"));
+            EXPECT("None", "lock.release", R(l));
+            EXPECT("None", "lock.release", R(r));
+            EXPECT("False", "lock.locked", R(r)); /* depth 1: its own, not the dead one's */
+        }
+    }
+}
+END_TEST
+
+/* The same for semaphores: a dead holder's units go to waiters at once, one each; the
+ * rest are orphans that anyone may release (a BoundedSemaphore included: CPython's
+ * test_bounded_semaphore) or take. */
+START_TEST(a_dead_holders_semaphore_units_go_to_waiters_and_the_rest_to_anyone)
+{
+    mpb_ref s = make("boundedsemaphore", "3");
+    mpb_context *holder = tb_connect(&B);
+    int got = -1;
+    for (int i = 0; i < 3; i++) {
+        ck_assert_int_eq(mpb_sem_acquire(holder, s, 0, &got), MPB_OK);
+        ck_assert_int_eq(got, 1);
+    }
+    int waiter = tb_raw_connect(&B);
+    tb_send_call(waiter, 1, "semaphore.acquire", TB_ARGS(R(s)));
+    while (parked_count() != 1) usleep(1000);
+    mpb_free(holder);
+    mpb_value msg;
+    ck_assert_int_eq(tb_read_msg(waiter, &msg, 5000), 0);
+    ck_assert(msg.v.a->items[3].type == MPB_BOOL && msg.v.a->items[3].v.b);
+    mpb_value_free(&msg);
+    EXPECT("0", "semaphore.value", R(s));         /* two orphans, one held by waiter */
+    EXPECT("True", "semaphore.acquire", R(s), V("False")); /* takes an orphan */
+    EXPECT("None", "semaphore.release", R(s));    /* ours */
+    EXPECT("None", "semaphore.release", R(s));    /* the last orphan, released by us */
+    EXPECT("2", "semaphore.value", R(s));
+    close(waiter); /* its unit: nobody waits, so an orphan */
+    usleep(100000);
+    EXPECT("2", "semaphore.value", R(s));
+    EXPECT("None", "semaphore.release", R(s));
+    EXPECT_ERR("ValueError", "semaphore.release", R(s)); /* past the bound */
+    EXPECT("3", "semaphore.value", R(s));
 }
 END_TEST
 
@@ -739,6 +826,9 @@ int main(void)
     tcase_add_test(tc, two_hundred_parked_waiters_while_others_keep_working);
     tcase_add_test(tc, blocking_calls_sent_as_notifications_are_never_answered);
     tcase_add_test(tc, lock_is_owned_by_its_connection);
+    tcase_add_test(tc, a_dead_owners_lock_goes_to_the_next_waiter_at_once);
+    tcase_add_test(tc, a_dead_owners_lock_with_no_waiter_may_be_released_or_taken_by_anyone);
+    tcase_add_test(tc, a_dead_holders_semaphore_units_go_to_waiters_and_the_rest_to_anyone);
     tcase_add_test(tc, rlock_counts_recursion_per_owner);
     tcase_add_test(tc, rlock_owner_reenters_while_another_connection_waits);
     tcase_add_test(tc, condition_owner_reenters_and_wait_restores_every_level);

@@ -5,8 +5,16 @@
  * nothing changed for anyone else.
  */
 #include <check.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "mpb_codec.h"
@@ -239,6 +247,304 @@ START_TEST(tcp_listener_serves_requests)
 }
 END_TEST
 
+/*--- Parked requests and the input behind them ---*/
+
+/* The next message on fd, asserted by its repr. */
+static void expect_msg(int fd, const char *want)
+{
+    mpb_value m;
+    ck_assert_msg(tb_read_msg(fd, &m, 10000) == 0, "no message (expected %s)", want);
+    char *got = tb_repr(&m);
+    ck_assert_str_eq(got, want);
+    free(got);
+    mpb_value_free(&m);
+}
+
+/* Connections with a parked request, from manager.clients. */
+static int parked_count(mpb_context *c)
+{
+    mpb_value cl;
+    ck_assert_int_eq(mpb_call(c, "manager.clients", NULL, 0, &cl), MPB_OK);
+    int n = 0;
+    for (size_t i = 0; i < cl.v.a->len; i++) {
+        mpb_value k = mpb_str_borrowed("parked", 6);
+        n += (int)mpb_map_get(cl.v.a->items[i].v.m, &k)->v.i;
+    }
+    mpb_value_free(&cl);
+    return n;
+}
+
+static void await_parked(mpb_context *c, int n)
+{
+    for (int i = 0; i < 500 && parked_count(c) < n; i++) usleep(10000);
+    ck_assert_int_eq(parked_count(c), n);
+}
+
+/* Issue 18 bug 9: after shutdown(SHUT_WR), only the requests before a parked one were
+ * answered; the parked one and all behind it were dropped with the connection. */
+START_TEST(a_half_closed_client_gets_every_answer_then_is_closed)
+{
+    mpb_context *c = tb_connect(&B);
+    mpb_ref l = tb_create(c, "list", NULL), e = tb_create(c, "event", NULL),
+            q = tb_create(c, "queue", NULL), big = tb_create(c, "list", NULL);
+    /* a parked request that times out */
+    int fd = tb_raw_connect(&B);
+    tb_send_call(fd, 1, "list.append", (mpb_value[]){mpb_refv(l), mpb_int(1)}, 2);
+    tb_send_call(fd, 2, "event.wait", (mpb_value[]){mpb_refv(e), mpb_float(0.3)}, 2);
+    tb_send_call(fd, 3, "list.append", (mpb_value[]){mpb_refv(l), mpb_int(2)}, 2);
+    tb_send_call(fd, 4, "list.len", (mpb_value[]){mpb_refv(l)}, 1);
+    ck_assert_int_eq(shutdown(fd, SHUT_WR), 0);
+    expect_msg(fd, "[1, 1, None, None]");
+    expect_msg(fd, "[1, 2, None, False]");
+    expect_msg(fd, "[1, 3, None, None]");
+    expect_msg(fd, "[1, 4, None, 2]");
+    ck_assert_int_eq(tb_wait_closed(fd, 5000), 1);
+    close(fd);
+    /* a parked request answered by another client after the half-close */
+    fd = tb_raw_connect(&B);
+    tb_send_call(fd, 5, "queue.get", (mpb_value[]){mpb_refv(q)}, 1);
+    tb_send_call(fd, 6, "list.len", (mpb_value[]){mpb_refv(l)}, 1);
+    ck_assert_int_eq(shutdown(fd, SHUT_WR), 0);
+    await_parked(c, 1);
+    mpb_value job = mpb_str_borrowed("job", 3);
+    ck_assert_int_eq(mpb_queue_put(c, q, &job, -1), MPB_OK);
+    expect_msg(fd, "[1, 5, None, 'job']");
+    expect_msg(fd, "[1, 6, None, 2]");
+    ck_assert_int_eq(tb_wait_closed(fd, 5000), 1);
+    close(fd);
+    /* more answers than the broker buffers at once (replies of 1 MiB; it writes about
+     * 4 MiB, then serves the rest as they drain) */
+    char chunk[32768];
+    memset(chunk, 'x', sizeof chunk);
+    mpb_value v = mpb_str_borrowed(chunk, sizeof chunk);
+    for (int i = 0; i < 32; i++) ck_assert_int_eq(mpb_list_append(c, big, &v), MPB_OK);
+    fd = tb_raw_connect(&B);
+    for (int i = 0; i < 20; i++) tb_send_call(fd, 100 + (uint64_t)i, "list.copy", (mpb_value[]){mpb_refv(big)}, 1);
+    ck_assert_int_eq(shutdown(fd, SHUT_WR), 0);
+    usleep(200000); /* let the broker's output fill up */
+    for (int i = 0; i < 20; i++) {
+        mpb_value m;
+        ck_assert_msg(tb_read_msg(fd, &m, 10000) == 0, "reply %d missing", i);
+        ck_assert_int_eq(m.v.a->items[1].v.i, 100 + i);
+        ck_assert_uint_eq(m.v.a->items[3].v.a->len, 32);
+        mpb_value_free(&m);
+    }
+    ck_assert_int_eq(tb_wait_closed(fd, 5000), 1);
+    close(fd);
+    /* a peer gone entirely (a killed process) has its parked request dropped: the
+     * item is not handed to nobody */
+    fd = tb_raw_connect(&B);
+    tb_send_call(fd, 7, "queue.get", (mpb_value[]){mpb_refv(q)}, 1);
+    await_parked(c, 1);
+    close(fd);
+    for (int i = 0; i < 500 && parked_count(c) > 0; i++) usleep(10000);
+    ck_assert_int_eq(parked_count(c), 0);
+    ck_assert_int_eq(mpb_queue_put(c, q, &job, -1), MPB_OK);
+    mpb_value size;
+    ck_assert_int_eq(mpb_call(c, "queue.qsize", (mpb_value[]){mpb_refv(q)}, 1, &size), MPB_OK);
+    ck_assert_int_eq(size.v.i, 1);
+    mpb_free(c);
+}
+END_TEST
+
+/* VmRSS of a process, in KiB (from /proc/PID/status). */
+static long rss_kib(pid_t pid)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%ld/status", (long)pid);
+    FILE *f = fopen(path, "r");
+    ck_assert_ptr_nonnull(f);
+    long kib = -1;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "VmRSS: %ld kB", &kib) == 1) break;
+    fclose(f);
+    ck_assert_int_ge(kib, 0);
+    return kib;
+}
+
+enum { STREAM_MSGS = 6400, STREAM_PAYLOAD = 32000 }; /* about 200 MB */
+
+/* The streaming child: STREAM_MSGS pings of STREAM_PAYLOAD bytes (msgids 2, 3, ...),
+ * counting the bytes the socket took in *sent. */
+static void stream_pings(int fd, volatile size_t *sent)
+{
+    static char payload[STREAM_PAYLOAD];
+    memset(payload, 'p', sizeof payload);
+    mpb_value arg = mpb_str_borrowed(payload, sizeof payload);
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    for (uint64_t i = 0; i < STREAM_MSGS; i++) {
+        msgpack_sbuffer_clear(&sb);
+        msgpack_pack_array(&pk, 4);
+        msgpack_pack_uint8(&pk, 0);
+        msgpack_pack_uint64(&pk, 2 + i);
+        msgpack_pack_str_with_body(&pk, "manager.ping", 12);
+        msgpack_pack_array(&pk, 1);
+        mpb_value_pack(&pk, &arg);
+        if (tb_write_all(fd, sb.data, sb.size) != 0) _exit(1);
+        *sent += sb.size;
+    }
+    msgpack_sbuffer_destroy(&sb);
+    _exit(0);
+}
+
+/* Issue 18 bug 7: a connection parked on queue.get then streaming requests had all of
+ * them read into the broker's memory (1.5 GB of pings: 1.5 GB of RSS). Reading stops
+ * a few MiB behind a park; everything is answered, in order, once it ends. */
+START_TEST(input_behind_a_parked_request_is_bounded)
+{
+    mpb_context *c = tb_connect(&B);
+    mpb_ref q = tb_create(c, "queue", NULL);
+    int fd = tb_raw_connect(&B);
+    tb_send_call(fd, 1, "queue.get", (mpb_value[]){mpb_refv(q)}, 1);
+    await_parked(c, 1);
+    long before = rss_kib(B.pid);
+    volatile size_t *sent = mmap(NULL, sizeof *sent, PROT_READ | PROT_WRITE,
+                                 MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    ck_assert_ptr_ne((void *)sent, MAP_FAILED);
+    *sent = 0;
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) stream_pings(fd, sent);
+    /* Until the stream is all sent, or it has made no progress for a second. */
+    size_t last = (size_t)-1;
+    for (int still = 0; still < 10; usleep(100000)) {
+        size_t now = *sent;
+        still = now == last ? still + 1 : 0;
+        last = now;
+        if (now >= (size_t)STREAM_MSGS * STREAM_PAYLOAD) break;
+    }
+    long grown = rss_kib(B.pid) - before;
+    ck_assert_msg(grown < 64 * 1024, "the broker grew by %ld KiB with %zu bytes sent behind a park",
+                  grown, *sent);
+    mpb_value item = mpb_str_borrowed("item", 4);
+    ck_assert_int_eq(mpb_queue_put(c, q, &item, -1), MPB_OK);
+    expect_msg(fd, "[1, 1, None, 'item']");
+    for (int i = 0; i < STREAM_MSGS; i++) {
+        mpb_value m;
+        ck_assert_msg(tb_read_msg(fd, &m, 10000) == 0, "reply %d missing", i);
+        ck_assert_int_eq(m.v.a->items[1].v.i, 2 + i);
+        ck_assert_int_eq(m.v.a->items[2].type, MPB_NIL);
+        ck_assert_uint_eq(m.v.a->items[3].len, STREAM_PAYLOAD);
+        mpb_value_free(&m);
+    }
+    int st;
+    ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+    ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    munmap((void *)sent, sizeof *sent);
+    close(fd);
+    mpb_free(c);
+}
+END_TEST
+
+/* A getter whose client closed its socket while the broker was not reading it
+ * (after a half-close, or with its input paused behind the park) must not be handed
+ * an item: nobody would read it. */
+START_TEST(a_getter_whose_client_left_unnoticed_gets_no_item)
+{
+    mpb_context *c = tb_connect(&B);
+    mpb_ref q = tb_create(c, "queue", NULL);
+    mpb_value item = mpb_str_borrowed("item", 4), size;
+    /* half-closed, parked, then gone */
+    int fd = tb_raw_connect(&B);
+    tb_send_call(fd, 1, "queue.get", (mpb_value[]){mpb_refv(q)}, 1);
+    ck_assert_int_eq(shutdown(fd, SHUT_WR), 0);
+    await_parked(c, 1);
+    usleep(100000); /* the broker has read the EOF */
+    close(fd);
+    ck_assert_int_eq(mpb_queue_put(c, q, &item, -1), MPB_OK);
+    ck_assert_int_eq(mpb_call(c, "queue.qsize", (mpb_value[]){mpb_refv(q)}, 1, &size), MPB_OK);
+    ck_assert_int_eq(size.v.i, 1);
+    ck_assert_int_eq(mpb_call(c, "queue.get", (mpb_value[]){mpb_refv(q)}, 1, &size), MPB_OK);
+    mpb_value_free(&size);
+    /* parked with so much sent behind it that the broker stopped reading, then gone */
+    fd = tb_raw_connect(&B);
+    tb_send_call(fd, 2, "queue.get", (mpb_value[]){mpb_refv(q)}, 1);
+    await_parked(c, 1);
+    static char payload[30000];
+    memset(payload, 'p', sizeof payload);
+    mpb_value arg = mpb_str_borrowed(payload, sizeof payload);
+    ck_assert_int_eq(fcntl(fd, F_SETFL, O_NONBLOCK), 0);
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_array(&pk, 4);
+    msgpack_pack_uint8(&pk, 0);
+    msgpack_pack_uint8(&pk, 3);
+    msgpack_pack_str_with_body(&pk, "manager.ping", 12);
+    msgpack_pack_array(&pk, 1);
+    mpb_value_pack(&pk, &arg);
+    size_t off = 0, total = 0;
+    for (int stalled = 0; stalled < 20 && total < ((size_t)64 << 20);) {
+        ssize_t n = write(fd, sb.data + off, sb.size - off);
+        if (n > 0) {
+            off = (off + (size_t)n) % sb.size;
+            total += (size_t)n;
+            stalled = 0;
+        } else {
+            ck_assert(n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK));
+            stalled++;
+            usleep(50000);
+        }
+    }
+    msgpack_sbuffer_destroy(&sb);
+    ck_assert_msg(total < ((size_t)64 << 20), "the broker never stopped reading");
+    close(fd);
+    ck_assert_int_eq(mpb_queue_put(c, q, &item, -1), MPB_OK);
+    ck_assert_int_eq(mpb_call(c, "queue.qsize", (mpb_value[]){mpb_refv(q)}, 1, &size), MPB_OK);
+    ck_assert_int_eq(size.v.i, 1);
+    for (int i = 0; i < 500 && parked_count(c) > 0; i++) usleep(10000);
+    ck_assert_int_eq(parked_count(c), 0);
+    mpb_free(c);
+}
+END_TEST
+
+/* A raw TCP connection to a broker started with TCP (address tcp://127.0.0.1:PORT). */
+static int raw_tcp_connect(const tb_broker *t)
+{
+    int port = atoi(strrchr(t->address, ':') + 1);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    return fd;
+}
+
+/* Over TCP a half-close cannot be told from a killed client: a parked request is
+ * dropped with what follows it (a queue item is never handed to a dead worker), and
+ * everything before it, or with no park, is answered. */
+START_TEST(a_tcp_half_close_is_answered_up_to_a_parked_request)
+{
+    tb_broker t;
+    tb_start(&t, 1, NULL);
+    mpb_context *c = mpb_connect(t.address);
+    ck_assert_msg(c && !c->err, "connect %s", t.address);
+    mpb_ref l = tb_create(c, "list", NULL), q = tb_create(c, "queue", NULL);
+    int fd = raw_tcp_connect(&t);
+    tb_send_call(fd, 1, "list.append", (mpb_value[]){mpb_refv(l), mpb_int(1)}, 2);
+    tb_send_call(fd, 2, "list.len", (mpb_value[]){mpb_refv(l)}, 1);
+    tb_send_call(fd, 3, "queue.get", (mpb_value[]){mpb_refv(q)}, 1);
+    tb_send_call(fd, 4, "list.append", (mpb_value[]){mpb_refv(l), mpb_int(2)}, 2);
+    ck_assert_int_eq(shutdown(fd, SHUT_WR), 0);
+    expect_msg(fd, "[1, 1, None, None]");
+    expect_msg(fd, "[1, 2, None, 1]");
+    ck_assert_int_eq(tb_wait_closed(fd, 5000), 1);
+    close(fd);
+    mpb_value job = mpb_str_borrowed("job", 3), r;
+    ck_assert_int_eq(mpb_queue_put(c, q, &job, -1), MPB_OK);
+    ck_assert_int_eq(mpb_call(c, "queue.qsize", (mpb_value[]){mpb_refv(q)}, 1, &r), MPB_OK);
+    ck_assert_int_eq(r.v.i, 1); /* the item waits for a live consumer */
+    ck_assert_int_eq(mpb_call(c, "list.len", (mpb_value[]){mpb_refv(l)}, 1, &r), MPB_OK);
+    ck_assert_int_eq(r.v.i, 1);
+    mpb_free(c);
+    ck_assert_int_eq(tb_stop(&t), 0);
+}
+END_TEST
+
 static Suite *wire_suite(void)
 {
     Suite *s = suite_create("wire");
@@ -254,9 +560,17 @@ static Suite *wire_suite(void)
     tcase_add_test(tc, too_deep_nesting_is_an_error_and_connection_stays);
     tcase_add_test(tc, disconnect_mid_message_loses_nothing);
     suite_add_tcase(s, tc);
+    TCase *park = tcase_create("parked");
+    tcase_add_checked_fixture(park, setup, teardown);
+    tcase_set_timeout(park, 120);
+    tcase_add_test(park, a_half_closed_client_gets_every_answer_then_is_closed);
+    tcase_add_test(park, input_behind_a_parked_request_is_bounded);
+    tcase_add_test(park, a_getter_whose_client_left_unnoticed_gets_no_item);
+    suite_add_tcase(s, park);
     TCase *tcp = tcase_create("tcp");
     tcase_set_timeout(tcp, 60);
     tcase_add_test(tcp, tcp_listener_serves_requests);
+    tcase_add_test(tcp, a_tcp_half_close_is_answered_up_to_a_parked_request);
     suite_add_tcase(s, tcp);
     return s;
 }

@@ -1,0 +1,679 @@
+"""Proxies: Python objects that stand for broker objects, with the API of
+multiprocessing.managers' proxies (ListProxy, DictProxy, AcquirerProxy, ...).
+
+Every method is one call to the broker on the calling thread's connection. A proxy
+pickles as its reference (plus the manager's authkey while a spawn or forkserver child
+is being prepared, as Python's do), so passing one to a Process works under every
+start method; the child's proxy holds the object in the child's name.
+"""
+import os
+import threading
+import time
+import weakref
+from multiprocessing import context as _mpctx
+
+from ._mpbroker import Ref
+from .client import get_client
+
+__all__ = ['BaseProxy', 'ListProxy', 'DictProxy', 'NamespaceProxy', 'QueueProxy',
+           'AcquirerProxy', 'ConditionProxy', 'EventProxy', 'BarrierProxy', 'ValueProxy',
+           'ArrayProxy', 'SetProxy', 'proxy_for']
+
+# Broker type -> proxy class, filled by the classes below.
+_BY_KIND = {}
+# Every proxy holding its object in this process, for the child of a fork (client.py).
+_LIVE = weakref.WeakSet()
+
+
+def live_proxies():
+    return list(_LIVE)
+
+
+def _register(*kinds):
+    def deco(cls):
+        for k in kinds:
+            _BY_KIND[k] = cls
+        return cls
+    return deco
+
+
+def proxy_for(client, ref, kind=None, held=False, state=None):
+    """A proxy for ref. held: the holder connection holds it already for this proxy
+    (manager.create / open); else it is held now."""
+    if kind is None:
+        kind = client.typeof(ref)
+    cls = _BY_KIND.get(kind, BaseProxy)
+    p = cls.__new__(cls)
+    p._init(client, ref, kind, held or client.proxy_hold(ref), state)
+    return p
+
+
+def _rebuild(kind, ref_id, address, authkey, state):
+    client = get_client(address, authkey)
+    p = proxy_for(client, Ref(ref_id), kind, False, state)
+    p._hold_extra()
+    return p
+
+
+class BaseProxy:
+    _typeid = None  # Python's name for the type ('list', 'Event', ...)
+
+    def _init(self, client, ref, kind, held, state):
+        object.__setattr__(self, '_client', client)
+        object.__setattr__(self, '_mpb_ref', ref)
+        object.__setattr__(self, '_kind', kind)
+        object.__setattr__(self, '_held_pid', os.getpid() if held else None)
+        if held:
+            _LIVE.add(self)
+        self._setstate(state)
+
+    def _setstate(self, state):
+        pass
+
+    def _hold_extra(self):
+        """Hold the objects the state refers to (an unpickled proxy)."""
+
+    def _held_refs(self):
+        """The references this proxy holds while alive: its own first."""
+        return (self._mpb_ref,)
+
+    def _getstate(self):
+        return None
+
+    def _call(self, method, *args):
+        return self._client.conn().call(method, self._mpb_ref, *args)
+
+    def __reduce__(self):
+        # The key travels only to a child being spawned (as Python's proxies do); a
+        # forked child has it already.
+        key = self._client.authkey if _mpctx.get_spawning_popen() is not None else None
+        return (_rebuild, (self._kind, self._mpb_ref.id, self._client.address, key,
+                           self._getstate()))
+
+    def __del__(self):
+        try:
+            if self._held_pid == os.getpid():
+                self._client.release_later(self._mpb_ref)
+        except Exception:  # interpreter shutdown: the connection drops the hold anyway
+            pass
+
+    def __repr__(self):
+        return '<%s object, typeid %r at %#x>' % (type(self).__name__,
+                                                  self._typeid or self._kind, id(self))
+
+    def __str__(self):
+        try:
+            return repr(self._getvalue())
+        except Exception:
+            return repr(self)[:-1] + "; '__str__()' failed>"
+
+    def _getvalue(self):
+        return self
+
+    def __eq__(self, other):
+        if isinstance(other, BaseProxy):
+            return self._mpb_ref == other._mpb_ref
+        return NotImplemented
+
+    def __hash__(self):
+        return hash(self._mpb_ref)
+
+
+class _Chunks:
+    """Lazy iteration over a list, dict or set, one round trip per chunk."""
+    CHUNK = 1000
+
+    def __init__(self, proxy, method, check_len=None):
+        self._p, self._m, self._pos = proxy, method, 0
+        self._buf, self._i = [], 0
+        self._len = check_len  # a dict's length when iteration began, or None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._i >= len(self._buf):
+            if self._pos is None:
+                raise StopIteration
+            if self._len is not None and self._p._call('dict.len') != self._len:
+                self._pos = None
+                raise RuntimeError('dictionary changed size during iteration')
+            self._buf, self._pos = self._p._call(self._m, self._pos, self.CHUNK)
+            self._i = 0
+            if not self._buf:
+                self._pos = None
+                raise StopIteration
+        item = self._buf[self._i]
+        self._i += 1
+        return item
+
+
+def _slice_args(s):
+    return (s.start, s.stop) if s.step is None else (s.start, s.stop, s.step)
+
+
+@_register('list')
+class ListProxy(BaseProxy):
+    _typeid = 'list'
+
+    def __len__(self):
+        return self._call('list.len')
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return self._call('list.getitem', *_slice_args(i))
+        return self._call('list.getitem', i)
+
+    def __setitem__(self, i, v):
+        if isinstance(i, slice):
+            return self._call('list.setitem', *_slice_args(i), list(v))
+        return self._call('list.setitem', i, v)
+
+    def __delitem__(self, i):
+        if isinstance(i, slice):
+            return self._call('list.delitem', *_slice_args(i))
+        return self._call('list.delitem', i)
+
+    def __contains__(self, v):
+        return self._call('list.contains', v)
+
+    def __iter__(self):
+        return (item for chunk in [_Chunks(self, 'list.slice')] for item in chunk)
+
+    def __reversed__(self):
+        return reversed(self._call('list.copy'))
+
+    def __add__(self, other):
+        return self._call('list.copy') + other
+
+    def __mul__(self, n):
+        return self._call('list.copy') * n
+
+    __rmul__ = __mul__
+
+    def __iadd__(self, other):
+        self._call('list.extend', list(other))
+        return self
+
+    def __imul__(self, n):
+        # Not atomic: the copy and the extend are two calls.
+        if n <= 0:
+            self._call('list.clear')
+        elif n > 1:
+            self._call('list.extend', self._call('list.copy') * (n - 1))
+        return self
+
+    def append(self, v):
+        return self._call('list.append', v)
+
+    def extend(self, it):
+        return self._call('list.extend', list(it))
+
+    def insert(self, i, v):
+        return self._call('list.insert', i, v)
+
+    def pop(self, i=-1):
+        return self._call('list.pop', i)
+
+    def remove(self, v):
+        return self._call('list.remove', v)
+
+    def index(self, v, *bounds):
+        return self._call('list.index', v, *bounds)
+
+    def count(self, v):
+        return self._call('list.count', v)
+
+    def reverse(self):
+        return self._call('list.reverse')
+
+    def sort(self, *, key=None, reverse=False):
+        if key is None:
+            return self._call('list.sort', reverse)
+        items = sorted(self._call('list.copy'), key=key, reverse=reverse)  # not atomic
+        self._call('list.setitem', None, None, items)
+
+    def clear(self):
+        return self._call('list.clear')
+
+    def copy(self):
+        return self._call('list.copy')
+
+    _getvalue = copy
+
+
+class _DictIter(_Chunks):
+    def __init__(self, proxy, what):
+        super().__init__(proxy, 'dict.items', proxy._call('dict.len'))
+        self._what = what
+
+    def __next__(self):
+        kv = super().__next__()
+        return _hashable(kv[0]) if self._what == 0 else (_hashable(kv[0]), kv[1])
+
+
+@_register('dict')
+class DictProxy(BaseProxy):
+    _typeid = 'dict'
+
+    def __len__(self):
+        return self._call('dict.len')
+
+    def __getitem__(self, k):
+        return self._call('dict.getitem', k)
+
+    def __setitem__(self, k, v):
+        return self._call('dict.setitem', k, v)
+
+    def __delitem__(self, k):
+        return self._call('dict.delitem', k)
+
+    def __contains__(self, k):
+        return self._call('dict.contains', k)
+
+    def __iter__(self):
+        return _DictIter(self, 0)
+
+    def get(self, k, default=None):
+        return self._call('dict.get', k, default)
+
+    def keys(self):
+        return [_hashable(k) for k in self._call('dict.keys')]
+
+    def values(self):
+        return self._call('dict.values')
+
+    def items(self):
+        return [(_hashable(k), v) for k, v in self._call('dict.items')]
+
+    def pop(self, k, *default):
+        return self._call('dict.pop', k, *default)
+
+    def popitem(self):
+        k, v = self._call('dict.popitem')
+        return (_hashable(k), v)
+
+    def setdefault(self, k, default=None):
+        return self._call('dict.setdefault', k, default)
+
+    def update(self, *args, **kw):
+        d = dict(*args, **kw)
+        return self._call('dict.update', d)
+
+    def clear(self):
+        return self._call('dict.clear')
+
+    def copy(self):
+        return self._call('dict.copy')
+
+    _getvalue = copy
+
+    def incr(self, k, delta=1):
+        """Add delta to d[k] (absent: 0) at once on the broker; returns the new value."""
+        return self._call('dict.incr', k, delta)
+
+    def cas(self, k, expected, new):
+        """Store new at k if d[k] == expected (absent matches None); True if stored."""
+        return self._call('dict.cas', k, expected, new)
+
+
+@_register('namespace')
+class NamespaceProxy(BaseProxy):
+    _typeid = 'Namespace'
+
+    def __getattr__(self, key):
+        if key[0] == '_':
+            return object.__getattribute__(self, key)
+        return self._call('namespace.getattr', key)
+
+    def __setattr__(self, key, value):
+        if key[0] == '_':
+            return object.__setattr__(self, key, value)
+        return self._call('namespace.setattr', key, value)
+
+    def __delattr__(self, key):
+        if key[0] == '_':
+            return object.__delattr__(self, key)
+        return self._call('namespace.delattr', key)
+
+    # Names without "_" are shared attributes, so the extensions start with one.
+    def _incr(self, name, delta=1):
+        """ns.name += delta at once on the broker (never loses an update)."""
+        return self._call('namespace.incr', name, delta)
+
+    def _cas(self, name, expected, new):
+        return self._call('namespace.cas', name, expected, new)
+
+    def _vars(self):
+        return self._call('namespace.vars')
+
+    def __str__(self):
+        items = self._call('namespace.vars').items()
+        return 'Namespace(%s)' % ', '.join('%s=%r' % kv for kv in items if kv[0][:1] != '_')
+
+
+@_register('queue', 'joinablequeue')
+class QueueProxy(BaseProxy):
+    _typeid = 'Queue'
+
+    def put(self, item, block=True, timeout=None):
+        if not block:
+            return self._call('queue.put', item, False)
+        return self._call('queue.put', item, True, timeout)
+
+    def get(self, block=True, timeout=None):
+        if not block:
+            return self._call('queue.get', False)
+        return self._call('queue.get', True, timeout)
+
+    def put_nowait(self, item):
+        return self._call('queue.put_nowait', item)
+
+    def get_nowait(self):
+        return self._call('queue.get_nowait')
+
+    def qsize(self):
+        return self._call('queue.qsize')
+
+    def empty(self):
+        return self._call('queue.empty')
+
+    def full(self):
+        return self._call('queue.full')
+
+    def task_done(self):
+        return self._call('queue.task_done')
+
+    def join(self):
+        return self._call('queue.join')
+
+    def __repr__(self):
+        return '<AutoProxy[%s] object, typeid %r at %#x>' % (
+            self._typeid_name(), self._typeid_name(), id(self))
+
+    def _typeid_name(self):
+        return 'JoinableQueue' if self._kind == 'joinablequeue' else 'Queue'
+
+
+def _acquire_args(blocking, timeout):
+    if not blocking:
+        return (False,)
+    if timeout is None or timeout < 0:
+        return ()
+    return (True, timeout)
+
+
+class AcquirerProxy(BaseProxy):
+    _ns = 'lock'
+
+    def acquire(self, blocking=True, timeout=None):
+        return self._call(self._ns + '.acquire', *_acquire_args(blocking, timeout))
+
+    def release(self):
+        return self._call(self._ns + '.release')
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        return self.release()
+
+
+@_register('lock', 'rlock')
+class LockProxy(AcquirerProxy):
+    def locked(self):
+        return self._call('lock.locked')
+
+    def __repr__(self):
+        return '<AcquirerProxy object, typeid %r at %#x>' % (
+            'RLock' if self._kind == 'rlock' else 'Lock', id(self))
+
+
+@_register('semaphore', 'boundedsemaphore')
+class SemaphoreProxy(AcquirerProxy):
+    _ns = 'semaphore'
+
+    def release(self, n=1):
+        return self._call('semaphore.release', n)
+
+    def __repr__(self):
+        return '<AcquirerProxy object, typeid %r at %#x>' % (
+            'BoundedSemaphore' if self._kind == 'boundedsemaphore' else 'Semaphore', id(self))
+
+
+@_register('condition')
+class ConditionProxy(AcquirerProxy):
+    _typeid = 'Condition'
+    _ns = 'condition'
+
+    def wait(self, timeout=None):
+        return self._call('condition.wait', timeout)
+
+    def notify(self, n=1):
+        return self._call('condition.notify', n)
+
+    def notify_all(self):
+        return self._call('condition.notify_all')
+
+    def wait_for(self, predicate, timeout=None):
+        # Python's ConditionProxy.wait_for, which also runs in the client.
+        result = predicate()
+        if result:
+            return result
+        if timeout is not None:
+            endtime = time.monotonic() + timeout
+        else:
+            endtime = None
+            waittime = None
+        while not result:
+            if endtime is not None:
+                waittime = endtime - time.monotonic()
+                if waittime <= 0:
+                    break
+            self.wait(waittime)
+            result = predicate()
+        return result
+
+
+@_register('event')
+class EventProxy(BaseProxy):
+    _typeid = 'Event'
+
+    def is_set(self):
+        return self._call('event.is_set')
+
+    def set(self):
+        return self._call('event.set')
+
+    def clear(self):
+        return self._call('event.clear')
+
+    def wait(self, timeout=None):
+        return self._call('event.wait', timeout)
+
+
+@_register('barrier')
+class BarrierProxy(BaseProxy):
+    """A Barrier. The broker cannot run Python, so an action runs in the client whose
+    wait returned 0, while every party waits at a second, hidden barrier (the gate)
+    until it is done: as in Python, no party leaves wait() before the action has run,
+    and an action that raises breaks the barrier for all."""
+    _typeid = 'Barrier'
+
+    def _setstate(self, state):
+        action, gate = state if state else (None, None)
+        object.__setattr__(self, '_action', action)
+        object.__setattr__(self, '_gate', gate)
+
+    def _getstate(self):
+        return (self._action, self._gate) if self._action is not None else None
+
+    def _hold_extra(self):
+        if self._gate is not None and self._held_pid is not None:
+            self._client.proxy_hold(self._gate)
+
+    def _held_refs(self):
+        return (self._mpb_ref,) if self._gate is None else (self._mpb_ref, self._gate)
+
+    def wait(self, timeout=None):
+        args = () if timeout is None else (timeout,)
+        index = self._call('barrier.wait', *args)
+        if self._action is None:
+            return index
+        if index == 0:
+            try:
+                self._action()
+            except BaseException:
+                self.abort()
+                raise
+        self._client.call('barrier.wait', self._gate, *args)
+        return index
+
+    def reset(self):
+        if self._gate is not None:
+            self._client.call('barrier.reset', self._gate)
+        return self._call('barrier.reset')
+
+    def abort(self):
+        if self._gate is not None:
+            self._client.call('barrier.abort', self._gate)
+        return self._call('barrier.abort')
+
+    @property
+    def parties(self):
+        return self._call('barrier.parties')
+
+    @property
+    def n_waiting(self):
+        return self._call('barrier.n_waiting')
+
+    @property
+    def broken(self):
+        return self._call('barrier.broken')
+
+    def __del__(self):
+        super().__del__()
+        try:
+            if self._gate is not None and self._held_pid == os.getpid():
+                self._client.release_later(self._gate)
+        except Exception:
+            pass
+
+
+_INT_CODES = frozenset('bBhHiIlLqQ')
+
+
+@_register('value')
+class ValueProxy(BaseProxy):
+    _typeid = 'Value'
+
+    def _setstate(self, state):
+        object.__setattr__(self, '_typecode', state)
+
+    def _getstate(self):
+        return self._typecode
+
+    def get(self):
+        return self._call('value.get')
+
+    def set(self, value):
+        if type(value) is bool and self._typecode in _INT_CODES:
+            value = int(value)  # Python's Value takes a bool for an int
+        return self._call('value.set', value)
+
+    value = property(get, set)
+
+    def __repr__(self):
+        return '<ValueProxy object, typeid %r at %#x>' % ('Value', id(self))
+
+
+@_register('array')
+class ArrayProxy(BaseProxy):
+    _typeid = 'Array'
+
+    def __len__(self):
+        return self._call('array.len')
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return self._call('array.getitem', *_slice_args(i))
+        return self._call('array.getitem', i)
+
+    def __setitem__(self, i, v):
+        if isinstance(i, slice):
+            return self._call('array.setitem', *_slice_args(i), list(v))
+        return self._call('array.setitem', i, v)
+
+    def __iter__(self):
+        return iter(self._call('array.tolist'))
+
+    def tolist(self):
+        return self._call('array.tolist')
+
+    _getvalue = tolist
+
+
+@_register('set')
+class SetProxy(BaseProxy):
+    """Python 3.14's SyncManager.set(). Results that are sets come back as sets."""
+    _typeid = 'set'
+
+    def __len__(self):
+        return self._call('set.len')
+
+    def __contains__(self, x):
+        return self._call('set.contains', x)
+
+    def __iter__(self):
+        return map(_hashable, _Chunks(self, 'set.items'))
+
+    def add(self, x):
+        return self._call('set.add', x)
+
+    def discard(self, x):
+        return self._call('set.discard', x)
+
+    def remove(self, x):
+        return self._call('set.remove', x)
+
+    def pop(self):
+        return self._call('set.pop')
+
+    def clear(self):
+        return self._call('set.clear')
+
+    def copy(self):
+        return set(_hashable(x) for x in self._call('set.copy'))
+
+    _getvalue = copy
+
+    def update(self, *others):
+        return self._call('set.update', *[_operand(o) for o in others])
+
+    def union(self, *others):
+        return set(map(_hashable, self._call('set.union', *[_operand(o) for o in others])))
+
+    def intersection(self, *others):
+        return set(map(_hashable, self._call('set.intersection', *[_operand(o) for o in others])))
+
+    def difference(self, *others):
+        return set(map(_hashable, self._call('set.difference', *[_operand(o) for o in others])))
+
+    def issubset(self, other):
+        return self._call('set.issubset', _operand(other))
+
+    def issuperset(self, other):
+        return self._call('set.issuperset', _operand(other))
+
+    def isdisjoint(self, other):
+        return self._call('set.isdisjoint', _operand(other))
+
+
+def _hashable(x):
+    return tuple(map(_hashable, x)) if isinstance(x, list) else x
+
+
+def _operand(o):
+    if isinstance(o, BaseProxy):
+        return o._mpb_ref
+    return list(o)

@@ -1,0 +1,408 @@
+"""Unit tests of the C extension (mpbroker._mpbroker) and the proxies' basics, against
+a private broker started by mpbroker.Manager().
+
+    PYTHONPATH=build/python /usr/bin/python3 python/tests/test_extension.py -v
+"""
+import gc
+import multiprocessing
+import os
+import pickle
+import queue
+import signal
+import sys
+import threading
+import time
+import tracemalloc
+import unittest
+
+import mpbroker
+from mpbroker import _mpbroker
+
+
+class Thing:
+    """An object the broker cannot store natively: travels pickled."""
+
+    def __init__(self, x):
+        self.x = x
+
+    def __eq__(self, other):
+        return isinstance(other, Thing) and other.x == self.x
+
+
+def setUpModule():
+    global M
+    M = mpbroker.Manager()
+
+
+def tearDownModule():
+    M.shutdown()
+    if M._exitcode != 0:  # under ASan a leak in the broker shows here
+        raise RuntimeError('the broker exited with %r' % M._exitcode)
+
+
+class _Append:
+    def __init__(self, l):
+        self.l = l
+
+    def __call__(self):
+        self.l.append(True)
+
+
+def _trip(b, runs):
+    for i in range(2):
+        b.wait(10)
+        if len(runs) != 2 * i + 1:  # the action ran once, before anyone left the wait
+            raise SystemExit(1)
+        b.wait(10)  # a second trip (its action too): nobody goes on before all checked
+
+
+def _child_reads_late(l, go, done):
+    len(l)  # the child's first call: it holds l from here on
+    go.wait(10)
+    done.put(l[:])
+
+
+class Conversion(unittest.TestCase):
+    def rt(self, v):
+        return _mpbroker.roundtrip(v)
+
+    def test_ints_across_64_bits(self):
+        for v in [0, 1, -1, 2**31, 2**63 - 1, -2**63, 2**63, 2**64 - 1]:
+            r = self.rt(v)
+            self.assertEqual(r, v)
+            self.assertIs(type(r), int)
+        # Past uint64 and below int64: pickled, still exact.
+        for v in [2**64, -2**63 - 1, 10**40, -10**40]:
+            self.assertEqual(self.rt(v), v)
+        self.assertEqual(_mpbroker.wire_repr(2**64 - 1), '18446744073709551615')
+        self.assertNotEqual(_mpbroker.wire_repr(2**64), str(2**64))  # a pickle map
+
+    def test_ints_past_int64_are_stored_and_compared_by_the_broker(self):
+        l = M.list([2**64 - 1, -2**63])
+        self.assertEqual(l[:], [2**64 - 1, -2**63])
+        self.assertIn(2**64 - 1, l)
+        l.append(2**100)
+        self.assertEqual(l[-1], 2**100)
+
+    def test_bool_float_none_stay_what_they_are(self):
+        for v in [True, False, None, 1.5, -0.0, float('inf')]:
+            r = self.rt(v)
+            self.assertIs(type(r), type(v))
+            self.assertEqual(repr(r), repr(v))
+
+    def test_bytes_and_str_stay_apart(self):
+        self.assertIs(type(self.rt(b'abc')), bytes)
+        self.assertIs(type(self.rt('abc')), str)
+        self.assertEqual(self.rt('é€😀'), 'é€😀')
+        self.assertEqual(self.rt(b'\x00\xff'), b'\x00\xff')
+        d = M.dict()
+        d[b'k'] = 1
+        d['k'] = 2
+        self.assertEqual(len(d), 2)
+        self.assertEqual(d[b'k'], 1)
+        self.assertEqual(d['k'], 2)
+
+    def test_a_lone_surrogate_is_refused_not_mangled(self):
+        with self.assertRaises(UnicodeEncodeError):
+            M.list().append('\udc80')
+
+    def test_nested_containers(self):
+        v = {'a': [1, {'b': [None, b'x', 2.5]}, []], 'c': {}}
+        self.assertEqual(self.rt(v), v)
+        l = M.list([v, [v]])
+        self.assertEqual(l[0], v)
+        self.assertEqual(l[1], [v])
+
+    def test_tuples_become_lists_but_tuple_keys_come_back_as_tuples(self):
+        self.assertEqual(self.rt((1, (2, 3))), [1, [2, 3]])
+        d = M.dict()
+        d[(1, (2, 'x'))] = 'v'
+        self.assertEqual(d[(1, (2, 'x'))], 'v')
+        self.assertEqual(d.keys(), [(1, (2, 'x'))])
+        self.assertEqual(d.copy(), {(1, (2, 'x')): 'v'})
+
+    def test_other_objects_travel_pickled(self):
+        for v in [{1, 2}, frozenset([3]), Thing(5), bytearray(b'ab'), 3 + 4j]:
+            self.assertEqual(self.rt(v), v)
+            self.assertIs(type(self.rt(v)), type(v))
+        q = M.Queue()
+        q.put(Thing([1, 2]))
+        self.assertEqual(q.get(), Thing([1, 2]))
+
+    def test_unhashable_key_is_type_error(self):
+        with self.assertRaises(TypeError):
+            M.dict()[{1, 2}] = 1  # a set travels as a map: not a key for the broker
+
+    def test_big_payload(self):
+        blob = os.urandom(8 << 20)
+        l = M.list()
+        l.append(blob)
+        self.assertEqual(l[0], blob)
+        big = list(range(200000))
+        l.append(big)
+        self.assertEqual(l[1], big)
+
+    def test_too_deep_is_an_error_and_the_connection_goes_on(self):
+        v = []
+        for _ in range(40):
+            v = [v]
+        with self.assertRaises(mpbroker.TooDeep):
+            M.list().append(v)
+        w = []
+        for _ in range(100000):
+            w = [w]
+        with self.assertRaises(RecursionError):
+            _mpbroker.roundtrip(w)
+        self.assertEqual(M.list([1])[:], [1])
+
+    def test_refcounts_do_not_move(self):
+        l = M.list()
+        s = 'a string to count ' + str(os.getpid())
+        b = b'bytes to count' + bytes(4)
+        big = 2**70
+        key = ('k', 1)
+        before = [sys.getrefcount(x) for x in (s, b, big, key)]
+        for _ in range(200):
+            l.append(s)
+            l.append([s, b, {key: big}])
+            _mpbroker.roundtrip([s, b, big, key, {key: s}])
+            M.dict()[key] = s
+        l.clear()
+        gc.collect()
+        self.assertEqual([sys.getrefcount(x) for x in (s, b, big, key)], before)
+
+    def test_results_do_not_leak(self):
+        l = M.list([{'k': [1, 2.5, 'x' * 100, b'y' * 100, (1, 2)]}] * 50)
+        d = M.dict({(1, 2): 'x'})
+        q = M.Queue()
+        for _ in range(50):  # warm up caches and free lists
+            l[:], d.copy(), d.keys()
+        tracemalloc.start()
+        gc.collect()
+        snap = tracemalloc.take_snapshot()
+        for _ in range(500):
+            l[:], d.copy(), d.keys(), _mpbroker.roundtrip(l[0])
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                pass
+        gc.collect()
+        grown = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(snap, 'filename'))
+        tracemalloc.stop()
+        self.assertLess(grown, 64 << 10)
+
+    def test_ref_pickles_and_compares(self):
+        r = _mpbroker.Ref(0x123456789)
+        self.assertEqual(pickle.loads(pickle.dumps(r)), r)
+        self.assertEqual(hash(_mpbroker.Ref(5)), hash(_mpbroker.Ref(5)))
+        self.assertEqual(r.id, 0x123456789)
+        self.assertEqual(repr(r), 'Ref(0x123456789)')
+
+
+class ConnectionTests(unittest.TestCase):
+    def conn(self):
+        return _mpbroker.Connection(M.address, M._authkey)
+
+    def test_wrong_key_is_authentication_error(self):
+        import multiprocessing
+        with self.assertRaises(multiprocessing.AuthenticationError):
+            _mpbroker.Connection(M.address, b'not the key')
+
+    def test_pipeline_gives_each_call_its_own_outcome(self):
+        c = self.conn()
+        ref = c.call('manager.create', 'dict', None)
+        out = c.pipeline([('dict.setitem', (ref, 'a', 1)), ('dict.getitem', (ref, 'zz')),
+                          ('dict.getitem', (ref, 'a')), ('no.such', ())])
+        self.assertIsNone(out[0])
+        self.assertIsInstance(out[1], KeyError)
+        self.assertEqual(out[2], 1)
+        self.assertIsInstance(out[3], mpbroker.BrokerError)
+        self.assertEqual(out[3].kind, 'NoSuchMethod')
+        self.assertEqual(c.call('dict.len', ref), 1)
+
+    def test_the_gil_is_released_while_a_call_waits(self):
+        q = M.Queue()
+        got = []
+        t = threading.Thread(target=lambda: got.append(q.get(timeout=10)))
+        t.start()
+        time.sleep(0.2)  # the thread is parked in q.get; this thread still runs
+        q.put('x')
+        t.join(5)
+        self.assertEqual(got, ['x'])
+
+    def test_a_signal_interrupts_a_wait_and_the_connection_recovers(self):
+        class Alarm(Exception):
+            pass
+
+        def handler(signum, frame):
+            raise Alarm()
+        old = signal.signal(signal.SIGALRM, handler)
+        q = M.Queue()
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0.2)
+            t0 = time.monotonic()
+            with self.assertRaises(Alarm):
+                q.get(timeout=30)
+            self.assertLess(time.monotonic() - t0, 10)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+        q.put(1)  # a fresh connection: the old one was given up with its parked get
+        self.assertEqual(q.get(timeout=5), 1)
+
+    def test_a_signal_whose_handler_returns_does_not_end_the_wait(self):
+        hits = []
+        old = signal.signal(signal.SIGALRM, lambda s, f: hits.append(s))
+        q = M.Queue()
+        t = threading.Thread(target=lambda: (time.sleep(0.5), q.put('late')))
+        t.start()
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0.1)
+            self.assertEqual(q.get(timeout=10), 'late')
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+            t.join()
+        self.assertEqual(hits, [signal.SIGALRM])
+
+    def test_one_connection_per_thread(self):
+        l = M.list()
+        ths = [threading.Thread(target=lambda: [l.append(i) for i in range(100)])
+               for _ in range(4)]
+        for t in ths:
+            t.start()
+        for t in ths:
+            t.join()
+        self.assertEqual(len(l), 400)
+
+
+class Proxies(unittest.TestCase):
+    def test_a_proxy_inside_an_object_comes_back_as_a_proxy(self):
+        inner = M.list([1])
+        outer = M.dict(x=inner)
+        got = outer['x']
+        self.assertIsInstance(got, mpbroker.ListProxy)
+        got.append(2)
+        self.assertEqual(inner[:], [1, 2])
+        self.assertEqual(got, inner)
+
+    def test_a_proxy_read_out_holds_its_object(self):
+        d = M.dict(x=M.list([7]))
+        x = d['x']
+        d.clear()
+        gc.collect()
+        self.assertEqual(x[:], [7])
+
+    def test_dead_proxies_release_their_objects(self):
+        n = M._number_of_objects()
+        l = M.list([1])
+        self.assertEqual(M._number_of_objects(), n + 1)
+        del l
+        gc.collect()
+        self.assertEqual(M._number_of_objects(), n)
+
+    def test_pickle_in_process(self):
+        l = M.list([1, 2])
+        l2 = pickle.loads(pickle.dumps(l))
+        self.assertEqual(l2[:], [1, 2])
+        self.assertEqual(l2, l)
+
+    def test_fork_child_uses_its_own_connection(self):
+        l = M.list()
+        l.append('parent')
+        pid = os.fork()
+        if pid == 0:
+            try:
+                l.append('child')
+                os._exit(0 if l[0] == 'parent' else 1)
+            except BaseException:
+                os._exit(2)
+        _, status = os.waitpid(pid, 0)
+        self.assertEqual(os.waitstatus_to_exitcode(status), 0)
+        l.append('parent again')
+        self.assertEqual(l[:], ['parent', 'child', 'parent again'])
+
+    def test_a_forked_child_holds_what_it_inherited(self):
+        # Process.start() drops its args in the parent: the child's proxy must hold the
+        # object itself, or the parent's release would free it under the child.
+        import multiprocessing
+        ctx = multiprocessing.get_context('fork')
+        go, done = ctx.Event(), ctx.Queue()
+        p = ctx.Process(target=_child_reads_late, args=(M.list([1, 2]), go, done))
+        p.start()
+        gc.collect()
+        M._number_of_objects()  # a holder call: the parent's release goes out now
+        time.sleep(0.2)
+        go.set()
+        self.assertEqual(done.get(timeout=10), [1, 2])
+        p.join(10)
+        self.assertEqual(p.exitcode, 0)
+
+    def test_a_second_manager_connects_to_a_running_broker(self):
+        a = M.named('meeting').dict()
+        a['from'] = 'first'
+        other = mpbroker.SyncManager(address=M.address, authkey=M._authkey)
+        other.connect()
+        b = other.named('meeting').dict()
+        self.assertEqual(b['from'], 'first')
+        with mpbroker.Manager(M.address, M._authkey) as third:
+            self.assertEqual(third.named('meeting').dict().copy(), {'from': 'first'})
+        other.shutdown()  # a connected manager only disconnects: the broker goes on
+        self.assertEqual(a['from'], 'first')
+        M.delete('meeting')
+        with self.assertRaises(multiprocessing.AuthenticationError):
+            mpbroker.Manager(M.address, b'wrong key')
+
+    def test_a_barrier_action_runs_once_per_trip_before_anyone_leaves(self):
+        import multiprocessing as mp
+        ctx = mp.get_context('fork')
+        runs = M.list()
+        b = M.Barrier(3, action=_Append(runs))
+        ps = [ctx.Process(target=_trip, args=(b, runs)) for _ in range(2)]
+        for p in ps:
+            p.start()
+        _trip(b, runs)
+        for p in ps:
+            p.join(10)
+            self.assertEqual(p.exitcode, 0)
+        self.assertEqual(len(runs), 4)
+
+    def test_named_objects_are_shared_by_name(self):
+        a = M.named('records').list()
+        a.append(1)
+        b = M.named('records').list()
+        self.assertEqual(b[:], [1])
+        M.delete('records')
+
+    def test_incr_and_cas(self):
+        ns = M.Namespace(x=1)
+        self.assertEqual(ns._incr('x', 5), 6)
+        self.assertTrue(ns._cas('x', 6, 60))
+        self.assertFalse(ns._cas('x', 6, 70))
+        self.assertEqual(ns.x, 60)
+        d = M.dict()
+        self.assertEqual(d.incr('n'), 1)
+        self.assertTrue(d.cas('n', 1, 'one'))
+        self.assertEqual(d['n'], 'one')
+
+    def test_exceptions_are_pythons(self):
+        import threading as th
+        with self.assertRaises(IndexError):
+            M.list().pop()
+        with self.assertRaises(KeyError) as cm:
+            M.dict()['nope']
+        self.assertEqual(cm.exception.args, ('nope',))
+        with self.assertRaises(AttributeError):
+            M.Namespace().missing
+        with self.assertRaises(queue.Full):
+            q = M.Queue(1)
+            q.put(1)
+            q.put(2, timeout=0.05)
+        with self.assertRaises(th.BrokenBarrierError):
+            M.Barrier(2).wait(0.05)
+        with self.assertRaises(ValueError):
+            M.list().remove(1)
+
+
+if __name__ == '__main__':
+    unittest.main()
