@@ -304,7 +304,9 @@ class MObj:
         if self.type == "set":
             return list(s)
         if self.type in ("queue", "joinablequeue"):
-            return list(s["items"])
+            # a parked put's item keeps what it refers to alive until it goes in
+            return list(s["items"]) + [w.parked[3] for w in self.waiters
+                                       if w.parked[0] == "qput"]
         if self.type == "condition":
             return [s["lock"]]
         return []
@@ -316,7 +318,7 @@ class MObj:
         if self.type in ("queue", "joinablequeue"):
             return len(s["items"])
         if self.type in ("lock", "rlock"):
-            return 1 if s["owner"] is not None else 0
+            return 1 if s["owner"] is not None or s["orphan"] else 0
         if self.type in ("semaphore", "boundedsemaphore"):
             return s["value"]
         if self.type == "event":
@@ -406,10 +408,10 @@ class Model:
             o.waiters = []
             s = o.state
             if o.type in ("lock", "rlock"):
-                s["owner"], s["count"] = None, 0
+                s["owner"], s["count"], s["orphan"] = None, 0, False
             elif o.type in ("semaphore", "boundedsemaphore"):
-                s["value"] += sum(s["units"].values())
-                s["units"] = {}
+                s["value"] += sum(s["units"].values()) + s["orphans"]
+                s["units"], s["orphans"] = {}, 0
 
 # ---------------------------------------------------------------------------- driver
 
@@ -444,8 +446,9 @@ class Driver:
         return mc
 
     def disconnect(self, mc):
-        """The model's side of a connection that closed: parked request dropped, holds
-        dropped, locks and semaphore units given back (to the next waiters)."""
+        """The model's side of a connection that closed: parked request and what it sent
+        after it dropped, holds dropped, locks handed to the next waiter or left locked
+        by nobody, semaphore units one each to waiters, the rest orphaned."""
         mc.alive = False
         self.conns.remove(mc)
         if mc.parked:
@@ -455,11 +458,34 @@ class Driver:
             s = o.state
             if o.type in ("lock", "rlock") and s["owner"] is mc:
                 s["owner"], s["count"] = None, 0
-                self.lock_handoff(o)
+                if o.waiters:
+                    self.lock_handoff(o)
+                else:
+                    s["orphan"] = True
             elif o.type in ("semaphore", "boundedsemaphore") and mc in s["units"]:
-                s["value"] += s["units"].pop(mc)
-                self.sem_handoff(o)
+                n = s["units"].pop(mc)
+                while n and o.waiters:
+                    w = o.waiters[0]
+                    s["units"][w] = s["units"].get(w, 0) + 1
+                    n -= 1
+                    self.wake(w, None, True)
+                s["orphans"] += n
         mc.holds = {}
+
+    def lock_handoff(self, o):
+        s = o.state
+        if s["owner"] is None and not s["orphan"] and o.waiters:
+            w = o.waiters[0]
+            s["owner"], s["count"] = w, 1
+            self.wake(w, None, True)
+
+    def sem_handoff(self, o):
+        s = o.state
+        while s["value"] > 0 and o.waiters:
+            w = o.waiters[0]
+            s["value"] -= 1
+            s["units"][w] = s["units"].get(w, 0) + 1
+            self.wake(w, None, True)
 
     def wait_clients(self):
         """Wait until the broker has seen every close (its client count is ours + 1)."""
@@ -525,8 +551,14 @@ class Driver:
 
     def check_state(self):
         m = self.m
-        clients = self.wait_clients()
-        byid = {x["id"]: x for x in clients}
+        deadline = time.monotonic() + 10
+        while True:
+            clients = self.wait_clients()
+            byid = {x["id"]: x for x in clients}
+            if all(bool(byid.get(mc.cid, {}).get("parked")) == bool(mc.parked)
+                   for mc in self.conns) or time.monotonic() > deadline:
+                break
+            time.sleep(0.005)
         for mc in self.conns:
             x = byid.get(mc.cid)
             expect(x is not None, "%r (broker id %d) is not in manager.clients" % (mc, mc.cid))
@@ -644,6 +676,13 @@ READS = {
     "list": ("list.copy", lambda o: tuple(o.state)),
     "dict": ("dict.items", _dict_items),
     "namespace": ("namespace.vars", lambda o: dict(o.state)),
+    "queue": ("queue.qsize", lambda o: len(o.state["items"])),
+    "joinablequeue": ("queue.qsize", lambda o: len(o.state["items"])),
+    "lock": ("lock.locked", lambda o: o.state["owner"] is not None or o.state["orphan"]),
+    "rlock": ("lock.locked", lambda o: o.state["owner"] is not None or o.state["orphan"]),
+    "semaphore": ("semaphore.value", lambda o: o.state["value"]),
+    "boundedsemaphore": ("semaphore.value", lambda o: o.state["value"]),
+    "event": ("event.is_set", lambda o: o.state["flag"]),
 }
 
 # ------------------------------------------------------------------------ operations
@@ -660,7 +699,7 @@ class Ops:
         self.d, self.rng = d, d.rng
         self.table = []
         for name in dir(self):
-            if name.startswith("op_"):
+            if name.startswith("op_") and name[3:] not in d.args.skip.split(","):
                 fn = getattr(self, name)
                 self.table.append((fn, getattr(fn, "weight", 1)))
         self.table.sort(key=lambda t: t[0].__name__)
@@ -714,6 +753,7 @@ class Ops:
                 x -= w
                 if x < 0:
                     break
+            self.d.current = fn.__name__
             desc = fn()
             if desc:
                 return desc
@@ -887,9 +927,372 @@ class Ops:
 
     def op_restart(self):
         how = self.rng.choice(["clean", "term", "kill"])
+        self.d.current = "restart (%s)" % how
         self.d.restart(how)
         return "restart (%s)" % how
     op_restart.weight = 0.3
+
+    # ---------------------------------------------------------------- blocking calls
+
+    def mode(self, mc, can_notify=True):
+        """How a call that may wait is made: at once (nowait), with a short timeout, or
+        parked without one (as a request or a notification)."""
+        free = [c for c in self.d.conns if not c.parked]
+        modes = ["nowait", "nowait", "short"]
+        if len(free) >= 2:
+            modes += ["park", "park"] + (["notify"] if can_notify and "notify" not in
+                                         self.d.args.skip.split(",") else [])
+        return self.rng.choice(modes)
+
+    def blocking(self, mc, method, params, o, mode, now, kind, extra=None, timed_out=None,
+                 cost=0):
+        """A call that may wait. now: None when it has to wait, else (err, res, commit)
+        for at once. timed_out: the (err, res) of a wait that ends unanswered."""
+        d = self.d
+        if mode == "notify":
+            d.current = "%r notify %s%r" % (mc, method, tuple(params))
+            if now is not None and now[0] is not None:
+                return None      # a notification that fails: nothing to see
+            mc.conn.notify(method, params)
+            if now is not None:
+                if now[2]:
+                    now[2]()
+                self.ping(mc)
+                d.m.collect(d.conns)
+                return "%r notify %s%r -> done" % (mc, method, tuple(params))
+            d.park(mc, o, kind, None, extra)
+            return "%r notify %s%r -> parked" % (mc, method, tuple(params))
+        if now is not None:
+            err, res, commit = now
+            return self.call(mc, method, params, err=err, res=res, commit=commit, cost=cost)
+        if mode in ("nowait", "short"):
+            err, res = timed_out
+            return self.call(mc, method, params, err=err, res=res, cost=cost)
+        d.current = "%r %s%r" % (mc, method, tuple(params))
+        msgid = mc.conn.request(method, params)
+        d.park(mc, o, kind, msgid, extra)
+        return "%r %s%r -> parked" % (mc, method, tuple(params))
+
+    def ping(self, mc):
+        err, res = mc.conn.call("manager.ping", "sync")
+        expect(err is None and res == "sync", "%r ping after a notification: %r %r" % (
+            mc, err, res))
+
+    def timing(self, mode, pos_block):
+        """BLOCK/TIMEOUT arguments for a mode (pos_block: the call has a BLOCK flag)."""
+        if mode == "nowait":
+            return ([False] if pos_block and self.rng.random() < 0.7 else
+                    ([True, 0] if pos_block else [0]))
+        if mode == "short":
+            return ([True] if pos_block else []) + [self.rng.choice([0.01, 0.03])]
+        return [] if self.rng.random() < 0.5 else ([True, None] if pos_block else [None])
+
+    # queue
+
+    def op_queue_put(self):
+        mc, o = self.conn(), self.obj("queue", "joinablequeue")
+        if not mc or not o:
+            return None
+        d, s = self.d, o.state
+        item = self.rng.choice(SMALL) if self.rng.random() < 0.8 else (
+            self.rng.choice(list(d.m.objs)) if d.m.objs else 1)
+        if d.max_memory and d.used + 4000 > d.max_memory:
+            return None
+        mode = self.mode(mc)
+        nowait = self.rng.random() < 0.2
+        if nowait:
+            mode = "nowait"
+            method, params = "queue.put_nowait", [o.ref, item]
+        else:
+            method, params = "queue.put", [o.ref, item] + self.timing(mode, True)
+        getters = [w for w in o.waiters if w.parked[0] == "qget"]
+        full = s["maxsize"] and len(s["items"]) >= s["maxsize"]
+        if self.bad_refs(item):
+            return self.call(mc, method, params, err="NoSuchObject")
+        if getters:
+            def commit():
+                s["unfinished"] += 1
+                d.wake(getters[0], None, item)
+            now = (None, None, commit)
+        elif not full:
+            def commit():
+                s["items"].append(item)
+                s["unfinished"] += 1
+            now = (None, None, commit)
+        else:
+            now = None
+        return self.blocking(mc, method, params, o, mode, now, "qput", item, ("Full", None),
+                             cost=upper_cost(item))
+    op_queue_put.weight = 3
+
+    def q_admit(self, o):
+        """Room in a bounded queue: the oldest parked put goes in."""
+        s = o.state
+        while o.waiters and (not s["maxsize"] or len(s["items"]) < s["maxsize"]):
+            w = o.waiters[0]
+            if w.parked[0] != "qput":
+                return
+            s["items"].append(w.parked[3])
+            s["unfinished"] += 1
+            self.d.wake(w, None, None)
+
+    def op_queue_get(self):
+        mc, o = self.conn(), self.obj("queue", "joinablequeue")
+        if not mc or not o:
+            return None
+        s = o.state
+        mode = self.mode(mc, can_notify=False)
+        if self.rng.random() < 0.2:
+            mode = "nowait"
+            method, params = "queue.get_nowait", [o.ref]
+        else:
+            method, params = "queue.get", [o.ref] + self.timing(mode, True)
+        if s["items"]:
+            item = s["items"][0]
+
+            def commit():
+                s["items"].pop(0)
+                self.q_admit(o)
+            now = (None, item, commit)
+        else:
+            now = None
+        return self.blocking(mc, method, params, o, mode, now, "qget", None, ("Empty", None))
+    op_queue_get.weight = 3
+
+    def op_queue_get_notification(self):
+        """queue.get as a notification is ignored (PROTOCOL.md, Messages)."""
+        mc, o = self.conn(), self.obj("queue", "joinablequeue")
+        if not mc or not o:
+            return None
+        mc.conn.notify("queue.get", [o.ref])
+        self.ping(mc)
+        return "%r notify queue.get(%r) -> ignored" % (mc, o.ref)
+    op_queue_get_notification.weight = 0.5
+
+    def op_queue_misc(self):
+        mc, o = self.conn(), self.obj("queue", "joinablequeue")
+        if not mc or not o:
+            return None
+        s = o.state
+        what = self.rng.choice(["task_done", "task_done", "join", "empty", "full"])
+        if what == "empty":
+            return self.call(mc, "queue.empty", [o.ref], res=not s["items"])
+        if what == "full":
+            return self.call(mc, "queue.full", [o.ref],
+                             res=bool(s["maxsize"]) and len(s["items"]) >= s["maxsize"])
+        if what == "task_done":
+            if not s["joinable"]:
+                return self.call(mc, "queue.task_done", [o.ref], err="AttributeError")
+            if not s["unfinished"]:
+                return self.call(mc, "queue.task_done", [o.ref], err="ValueError")
+
+            def commit():
+                s["unfinished"] -= 1
+                if not s["unfinished"]:
+                    for w in [w for w in o.waiters if w.parked[0] == "qjoin"]:
+                        self.d.wake(w, None, True)
+            return self.call(mc, "queue.task_done", [o.ref], commit=commit)
+        if not s["joinable"]:
+            return self.call(mc, "queue.join", [o.ref, 0], err="AttributeError")
+        mode = self.mode(mc)
+        params = [o.ref] + self.timing(mode, False)
+        now = (None, True, None) if not s["unfinished"] else None
+        return self.blocking(mc, "queue.join", params, o, mode, now, "qjoin", None, (None, False))
+
+    # lock, rlock
+
+    def op_lock_acquire(self):
+        mc, o = self.conn(), self.obj("lock", "rlock")
+        if not mc or not o:
+            return None
+        s = o.state
+        mode = self.mode(mc)
+        params = [o.ref] + self.timing(mode, True)
+        if self.rng.random() < 0.05:
+            return self.call(mc, "lock.acquire", [o.ref, False, 1], err="ValueError")
+        reenter = s["owner"] is mc and o.type == "rlock"
+        free = (s["owner"] is None or s["orphan"]) and not o.waiters
+        if reenter or free:
+            def commit():
+                if reenter:
+                    s["count"] += 1
+                else:
+                    s["owner"], s["count"], s["orphan"] = mc, 1, False
+            now = (None, True, commit)
+        elif s["owner"] is mc and mode in ("park", "notify"):
+            if mode == "notify":
+                return None
+            return self.call(mc, "lock.acquire", params, err="RuntimeError")
+        else:
+            now = None
+        return self.blocking(mc, "lock.acquire", params, o, mode, now, "lock", None, (None, False))
+    op_lock_acquire.weight = 3
+
+    def op_lock_release(self):
+        mc, o = self.conn(), self.obj("lock", "rlock")
+        if not mc or not o:
+            return None
+        s = o.state
+        if s["owner"] is None and not s["orphan"]:
+            return self.call(mc, "lock.release", [o.ref], err="RuntimeError")
+        if s["orphan"]:
+            def commit():
+                s["orphan"] = False
+                self.d.lock_handoff(o)
+            return self.call(mc, "lock.release", [o.ref], commit=commit)
+        if s["owner"] is not mc:
+            owner = s["owner"]
+            if not owner.parked and self.rng.random() < 0.7:
+                mc = owner     # mostly, the owner releases it
+            else:
+                return self.call(mc, "lock.release", [o.ref], err="RuntimeError")
+
+        def commit():
+            s["count"] -= 1
+            if not s["count"]:
+                s["owner"] = None
+                self.d.lock_handoff(o)
+        return self.call(mc, "lock.release", [o.ref], commit=commit)
+    op_lock_release.weight = 3
+
+    # semaphore, boundedsemaphore
+
+    def op_sem_acquire(self):
+        mc, o = self.conn(), self.obj("semaphore", "boundedsemaphore")
+        if not mc or not o:
+            return None
+        s = o.state
+        mode = self.mode(mc)
+        params = [o.ref] + self.timing(mode, True)
+        if s["value"] > 0 and not o.waiters:
+            def commit():
+                s["value"] -= 1
+                s["units"][mc] = s["units"].get(mc, 0) + 1
+            now = (None, True, commit)
+        elif s["orphans"] > 0:
+            def commit():
+                s["orphans"] -= 1
+                s["units"][mc] = s["units"].get(mc, 0) + 1
+            now = (None, True, commit)
+        else:
+            now = None
+        return self.blocking(mc, "semaphore.acquire", params, o, mode, now, "sem", None,
+                             (None, False))
+    op_sem_acquire.weight = 3
+
+    def op_sem_release(self):
+        mc, o = self.conn(), self.obj("semaphore", "boundedsemaphore")
+        if not mc or not o:
+            return None
+        s = o.state
+        holders = [c for c in s["units"] if not c.parked]
+        if holders and self.rng.random() < 0.7:
+            mc = self.rng.choice(holders)
+        own = s["units"].get(mc, 0)
+        others = sum(n for c, n in s["units"].items() if c is not mc)
+        n = self.rng.choice([1, 1, 1, 2, 0])
+        args = [o.ref] if n == 1 and self.rng.random() < 0.5 else [o.ref, n]
+        if n < 1:
+            return self.call(mc, "semaphore.release", args, err="ValueError")
+        if n > own + s["orphans"] and others:
+            return None   # charged to some other connection's units: not modelled
+        if s["bounded"] and s["value"] + n > s["initial"]:
+            return self.call(mc, "semaphore.release", args, err="ValueError")
+
+        def commit():
+            k = min(n, own)
+            if k:
+                s["units"][mc] -= k
+                if not s["units"][mc]:
+                    del s["units"][mc]
+            s["orphans"] -= min(n - k, s["orphans"])
+            s["value"] += n
+            self.d.sem_handoff(o)
+        return self.call(mc, "semaphore.release", args, commit=commit)
+    op_sem_release.weight = 3
+
+    # event
+
+    def op_event(self):
+        mc, o = self.conn(), self.obj("event")
+        if not mc or not o:
+            return None
+        s = o.state
+        what = self.rng.choice(["set", "clear", "wait", "wait", "wait"])
+        if what == "set":
+            def commit():
+                s["flag"] = True
+                for w in list(o.waiters):
+                    self.d.wake(w, None, True)
+            return self.call(mc, "event.set", [o.ref], commit=commit)
+        if what == "clear":
+            return self.call(mc, "event.clear", [o.ref], commit=lambda: s.update(flag=False))
+        mode = self.mode(mc)
+        params = [o.ref] + self.timing(mode, False)
+        now = (None, True, None) if s["flag"] else None
+        return self.blocking(mc, "event.wait", params, o, mode, now, "ewait", None, (None, False))
+    op_event.weight = 3
+
+    # on parked connections: requests behind the parked one
+
+    def op_behind_park(self):
+        """A parked connection sends more: it waits behind the parked request."""
+        parked = [c for c in self.d.conns if c.parked]
+        if not parked:
+            return None
+        mc = self.rng.choice(parked)
+        d = self.d
+        lists = [o for o in d.m.objs.values() if o.type == "list"]
+        if lists and self.rng.random() < 0.5:
+            ref = self.rng.choice(lists).ref
+            msgid = mc.conn.request("list.len", [ref])
+
+            def run(mc, msgid):
+                o = d.m.objs.get(ref)
+                if o is None:
+                    d.answer(mc, msgid, "NoSuchObject", None)
+                else:
+                    d.answer(mc, msgid, None, len(o.state))
+            mc.backlog.append((msgid, run))
+            return "%r list.len(%r) behind its park" % (mc, ref)
+        payload = self.rng.randrange(1000)
+        msgid = mc.conn.request("manager.ping", [payload])
+        mc.backlog.append((msgid, lambda mc, msgid: d.answer(mc, msgid, None, payload)))
+        return "%r manager.ping(%d) behind its park" % (mc, payload)
+
+    def op_half_close(self):
+        """A batch, then shutdown(SHUT_WR): every request answered, then the close."""
+        d = self.d
+        mc = self.conn(parkable=True)
+        o = self.obj("list")
+        if not mc or not o or (d.max_memory and d.used + 1000 > d.max_memory):
+            return None
+        ev = self.obj("event")
+        batch = [("list.append", [o.ref, 1], None, None)]
+        if ev is not None:
+            batch.append(("event.wait", [ev.ref, 0.02], None, ev.state["flag"]))
+        batch += [("list.append", [o.ref, 2], None, None), ("list.len", [o.ref], None, None)]
+        ids = [mc.conn.request(m, p) for m, p, _, _ in batch]
+        mc.conn.s.shutdown(socket.SHUT_WR)
+        d.current = "%r half-closes after %s" % (mc, [m for m, _, _, _ in batch])
+        for msgid, (m, p, err, res) in zip(ids, batch):
+            if m == "list.append":
+                d.answer(mc, msgid, None, None)
+                o.state.append(p[1])
+            elif m == "list.len":
+                d.answer(mc, msgid, None, len(o.state))
+            else:
+                d.answer(mc, msgid, None, res)
+        extra = mc.conn.recv(10)
+        expect(extra is None and mc.conn.eof, "%r after its half-close: %r, eof %r" % (
+            mc, extra, mc.conn.eof))
+        mc.conn.close()
+        d.disconnect(mc)
+        d.wait_clients()
+        d.m.collect(d.conns)
+        d.connect()
+        return d.current
+    op_half_close.weight = 0.5
 
     # ---------------------------------------------------------------- list
 
@@ -1287,8 +1690,45 @@ def _state_dict(initial, m):
     return d
 
 
-INITIAL = {"list": _init_list, "dict": _init_dict, "namespace": _init_ns}
-STATE = {"list": _state_list, "dict": _state_dict, "namespace": _state_dict}
+def _init_queue(ops):
+    return ops.rng.choice([None, 0, 1, 2, 3, -1])
+
+
+def _state_queue(initial, m, joinable=False):
+    return {"items": [], "maxsize": initial if initial and initial > 0 else 0,
+            "unfinished": 0, "joinable": joinable}
+
+
+def _init_sem(ops):
+    return ops.rng.choice([None, 0, 1, 2, 3] + (["x"] if ops.rng.random() < 0.1 else []))
+
+
+def _state_sem(initial, m, bounded=False):
+    if initial is None:
+        initial = 1
+    if not isinstance(initial, int) or isinstance(initial, bool):
+        raise ModelError("TypeError")
+    if initial < 0:
+        raise ModelError("ValueError")
+    return {"value": initial, "initial": initial, "bounded": bounded, "units": {}, "orphans": 0}
+
+
+def _state_lock(initial, m):
+    return {"owner": None, "count": 0, "orphan": False}
+
+
+INITIAL = {"list": _init_list, "dict": _init_dict, "namespace": _init_ns,
+           "queue": _init_queue, "joinablequeue": _init_queue,
+           "lock": lambda ops: None, "rlock": lambda ops: None,
+           "semaphore": _init_sem, "boundedsemaphore": _init_sem,
+           "event": lambda ops: ops.rng.choice([None, True, False])}
+STATE = {"list": _state_list, "dict": _state_dict, "namespace": _state_dict,
+         "queue": _state_queue,
+         "joinablequeue": lambda i, m: _state_queue(i, m, True),
+         "lock": _state_lock, "rlock": _state_lock,
+         "semaphore": _state_sem,
+         "boundedsemaphore": lambda i, m: _state_sem(i, m, True),
+         "event": lambda i, m: {"flag": bool(i)}}
 
 # ------------------------------------------------------------------------------ main
 
@@ -1334,6 +1774,8 @@ def main():
     p.add_argument("--sanitized", action="store_true",
                    help="the server is an ASan build: fewer fixed steps")
     p.add_argument("-v", "--verbose", action="store_true", help="print every step")
+    p.add_argument("--skip", default="", metavar="OPS",
+                   help="comma-separated operations not to draw (e.g. half_close,restart)")
     p.add_argument("--bugs", default="", help="comma-separated KNOWN_BUGS to exercise")
     args = p.parse_args()
     if not args.server:

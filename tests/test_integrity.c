@@ -320,6 +320,47 @@ START_TEST(value_and_array_count_characters_as_a_fresh_load_does)
 }
 END_TEST
 
+/* Review of issue 18: a condition created without a lock makes its own rlock, and
+ * that lock's state was never counted (a fresh load counts it: 40 bytes more). */
+START_TEST(a_conditions_own_lock_is_counted_as_a_fresh_load_does)
+{
+    start_with_data("1M");
+    int64_t base = stat_int(C, "memory_used");
+    mpb_ref cond;
+    ck_assert_int_eq(mpb_open(C, "condition", "C", NULL, &cond), MPB_OK);
+    FRESH_BROKER_COUNTS_THE_SAME("1M");
+    /* Deleting it takes back exactly what it brought, its lock included. */
+    ck_assert_int_eq(mpb_delete(C, "C"), MPB_OK);
+    ck_assert_int_eq(mpb_delete(C, "compact"), MPB_OK);
+    ck_assert_int_eq(stat_int(C, "memory_used"), base);
+    mpb_free(C);
+    ck_assert_int_eq(tb_stop(&B), 0);
+}
+END_TEST
+
+/* Review of issue 18: a semaphore was charged its holders table as it was at
+ * creation: empty when created by a client, one entry (a 16-slot table, 256 bytes)
+ * when loaded from a snapshot with units held, so the counts differed. */
+START_TEST(a_semaphore_with_units_held_is_counted_as_a_fresh_load_does)
+{
+    start_with_data("1M");
+    int64_t base = stat_int(C, "memory_used");
+    mpb_ref s;
+    mpb_value three = I(3);
+    ck_assert_int_eq(mpb_open(C, "semaphore", "S", &three, &s), MPB_OK);
+    EXPECT("True", "semaphore.acquire", R(s));
+    mpb_context *c2 = tb_connect(&B); /* a unit whose holder died: an orphan */
+    TB_EXPECT(c2, "True", "semaphore.acquire", R(s));
+    mpb_free(c2);
+    FRESH_BROKER_COUNTS_THE_SAME("1M");
+    ck_assert_int_eq(mpb_delete(C, "S"), MPB_OK);
+    ck_assert_int_eq(mpb_delete(C, "compact"), MPB_OK);
+    ck_assert_int_eq(stat_int(C, "memory_used"), base);
+    mpb_free(C);
+    ck_assert_int_eq(tb_stop(&B), 0);
+}
+END_TEST
+
 /*--- Bug 8: every way past --max-memory ---*/
 
 static void limited_setup(void)
@@ -635,6 +676,8 @@ static Suite *integrity_suite(void)
     tcase_set_timeout(mem, 120);
     tcase_add_test(mem, parked_requests_leave_the_memory_count_as_it_was);
     tcase_add_test(mem, value_and_array_count_characters_as_a_fresh_load_does);
+    tcase_add_test(mem, a_conditions_own_lock_is_counted_as_a_fresh_load_does);
+    tcase_add_test(mem, a_semaphore_with_units_held_is_counted_as_a_fresh_load_does);
     suite_add_tcase(s, mem);
     TCase *lim = tcase_create("limits");
     tcase_add_checked_fixture(lim, limited_setup, teardown);
