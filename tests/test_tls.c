@@ -18,6 +18,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <event2/event.h>
+
 #include "testutil.h"
 
 static char certs[256]; /* the directory of tls-certs.sh's files */
@@ -539,6 +541,60 @@ START_TEST(many_tls_connections)
 }
 END_TEST
 
+/*--- The async API over TLS ---*/
+
+struct async_run {
+    int replies, errors, inflight;
+    mpb_ref list;
+    struct event_base *base;
+};
+
+static void async_done(mpb_async_context *ac, mpb_reply *r, void *priv)
+{
+    (void)ac;
+    struct async_run *run = priv;
+    if (r->err != MPB_OK) run->errors++;
+    else run->replies++;
+    if (--run->inflight == 0) event_base_loopbreak(run->base);
+}
+
+/* 2000 pipelined appends of 3 KB through one libevent loop: replies span records, and
+ * bytes OpenSSL decrypted must not wait for an epoll event that never comes. */
+START_TEST(async_calls_over_tls)
+{
+    tb_broker t;
+    char tls[64];
+    const char *extra[] = {"--insecure", NULL};
+    start_tls(&t, tls, sizeof tls, "server", extra);
+    ck_assert(mpb_set_tls(cert("ca.pem"), NULL, NULL, 0) == MPB_OK);
+    mpb_context *c = mpb_connect(tls);
+    works(c);
+    struct async_run run = {.base = event_base_new()};
+    run.list = tb_create(c, "list", NULL);
+    mpb_async_context *ac = mpb_async_connect(run.base, tls);
+    ck_assert_msg(ac != NULL && ac->err == MPB_OK, "%s", ac ? ac->errstr : "NULL");
+    static char blob[3000];
+    memset(blob, 'z', sizeof blob);
+    for (int i = 0; i < 2000; i++) {
+        mpb_value args[2] = {mpb_refv(run.list), mpb_str_borrowed(blob, sizeof blob)};
+        ck_assert(mpb_async_call(ac, "list.append", args, 2, async_done, &run) == MPB_OK);
+        run.inflight++;
+    }
+    struct timeval limit = {30, 0};
+    event_base_loopexit(run.base, &limit);
+    event_base_dispatch(run.base);
+    ck_assert_int_eq(run.errors, 0);
+    ck_assert_int_eq(run.replies, 2000);
+    int64_t len = 0;
+    ck_assert(mpb_list_len(c, run.list, &len) == MPB_OK);
+    ck_assert_int_eq(len, 2000);
+    mpb_async_free(ac);
+    event_base_free(run.base);
+    mpb_free(c);
+    ck_assert_int_eq(tb_stop(&t), 0);
+}
+END_TEST
+
 static Suite *tls_suite(void)
 {
     Suite *s = suite_create("tls");
@@ -548,6 +604,7 @@ static Suite *tls_suite(void)
     tcase_add_test(tc, settings_from_the_environment);
     tcase_add_test(tc, big_pipelined_traffic);
     tcase_add_test(tc, authkey_handshake_runs_inside_tls);
+    tcase_add_test(tc, async_calls_over_tls);
     suite_add_tcase(s, tc);
     tc = tcase_create("refused");
     tcase_set_timeout(tc, 60);
