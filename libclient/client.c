@@ -752,7 +752,8 @@ int mpb_append_call(mpb_context *c, const char *method, const mpb_value *args,
  * outcome, and only the calls the broker never answered fail, at the EOF. */
 static int write_failed(mpb_context *c, int e) {
     struct mpb_context_priv *p = c->priv;
-    set_err(c, MPB_ERR_IO, "ConnectionError", "write: %s", mpb_client_strerror(c, e));
+    set_err(c, MPB_ERR_IO, e == EPROTO ? "TLSError" : "ConnectionError", "write: %s",
+            mpb_client_strerror(c, e));
     if (e != EPIPE && e != ECONNRESET) return break_conn(c);
     p->wdead = true;
     p->out.size = p->out_sent = 0;
@@ -840,7 +841,9 @@ static int read_some(mpb_context *c, bool block) {
             if (block && p->interruptible) return interrupted(c);
             continue;
         } else if (errno != EAGAIN && errno != EWOULDBLOCK) {
-            set_err(c, MPB_ERR_IO, "ConnectionError", "read: %s", mpb_client_strerror(c, errno));
+            /* EPROTO: a TLS alert, such as the broker refusing our certificate. */
+            set_err(c, MPB_ERR_IO, errno == EPROTO ? "TLSError" : "ConnectionError", "read: %s",
+                    mpb_client_strerror(c, errno));
             return break_conn(c);
         }
         break;

@@ -92,7 +92,10 @@ mpb_context *mpb_connect_with_key(const char *address, const void *key, size_t l
  * $MPBROKER_TLS_NO_VERIFY_NAME=1; once it is, from its arguments only. Process-wide,
  * for connections opened after it (reconnects included); the strings are copied.
  * A failed TLS handshake is MPB_ERR_CONNECT with errkind "TLSError" and the reason
- * (an expired certificate, a wrong name, an unknown CA, not a TLS port, ...).
+ * (an expired certificate, a wrong name, an unknown CA, not a TLS port, ...). Under
+ * TLS 1.3 the broker judges this client's certificate after the client's handshake
+ * is done: its refusal ("certificate required", "unknown ca") comes with the first
+ * call (or the authkey handshake), MPB_ERR_IO with errkind "TLSError".
  * MPB_OK or MPB_ERR_OOM. TLS 1.2 and 1.3 only. */
 #define MPB_TLS_NO_VERIFY_NAME 1
 int mpb_set_tls(const char *ca_file, const char *cert_file, const char *key_file, int flags);

@@ -313,10 +313,10 @@ START_TEST(client_certificate_required_and_checked)
     ck_assert(mpb_set_tls(cert("ca.pem"), NULL, NULL, 0) == MPB_OK);
     /* TLS 1.3: the client's handshake ends before the broker judges its certificate;
      * the broker's alert comes with the first reply. */
-    refused(tls, "ConnectionError", "certificate required");
+    refused(tls, "TLSError", "certificate required");
     ck_assert(mpb_set_tls(cert("ca.pem"), cert("other-client.pem"), cert("other-client.key"),
                           0) == MPB_OK);
-    refused(tls, "ConnectionError", "unknown ca");
+    refused(tls, "TLSError", "unknown ca");
     others_check_close(&o);
     ck_assert_int_eq(tb_stop(&t), 0);
 }
