@@ -137,8 +137,8 @@ static void usage(FILE *f)
             "\n"
             "SIGINT or SIGTERM (or manager.shutdown) stop the broker cleanly: no new\n"
             "connections, requests already received are answered, the socket file is\n"
-            "removed, exit 0 (1 if --data-dir could not store every write). SIGHUP\n"
-            "reloads the TLS certificate and key.\n",
+            "removed, exit 0 (1 if --data-dir could not store every write). With\n"
+            "--tls-listen, SIGHUP reloads the TLS certificate and key.\n",
             mpb_default_socket_path(def, sizeof def),
             human_bytes(msg, sizeof msg, MPB_READER_DEFAULT_MAX_MSG),
             MPB_READER_MAX_DEPTH, MPB_READER_MAX_DEPTH,
@@ -199,7 +199,7 @@ static void on_sighup(evutil_socket_t sig, short what, void *arg)
     (void)sig;
     (void)what;
     (void)arg;
-    if (tls_reload() == 0 && g_tls.nlisten > 0 && !g_config.quiet)
+    if (tls_reload() == 0 && !g_config.quiet)
         fprintf(stderr, "mpbroker-server: SIGHUP: TLS certificate and key reloaded\n");
 }
 
@@ -469,10 +469,11 @@ int main(int argc, char **argv)
     for (int i = 0; i < g_tls.nlisten; i++) listen_tcp(g_tls.listen[i], true);
     struct event *sigint = evsignal_new(base, SIGINT, on_signal, NULL);
     struct event *sigterm = evsignal_new(base, SIGTERM, on_signal, NULL);
-    struct event *sighup = evsignal_new(base, SIGHUP, on_sighup, NULL);
+    /* Only with TLS: without it SIGHUP keeps its default (the broker stops), as before. */
+    struct event *sighup = g_tls.nlisten ? evsignal_new(base, SIGHUP, on_sighup, NULL) : NULL;
     event_add(sigint, NULL);
     event_add(sigterm, NULL);
-    event_add(sighup, NULL);
+    if (sighup) event_add(sighup, NULL);
 
     event_base_dispatch(base);
 
@@ -484,7 +485,7 @@ int main(int argc, char **argv)
     objects_shutdown();
     event_free(sigint);
     event_free(sigterm);
-    event_free(sighup);
+    if (sighup) event_free(sighup);
     event_free(accept_retry);
     tls_shutdown();
     auth_unload_key();
