@@ -8,7 +8,7 @@ ARGS       ?=
 
 # Debian packages the build and the tests need.
 PKGS = gcc make pkg-config meson ninja-build libmsgpack-dev libevent-dev check zlib1g-dev libssl-dev \
-       python3 python3-msgpack python3-dev libpython3.11-testsuite clang libclang-rt-14-dev libedit-dev libjansson-dev strace
+       python3 python3-msgpack python3-dev libpython3.11-testsuite clang libclang-rt-14-dev libedit-dev libjansson-dev strace scdoc
 
 .PHONY: all deps build asan fuzz fuzz-long run bench test test-plain test-asan clean
 
@@ -52,8 +52,14 @@ fuzz-long: fuzz
 	  $(FUZZ_BUILD)/fuzz/fuzz_dispatch fuzz/corpus fuzz/regressions
 
 # Start the broker in the foreground on its default socket (ARGS="..." for options).
+# On a terminal the broker gets the terminal's foreground to itself (bash job control:
+# its own process group, then fg), so Ctrl-C reaches it and not make: make exits with
+# the broker's status, 0 when it stopped cleanly, instead of dying of the SIGINT (130).
+run: SHELL := /bin/bash
 run: build
-	./$(BUILD)/mpbroker-server $(ARGS)
+	@echo ./$(BUILD)/mpbroker-server $(ARGS)
+	@if [ -t 0 ]; then set -m; ./$(BUILD)/mpbroker-server $(ARGS) & fg %1 >/dev/null; \
+	else exec ./$(BUILD)/mpbroker-server $(ARGS); fi
 
 # mpbroker against the raw socket, Redis and Python's Manager (bench/compare: a few
 # minutes; Redis and valgrind are used when installed). The table goes to stdout and

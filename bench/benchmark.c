@@ -706,6 +706,7 @@ static void usage(FILE *f) {
         "                   start the broker PATH on a temporary socket for the run and\n"
         "                   stop it after (exit status 1 if it does not exit 0)\n"
         "  -h, --help       this text\n"
+        "  -V, --version    the version\n"
         "\n"
         "Latency is per request: from the start of sending its batch to its own reply.\n"
         "Exit status: 0 all tests ran, 1 a test failed, 2 bad usage, 3 a test is not\n"
@@ -731,11 +732,12 @@ static void parse_args(int argc, char **argv, bool want[T_COUNT]) {
         {"seq", no_argument, NULL, O_SEQ},           {"keep", no_argument, NULL, O_KEEP},
         {"spawn-server", required_argument, NULL, O_SPAWN},
         {"async", no_argument, NULL, O_ASYNC},
-        {"help", no_argument, NULL, 'h'},            {NULL, 0, NULL, 0},
+        {"help", no_argument, NULL, 'h'},            {"version", no_argument, NULL, 'V'},
+        {NULL, 0, NULL, 0},
     };
     const char *host = NULL, *port = "7000";
     int ch;
-    while ((ch = getopt_long(argc, argv, "s:H:p:c:n:P:d:r:t:qh", longopts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "s:H:p:c:n:P:d:r:t:qhV", longopts, NULL)) != -1) {
         switch (ch) {
         case 's': opt.address = optarg; break;
         case 'H': host = optarg; break;
@@ -754,7 +756,10 @@ static void parse_args(int argc, char **argv, bool want[T_COUNT]) {
         case O_SPAWN: opt.spawn = optarg; break;
         case O_ASYNC: opt.async = true; break;
         case 'h': usage(stdout); exit(0);
-        default: usage(stderr); exit(2);
+        case 'V': printf("mpbroker-benchmark %s\n", MPB_VERSION); exit(0);
+        default: /* getopt said which option, in one line */
+            fprintf(stderr, "mpbroker-benchmark --help lists the options\n");
+            exit(2);
         }
     }
     if (optind < argc) {

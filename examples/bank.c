@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "mpbroker.h"
+#include "options.h"
 
 static const char *address;
 
@@ -63,18 +64,24 @@ static int worker(mpb_ref accounts, mpb_ref lock, int id, int transfers, int nac
 int main(int argc, char **argv)
 {
     int procs = 4, transfers = 500, naccounts = 10, opt;
-    if (argc > 1 && strcmp(argv[1], "--help") == 0) {
-        printf("usage: bank [-s ADDRESS] [-p PROCS] [-n TRANSFERS] [-a ACCOUNTS]\n");
-        return 0;
-    }
+    ex_prog = "bank";
+    ex_usage = "usage: bank [-s ADDRESS] [-p PROCS] [-n TRANSFERS] [-a ACCOUNTS]\n"
+    "  -s ADDRESS  broker address: unix:PATH or tcp://HOST:PORT (default\n"
+    "              $MPBROKER_ADDRESS, else the default socket)\n"
+    "  -p PROCS      processes moving money, 1..1000 (default 4)\n"
+    "  -n TRANSFERS  transfers per process, 0..10000000 (default 500)\n"
+    "  -a ACCOUNTS   accounts of 1000 each, 1..100000 (default 10)\n"
+    "  -h, --help  this text\n"
+    "  --version   the version\n";
+    ex_early(argc, argv);
     while ((opt = getopt(argc, argv, "s:p:n:a:")) != -1) {
         if (opt == 's') address = optarg;
-        else if (opt == 'p') procs = atoi(optarg);
-        else if (opt == 'n') transfers = atoi(optarg);
-        else if (opt == 'a') naccounts = atoi(optarg);
-        else return 2;
+        else if (opt == 'p') procs = (int)ex_count("-p", optarg, 1, 1000);
+        else if (opt == 'n') transfers = (int)ex_count("-n", optarg, 0, 10000000);
+        else if (opt == 'a') naccounts = (int)ex_count("-a", optarg, 1, 100000);
+        else ex_bad_option();
     }
-    if (procs < 1 || transfers < 0 || naccounts < 1) return 2;
+    ex_no_operands(optind, argc, argv);
     mpb_context *c = mpb_connect(address);
     if (!c || c->err) return fail(c, "connect");
     mpb_ref accounts, lock;

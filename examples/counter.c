@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "mpbroker.h"
+#include "options.h"
 
 static const char *address; /* NULL: $MPBROKER_ADDRESS or the default */
 
@@ -34,38 +35,25 @@ static int worker(mpb_ref ns, long ops) {
     return 0;
 }
 
-static int usage(FILE *f, int rc) {
-    fprintf(f, "usage: counter [-s ADDRESS] [-p PROCS] [-n OPS]\n"
-               "  -s ADDRESS  broker address (default $MPBROKER_ADDRESS, else the default "
-               "socket)\n"
-               "  -p PROCS    processes to fork (default 4)\n"
-               "  -n OPS      increments per process (default 10000)\n");
-    return rc;
-}
-
-/* A count in [1, max], or -1. */
-static long parse_count(const char *s, long max) {
-    char *end;
-    long n = strtol(s, &end, 10);
-    return end != s && *end == '\0' && n >= 1 && n <= max ? n : -1;
-}
-
 int main(int argc, char **argv) {
     long procs = 4, ops = 10000;
     int opt, failed = 0;
-    for (int i = 1; i < argc; i++)
-        if (strcmp(argv[i], "--help") == 0) return usage(stdout, 0);
+    ex_prog = "counter";
+    ex_usage = "usage: counter [-s ADDRESS] [-p PROCS] [-n OPS]\n"
+    "  -s ADDRESS  broker address: unix:PATH or tcp://HOST:PORT (default\n"
+    "              $MPBROKER_ADDRESS, else the default socket)\n"
+    "  -p PROCS    processes to fork, 1..10000 (default 4)\n"
+    "  -n OPS      increments per process (default 10000)\n"
+    "  -h, --help  this text\n"
+    "  --version   the version\n";
+    ex_early(argc, argv);
     while ((opt = getopt(argc, argv, "s:p:n:")) != -1) {
-        if (opt == 's')
-            address = optarg;
-        else if (opt == 'p' && (procs = parse_count(optarg, 10000)) > 0)
-            continue;
-        else if (opt == 'n' && (ops = parse_count(optarg, INT_MAX)) > 0)
-            continue;
-        else
-            return usage(stderr, 2);
+        if (opt == 's') address = optarg;
+        else if (opt == 'p') procs = ex_count("-p", optarg, 1, 10000);
+        else if (opt == 'n') ops = ex_count("-n", optarg, 1, INT_MAX);
+        else ex_bad_option();
     }
-    if (optind < argc) return usage(stderr, 2);
+    ex_no_operands(optind, argc, argv);
 
     mpb_context *c = mpb_connect(address);
     if (c == NULL || c->err) return fail(c, "connect");

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "mpbroker.h"
+#include "options.h"
 
 static const char *address; /* NULL: $MPBROKER_ADDRESS or the default */
 
@@ -81,22 +82,20 @@ static int child(mpb_ref ns) {
     return 0;
 }
 
-static int usage(FILE *f, int rc) {
-    fprintf(f, "usage: namespace [-s ADDRESS]\n"
-               "  -s ADDRESS  broker address (default $MPBROKER_ADDRESS, else the default "
-               "socket)\n");
-    return rc;
-}
-
 int main(int argc, char **argv) {
     int opt, st;
-    for (int i = 1; i < argc; i++)
-        if (strcmp(argv[i], "--help") == 0) return usage(stdout, 0);
+    ex_prog = "namespace";
+    ex_usage = "usage: namespace [-s ADDRESS]\n"
+    "  -s ADDRESS  broker address: unix:PATH or tcp://HOST:PORT (default\n"
+    "              $MPBROKER_ADDRESS, else the default socket)\n"
+    "  -h, --help  this text\n"
+    "  --version   the version\n";
+    ex_early(argc, argv);
     while ((opt = getopt(argc, argv, "s:")) != -1) {
-        if (opt != 's') return usage(stderr, 2);
-        address = optarg;
+        if (opt == 's') address = optarg;
+        else ex_bad_option();
     }
-    if (optind < argc) return usage(stderr, 2);
+    ex_no_operands(optind, argc, argv);
 
     mpb_context *c = mpb_connect(address);
     if (c == NULL || c->err) return fail(c, "connect");

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "mpbroker.h"
+#include "options.h"
 
 static const char *address;
 static double timeout = 3;
@@ -72,15 +73,21 @@ static pid_t spawn(int (*fn)(mpb_ref), mpb_ref q)
 int main(int argc, char **argv)
 {
     int opt;
-    if (argc > 1 && strcmp(argv[1], "--help") == 0) {
-        printf("usage: producer_consumer [-s ADDRESS] [-t TIMEOUT]\n");
-        return 0;
-    }
+    ex_prog = "producer_consumer";
+    ex_usage = "usage: producer_consumer [-s ADDRESS] [-t TIMEOUT]\n"
+    "  -s ADDRESS  broker address: unix:PATH or tcp://HOST:PORT (default\n"
+    "              $MPBROKER_ADDRESS, else the default socket)\n"
+    "  -t TIMEOUT  seconds the reader waits for the next message before it stops\n"
+    "              (default 3)\n"
+    "  -h, --help  this text\n"
+    "  --version   the version\n";
+    ex_early(argc, argv);
     while ((opt = getopt(argc, argv, "s:t:")) != -1) {
         if (opt == 's') address = optarg;
-        else if (opt == 't') timeout = atof(optarg);
-        else return 2;
+        else if (opt == 't') timeout = ex_seconds("-t", optarg);
+        else ex_bad_option();
     }
+    ex_no_operands(optind, argc, argv);
     mpb_context *c = mpb_connect(address);
     if (!c || c->err) return fail(c, "connect");
     mpb_ref q;

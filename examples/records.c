@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "mpbroker.h"
+#include "options.h"
 
 static const char *address; /* NULL: $MPBROKER_ADDRESS or the default */
 
@@ -100,30 +101,22 @@ static int reap(const pid_t *pids, int n) {
     return failed;
 }
 
-static int usage(FILE *f, int rc) {
-    fprintf(f, "usage: records [-s ADDRESS] [-w WORKERS]\n"
-               "  -s ADDRESS  broker address (default $MPBROKER_ADDRESS, else the default "
-               "socket)\n  -w WORKERS  processes that each add a record (default 2)\n");
-    return rc;
-}
-
 int main(int argc, char **argv) {
     int workers = 2, opt;
-    char *end;
-    for (int i = 1; i < argc; i++)
-        if (strcmp(argv[i], "--help") == 0) return usage(stdout, 0);
+    ex_prog = "records";
+    ex_usage = "usage: records [-s ADDRESS] [-w WORKERS]\n"
+    "  -s ADDRESS  broker address: unix:PATH or tcp://HOST:PORT (default\n"
+    "              $MPBROKER_ADDRESS, else the default socket)\n"
+    "  -w WORKERS  processes that each add a record, 1..10000 (default 2)\n"
+    "  -h, --help  this text\n"
+    "  --version   the version\n";
+    ex_early(argc, argv);
     while ((opt = getopt(argc, argv, "s:w:")) != -1) {
-        if (opt == 's') {
-            address = optarg;
-        } else if (opt == 'w') {
-            long n = strtol(optarg, &end, 10);
-            if (*end != '\0' || n < 1 || n > 10000) return usage(stderr, 2);
-            workers = (int)n;
-        } else {
-            return usage(stderr, 2);
-        }
+        if (opt == 's') address = optarg;
+        else if (opt == 'w') workers = (int)ex_count("-w", optarg, 1, 10000);
+        else ex_bad_option();
     }
-    if (optind < argc) return usage(stderr, 2);
+    ex_no_operands(optind, argc, argv);
 
     mpb_context *c = mpb_connect(address);
     if (c == NULL || c->err) return fail(c, "connect");

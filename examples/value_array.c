@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "mpbroker.h"
+#include "options.h"
 
 static int fail(mpb_context *c, const char *what)
 {
@@ -42,14 +43,18 @@ int main(int argc, char **argv)
 {
     const char *address = NULL;
     int opt;
-    if (argc > 1 && strcmp(argv[1], "--help") == 0) {
-        printf("usage: value_array [-s ADDRESS]\n");
-        return 0;
-    }
+    ex_prog = "value_array";
+    ex_usage = "usage: value_array [-s ADDRESS]\n"
+    "  -s ADDRESS  broker address: unix:PATH or tcp://HOST:PORT (default\n"
+    "              $MPBROKER_ADDRESS, else the default socket)\n"
+    "  -h, --help  this text\n"
+    "  --version   the version\n";
+    ex_early(argc, argv);
     while ((opt = getopt(argc, argv, "s:")) != -1) {
         if (opt == 's') address = optarg;
-        else return 2;
+        else ex_bad_option();
     }
+    ex_no_operands(optind, argc, argv);
     mpb_context *c = mpb_connect(address);
     if (!c || c->err) return fail(c, "connect");
     /* Value('d', 0.0) and Array('i', range(10)) */

@@ -343,11 +343,12 @@ static bool may_handshake(mpb_req *r)
     if (!g_config.authkey) {
         /* A client that insists on authenticating must not trust a broker that cannot
          * prove the key; the connection itself is fine. */
-        reply_error(r, MPB_E_AUTH, "this broker has no authkey: it cannot prove one");
+        reply_error(r, MPB_E_AUTH, "%s: this broker has no authkey: it cannot prove one",
+                    r->info->name);
         return false;
     }
     if (r->conn->authed) {
-        reply_error(r, MPB_E_AUTH, "already authenticated");
+        reply_error(r, MPB_E_AUTH, "%s: already authenticated", r->info->name);
         return false;
     }
     return true;
@@ -412,6 +413,9 @@ void auth_response(mpb_req *r)
     OPENSSL_cleanse(want, sizeof want);
     auth_conn_free(c);
     c->authed = true;
+    if (!g_config.quiet)
+        fprintf(stderr, "mpbroker-server: connection %llu (%s) authenticated\n",
+                (unsigned long long)c->id, c->peer);
     c->in.max_msg = g_config.max_msg;
 }
 

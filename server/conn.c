@@ -117,10 +117,12 @@ mpb_conn *conn_new(struct event_base *base, int fd, bool is_tcp)
     }
     peer_describe(c);
     auth_conn_new(c);
-    if (!g_config.quiet)
-        fprintf(stderr, "mpbroker-server: connection %llu from %s uid=%ld%s\n",
-                (unsigned long long)c->id, c->peer, c->is_tcp ? -1L : (long)c->peer_uid,
-                c->authed ? "" : " (authenticating)");
+    if (!g_config.quiet) {
+        char uid[32] = ""; /* a TCP peer has none the broker could know */
+        if (!c->is_tcp) snprintf(uid, sizeof uid, " uid=%ld", (long)c->peer_uid);
+        fprintf(stderr, "mpbroker-server: connection %llu from %s%s%s\n",
+                (unsigned long long)c->id, c->peer, uid, c->authed ? "" : " (authenticating)");
+    }
     c->next = conns;
     if (conns) conns->prev = c;
     conns = c;
@@ -221,6 +223,7 @@ static size_t serve_buffered(mpb_conn *c)
         dispatch_message(c, &msg);
         objects_collect();
     }
+    c->out_stopped = !c->blocked && !c->closing && out_pending(c) >= OUT_HIGH;
     return served;
 }
 
@@ -329,6 +332,14 @@ static void after_serving(mpb_conn *c)
             conn_free(c);
             return;
         }
+    }
+    /* Serving stopped at OUT_HIGH, then the socket took all of it at once (a large
+     * TCP window does): no write event will come, and no read event need (the
+     * requests left may all be read already). Serve them from a fresh callback, so
+     * that other connections get their turn in between. */
+    if (c->out_stopped && out_pending(c) < OUT_LOW) {
+        c->out_stopped = false;
+        event_active(&c->wev, EV_WRITE, 0);
     }
     if (out_pending(c) >= OUT_HIGH && !c->read_paused) {
         c->read_paused = true;
@@ -439,8 +450,14 @@ void conn_unblock(mpb_conn *c)
     event_active(&c->wev, EV_WRITE, 0);
 }
 
+static double mono_now(void);
+
 static void conn_free(mpb_conn *c)
 {
+    if (!g_config.quiet)
+        fprintf(stderr, "mpbroker-server: connection %llu (%s) closed after %.1f s, %llu "
+                "request%s\n", (unsigned long long)c->id, c->peer, mono_now() - c->since,
+                (unsigned long long)c->ops, c->ops == 1 ? "" : "s");
     if (c->commit_wait) commit_unlink(c);
     admin_conn_closed(c);
     auth_conn_free(c);

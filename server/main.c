@@ -49,40 +49,56 @@ void server_stop(void)
     event_base_loopexit(base, NULL);
 }
 
+/* A byte count as --help writes it: "16 MiB", "64 KiB", "100 B". */
+static const char *human_bytes(char *buf, size_t n, size_t bytes)
+{
+    static const char *const units[] = {"B", "KiB", "MiB", "GiB"};
+    int u = 0;
+    while (u < 3 && bytes >= 1024 && bytes % 1024 == 0) bytes /= 1024, u++;
+    snprintf(buf, n, "%zu %s", bytes, units[u]);
+    return buf;
+}
+
 static void usage(FILE *f)
 {
-    char def[108];
+    char def[108], msg[32], out[32], mem[32], compact[32];
     fprintf(f,
             "usage: mpbroker-server [options]\n"
             "\n"
             "The mpbroker shared-object broker: lists, dicts, namespaces, sets, queues,\n"
             "locks, semaphores, conditions, events, barriers, values and arrays shared\n"
             "between processes over MessagePack-RPC (see docs/PROTOCOL.md).\n"
+            "BYTES take K, M and G suffixes (1024-based): 512K, 16M, 1G.\n"
             "\n"
-            "  -s, --socket PATH       Unix socket to listen on (default %s,\n"
+            "  -s, --socket PATH       Unix socket to listen on; --socket none: none.\n"
+            "                          Default: $MPBROKER_ADDRESS when it is unix:PATH\n"
+            "                          (tcp://HOST:PORT stands for --socket none --listen\n"
+            "                          tcp://HOST:PORT), else\n"
+            "                            %s\n"
             "                          in a directory of its own that must be this\n"
-            "                          user's; mode 0600). --socket none: no Unix socket\n"
+            "                          user's; mode 0600\n"
             "  -l, --listen tcp://HOST:PORT\n"
             "                          also listen on TCP (repeatable); tcp://:PORT is\n"
             "                          127.0.0.1. Needs an authkey, or --insecure\n"
             "      --insecure          allow --listen on loopback without an authkey:\n"
             "                          every local user can then use every object\n"
-            "      --max-message BYTES largest request accepted (default %u)\n"
-            "      --max-depth N       deepest nesting accepted, 1..%d (default %d)\n"
+            "      --max-message BYTES largest request accepted (default %s)\n"
+            "      --max-depth N       deepest nesting accepted, 3..%d (default %d)\n"
             "      --data-dir DIR      persist state in DIR (append-only log + snapshot);\n"
             "                          off by default\n"
             "      --fsync POLICY      always (fsync before replies: one per loop round),\n"
-            "                          everysec\n"
-            "                          (default), or no (leave it to the OS)\n"
-            "      --compact-size N    compact the log into a snapshot past N bytes\n"
-            "                          (and twice the snapshot; default 64 MiB)\n"
+            "                          everysec (default), or no (leave it to the OS)\n"
+            "      --compact-size BYTES\n"
+            "                          compact the log into a snapshot past BYTES (and\n"
+            "                          twice the snapshot; default %s)\n"
             "      --repair            with --data-dir: load it, cutting a damaged log at\n"
             "                          the damage (the cut bytes are kept in\n"
             "                          DIR/log.N.mpb.cut-OFFSET), then exit; run it when\n"
             "                          a start was refused and said to\n"
             "      --authkey-file FILE clients must prove they know the key in FILE (mode\n"
             "                          0600) by the auth.* handshake; default\n"
-            "                          $MPBROKER_AUTHKEY_FILE, else $MPBROKER_AUTHKEY, else none\n"
+            "                          $MPBROKER_AUTHKEY_FILE, else $MPBROKER_AUTHKEY,\n"
+            "                          else none\n"
             "      --auth-timeout S    close a connection that has not authenticated after\n"
             "                          S seconds (default %g; 0: never)\n"
             "      --max-handshakes N  connections authenticating at once (default %d);\n"
@@ -91,29 +107,35 @@ static void usage(FILE *f)
             "                          the same from one other uid (Unix socket) or IP\n"
             "                          address (default %d); past it that peer's oldest\n"
             "                          is closed for the new one\n"
-            "      --socket-group GROUP the Unix socket is 0660 and belongs to GROUP\n"
+            "      --socket-group GROUP\n"
+            "                          the Unix socket is 0660 and belongs to GROUP\n"
             "      --max-clients N     connections served at once (default %d); more are\n"
             "                          refused with TooManyClients\n"
-            "      --max-output BYTES  unsent replies per connection (default %zu MiB;\n"
+            "      --max-output BYTES  unsent replies per connection (default %s;\n"
             "                          0: no limit): a read over it is TooLarge, else the\n"
             "                          connection is closed\n"
             "      --output-timeout S  close a connection that reads none of its replies\n"
             "                          for S seconds (default %g; 0: never)\n"
             "      --max-memory BYTES  stored data (default half of RAM or of the\n"
-            "                          cgroup's limit, here %zu MiB; 0: none); writes\n"
-            "                          past it are OutOfMemory. K, M, G suffixes allowed\n"
-            "  -q, --quiet             no start-up message\n"
+            "                          cgroup's limit, here %s; 0: none); writes\n"
+            "                          past it are OutOfMemory\n"
+            "  -q, --quiet             no start-up message, no connection log\n"
             "  -h, --help              this text\n"
+            "  -V, --version           the version\n"
             "\n"
             "SIGINT or SIGTERM (or manager.shutdown) stop the broker cleanly: no new\n"
             "connections, requests already received are answered, the socket file is\n"
             "removed, exit 0 (1 if --data-dir could not store every write).\n",
-            mpb_default_socket_path(def, sizeof def), MPB_READER_DEFAULT_MAX_MSG,
-            MPB_READER_MAX_DEPTH, MPB_READER_MAX_DEPTH, LIMITS_DEFAULT_AUTH_TIMEOUT,
+            mpb_default_socket_path(def, sizeof def),
+            human_bytes(msg, sizeof msg, MPB_READER_DEFAULT_MAX_MSG),
+            MPB_READER_MAX_DEPTH, MPB_READER_MAX_DEPTH,
+            human_bytes(compact, sizeof compact, (size_t)PERSIST_DEFAULT_COMPACT_MIN),
+            LIMITS_DEFAULT_AUTH_TIMEOUT,
             LIMITS_DEFAULT_MAX_HANDSHAKES, LIMITS_DEFAULT_MAX_HANDSHAKES_PER_PEER,
             LIMITS_DEFAULT_MAX_CLIENTS,
-            LIMITS_DEFAULT_MAX_OUTPUT >> 20, LIMITS_DEFAULT_OUTPUT_TIMEOUT,
-            limits_default_max_memory() >> 20);
+            human_bytes(out, sizeof out, LIMITS_DEFAULT_MAX_OUTPUT),
+            LIMITS_DEFAULT_OUTPUT_TIMEOUT,
+            human_bytes(mem, sizeof mem, limits_default_max_memory() & ~(size_t)0xFFFFF));
 }
 
 static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
@@ -223,6 +245,24 @@ static void listen_tcp(const char *addr)
     add_listener(l, addr);
 }
 
+/* The default address, as clients take it: $MPBROKER_ADDRESS when set (unix:PATH or
+ * PATH: that socket; tcp://HOST:PORT: listen there, and on no Unix socket), else def.
+ * Called only when --socket was not given. */
+static const char *address_from_env(const char *def)
+{
+    const char *env = getenv("MPBROKER_ADDRESS");
+    if (env == NULL || env[0] == '\0') return def;
+    if (strncmp(env, "tcp://", 6) == 0) {
+        if (g_config.ntcp == 8) {
+            fprintf(stderr, "mpbroker-server: at most 8 --listen addresses\n");
+            exit(2);
+        }
+        g_config.tcp[g_config.ntcp++] = env;
+        return "none";
+    }
+    return strncmp(env, "unix:", 5) == 0 ? env + 5 : env;
+}
+
 static void parse_args(int argc, char **argv, const char **sock, const char **authkey_file)
 {
     enum { OPT_MAX_MSG = 256, OPT_MAX_DEPTH, OPT_DATA_DIR, OPT_FSYNC, OPT_COMPACT,
@@ -250,11 +290,12 @@ static void parse_args(int argc, char **argv, const char **sock, const char **au
         {"max-handshakes-per-peer", required_argument, NULL, OPT_MAX_HANDSHAKES_PER_PEER},
         {"quiet", no_argument, NULL, 'q'},
         {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
     };
     int ch;
     char *end;
-    while ((ch = getopt_long(argc, argv, "s:l:qh", opts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "s:l:qhV", opts, NULL)) != -1) {
         switch (ch) {
         case 's': *sock = optarg; break;
         case 'l':
@@ -265,11 +306,7 @@ static void parse_args(int argc, char **argv, const char **sock, const char **au
             g_config.tcp[g_config.ntcp++] = optarg;
             break;
         case OPT_MAX_MSG:
-            g_config.max_msg = strtoull(optarg, &end, 10);
-            if (*end || g_config.max_msg < 64) {
-                fprintf(stderr, "mpbroker-server: --max-message wants a byte count >= 64\n");
-                exit(2);
-            }
+            g_config.max_msg = limits_parse_bytes("--max-message", optarg, 64);
             break;
         case OPT_DATA_DIR: g_persist.dir = optarg; break;
         case OPT_FSYNC:
@@ -277,22 +314,20 @@ static void parse_args(int argc, char **argv, const char **sock, const char **au
             else if (!strcmp(optarg, "everysec")) g_persist.fsync = MPB_FSYNC_EVERYSEC;
             else if (!strcmp(optarg, "no")) g_persist.fsync = MPB_FSYNC_NO;
             else {
-                fprintf(stderr, "mpbroker-server: --fsync wants always, everysec or no\n");
+                fprintf(stderr, "mpbroker-server: --fsync wants always, everysec or no, not "
+                        "'%s'\n", optarg);
                 exit(2);
             }
             break;
         case OPT_COMPACT:
-            g_persist.compact_min = strtoull(optarg, &end, 10);
-            if (*end) {
-                fprintf(stderr, "mpbroker-server: --compact-size wants a byte count\n");
-                exit(2);
-            }
+            g_persist.compact_min = limits_parse_bytes("--compact-size", optarg, 0);
             break;
         case OPT_REPAIR: g_persist.repair = true; break;
         case OPT_MAX_DEPTH:
             g_config.max_depth = (int)strtol(optarg, &end, 10);
             if (*end || g_config.max_depth < 3 || g_config.max_depth > MPB_READER_MAX_DEPTH) {
-                fprintf(stderr, "mpbroker-server: --max-depth wants 3..%d\n", MPB_READER_MAX_DEPTH);
+                fprintf(stderr, "mpbroker-server: --max-depth wants 3..%d, not '%s'\n",
+                        MPB_READER_MAX_DEPTH, optarg);
                 exit(2);
             }
             break;
@@ -323,7 +358,10 @@ static void parse_args(int argc, char **argv, const char **sock, const char **au
             break;
         case 'q': g_config.quiet = true; break;
         case 'h': usage(stdout); exit(0);
-        default: usage(stderr); exit(2);
+        case 'V': printf("mpbroker-server %s\n", MPB_VERSION); exit(0);
+        default: /* getopt said which option, in one line */
+            fprintf(stderr, "mpbroker-server --help lists the options\n");
+            exit(2);
         }
     }
     if (g_persist.repair && !g_persist.dir) {
@@ -331,8 +369,8 @@ static void parse_args(int argc, char **argv, const char **sock, const char **au
         exit(2);
     }
     if (optind < argc) {
-        fprintf(stderr, "mpbroker-server: unexpected argument '%s'\n", argv[optind]);
-        usage(stderr);
+        fprintf(stderr, "mpbroker-server: unexpected argument '%s'\n"
+                "mpbroker-server --help lists the options\n", argv[optind]);
         exit(2);
     }
 }
@@ -344,6 +382,7 @@ int main(int argc, char **argv)
     const char *authkey_file = NULL;
     g_config.max_memory = SIZE_MAX; /* until parse_args: not given */
     parse_args(argc, argv, &sock, &authkey_file);
+    if (sock == def) sock = address_from_env(def);
     if (g_config.max_memory == SIZE_MAX) g_config.max_memory = limits_default_max_memory();
     if (auth_load_key(authkey_file) < 0) return 2;
     limits_setup_nofile();

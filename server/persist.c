@@ -44,7 +44,7 @@
 #include "persist_file.h"
 #include "persist_load.h"
 
-mpb_persist_config g_persist = {.fsync = MPB_FSYNC_EVERYSEC, .compact_min = 64u << 20};
+mpb_persist_config g_persist = {.fsync = MPB_FSYNC_EVERYSEC, .compact_min = PERSIST_DEFAULT_COMPACT_MIN};
 size_t g_persist_buffered;
 
 static msgpack_sbuffer logbuf;
@@ -705,9 +705,15 @@ void persist_open(struct event_base *base)
     msgpack_packer_init(&replay.pk, &replay.out, msgpack_sbuffer_write);
 
     persist_loaded l;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     replaying = true;
     persist_load(dirfd_, g_persist.dir, g_persist.repair, &replay, &l);
-    /* Loaded: nothing holds or owns anything now. */
+    /* Loaded: nothing holds or owns anything now. The semaphore units the replay held
+     * are returned, and that is logged (buffered, written before the next write): the
+     * log goes on from here, and the next load must replay what follows with these
+     * units back, not still held. (--repair writes nothing but its cut.) */
+    replaying = g_persist.repair;
     objects_drop_owned(&replay.owned, replay.id);
     objects_drop_holds(&replay.holds);
     objects_collect();
@@ -716,8 +722,14 @@ void persist_open(struct event_base *base)
     gen = l.gen;
     snap_bytes = l.snap_bytes;
     log_bytes = l.log_bytes;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    if (!g_config.quiet)
+        fprintf(stderr, "mpbroker-server: loaded %zu object%s from %s (snapshot %zu bytes, "
+                "log %zu bytes) in %.3f s\n", objects_count(), objects_count() == 1 ? "" : "s", g_persist.dir, l.snap_bytes,
+                l.log_bytes, (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9);
 
     if (l.old_format) { /* format 1: store it as format 2 now */
+        msgpack_sbuffer_clear(&logbuf); /* the returns above: in its snapshot */
         int r = new_generation(why, sizeof why);
         if (r <= 0) {
             fprintf(stderr, "mpbroker-server: cannot convert %s to format 2: %s\n",

@@ -18,6 +18,8 @@
 
 typedef enum { MPB_FSYNC_ALWAYS, MPB_FSYNC_EVERYSEC, MPB_FSYNC_NO } mpb_fsync_policy;
 
+#define PERSIST_DEFAULT_COMPACT_MIN (64u << 20) /* --compact-size */
+
 typedef struct mpb_persist_config {
     const char *dir;           /* NULL: persistence off */
     mpb_fsync_policy fsync;

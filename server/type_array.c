@@ -53,7 +53,7 @@ bool array_init_from(mpb_req *r, mpb_object *o, uint32_t i)
 {
     const msgpack_object *a = &r->args[i];
     if (!has_initial(r, i) || a->type != MSGPACK_OBJECT_ARRAY || a->via.array.size != 2) {
-        reply_error(r, MPB_E_TYPE, "an array's initial value is [TYPECODE, SIZE or ITEMS]");
+        reply_error(r, MPB_E_TYPE, "%s: an array's initial value is [TYPECODE, SIZE or ITEMS]", r->info->name);
         return false;
     }
     arrstate *s = ARR(o);
@@ -64,8 +64,8 @@ bool array_init_from(mpb_req *r, mpb_object *o, uint32_t i)
     sub.nargs = 2;
     if (init->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
         if (init->via.u64 > ARRAY_MAX_LEN) {
-            reply_error(r, MPB_E_OUT_OF_MEMORY, "array of %llu items: too large",
-                        (unsigned long long)init->via.u64);
+            reply_error(r, MPB_E_OUT_OF_MEMORY, "%s: array of %llu items: too large",
+                        r->info->name, (unsigned long long)init->via.u64);
             return false;
         }
         /* --max-memory before allocating: what the zeros will cost, as counted once
@@ -75,8 +75,8 @@ bool array_init_from(mpb_req *r, mpb_object *o, uint32_t i)
         mpb_value_free(&zero);
         if (!limits_memory_for_bytes(r, (size_t)init->via.u64 * each)) return false;
         if (mpb_array_reserve(&s->a, init->via.u64) < 0) {
-            reply_error(r, MPB_E_OUT_OF_MEMORY, "array of %llu items: out of memory",
-                        (unsigned long long)init->via.u64);
+            reply_error(r, MPB_E_OUT_OF_MEMORY, "%s: array of %llu items: out of memory",
+                        r->info->name, (unsigned long long)init->via.u64);
             return false;
         }
         for (uint64_t k = 0; k < init->via.u64; k++) s->a.items[s->a.len++] = typecode_zero(s->tc);
@@ -86,7 +86,7 @@ bool array_init_from(mpb_req *r, mpb_object *o, uint32_t i)
     if (!arg_value(&sub, 1, &items)) return false;
     bool ok = true;
     if (items.type != MPB_ARRAY) {
-        reply_error(r, MPB_E_TYPE, "an array's items must be an array (or a size)");
+        reply_error(r, MPB_E_TYPE, "%s: an array's items must be an array (or a size)", r->info->name);
         ok = false;
     }
     for (size_t k = 0; ok && k < items.v.a->len; k++) {
@@ -153,7 +153,8 @@ void array_setitem(mpb_req *r)
     int64_t k = 0;
     while (k < n && arg_typed(&sub, (uint32_t)k, s->tc, &conv[k])) k++;
     if (k == n) {
-        for (int64_t j = 0, i = start; j < n; j++, i += step) store(r->self, &a->items[i], &conv[j]);
+        for (int64_t j = 0; j < n; j++) /* no running index: see seq_getitem */
+            store(r->self, &a->items[start + j * step], &conv[j]);
         reply_nil(r);
     } else {
         for (int64_t j = 0; j < k; j++) mpb_value_free(&conv[j]);

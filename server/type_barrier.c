@@ -69,7 +69,7 @@ bool barrier_init_from(mpb_req *r, mpb_object *o, uint32_t i)
             b->timeout = t->via.f64, ok = ok && t->via.f64 >= 0;
         else ok = ok && t->type == MSGPACK_OBJECT_NIL;
     }
-    if (!ok) reply_error(r, MPB_E_VALUE, "a barrier needs PARTIES >= 1, or [PARTIES, TIMEOUT]");
+    if (!ok) reply_error(r, MPB_E_VALUE, "%s: a barrier needs PARTIES >= 1, or [PARTIES, TIMEOUT]", r->info->name);
     return ok;
 }
 
@@ -103,7 +103,7 @@ void barrier_wait(mpb_req *r)
     barstate *b = BAR(r->self);
     if (timeout < 0) timeout = b->timeout;
     if (b->broken) {
-        reply_error(r, MPB_E_BROKEN_BARRIER, "the barrier is broken");
+        reply_error(r, MPB_E_BROKEN_BARRIER, "%s: the barrier is broken", r->info->name);
         return;
     }
     int64_t index = b->count++;

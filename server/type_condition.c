@@ -50,12 +50,14 @@ bool cond_init_from(mpb_req *r, mpb_object *o, uint32_t i)
         mpb_ref ref;
         if (!mpb_object_is_ref(&r->args[i], &ref) || !(lk = objects_get(ref)) ||
             lk->type != MPB_OT_LOCK) {
-            reply_error(r, MPB_E_TYPE, "a condition's initial value must be a lock or rlock reference");
+            reply_error(r, MPB_E_TYPE, "%s: a condition's initial value must be a lock or rlock reference", r->info->name);
             return false;
         }
     } else if (!(lk = objects_create(MPB_OT_LOCK, 1, NULL, 0))) { /* an rlock, as Python */
-        reply_error(r, MPB_E_OUT_OF_MEMORY, "manager.create: out of memory");
+        reply_error(r, MPB_E_OUT_OF_MEMORY, "%s: out of memory", r->info->name);
         return false;
+    } else {
+        objects_charge_state(lk); /* as manager.create does for a lock (a fresh load too) */
     }
     mpb_value ref = mpb_refv(lk->id);
     objects_retain_value(&ref); /* the condition contains its lock */

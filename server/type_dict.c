@@ -62,7 +62,7 @@ static void reply_oom(mpb_req *r) { reply_error(r, MPB_E_OUT_OF_MEMORY, "%s: out
 
 static void reply_key_error(mpb_req *r, const mpb_value *k)
 {
-    char *s = mpb_value_repr(k);
+    char *s = mpb_value_repr_key(k);
     reply_error(r, MPB_E_KEY, "%.200s", s ? s : "key");
     free(s);
 }

@@ -43,7 +43,7 @@ bool list_init_from(mpb_req *r, mpb_object *o, uint32_t i)
     if (!has_initial(r, i)) return true;
     const msgpack_object *init = &r->args[i];
     if (init->type != MSGPACK_OBJECT_ARRAY) {
-        reply_error(r, MPB_E_TYPE, "a list's initial value must be an array");
+        reply_error(r, MPB_E_TYPE, "%s: a list's initial value must be an array", r->info->name);
         return false;
     }
     mpb_value v;
@@ -54,27 +54,52 @@ bool list_init_from(mpb_req *r, mpb_object *o, uint32_t i)
     return true;
 }
 
+/* A slice bound or step r->args[i]: nil or absent gives def; an integer past the
+ * int64 range is clamped to it, as CPython clamps to Py_ssize_t (_PyEval_SliceIndex).
+ * false after replying TypeError. */
+static bool slice_arg(mpb_req *r, uint32_t i, int64_t def, int64_t *out)
+{
+    if (i >= r->nargs || r->args[i].type == MSGPACK_OBJECT_NIL) {
+        *out = def;
+        return true;
+    }
+    if (r->args[i].type == MSGPACK_OBJECT_POSITIVE_INTEGER && r->args[i].via.u64 > INT64_MAX) {
+        *out = INT64_MAX;
+        return true;
+    }
+    return arg_int(r, i, out);
+}
+
+/* CPython's PySlice_AdjustIndices for one bound. */
+static int64_t adjust_bound(int64_t b, int64_t len, int64_t step)
+{
+    if (b < 0) {
+        b += len; /* b >= INT64_MIN and len >= 0: no overflow */
+        if (b < 0) b = step < 0 ? -1 : 0;
+    } else if (b >= len) {
+        b = step < 0 ? len - 1 : len;
+    }
+    return b;
+}
+
 int64_t seq_slice(mpb_req *r, uint32_t first, bool has_step, int64_t len, int64_t *start,
                   int64_t *stop, int64_t *step)
 {
-    bool gs, ge;
+    /* PySlice_Unpack: the step first (its sign picks the defaults), never below
+     * -INT64_MAX, so that -step exists. */
     *step = 1;
-    if (has_step && !arg_int_opt(r, first + 2, 1, NULL, step)) return -1;
+    if (has_step && !slice_arg(r, first + 2, 1, step)) return -1;
     if (*step == 0) {
         reply_error(r, MPB_E_VALUE, "slice step cannot be zero");
         return -1;
     }
-    int64_t lo = *step < 0 ? -1 : 0, hi = *step < 0 ? len - 1 : len;
-    if (!arg_int_opt(r, first, *step < 0 ? hi : lo, &gs, start)) return -1;
-    if (!arg_int_opt(r, first + 1, *step < 0 ? lo : hi, &ge, stop)) return -1;
-    if (gs) {
-        if (*start < 0) *start = *start + len < lo ? lo : *start + len;
-        else if (*start > hi) *start = hi;
-    }
-    if (ge) {
-        if (*stop < 0) *stop = *stop + len < lo ? lo : *stop + len;
-        else if (*stop > hi) *stop = hi;
-    }
+    if (*step < -INT64_MAX) *step = -INT64_MAX;
+    if (!slice_arg(r, first, *step < 0 ? INT64_MAX : 0, start) ||
+        !slice_arg(r, first + 1, *step < 0 ? INT64_MIN : INT64_MAX, stop))
+        return -1;
+    /* PySlice_AdjustIndices: start and stop end in [-1, len]; the count follows. */
+    *start = adjust_bound(*start, len, *step);
+    *stop = adjust_bound(*stop, len, *step);
     if (*step < 0)
         return *stop < *start ? (*start - *stop - 1) / (-*step) + 1 : 0;
     return *start < *stop ? (*stop - *start - 1) / *step + 1 : 0;
@@ -245,7 +270,8 @@ void list_index(mpb_req *r)
 {
     mpb_array *a = &r->self->u.list;
     int64_t len = (int64_t)a->len, start, stop;
-    if (!arg_int_opt(r, 1, 0, NULL, &start) || !arg_int_opt(r, 2, len, NULL, &stop)) return;
+    /* Bounds past int64 clamp, as CPython's (_PyEval_SliceIndexNotNone). */
+    if (!slice_arg(r, 1, 0, &start) || !slice_arg(r, 2, len, &stop)) return;
     mpb_value v;
     if (!arg_value(r, 0, &v)) return;
     int64_t i = find(a, &v, clamp_bound(start, len), clamp_bound(stop, len));
@@ -374,7 +400,9 @@ void seq_getitem(mpb_req *r, const mpb_array *a, const char *what)
     if (n < 0) return;
     msgpack_packer *pk = reply_begin(r);
     msgpack_pack_array(pk, (size_t)n);
-    for (int64_t k = 0, i = start; k < n; k++, i += step) mpb_value_pack(pk, &a->items[i]);
+    /* start + k * step for k < n is an index: computed so, it never overflows (a
+     * running i += step would, past the last item, for a step near 2^63). */
+    for (int64_t k = 0; k < n; k++) mpb_value_pack(pk, &a->items[start + k * step]);
 }
 
 /* list.setitem REF INDEX VALUE | REF START STOP [STEP] ARRAY */
@@ -424,9 +452,9 @@ void list_setitem(mpb_req *r)
         if (m > 0) /* an empty array may have no items buffer (memcpy from NULL is UB) */
             memcpy(a->items + start, v.v.a->items, (size_t)m * sizeof *a->items);
     } else {
-        for (int64_t k = 0, i = start; k < n; k++, i += step) {
-            objects_discard_value(&a->items[i]);
-            a->items[i] = v.v.a->items[k];
+        for (int64_t k = 0; k < n; k++) { /* as in seq_getitem: no running index */
+            objects_discard_value(&a->items[start + k * step]);
+            a->items[start + k * step] = v.v.a->items[k];
         }
     }
     v.v.a->len = 0; /* items moved into the list */
@@ -449,7 +477,10 @@ void list_delitem(mpb_req *r)
     }
     int64_t start, stop, step;
     int64_t n = seq_slice(r, 0, r->nargs == 3, (int64_t)a->len, &start, &stop, &step);
-    if (n < 0) return;
+    if (n <= 0) {
+        if (n == 0) reply_nil(r); /* nothing to delete (and no first item to compute) */
+        return;
+    }
     if (step < 0) { /* walk it forwards: the same set of items */
         start = start + (n - 1) * step;
         step = -step;

@@ -68,7 +68,7 @@ bool lock_init_from(mpb_req *r, mpb_object *o, uint32_t i)
 {
     (void)o;
     if (!has_initial(r, i)) return true;
-    reply_error(r, MPB_E_TYPE, "a lock takes no initial value");
+    reply_error(r, MPB_E_TYPE, "%s: a lock takes no initial value", r->info->name);
     return false;
 }
 
@@ -155,7 +155,7 @@ void lock_release_req(mpb_req *r, mpb_object *lk)
         return;
     }
     if (l->owner != r->conn->id) {
-        reply_error(r, MPB_E_RUNTIME, "cannot release a lock held by another connection");
+        reply_error(r, MPB_E_RUNTIME, "%s: cannot release a lock held by another connection", r->info->name);
         return;
     }
     reply_nil(r);

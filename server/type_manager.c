@@ -35,8 +35,8 @@ static mpb_otype type_arg(mpb_req *r, int *variant)
     if (!arg_str(r, 0, &p, &n)) return MPB_OT_NONE;
     mpb_otype t = mpb_typeid_lookup(p, n, variant);
     if (t == MPB_OT_NONE)
-        reply_error(r, MPB_E_VALUE, "unknown type '%.*s' (see manager.methods)",
-                    (int)(n > 64 ? 64 : n), p);
+        reply_error(r, MPB_E_VALUE, "%s: unknown type '%.*s' (see manager.methods)",
+                    r->info->name, (int)(n > 64 ? 64 : n), p);
     return t;
 }
 
@@ -104,8 +104,8 @@ void manager_open(mpb_req *r)
     if (t == MPB_OT_NONE || !arg_str(r, 1, &name, &n)) return;
     mpb_object *o = objects_by_name(name, n);
     if (o && (o->type != t || o->variant != variant)) {
-        reply_error(r, MPB_E_TYPE, "object '%.*s' is a %s, not a %s", (int)(n > 64 ? 64 : n),
-                    name, objects_typeid(o), mpb_typeid_name(t, variant));
+        reply_error(r, MPB_E_TYPE, "%s: object '%.*s' is a %s, not a %s", r->info->name,
+                    (int)(n > 64 ? 64 : n), name, objects_typeid(o), mpb_typeid_name(t, variant));
         return;
     }
     if (!o) {
@@ -131,7 +131,8 @@ void manager_lookup(mpb_req *r)
     if (!arg_str(r, 0, &name, &n)) return;
     mpb_object *o = objects_by_name(name, n);
     if (o) reply_ref(r, o->id);
-    else reply_error(r, MPB_E_NO_SUCH_OBJECT, "no object named '%.*s'", (int)(n > 64 ? 64 : n), name);
+    else reply_error(r, MPB_E_NO_SUCH_OBJECT, "%s: no object named '%.*s'", r->info->name,
+                    (int)(n > 64 ? 64 : n), name);
 }
 
 /* manager.release REF */
@@ -169,7 +170,8 @@ void manager_delete(mpb_req *r)
     if (!arg_str(r, 0, &name, &n)) return;
     mpb_object *o = objects_by_name(name, n);
     if (!o) {
-        reply_error(r, MPB_E_NO_SUCH_OBJECT, "no object named '%.*s'", (int)(n > 64 ? 64 : n), name);
+        reply_error(r, MPB_E_NO_SUCH_OBJECT, "%s: no object named '%.*s'", r->info->name,
+                    (int)(n > 64 ? 64 : n), name);
         return;
     }
     objects_unname(o);
@@ -179,6 +181,13 @@ void manager_delete(mpb_req *r)
 static void pack_key(msgpack_packer *pk, const char *k)
 {
     msgpack_pack_str_with_body(pk, k, strlen(k));
+}
+
+/* Types whose length means something: a count of items, keys or attributes. */
+static bool has_len(mpb_otype t)
+{
+    return t == MPB_OT_LIST || t == MPB_OT_DICT || t == MPB_OT_NAMESPACE || t == MPB_OT_QUEUE ||
+           t == MPB_OT_ARRAY || t == MPB_OT_SET;
 }
 
 /* manager.objects */
@@ -198,7 +207,8 @@ void manager_objects(mpb_req *r)
         if (o->name) pack_key(pk, o->name);
         else msgpack_pack_nil(pk);
         pack_key(pk, "len");
-        msgpack_pack_uint64(pk, objects_len(o));
+        if (has_len(o->type)) msgpack_pack_uint64(pk, objects_len(o));
+        else msgpack_pack_nil(pk); /* a lock, an event, a value: no length to speak of */
         pack_key(pk, "holders");
         msgpack_pack_uint32(pk, o->holders);
         pack_key(pk, "holds");
@@ -214,17 +224,26 @@ void manager_objects(mpb_req *r)
 void manager_methods(mpb_req *r)
 {
     msgpack_packer *pk = reply_begin(r);
-    msgpack_pack_map(pk, 2);
+    msgpack_pack_map(pk, 3);
     pack_key(pk, "types");
     size_t ntypes = 0;
     while (mpb_typeids[ntypes]) ntypes++;
     msgpack_pack_array(pk, ntypes);
     for (size_t t = 0; t < ntypes; t++) pack_key(pk, mpb_typeids[t]);
+    /* Which methods each type uses: "rlock" -> "lock" (the lock.* methods). */
+    pack_key(pk, "families");
+    msgpack_pack_map(pk, ntypes);
+    for (size_t t = 0; t < ntypes; t++) {
+        int variant;
+        pack_key(pk, mpb_typeids[t]);
+        pack_key(pk, mpb_otype_name(mpb_typeid_lookup(mpb_typeids[t], strlen(mpb_typeids[t]),
+                                                      &variant)));
+    }
     pack_key(pk, "methods");
     msgpack_pack_array(pk, MPB_M__COUNT);
     for (int i = 0; i < MPB_M__COUNT; i++) {
         const mpb_method_info *m = &mpb_methods[i];
-        msgpack_pack_map(pk, 7);
+        msgpack_pack_map(pk, 8);
         pack_key(pk, "name");
         pack_key(pk, m->name);
         pack_key(pk, "type");
@@ -236,6 +255,9 @@ void manager_methods(mpb_req *r)
         msgpack_pack_uint8(pk, m->max);
         pack_key(pk, "write");
         if (m->flags & MPB_F_WRITE) msgpack_pack_true(pk);
+        else msgpack_pack_false(pk);
+        pack_key(pk, "read");
+        if (m->flags & MPB_F_READ) msgpack_pack_true(pk);
         else msgpack_pack_false(pk);
         pack_key(pk, "args");
         pack_key(pk, m->args);

@@ -47,9 +47,14 @@ static void sem_destroy(mpb_object *o)
 }
 
 static size_t sem_length(const mpb_object *o) { return (size_t)SEM(o)->value; }
+/* The fixed state only, as a lock's (its owner is bookkeeping of the connections,
+ * not stored data): it is charged once, at creation, when the holders table is
+ * empty if a client creates it but not if a snapshot with units held is loaded;
+ * counting the table would make the two counts differ. */
 static size_t sem_memsize(const mpb_object *o)
 {
-    return sizeof(semstate) + SEM(o)->holders.cap * (sizeof(uint64_t) + sizeof(void *));
+    (void)o;
+    return sizeof(semstate);
 }
 
 /* Record one unit taken by c. false on allocation failure (nothing taken). */
@@ -134,6 +139,47 @@ static void sem_conn_gone(mpb_object *o, uint64_t conn_id, uintptr_t count)
 const mpb_type_ops mpb_semaphore_ops = {sem_init, sem_destroy, sem_length, sem_memsize,
                                         sem_conn_gone};
 
+/* The full form {"value": V, "initial": I, "held": H} into *value, *initial, *held;
+ * false after replying. Every number must be an int >= 0 (as Python's "semaphore
+ * initial value must be >= 0"), and a bounded semaphore's value within its initial
+ * one: a client may send this form too, and a negative value would read as 2^64-5
+ * units. */
+static bool full_form(mpb_req *r, const msgpack_object *a, bool bounded, int64_t *value,
+                      int64_t *initial, int64_t *held)
+{
+    static const char *const keys[] = {"value", "initial", "held"};
+    int64_t *slots[] = {value, initial, held};
+    for (uint32_t k = 0; k < a->via.map.size; k++) {
+        const msgpack_object_kv *kv = &a->via.map.ptr[k];
+        const char *key;
+        size_t kl;
+        int j = 0;
+        if (mpb_object_bytes(&kv->key, &key, &kl))
+            while (j < 3 && (strlen(keys[j]) != kl || memcmp(key, keys[j], kl) != 0)) j++;
+        else
+            j = 3;
+        if (j == 3) {
+            reply_error(r, MPB_E_VALUE, "a semaphore's initial map takes only value, initial, held");
+            return false;
+        }
+        if (kv->val.type != MSGPACK_OBJECT_POSITIVE_INTEGER &&
+            kv->val.type != MSGPACK_OBJECT_NEGATIVE_INTEGER) {
+            reply_error(r, MPB_E_TYPE, "semaphore %s must be an integer", keys[j]);
+            return false;
+        }
+        if (!mpb_object_int(&kv->val, slots[j]) || *slots[j] < 0) {
+            reply_error(r, MPB_E_VALUE, "semaphore %s value must be >= 0 (and below 2^63)",
+                        j == 0 ? "initial" : keys[j]); /* Python's words for the value */
+            return false;
+        }
+    }
+    if (bounded && *value > *initial) {
+        reply_error(r, MPB_E_VALUE, "a bounded semaphore's value cannot pass its initial value");
+        return false;
+    }
+    return true;
+}
+
 /* INITIAL: VALUE, or the full form {"value": V, "initial": I, "held": H} (a
  * snapshot: H units acquired by the creating connection). */
 bool sem_init_from(mpb_req *r, mpb_object *o, uint32_t i)
@@ -143,19 +189,10 @@ bool sem_init_from(mpb_req *r, mpb_object *o, uint32_t i)
     if (a->type == MSGPACK_OBJECT_MAP) {
         semstate *s = SEM(o);
         int64_t held = 0;
-        for (uint32_t k = 0; k < a->via.map.size; k++) {
-            const msgpack_object_kv *kv = &a->via.map.ptr[k];
-            int64_t n;
-            const char *key;
-            size_t kl;
-            if (!mpb_object_int(&kv->val, &n) || !mpb_object_bytes(&kv->key, &key, &kl)) continue;
-            if (kl == 5 && !memcmp(key, "value", 5)) s->value = n;
-            else if (kl == 7 && !memcmp(key, "initial", 7)) s->initial = n;
-            else if (kl == 4 && !memcmp(key, "held", 4)) held = n;
-        }
+        if (!full_form(r, a, o->variant == 1, &s->value, &s->initial, &held)) return false;
         if (held > 0 && (idmap_put(&s->holders, r->conn->id, (void *)(uintptr_t)held) < 0 ||
                          objects_own(&r->conn->owned, o) < 0)) {
-            reply_error(r, MPB_E_OUT_OF_MEMORY, "manager.create: out of memory");
+            reply_error(r, MPB_E_OUT_OF_MEMORY, "%s: out of memory", r->info->name);
             return false;
         }
         return true;
@@ -216,7 +253,7 @@ void sem_release(mpb_req *r)
     }
     semstate *s = SEM(r->self);
     if (n > INT64_MAX - s->value) {
-        reply_error(r, MPB_E_OVERFLOW, "semaphore value out of the 64-bit range");
+        reply_error(r, MPB_E_OVERFLOW, "%s: semaphore value out of the 64-bit range", r->info->name);
         return;
     }
     if (r->self->variant == 1 && s->value + n > s->initial) {

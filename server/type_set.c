@@ -93,7 +93,7 @@ bool set_init_from(mpb_req *r, mpb_object *o, uint32_t i)
 {
     if (!has_initial(r, i)) return true;
     if (r->args[i].type != MSGPACK_OBJECT_ARRAY) {
-        reply_error(r, MPB_E_TYPE, "a set's initial value must be an array");
+        reply_error(r, MPB_E_TYPE, "%s: a set's initial value must be an array", r->info->name);
         return false;
     }
     mpb_value v;
@@ -333,7 +333,7 @@ static bool discard(mpb_map *self, const mpb_value *k)
 /* KeyError with the element's repr, as Python's. */
 static void reply_key_error(mpb_req *r, const mpb_value *k)
 {
-    char *s = mpb_value_repr(k);
+    char *s = mpb_value_repr_key(k);
     reply_error(r, MPB_E_KEY, "%.200s", s ? s : "element");
     free(s);
 }

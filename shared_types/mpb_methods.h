@@ -59,6 +59,8 @@ typedef enum mpb_otype {
 /* Method flags. */
 #define MPB_F_WRITE 0x01 /* changes shared state */
 #define MPB_F_ADMIN 0x02 /* acts on the broker itself */
+#define MPB_F_READ 0x08  /* only reads shared state: changes nothing, never waits (a
+                            debugger may call it at any time) */
 #define MPB_F_NOLOG 0x04 /* a write that persistence does not log as a call: its lasting
                             effect is logged otherwise, or it has none after a restart
                             (holds, lock ownership, barrier arrivals) */

@@ -206,8 +206,11 @@ size_t mpb_map_memsize(const mpb_map *m);
 /* Python repr: None, True, 3, 2.5, 'text', b'\x00', [1, 2], {'a': 1}, <ref 7>. Writes
  * to f; returns 0 or -1 on a write error. */
 int mpb_value_print(FILE *f, const mpb_value *v);
-/* The same into a newly allocated NUL-terminated string (free() it), or NULL. */
+/* The same into a newly allocated NUL-terminated string (free() it), or NULL. An array
+ * used as a map key prints as a tuple, {(2, 3): 'x'}. */
 char *mpb_value_repr(const mpb_value *v);
+/* repr of v as a dict key or set element: arrays are tuples, (1, 'x') and (1,). */
+char *mpb_value_repr_key(const mpb_value *v);
 
 #ifdef __cplusplus
 }

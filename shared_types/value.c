@@ -767,7 +767,9 @@ static void repr_text(sbuf *b, const char *s, size_t n, bool is_str)
     sb_putc(b, quote);
 }
 
-static void repr_value(sbuf *b, const mpb_value *v)
+/* tuple: v is (inside) a dict key or a set element, where only hashable values get:
+ * an array there is a tuple, (1, 'x'), as Python prints it. */
+static void repr_value(sbuf *b, const mpb_value *v, bool tuple)
 {
     switch (v->type) {
     case MPB_NIL: sb_puts(b, "None"); break;
@@ -779,13 +781,15 @@ static void repr_value(sbuf *b, const mpb_value *v)
     case MPB_BIN: repr_text(b, v->v.s, v->len, false); break;
     case MPB_REF: sb_printf(b, "<ref %" PRIu64 ">", v->v.ref); break;
     case MPB_ARRAY:
-        sb_putc(b, '[');
+        sb_putc(b, tuple ? '(' : '[');
         for (size_t i = 0; i < v->v.a->len; i++) {
             if (i > 0)
                 sb_puts(b, ", ");
-            repr_value(b, &v->v.a->items[i]);
+            repr_value(b, &v->v.a->items[i], tuple);
         }
-        sb_putc(b, ']');
+        if (tuple && v->v.a->len == 1)
+            sb_putc(b, ',');
+        sb_putc(b, tuple ? ')' : ']');
         break;
     case MPB_MAP: {
         size_t it = 0;
@@ -794,9 +798,9 @@ static void repr_value(sbuf *b, const mpb_value *v)
         for (bool first = true; (e = mpb_map_next(v->v.m, &it)) != NULL; first = false) {
             if (!first)
                 sb_puts(b, ", ");
-            repr_value(b, &e->key);
+            repr_value(b, &e->key, true);
             sb_puts(b, ": ");
-            repr_value(b, &e->val);
+            repr_value(b, &e->val, false);
         }
         sb_putc(b, '}');
         break;
@@ -805,10 +809,10 @@ static void repr_value(sbuf *b, const mpb_value *v)
     }
 }
 
-char *mpb_value_repr(const mpb_value *v)
+static char *repr(const mpb_value *v, bool tuple)
 {
     sbuf b = {0};
-    repr_value(&b, v);
+    repr_value(&b, v, tuple);
     sb_putn(&b, "", 0); /* an empty repr still needs its NUL */
     if (b.oom) {
         free(b.p);
@@ -816,6 +820,10 @@ char *mpb_value_repr(const mpb_value *v)
     }
     return b.p;
 }
+
+char *mpb_value_repr(const mpb_value *v) { return repr(v, false); }
+
+char *mpb_value_repr_key(const mpb_value *v) { return repr(v, true); }
 
 int mpb_value_print(FILE *f, const mpb_value *v)
 {

@@ -53,6 +53,8 @@ mpb_ref cli_ref_full(uint64_t n);
 /* Take the space from c's broker now (manager.stats id_space); cli_conn makes its
  * connection the source, asked at the first use. */
 void cli_learn_id_space(mpb_context *c);
+/* The space is known to be this one (a reference the broker just created is in it). */
+void cli_note_id_space(uint64_t space);
 
 /*--- main.c ---*/
 /* Print "error: <fmt>" on stderr. Returns code, for `return cli_error(CLI_FAIL, ...)`. */
@@ -63,11 +65,15 @@ int cli_broker_error(const mpb_context *c);
 int cli_connect_error(const mpb_cli *cli, const mpb_context *c);
 /* The connection, (re)connecting when needed. NULL after printing "cannot connect". */
 mpb_context *cli_conn(mpb_cli *cli);
+/* The same, saying nothing: NULL when the broker cannot be reached. */
+mpb_context *cli_conn_quiet(mpb_cli *cli);
 /* Split a shell line into words: whitespace separates them except inside "JSON
  * strings", [brackets] and {braces}, which stay verbatim; 'single quotes' make a plain
  * string. 0 and *argv (free with cli_args_free) / *argc, or -1 with a message in err. */
 int cli_split(const char *line, cli_arg **argv, int *argc, char *err, size_t n);
 void cli_args_free(cli_arg *argv, int argc);
+/* "  SYNTAX  summary", the summary wrapped at 80 columns in a column of its own. */
+void cli_print_wrapped(FILE *f, const char *syn, const char *text);
 /* Run one command line already split; returns a CLI_* code. */
 int cli_run(mpb_cli *cli, int argc, cli_arg *argv);
 
@@ -141,8 +147,13 @@ void cli_table_free(cli_table *t);
 
 /* A value laid out for printing: scalars as their repr, references labelled and
  * maybe expanded. Built by commands.c (which can fetch), printed here. */
+/* How an array prints: a list [a, b]; a tuple (a, b), as Python shows an array that is
+ * a dict key or a set element (hashable, so a tuple there); a set's elements {a, b}. */
+typedef enum cli_seq { CLI_SEQ_LIST, CLI_SEQ_TUPLE, CLI_SEQ_SET } cli_seq;
+
 typedef struct cli_node {
     enum { CLI_N_ATOM, CLI_N_LIST, CLI_N_MAP, CLI_N_REF } kind;
+    cli_seq seq;           /* LIST: how it prints */
     char *text;            /* ATOM: repr; REF: "<ref 7: list>" */
     struct cli_node *kids; /* LIST: items; MAP: key, value, key, value...; REF: 0 or 1 */
     size_t nkids;
@@ -150,8 +161,8 @@ typedef struct cli_node {
 } cli_node;
 /* What to do with references: type_of(ctx, ref) names the object's type (borrowed)
  * for the label <ref 7: list>; expand(ctx, ref, &content) returns 1 and a value
- * (owned by the caller) to show after the label, or 0 to leave it unexpanded; done is
- * called once that content is laid out. */
+ * (owned by the caller) to show after the label (2: an array of a set's elements), or 0
+ * to leave it unexpanded; done is called once that content is laid out. */
 typedef struct cli_layout {
     const char *(*type_of)(void *ctx, mpb_ref ref);
     int (*expand)(void *ctx, mpb_ref ref, mpb_value *content);
@@ -161,6 +172,8 @@ typedef struct cli_layout {
 /* Lay v out into *nd (free with cli_node_free, also after a failure). 0, or -1 when
  * out of memory. */
 int cli_node_build(cli_node *nd, const mpb_value *v, const cli_layout *lay);
+/* The same, an array at the top printed as seq (a set's elements: CLI_SEQ_SET). */
+int cli_node_build_as(cli_node *nd, const mpb_value *v, const cli_layout *lay, cli_seq seq);
 void cli_node_free(cli_node *nd);
 /* Print on one line when it fits in 80 columns, else one item a line, indented by two
  * spaces a level; ends with a newline. */

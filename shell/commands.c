@@ -105,16 +105,23 @@ static bool is_type(mpb_cli *cli, const char *name) {
 }
 
 /* The method family of a type: its methods are named "<family>.<method>". A variant
- * type (rlock, joinablequeue) has its family's methods; manager.methods does not say
- * which family that is, so the library's table (the same source) does. */
+ * type (rlock, joinablequeue) has its family's methods. The library's table (the same
+ * source as the broker's) knows every type it was built with, without a call; a type
+ * it does not know is looked up in manager.methods "families". */
 static const char *family_of(mpb_cli *cli, const char *type, char *buf, size_t n) {
-    const mpb_value *ms = cli_field(cli_methods(cli, false), "methods");
-    for (size_t i = 0; ms != NULL && ms->type == MPB_ARRAY && i < ms->v.a->len; i++)
-        if (is(cli_field_str(&ms->v.a->items[i], "type", ""), type)) return type;
     int variant;
     mpb_otype fam = mpb_typeid_lookup(type, strlen(type), &variant);
-    snprintf(buf, n, "%s", fam != MPB_OT_NONE ? mpb_otype_name(fam) : type);
+    const char *broker = fam != MPB_OT_NONE ? NULL
+                         : cli_field_str(cli_field(cli_methods(cli, false), "families"), type, NULL);
+    snprintf(buf, n, "%s", fam != MPB_OT_NONE ? mpb_otype_name(fam) : broker ? broker : type);
     return buf;
+}
+
+/* Does manager.methods mark m read-only (a broker without the mark: not a write)? */
+static bool is_read_only(const mpb_value *m) {
+    const mpb_value *r = cli_field(m, "read");
+    if (r != NULL && r->type == MPB_BOOL) return r->v.b;
+    return !cli_field_int(m, "write", 1);
 }
 
 /* "list, dict, namespace": the broker's types, for messages. */
@@ -153,10 +160,43 @@ static const char *reader_method(mpb_cli *cli, const char *type, char *buf, size
     for (size_t i = 0; i < sizeof readers / sizeof *readers; i++) {
         snprintf(buf, n, "%s.%s", family, readers[i]);
         const mpb_value *m = method_info(cli, buf);
-        if (m != NULL && cli_field_int(m, "min", 1) == 0 && !cli_field_int(m, "write", 1))
-            return buf;
+        if (m != NULL && cli_field_int(m, "min", 1) == 0 && is_read_only(m)) return buf;
     }
     return NULL;
+}
+
+/* What show prints of an object without a content reader (a lock, a queue, an event):
+ * every read-only method of its family that needs no argument, as a map from the
+ * method's short name to its result ({'locked': False}). 1 and *out; 0 when there is
+ * none; -1 on a broker error. */
+static int fetch_state(mpb_cli *cli, mpb_ref ref, const char *type, mpb_value *out) {
+    char fbuf[64];
+    const char *family = family_of(cli, type, fbuf, sizeof fbuf);
+    const mpb_value *ms = cli_field(cli_methods(cli, false), "methods");
+    mpb_map *m = NULL;
+    for (size_t i = 0; ms != NULL && ms->type == MPB_ARRAY && i < ms->v.a->len; i++) {
+        const mpb_value *info = &ms->v.a->items[i];
+        const char *name = cli_field_str(info, "name", "");
+        if (!is(cli_field_str(info, "type", ""), family) || cli_field_int(info, "min", 1) != 0 ||
+            !is_read_only(info))
+            continue;
+        mpb_value arg = mpb_refv(ref), res;
+        if (mpb_call(cli->c, name, &arg, 1, &res) != MPB_OK) {
+            if (m != NULL) mpb_map_free(m);
+            return -1;
+        }
+        const char *shortname = strchr(name, '.') + 1;
+        mpb_value k = mpb_str(shortname);
+        if ((m == NULL && (m = mpb_map_new()) == NULL) || mpb_map_set(m, &k, &res, NULL) < 0) {
+            mpb_value_free(&k);
+            mpb_value_free(&res);
+            if (m != NULL) mpb_map_free(m);
+            return cli_error(CLI_FAIL, "out of memory"), -1;
+        }
+    }
+    if (m == NULL) return 0;
+    *out = (mpb_value){.type = MPB_MAP, .v.m = m};
+    return 1;
 }
 
 /*--- References in output: labelled, and expanded to a depth ---*/
@@ -173,14 +213,16 @@ static const char *ref_type(void *ctx, mpb_ref ref) {
     return info ? cli_field_str(info, "type", "?") : "?";
 }
 
-/* The content of ref in *out: 1; 0 when its type has no reader; -1 on error. */
+/* The content of ref in *out: 1 (2: an array of a set's elements); else its state
+ * from its read-only methods (fetch_state): 1; 0 when there is neither; -1 on error. */
 static int fetch_content(mpb_cli *cli, mpb_ref ref, const char *type, mpb_value *out) {
-    char buf[96];
+    char buf[96], fbuf[64];
     const char *m = reader_method(cli, type, buf, sizeof buf);
     *out = mpb_nil();
-    if (m == NULL) return 0;
+    if (m == NULL) return fetch_state(cli, ref, type, out);
     mpb_value arg = mpb_refv(ref);
-    return mpb_call(cli->c, m, &arg, 1, out) == MPB_OK ? 1 : -1;
+    if (mpb_call(cli->c, m, &arg, 1, out) != MPB_OK) return -1;
+    return is(family_of(cli, type, fbuf, sizeof fbuf), "set") ? 2 : 1;
 }
 
 static int ref_expand(void *vctx, mpb_ref ref, mpb_value *content) {
@@ -190,10 +232,11 @@ static int ref_expand(void *vctx, mpb_ref ref, mpb_value *content) {
     for (int i = 0; i < x->npath; i++)
         if (x->path[i] == ref) return 0; /* a cycle: shown once, as Python's [...] */
     const mpb_value *info = cli_object_info(x->cli, ref);
-    if (info == NULL || fetch_content(x->cli, ref, cli_field_str(info, "type", ""), content) <= 0)
-        return 0;
+    if (info == NULL) return 0;
+    int got = fetch_content(x->cli, ref, cli_field_str(info, "type", ""), content);
+    if (got <= 0) return 0;
     x->path[x->npath++] = ref;
-    return 1;
+    return got;
 }
 
 static void ref_done(void *vctx, mpb_ref ref) {
@@ -203,15 +246,20 @@ static void ref_done(void *vctx, mpb_ref ref) {
 }
 
 /* Print a value: --json, or laid out with references labelled <ref 7: list> and
- * expanded `depth` levels down (the root object, if any, already on x's path). */
-static int print_value(const mpb_value *v, bool json, expand_ctx *x) {
+ * expanded `depth` levels down (the root object, if any, already on x's path); an
+ * array at the top as seq (a set's elements print {1, 2}). */
+static int print_value_as(const mpb_value *v, bool json, expand_ctx *x, cli_seq seq) {
     cli_layout lay = {ref_type, ref_expand, ref_done, x};
     if (json) return cli_print_json(stdout, cli_value_to_json_ex(v, &lay));
     cli_node nd;
-    int rc = cli_node_build(&nd, v, &lay);
+    int rc = cli_node_build_as(&nd, v, &lay, seq);
     if (rc == 0) cli_node_print(&nd, stdout);
     cli_node_free(&nd);
     return rc == 0 ? CLI_OK : cli_error(CLI_FAIL, "out of memory");
+}
+
+static int print_value(const mpb_value *v, bool json, expand_ctx *x) {
+    return print_value_as(v, json, x, CLI_SEQ_LIST);
 }
 
 /*--- objects ---*/
@@ -243,7 +291,8 @@ static int cmd_objects(mpb_cli *cli, int argc, cli_arg *argv, const cli_opts *o)
         row[2] = shown;
         for (int k = 0; k < 5; k++) {
             long long v = cli_field_int(&rows[i], fields[k], -1);
-            snprintf(cells[3 + k], 32, v < 0 ? "-" : "%lld", v);
+            /* No len: a lock, an event, a value, where a length means nothing. */
+            snprintf(cells[3 + k], 32, v < 0 ? (k == 0 ? "" : "-") : "%lld", v);
             row[3 + k] = cells[3 + k];
         }
         if (type == NULL || shown == NULL || cli_table_add(&t, row) < 0)
@@ -287,7 +336,7 @@ static int cmd_show(mpb_cli *cli, int argc, cli_arg *argv, const cli_opts *o) {
             free(r);
         }
         if (len >= 0) printf(" len %lld", len);
-        printf(got ? "\n" : "\n(no read-only method shows a %s's content: help %s lists its methods)\n",
+        printf(got ? "\n" : "\n(no read-only method shows a %s: help %s lists its methods)\n",
                type, type);
         if (!got) return CLI_OK;
     }
@@ -295,28 +344,33 @@ static int cmd_show(mpb_cli *cli, int argc, cli_arg *argv, const cli_opts *o) {
         mpb_value r = mpb_refv(ref);
         return cli_print_json(stdout, cli_value_to_json(&r));
     }
-    rc = print_value(&content, o->json, &x);
+    rc = print_value_as(&content, o->json, &x, got == 2 ? CLI_SEQ_SET : CLI_SEQ_LIST);
     mpb_value_free(&content);
     return rc;
 }
 
 /*--- call ---*/
 
+/* The broker did not know the method: a usage error, naming where to look. */
+static int unknown_method(const char *method) {
+    const char *dot = strchr(method, '.');
+    return cli_error(CLI_USAGE, "unknown method '%s' (help %.*s lists them)", method,
+                     dot ? (int)(dot - method) : (int)strlen(method), method);
+}
+
+/* The method table is fetched only when a command needs it (a short method name, show,
+ * help, completion): one-shot commands send no more than their call, so they do not
+ * flood a monitor. A wrong method is the broker's NoSuchMethod. */
 static int cmd_call(mpb_cli *cli, int argc, cli_arg *argv, const cli_opts *o) {
     char full[128];
     const char *method;
-    bool has_self = true;
+    bool has_self = strncmp(argv[0].s, "manager.", 8) != 0; /* manager.*: no reference */
     mpb_ref ref = 0;
-    if (cli_conn(cli) == NULL || cli_methods(cli, true) == NULL) return CLI_FAIL;
+    if (cli_conn(cli) == NULL) return CLI_FAIL;
 
-    /* call manager.ping ...: a method that takes no reference. */
-    const mpb_value *m = method_info(cli, argv[0].s);
-    if (m != NULL && cli_field_str(m, "type", NULL) == NULL) {
-        has_self = false;
+    if (!has_self) {
         method = argv[0].s;
         argc -= 1, argv += 1;
-    } else if (strncmp(argv[0].s, "manager.", 8) == 0) {
-        return cli_error(CLI_USAGE, "unknown method '%s' (help manager lists them)", argv[0].s);
     } else {
         if (argc < 2) return cli_error(CLI_USAGE, "usage: call REF|NAME METHOD [ARGS...]");
         int rc = cli_resolve(cli, argv[0].s, &ref);
@@ -332,11 +386,6 @@ static int cmd_call(mpb_cli *cli, int argc, cli_arg *argv, const cli_opts *o) {
                      family_of(cli, cli_field_str(info, "type", "?"), fbuf, sizeof fbuf), method);
             method = full;
         }
-        if ((m = method_info(cli, method)) == NULL) {
-            const char *dot = strchr(method, '.');
-            return cli_error(CLI_USAGE, "unknown method '%s' (help %.*s lists them)", method,
-                             (int)(dot - method), method);
-        }
         argc -= 2, argv += 2;
     }
     size_t n = (size_t)argc + has_self;
@@ -347,7 +396,7 @@ static int cmd_call(mpb_cli *cli, int argc, cli_arg *argv, const cli_opts *o) {
     for (int i = 0; i < argc && rc == CLI_OK; i++) rc = cli_arg_value(cli, &argv[i], &args[i + has_self]);
     mpb_value result = mpb_nil();
     if (rc == CLI_OK && mpb_call(cli->c, method, args, n, &result) != MPB_OK)
-        rc = cli_broker_error(cli->c);
+        rc = is(cli->c->errkind, "NoSuchMethod") ? unknown_method(method) : cli_broker_error(cli->c);
     for (size_t i = 0; i < n; i++) mpb_value_free(&args[i]);
     free(args);
     if (rc == CLI_OK) {
@@ -360,12 +409,38 @@ static int cmd_call(mpb_cli *cli, int argc, cli_arg *argv, const cli_opts *o) {
 
 /*--- create, del ---*/
 
+/* An object named name exists: say so, and whether INITIAL was left unused. The
+ * broker's get-or-create (manager.open) would answer with the old object silently. */
+static int exists_already(mpb_cli *cli, const char *name, mpb_ref ref, bool initial,
+                          const cli_opts *o) {
+    const mpb_value *info = cli_object_info(cli, ref);
+    mpb_value nv = mpb_str_borrowed(name, strlen(name));
+    char *shown = cli_display(&nv);
+    const char *type = info ? cli_field_str(info, "type", "?") : "?";
+    int rc = CLI_OK;
+    if (initial)
+        rc = cli_error(CLI_FAIL, "'%s' exists already (<ref %llu: %s>): INITIAL not applied "
+                       "(del it first to replace it)", shown ? shown : "?",
+                       (unsigned long long)cli_ref_short(ref), type);
+    else
+        fprintf(stderr, "note: '%s' exists already: this is that %s\n", shown ? shown : "?", type);
+    free(shown);
+    if (rc == CLI_OK) {
+        mpb_value r = mpb_refv(ref);
+        expand_ctx x = {.cli = cli, .depth = -1};
+        rc = print_value(&r, o->json, &x);
+    }
+    return rc;
+}
+
 static int cmd_create(mpb_cli *cli, int argc, cli_arg *argv, const cli_opts *o) {
     char types[256];
-    if (cli_conn(cli) == NULL || cli_methods(cli, true) == NULL) return CLI_FAIL;
-    if (!is_type(cli, argv[0].s)) {
-        type_list(cli, types, sizeof types);
-        return cli_error(CLI_USAGE, "unknown type '%s' (types: %s)", argv[0].s, types);
+    if (cli_conn(cli) == NULL) return CLI_FAIL;
+    if (argc >= 2) {
+        mpb_ref old;
+        if (mpb_lookup(cli->c, argv[1].s, &old) == MPB_OK)
+            return exists_already(cli, argv[1].s, old, argc >= 3, o);
+        if (!is(cli->c->errkind, "NoSuchObject")) return cli_broker_error(cli->c);
     }
     mpb_value args[3] = {mpb_str_borrowed(argv[0].s, strlen(argv[0].s))};
     size_t n = 1;
@@ -377,12 +452,24 @@ static int cmd_create(mpb_cli *cli, int argc, cli_arg *argv, const cli_opts *o) 
     mpb_value r;
     int rc = mpb_call(cli->c, argc >= 2 ? "manager.open" : "manager.create", args, n, &r);
     if (argc >= 3) mpb_value_free(&args[2]);
+    if (rc != MPB_OK && is(cli->c->errkind, "ValueError") &&
+        strstr(cli->c->errstr, "unknown type") != NULL && cli_methods(cli, false) != NULL) {
+        type_list(cli, types, sizeof types);
+        return cli_error(CLI_USAGE, "unknown type '%s' (types: %s)", argv[0].s, types);
+    }
     if (rc != MPB_OK) return cli_broker_error(cli->c);
     if (argc < 2 && cli->oneshot)
         fprintf(stderr, "note: an anonymous object lives while held: this one goes when "
                 "mpbroker-cli exits (give it a NAME to keep it)\n");
-    expand_ctx x = {.cli = cli, .depth = -1};
-    rc = print_value(&r, o->json, &x);
+    /* A new object is numbered in the broker's current id space, and its type is the
+     * one asked for: no manager.stats or manager.objects needed to print it. */
+    if (r.type == MPB_REF) cli_note_id_space(mpb_ref_space(r.v.ref));
+    if (o->json || r.type != MPB_REF) {
+        expand_ctx x = {.cli = cli, .depth = -1};
+        rc = print_value(&r, o->json, &x);
+    } else {
+        printf("<ref %llu: %s>\n", (unsigned long long)cli_ref_short(r.v.ref), argv[0].s);
+    }
     mpb_value_free(&r);
     return rc;
 }
@@ -456,6 +543,9 @@ static int cmd_clients(mpb_cli *cli, int argc, cli_arg *argv, const cli_opts *o)
         snprintf(cells[0], 40, "%lld", cli_field_int(e, "id", 0));
         for (int k = 0; k < 6; k++)
             if (nums[k]) snprintf(cells[2 + k], 40, "%lld", cli_field_int(e, nums[k], 0));
+        /* A TCP peer has no pid or uid the broker could know. */
+        if (cli_field_int(e, "pid", 0) <= 0) strcpy(cells[2], "-");
+        if (cli_field_int(e, "uid", -1) < 0) strcpy(cells[3], "-");
         cli_duration(cells[4], 40, age && age->type == MPB_FLOAT ? age->v.f : 0);
         snprintf(cells[8], 40, "%s%s%s", cli_field_int(e, "self", 0) ? "self" : "",
                  cli_field_int(e, "self", 0) && cli_field_int(e, "monitor", 0) ? "," : "",
@@ -595,7 +685,7 @@ static int cmd_help(mpb_cli *cli, int argc, cli_arg *argv, const cli_opts *o) {
         for (const cli_command *c = cli_commands; c->name; c++) {
             char syn[64];
             snprintf(syn, sizeof syn, "%s %s", c->name, c->args);
-            printf("  %-34s %s\n", syn, c->summary);
+            cli_print_wrapped(stdout, syn, c->summary);
         }
         printf("Arguments are JSON; @7 is reference 7, @NAME a named object's reference;\n"
                "{\"$bin\": \"BASE64\"} is bytes; a bare word is a string (help call).\n");

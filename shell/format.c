@@ -117,7 +117,8 @@ static void measure(cli_node *nd) {
     case CLI_N_ATOM: n = strlen(nd->text); break;
     case CLI_N_REF: n = strlen(nd->text) + (nd->nkids ? 1 + nd->kids[0].flat : 0); break;
     case CLI_N_LIST:
-        n = 2;
+        n = 2 + (nd->seq == CLI_SEQ_TUPLE && nd->nkids == 1); /* (x,) */
+        if (nd->seq == CLI_SEQ_SET && nd->nkids == 0) n = 5; /* set() */
         for (size_t i = 0; i < nd->nkids; i++) n += nd->kids[i].flat + (i ? 2 : 0);
         break;
     case CLI_N_MAP:
@@ -129,25 +130,30 @@ static void measure(cli_node *nd) {
     nd->flat = n;
 }
 
-int cli_node_build(cli_node *nd, const mpb_value *v, const cli_layout *lay) {
+/* seq: how an array here prints; inside a tuple or a set every array is a tuple
+ * (only hashable values get there). */
+static int build(cli_node *nd, const mpb_value *v, const cli_layout *lay, cli_seq seq) {
     memset(nd, 0, sizeof *nd);
     switch ((mpb_type)v->type) {
-    case MPB_ARRAY:
+    case MPB_ARRAY: {
+        cli_seq inner = seq == CLI_SEQ_LIST ? CLI_SEQ_LIST : CLI_SEQ_TUPLE;
         nd->kind = CLI_N_LIST;
+        nd->seq = seq;
         if (build_kids(nd, v->v.a->len) < 0) return -1;
         /* Each kid is counted before it is built, so that cli_node_free reaches what a
          * build that ran out of memory half-way allocated. */
         for (size_t i = 0; i < v->v.a->len; i++)
-            if (cli_node_build(&nd->kids[nd->nkids++], &v->v.a->items[i], lay) < 0) return -1;
+            if (build(&nd->kids[nd->nkids++], &v->v.a->items[i], lay, inner) < 0) return -1;
         break;
+    }
     case MPB_MAP: {
         size_t it = 0;
         mpb_map_entry *e;
         nd->kind = CLI_N_MAP;
         if (build_kids(nd, v->v.m->len * 2) < 0) return -1;
         while ((e = mpb_map_next(v->v.m, &it)) != NULL) {
-            if (cli_node_build(&nd->kids[nd->nkids++], &e->key, lay) < 0 ||
-                cli_node_build(&nd->kids[nd->nkids++], &e->val, lay) < 0)
+            if (build(&nd->kids[nd->nkids++], &e->key, lay, CLI_SEQ_TUPLE) < 0 ||
+                build(&nd->kids[nd->nkids++], &e->val, lay, CLI_SEQ_LIST) < 0)
                 return -1;
         }
         break;
@@ -168,7 +174,7 @@ int cli_node_build(cli_node *nd, const mpb_value *v, const cli_layout *lay) {
                 return -1;
             }
             nd->nkids = 1;
-            r = cli_node_build(&nd->kids[0], &content, lay);
+            r = build(&nd->kids[0], &content, lay, r == 2 ? CLI_SEQ_SET : CLI_SEQ_LIST);
             mpb_value_free(&content);
             if (lay->done) lay->done(lay->ctx, v->v.ref);
             if (r < 0) return -1;
@@ -182,6 +188,16 @@ int cli_node_build(cli_node *nd, const mpb_value *v, const cli_layout *lay) {
     measure(nd);
     return 0;
 }
+
+int cli_node_build(cli_node *nd, const mpb_value *v, const cli_layout *lay) {
+    return build(nd, v, lay, CLI_SEQ_LIST);
+}
+
+int cli_node_build_as(cli_node *nd, const mpb_value *v, const cli_layout *lay, cli_seq seq) {
+    return build(nd, v, lay, seq);
+}
+
+static const char *const opens = "[({", *const closes = "])}";
 
 void cli_node_free(cli_node *nd) {
     for (size_t i = 0; i < nd->nkids; i++) cli_node_free(&nd->kids[i]);
@@ -203,12 +219,17 @@ static void print_flat(const cli_node *nd, FILE *f) {
         }
         break;
     case CLI_N_LIST:
-        fputc('[', f);
+        if (nd->seq == CLI_SEQ_SET && nd->nkids == 0) {
+            fputs("set()", f);
+            break;
+        }
+        fputc(opens[nd->seq], f);
         for (size_t i = 0; i < nd->nkids; i++) {
             if (i) fputs(", ", f);
             print_flat(&nd->kids[i], f);
         }
-        fputc(']', f);
+        if (nd->seq == CLI_SEQ_TUPLE && nd->nkids == 1) fputc(',', f);
+        fputc(closes[nd->seq], f);
         break;
     case CLI_N_MAP:
         fputc('{', f);
@@ -239,7 +260,8 @@ static void print_node(const cli_node *nd, FILE *f, size_t indent, size_t col) {
     }
     bool map = nd->kind == CLI_N_MAP;
     size_t step = map ? 2 : 1;
-    fputs(map ? "{\n" : "[\n", f);
+    char open = map ? '{' : opens[nd->seq], close = map ? '}' : closes[nd->seq];
+    fprintf(f, "%c\n", open);
     for (size_t i = 0; i < nd->nkids; i += step) {
         size_t c = indent + 2;
         fprintf(f, "%*s", (int)c, "");
@@ -249,9 +271,9 @@ static void print_node(const cli_node *nd, FILE *f, size_t indent, size_t col) {
             c += nd->kids[i].flat + 2;
         }
         print_node(&nd->kids[i + step - 1], f, indent + 2, c);
-        fputs(i + step < nd->nkids ? ",\n" : "\n", f);
+        fputs(i + step < nd->nkids || (nd->seq == CLI_SEQ_TUPLE && nd->nkids == 1) ? ",\n" : "\n", f);
     }
-    fprintf(f, "%*s%c", (int)indent, "", map ? '}' : ']');
+    fprintf(f, "%*s%c", (int)indent, "", close);
 }
 
 void cli_node_print(const cli_node *nd, FILE *f) {

@@ -4,9 +4,11 @@
  *
  * Completion candidates come from commands.c (cli_complete); this file only finds
  * the word under the cursor and edits the line. Ctrl-C at the prompt drops the line;
- * during a command it ends the shell as it would any program (a blocking call has no
- * other way out), except in monitor, which catches it to stop. Ctrl-D or `quit` ends
- * the session.
+ * during a command it cancels the command and the session goes on: the shell's
+ * connection is shut down, which is the one way to take back a call parked on the
+ * broker (queue.get, lock.acquire), and a new one is opened (the old one's holds and
+ * locks go, as they would for any client that disconnects). monitor catches it itself
+ * to stop. Ctrl-D or `quit` ends the session.
  */
 #include <errno.h>
 #include <histedit.h>
@@ -15,6 +17,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 #include <wchar.h>
 
@@ -109,6 +112,36 @@ static volatile sig_atomic_t interrupted;
 static void on_interrupt(int sig) {
     (void)sig;
     interrupted = 1;
+}
+
+/* The socket of the command running now, or -1. */
+static volatile sig_atomic_t busy_fd = -1;
+static void on_command_interrupt(int sig) {
+    (void)sig;
+    interrupted = 1;
+    if (busy_fd >= 0) shutdown(busy_fd, SHUT_RDWR); /* async-signal-safe: the call returns */
+}
+
+/* Run one line; Ctrl-C cancels it (see the top of this file). */
+static int run_line(mpb_cli *cli, int argc, cli_arg *argv) {
+    struct sigaction cmd = {.sa_handler = on_command_interrupt}, dfl = {.sa_handler = SIG_DFL};
+    sigemptyset(&cmd.sa_mask); /* no SA_RESTART: a wait must return on the signal */
+    sigemptyset(&dfl.sa_mask);
+    interrupted = 0;
+    /* Connected first, so the handler knows the socket to shut down. */
+    busy_fd = cli_conn_quiet(cli) != NULL ? cli->c->fd : -1;
+    sigaction(SIGINT, &cmd, NULL);
+    int rc = cli_run(cli, argc, argv);
+    sigaction(SIGINT, &dfl, NULL);
+    busy_fd = -1;
+    if (interrupted) {
+        fprintf(stderr, "(interrupted: the command is cancelled; the shell's connection was "
+                "closed, so its holds and locks are gone)\n");
+        mpb_free(cli->c);
+        cli->c = NULL;
+        cli_conn_quiet(cli);
+    }
+    return rc;
 }
 
 /* libedit's reader retries a read() that a signal interrupted, so Ctrl-C alone would
@@ -220,7 +253,7 @@ int cli_interactive(mpb_cli *cli) {
         if (cli_split(copy, &argv, &argc, err, sizeof err) < 0) {
             rc = cli_error(CLI_USAGE, "%s", err);
         } else {
-            rc = cli_run(cli, argc, argv);
+            rc = run_line(cli, argc, argv);
             cli_args_free(argv, argc);
         }
         free(copy);

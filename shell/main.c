@@ -15,19 +15,34 @@
 #include "cli.h"
 
 static int script_line; /* the line being run in script mode, for error messages */
+static bool json_errors; /* the command runs with --json: its errors are JSON too */
+
+/* One error on stderr: "error: [line N: ]message", or with --json one line
+ * {"error": KIND, "message": TEXT[, "line": N]}. */
+static int emit_error(int code, const char *kind, const char *msg) {
+    fflush(stdout); /* keep stdout and stderr in order on a shared terminal or pipe */
+    if (json_errors) {
+        json_t *j = json_pack("{s:s, s:s}", "error", kind, "message", msg);
+        if (j != NULL && script_line > 0) json_object_set_new(j, "line", json_integer(script_line));
+        char *text = j ? json_dumps(j, JSON_ENSURE_ASCII) : NULL;
+        fprintf(stderr, "%s\n", text ? text : "{\"error\": \"OutOfMemory\"}");
+        free(text);
+        json_decref(j);
+        return code;
+    }
+    if (script_line > 0) fprintf(stderr, "error: line %d: %s\n", script_line, msg);
+    else fprintf(stderr, "error: %s\n", msg);
+    return code;
+}
 
 int cli_error(int code, const char *fmt, ...) {
+    char msg[2048];
     va_list ap;
-    fflush(stdout); /* keep stdout and stderr in order on a shared terminal or pipe */
-    if (script_line > 0)
-        fprintf(stderr, "error: line %d: ", script_line);
-    else
-        fputs("error: ", stderr);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
-    return code;
+    /* With --json the shell's own errors have kinds as the broker's do. */
+    return emit_error(code, code == CLI_USAGE ? "UsageError" : "Error", msg);
 }
 
 int cli_connect_error(const mpb_cli *cli, const mpb_context *c) {
@@ -40,6 +55,7 @@ int cli_connect_error(const mpb_cli *cli, const mpb_context *c) {
 }
 
 int cli_broker_error(const mpb_context *c) {
+    if (json_errors) return emit_error(CLI_FAIL, c->errkind[0] ? c->errkind : "Error", c->errstr);
     if (strcmp(c->errkind, "AuthError") == 0)
         return cli_error(CLI_FAIL, "%s: %s (the key comes from $MPBROKER_AUTHKEY_FILE or "
                          "$MPBROKER_AUTHKEY)", c->errkind, c->errstr);
@@ -64,6 +80,12 @@ void cli_learn_id_space(mpb_context *c) {
     mpb_value_free(&s);
 }
 
+void cli_note_id_space(uint64_t space) {
+    if (space_known) return;
+    space_known = true;
+    id_space = space > 0 && space < (UINT64_C(1) << MPB_REF_SPACE_BITS) ? space : 0;
+}
+
 static uint64_t current_space(void) {
     if (!space_known) cli_learn_id_space(space_source);
     return id_space;
@@ -76,6 +98,22 @@ uint64_t cli_ref_short(mpb_ref ref) {
 
 mpb_ref cli_ref_full(uint64_t n) {
     return n <= MPB_REF_COUNTER_MASK ? (current_space() << MPB_REF_SPACE_SHIFT) | n : n;
+}
+
+mpb_context *cli_conn_quiet(mpb_cli *cli) {
+    if (cli->c != NULL && cli->c->fd >= 0) return cli->c;
+    mpb_context *c = mpb_connect(cli->address);
+    if (c == NULL || c->err != MPB_OK) {
+        mpb_free(c);
+        return NULL;
+    }
+    mpb_free(cli->c);
+    mpb_value_free(&cli->methods);
+    mpb_value_free(&cli->objects);
+    cli->c = c;
+    space_source = c;
+    space_known = false;
+    return c;
 }
 
 mpb_context *cli_conn(mpb_cli *cli) {
@@ -179,11 +217,15 @@ static int usage_of(const cli_command *c) {
 }
 
 int cli_run(mpb_cli *cli, int argc, cli_arg *argv) {
+    cli_opts o = {.json = cli->json, .depth = -1};
+    /* --json before the command, as on mpbroker-cli's own command line. */
+    for (; argc > 0 && !argv[0].quoted && strcmp(argv[0].s, "--json") == 0; argc--, argv++)
+        o.json = true;
+    json_errors = o.json;
     if (argc == 0) return CLI_OK;
     const cli_command *cmd = cli_command_find(argv[0].s);
     if (cmd == NULL)
         return cli_error(CLI_USAGE, "unknown command '%s' (help lists them)", argv[0].s);
-    cli_opts o = {.json = cli->json, .depth = -1};
     int i = 1;
     for (; i < argc && !argv[i].quoted && strncmp(argv[i].s, "--", 2) == 0; i++) {
         const char *f = argv[i].s;
@@ -191,7 +233,7 @@ int cli_run(mpb_cli *cli, int argc, cli_arg *argv) {
             i++;
             break;
         } else if (strcmp(f, "--json") == 0) {
-            o.json = true;
+            o.json = json_errors = true;
         } else if (strcmp(cmd->name, "show") == 0 &&
                    (strcmp(f, "--depth") == 0 || strncmp(f, "--depth=", 8) == 0)) {
             const char *v = f[7] == '=' ? f + 8 : (i + 1 < argc ? argv[++i].s : "");
@@ -210,6 +252,7 @@ int cli_run(mpb_cli *cli, int argc, cli_arg *argv) {
     int rc = cmd->run(cli, n, argv + i, &o);
     cli_forget(cli);
     fflush(stdout);
+    json_errors = cli->json;
     return rc;
 }
 
@@ -241,6 +284,21 @@ static int run_script(mpb_cli *cli, FILE *f) {
 
 /*--- Options ---*/
 
+/* "  SYNTAX  summary" with the summary wrapped at 80 columns under its own column. */
+void cli_print_wrapped(FILE *f, const char *syn, const char *text) {
+    enum { COL = 33, WIDTH = 80 };
+    int col = fprintf(f, "  %-*s", COL - 3, syn);
+    if (col > COL - 1) col = fprintf(f, "\n%*s", COL - 1, "") - 1;
+    while (*text) {
+        size_t w = strcspn(text, " ");
+        if (col + 1 + (int)w > WIDTH) col = fprintf(f, "\n%*s", COL - 1, "") - 1;
+        col += fprintf(f, " %.*s", (int)w, text);
+        text += w;
+        text += strspn(text, " ");
+    }
+    fputc('\n', f);
+}
+
 static void usage(FILE *f) {
     char def[256];
     fprintf(f,
@@ -259,13 +317,14 @@ static void usage(FILE *f) {
             "      --authkey-file FILE  the broker's authkey (default $MPBROKER_AUTHKEY_FILE\n"
             "                           or $MPBROKER_AUTHKEY)\n"
             "  -h, --help               this text\n"
+            "  -V, --version            the version\n"
             "\n"
             "Commands (help COMMAND in the shell, or mpbroker-cli help COMMAND):\n",
             mpb_default_address(def, sizeof def));
     for (const cli_command *c = cli_commands; c->name; c++) {
         char syn[64];
         snprintf(syn, sizeof syn, "%s %s", c->name, c->args);
-        fprintf(f, "  %-34s %s\n", syn, c->summary);
+        cli_print_wrapped(f, syn, c->summary);
     }
     fprintf(f, "\nExit status: 0 ok, 1 the command failed, 2 bad usage.\n");
 }
@@ -277,6 +336,7 @@ int main(int argc, char **argv) {
         {"json", no_argument, NULL, 'j'},
         {"authkey-file", required_argument, NULL, 'k'},
         {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
     };
     mpb_cli cli = {.methods = mpb_nil(), .objects = mpb_nil()};
@@ -287,7 +347,7 @@ int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0); /* a line at a time, also into pipes: see monitor */
     if (addr == NULL || addr[0] == '\0') addr = mpb_default_address(def, sizeof def);
     /* '+': options end at COMMAND, so `call l getitem -1` keeps its -1. */
-    while ((opt = getopt_long(argc, argv, "+s:H:h", longopts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "+s:H:hV", longopts, NULL)) != -1) {
         switch (opt) {
         case 's': addr = optarg; break;
         case 'H':
@@ -301,7 +361,10 @@ int main(int argc, char **argv) {
         /* libmpbroker reads the key where the broker does: through the environment. */
         case 'k': setenv("MPBROKER_AUTHKEY_FILE", optarg, 1); break;
         case 'h': usage(stdout); return CLI_OK;
-        default: usage(stderr); return CLI_USAGE;
+        case 'V': printf("mpbroker-cli %s\n", MPB_VERSION); return CLI_OK;
+        default: /* getopt said which option, in one line */
+            fprintf(stderr, "mpbroker-cli --help lists the options\n");
+            return CLI_USAGE;
         }
     }
     bool scheme = strncmp(addr, "unix:", 5) == 0 || strncmp(addr, "tcp://", 6) == 0;

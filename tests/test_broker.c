@@ -515,6 +515,37 @@ START_TEST(monitor_streams_other_connections_requests)
 }
 END_TEST
 
+/* The one rule of PROTOCOL.md "Errors": Python's text where Python raises the same
+ * error (a KeyError's message is the key's repr, a tuple for an array), else the
+ * method's name first. */
+static void expect_message(const char *want, const char *method, mpb_value *args, size_t n)
+{
+    ck_assert_int_eq(mpb_call(C, method, args, n, NULL), MPB_ERR_REPLY);
+    ck_assert_msg(strcmp(C->errstr, want) == 0, "%s: '%s', want '%s'", method, C->errstr, want);
+    for (size_t i = 0; i < n; i++) mpb_value_free(&args[i]);
+}
+
+START_TEST(error_messages_follow_one_rule)
+{
+    mpb_ref d = new_obj("dict", NULL), l = new_obj("list", NULL), k = new_obj("lock", NULL);
+    expect_message("(1, 'x')", "dict.getitem", TB_ARGS(R(d), V("[1, 'x']")));
+    expect_message("pop from empty list", "list.pop", TB_ARGS(R(l)));
+    expect_message("list.getitem: argument 1 must be an integer, not str", "list.getitem",
+                   TB_ARGS(R(l), V("'a'")));
+    mpb_ref jobs;
+    ck_assert_int_eq(mpb_open(C, "list", "jobs", NULL, &jobs), MPB_OK);
+    expect_message("manager.open: object 'jobs' is a list, not a dict", "manager.open",
+                   TB_ARGS(V("'dict'"), V("'jobs'")));
+    expect_message("manager.create: unknown type 'tree' (see manager.methods)", "manager.create",
+                   TB_ARGS(V("'tree'")));
+    expect_message("manager.lookup: no object named 'nothing'", "manager.lookup",
+                   TB_ARGS(V("'nothing'")));
+    expect_message("manager.create: a lock takes no initial value", "manager.create",
+                   TB_ARGS(V("'lock'"), V("5")));
+    expect_message("release unlocked lock", "lock.release", TB_ARGS(R(k)));
+}
+END_TEST
+
 static Suite *broker_suite(void)
 {
     Suite *s = suite_create("broker");
@@ -536,6 +567,7 @@ static Suite *broker_suite(void)
     tcase_add_test(tc, forked_processes_share_records_and_counters_exactly);
     tcase_add_test(tc, stats_and_clients_describe_the_broker);
     tcase_add_test(tc, monitor_streams_other_connections_requests);
+    tcase_add_test(tc, error_messages_follow_one_rule);
     tcase_add_test(tc, shutdown_method_stops_the_broker_cleanly);
     suite_add_tcase(s, tc);
     return s;

@@ -6,6 +6,7 @@
  * ctypes/array ranges for typecodes); results are compared through mpb_value_repr.
  */
 #include <check.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -79,7 +80,6 @@ static void alive_at(int line, mpb_ref x, const char *items)
 {
     tb_expect_at(line, C, items, "list.copy", TB_ARGS(R(x)));
 }
-#define ALIVE(x, items) alive_at(__LINE__, x, items)
 
 /*--- Bug 1: replacing a stored reference with itself, or swapping two ---*/
 
@@ -320,6 +320,47 @@ START_TEST(value_and_array_count_characters_as_a_fresh_load_does)
 }
 END_TEST
 
+/* Review of issue 18: a condition created without a lock makes its own rlock, and
+ * that lock's state was never counted (a fresh load counts it: 40 bytes more). */
+START_TEST(a_conditions_own_lock_is_counted_as_a_fresh_load_does)
+{
+    start_with_data("1M");
+    int64_t base = stat_int(C, "memory_used");
+    mpb_ref cond;
+    ck_assert_int_eq(mpb_open(C, "condition", "C", NULL, &cond), MPB_OK);
+    FRESH_BROKER_COUNTS_THE_SAME("1M");
+    /* Deleting it takes back exactly what it brought, its lock included. */
+    ck_assert_int_eq(mpb_delete(C, "C"), MPB_OK);
+    ck_assert_int_eq(mpb_delete(C, "compact"), MPB_OK);
+    ck_assert_int_eq(stat_int(C, "memory_used"), base);
+    mpb_free(C);
+    ck_assert_int_eq(tb_stop(&B), 0);
+}
+END_TEST
+
+/* Review of issue 18: a semaphore was charged its holders table as it was at
+ * creation: empty when created by a client, one entry (a 16-slot table, 256 bytes)
+ * when loaded from a snapshot with units held, so the counts differed. */
+START_TEST(a_semaphore_with_units_held_is_counted_as_a_fresh_load_does)
+{
+    start_with_data("1M");
+    int64_t base = stat_int(C, "memory_used");
+    mpb_ref s;
+    mpb_value three = I(3);
+    ck_assert_int_eq(mpb_open(C, "semaphore", "S", &three, &s), MPB_OK);
+    EXPECT("True", "semaphore.acquire", R(s));
+    mpb_context *c2 = tb_connect(&B); /* a unit whose holder died: an orphan */
+    TB_EXPECT(c2, "True", "semaphore.acquire", R(s));
+    mpb_free(c2);
+    FRESH_BROKER_COUNTS_THE_SAME("1M");
+    ck_assert_int_eq(mpb_delete(C, "S"), MPB_OK);
+    ck_assert_int_eq(mpb_delete(C, "compact"), MPB_OK);
+    ck_assert_int_eq(stat_int(C, "memory_used"), base);
+    mpb_free(C);
+    ck_assert_int_eq(tb_stop(&B), 0);
+}
+END_TEST
+
 /*--- Bug 8: every way past --max-memory ---*/
 
 static void limited_setup(void)
@@ -397,6 +438,231 @@ START_TEST(copies_from_other_objects_and_sized_creations_respect_max_memory)
 }
 END_TEST
 
+/*--- Slices: CPython's PySlice_Unpack and PySlice_AdjustIndices, to the last bit ---*/
+
+/* The table below is CPython's own answers: /usr/bin/python3 prints, for a list
+ * [0, 1, 2, 3, 4] and every START STOP STEP in B x B x S, what l[s] is, l after
+ * l[s] = [10, 11] (plain slices only), l after l[s] = an equal-length list (10, 11...),
+ * and l after del l[s]. */
+static const char slice_script[] =
+    "import itertools\n"
+    "B = [None, -2**63, -2**63 + 1, -6, -5, -1, 0, 1, 4, 5, 6, 2**63 - 1, 2**64 - 1]\n"
+    "S = [None, 1, 2, -1, -2, -3, 2**63 - 1, -2**63 + 1, -2**63, 2**64 - 1]\n"
+    "for a, b, c in itertools.product(B, B, S):\n"
+    "    l = list(range(5)); s = slice(a, b, c); get = l[s]\n"
+    "    set2 = None\n"
+    "    if c in (None, 1):\n"
+    "        set2 = l[:]; set2[s] = [10, 11]\n"
+    "    seteq = l[:]; seteq[s] = list(range(10, 10 + len(get)))\n"
+    "    gone = l[:]; del gone[s]\n"
+    "    print(a, b, c, get, set2, seteq, gone, sep='|')\n";
+
+static mpb_value slice_arg(const char *tok)
+{
+    if (strcmp(tok, "None") == 0) return NIL;
+    if (tok[0] == '-') return I(strtoll(tok, NULL, 10));
+    return mpb_uint(strtoull(tok, NULL, 10));
+}
+
+static mpb_value copy_of(mpb_value v)
+{
+    mpb_value c;
+    ck_assert_int_eq(mpb_value_copy(&c, &v), 0);
+    return c;
+}
+
+/* [from, from + 1, ... from + n - 1] */
+static mpb_value range_value(int64_t from, size_t n)
+{
+    mpb_value a = mpb_array_value(n);
+    for (size_t i = 0; i < n; i++) {
+        mpb_value x = I(from + (int64_t)i);
+        mpb_value_push(&a, &x);
+    }
+    return a;
+}
+
+/* One line of the table against a list l and an array a, both [0, 1, 2, 3, 4]. */
+static void slice_case(int n, mpb_ref l, mpb_ref a, char *line)
+{
+    char *f[7], *save = NULL;
+    for (int i = 0; i < 7; i++) {
+        f[i] = strtok_r(i ? NULL : line, "|\n", &save);
+        ck_assert_ptr_nonnull(f[i]);
+    }
+    mpb_value bounds[3] = {slice_arg(f[0]), slice_arg(f[1]), slice_arg(f[2])};
+#define B3 copy_of(bounds[0]), copy_of(bounds[1]), copy_of(bounds[2])
+    tb_expect_at(n, C, f[3], "list.getitem", TB_ARGS(R(l), B3));
+    tb_expect_at(n, C, f[3], "array.getitem", TB_ARGS(R(a), B3));
+    size_t len = strcmp(f[3], "[]") == 0 ? 0 : 1;
+    for (const char *p = f[3]; *p; p++) len += *p == ',';
+    if (strcmp(f[4], "None") != 0) {
+        tb_expect_at(n, C, "None", "list.setitem", TB_ARGS(R(l), B3, range_value(10, 2)));
+        tb_expect_at(n, C, f[4], "list.copy", TB_ARGS(R(l)));
+        EXPECT("None", "list.setitem", R(l), NIL, NIL, range_value(0, 5));
+    }
+    tb_expect_at(n, C, "None", "list.setitem", TB_ARGS(R(l), B3, range_value(10, len)));
+    tb_expect_at(n, C, f[5], "list.copy", TB_ARGS(R(l)));
+    EXPECT("None", "list.setitem", R(l), NIL, NIL, range_value(0, 5));
+    tb_expect_at(n, C, "None", "array.setitem", TB_ARGS(R(a), B3, range_value(10, len)));
+    tb_expect_at(n, C, f[5], "array.tolist", TB_ARGS(R(a)));
+    EXPECT("None", "array.setitem", R(a), NIL, NIL, NIL, range_value(0, 5));
+    tb_expect_at(n, C, "None", "list.delitem", TB_ARGS(R(l), B3));
+    tb_expect_at(n, C, f[6], "list.copy", TB_ARGS(R(l)));
+    EXPECT("None", "list.setitem", R(l), NIL, NIL, range_value(0, 5));
+#undef B3
+    for (int i = 0; i < 3; i++) mpb_value_free(&bounds[i]);
+}
+
+START_TEST(slices_clamp_exactly_as_cpython)
+{
+    if (access("/usr/bin/python3", X_OK) != 0) {
+        fprintf(stderr, "slices_clamp_exactly_as_cpython: no /usr/bin/python3, skipped\n");
+        return;
+    }
+    char path[64];
+    snprintf(path, sizeof path, "/tmp/mpbslice.XXXXXX");
+    int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(write(fd, slice_script, sizeof slice_script - 1), (ssize_t)sizeof slice_script - 1);
+    close(fd);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s", path);
+    FILE *py = popen(cmd, "r");
+    ck_assert_ptr_nonnull(py);
+    mpb_ref l = make("list", "[0, 1, 2, 3, 4]"), a = make("array", "['q', [0, 1, 2, 3, 4]]");
+    char line[512];
+    int n = 0;
+    while (fgets(line, sizeof line, py)) slice_case(++n, l, a, line);
+    ck_assert_int_eq(pclose(py), 0);
+    unlink(path);
+    ck_assert_int_eq(n, 13 * 13 * 10);
+}
+END_TEST
+
+/* The cases of the issue and the errors, without Python. */
+START_TEST(slice_edges_of_the_int64_range)
+{
+    mpb_ref l = make("list", "[0, 1, 2, 3, 4]"), a = make("array", "['i', [0, 1, 2, 3, 4]]");
+    mpb_value min = I(INT64_MIN), max = I(INT64_MAX);
+    EXPECT("[4]", "list.getitem", R(l), NIL, NIL, min); /* step -(2**63 - 1), as CPython */
+    EXPECT("[4]", "list.getitem", R(l), I(4), NIL, max);
+    EXPECT("[0]", "list.getitem", R(l), NIL, NIL, mpb_uint(UINT64_MAX));
+    EXPECT("[4]", "array.getitem", R(a), NIL, NIL, min);
+    EXPECT("[]", "list.getitem", R(l), max, min, max);
+    EXPECT("[4, 3, 2, 1, 0]", "list.getitem", R(l), max, min, I(-1));
+    EXPECT("None", "list.setitem", R(l), I(4), NIL, max, V("[40]"));
+    EXPECT("None", "list.setitem", R(l), NIL, NIL, min, V("[44]"));
+    EXPECT("[0, 1, 2, 3, 44]", "list.copy", R(l));
+    EXPECT("None", "array.setitem", R(a), I(4), NIL, max, V("[40]"));
+    EXPECT("None", "array.setitem", R(a), NIL, NIL, min, V("[44]"));
+    EXPECT("[0, 1, 2, 3, 44]", "array.tolist", R(a));
+    EXPECT("None", "list.delitem", R(l), NIL, NIL, min);
+    EXPECT("None", "list.delitem", R(l), I(2), NIL, max);
+    EXPECT("[0, 1, 3]", "list.copy", R(l));
+    EXPECT_ERR("ValueError", "list.getitem", R(l), NIL, NIL, I(0));
+    EXPECT_ERR("ValueError", "list.setitem", R(l), NIL, NIL, I(0), V("[]"));
+    EXPECT_ERR("ValueError", "list.delitem", R(l), NIL, NIL, I(0));
+    EXPECT_ERR("ValueError", "array.getitem", R(a), NIL, NIL, I(0));
+    EXPECT_ERR("ValueError", "array.setitem", R(a), NIL, NIL, I(0), V("[]"));
+    EXPECT_ERR("TypeError", "list.getitem", R(l), S("1"), NIL, NIL);
+    /* list.index's START and STOP clamp alike */
+    EXPECT("1", "list.index", R(l), I(1), I(INT64_MIN), mpb_uint(UINT64_MAX));
+    EXPECT_ERR("ValueError", "list.index", R(l), I(1), mpb_uint(UINT64_MAX));
+    EXPECT("[0, 1, 3]", "list.copy", R(l));
+    EXPECT("[0, 1, 2, 3, 44]", "array.tolist", R(a));
+}
+END_TEST
+
+/*--- Value: a typecode's range, for set and incr alike ---*/
+
+/* An integer as a value: negative as int, else as uint (normalised). */
+static mpb_value num(__int128 x) { return x < 0 ? I((int64_t)x) : mpb_uint((uint64_t)x); }
+
+static const char *num_text(__int128 x, char *buf)
+{
+    if (x < 0) snprintf(buf, 32, "%lld", (long long)x);
+    else snprintf(buf, 32, "%llu", (unsigned long long)x);
+    return buf;
+}
+
+START_TEST(integer_typecodes_keep_their_range_in_set_and_incr)
+{
+    static const struct { char tc; __int128 lo, hi; } codes[] = {
+        {'b', -128, 127}, {'B', 0, 255}, {'h', -32768, 32767}, {'H', 0, 65535},
+        {'i', INT32_MIN, INT32_MAX}, {'I', 0, UINT32_MAX}, {'l', INT64_MIN, INT64_MAX},
+        {'q', INT64_MIN, INT64_MAX}, {'L', 0, UINT64_MAX}, {'Q', 0, UINT64_MAX},
+    };
+    const __int128 u64_top = UINT64_MAX, i64_bottom = INT64_MIN;
+    char b1[32], init[48];
+    for (size_t c = 0; c < sizeof codes / sizeof *codes; c++) {
+        __int128 lo = codes[c].lo, hi = codes[c].hi;
+        snprintf(init, sizeof init, "['%c']", codes[c].tc);
+        mpb_ref v = make("value", init);
+        /* up to the top, and not past it */
+        EXPECT("None", "value.set", R(v), num(hi - 1));
+        EXPECT(num_text(hi, b1), "value.incr", R(v));
+        EXPECT_ERR("OverflowError", "value.incr", R(v));
+        EXPECT_ERR("OverflowError", "value.incr", R(v), num(hi)); /* past 2^64 too */
+        EXPECT(num_text(hi, b1), "value.get", R(v));
+        if (hi < u64_top) EXPECT_ERR("OverflowError", "value.set", R(v), num(hi + 1));
+        EXPECT(num_text(hi, b1), "value.get", R(v));
+        /* down to the bottom (in steps a msgpack int can carry), and not past it */
+        __int128 at = hi, down = lo - hi;
+        for (; down < i64_bottom; down -= i64_bottom) {
+            at += i64_bottom;
+            EXPECT(num_text(at, b1), "value.incr", R(v), I(INT64_MIN));
+        }
+        EXPECT(num_text(lo, b1), "value.incr", R(v), num(down));
+        EXPECT_ERR("OverflowError", "value.incr", R(v), I(-1));
+        EXPECT_ERR("OverflowError", "value.incr", R(v), I(INT64_MIN));
+        if (lo > i64_bottom) EXPECT_ERR("OverflowError", "value.set", R(v), num(lo - 1));
+        EXPECT(num_text(lo, b1), "value.get", R(v));
+        /* the whole range in one step, both ways (a uint delta on a signed one) */
+        EXPECT(num_text(hi, b1), "value.incr", R(v), num(hi - lo));
+        if (lo - hi >= i64_bottom) EXPECT(num_text(lo, b1), "value.incr", R(v), num(lo - hi));
+        else EXPECT("None", "value.set", R(v), num(lo));
+        EXPECT_ERR("TypeError", "value.incr", R(v), mpb_float(1.5));
+        EXPECT_ERR("TypeError", "value.incr", R(v), S("1"));
+        EXPECT(num_text(lo, b1), "value.get", R(v));
+    }
+    /* The issue's case: a 'Q' holding 2**63 takes incr 1. */
+    mpb_ref q = make("value", "['Q', 9223372036854775807]");
+    EXPECT("9223372036854775808", "value.incr", R(q));
+    EXPECT("9223372036854775809", "value.incr", R(q));
+    EXPECT("9223372036854775808", "value.incr", R(q), I(-1));
+    mpb_ref d = make("value", "['d', 1.5]");
+    EXPECT("2.0", "value.incr", R(d), mpb_float(0.5));
+    EXPECT("3.0", "value.incr", R(d));
+    mpb_ref ch = make("value", "['u', 'a']");
+    EXPECT_ERR("TypeError", "value.incr", R(ch));
+}
+END_TEST
+
+/*--- Semaphore: a negative value is refused, in every form ---*/
+
+START_TEST(a_semaphore_never_starts_negative)
+{
+    EXPECT_ERR("ValueError", "manager.create", S("semaphore"), I(-5));
+    EXPECT_ERR("ValueError", "manager.create", S("boundedsemaphore"), I(-1));
+    EXPECT_ERR("ValueError", "manager.open", S("semaphore"), S("s"), I(INT64_MIN));
+    /* The snapshot's form, {"value", "initial", "held"}, is checked as strictly. */
+    EXPECT_ERR("ValueError", "manager.create", S("semaphore"), V("{'value': -5}"));
+    EXPECT_ERR("ValueError", "manager.create", S("semaphore"), V("{'value': 1, 'initial': -1}"));
+    EXPECT_ERR("ValueError", "manager.create", S("semaphore"), V("{'value': 1, 'held': -1}"));
+    EXPECT_ERR("ValueError", "manager.create", S("boundedsemaphore"),
+               V("{'value': 3, 'initial': 2}"));
+    EXPECT_ERR("TypeError", "manager.create", S("semaphore"), V("{'value': 'x'}"));
+    EXPECT_ERR("ValueError", "manager.create", S("semaphore"), V("{'valu': 1}"));
+    EXPECT_ERR("TypeError", "manager.create", S("semaphore"), S("3"));
+    EXPECT("[]", "manager.objects");
+    mpb_ref z = make("semaphore", "0"), s = make("semaphore", "{'value': 2, 'initial': 3}");
+    EXPECT("0", "semaphore.value", R(z));
+    EXPECT("2", "semaphore.value", R(s));
+    EXPECT("False", "semaphore.acquire", R(z), mpb_bool(false));
+}
+END_TEST
+
 static Suite *integrity_suite(void)
 {
     Suite *s = suite_create("integrity");
@@ -410,12 +676,26 @@ static Suite *integrity_suite(void)
     tcase_set_timeout(mem, 120);
     tcase_add_test(mem, parked_requests_leave_the_memory_count_as_it_was);
     tcase_add_test(mem, value_and_array_count_characters_as_a_fresh_load_does);
+    tcase_add_test(mem, a_conditions_own_lock_is_counted_as_a_fresh_load_does);
+    tcase_add_test(mem, a_semaphore_with_units_held_is_counted_as_a_fresh_load_does);
     suite_add_tcase(s, mem);
     TCase *lim = tcase_create("limits");
     tcase_add_checked_fixture(lim, limited_setup, teardown);
     tcase_set_timeout(lim, 120);
     tcase_add_test(lim, copies_from_other_objects_and_sized_creations_respect_max_memory);
     suite_add_tcase(s, lim);
+    TCase *sl = tcase_create("slices");
+    tcase_add_checked_fixture(sl, setup, teardown);
+    tcase_set_timeout(sl, 240);
+    tcase_add_test(sl, slice_edges_of_the_int64_range);
+    tcase_add_test(sl, slices_clamp_exactly_as_cpython);
+    suite_add_tcase(s, sl);
+    TCase *num = tcase_create("numbers");
+    tcase_add_checked_fixture(num, setup, teardown);
+    tcase_set_timeout(num, 60);
+    tcase_add_test(num, integer_typecodes_keep_their_range_in_set_and_incr);
+    tcase_add_test(num, a_semaphore_never_starts_negative);
+    suite_add_tcase(s, num);
     return s;
 }
 

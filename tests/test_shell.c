@@ -383,12 +383,24 @@ START_TEST(other_types_are_shown_and_called_through_their_family) {
     RUN(&r, NULL, "create", "rlock", "guard");
     expect(&r, 0, "<ref 6: rlock>\n", "");
     RUN(&r, NULL, "show", "counter");
-    expect(&r, 0, "<ref 4: value> 'counter' len 1\n5\n", "");
+    expect(&r, 0, "<ref 4: value> 'counter'\n5\n", ""); /* no len: a value has none */
     RUN(&r, NULL, "show", "samples");
     expect(&r, 0, "<ref 5: array> 'samples' len 2\n[1.5, 2.0]\n", "");
-    RUN(&r, NULL, "show", "guard"); /* nothing to read that does not change it */
-    expect(&r, 0, "<ref 6: rlock> 'guard' len 0\n(no read-only method shows a rlock's content: "
-                  "help rlock lists its methods)\n", "");
+    RUN(&r, NULL, "show", "guard"); /* no content: what its read-only methods say */
+    expect(&r, 0, "<ref 6: rlock> 'guard'\n{'locked': False}\n", "");
+    RUN(&r, NULL, "create", "queue", "inbox");
+    RUN(&r, NULL, "call", "inbox", "put", "7");
+    RUN(&r, NULL, "show", "inbox");
+    expect(&r, 0, "<ref 7: queue> 'inbox' len 1\n{'qsize': 1, 'empty': False, 'full': False}\n", "");
+    RUN(&r, NULL, "create", "event", "ready");
+    RUN(&r, NULL, "--json", "show", "ready");
+    expect(&r, 0, "{\"is_set\": false}\n", "");
+    RUN(&r, NULL, "create", "set", "tags", "[1, [2, 3]]");
+    RUN(&r, NULL, "show", "tags"); /* a set as Python prints it; an array in it a tuple */
+    expect(&r, 0, "<ref 9: set> 'tags' len 2\n{1, (2, 3)}\n", "");
+    RUN(&r, NULL, "call", "tags", "clear");
+    RUN(&r, NULL, "show", "tags");
+    expect(&r, 0, "<ref 9: set> 'tags' len 0\nset()\n", "");
     /* An rlock has lock.* methods: the short name finds them. */
     SCRIPT(&r, "call guard acquire\ncall guard locked\ncall guard release\ncall guard locked\n");
     expect(&r, 0, "True\nTrue\nNone\nFalse\n", "");
@@ -447,7 +459,7 @@ START_TEST(json_notation_round_trips_through_the_broker) {
     }
     run r;
     RUN(&r, NULL, "call", "manager.ping", "{\"$map\": [[1, \"a\"], [[2, 3], \"t\"]]}");
-    expect(&r, 0, "{1: 'a', [2, 3]: 't'}\n", "");
+    expect(&r, 0, "{1: 'a', (2, 3): 't'}\n", ""); /* an array as a key: a tuple, as Python */
 }
 END_TEST
 
@@ -455,8 +467,11 @@ START_TEST(create_named_and_del) {
     run r;
     RUN(&r, NULL, "create", "list", "jobs", "[1, 2]");
     expect(&r, 0, "<ref 4: list>\n", "");
-    RUN(&r, NULL, "create", "list", "jobs"); /* get or create: the same one */
-    expect(&r, 0, "<ref 4: list>\n", "");
+    RUN(&r, NULL, "create", "list", "jobs"); /* get or create: the same one, and it says so */
+    expect(&r, 0, "<ref 4: list>\n", "note: 'jobs' exists already: this is that list\n");
+    RUN(&r, NULL, "create", "list", "jobs", "[9, 9, 9]"); /* INITIAL cannot be applied */
+    expect(&r, 1, "", "error: 'jobs' exists already (<ref 4: list>): INITIAL not applied (del "
+                      "it first to replace it)\n");
     mpb_ref jobs;
     ck_assert_int_eq(mpb_lookup(C, "jobs", &jobs), MPB_OK);
     ck_assert_uint_eq(jobs, (RECORDS & ~MPB_REF_COUNTER_MASK) | 4); /* @4: in the broker's space */
@@ -608,8 +623,10 @@ START_TEST(script_runs_every_line_and_reports_the_failing_ones) {
            "{\"host\": \"localhost\", \"port\": 7000, \"ratio\": 0.5, \"jobs\": {\"$ref\": 1}, "
            "\"limits\": {\"max\": [1, 2]}}\n"
            "\"two words\"\n",
-           "error: line 4: IndexError: list index out of range\n"
-           "error: line 7: unknown command 'nonsense' (help lists them)\n");
+           /* with --json, errors are JSON too */
+           "{\"error\": \"IndexError\", \"message\": \"list index out of range\", \"line\": 4}\n"
+           "{\"error\": \"UsageError\", \"message\": \"unknown command 'nonsense' (help lists "
+           "them)\", \"line\": 7}\n");
     SCRIPT(&r, "objects\nquit\ncall records clear\n");
     ck_assert_int_eq(r.code, 0);
     ck_assert_int_eq(mpb_list_len(C, RECORDS, &(int64_t){0}), MPB_OK);
@@ -715,6 +732,29 @@ START_TEST(monitor_shows_another_process_operations) {
     snprintf(want, sizeof want, " unix:pid=%d] dict.getitem(<ref 2>, 'missing')\n", (int)getpid());
     ck_assert_msg(read_until(fd, buf, sizeof buf, want, 10000), "no '%s' in:\n%s", want, buf);
     ck_assert_int_eq(stop_child(pid), 0); /* Ctrl-C ends it cleanly */
+    close(fd);
+}
+END_TEST
+
+START_TEST(oneshot_commands_send_only_what_they_need) {
+    int fd;
+    run r;
+    pid_t pid = start_monitor(0, &fd);
+    RUN(&r, NULL, "call", "records", "list.len");
+    expect(&r, 0, "3\n", "");
+    RUN(&r, NULL, "call", "manager.ping");
+    expect(&r, 0, "'pong'\n", "");
+    RUN(&r, NULL, "create", "list", "fresh", "[1]");
+    expect(&r, 0, "<ref 4: list>\n", "");
+    mpb_value v = S("end");
+    ck_assert_int_eq(mpb_call(C, "manager.ping", &v, 1, NULL), MPB_OK); /* the marker */
+    char buf[8192] = "";
+    ck_assert(read_until(fd, buf, sizeof buf, "manager.ping('end')", 10000));
+    ck_assert_msg(strstr(buf, "list.len(<ref 1>)") != NULL, "%s", buf);
+    /* No table, no object list: a monitor sees the calls themselves. */
+    ck_assert_msg(strstr(buf, "manager.methods") == NULL, "%s", buf);
+    ck_assert_msg(strstr(buf, "manager.objects") == NULL, "%s", buf);
+    ck_assert_int_eq(stop_child(pid), 0);
     close(fd);
 }
 END_TEST
@@ -958,6 +998,63 @@ START_TEST(interactive_monitor_stops_on_ctrl_c_and_the_session_goes_on) {
 }
 END_TEST
 
+/* Parked requests on the broker now (manager.clients "parked"). */
+static int parked_count(void) {
+    mpb_value cs;
+    int n = 0;
+    ck_assert_int_eq(mpb_call(C, "manager.clients", NULL, 0, &cs), MPB_OK);
+    for (size_t i = 0; i < cs.v.a->len; i++) {
+        mpb_value k = S("parked");
+        mpb_value *v = mpb_map_get(cs.v.a->items[i].v.m, &k);
+        n += v != NULL && v->type == MPB_INT ? (int)v->v.i : 0;
+    }
+    mpb_value_free(&cs);
+    return n;
+}
+
+START_TEST(interactive_ctrl_c_cancels_a_blocking_call_and_the_session_goes_on) {
+    term t;
+    char prompt[400];
+    mpb_ref jobs;
+    snprintf(prompt, sizeof prompt, "mpbroker unix:%s> ", B.sock);
+    ck_assert_int_eq(mpb_open(C, "queue", "jobs", NULL, &jobs), MPB_OK);
+    term_start(&t, B.sock, B.dir);
+    term_expect(&t, 0, prompt);
+    size_t at = term_type(&t, "call jobs get\r", "get\r\n");
+    long long deadline = now_ms() + 10000;
+    while (parked_count() != 1) {
+        ck_assert_msg(now_ms() < deadline, "the get never parked");
+        usleep(10000);
+    }
+    at = term_type(&t, "\x03", "interrupted");
+    term_expect(&t, at, prompt);
+    ck_assert_int_eq(parked_count(), 0); /* the call is gone from the broker */
+    /* An item put now stays: no cancelled get takes it. */
+    mpb_value item = S("job-1");
+    ck_assert_int_eq(mpb_queue_put(C, jobs, &item, -1), MPB_OK);
+    at = term_type(&t, "call jobs qsize\r", "\r\n1\r\n");
+    term_expect(&t, at, prompt);
+    term_type(&t, "quit\r", "quit");
+    ck_assert_int_eq(term_end(&t), 0);
+}
+END_TEST
+
+START_TEST(interactive_json_before_the_command_and_errors_as_json) {
+    term t;
+    char prompt[400];
+    snprintf(prompt, sizeof prompt, "mpbroker unix:%s> ", B.sock);
+    term_start(&t, B.sock, B.dir);
+    term_expect(&t, 0, prompt);
+    size_t at = term_type(&t, "--json show config\r", "\"host\": \"localhost\"");
+    term_expect(&t, at, prompt);
+    at = term_type(&t, "--json call records pop 42\r",
+                   "{\"error\": \"IndexError\", \"message\": \"pop index out of range\"}");
+    term_expect(&t, at, prompt);
+    term_type(&t, "quit\r", "quit");
+    ck_assert_int_eq(term_end(&t), 0);
+}
+END_TEST
+
 START_TEST(interactive_starts_without_a_broker) {
     term t;
     char dir[] = "/tmp/mpbcli.XXXXXX", hist[64];
@@ -1053,6 +1150,7 @@ static Suite *shell_suite(void) {
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, monitor_shows_another_process_operations);
+    tcase_add_test(tc, oneshot_commands_send_only_what_they_need);
     tcase_add_test(tc, monitor_json_is_one_object_a_line);
     tcase_add_test(tc, monitor_escapes_the_method_another_client_sent);
     tcase_add_test(tc, replies_are_read_past_queued_notifications);
@@ -1064,6 +1162,8 @@ static Suite *shell_suite(void) {
     tcase_add_test(tc, interactive_completes_and_recalls_history);
     tcase_add_test(tc, interactive_ctrl_c_drops_the_line_and_goes_on);
     tcase_add_test(tc, interactive_monitor_stops_on_ctrl_c_and_the_session_goes_on);
+    tcase_add_test(tc, interactive_ctrl_c_cancels_a_blocking_call_and_the_session_goes_on);
+    tcase_add_test(tc, interactive_json_before_the_command_and_errors_as_json);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("no_broker");

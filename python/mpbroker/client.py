@@ -15,6 +15,7 @@ import os
 import queue
 import threading
 import weakref
+from multiprocessing import util as mp_util
 
 from . import _mpbroker
 from ._mpbroker import Ref
@@ -91,6 +92,17 @@ class Client:
         self.address = address
         self.authkey = authkey
         self._reset()
+        # A multiprocessing child of fork() holds its inherited proxies' objects as it
+        # starts, before its target runs (as Python's proxies incref there); any other
+        # child of fork() does at its first call.
+        mp_util.register_after_fork(self, Client._hold_inherited_now)
+
+    def _hold_inherited_now(self):
+        if self._rehold:
+            try:
+                self._hold_inherited()
+            except Exception:  # the broker is gone: the first call will say so
+                pass
 
     def _reset(self):
         self.pid = os.getpid()
@@ -98,6 +110,7 @@ class Client:
         self._hlock = threading.Lock()
         self._holder = None
         self._releases = collections.deque()  # refs whose proxies died: released later
+        self._rehold = []  # proxies inherited through fork(): held again at first use
         self._types = {}  # ref id -> typeid; ids are never reused, so never stale
 
     def conn(self):
@@ -107,7 +120,27 @@ class Client:
         except AttributeError:
             c = self._local.c = _mpbroker.Connection(self.address, self.authkey,
                                                      self._proxy_for_ref)
+            if self._rehold:
+                self._hold_inherited()
             return c
+
+    def _hold_inherited(self):
+        # A child of fork() holds what the proxies it inherited name, as Python's
+        # proxies incref after fork: the parent may drop its own proxy (Process.start()
+        # deletes its args) while the child still works on the object.
+        proxies, self._rehold = self._rehold, []
+        calls = []
+        for p in proxies:  # its object, and any it keeps beside (a barrier's gate)
+            calls += [('manager.incref', (r,)) for r in p._held_refs()]
+        with self._hlock:
+            if self._holder is None:
+                self._holder = _mpbroker.Connection(self.address, self.authkey)
+            results = iter(self._holder.pipeline(calls))
+        pid = os.getpid()
+        for p in proxies:
+            ok = [not isinstance(next(results), BaseException) for _ in p._held_refs()]
+            if ok[0]:
+                object.__setattr__(p, '_held_pid', pid)
 
     def call(self, method, *args):
         return self.conn().call(method, *args)
@@ -159,21 +192,30 @@ class Client:
             return False
 
 
-_clients = {}
+_clients = {}       # (address, authkey) -> Client
+_default_keys = {}  # address -> the authkey this process first used for it
 _clients_lock = threading.Lock()
 
 
 def get_client(address, authkey=None):
-    """The Client of this process for address; authkey None: the one this process
-    already uses for it, else current_process().authkey (as Python's proxies do)."""
+    """The Client of this process for address; authkey None: the key this process
+    first used for it, else current_process().authkey (as Python's proxies do)."""
     with _clients_lock:
-        c = _clients.get(address)
-        if c is not None and (authkey is None or authkey == c.authkey):
-            return c
         if authkey is None:
-            authkey = bytes(multiprocessing.current_process().authkey)
-        c = _clients[address] = Client(address, authkey)
+            authkey = _default_keys.get(address)
+            if authkey is None:
+                authkey = bytes(multiprocessing.current_process().authkey)
+        c = _clients.get((address, authkey))
+        if c is None:
+            c = _clients[(address, authkey)] = Client(address, authkey)
         return c
+
+
+def set_default_key(address, authkey):
+    """A manager connected to address with authkey: proxies of address that come
+    without a key (pickled by a process that was not spawning) use it."""
+    with _clients_lock:
+        _default_keys.setdefault(address, authkey)
 
 
 def _after_fork_in_child():
@@ -184,6 +226,11 @@ def _after_fork_in_child():
     _clients_lock = threading.Lock()
     for c in list(_clients.values()):
         c._reset()
+    from .proxies import live_proxies
+    for p in live_proxies():
+        if p._held_pid is not None:  # held by the parent: the child holds it anew
+            object.__setattr__(p, '_held_pid', None)
+            p._client._rehold.append(p)
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

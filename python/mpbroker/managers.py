@@ -14,7 +14,7 @@ import tempfile
 import time
 import weakref
 
-from .client import get_client
+from .client import get_client, set_default_key
 from .proxies import proxy_for
 
 __all__ = ['SyncManager', 'Manager', 'find_server']
@@ -130,6 +130,7 @@ class SyncManager:
         self._server = _Server(self._authkey, self._server_args)
         self._address = 'unix:' + self._server.path
         self._client = get_client(self._address, self._authkey)
+        set_default_key(self._address, self._authkey)
         self._state = 'started'
         self._finalizer = weakref.finalize(self, _finalize, self._server)
         return self
@@ -139,6 +140,7 @@ class SyncManager:
             raise ValueError('connect() needs an address')
         self._client = get_client(self._address, self._authkey)
         self._client.call('manager.ping')
+        set_default_key(self._address, self._authkey)
         self._state = 'started'
 
     def shutdown(self):

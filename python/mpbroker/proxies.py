@@ -9,6 +9,7 @@ start method; the child's proxy holds the object in the child's name.
 import os
 import threading
 import time
+import weakref
 from multiprocessing import context as _mpctx
 
 from ._mpbroker import Ref
@@ -20,6 +21,12 @@ __all__ = ['BaseProxy', 'ListProxy', 'DictProxy', 'NamespaceProxy', 'QueueProxy'
 
 # Broker type -> proxy class, filled by the classes below.
 _BY_KIND = {}
+# Every proxy holding its object in this process, for the child of a fork (client.py).
+_LIVE = weakref.WeakSet()
+
+
+def live_proxies():
+    return list(_LIVE)
 
 
 def _register(*kinds):
@@ -56,6 +63,8 @@ class BaseProxy:
         object.__setattr__(self, '_mpb_ref', ref)
         object.__setattr__(self, '_kind', kind)
         object.__setattr__(self, '_held_pid', os.getpid() if held else None)
+        if held:
+            _LIVE.add(self)
         self._setstate(state)
 
     def _setstate(self, state):
@@ -63,6 +72,10 @@ class BaseProxy:
 
     def _hold_extra(self):
         """Hold the objects the state refers to (an unpickled proxy)."""
+
+    def _held_refs(self):
+        """The references this proxy holds while alive: its own first."""
+        return (self._mpb_ref,)
 
     def _getstate(self):
         return None
@@ -72,8 +85,20 @@ class BaseProxy:
 
     def __reduce__(self):
         # The key travels only to a child being spawned (as Python's proxies do); a
-        # forked child has it already.
-        key = self._client.authkey if _mpctx.get_spawning_popen() is not None else None
+        # forked child has it already. The child being spawned holds the object once
+        # it has unpickled this; until then this proxy, kept alive by the child's
+        # Popen, holds it for the child (Process.start() drops its args at once).
+        popen = _mpctx.get_spawning_popen()
+        key = None
+        if popen is not None:
+            key = self._client.authkey
+            try:
+                popen._mpbroker_keep.append(self)
+            except AttributeError:
+                try:
+                    popen._mpbroker_keep = [self]
+                except AttributeError:  # a Popen without a __dict__: nothing to pin on
+                    pass
         return (_rebuild, (self._kind, self._mpb_ref.id, self._client.address, key,
                            self._getstate()))
 
@@ -498,6 +523,9 @@ class BarrierProxy(BaseProxy):
     def _hold_extra(self):
         if self._gate is not None and self._held_pid is not None:
             self._client.proxy_hold(self._gate)
+
+    def _held_refs(self):
+        return (self._mpb_ref,) if self._gate is None else (self._mpb_ref, self._gate)
 
     def wait(self, timeout=None):
         args = () if timeout is None else (timeout,)

@@ -1,0 +1,238 @@
+/* test_usage.c - the binaries' command lines as a new user meets them: size options
+ * with K/M/G, --help (defaults in units, no line past 80 columns), an unknown option
+ * (one line and a hint), --version on every binary, $MPBROKER_ADDRESS honoured by the
+ * server as by the clients, and the broker's log (disconnects, authentication, what
+ * --data-dir loaded).
+ *
+ * The binaries come from $MPB_SERVER, $MPB_CLI, $MPB_BENCH and $MPB_EXAMPLES (meson).
+ */
+#include <check.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "testutil.h"
+
+static char out[1 << 16];
+
+static const char *env_or_fail(const char *name)
+{
+    const char *v = getenv(name);
+    ck_assert_msg(v != NULL, "%s is not set", name);
+    return v;
+}
+
+static int lines_of(const char *s)
+{
+    int n = 0;
+    for (; *s; s++) n += *s == '\n';
+    return n;
+}
+
+static void assert_width(const char *text, int width)
+{
+    int col = 0;
+    for (const char *p = text; *p; p++) {
+        col = *p == '\n' ? 0 : col + 1;
+        ck_assert_msg(col <= width, "a line over %d columns in:\n%s", width, text);
+    }
+}
+
+/*--- Sizes ---*/
+
+START_TEST(server_size_options_take_suffixes)
+{
+    tb_broker b;
+    const char *args[] = {"--max-message", "1M", "--compact-size", "2K", "--max-output", "1G",
+                          "--max-memory", "512M", NULL};
+    tb_start(&b, 0, args);
+    mpb_context *c = tb_connect(&b);
+    mpb_value s;
+    ck_assert_int_eq(mpb_call(c, "manager.stats", NULL, 0, &s), MPB_OK);
+    mpb_value k = mpb_str_borrowed("max_message", 11);
+    const mpb_value *v = mpb_map_get(s.v.m, &k);
+    ck_assert_ptr_nonnull(v);
+    ck_assert_uint_eq(v->type == MPB_UINT ? v->v.u : (uint64_t)v->v.i, 1u << 20);
+    mpb_value_free(&s);
+    mpb_free(c);
+    ck_assert_int_eq(tb_stop(&b), 0);
+}
+END_TEST
+
+START_TEST(server_bad_size_is_refused_naming_it)
+{
+    const char *opts[] = {"--max-message", "--compact-size", "--max-output", "--max-memory"};
+    for (size_t i = 0; i < sizeof opts / sizeof *opts; i++) {
+        const char *args[] = {opts[i], "12X", "--socket", "none", NULL};
+        ck_assert_int_eq(tb_run_server(args, out, sizeof out), 2);
+        ck_assert_msg(strstr(out, "'12X'") && strstr(out, opts[i]), "%s", out);
+        ck_assert_int_eq(lines_of(out), 1);
+    }
+}
+END_TEST
+
+/*--- --help, unknown options, --version ---*/
+
+START_TEST(server_help_writes_defaults_in_units)
+{
+    const char *args[] = {"--help", NULL};
+    ck_assert_int_eq(tb_run_server(args, out, sizeof out), 0);
+    ck_assert_msg(strstr(out, "(default 16 MiB)") != NULL, "%s", out);
+    ck_assert_msg(strstr(out, "default 64 MiB") != NULL, "%s", out);
+    ck_assert_msg(strstr(out, "16777216") == NULL, "%s", out);
+    ck_assert_msg(strstr(out, "--version") != NULL, "%s", out);
+    assert_width(out, 80);
+    const char *cli[] = {env_or_fail("MPB_CLI"), "--help", NULL};
+    ck_assert_int_eq(tb_run_prog(cli, -1, NULL, out, sizeof out), 0);
+    assert_width(out, 80);
+}
+END_TEST
+
+START_TEST(unknown_option_is_one_line_and_a_hint)
+{
+    const char *args[] = {"--no-such-option", NULL};
+    ck_assert_int_eq(tb_run_server(args, out, sizeof out), 2);
+    ck_assert_int_eq(lines_of(out), 2);
+    ck_assert_msg(strstr(out, "no-such-option") && strstr(out, "--help"), "%s", out);
+
+    const char *cli[] = {env_or_fail("MPB_CLI"), "--no-such-option", NULL};
+    ck_assert_int_eq(tb_run_prog(cli, -1, NULL, out, sizeof out), 2);
+    ck_assert_int_eq(lines_of(out), 2);
+    ck_assert_msg(strstr(out, "no-such-option") && strstr(out, "--help"), "%s", out);
+}
+END_TEST
+
+START_TEST(every_binary_has_version)
+{
+    char ex[512];
+    const char *dir = env_or_fail("MPB_EXAMPLES");
+    const char *progs[] = {env_or_fail("MPB_SERVER"), env_or_fail("MPB_CLI"),
+                           env_or_fail("MPB_BENCH"), "records", "namespace", "counter",
+                           "producer_consumer", "value_array", "bank"};
+    for (size_t i = 0; i < sizeof progs / sizeof *progs; i++) {
+        const char *path = progs[i];
+        if (strchr(path, '/') == NULL) {
+            snprintf(ex, sizeof ex, "%s/%s", dir, progs[i]);
+            path = ex;
+        }
+        const char *argv[] = {path, "--version", NULL};
+        ck_assert_int_eq(tb_run_prog(argv, -1, NULL, out, sizeof out), 0);
+        ck_assert_msg(strstr(out, "0.") != NULL && lines_of(out) == 1, "%s: %s", path, out);
+    }
+}
+END_TEST
+
+/*--- $MPBROKER_ADDRESS ---*/
+
+/* Spawn the server with env, wait until address answers; the pid. */
+static pid_t spawn_with_env(const char *const *env, const char *address, const char *log,
+                            const char *const *args)
+{
+    const char *argv[16] = {env_or_fail("MPB_SERVER")};
+    for (size_t i = 0; args != NULL && args[i] != NULL; i++) argv[i + 1] = args[i];
+    pid_t pid = tb_spawn(argv, -1, env, log);
+    for (int i = 0; i < 200; i++) {
+        mpb_context *c = mpb_connect(address);
+        bool ok = c != NULL && c->err == MPB_OK && mpb_call(c, "manager.ping", NULL, 0, NULL) == MPB_OK;
+        mpb_free(c);
+        if (ok) return pid;
+        usleep(20000);
+    }
+    kill(pid, SIGKILL);
+    ck_abort_msg("the broker never answered at %s", address);
+    return -1;
+}
+
+static int stop(pid_t pid)
+{
+    int st;
+    kill(pid, SIGTERM);
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+    }
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+START_TEST(server_honours_mpbroker_address)
+{
+    char dir[] = "/tmp/mpbtest-addr.XXXXXX", env[340], addr[300];
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    snprintf(addr, sizeof addr, "unix:%s/env.sock", dir);
+    snprintf(env, sizeof env, "MPBROKER_ADDRESS=%s", addr);
+    const char *e[] = {env, NULL};
+    pid_t pid = spawn_with_env(e, addr, NULL, (const char *[]){"-q", NULL});
+    ck_assert_int_eq(stop(pid), 0);
+    ck_assert_int_eq(access(addr + 5, F_OK), -1); /* removed at exit */
+    rmdir(dir);
+}
+END_TEST
+
+/*--- The log ---*/
+
+static char *slurp(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    ck_assert_ptr_nonnull(f);
+    size_t n = fread(out, 1, sizeof out - 1, f);
+    out[n] = '\0';
+    fclose(f);
+    return out;
+}
+
+START_TEST(log_says_disconnects_authentication_and_what_was_loaded)
+{
+    char dir[] = "/tmp/mpbtest-log.XXXXXX", sock[300], data[300], log[300], addr[320];
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    snprintf(sock, sizeof sock, "%s/s", dir);
+    snprintf(data, sizeof data, "%s/data", dir);
+    snprintf(log, sizeof log, "%s/log", dir);
+    snprintf(addr, sizeof addr, "unix:%s", sock);
+    const char *env[] = {"MPBROKER_AUTHKEY=a key long enough for the test", NULL};
+    const char *args[] = {"-s", sock, "--data-dir", data, NULL};
+    setenv("MPBROKER_AUTHKEY", "a key long enough for the test", 1);
+
+    pid_t pid = spawn_with_env(env, addr, log, args);
+    mpb_context *c = mpb_connect(addr);
+    ck_assert_int_eq(c->err, MPB_OK);
+    mpb_ref r;
+    ck_assert_int_eq(mpb_open(c, "list", "a", NULL, &r), MPB_OK);
+    ck_assert_int_eq(mpb_open(c, "dict", "b", NULL, &r), MPB_OK);
+    mpb_free(c);
+    ck_assert_int_eq(stop(pid), 0);
+    slurp(log);
+    ck_assert_msg(strstr(out, "authenticated") != NULL, "%s", out);
+    ck_assert_msg(strstr(out, ") closed after ") != NULL, "%s", out);
+    ck_assert_msg(strstr(out, "loaded 0 objects from ") != NULL, "%s", out);
+
+    pid = spawn_with_env(env, addr, log, args);
+    ck_assert_int_eq(stop(pid), 0);
+    slurp(log);
+    ck_assert_msg(strstr(out, "loaded 2 objects from ") != NULL, "%s", out);
+    ck_assert_msg(strstr(out, data) != NULL, "%s", out);
+    unsetenv("MPBROKER_AUTHKEY");
+    char cmd[400];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    ck_assert_int_eq(system(cmd), 0);
+}
+END_TEST
+
+static Suite *usage_suite(void)
+{
+    Suite *s = suite_create("usage");
+    TCase *tc = tcase_create("server");
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, server_size_options_take_suffixes);
+    tcase_add_test(tc, server_bad_size_is_refused_naming_it);
+    tcase_add_test(tc, server_help_writes_defaults_in_units);
+    tcase_add_test(tc, unknown_option_is_one_line_and_a_hint);
+    tcase_add_test(tc, every_binary_has_version);
+    tcase_add_test(tc, server_honours_mpbroker_address);
+    tcase_add_test(tc, log_says_disconnects_authentication_and_what_was_loaded);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void) { return tb_run(usage_suite()); }
