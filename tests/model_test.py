@@ -377,6 +377,28 @@ class Model:
                 del self.objs[o.ref]
                 self.dead.append(o.ref)
 
+    def fingerprint(self):
+        """What the memory count depends on: every object, its name and what it stores
+        (not who holds, owns or waits)."""
+        out = []
+        for r in sorted(self.objs, key=lambda r: r.id):
+            o = self.objs[r]
+            st = o.state
+            if o.type in ("list", "dict", "namespace", "set"):
+                c = repr(list(st.items()) if isinstance(st, dict) else st)
+            elif o.type in ("queue", "joinablequeue"):
+                # a parked put's item is counted too (PROTOCOL.md, Limits)
+                c = repr((st["items"], st["maxsize"],
+                          [w.parked[3] for w in o.waiters if w.parked[0] == "qput"]))
+            elif o.type in ("value", "array"):
+                c = repr(st)
+            elif o.type == "condition":
+                c = repr(st["lock"])
+            else:
+                c = ""
+            out.append((r.id, o.type, o.name, c))
+        return repr(out)
+
     def reachable_from_names(self):
         seen = set()
         todo = [r for r in self.names.values()]
@@ -422,7 +444,7 @@ class Driver:
         self.trace = []
         self.step = 0
         self.used = 0            # memory_used after the last step
-        self.clean_used = None   # memory_used of a clean state, to compare after a restart
+        self.memory_of = {}      # fingerprint of the stored state -> (memory_used, step)
         self.stats = {}
         self.current = ""
 
@@ -601,6 +623,14 @@ class Driver:
         err, st = self.obs.call("manager.stats")
         self.used = st["memory_used"]
         self.stats["peak"] = max(self.stats.get("peak", 0), self.used)
+        # The count is a function of what is stored: a state seen before has the count
+        # it had then (a drift shows at once, not only at the next restart).
+        fp = m.fingerprint()
+        was = self.memory_of.get(fp)
+        if was is not None and was[0] != self.used:
+            raise Mismatch("memory_used %d, but %d at step %d in the same stored state" % (
+                self.used, was[0], was[1]))
+        self.memory_of[fp] = (self.used, self.step)
         if self.max_memory:
             expect(self.used <= self.max_memory, "memory_used %d is past --max-memory %d" % (
                 self.used, self.max_memory))
