@@ -8,7 +8,7 @@ ARGS       ?=
 
 # Debian packages the build and the tests need.
 PKGS = gcc make pkg-config meson ninja-build libmsgpack-dev libevent-dev check zlib1g-dev libssl-dev \
-       python3 python3-msgpack python3-dev libpython3.11-testsuite clang libclang-rt-14-dev libedit-dev libjansson-dev strace
+       python3 python3-msgpack python3-dev libpython3.11-testsuite clang libclang-rt-14-dev libedit-dev libjansson-dev strace scdoc
 
 .PHONY: all deps build asan fuzz fuzz-long run bench test test-plain test-asan clean
 

@@ -270,7 +270,8 @@ void list_index(mpb_req *r)
 {
     mpb_array *a = &r->self->u.list;
     int64_t len = (int64_t)a->len, start, stop;
-    if (!arg_int_opt(r, 1, 0, NULL, &start) || !arg_int_opt(r, 2, len, NULL, &stop)) return;
+    /* Bounds past int64 clamp, as CPython's (_PyEval_SliceIndexNotNone). */
+    if (!slice_arg(r, 1, 0, &start) || !slice_arg(r, 2, len, &stop)) return;
     mpb_value v;
     if (!arg_value(r, 0, &v)) return;
     int64_t i = find(a, &v, clamp_bound(start, len), clamp_bound(stop, len));

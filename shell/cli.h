@@ -72,6 +72,8 @@ mpb_context *cli_conn_quiet(mpb_cli *cli);
  * string. 0 and *argv (free with cli_args_free) / *argc, or -1 with a message in err. */
 int cli_split(const char *line, cli_arg **argv, int *argc, char *err, size_t n);
 void cli_args_free(cli_arg *argv, int argc);
+/* "  SYNTAX  summary", the summary wrapped at 80 columns in a column of its own. */
+void cli_print_wrapped(FILE *f, const char *syn, const char *text);
 /* Run one command line already split; returns a CLI_* code. */
 int cli_run(mpb_cli *cli, int argc, cli_arg *argv);
 

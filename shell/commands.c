@@ -685,7 +685,7 @@ static int cmd_help(mpb_cli *cli, int argc, cli_arg *argv, const cli_opts *o) {
         for (const cli_command *c = cli_commands; c->name; c++) {
             char syn[64];
             snprintf(syn, sizeof syn, "%s %s", c->name, c->args);
-            printf("  %-34s %s\n", syn, c->summary);
+            cli_print_wrapped(stdout, syn, c->summary);
         }
         printf("Arguments are JSON; @7 is reference 7, @NAME a named object's reference;\n"
                "{\"$bin\": \"BASE64\"} is bytes; a bare word is a string (help call).\n");

@@ -284,6 +284,21 @@ static int run_script(mpb_cli *cli, FILE *f) {
 
 /*--- Options ---*/
 
+/* "  SYNTAX  summary" with the summary wrapped at 80 columns under its own column. */
+void cli_print_wrapped(FILE *f, const char *syn, const char *text) {
+    enum { COL = 33, WIDTH = 80 };
+    int col = fprintf(f, "  %-*s", COL - 3, syn);
+    if (col > COL - 1) col = fprintf(f, "\n%*s", COL - 1, "") - 1;
+    while (*text) {
+        size_t w = strcspn(text, " ");
+        if (col + 1 + (int)w > WIDTH) col = fprintf(f, "\n%*s", COL - 1, "") - 1;
+        col += fprintf(f, " %.*s", (int)w, text);
+        text += w;
+        text += strspn(text, " ");
+    }
+    fputc('\n', f);
+}
+
 static void usage(FILE *f) {
     char def[256];
     fprintf(f,
@@ -309,7 +324,7 @@ static void usage(FILE *f) {
     for (const cli_command *c = cli_commands; c->name; c++) {
         char syn[64];
         snprintf(syn, sizeof syn, "%s %s", c->name, c->args);
-        fprintf(f, "  %-34s %s\n", syn, c->summary);
+        cli_print_wrapped(f, syn, c->summary);
     }
     fprintf(f, "\nExit status: 0 ok, 1 the command failed, 2 bad usage.\n");
 }

@@ -86,6 +86,9 @@ START_TEST(server_help_writes_defaults_in_units)
     ck_assert_msg(strstr(out, "16777216") == NULL, "%s", out);
     ck_assert_msg(strstr(out, "--version") != NULL, "%s", out);
     assert_width(out, 80);
+    const char *cli[] = {env_or_fail("MPB_CLI"), "--help", NULL};
+    ck_assert_int_eq(tb_run_prog(cli, -1, NULL, out, sizeof out), 0);
+    assert_width(out, 80);
 }
 END_TEST
 
