@@ -118,7 +118,8 @@ bool arg_typecode(mpb_req *r, const msgpack_object *o, char *tc);
 bool arg_typed(mpb_req *r, uint32_t i, char tc, mpb_value *out);
 
 /* Numbers, shared by dict.incr / namespace.incr: *cur = *cur + delta, Python-style
- * (int + int stays int, OverflowError past int64; any float makes a float). */
+ * (int + int stays int, computed in 128 bits: OverflowError only for a result outside
+ * [-2**63, 2**64-1]; any float makes a float). */
 mpb_errkind value_add(mpb_value *cur, const mpb_value *delta, char *err, size_t errlen);
 
 /*--- admin.c ---*/
