@@ -223,6 +223,7 @@ static size_t serve_buffered(mpb_conn *c)
         dispatch_message(c, &msg);
         objects_collect();
     }
+    c->out_stopped = !c->blocked && !c->closing && out_pending(c) >= OUT_HIGH;
     return served;
 }
 
@@ -331,6 +332,14 @@ static void after_serving(mpb_conn *c)
             conn_free(c);
             return;
         }
+    }
+    /* Serving stopped at OUT_HIGH, then the socket took all of it at once (a large
+     * TCP window does): no write event will come, and no read event need (the
+     * requests left may all be read already). Serve them from a fresh callback, so
+     * that other connections get their turn in between. */
+    if (c->out_stopped && out_pending(c) < OUT_LOW) {
+        c->out_stopped = false;
+        event_active(&c->wev, EV_WRITE, 0);
     }
     if (out_pending(c) >= OUT_HIGH && !c->read_paused) {
         c->read_paused = true;

@@ -35,6 +35,7 @@ typedef struct mpb_conn {
     bool closing;      /* close once the output is written */
     bool read_paused;  /* backpressure: output above the high mark */
     bool in_paused;    /* input held back by a parked request above its high mark */
+    bool out_stopped;  /* serving stopped at the output high mark: maybe more to serve */
     bool blocked;      /* a parked request: later requests wait their turn */
     bool commit_wait;  /* replies wait for the round's fsync (conn.c group commit) */
     bool held;         /* persistence failed: unsent replies wait until it recovers */

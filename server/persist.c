@@ -709,7 +709,11 @@ void persist_open(struct event_base *base)
     clock_gettime(CLOCK_MONOTONIC, &t0);
     replaying = true;
     persist_load(dirfd_, g_persist.dir, g_persist.repair, &replay, &l);
-    /* Loaded: nothing holds or owns anything now. */
+    /* Loaded: nothing holds or owns anything now. The semaphore units the replay held
+     * are returned, and that is logged (buffered, written before the next write): the
+     * log goes on from here, and the next load must replay what follows with these
+     * units back, not still held. (--repair writes nothing but its cut.) */
+    replaying = g_persist.repair;
     objects_drop_owned(&replay.owned, replay.id);
     objects_drop_holds(&replay.holds);
     objects_collect();
@@ -725,6 +729,7 @@ void persist_open(struct event_base *base)
                 l.log_bytes, (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9);
 
     if (l.old_format) { /* format 1: store it as format 2 now */
+        msgpack_sbuffer_clear(&logbuf); /* the returns above: in its snapshot */
         int r = new_generation(why, sizeof why);
         if (r <= 0) {
             fprintf(stderr, "mpbroker-server: cannot convert %s to format 2: %s\n",

@@ -56,6 +56,8 @@ bool cond_init_from(mpb_req *r, mpb_object *o, uint32_t i)
     } else if (!(lk = objects_create(MPB_OT_LOCK, 1, NULL, 0))) { /* an rlock, as Python */
         reply_error(r, MPB_E_OUT_OF_MEMORY, "%s: out of memory", r->info->name);
         return false;
+    } else {
+        objects_charge_state(lk); /* as manager.create does for a lock (a fresh load too) */
     }
     mpb_value ref = mpb_refv(lk->id);
     objects_retain_value(&ref); /* the condition contains its lock */

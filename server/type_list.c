@@ -287,7 +287,7 @@ void list_index(mpb_req *r)
 {
     mpb_array *a = &r->self->u.list;
     int64_t len = (int64_t)a->len, start, stop;
-    /* START and STOP are slice bounds in CPython (_PyEval_SliceIndex): clamped. */
+    /* Bounds past int64 clamp, as CPython's (_PyEval_SliceIndexNotNone). */
     if (!slice_arg(r, 1, 0, &start) || !slice_arg(r, 2, len, &stop)) return;
     mpb_value v;
     if (!arg_value(r, 0, &v)) return;

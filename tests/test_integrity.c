@@ -80,7 +80,6 @@ static void alive_at(int line, mpb_ref x, const char *items)
 {
     tb_expect_at(line, C, items, "list.copy", TB_ARGS(R(x)));
 }
-#define ALIVE(x, items) alive_at(__LINE__, x, items)
 
 /*--- Bug 1: replacing a stored reference with itself, or swapping two ---*/
 
@@ -321,6 +320,47 @@ START_TEST(value_and_array_count_characters_as_a_fresh_load_does)
 }
 END_TEST
 
+/* Review of issue 18: a condition created without a lock makes its own rlock, and
+ * that lock's state was never counted (a fresh load counts it: 40 bytes more). */
+START_TEST(a_conditions_own_lock_is_counted_as_a_fresh_load_does)
+{
+    start_with_data("1M");
+    int64_t base = stat_int(C, "memory_used");
+    mpb_ref cond;
+    ck_assert_int_eq(mpb_open(C, "condition", "C", NULL, &cond), MPB_OK);
+    FRESH_BROKER_COUNTS_THE_SAME("1M");
+    /* Deleting it takes back exactly what it brought, its lock included. */
+    ck_assert_int_eq(mpb_delete(C, "C"), MPB_OK);
+    ck_assert_int_eq(mpb_delete(C, "compact"), MPB_OK);
+    ck_assert_int_eq(stat_int(C, "memory_used"), base);
+    mpb_free(C);
+    ck_assert_int_eq(tb_stop(&B), 0);
+}
+END_TEST
+
+/* Review of issue 18: a semaphore was charged its holders table as it was at
+ * creation: empty when created by a client, one entry (a 16-slot table, 256 bytes)
+ * when loaded from a snapshot with units held, so the counts differed. */
+START_TEST(a_semaphore_with_units_held_is_counted_as_a_fresh_load_does)
+{
+    start_with_data("1M");
+    int64_t base = stat_int(C, "memory_used");
+    mpb_ref s;
+    mpb_value three = I(3);
+    ck_assert_int_eq(mpb_open(C, "semaphore", "S", &three, &s), MPB_OK);
+    EXPECT("True", "semaphore.acquire", R(s));
+    mpb_context *c2 = tb_connect(&B); /* a unit whose holder died: an orphan */
+    TB_EXPECT(c2, "True", "semaphore.acquire", R(s));
+    mpb_free(c2);
+    FRESH_BROKER_COUNTS_THE_SAME("1M");
+    ck_assert_int_eq(mpb_delete(C, "S"), MPB_OK);
+    ck_assert_int_eq(mpb_delete(C, "compact"), MPB_OK);
+    ck_assert_int_eq(stat_int(C, "memory_used"), base);
+    mpb_free(C);
+    ck_assert_int_eq(tb_stop(&B), 0);
+}
+END_TEST
+
 /*--- Bug 8: every way past --max-memory ---*/
 
 static void limited_setup(void)
@@ -395,6 +435,36 @@ START_TEST(copies_from_other_objects_and_sized_creations_respect_max_memory)
     mpb_ref all[] = {s, small, d, n, a};
     for (size_t i = 0; i < sizeof all / sizeof *all; i++) ck_assert_int_eq(mpb_release(C, all[i]), MPB_OK);
     ck_assert_int_eq(stat_int(C, "memory_used"), base);
+}
+END_TEST
+
+/* An array literal ['X...X', 'tag'] whose first str is n bytes (an OTHER operand). */
+static mpb_value big_other(size_t n, const char *tag)
+{
+    char *text = malloc(n + strlen(tag) + 16);
+    text[0] = '[';
+    text[1] = '\'';
+    memset(text + 2, 'x', n);
+    sprintf(text + 2 + n, "', '%s']", tag);
+    mpb_value v = tb_lit(text);
+    free(text);
+    return v;
+}
+
+/* Found by the model test: the set updates that only remove were refused near the
+ * limit (their OTHER counted as stored), though deletions are never refused. */
+START_TEST(set_updates_that_only_remove_are_never_refused)
+{
+    mpb_ref s = make("set", "['a', 'b', 'c']"), l = make("list", NULL);
+    for (int i = 0; i < 100; i++) EXPECT("None", "list.append", R(l), big_str(10000, 'f', i));
+    int64_t used = stat_int(C, "memory_used");
+    ck_assert_int_gt(used + 60000, 1 << 20);
+    EXPECT_ERR("OutOfMemory", "set.update", R(s), big_other(60000, "d"));
+    EXPECT("None", "set.difference_update", R(s), big_other(60000, "a"));
+    EXPECT("['b', 'c']", "set.copy", R(s));
+    EXPECT("None", "set.intersection_update", R(s), big_other(60000, "b"));
+    EXPECT("['b']", "set.copy", R(s));
+    ck_assert_int_lt(stat_int(C, "memory_used"), used);
 }
 END_TEST
 
@@ -526,6 +596,9 @@ START_TEST(slice_edges_of_the_int64_range)
     EXPECT_ERR("ValueError", "array.getitem", R(a), NIL, NIL, I(0));
     EXPECT_ERR("ValueError", "array.setitem", R(a), NIL, NIL, I(0), V("[]"));
     EXPECT_ERR("TypeError", "list.getitem", R(l), S("1"), NIL, NIL);
+    /* list.index's START and STOP clamp alike */
+    EXPECT("1", "list.index", R(l), I(1), I(INT64_MIN), mpb_uint(UINT64_MAX));
+    EXPECT_ERR("ValueError", "list.index", R(l), I(1), mpb_uint(UINT64_MAX));
     EXPECT("[0, 1, 3]", "list.copy", R(l));
     EXPECT("[0, 1, 2, 3, 44]", "array.tolist", R(a));
 }
@@ -633,11 +706,14 @@ static Suite *integrity_suite(void)
     tcase_set_timeout(mem, 120);
     tcase_add_test(mem, parked_requests_leave_the_memory_count_as_it_was);
     tcase_add_test(mem, value_and_array_count_characters_as_a_fresh_load_does);
+    tcase_add_test(mem, a_conditions_own_lock_is_counted_as_a_fresh_load_does);
+    tcase_add_test(mem, a_semaphore_with_units_held_is_counted_as_a_fresh_load_does);
     suite_add_tcase(s, mem);
     TCase *lim = tcase_create("limits");
     tcase_add_checked_fixture(lim, limited_setup, teardown);
     tcase_set_timeout(lim, 120);
     tcase_add_test(lim, copies_from_other_objects_and_sized_creations_respect_max_memory);
+    tcase_add_test(lim, set_updates_that_only_remove_are_never_refused);
     suite_add_tcase(s, lim);
     TCase *sl = tcase_create("slices");
     tcase_add_checked_fixture(sl, setup, teardown);

@@ -450,6 +450,30 @@ START_TEST(orphaned_semaphore_units_replay_as_they_happened)
 }
 END_TEST
 
+/* Found by the model test: a restart returns held units, and the log must say so, or
+ * the next restart replays the later records against units the replay still holds
+ * (here the second restart gave 1: the release after the first read as the return of
+ * the unit acquired before it). */
+START_TEST(units_a_restart_returned_stay_returned_after_the_next_one)
+{
+    start("always", "67108864");
+    mpb_ref s = open_named("semaphore", "s", "1");
+    EXPECT("True", "semaphore.acquire", R(s));
+    stop();
+    start("always", "67108864");
+    EXPECT("1", "semaphore.value", R(s)); /* the unit came back */
+    EXPECT("None", "semaphore.release", R(s));
+    EXPECT("2", "semaphore.value", R(s)); /* a Semaphore has no bound */
+    crash();
+    start("always", "67108864");
+    EXPECT("2", "semaphore.value", R(s));
+    EXPECT("True", "semaphore.acquire", R(s));
+    stop();
+    start("everysec", "67108864");
+    EXPECT("2", "semaphore.value", R(s));
+}
+END_TEST
+
 START_TEST(group_commit_survives_a_release_logged_while_a_connection_is_freed)
 {
     /* Bug 3: c1 holds a unit; while the loop is busy, c2 sends a write, then c1 sends
@@ -516,6 +540,7 @@ static Suite *persist_suite(void)
     tcase_add_test(tc, a_semaphore_handoff_survives_a_restart);
     tcase_add_test(tc, orphaned_semaphore_units_replay_as_they_happened);
     tcase_add_test(tc, group_commit_survives_a_release_logged_while_a_connection_is_freed);
+    tcase_add_test(tc, units_a_restart_returned_stay_returned_after_the_next_one);
     suite_add_tcase(s, tc);
     return s;
 }

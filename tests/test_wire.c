@@ -545,6 +545,53 @@ START_TEST(a_tcp_half_close_is_answered_up_to_a_parked_request)
 }
 END_TEST
 
+/* Review of issue 18: serving stops once 4 MiB of replies are unsent (output
+ * backpressure). When one send() then took them all (loopback TCP with a large
+ * receive window does), no event was left to serve the requests still buffered: a
+ * pipelining client waited for its replies for ever. */
+START_TEST(requests_held_back_by_output_are_served_when_it_drains_at_once)
+{
+    tb_broker t;
+    tb_start(&t, 1, NULL);
+    mpb_context *c = mpb_connect(t.address);
+    ck_assert_msg(c && !c->err, "connect %s", t.address);
+    mpb_ref l = tb_create(c, "list", NULL);
+    static char item[1000];
+    memset(item, 'x', sizeof item);
+    for (int i = 0; i < 100; i++) /* list.copy answers with about 100 KB */
+        TB_EXPECT(c, "None", "list.append", mpb_refv(l), mpb_str_borrowed(item, sizeof item));
+    int fd = raw_tcp_connect(&t);
+    int big = 32 << 20;
+    ck_assert_int_eq(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &big, sizeof big), 0);
+    enum { N = 60 }; /* 6 MB of replies: past the 4 MiB mark in one read batch */
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    for (int i = 0; i < N; i++) {
+        msgpack_pack_array(&pk, 4);
+        msgpack_pack_int(&pk, 0);
+        msgpack_pack_int(&pk, i);
+        msgpack_pack_str_with_body(&pk, "list.copy", 9);
+        msgpack_pack_array(&pk, 1);
+        mpb_ref_pack(&pk, l);
+    }
+    ck_assert_int_eq(tb_write_all(fd, sb.data, sb.size), 0);
+    msgpack_sbuffer_destroy(&sb);
+    usleep(300000); /* not reading: the broker's send takes what the window allows */
+    for (int i = 0; i < N; i++) {
+        mpb_value m;
+        ck_assert_msg(tb_read_msg(fd, &m, 5000) == 0, "reply %d of %d never came", i, N);
+        ck_assert_int_eq(m.v.a->items[1].v.i, i);
+        ck_assert_uint_eq(m.v.a->items[3].v.a->len, 100);
+        mpb_value_free(&m);
+    }
+    close(fd);
+    mpb_free(c);
+    ck_assert_int_eq(tb_stop(&t), 0);
+}
+END_TEST
+
 static Suite *wire_suite(void)
 {
     Suite *s = suite_create("wire");
@@ -571,6 +618,7 @@ static Suite *wire_suite(void)
     tcase_set_timeout(tcp, 60);
     tcase_add_test(tcp, tcp_listener_serves_requests);
     tcase_add_test(tcp, a_tcp_half_close_is_answered_up_to_a_parked_request);
+    tcase_add_test(tcp, requests_held_back_by_output_are_served_when_it_drains_at_once);
     suite_add_tcase(s, tcp);
     return s;
 }

@@ -15,6 +15,7 @@ import os
 import queue
 import threading
 import weakref
+from multiprocessing import util as mp_util
 
 from . import _mpbroker
 from ._mpbroker import Ref
@@ -91,6 +92,17 @@ class Client:
         self.address = address
         self.authkey = authkey
         self._reset()
+        # A multiprocessing child of fork() holds its inherited proxies' objects as it
+        # starts, before its target runs (as Python's proxies incref there); any other
+        # child of fork() does at its first call.
+        mp_util.register_after_fork(self, Client._hold_inherited_now)
+
+    def _hold_inherited_now(self):
+        if self._rehold:
+            try:
+                self._hold_inherited()
+            except Exception:  # the broker is gone: the first call will say so
+                pass
 
     def _reset(self):
         self.pid = os.getpid()

@@ -85,8 +85,20 @@ class BaseProxy:
 
     def __reduce__(self):
         # The key travels only to a child being spawned (as Python's proxies do); a
-        # forked child has it already.
-        key = self._client.authkey if _mpctx.get_spawning_popen() is not None else None
+        # forked child has it already. The child being spawned holds the object once
+        # it has unpickled this; until then this proxy, kept alive by the child's
+        # Popen, holds it for the child (Process.start() drops its args at once).
+        popen = _mpctx.get_spawning_popen()
+        key = None
+        if popen is not None:
+            key = self._client.authkey
+            try:
+                popen._mpbroker_keep.append(self)
+            except AttributeError:
+                try:
+                    popen._mpbroker_keep = [self]
+                except AttributeError:  # a Popen without a __dict__: nothing to pin on
+                    pass
         return (_rebuild, (self._kind, self._mpb_ref.id, self._client.address, key,
                            self._getstate()))
 

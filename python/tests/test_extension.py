@@ -56,8 +56,15 @@ def _trip(b, runs):
         b.wait(10)  # a second trip (its action too): nobody goes on before all checked
 
 
-def _child_reads_late(l, go, done):
-    len(l)  # the child's first call: it holds l from here on
+def _child_reads(l, done):
+    try:
+        done.put(l[:])
+    except Exception as e:
+        done.put(repr(e))
+
+
+def _child_reads_late(l, started, go, done):
+    started.set()  # no call yet: the child holds l from its start
     go.wait(10)
     done.put(l[:])
 
@@ -327,12 +334,12 @@ class Proxies(unittest.TestCase):
         # object itself, or the parent's release would free it under the child.
         import multiprocessing
         ctx = multiprocessing.get_context('fork')
-        go, done = ctx.Event(), ctx.Queue()
-        p = ctx.Process(target=_child_reads_late, args=(M.list([1, 2]), go, done))
+        started, go, done = ctx.Event(), ctx.Event(), ctx.Queue()
+        p = ctx.Process(target=_child_reads_late, args=(M.list([1, 2]), started, go, done))
         p.start()
+        self.assertTrue(started.wait(10))
         gc.collect()
         M._number_of_objects()  # a holder call: the parent's release goes out now
-        time.sleep(0.2)
         go.set()
         self.assertEqual(done.get(timeout=10), [1, 2])
         p.join(10)
@@ -367,6 +374,19 @@ class Proxies(unittest.TestCase):
             self.assertEqual(p.exitcode, 0)
         self.assertEqual(len(runs), 4)
 
+    def test_a_spawned_child_finds_what_the_parent_dropped_at_start(self):
+        import multiprocessing
+        for method in ('spawn', 'forkserver'):
+            ctx = multiprocessing.get_context(method)
+            done = ctx.Queue()
+            p = ctx.Process(target=_child_reads, args=(M.list([1, 2]), done))
+            p.start()  # drops its args: our proxy goes, its release goes out next
+            gc.collect()
+            M._number_of_objects()
+            self.assertEqual(done.get(timeout=60), [1, 2], method)
+            p.join(10)
+            self.assertEqual(p.exitcode, 0)
+
     def test_named_objects_are_shared_by_name(self):
         a = M.named('records').list()
         a.append(1)
@@ -384,6 +404,79 @@ class Proxies(unittest.TestCase):
         self.assertEqual(d.incr('n'), 1)
         self.assertTrue(d.cas('n', 1, 'one'))
         self.assertEqual(d['n'], 'one')
+
+    def test_list_api_as_python(self):
+        py, l = list(range(10)), M.list(range(10))
+        for op in [lambda x: x.__setitem__(slice(2, 5), ['a', 'b']),
+                   lambda x: x.__delitem__(slice(None, None, 3)),
+                   lambda x: x.insert(1, 'i'), lambda x: x.reverse(),
+                   lambda x: x.__iadd__([7, 8]), lambda x: x.__imul__(2),
+                   lambda x: x.remove(7), lambda x: x.pop(0),
+                   lambda x: x.sort(key=str), lambda x: x.__setitem__(-1, 'z')]:
+            op(py)
+            op(l)
+            self.assertEqual(l[:], py)
+        self.assertEqual(list(reversed(l)), list(reversed(py)))
+        self.assertEqual(l[::-2], py[::-2])
+        self.assertEqual(l.index('z'), py.index('z'))
+        self.assertEqual(l.count(8), py.count(8))
+        self.assertEqual(l * 2, py * 2)
+        self.assertEqual(2 * l, 2 * py)
+        self.assertEqual(list(l), py)
+        self.assertEqual(len(M.list(range(2500))), 2500)
+        self.assertEqual(list(M.list(range(2500))), list(range(2500)))  # 3 chunks
+
+    def test_dict_api_as_python(self):
+        py, d = {'a': 1}, M.dict(a=1)
+        for op in [lambda x: x.update({'b': 2}, c=3), lambda x: x.setdefault('d', 4),
+                   lambda x: x.pop('a'), lambda x: x.pop('zz', None),
+                   lambda x: x.__delitem__('b')]:
+            self.assertEqual(op(d), op(py))
+            self.assertEqual(d.copy(), py)
+        self.assertEqual(d.get('c'), 3)
+        self.assertEqual(d.get('nope', 'x'), 'x')
+        self.assertEqual(d.popitem(), py.popitem())
+        self.assertEqual(list(d), list(py))
+        self.assertIn('c', d)
+
+    def test_sync_types_api(self):
+        lock = M.Lock()
+        cond = M.Condition(lock)
+        with cond:
+            self.assertTrue(lock.locked())
+            self.assertFalse(cond.wait(0.01))
+            self.assertTrue(cond.wait_for(lambda: True))
+        self.assertFalse(lock.locked())
+        r = M.RLock()
+        with r:
+            with r:
+                pass
+        self.assertIn("typeid 'RLock'", repr(r))
+        self.assertIn("AutoProxy[JoinableQueue]", repr(M.JoinableQueue()))
+        jq = M.JoinableQueue()
+        jq.put(1)
+        self.assertEqual(jq.get(), 1)
+        jq.task_done()
+        jq.join()
+        e = M.Event()
+        self.assertFalse(e.wait(0.01))
+        e.set()
+        self.assertTrue(e.wait())
+        a = M.Array('d', [0.5, 1.5, 2.5])
+        a[1:3] = [9.0, 8.0]
+        self.assertEqual(list(a), [0.5, 9.0, 8.0])
+        self.assertEqual(a[::2], [0.5, 8.0])
+        v = M.Value('i', True)
+        self.assertEqual(v.value, 1)
+        v.value = 41
+        self.assertEqual(v.get() + 1, 42)
+        st = M.set([1, 2, 3])
+        st.add((4, 5))
+        self.assertIn((4, 5), st)
+        self.assertEqual(st.copy(), {1, 2, 3, (4, 5)})
+        self.assertEqual(st.union([9]), {1, 2, 3, (4, 5), 9})
+        self.assertTrue(st.issuperset([1, 2]))
+        self.assertEqual(set(st), {1, 2, 3, (4, 5)})
 
     def test_exceptions_are_pythons(self):
         import threading as th
