@@ -834,6 +834,7 @@ static const char *word_type(mpb_cli *cli, const char *word) {
 char **cli_complete(mpb_cli *cli, char **words, int n, const char *partial) {
     strv s = {.prefix = partial, .cap = 16, .v = calloc(16, sizeof(char *))};
     if (s.v == NULL) return NULL;
+    while (n > 0 && is(words[0], "--json")) words++, n--; /* --json before the command */
     /* Flags come right after the command (as cli_run reads them) and change nothing
      * about what the next word can be: drop them, and the number after --depth. */
     int i = 1, kept = n > 0 ? 1 : 0;

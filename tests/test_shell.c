@@ -565,6 +565,12 @@ START_TEST(tcp_address_with_dash_H) {
     run r;
     run_argv(&r, NULL, 1, (const char *const[]){"-H", B.address, "call", "records", "len", NULL});
     expect(&r, 0, "3\n", "");
+    /* A TCP peer has no pid or uid the broker could know: -, not 0 and -1. */
+    run_argv(&r, NULL, 1, (const char *const[]){"-H", B.address, "clients", NULL});
+    ck_assert_int_eq(r.code, 0);
+    const char *row = strstr(r.out, "tcp:127.0.0.1:");
+    ck_assert_msg(row != NULL, "%s", r.out);
+    ck_assert_msg(strstr(row, "  -    -  ") != NULL, "no '-' PID and UID in:\n%s", r.out);
 }
 END_TEST
 
@@ -1045,7 +1051,8 @@ START_TEST(interactive_json_before_the_command_and_errors_as_json) {
     snprintf(prompt, sizeof prompt, "mpbroker unix:%s> ", B.sock);
     term_start(&t, B.sock, B.dir);
     term_expect(&t, 0, prompt);
-    size_t at = term_type(&t, "--json show config\r", "\"host\": \"localhost\"");
+    term_type(&t, "--json sh\t", "ow "); /* completion sees past the leading --json */
+    size_t at = term_type(&t, "config\r", "\"host\": \"localhost\"");
     term_expect(&t, at, prompt);
     at = term_type(&t, "--json call records pop 42\r",
                    "{\"error\": \"IndexError\", \"message\": \"pop index out of range\"}");
