@@ -449,8 +449,13 @@ static int conn_enter(ConnObject *self)
                         "thread (use one connection per thread)");
         return -1;
     }
-    if (self->c == NULL && conn_open(self) < 0) return -1;
+    /* Busy before connecting: conn_open releases the GIL, and a second thread must
+     * not connect too (its context would replace the first one's under its call). */
     self->busy = 1;
+    if (self->c == NULL && conn_open(self) < 0) {
+        self->busy = 0;
+        return -1;
+    }
     return 0;
 }
 

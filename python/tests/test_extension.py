@@ -283,6 +283,33 @@ class ConnectionTests(unittest.TestCase):
         self.assertEqual(len(l), 400)
 
 
+    def test_a_lazy_connection_is_entered_by_one_thread_at_a_time(self):
+        # Regression: the busy flag was set after the first call's connect, which
+        # releases the GIL: two threads both connected, one context overwrote the
+        # other (its socket leaked, its caller waited on the other's context).
+        before = len(os.listdir('/proc/self/fd'))
+        for _ in range(20):
+            c = _mpbroker.Connection(M.address, M._authkey, None, True)
+            out = []
+
+            def f():
+                try:
+                    out.append(c.call('manager.ping'))
+                except RuntimeError:
+                    out.append('busy')
+            ths = [threading.Thread(target=f) for _ in range(2)]
+            for t in ths:
+                t.start()
+            for t in ths:
+                t.join()
+            self.assertEqual(len(out), 2)
+            self.assertTrue(all(r in ('busy', 'pong') for r in out), out)
+            self.assertIn('pong', out)
+            c.close()
+            del c
+        self.assertLessEqual(len(os.listdir('/proc/self/fd')), before + 1)
+
+
 class Proxies(unittest.TestCase):
     def test_a_proxy_inside_an_object_comes_back_as_a_proxy(self):
         inner = M.list([1])
