@@ -111,7 +111,23 @@ class Conversion(unittest.TestCase):
 
     def test_a_lone_surrogate_is_refused_not_mangled(self):
         with self.assertRaises(UnicodeEncodeError):
-            M.list().append('\udc80')
+            M.list().append('\ud800')  # escapes no byte: no UTF-8 stands for it
+
+    def test_a_str_read_as_invalid_utf8_goes_back_as_it_came(self):
+        # Regression: a str holding invalid UTF-8 (another client's) was read with
+        # "surrogateescape" but could not be sent back (UnicodeEncodeError): not
+        # appended again, not found with `in`, not a dict key.
+        s = 'a\udc80\udcff'
+        self.assertEqual(self.rt(s), s)
+        self.assertIn(r'\x80', _mpbroker.wire_repr(s))  # travels as the bytes it escapes
+        l = M.list()
+        l.append(s)
+        self.assertEqual(l[0], s)
+        self.assertIn(s, l)
+        self.assertNotIn('a', l)
+        d = M.dict()
+        d[s] = 1
+        self.assertEqual(d[s], 1)
 
     def test_nested_containers(self):
         v = {'a': [1, {'b': [None, b'x', 2.5]}, []], 'c': {}}
