@@ -62,12 +62,41 @@ const mpb_value *cli_methods(mpb_cli *cli, bool report) {
     return &cli->methods;
 }
 
+/* Every row of a paged listing (manager.objects, manager.clients), page by page with
+ * START COUNT so that no one request is O(everything) on the broker. *out is owned by
+ * the caller (an array). MPB_OK, or the failing call's code (c has the error). */
+int cli_list_all(mpb_context *c, const char *method, mpb_value *out) {
+    *out = mpb_array_value(0);
+    if (out->type != MPB_ARRAY) return MPB_ERR_OOM;
+    int64_t cursor = 0;
+    do {
+        mpb_value args[2] = {mpb_int(cursor), mpb_int(1000)}, pg;
+        int rc = mpb_call(c, method, args, 2, &pg);
+        if (rc != MPB_OK) {
+            mpb_value_free(out);
+            return rc;
+        }
+        mpb_value *rows = pg.type == MPB_ARRAY && pg.v.a->len == 2 ? &pg.v.a->items[0] : NULL;
+        mpb_value *next = rows ? &pg.v.a->items[1] : NULL;
+        if (rows == NULL || rows->type != MPB_ARRAY ||
+            (next->type != MPB_NIL && next->type != MPB_INT) ||
+            mpb_array_reserve(out->v.a, rows->v.a->len) < 0) {
+            mpb_value_free(&pg);
+            mpb_value_free(out);
+            return MPB_ERR_PROTOCOL;
+        }
+        for (size_t i = 0; i < rows->v.a->len; i++) mpb_value_push(out, &rows->v.a->items[i]);
+        cursor = next->type == MPB_INT ? next->v.i : -1;
+        mpb_value_free(&pg);
+    } while (cursor >= 0);
+    return MPB_OK;
+}
+
 const mpb_value *cli_objects(mpb_cli *cli, bool report) {
     if (cli->objects.type == MPB_ARRAY) return &cli->objects;
     mpb_context *c = report ? cli_conn(cli) : cli->c;
     if (c == NULL || c->fd < 0) return NULL;
-    if (mpb_call(c, "manager.objects", NULL, 0, &cli->objects) != MPB_OK ||
-        cli->objects.type != MPB_ARRAY) {
+    if (cli_list_all(c, "manager.objects", &cli->objects) != MPB_OK) {
         if (report) cli_broker_error(c);
         mpb_value_free(&cli->objects);
         return NULL;
@@ -521,7 +550,7 @@ static int cmd_clients(mpb_cli *cli, int argc, cli_arg *argv, const cli_opts *o)
     mpb_context *c = cli_conn(cli);
     mpb_value cs;
     if (c == NULL) return CLI_FAIL;
-    if (mpb_call(c, "manager.clients", NULL, 0, &cs) != MPB_OK) return cli_broker_error(c);
+    if (cli_list_all(c, "manager.clients", &cs) != MPB_OK) return cli_broker_error(c);
     if (cs.type == MPB_ARRAY && cs.v.a->len > 1) /* oldest first, not the broker's order */
         qsort(cs.v.a->items, cs.v.a->len, sizeof(mpb_value), by_id);
     if (o->json || cs.type != MPB_ARRAY) {
