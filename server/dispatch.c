@@ -20,7 +20,7 @@
 typedef void (*mpb_handler)(mpb_req *r);
 
 static const mpb_handler handlers[MPB_M__COUNT] = {
-#define MPB_METHOD(id, name, handler, self, min, max, flags, args, doc) [MPB_M_##id] = handler,
+#define MPB_METHOD(id, name, handler, self, min, max, flags, args, doc, cost) [MPB_M_##id] = handler,
 #include "mpb_methods.def"
 #undef MPB_METHOD
 };

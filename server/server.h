@@ -154,7 +154,7 @@ void slowlog_free(void);
 #define MPB_SCAN_BUDGET 10000
 
 /* Handlers, from the method table. */
-#define MPB_METHOD(id, name, handler, self, min, max, flags, args, doc) \
+#define MPB_METHOD(id, name, handler, self, min, max, flags, args, doc, cost) \
     void handler(mpb_req *r);
 #include "mpb_methods.def"
 #undef MPB_METHOD

@@ -316,7 +316,7 @@ void manager_methods(mpb_req *r)
     msgpack_pack_array(pk, MPB_M__COUNT);
     for (int i = 0; i < MPB_M__COUNT; i++) {
         const mpb_method_info *m = &mpb_methods[i];
-        msgpack_pack_map(pk, 8);
+        msgpack_pack_map(pk, 9);
         pack_key(pk, "name");
         pack_key(pk, m->name);
         pack_key(pk, "type");
@@ -336,6 +336,8 @@ void manager_methods(mpb_req *r)
         pack_key(pk, m->args);
         pack_key(pk, "doc");
         pack_key(pk, m->doc);
+        pack_key(pk, "cost");
+        pack_key(pk, m->cost);
     }
 }
 

@@ -685,10 +685,10 @@ static int cmd_monitor(mpb_cli *cli, int argc, cli_arg *argv, const cli_opts *o)
 /*--- help, quit ---*/
 
 static int help_type(mpb_cli *cli, const char *type, const char *only) {
-    static const char *const heads[] = {"METHOD", "ARGS", "WHAT IT DOES"};
+    static const char *const heads[] = {"METHOD", "ARGS", "COST", "WHAT IT DOES"};
     const mpb_value *ms = cli_field(cli_methods(cli, false), "methods");
     cli_table t;
-    cli_table_init(&t, 3, heads, "lll");
+    cli_table_init(&t, 4, heads, "llll");
     for (size_t i = 0; ms != NULL && ms->type == MPB_ARRAY && i < ms->v.a->len; i++) {
         const mpb_value *m = &ms->v.a->items[i];
         const char *name = cli_field_str(m, "name", "");
@@ -698,7 +698,9 @@ static int help_type(mpb_cli *cli, const char *type, const char *only) {
         snprintf(args, sizeof args, "%s%s%s", is(mt, "manager") ? "" : "REF",
                  is(mt, "manager") || !*cli_field_str(m, "args", "") ? "" : " ",
                  cli_field_str(m, "args", ""));
-        const char *row[3] = {name, args, cli_field_str(m, "doc", "")};
+        /* COST: the time complexity (a broker before issue 21 sends none). */
+        const char *row[4] = {name, args, cli_field_str(m, "cost", "-"),
+                              cli_field_str(m, "doc", "")};
         if (cli_table_add(&t, row) < 0) break;
     }
     int found = t.nrows > 0;

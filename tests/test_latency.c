@@ -414,6 +414,43 @@ START_TEST(slowlog_options_are_checked)
 }
 END_TEST
 
+/*--- The complexity column ---*/
+
+/* Every method has a cost in the method table (served by manager.methods), and
+ * PROTOCOL.md's row for it ends with the same cost: the docs cannot drift. */
+START_TEST(every_method_has_its_cost_in_the_table_and_in_protocol_md)
+{
+    const char *path = getenv("MPB_PROTOCOL_MD");
+    ck_assert_ptr_nonnull(path);
+    FILE *f = fopen(path, "r");
+    ck_assert_ptr_nonnull(f);
+    static char doc[1 << 20];
+    size_t n = fread(doc, 1, sizeof doc - 1, f);
+    fclose(f);
+    doc[n] = 0;
+    mpb_value all;
+    ck_assert_int_eq(mpb_call(C, "manager.methods", NULL, 0, &all), MPB_OK);
+    const mpb_value *ms = field(&all, "methods");
+    ck_assert_uint_gt(ms->v.a->len, 100);
+    for (size_t i = 0; i < ms->v.a->len; i++) {
+        const char *name = field(&ms->v.a->items[i], "name")->v.s;
+        const mpb_value *cost = field(&ms->v.a->items[i], "cost");
+        ck_assert_int_eq(cost->type, MPB_STR);
+        ck_assert_msg(strncmp(cost->v.s, "O(", 2) == 0, "%s: cost '%s'", name, cost->v.s);
+        char head[96], tail[96];
+        snprintf(head, sizeof head, "\n| `%s` |", name);
+        snprintf(tail, sizeof tail, "| %s |\n", cost->v.s);
+        const char *row = strstr(doc, head);
+        ck_assert_msg(row != NULL, "PROTOCOL.md has no row for %s", name);
+        const char *end = strchr(row + 1, '\n');
+        ck_assert_msg(end && (size_t)(end - row) >= strlen(tail) - 1 &&
+                          strncmp(end + 1 - strlen(tail), tail, strlen(tail)) == 0,
+                      "PROTOCOL.md's row for %s does not end with '%s'", name, tail);
+    }
+    mpb_value_free(&all);
+}
+END_TEST
+
 static Suite *latency_suite(void)
 {
     Suite *s = suite_create("latency");
@@ -431,6 +468,11 @@ static Suite *latency_suite(void)
     tcase_add_loop_test(sl, a_sort_of_a_million_items_is_in_the_slow_log_and_not_over_the_threshold, 0, 2);
     tcase_add_test(sl, the_slow_log_is_a_bounded_ring_newest_first_and_resets);
     suite_add_tcase(s, sl);
+    TCase *cx = tcase_create("cost");
+    tcase_add_checked_fixture(cx, setup, teardown);
+    tcase_set_timeout(cx, 60);
+    tcase_add_test(cx, every_method_has_its_cost_in_the_table_and_in_protocol_md);
+    suite_add_tcase(s, cx);
     TCase *opt = tcase_create("options");
     tcase_add_test(opt, slowlog_options_are_checked);
     suite_add_tcase(s, opt);
