@@ -10,6 +10,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -682,6 +683,59 @@ static int cmd_monitor(mpb_cli *cli, int argc, cli_arg *argv, const cli_opts *o)
     return rc;
 }
 
+/*--- slowlog ---*/
+
+/* slowlog [COUNT|reset]: the slow log, newest first (manager.slowlog). */
+static int cmd_slowlog(mpb_cli *cli, int argc, cli_arg *argv, const cli_opts *o) {
+    mpb_context *c = cli_conn(cli);
+    if (c == NULL) return CLI_FAIL;
+    if (argc == 1 && is(argv[0].s, "reset")) {
+        if (mpb_call(c, "manager.slowlog_reset", NULL, 0, NULL) != MPB_OK) return cli_broker_error(c);
+        if (!o->json) printf("slow log emptied\n");
+        return o->json ? cli_print_json(stdout, cli_value_to_json(&(mpb_value){.type = MPB_NIL}))
+                       : CLI_OK;
+    }
+    char *end = NULL;
+    long long count = argc == 1 ? strtoll(argv[0].s, &end, 10) : 10;
+    if (argc == 1 && (*end || count < 0))
+        return cli_error(CLI_USAGE, "slowlog: COUNT is a number >= 0 (or reset), not '%s'",
+                         argv[0].s);
+    mpb_value arg = mpb_int(count), log;
+    if (mpb_call(c, "manager.slowlog", &arg, 1, &log) != MPB_OK) return cli_broker_error(c);
+    if (o->json || log.type != MPB_ARRAY) {
+        int rc = cli_print_json(stdout, cli_value_to_json(&log));
+        mpb_value_free(&log);
+        return rc;
+    }
+    static const char *const heads[] = {"ID", "WHEN", "DURATION", "METHOD", "ARG BYTES", "CONN",
+                                        "PEER"};
+    cli_table t;
+    int rc = CLI_OK;
+    cli_table_init(&t, 7, heads, "rrrlrrl");
+    for (size_t i = 0; i < log.v.a->len && rc == CLI_OK; i++) {
+        const mpb_value *e = &log.v.a->items[i];
+        const mpb_value *when = cli_field(e, "time");
+        char cells[7][48];
+        const char *row[7];
+        snprintf(cells[0], 48, "%lld", cli_field_int(e, "id", 0));
+        time_t tt = when && when->type == MPB_FLOAT ? (time_t)when->v.f : 0;
+        struct tm tm;
+        strftime(cells[1], 48, "%H:%M:%S", localtime_r(&tt, &tm));
+        snprintf(cells[2], 48, "%.3f ms", (double)cli_field_int(e, "duration_us", 0) / 1000);
+        snprintf(cells[3], 48, "%s", cli_field_str(e, "method", "?"));
+        snprintf(cells[4], 48, "%lld", cli_field_int(e, "arg_bytes", 0));
+        snprintf(cells[5], 48, "%lld", cli_field_int(e, "conn", 0));
+        snprintf(cells[6], 48, "%s", cli_field_str(e, "peer", "?"));
+        for (int k = 0; k < 7; k++) row[k] = cells[k];
+        if (cli_table_add(&t, row) < 0) rc = cli_error(CLI_FAIL, "out of memory");
+    }
+    if (rc == CLI_OK && log.v.a->len == 0) printf("(no slow requests)\n");
+    else if (rc == CLI_OK) cli_table_print(&t, stdout);
+    cli_table_free(&t);
+    mpb_value_free(&log);
+    return rc;
+}
+
 /*--- help, quit ---*/
 
 static int help_type(mpb_cli *cli, const char *type, const char *only) {
@@ -774,6 +828,10 @@ const cli_command cli_commands[] = {
      cmd_stats},
     {"clients", "", "every connection: id, peer, pid, operations, holds, parked requests",
      NULL, 0, 0, cmd_clients},
+    {"slowlog", "[COUNT|reset]", "the COUNT (10) newest requests slower than --slowlog-us",
+     "  One row each, newest first: id, when, duration, method, argument bytes,\n"
+     "  connection and peer (manager.slowlog). slowlog reset empties it.\n",
+     0, 1, cmd_slowlog},
     {"monitor", "", "print every request other connections make, until Ctrl-C",
      "  One line each: TIME [CONNECTION PEER] METHOD(ARGS...); --json: one JSON object\n"
      "  a line, {time, conn, peer, method, params}.\n",

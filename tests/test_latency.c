@@ -401,6 +401,30 @@ START_TEST(the_slow_log_is_a_bounded_ring_newest_first_and_resets)
 }
 END_TEST
 
+/* The shell's slowlog: the table, and reset. */
+START_TEST(the_shell_shows_and_resets_the_slow_log)
+{
+    slow_start("0", "8");
+    char cli[512], out[4096];
+    snprintf(cli, sizeof cli, "%s", getenv("MPB_SERVER"));
+    char *slash = strrchr(cli, '/');
+    ck_assert_ptr_nonnull(slash);
+    snprintf(slash + 1, cli + sizeof cli - slash - 1, "mpbroker-cli");
+    TB_EXPECT(C, "'pong'", "manager.ping");
+    const char *show[] = {cli, "-s", SB.sock, "slowlog", "3", NULL};
+    ck_assert_int_eq(tb_run_prog(show, -1, NULL, out, sizeof out), 0);
+    ck_assert_msg(strstr(out, "DURATION") && strstr(out, "manager.ping"), "%s", out);
+    const char *reset[] = {cli, "-s", SB.sock, "slowlog", "reset", NULL};
+    ck_assert_int_eq(tb_run_prog(reset, -1, NULL, out, sizeof out), 0);
+    mpb_value log;
+    ck_assert_str_eq(field(&slowlog(&log, 10)->items[0], "method")->v.s, "manager.slowlog_reset");
+    ck_assert_uint_eq(log.v.a->len, 1);
+    mpb_value_free(&log);
+    const char *bad[] = {cli, "-s", SB.sock, "slowlog", "-3", NULL};
+    ck_assert_int_eq(tb_run_prog(bad, -1, NULL, out, sizeof out), 2);
+}
+END_TEST
+
 START_TEST(slowlog_options_are_checked)
 {
     char out[512];
@@ -467,6 +491,7 @@ static Suite *latency_suite(void)
     tcase_add_checked_fixture(sl, NULL, slow_teardown);
     tcase_add_loop_test(sl, a_sort_of_a_million_items_is_in_the_slow_log_and_not_over_the_threshold, 0, 2);
     tcase_add_test(sl, the_slow_log_is_a_bounded_ring_newest_first_and_resets);
+    tcase_add_test(sl, the_shell_shows_and_resets_the_slow_log);
     suite_add_tcase(s, sl);
     TCase *cx = tcase_create("cost");
     tcase_add_checked_fixture(cx, setup, teardown);
@@ -474,6 +499,7 @@ static Suite *latency_suite(void)
     tcase_add_test(cx, every_method_has_its_cost_in_the_table_and_in_protocol_md);
     suite_add_tcase(s, cx);
     TCase *opt = tcase_create("options");
+    tcase_set_timeout(opt, 60); /* four brokers refusing to start, under ASan too */
     tcase_add_test(opt, slowlog_options_are_checked);
     suite_add_tcase(s, opt);
     return s;
