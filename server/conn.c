@@ -110,6 +110,11 @@ mpb_conn *conn_new(struct event_base *base, int fd, bool is_tcp)
         return NULL;
     }
     c->id = next_conn_id++;
+    if (admin_conn_opened(c) < 0) { /* listed by manager.clients */
+        mpb_reader_destroy(&c->in);
+        free(c);
+        return NULL;
+    }
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     c->since = (double)t.tv_sec + (double)t.tv_nsec / 1e9;

@@ -9,6 +9,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "auth.h"
 #include "limits.h"
@@ -19,7 +20,7 @@
 typedef void (*mpb_handler)(mpb_req *r);
 
 static const mpb_handler handlers[MPB_M__COUNT] = {
-#define MPB_METHOD(id, name, handler, self, min, max, flags, args, doc) [MPB_M_##id] = handler,
+#define MPB_METHOD(id, name, handler, self, min, max, flags, args, doc, cost) [MPB_M_##id] = handler,
 #include "mpb_methods.def"
 #undef MPB_METHOD
 };
@@ -279,6 +280,14 @@ mpb_errkind value_add(mpb_value *cur, const mpb_value *delta, char *err, size_t 
 
 /*--- Dispatch ---*/
 
+/* Monotonic microseconds, for the slow log. */
+static uint64_t mono_us(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000u + (uint64_t)t.tv_nsec / 1000u;
+}
+
 /* Parameter count and reference checks shared by every method. */
 static bool check_params(mpb_req *r, const msgpack_object_array *params)
 {
@@ -385,8 +394,11 @@ void dispatch_message(mpb_conn *c, const msgpack_object *msg)
     c->ops++;
     g_ops_total++;
     size_t mark = c->out.size;
+    uint64_t t0 = mono_us();
     dispatch_run(&r, params);
     limits_check_reply(&r, mark); /* --max-output: a read too big is TooLarge instead */
+    objects_collect(); /* what the request freed is part of its cost (a big list dropped) */
+    slowlog_record(c, r.info, params, mono_us() - t0);
 }
 
 void dispatch_run(mpb_req *r, const msgpack_object *params)

@@ -26,7 +26,8 @@
 #include "sockfile.h"
 #include "tls.h"
 
-mpb_config g_config = {.max_msg = MPB_READER_DEFAULT_MAX_MSG, .max_depth = MPB_READER_MAX_DEPTH,
+mpb_config g_config = {.slowlog_us = MPB_DEFAULT_SLOWLOG_US, .slowlog_len = MPB_DEFAULT_SLOWLOG_LEN,
+                       .max_msg = MPB_READER_DEFAULT_MAX_MSG, .max_depth = MPB_READER_MAX_DEPTH,
                        .max_clients = LIMITS_DEFAULT_MAX_CLIENTS,
                        .max_output = LIMITS_DEFAULT_MAX_OUTPUT,
                        .output_timeout = LIMITS_DEFAULT_OUTPUT_TIMEOUT,
@@ -131,6 +132,10 @@ static void usage(FILE *f)
             "      --max-memory BYTES  stored data (default half of RAM or of the\n"
             "                          cgroup's limit, here %s; 0: none); writes\n"
             "                          past it are OutOfMemory\n"
+            "      --slowlog-us N      record requests that run N microseconds or more in\n"
+            "                          the slow log, manager.slowlog (default %d; K, M\n"
+            "                          allowed: 10K is 10240)\n"
+            "      --slowlog-len N     entries the slow log keeps (default %d; 0: none)\n"
             "  -q, --quiet             no start-up message, no connection log\n"
             "  -h, --help              this text\n"
             "  -V, --version           the version\n"
@@ -148,7 +153,8 @@ static void usage(FILE *f)
             LIMITS_DEFAULT_MAX_CLIENTS,
             human_bytes(out, sizeof out, LIMITS_DEFAULT_MAX_OUTPUT),
             LIMITS_DEFAULT_OUTPUT_TIMEOUT,
-            human_bytes(mem, sizeof mem, limits_default_max_memory() & ~(size_t)0xFFFFF));
+            human_bytes(mem, sizeof mem, limits_default_max_memory() & ~(size_t)0xFFFFF),
+            MPB_DEFAULT_SLOWLOG_US, MPB_DEFAULT_SLOWLOG_LEN);
 }
 
 /* arg: non-NULL on a --tls-listen listener. */
@@ -298,7 +304,8 @@ static void parse_args(int argc, char **argv, const char **sock, const char **au
            OPT_AUTHKEY_FILE, OPT_SOCKET_GROUP, OPT_MAX_CLIENTS, OPT_MAX_OUTPUT,
            OPT_OUTPUT_TIMEOUT, OPT_MAX_MEMORY, OPT_AUTH_TIMEOUT, OPT_INSECURE,
            OPT_MAX_HANDSHAKES, OPT_MAX_HANDSHAKES_PER_PEER, OPT_REPAIR, OPT_TLS_LISTEN,
-           OPT_TLS_CERT, OPT_TLS_KEY, OPT_TLS_CA };
+           OPT_TLS_CERT, OPT_TLS_KEY, OPT_TLS_CA,
+           OPT_SLOWLOG_US, OPT_SLOWLOG_LEN };
     static const struct option opts[] = {
         {"socket", required_argument, NULL, 's'},
         {"listen", required_argument, NULL, 'l'},
@@ -322,6 +329,8 @@ static void parse_args(int argc, char **argv, const char **sock, const char **au
         {"tls-cert", required_argument, NULL, OPT_TLS_CERT},
         {"tls-key", required_argument, NULL, OPT_TLS_KEY},
         {"tls-ca", required_argument, NULL, OPT_TLS_CA},
+        {"slowlog-us", required_argument, NULL, OPT_SLOWLOG_US},
+        {"slowlog-len", required_argument, NULL, OPT_SLOWLOG_LEN},
         {"quiet", no_argument, NULL, 'q'},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
@@ -400,6 +409,17 @@ static void parse_args(int argc, char **argv, const char **sock, const char **au
         case OPT_TLS_CERT: g_tls.cert = optarg; break;
         case OPT_TLS_KEY: g_tls.key = optarg; break;
         case OPT_TLS_CA: g_tls.ca = optarg; break;
+        case OPT_SLOWLOG_US:
+            g_config.slowlog_us = limits_parse_bytes("--slowlog-us", optarg, 0);
+            break;
+        case OPT_SLOWLOG_LEN:
+            g_config.slowlog_len = limits_parse_bytes("--slowlog-len", optarg, 0);
+            if (g_config.slowlog_len > 1000000) {
+                fprintf(stderr, "mpbroker-server: --slowlog-len wants at most 1000000, not '%s'\n",
+                        optarg);
+                exit(2);
+            }
+            break;
         case 'q': g_config.quiet = true; break;
         case 'h': usage(stdout); exit(0);
         case 'V': printf("mpbroker-server %s\n", MPB_VERSION); exit(0);
@@ -483,6 +503,7 @@ int main(int argc, char **argv)
     conn_close_all();
     bool stored = persist_close();
     objects_shutdown();
+    slowlog_free();
     event_free(sigint);
     event_free(sigterm);
     if (sighup) event_free(sighup);

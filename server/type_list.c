@@ -436,7 +436,7 @@ void list_setitem(mpb_req *r)
     }
     uint32_t vi = r->nargs - 1;
     if (r->args[vi].type != MSGPACK_OBJECT_ARRAY) {
-        reply_error(r, MPB_E_TYPE, "can only assign an array to a slice");
+        reply_error(r, MPB_E_TYPE, "can only assign an iterable"); /* Python's text */
         return;
     }
     int64_t start, stop, step;

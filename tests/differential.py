@@ -168,6 +168,14 @@ def to_key(v):
     return v
 
 
+def hashable(k):
+    try:
+        hash(to_key(k))
+        return True
+    except TypeError:
+        return False
+
+
 def check_key(k):
     """What Python says of a key: TypeError when unhashable."""
     hash(to_key(k))
@@ -308,7 +316,7 @@ class DictOps:
         g, m, r = self.g, self.m, self.g.r
         k = r.randrange(17)
         key = self.key()
-        hk = to_key(key) if not isinstance(key, dict) else None
+        hk = to_key(key) if hashable(key) else None
         if k in (0, 1):
             v = g.value()
             def setitem():
@@ -356,7 +364,7 @@ class DictOps:
             return ("dict.setdefault", [key] + d, setdefault)
         if k == 11:
             pairs = [[self.key(), g.value()] for _ in range(r.randrange(3))]
-            as_map = r.randrange(2) and all(not isinstance(p[0], dict) for p in pairs)
+            as_map = r.randrange(2) and all(hashable(p[0]) for p in pairs)
             arg = {to_key(p[0]): p[1] for p in pairs} if as_map else pairs
             def update():
                 for p in pairs:
@@ -487,7 +495,7 @@ class SetOps:
     def other(self):
         r = self.g.r
         es = [self.elem() for _ in range(r.randrange(4))]
-        if r.randrange(4) == 0 and all(not isinstance(e, dict) for e in es):
+        if r.randrange(4) == 0 and all(map(hashable, es)):
             return {to_key(e): 1 for e in es}, es  # a map: its keys
         return es, es
 
@@ -495,7 +503,7 @@ class SetOps:
         g, m, r = self.g, self.m, self.g.r
         k = r.randrange(16)
         e = self.elem()
-        he = to_key(e) if not isinstance(e, dict) else None
+        he = to_key(e) if hashable(e) else None
         if k in (0, 1):
             def add_():
                 check_key(e)

@@ -1303,7 +1303,9 @@ class Ops:
         s = o.state
         what = self.rng.choice(["add", "add", "discard", "remove", "pop", "contains", "clear",
                                 "update", "update", "difference_update",
-                                "intersection_update", "union", "issubset"])
+                                "intersection_update", "union", "issubset", "issuperset",
+                                "isdisjoint", "intersection", "difference",
+                                "symmetric_difference", "symmetric_difference_update"])
         if what in ("add", "discard", "remove", "contains"):
             e = self.rng.choice(list(s)) if s and self.rng.random() < 0.5 else (
                 self.rng.choice(KEYS) if self.rng.random() < 0.7 else self.value())
@@ -1332,7 +1334,7 @@ class Ops:
             def commit():
                 for x in items:
                     s.setdefault(x, None)
-            return self.store(mc, o, "set.update", [o.ref, arg], items, commit=commit)
+            return self.store(mc, o, "set.update", [o.ref, arg], items + [arg], commit=commit)
         if what == "difference_update":
             def commit():
                 for x in items:
@@ -1346,12 +1348,35 @@ class Ops:
                     if x not in keep:
                         del s[x]
             return self.call(mc, "set.intersection_update", [o.ref, arg], commit=commit)
+        other = dict.fromkeys(items)
         if what == "union":
             res = dict(s)
             for x in items:
                 res.setdefault(x, None)
             return self.call(mc, "set.union", [o.ref, arg], res=tuple(res))
-        return self.call(mc, "set.issubset", [o.ref, arg], res=all(x in items for x in s))
+        if what == "intersection":
+            return self.call(mc, "set.intersection", [o.ref, arg],
+                             res=tuple(x for x in s if x in other))
+        if what == "difference":
+            return self.call(mc, "set.difference", [o.ref, arg],
+                             res=tuple(x for x in s if x not in other))
+        sym = [x for x in s if x not in other] + [x for x in other if x not in s]
+        if what == "symmetric_difference":
+            return self.call(mc, "set.symmetric_difference", [o.ref, arg], res=tuple(sym))
+        if what == "symmetric_difference_update":
+            def commit():
+                for x in other:
+                    if x in s:
+                        del s[x]
+                    else:
+                        s[x] = None
+            return self.store(mc, o, "set.symmetric_difference_update", [o.ref, arg],
+                              list(other) + [arg], commit=commit)
+        if what == "issuperset":
+            return self.call(mc, "set.issuperset", [o.ref, arg], res=all(x in s for x in other))
+        if what == "isdisjoint":
+            return self.call(mc, "set.isdisjoint", [o.ref, arg], res=not any(x in s for x in other))
+        return self.call(mc, "set.issubset", [o.ref, arg], res=all(x in other for x in s))
     op_set.weight = 4
 
     # value, array
@@ -1790,6 +1815,15 @@ class Ops:
         if v not in s:
             return self.call(mc, "list." + what, [o.ref, v], err="ValueError")
         if what == "index":
+            if self.rng.random() < 0.5:
+                a = self.rng.choice([0, 1, -1, -3, 2 ** 63 - 1, -2 ** 63])
+                b = self.rng.choice([None, 2, -1, len(s), 2 ** 63 - 1, -2 ** 63])
+                args = [o.ref, v, a] + ([] if b is None and self.rng.random() < 0.5 else [b])
+                try:
+                    res = s.index(v, a, b if b is not None else len(s))
+                except ValueError:
+                    return self.call(mc, "list.index", args, err="ValueError")
+                return self.call(mc, "list.index", args, res=res)
             return self.call(mc, "list.index", [o.ref, v], res=s.index(v))
         return self.call(mc, "list.remove", [o.ref, v], commit=lambda: s.remove(v))
 
@@ -1858,8 +1892,8 @@ class Ops:
             arg = {}
             for k, v in pairs:
                 arg[k] = v
-        return self.store(mc, o, "dict.update", [o.ref, arg], [x for p in pairs for x in p],
-                          err=err, commit=commit)
+        # the operand is charged whole (an empty map too), not only the pairs it adds
+        return self.store(mc, o, "dict.update", [o.ref, arg], [arg], err=err, commit=commit)
 
     def op_dict_read(self):
         mc, o = self.conn(), self.obj("dict")
@@ -1932,7 +1966,7 @@ class Ops:
             if k in s and self.bad_refs(v):
                 # the key is there: whether the unused DEFAULT is checked is not said
                 return self.call(mc, "dict.setdefault", [o.ref, k, v], res=res,
-                                 alt=("NoSuchObject",))
+                                 alt=("NoSuchObject",), cost=upper_cost(k) + upper_cost(v) + 64)
             # DEFAULT is charged even where the key is there (as cas's EXPECTED is)
             return self.store(mc, o, "dict.setdefault", [o.ref, k, v], [k, v],
                               res=res, commit=commit)

@@ -231,6 +231,28 @@ fail:
     return -1;
 }
 
+/* A str that is not valid UTF-8 (lone surrogates): the bytes that from_value's
+ * "surrogateescape" decoding reads back as the same str, so that a str read from the
+ * broker (invalid UTF-8 stored by another client) can be sent back, compared and
+ * looked up. A surrogate that escapes no byte (U+D800..U+DC7F, U+DD00..U+DFFF) stays
+ * a UnicodeEncodeError. 0, or -1 with an exception. */
+static int str_escaped_value(PyObject *o, mpb_value *out)
+{
+    if (!PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) return -1;
+    PyErr_Clear();
+    PyObject *b = PyUnicode_AsEncodedString(o, "utf-8", "surrogateescape");
+    if (b == NULL) return -1;
+    if ((size_t)PyBytes_GET_SIZE(b) > UINT32_MAX) {
+        Py_DECREF(b);
+        PyErr_SetString(PyExc_OverflowError, "str too long for the broker");
+        return -1;
+    }
+    *out = mpb_strn(PyBytes_AS_STRING(b), (size_t)PyBytes_GET_SIZE(b));
+    Py_DECREF(b);
+    if (out->type == MPB_NIL) return PyErr_NoMemory(), -1;
+    return 0;
+}
+
 /* o as an mpb_value in *out (owned by the caller: mpb_value_free). 0, or -1 with a
  * Python exception set. top: o is a call argument that outlives the call (the args
  * tuple holds it), so its bytes may be borrowed instead of copied. */
@@ -251,7 +273,7 @@ static int to_value(PyObject *o, mpb_value *out, int top)
     if (t == &PyUnicode_Type) {
         Py_ssize_t n;
         const char *s = PyUnicode_AsUTF8AndSize(o, &n);
-        if (s == NULL) return -1;
+        if (s == NULL) return str_escaped_value(o, out);
         if ((size_t)n > UINT32_MAX) {
             PyErr_SetString(PyExc_OverflowError, "str too long for the broker");
             return -1;
@@ -449,8 +471,13 @@ static int conn_enter(ConnObject *self)
                         "thread (use one connection per thread)");
         return -1;
     }
-    if (self->c == NULL && conn_open(self) < 0) return -1;
+    /* Busy before connecting: conn_open releases the GIL, and a second thread must
+     * not connect too (its context would replace the first one's under its call). */
     self->busy = 1;
+    if (self->c == NULL && conn_open(self) < 0) {
+        self->busy = 0;
+        return -1;
+    }
     return 0;
 }
 

@@ -111,7 +111,23 @@ class Conversion(unittest.TestCase):
 
     def test_a_lone_surrogate_is_refused_not_mangled(self):
         with self.assertRaises(UnicodeEncodeError):
-            M.list().append('\udc80')
+            M.list().append('\ud800')  # escapes no byte: no UTF-8 stands for it
+
+    def test_a_str_read_as_invalid_utf8_goes_back_as_it_came(self):
+        # Regression: a str holding invalid UTF-8 (another client's) was read with
+        # "surrogateescape" but could not be sent back (UnicodeEncodeError): not
+        # appended again, not found with `in`, not a dict key.
+        s = 'a\udc80\udcff'
+        self.assertEqual(self.rt(s), s)
+        self.assertIn(r'\x80', _mpbroker.wire_repr(s))  # travels as the bytes it escapes
+        l = M.list()
+        l.append(s)
+        self.assertEqual(l[0], s)
+        self.assertIn(s, l)
+        self.assertNotIn('a', l)
+        d = M.dict()
+        d[s] = 1
+        self.assertEqual(d[s], 1)
 
     def test_nested_containers(self):
         v = {'a': [1, {'b': [None, b'x', 2.5]}, []], 'c': {}}
@@ -281,6 +297,33 @@ class ConnectionTests(unittest.TestCase):
         for t in ths:
             t.join()
         self.assertEqual(len(l), 400)
+
+
+    def test_a_lazy_connection_is_entered_by_one_thread_at_a_time(self):
+        # Regression: the busy flag was set after the first call's connect, which
+        # releases the GIL: two threads both connected, one context overwrote the
+        # other (its socket leaked, its caller waited on the other's context).
+        before = len(os.listdir('/proc/self/fd'))
+        for _ in range(20):
+            c = _mpbroker.Connection(M.address, M._authkey, None, True)
+            out = []
+
+            def f():
+                try:
+                    out.append(c.call('manager.ping'))
+                except RuntimeError:
+                    out.append('busy')
+            ths = [threading.Thread(target=f) for _ in range(2)]
+            for t in ths:
+                t.start()
+            for t in ths:
+                t.join()
+            self.assertEqual(len(out), 2)
+            self.assertTrue(all(r in ('busy', 'pong') for r in out), out)
+            self.assertIn('pong', out)
+            c.close()
+            del c
+        self.assertLessEqual(len(os.listdir('/proc/self/fd')), before + 1)
 
 
 class Proxies(unittest.TestCase):
