@@ -409,7 +409,9 @@ class QueueProxy(BaseProxy):
 
 def _acquire_args(blocking, timeout):
     if not blocking:
-        return (False,)
+        # As Python's Lock: a timeout other than the default -1 is ValueError (the
+        # broker says so when it gets one).
+        return (False,) if timeout is None or timeout == -1 else (False, timeout)
     if timeout is None or timeout < 0:
         return ()
     return (True, timeout)

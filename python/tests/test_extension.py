@@ -521,6 +521,17 @@ class Proxies(unittest.TestCase):
         self.assertTrue(st.issuperset([1, 2]))
         self.assertEqual(set(st), {1, 2, 3, (4, 5)})
 
+    def test_a_non_blocking_acquire_with_a_timeout_is_value_error(self):
+        # Regression: the proxy dropped the timeout of acquire(False, t), so it
+        # acquired where Python's Lock (and Manager) raise ValueError.
+        for p in (M.Lock(), M.RLock(), M.Semaphore(1), M.Condition()):
+            with self.assertRaises(ValueError):
+                p.acquire(False, 1)
+            self.assertTrue(p.acquire(False, -1))  # Python's default timeout: allowed
+            p.release()
+            self.assertTrue(p.acquire(blocking=False))
+            p.release()
+
     def test_exceptions_are_pythons(self):
         import threading as th
         with self.assertRaises(IndexError):
