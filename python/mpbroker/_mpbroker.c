@@ -573,7 +573,9 @@ static PyObject *take_exception(void)
  * is sent in one write and the replies read in order. */
 static PyObject *Conn_pipeline(ConnObject *self, PyObject *calls)
 {
-    PyObject *seq = PySequence_Fast(calls, "pipeline takes a sequence of (method, args)");
+    /* A tuple of our own: converting a value runs Python code (pickling) that may
+     * change the caller's list; ours holds every (method, args) while we read it. */
+    PyObject *seq = PySequence_Tuple(calls);
     if (seq == NULL) return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq), sent = 0, got = 0;
     PyObject *out = NULL, **errs = NULL;

@@ -243,6 +243,24 @@ class ConnectionTests(unittest.TestCase):
         self.assertEqual(out[3].kind, 'NoSuchMethod')
         self.assertEqual(c.call('dict.len', ref), 1)
 
+    def test_a_pipeline_whose_list_changes_while_converting_is_safe(self):
+        # Regression: pipeline() read its items from the caller's list, borrowed; a
+        # value whose pickling empties that list (its __reduce__ runs mid-conversion)
+        # made it read freed tuples and past the list's end (SIGSEGV).
+        c = self.conn()
+        ref = c.call('manager.create', 'list', None)
+        calls = []
+
+        class Emptier:
+            def __reduce__(self):
+                calls.clear()
+                return (int, (7,))
+        calls += [('list.extend', (ref, [Emptier(), 'z' * 100]))]
+        calls += [('list.append', (ref, 'w' * 100))] * 3
+        out = c.pipeline(calls)
+        self.assertEqual(out, [None] * 4)
+        self.assertEqual(c.call('list.copy', ref), [7, 'z' * 100] + ['w' * 100] * 3)
+
     def test_the_gil_is_released_while_a_call_waits(self):
         q = M.Queue()
         got = []
