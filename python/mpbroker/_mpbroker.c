@@ -23,6 +23,7 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "mpbroker.h"
 
@@ -404,7 +405,17 @@ typedef struct {
     PyObject *authkey;   /* bytes or None */
     PyObject *ref_hook;  /* callable or None */
     int busy;            /* a call is under way (another thread must not enter) */
+    pid_t busy_pid;      /* the process whose thread set busy */
 } ConnObject;
+
+/* A call of this process is under way. One of the parent's, inherited through fork()
+ * with the thread that made it, is not: that thread does not exist in the child, which
+ * would otherwise find the connection busy for ever (libmpbroker gives the child its
+ * own socket). */
+static int conn_busy(ConnObject *self)
+{
+    return self->busy && self->busy_pid == getpid();
+}
 
 /* The exception for the context's last error, set as the current one. NULL. */
 static PyObject *raise_ctx_error(mpb_context *c)
@@ -466,7 +477,7 @@ static void conn_drop(ConnObject *self)
 
 static int conn_enter(ConnObject *self)
 {
-    if (self->busy) {
+    if (conn_busy(self)) {
         PyErr_SetString(PyExc_RuntimeError, "this mpbroker connection is in use by another "
                         "thread (use one connection per thread)");
         return -1;
@@ -474,6 +485,7 @@ static int conn_enter(ConnObject *self)
     /* Busy before connecting: conn_open releases the GIL, and a second thread must
      * not connect too (its context would replace the first one's under its call). */
     self->busy = 1;
+    self->busy_pid = getpid();
     if (self->c == NULL && conn_open(self) < 0) {
         self->busy = 0;
         return -1;
@@ -641,7 +653,7 @@ done:
 static PyObject *Conn_close(ConnObject *self, PyObject *unused)
 {
     (void)unused;
-    if (self->busy) {
+    if (conn_busy(self)) {
         PyErr_SetString(PyExc_RuntimeError, "close() while a call is under way");
         return NULL;
     }
@@ -667,6 +679,10 @@ static int Conn_init(ConnObject *self, PyObject *args, PyObject *kw)
         return -1;
     }
     if (authkey != Py_None && PyBytes_GET_SIZE(authkey) == 0) authkey = Py_None;
+    if (conn_busy(self)) { /* its context is in use, the GIL released: keep it */
+        PyErr_SetString(PyExc_RuntimeError, "__init__() while a call is under way");
+        return -1;
+    }
     Py_INCREF(address);
     Py_XSETREF(self->address, address);
     Py_INCREF(authkey);

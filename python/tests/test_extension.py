@@ -261,6 +261,44 @@ class ConnectionTests(unittest.TestCase):
         self.assertEqual(out, [None] * 4)
         self.assertEqual(c.call('list.copy', ref), [7, 'z' * 100] + ['w' * 100] * 3)
 
+    def test_a_fork_child_can_use_a_connection_busy_in_the_parent(self):
+        # Regression: a Connection busy in another thread at fork() stayed busy in the
+        # child for ever (that thread does not exist there): RuntimeError on every call.
+        c = self.conn()
+        q = c.call('manager.create', 'queue', None)
+        t = threading.Thread(target=c.call, args=('queue.get', q, True, 10))
+        t.start()
+        time.sleep(0.3)  # the thread is parked in queue.get
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                ok = c.call('manager.ping') == 'pong'
+            except BaseException:
+                ok = False
+            os.write(w, b'1' if ok else b'0')
+            os._exit(0)
+        os.close(w)
+        got = os.read(r, 1)
+        os.close(r)
+        os.waitpid(pid, 0)
+        self.conn().call('queue.put', q, 'done')
+        t.join(10)
+        self.assertEqual(got, b'1')
+
+    def test_init_again_while_a_call_waits_is_refused(self):
+        # Regression: __init__ freed the context another thread was waiting on with
+        # the GIL released (heap-use-after-free under ASan).
+        c = self.conn()
+        q = c.call('manager.create', 'queue', None)
+        t2 = threading.Thread(target=c.call, args=('queue.get', q, True, 10))
+        t2.start()
+        time.sleep(0.3)  # t2 is parked in queue.get
+        with self.assertRaises(RuntimeError):
+            c.__init__(M.address, M._authkey)
+        self.conn().call('queue.put', q, 'done')
+        t2.join(10)
+
     def test_the_gil_is_released_while_a_call_waits(self):
         q = M.Queue()
         got = []
