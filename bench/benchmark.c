@@ -678,9 +678,15 @@ static void usage(FILE *f) {
         "\n"
         "Requests per second and latency of an mpbroker, as redis-benchmark measures Redis.\n"
         "\n"
-        "  -s ADDRESS       broker address: /path, unix:/path or tcp://HOST:PORT\n"
-        "                   (default $MPBROKER_ADDRESS, else the default socket)\n"
+        "  -s ADDRESS       broker address: /path, unix:/path, tcp://HOST:PORT or\n"
+        "                   tls://HOST:PORT (default $MPBROKER_ADDRESS, else the\n"
+        "                   default socket)\n"
         "  -H HOST          TCP host (with -p; default port 7000)\n"
+        "      --tls        with -H: connect with TLS (tls://HOST:PORT)\n"
+        "      --tls-ca FILE, --tls-cert FILE, --tls-key FILE\n"
+        "                   TLS settings, as $MPBROKER_TLS_CA, _CERT, _KEY\n"
+        "      --tls-no-verify-name\n"
+        "                   do not check the broker's certificate names HOST\n"
         "  -p PORT          TCP port\n"
         "  -c CLIENTS       client processes, one connection each (default 50)\n"
         "      --async      instead, the -c clients are connections of one process,\n"
@@ -726,16 +732,22 @@ static long parse_long(const char *s, const char *what, long min, long max) {
 }
 
 static void parse_args(int argc, char **argv, bool want[T_COUNT]) {
-    enum { O_CSV = 256, O_WARMUP, O_SEQ, O_KEEP, O_SPAWN, O_ASYNC };
+    enum { O_CSV = 256, O_WARMUP, O_SEQ, O_KEEP, O_SPAWN, O_ASYNC, O_TLS, O_TLS_CA, O_TLS_CERT,
+           O_TLS_KEY, O_TLS_NO_VERIFY_NAME };
     static const struct option longopts[] = {
         {"csv", no_argument, NULL, O_CSV},           {"warmup", required_argument, NULL, O_WARMUP},
         {"seq", no_argument, NULL, O_SEQ},           {"keep", no_argument, NULL, O_KEEP},
         {"spawn-server", required_argument, NULL, O_SPAWN},
         {"async", no_argument, NULL, O_ASYNC},
+        {"tls", no_argument, NULL, O_TLS},          {"tls-ca", required_argument, NULL, O_TLS_CA},
+        {"tls-cert", required_argument, NULL, O_TLS_CERT},
+        {"tls-key", required_argument, NULL, O_TLS_KEY},
+        {"tls-no-verify-name", no_argument, NULL, O_TLS_NO_VERIFY_NAME},
         {"help", no_argument, NULL, 'h'},            {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
     };
     const char *host = NULL, *port = "7000";
+    bool tls = false;
     int ch;
     while ((ch = getopt_long(argc, argv, "s:H:p:c:n:P:d:r:t:qhV", longopts, NULL)) != -1) {
         switch (ch) {
@@ -755,6 +767,12 @@ static void parse_args(int argc, char **argv, bool want[T_COUNT]) {
         case O_KEEP: opt.keep = true; break;
         case O_SPAWN: opt.spawn = optarg; break;
         case O_ASYNC: opt.async = true; break;
+        /* Through the environment: the client processes inherit it. */
+        case O_TLS: tls = true; break;
+        case O_TLS_CA: setenv("MPBROKER_TLS_CA", optarg, 1); break;
+        case O_TLS_CERT: setenv("MPBROKER_TLS_CERT", optarg, 1); break;
+        case O_TLS_KEY: setenv("MPBROKER_TLS_KEY", optarg, 1); break;
+        case O_TLS_NO_VERIFY_NAME: setenv("MPBROKER_TLS_NO_VERIFY_NAME", "1", 1); break;
         case 'h': usage(stdout); exit(0);
         case 'V': printf("mpbroker-benchmark %s\n", MPB_VERSION); exit(0);
         default: /* getopt said which option, in one line */
@@ -767,7 +785,7 @@ static void parse_args(int argc, char **argv, bool want[T_COUNT]) {
         exit(2);
     }
     if (host) {
-        snprintf(opt.tcp, sizeof opt.tcp, "tcp://%s:%s", host, port);
+        snprintf(opt.tcp, sizeof opt.tcp, "%s://%s:%s", tls ? "tls" : "tcp", host, port);
         opt.address = opt.tcp;
     }
     if (opt.clients > opt.requests) opt.clients = opt.requests;

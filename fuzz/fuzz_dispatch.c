@@ -47,6 +47,8 @@ mpb_config g_config = {
     .auth_timeout = 10,
     .max_handshakes = 100,
     .max_handshakes_per_peer = 100,
+    .slowlog_us = 0, /* every request goes through the slow log's ring */
+    .slowlog_len = 4,
 };
 bool g_shutdown_requested;
 void server_stop(void) { g_shutdown_requested = true; }
@@ -161,6 +163,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         close(peers[i]);
     }
     objects_shutdown();
+    slowlog_free();
     g_shutdown_requested = false;
     return 0;
 }

@@ -35,6 +35,7 @@
 #include <unistd.h>
 
 #include "auth.h"
+#include "internal.h"
 #include "mpb_reader.h"
 
 #ifndef MSG_NOSIGNAL
@@ -146,11 +147,15 @@ static int send_call(mpb_context *c, uint32_t msgid, const char *method,
     size_t off = 0;
     int rc = MPB_OK;
     while (sb.data != NULL && off < sb.size) {
-        ssize_t w = send(c->fd, sb.data + off, sb.size - off, MSG_NOSIGNAL);
+        ssize_t w = mpb_client_send(c, sb.data + off, sb.size - off, MSG_NOSIGNAL);
         if (w < 0 && errno == EINTR) continue;
+        if (w < 0 && errno == EAGAIN) { /* a TLS socket is non-blocking */
+            struct pollfd pf = {.fd = c->fd, .events = POLLOUT | POLLIN};
+            if (poll(&pf, 1, REPLY_TIMEOUT_MS) > 0) continue;
+        }
         if (w <= 0) {
             rc = fail(c, MPB_ERR_IO, "ConnectionError", "%s: write: %s", method,
-                      w < 0 ? strerror(errno) : "closed");
+                      w < 0 ? mpb_client_strerror(c, errno) : "closed");
             break;
         }
         off += (size_t)w;
@@ -171,7 +176,7 @@ static int read_reply(mpb_context *c, mpb_reader *r, uint32_t msgid, msgpack_obj
             return fail(c, MPB_ERR_PROTOCOL, "ProtocolError", "handshake: bad reply: %s",
                         r->errstr);
         struct pollfd pf = {.fd = c->fd, .events = POLLIN};
-        int p = poll(&pf, 1, REPLY_TIMEOUT_MS);
+        int p = mpb_client_buffered(c) ? 1 : poll(&pf, 1, REPLY_TIMEOUT_MS);
         if (p < 0 && errno == EINTR) continue;
         if (p <= 0)
             return fail(c, MPB_ERR_IO, "ConnectionError", "handshake: %s",
@@ -179,8 +184,11 @@ static int read_reply(mpb_context *c, mpb_reader *r, uint32_t msgid, msgpack_obj
         size_t avail;
         char *space = mpb_reader_space(r, 4096, &avail);
         if (space == NULL) return fail(c, MPB_ERR_OOM, "OutOfMemory", "handshake");
-        ssize_t n = recv(c->fd, space, avail, 0);
-        if (n < 0 && errno == EINTR) continue;
+        ssize_t n = mpb_client_recv(c, space, avail, 0);
+        if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+        if (n < 0 && errno == EPROTO) /* a TLS alert: the broker refused our certificate */
+            return fail(c, MPB_ERR_CONNECT, "TLSError", "handshake: %s",
+                        mpb_client_strerror(c, errno));
         if (n <= 0)
             return fail(c, MPB_ERR_EOF, "ConnectionError", "handshake: the broker closed "
                         "the connection");

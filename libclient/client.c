@@ -26,12 +26,15 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/err.h>
+
 #include "mpb_address.h"
 #include "mpb_codec.h"
 #include "mpb_reader.h"
 #include "auth.h"
 #include "internal.h"
 #include "mpbroker.h"
+#include "tls.h"
 
 #ifndef MSG_NOSIGNAL /* BSDs and macOS: SO_NOSIGPIPE is set on the socket instead */
 #define MSG_NOSIGNAL 0
@@ -72,6 +75,8 @@ struct mpb_context_priv {
     size_t nxlat;             /* old references translated, all names together */
     unsigned char *authkey; /* the key for the handshake (auth.c), or NULL; owned */
     size_t authkey_len;
+    SSL *ssl;               /* tls:// addresses: the session over fd, owned; else NULL */
+    char tls_why[200];      /* the last TLS error (errno EPROTO from mpb_client_recv/send) */
 };
 
 /* A name this context opened: re-opened by name after a reconnect. */
@@ -128,13 +133,69 @@ static int set_err(mpb_context *c, int err, const char *kind, const char *fmt, .
     return err;
 }
 
+/*--- I/O: plain or TLS, with recv()/send()'s conventions ---*/
+
+/* Close the socket and drop its TLS session. No close_notify: after a fork the
+ * parent's session would hear it, and the broker takes a plain EOF as the end. */
+static void close_conn(mpb_context *c) {
+    SSL_free(c->priv->ssl);
+    c->priv->ssl = NULL;
+    if (c->fd >= 0) close(c->fd);
+    c->fd = -1;
+}
+
+/* An SSL_read/SSL_write failed with r: -1 with errno (EAGAIN: the socket is not ready;
+ * EPROTO: a TLS error, described in tls_why), or 0 for the broker's close. */
+static ssize_t tls_failed(mpb_context *c, int r) {
+    struct mpb_context_priv *p = c->priv;
+    switch (SSL_get_error(p->ssl, r)) {
+    case SSL_ERROR_WANT_READ:
+    case SSL_ERROR_WANT_WRITE:
+        errno = EAGAIN;
+        return -1;
+    case SSL_ERROR_ZERO_RETURN:
+        return 0;
+    case SSL_ERROR_SYSCALL:
+        if (errno == 0 || errno == EAGAIN) errno = ECONNRESET;
+        return -1;
+    default:
+        char why[sizeof p->tls_why - 8];
+        snprintf(p->tls_why, sizeof p->tls_why, "TLS: %s", mpb_tls_error(why, sizeof why, "error"));
+        errno = EPROTO;
+        return -1;
+    }
+}
+
+ssize_t mpb_client_recv(mpb_context *c, void *buf, size_t n, int flags) {
+    if (c->priv->ssl == NULL) return recv(c->fd, buf, n, flags);
+    size_t got;
+    ERR_clear_error();
+    int r = SSL_read_ex(c->priv->ssl, buf, n, &got);
+    return r == 1 ? (ssize_t)got : tls_failed(c, r);
+}
+
+ssize_t mpb_client_send(mpb_context *c, const void *buf, size_t n, int flags) {
+    if (c->priv->ssl == NULL) return send(c->fd, buf, n, flags);
+    size_t put;
+    ERR_clear_error();
+    int r = SSL_write_ex(c->priv->ssl, buf, n, &put);
+    return r == 1 ? (ssize_t)put : tls_failed(c, r);
+}
+
+bool mpb_client_buffered(const mpb_context *c) {
+    return c->priv->ssl != NULL && SSL_pending(c->priv->ssl) > 0;
+}
+
+const char *mpb_client_strerror(const mpb_context *c, int e) {
+    return e == EPROTO && c->priv->tls_why[0] ? c->priv->tls_why : strerror(e);
+}
+
 /* The connection cannot be trusted any more (I/O failure, EOF, a reply out of step):
  * close it. c->err/errkind/errstr already describe the cause; later calls repeat it
  * through fail_if_broken. */
 static int break_conn(mpb_context *c) {
     struct mpb_context_priv *p = c->priv;
-    if (c->fd >= 0) close(c->fd);
-    c->fd = -1;
+    close_conn(c);
     snprintf(p->broken, sizeof p->broken, "%s%s%s", c->errkind, c->errkind[0] ? ": " : "",
              c->errstr);
     p->lost += p->nids;
@@ -358,12 +419,13 @@ static void connect_unix(mpb_context *c, const char *address) {
     c->fd = fd;
 }
 
-/* address: "tcp://HOST:PORT" or "tcp://[V6ADDR]:PORT", parsed as the broker does. */
-static void connect_tcp(mpb_context *c, const char *address) {
+/* address: "tcp://HOST:PORT" or "tcp://[V6ADDR]:PORT", parsed as the broker does;
+ * with tls, "tls://...", and a TLS handshake once connected. */
+static void connect_tcp(mpb_context *c, const char *address, bool tls) {
     char host[256], port[16];
-    if (mpb_parse_tcp(address, host, sizeof host, port, sizeof port) < 0) {
-        set_err(c, MPB_ERR_CONNECT, "ConnectionError", "bad TCP address '%s' (want "
-                "tcp://HOST:PORT)", address);
+    if ((tls ? mpb_parse_tls : mpb_parse_tcp)(address, host, sizeof host, port, sizeof port) < 0) {
+        set_err(c, MPB_ERR_CONNECT, "ConnectionError", "bad %s address '%s' (want "
+                "%s://HOST:PORT)", tls ? "TLS" : "TCP", address, tls ? "tls" : "tcp");
         return;
     }
 
@@ -394,6 +456,15 @@ static void connect_tcp(mpb_context *c, const char *address) {
     }
     /* Requests are small and a caller waits for each reply: Nagle would add 40 ms. */
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &(int){1}, sizeof(int));
+    if (tls) {
+        char why[sizeof c->errstr - 32];
+        /* Leaves fd non-blocking: every read and write below copes (EAGAIN, then poll). */
+        if ((c->priv->ssl = mpb_tls_handshake(fd, host, why, sizeof why)) == NULL) {
+            set_err(c, MPB_ERR_CONNECT, "TLSError", "%s", why);
+            close(fd);
+            return;
+        }
+    }
     c->fd = fd;
 }
 
@@ -405,16 +476,15 @@ static void open_conn(mpb_context *c) {
     const char *address = c->priv->address;
     pthread_once(&atfork_once, atfork_init);
     c->priv->fork_gen = fork_gen;
-    if (strncmp(address, "tcp://", 6) == 0)
-        connect_tcp(c, address);
+    if (strncmp(address, "tcp://", 6) == 0 || strncmp(address, "tls://", 6) == 0)
+        connect_tcp(c, address, address[1] == 'l');
     else if (strncmp(address, "unix:", 5) == 0)
         connect_unix(c, address + 5);
     else
         connect_unix(c, address);
     if (c->fd >= 0 && c->priv->authkey != NULL &&
         mpb_client_handshake(c, c->priv->authkey, c->priv->authkey_len) != MPB_OK) {
-        close(c->fd); /* the key was not proved, either way: nothing else goes over it */
-        c->fd = -1;
+        close_conn(c); /* the key was not proved, either way: nothing else goes over it */
     }
     if (c->fd < 0)
         snprintf(c->priv->broken, sizeof c->priv->broken, "%s", c->errstr);
@@ -454,7 +524,8 @@ mpb_context *mpb_connect_with_key(const char *address, const void *key, size_t k
 
 void mpb_free(mpb_context *c) {
     if (c == NULL) return;
-    if (c->fd >= 0) close(c->fd);
+    if (c->priv != NULL) close_conn(c);
+    else if (c->fd >= 0) close(c->fd);
     if (c->priv != NULL) {
         msgpack_sbuffer_destroy(&c->priv->out);
         free(c->priv->ids);
@@ -580,8 +651,7 @@ static int reconnect(mpb_context *c) {
  * reading would steal the parent's replies) and open a connection of its own. */
 static int after_fork(mpb_context *c) {
     struct mpb_context_priv *p = c->priv;
-    if (c->fd >= 0) close(c->fd); /* our copy only: the parent's stays open */
-    c->fd = -1;
+    close_conn(c); /* our copy only: the parent's stays open */
     reset_stream(c);
     while (p->notes != NULL) {
         struct mpb_note *n = p->notes;
@@ -682,7 +752,8 @@ int mpb_append_call(mpb_context *c, const char *method, const mpb_value *args,
  * outcome, and only the calls the broker never answered fail, at the EOF. */
 static int write_failed(mpb_context *c, int e) {
     struct mpb_context_priv *p = c->priv;
-    set_err(c, MPB_ERR_IO, "ConnectionError", "write: %s", strerror(e));
+    set_err(c, MPB_ERR_IO, e == EPROTO ? "TLSError" : "ConnectionError", "write: %s",
+            mpb_client_strerror(c, e));
     if (e != EPIPE && e != ECONNRESET) return break_conn(c);
     p->wdead = true;
     p->out.size = p->out_sent = 0;
@@ -700,8 +771,8 @@ int mpb_buffer_write(mpb_context *c, int *done) {
         return set_err(c, MPB_ERR_IO, "ConnectionError", "not connected (%s)", p->broken);
     }
     while (p->out_sent < p->out.size) {
-        ssize_t n = send(c->fd, p->out.data + p->out_sent, p->out.size - p->out_sent,
-                         MSG_NOSIGNAL | MSG_DONTWAIT);
+        ssize_t n = mpb_client_send(c, p->out.data + p->out_sent, p->out.size - p->out_sent,
+                                    MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n > 0) {
             p->out_sent += (size_t)n;
         } else if (n < 0 && errno == EINTR) {
@@ -748,7 +819,7 @@ static int read_some(mpb_context *c, bool block) {
     char *space = mpb_reader_space(&p->reader, READ_CHUNK, &avail);
     if (space == NULL) return set_err(c, MPB_ERR_OOM, "OutOfMemory", "read buffer");
     for (;;) {
-        ssize_t n = recv(c->fd, space, avail, block ? 0 : MSG_DONTWAIT);
+        ssize_t n = mpb_client_recv(c, space, avail, block ? 0 : MSG_DONTWAIT);
         if (n < 0 && block && (errno == EAGAIN || errno == EWOULDBLOCK)) {
             struct pollfd pf = {.fd = c->fd, .events = POLLIN}; /* a non-blocking fd */
             if (poll(&pf, 1, -1) >= 0) continue;
@@ -757,6 +828,12 @@ static int read_some(mpb_context *c, bool block) {
         }
         if (n > 0) {
             mpb_reader_commit(&p->reader, (size_t)n);
+            if (mpb_client_buffered(c)) { /* decrypted bytes a poll() would not see */
+                if ((space = mpb_reader_space(&p->reader, READ_CHUNK, &avail)) == NULL)
+                    return set_err(c, MPB_ERR_OOM, "OutOfMemory", "read buffer");
+                block = false;
+                continue;
+            }
         } else if (n == 0 || errno == ECONNRESET) {
             /* Replies already read (and a final BadRequest) are still served. */
             p->eof = true;
@@ -764,7 +841,9 @@ static int read_some(mpb_context *c, bool block) {
             if (block && p->interruptible) return interrupted(c);
             continue;
         } else if (errno != EAGAIN && errno != EWOULDBLOCK) {
-            set_err(c, MPB_ERR_IO, "ConnectionError", "read: %s", strerror(errno));
+            /* EPROTO: a TLS alert, such as the broker refusing our certificate. */
+            set_err(c, MPB_ERR_IO, errno == EPROTO ? "TLSError" : "ConnectionError", "read: %s",
+                    mpb_client_strerror(c, errno));
             return break_conn(c);
         }
         break;

@@ -63,7 +63,8 @@ typedef struct mpb_context {
 } mpb_context;
 
 /*--- Connecting ---*/
-/* Connect to address: "unix:/path", "/path" (a Unix socket), or "tcp://HOST:PORT".
+/* Connect to address: "unix:/path", "/path" (a Unix socket), "tcp://HOST:PORT", or
+ * "tls://HOST:PORT" (TLS: see mpb_set_tls).
  * NULL means $MPBROKER_ADDRESS when set, else mpb_default_address().
  * On a Unix socket the broker must run as this process's effective uid or as root:
  * another user's broker (one that took the path first, say) is refused with
@@ -81,6 +82,23 @@ mpb_context *mpb_connect(const char *address);
  * handshake is MPB_ERR_CONNECT with errkind "AuthError". The key is copied (and wiped
  * at mpb_free); a reconnect authenticates again. */
 mpb_context *mpb_connect_with_key(const char *address, const void *key, size_t len);
+/* TLS ("tls://HOST:PORT" addresses, a broker's --tls-listen). The broker's certificate
+ * must chain to ca_file (PEM; NULL: the system's trust store) and name HOST (a DNS
+ * name, or an IP address in its IP SANs) unless flags has MPB_TLS_NO_VERIFY_NAME
+ * (only for a certificate you cannot fix: anyone with a certificate from that CA can
+ * then pose as the broker). cert_file and key_file (PEM; key NULL: in cert_file) are
+ * this client's certificate, for a broker with --tls-ca. Until this is called, they
+ * come from $MPBROKER_TLS_CA, $MPBROKER_TLS_CERT, $MPBROKER_TLS_KEY and
+ * $MPBROKER_TLS_NO_VERIFY_NAME=1; once it is, from its arguments only. Process-wide,
+ * for connections opened after it (reconnects included); the strings are copied.
+ * A failed TLS handshake is MPB_ERR_CONNECT with errkind "TLSError" and the reason
+ * (an expired certificate, a wrong name, an unknown CA, not a TLS port, ...). Under
+ * TLS 1.3 the broker judges this client's certificate after the client's handshake
+ * is done: its refusal ("certificate required", "unknown ca") comes with the first
+ * call (or the authkey handshake), MPB_ERR_IO with errkind "TLSError".
+ * MPB_OK or MPB_ERR_OOM. TLS 1.2 and 1.3 only. */
+#define MPB_TLS_NO_VERIFY_NAME 1
+int mpb_set_tls(const char *ca_file, const char *cert_file, const char *key_file, int flags);
 /* fork(). A context inherited through fork() is the parent's until the child first
  * uses it: then (at any call that takes the context, mpb_pending aside) the child
  * drops its copies of what belongs to the parent (the socket, requests queued but not

@@ -13,11 +13,13 @@
 #include <unistd.h>
 
 #include "persist.h"
+#include "seqidx.h"
 #include "server.h"
 
 #define MONITOR_MAX_BACKLOG (16u << 20)
 
 static size_t nmonitors;
+static mpb_seqidx conn_index; /* id -> mpb_conn, for paging manager.clients */
 static struct timespec started;
 static uint64_t ops_at_last_tick, ops_last_second;
 
@@ -105,41 +107,64 @@ void manager_stats(mpb_req *r)
     msgpack_pack_uint64(pk, persist_failures());
 }
 
-/* manager.clients */
+static void pack_client_row(msgpack_packer *pk, const mpb_conn *c, const mpb_conn *self)
+{
+    msgpack_pack_map(pk, 10);
+    pack_key(pk, "id");
+    msgpack_pack_uint64(pk, c->id);
+    pack_key(pk, "peer");
+    pack_key(pk, c->peer);
+    pack_key(pk, "pid");
+    msgpack_pack_int64(pk, c->peer_pid);
+    pack_key(pk, "uid");
+    msgpack_pack_int64(pk, c->is_tcp ? -1 : (int64_t)c->peer_uid);
+    pack_key(pk, "age");
+    msgpack_pack_double(pk, mono_seconds() - c->since);
+    pack_key(pk, "ops");
+    msgpack_pack_uint64(pk, c->ops);
+    pack_key(pk, "holds");
+    msgpack_pack_uint64(pk, c->holds.sum); /* kept by objects_hold: O(1) */
+    pack_key(pk, "parked");
+    msgpack_pack_uint32(pk, c->blocked ? 1 : 0);
+    pack_key(pk, "monitor");
+    if (c->monitor) msgpack_pack_true(pk);
+    else msgpack_pack_false(pk);
+    pack_key(pk, "self");
+    if (c == self) msgpack_pack_true(pk);
+    else msgpack_pack_false(pk);
+}
+
+/* manager.clients [START [COUNT]]: without START every connection (while that is at
+ * most a page), with START a page [ROWS, NEXT] in connection id order. */
 void manager_clients(mpb_req *r)
 {
-    msgpack_packer *pk = reply_begin(r);
-    msgpack_pack_array(pk, conn_count());
-    for (mpb_conn *c = conn_first(); c; c = c->next) {
-        uint64_t holds = 0, id;
-        void *n;
-        size_t it = 0;
-        while (idmap_next(&c->holds, &it, &id, &n)) holds += (uintptr_t)n;
-        msgpack_pack_map(pk, 10);
-        pack_key(pk, "id");
-        msgpack_pack_uint64(pk, c->id);
-        pack_key(pk, "peer");
-        pack_key(pk, c->peer);
-        pack_key(pk, "pid");
-        msgpack_pack_int64(pk, c->peer_pid);
-        pack_key(pk, "uid");
-        msgpack_pack_int64(pk, c->is_tcp ? -1 : (int64_t)c->peer_uid);
-        pack_key(pk, "age");
-        msgpack_pack_double(pk, mono_seconds() - c->since);
-        pack_key(pk, "ops");
-        msgpack_pack_uint64(pk, c->ops);
-        pack_key(pk, "holds");
-        msgpack_pack_uint64(pk, holds);
-        pack_key(pk, "parked");
-        msgpack_pack_uint32(pk, c->blocked ? 1 : 0);
-        pack_key(pk, "monitor");
-        if (c->monitor) msgpack_pack_true(pk);
-        else msgpack_pack_false(pk);
-        pack_key(pk, "self");
-        if (c == r->conn) msgpack_pack_true(pk);
-        else msgpack_pack_false(pk);
+    int64_t start = 0, count = MPB_PAGE_MAX;
+    bool paged = r->nargs > 0;
+    if (paged) {
+        if (!arg_cursor(r, 0, &start, &count)) return;
+        if (r->nargs < 2 || r->args[1].type == MSGPACK_OBJECT_NIL) count = MPB_PAGE_DEFAULT;
+        if (count > MPB_PAGE_MAX) count = MPB_PAGE_MAX;
+    } else if (conn_count() > MPB_PAGE_MAX) {
+        reply_error(r, MPB_E_TOO_LARGE,
+                    "manager.clients: %zu connections, over %d in one reply: page with "
+                    "START [COUNT] (docs/PROTOCOL.md)", conn_count(), MPB_PAGE_MAX);
+        return;
     }
+    /* Connection ids grow: the index is already sorted by id, holes are closed ones. */
+    size_t it = seqidx_seek(&conn_index, (uint64_t)start), end = it, n = 0;
+    while (n < (size_t)count && seqidx_next(&conn_index, &end)) n++;
+    msgpack_packer *pk = reply_begin(r);
+    if (paged) msgpack_pack_array(pk, 2);
+    msgpack_pack_array(pk, n);
+    const mpb_seqidx_entry *e;
+    while (it < end && (e = seqidx_next(&conn_index, &it))) pack_client_row(pk, e->ptr, r->conn);
+    if (!paged) return;
+    size_t more = end;
+    if ((e = seqidx_next(&conn_index, &more))) msgpack_pack_uint64(pk, e->key);
+    else msgpack_pack_nil(pk);
 }
+
+int admin_conn_opened(mpb_conn *c) { return seqidx_append(&conn_index, c->id, c); }
 
 /* manager.monitor */
 void manager_monitor(mpb_req *r)
@@ -153,6 +178,7 @@ void manager_monitor(mpb_req *r)
 
 void admin_conn_closed(mpb_conn *c)
 {
+    seqidx_remove(&conn_index, c->id);
     if (c->monitor) nmonitors--;
 }
 

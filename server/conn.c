@@ -13,6 +13,12 @@
  * Limits (see limits.c): a connection whose unsent output passes --max-output, or
  * takes no byte of it for --output-timeout seconds, is closed: a client that stops
  * reading cannot hold the broker's memory.
+ * TLS connections (--tls-listen) take the same path: SSL_read/SSL_write on the same
+ * raw socket instead of read()/send() (conn_recv, conn_send), so the buffers, batching
+ * and backpressure rules are the same. What TLS adds: the handshake first (with its
+ * own deadline); an SSL_read that needs to write or an SSL_write that needs to read
+ * (want flags below); and decrypted bytes OpenSSL holds (SSL_pending) that epoll never
+ * announces, so the read event is activated by hand while any remain.
  */
 #include <errno.h>
 #include <poll.h>
@@ -23,11 +29,14 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/err.h>
+
 #include "auth.h"
 #include "conn.h"
 #include "limits.h"
 #include "persist.h"
 #include "server.h"
+#include "tls.h"
 #include "wait.h"
 
 #define READ_CHUNK (64 * 1024)
@@ -101,6 +110,11 @@ mpb_conn *conn_new(struct event_base *base, int fd, bool is_tcp)
         return NULL;
     }
     c->id = next_conn_id++;
+    if (admin_conn_opened(c) < 0) { /* listed by manager.clients */
+        mpb_reader_destroy(&c->in);
+        free(c);
+        return NULL;
+    }
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     c->since = (double)t.tv_sec + (double)t.tv_nsec / 1e9;
@@ -131,6 +145,145 @@ mpb_conn *conn_new(struct event_base *base, int fd, bool is_tcp)
 }
 
 static size_t out_pending(const mpb_conn *c) { return c->out.size - c->out_sent; }
+
+/*--- I/O: plain or TLS, with read()/send()'s conventions ---*/
+
+/* An SSL_read/SSL_write of c failed with r: map it to read()'s conventions (0: the
+ * peer closed; -1 with errno, EAGAIN: try again when the socket is ready). */
+static ssize_t tls_io_failed(mpb_conn *c, int r, bool reading)
+{
+    int e = SSL_get_error(c->ssl, r);
+    switch (e) {
+    case SSL_ERROR_WANT_READ:
+        if (!reading) c->tls_write_wants_read = true;
+        errno = EAGAIN;
+        return -1;
+    case SSL_ERROR_WANT_WRITE:
+        if (reading) c->tls_read_wants_write = true;
+        errno = EAGAIN;
+        return -1;
+    case SSL_ERROR_ZERO_RETURN: /* close_notify (or EOF: SSL_OP_IGNORE_UNEXPECTED_EOF) */
+        return 0;
+    case SSL_ERROR_SYSCALL:
+        c->tls_failed = true;
+        if (errno == 0) errno = ECONNRESET;
+        return -1;
+    default: {
+        char err[256];
+        c->tls_failed = true;
+        if (!g_config.quiet)
+            fprintf(stderr, "mpbroker-server: connection %llu (%s): TLS: %s\n",
+                    (unsigned long long)c->id, c->peer, tls_error(err, sizeof err, "error"));
+        errno = EPROTO;
+        return -1;
+    }
+    }
+}
+
+static ssize_t conn_recv(mpb_conn *c, void *buf, size_t n)
+{
+    if (!c->ssl) return read(c->fd, buf, n);
+    size_t got;
+    ERR_clear_error();
+    int r = SSL_read_ex(c->ssl, buf, n, &got);
+    return r == 1 ? (ssize_t)got : tls_io_failed(c, r, true);
+}
+
+static ssize_t conn_send(mpb_conn *c, const void *buf, size_t n)
+{
+    if (!c->ssl) return send(c->fd, buf, n, MSG_NOSIGNAL);
+    size_t put;
+    ERR_clear_error();
+    int r = SSL_write_ex(c->ssl, buf, n, &put);
+    return r == 1 ? (ssize_t)put : tls_io_failed(c, r, false);
+}
+
+static void on_tls_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    mpb_conn *c = arg;
+    if (!g_config.quiet)
+        fprintf(stderr, "mpbroker-server: connection %llu (%s) did not finish the TLS "
+                "handshake within %g s: closed\n", (unsigned long long)c->id, c->peer,
+                g_config.auth_timeout);
+    conn_close(c); /* a timer callback: no connection's callback is running */
+}
+
+bool conn_start_tls(mpb_conn *c)
+{
+    c->ssl = tls_new_session(c->fd);
+    if (!c->ssl) {
+        conn_close(c);
+        return false;
+    }
+    c->tls_handshaking = true;
+    memcpy(c->peer, "tls", 3); /* "tcp:HOST:PORT" -> "tls:HOST:PORT" */
+    if (g_config.auth_timeout > 0) {
+        double whole = (double)(long)g_config.auth_timeout;
+        struct timeval tv = {(time_t)whole,
+                             (suseconds_t)((g_config.auth_timeout - whole) * 1e6)};
+        evtimer_assign(&c->tls_timer, event_get_base(&c->rev), on_tls_timeout, c);
+        evtimer_add(&c->tls_timer, &tv);
+    }
+    return true;
+}
+
+/* Not a TLS ClientHello (0x16, a handshake record) first: a plain msgpack-rpc client
+ * on the TLS port. It gets one plain BadRequest saying so, then the connection closes:
+ * better than a silent close it could only guess about. */
+static bool plain_client(mpb_conn *c)
+{
+    if (!SSL_in_before(c->ssl)) return false; /* only the first byte tells */
+    unsigned char b;
+    ssize_t n = recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n != 1 || b == 0x16) return false;
+    SSL_free(c->ssl);
+    c->ssl = NULL;
+    c->tls_handshaking = false;
+    c->plain_on_tls = true;
+    if (event_initialized(&c->tls_timer)) evtimer_del(&c->tls_timer);
+    return true;
+}
+
+/* Advance c's TLS handshake: 1 done, 0 not yet (waiting for the socket), -1 failed
+ * (logged; the caller frees c). */
+static int tls_handshake(mpb_conn *c)
+{
+    if (plain_client(c)) return 1;
+    ERR_clear_error();
+    int r = SSL_do_handshake(c->ssl);
+    if (r == 1) {
+        c->tls_handshaking = false;
+        if (event_initialized(&c->tls_timer)) evtimer_del(&c->tls_timer);
+        if (!g_config.quiet) {
+            X509 *peer = SSL_get1_peer_certificate(c->ssl);
+            char subject[128] = "";
+            if (peer) X509_NAME_oneline(X509_get_subject_name(peer), subject, sizeof subject);
+            X509_free(peer);
+            fprintf(stderr, "mpbroker-server: connection %llu (%s): %s %s%s%s\n",
+                    (unsigned long long)c->id, c->peer, SSL_get_version(c->ssl),
+                    SSL_get_cipher_name(c->ssl), peer ? ", client " : "", subject);
+        }
+        return 1;
+    }
+    int e = SSL_get_error(c->ssl, r);
+    if (e == SSL_ERROR_WANT_READ) return 0;
+    if (e == SSL_ERROR_WANT_WRITE) {
+        event_add(&c->wev, NULL);
+        return 0;
+    }
+    c->tls_failed = true;
+    if (!g_config.quiet) {
+        char err[256];
+        long v = SSL_get_verify_result(c->ssl);
+        fprintf(stderr, "mpbroker-server: connection %llu (%s): TLS handshake failed: %s%s%s\n",
+                (unsigned long long)c->id, c->peer,
+                tls_error(err, sizeof err, e == SSL_ERROR_SYSCALL ? "the peer closed" : "error"),
+                v != X509_V_OK ? ": " : "", v != X509_V_OK ? X509_verify_cert_error_string(v) : "");
+    }
+    return -1;
+}
 
 /* Wait for the socket to take output. With --output-timeout the wait is bounded, and
  * restarted only by progress: a client that reads nothing times out even while more
@@ -173,7 +326,7 @@ static int flush_out(mpb_conn *c)
     if (c->held) return 0; /* the log failed: conn_release_held sends it */
     bool progressed = false;
     while (out_pending(c) > 0) {
-        ssize_t n = send(c->fd, c->out.data + c->out_sent, out_pending(c), MSG_NOSIGNAL);
+        ssize_t n = conn_send(c, c->out.data + c->out_sent, out_pending(c));
         if (n > 0) {
             c->out_sent += (size_t)n;
             progressed = true;
@@ -181,7 +334,10 @@ static int flush_out(mpb_conn *c)
         }
         if (n < 0 && errno == EINTR) continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            want_write(c, progressed);
+            /* An SSL_write waiting for the peer's bytes: the read event retries it
+             * (on_read); a write event would only fire again and again. */
+            if (!c->tls_write_wants_read) want_write(c, progressed);
+            else if (!c->closing && !c->eof) event_add(&c->rev, NULL);
             return 0;
         }
         return -1;
@@ -207,6 +363,18 @@ static size_t serve_buffered(mpb_conn *c)
         mpb_read_status st = mpb_reader_next(&c->in, &msg);
         if (st == MPB_READ_NEED) break;
         served++;
+        if (c->plain_on_tls && st == MPB_READ_MSG) {
+            const msgpack_object *f = msg.via.array.ptr;
+            bool req = msg.type == MSGPACK_OBJECT_ARRAY && msg.via.array.size == 4 &&
+                       f[1].type == MSGPACK_OBJECT_POSITIVE_INTEGER;
+            dispatch_reply_bad(c, req, req ? f[1].via.u64 : 0, MPB_E_BAD_REQUEST,
+                               "this port speaks TLS: connect with tls://HOST:PORT");
+            if (!g_config.quiet)
+                fprintf(stderr, "mpbroker-server: connection %llu (%s): not TLS (a plain "
+                        "client on the TLS port): refused\n", (unsigned long long)c->id, c->peer);
+            c->closing = true;
+            break;
+        }
         if (st == MPB_READ_BAD) {
             dispatch_reply_bad(c, false, 0,
                                c->in.too_large ? MPB_E_TOO_LARGE : MPB_E_BAD_REQUEST,
@@ -354,12 +522,26 @@ static void after_serving(mpb_conn *c)
         if (hold) event_del(&c->rev);
         else if (!c->read_paused) event_add(&c->rev, NULL);
     }
+    /* Bytes OpenSSL decrypted but nobody read yet: epoll will not announce them. */
+    if (c->ssl && !c->tls_handshaking && SSL_pending(c->ssl) > 0 &&
+        event_pending(&c->rev, EV_READ, NULL))
+        event_active(&c->rev, EV_READ, 0);
 }
 
 static void on_read(evutil_socket_t fd, short what, void *arg)
 {
     (void)what;
+    (void)fd;
     mpb_conn *c = arg;
+    if (c->tls_handshaking) {
+        int h = tls_handshake(c);
+        if (h < 0) conn_free(c);
+        if (h <= 0) return;
+    }
+    if (c->tls_write_wants_read) { /* the socket readable: retry the write */
+        c->tls_write_wants_read = false;
+        event_active(&c->wev, EV_WRITE, 0);
+    }
     for (int round = 0; round < 4; round++) {
         /* Before the handshake nothing is read past AUTH_MAX_MSG bytes: a stranger's
          * bytes wait in the kernel until the ones before them are served. */
@@ -372,10 +554,13 @@ static void on_read(evutil_socket_t fd, short what, void *arg)
             break;
         }
         if (!c->authed) avail = want;
-        ssize_t n = read(fd, space, avail);
+        ssize_t n = conn_recv(c, space, avail);
         if (n > 0) {
             mpb_reader_commit(&c->in, (size_t)n);
-            if ((size_t)n < avail || !c->authed) break;
+            /* Short: the socket is empty (TLS: this record was, SSL_pending says if
+             * OpenSSL holds more; epoll tells of the socket). */
+            if (((size_t)n < avail && (!c->ssl || SSL_pending(c->ssl) == 0)) || !c->authed)
+                break;
             continue;
         }
         if (n == 0) {
@@ -395,6 +580,16 @@ static void on_write(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     mpb_conn *c = arg;
+    if (c->tls_handshaking) {
+        int h = tls_handshake(c);
+        if (h < 0) conn_free(c);
+        else if (h > 0) event_active(&c->rev, EV_READ, 0);
+        return;
+    }
+    if (c->tls_read_wants_write) { /* the socket writable: retry the read */
+        c->tls_read_wants_write = false;
+        event_active(&c->rev, EV_READ, 0);
+    }
     if (what == EV_TIMEOUT && out_pending(c) > 0) {
         if (!g_config.quiet)
             fprintf(stderr, "mpbroker-server: closing connection %llu (%s): it read none of "
@@ -463,6 +658,17 @@ static void conn_free(mpb_conn *c)
     auth_conn_free(c);
     event_del(&c->rev);
     event_del(&c->wev);
+    if (event_initialized(&c->tls_timer)) evtimer_del(&c->tls_timer);
+    if (c->ssl) {
+        /* A close_notify when it can go at once (non-blocking, best effort): the peer
+         * then knows the close was the broker's, not an attacker's truncation. */
+        if (!c->tls_failed && !c->tls_handshaking) {
+            ERR_clear_error();
+            SSL_shutdown(c->ssl);
+        }
+        SSL_free(c->ssl);
+        ERR_clear_error();
+    }
     /* First its parked request, then what it owns (waking others), then its holds. */
     wait_conn_closed(c);
     objects_drop_owned(&c->owned, c->id);

@@ -11,6 +11,7 @@
 #include <event2/event.h>
 #include <event2/event_struct.h> /* events embedded in mpb_conn */
 #include <msgpack.h>
+#include <openssl/ssl.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -49,11 +50,22 @@ typedef struct mpb_conn {
     uint64_t monitor_dropped; /* events not sent since the last one that was */
     bool authed;       /* may call every method (auth.c: always, without an authkey) */
     struct mpb_auth *auth; /* handshake state, owned by auth.c; NULL when none */
+    /* TLS (--tls-listen): the session over fd, owned; NULL on a plain connection. */
+    SSL *ssl;
+    struct event tls_timer; /* the TLS handshake's deadline (--auth-timeout) */
+    bool tls_handshaking;   /* no application data before the handshake is done */
+    bool tls_failed;        /* a fatal TLS error: no close_notify */
+    bool tls_read_wants_write; /* SSL_read needs the socket writable (rare: key update) */
+    bool tls_write_wants_read; /* SSL_write needs the socket readable */
+    bool plain_on_tls;      /* a plain client on the TLS port: one error reply, close */
     struct mpb_conn *prev, *next;
 } mpb_conn;
 
 /* Start serving an accepted, non-blocking socket. */
 mpb_conn *conn_new(struct event_base *base, int fd, bool is_tcp);
+/* Serve c (just made by conn_new) over TLS: the handshake runs first, bounded by
+ * --auth-timeout. False when out of memory (c is then closed). */
+bool conn_start_tls(mpb_conn *c);
 /* Output was appended from outside this connection's own callbacks (a parked request
  * answered by another client's action): write it soon. */
 void conn_schedule_flush(mpb_conn *c);

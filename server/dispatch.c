@@ -9,6 +9,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "auth.h"
 #include "limits.h"
@@ -19,7 +20,7 @@
 typedef void (*mpb_handler)(mpb_req *r);
 
 static const mpb_handler handlers[MPB_M__COUNT] = {
-#define MPB_METHOD(id, name, handler, self, min, max, flags, args, doc) [MPB_M_##id] = handler,
+#define MPB_METHOD(id, name, handler, self, min, max, flags, args, doc, cost) [MPB_M_##id] = handler,
 #include "mpb_methods.def"
 #undef MPB_METHOD
 };
@@ -127,6 +128,10 @@ bool arg_int(mpb_req *r, uint32_t i, int64_t *out)
 {
     const msgpack_object *o = &r->args[i];
     if (mpb_object_int(o, out)) return true;
+    if (o->type == MSGPACK_OBJECT_BOOLEAN) { /* Python's bool is an int: L[True] is L[1] */
+        *out = o->via.boolean;
+        return true;
+    }
     if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
         reply_error(r, MPB_E_INDEX, "%s: integer %llu out of range", r->info->name,
                     (unsigned long long)o->via.u64);
@@ -245,6 +250,12 @@ static double as_double(const mpb_value *v)
     }
 }
 
+/* An integer value (int, uint or bool) in 128 bits. */
+static __int128 int_of(const mpb_value *v)
+{
+    return v->type == MPB_BOOL ? v->v.b : v->type == MPB_UINT ? (__int128)v->v.u : v->v.i;
+}
+
 mpb_errkind value_add(mpb_value *cur, const mpb_value *delta, char *err, size_t errlen)
 {
     if (!mpb_value_is_number(cur) || !mpb_value_is_number(delta)) {
@@ -256,21 +267,26 @@ mpb_errkind value_add(mpb_value *cur, const mpb_value *delta, char *err, size_t 
         *cur = mpb_float(as_double(cur) + as_double(delta));
         return MPB_E_NONE;
     }
-    if (cur->type == MPB_UINT || delta->type == MPB_UINT) {
-        snprintf(err, errlen, "integer out of the 64-bit range");
+    /* In 128 bits, so that 2**63 + -1 is 2**63-1 as in Python: only a result outside
+     * what the broker stores, [-2**63, 2**64-1], is an OverflowError. */
+    __int128 s = int_of(cur) + int_of(delta);
+    if (s < INT64_MIN || s > (__int128)UINT64_MAX) {
+        snprintf(err, errlen, "integer out of the stored range [-2**63, 2**64-1]");
         return MPB_E_OVERFLOW;
     }
-    int64_t a = cur->type == MPB_BOOL ? cur->v.b : cur->v.i;
-    int64_t b = delta->type == MPB_BOOL ? delta->v.b : delta->v.i, s;
-    if (__builtin_add_overflow(a, b, &s)) {
-        snprintf(err, errlen, "integer out of the 64-bit range");
-        return MPB_E_OVERFLOW;
-    }
-    *cur = mpb_int(s);
+    *cur = s > INT64_MAX ? mpb_uint((uint64_t)s) : mpb_int((int64_t)s);
     return MPB_E_NONE;
 }
 
 /*--- Dispatch ---*/
+
+/* Monotonic microseconds, for the slow log. */
+static uint64_t mono_us(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000u + (uint64_t)t.tv_nsec / 1000u;
+}
 
 /* Parameter count and reference checks shared by every method. */
 static bool check_params(mpb_req *r, const msgpack_object_array *params)
@@ -378,8 +394,11 @@ void dispatch_message(mpb_conn *c, const msgpack_object *msg)
     c->ops++;
     g_ops_total++;
     size_t mark = c->out.size;
+    uint64_t t0 = mono_us();
     dispatch_run(&r, params);
     limits_check_reply(&r, mark); /* --max-output: a read too big is TooLarge instead */
+    objects_collect(); /* what the request freed is part of its cost (a big list dropped) */
+    slowlog_record(c, r.info, params, mono_us() - t0);
 }
 
 void dispatch_run(mpb_req *r, const msgpack_object *params)

@@ -224,8 +224,11 @@ size_t limits_default_max_memory(void)
 /* Writes that take values only to find and remove things: never refused. */
 static bool frees_memory(const char *method)
 {
+    /* set.difference_update and intersection_update only remove: their OTHER is read,
+     * never stored. */
     static const char *const suffixes[] = {".remove", ".discard", ".delitem", ".delattr",
-                                           ".pop", NULL};
+                                           ".pop", ".difference_update",
+                                           ".intersection_update", NULL};
     const char *dot = strrchr(method, '.');
     for (int i = 0; dot && suffixes[i]; i++)
         if (strcmp(dot, suffixes[i]) == 0) return true;

@@ -24,8 +24,10 @@
 #include "persist.h"
 #include "server.h"
 #include "sockfile.h"
+#include "tls.h"
 
-mpb_config g_config = {.max_msg = MPB_READER_DEFAULT_MAX_MSG, .max_depth = MPB_READER_MAX_DEPTH,
+mpb_config g_config = {.slowlog_us = MPB_DEFAULT_SLOWLOG_US, .slowlog_len = MPB_DEFAULT_SLOWLOG_LEN,
+                       .max_msg = MPB_READER_DEFAULT_MAX_MSG, .max_depth = MPB_READER_MAX_DEPTH,
                        .max_clients = LIMITS_DEFAULT_MAX_CLIENTS,
                        .max_output = LIMITS_DEFAULT_MAX_OUTPUT,
                        .output_timeout = LIMITS_DEFAULT_OUTPUT_TIMEOUT,
@@ -35,7 +37,7 @@ mpb_config g_config = {.max_msg = MPB_READER_DEFAULT_MAX_MSG, .max_depth = MPB_R
 bool g_shutdown_requested;
 
 static struct event_base *base;
-static struct evconnlistener *listeners[9];
+static struct evconnlistener *listeners[17];
 static int nlisteners;
 static char socket_path[108];
 static const char *socket_group; /* --socket-group, or NULL */
@@ -82,6 +84,16 @@ static void usage(FILE *f)
             "                          127.0.0.1. Needs an authkey, or --insecure\n"
             "      --insecure          allow --listen on loopback without an authkey:\n"
             "                          every local user can then use every object\n"
+            "      --tls-listen tls://HOST:PORT\n"
+            "                          also listen for TLS clients (repeatable; TLS 1.2\n"
+            "                          and 1.3 only, no renegotiation). Needs --tls-cert\n"
+            "                          and --tls-key; beyond loopback an authkey or\n"
+            "                          --tls-ca, on loopback one of them or --insecure\n"
+            "      --tls-cert FILE     the server's certificate (PEM, chain after it)\n"
+            "      --tls-key FILE      its private key (PEM). SIGHUP reloads both (and\n"
+            "                          --tls-ca) for new connections; open ones stay\n"
+            "      --tls-ca FILE       require client certificates signed by a CA in\n"
+            "                          FILE (PEM): mutual TLS\n"
             "      --max-message BYTES largest request accepted (default %s)\n"
             "      --max-depth N       deepest nesting accepted, 3..%d (default %d)\n"
             "      --data-dir DIR      persist state in DIR (append-only log + snapshot);\n"
@@ -100,7 +112,8 @@ static void usage(FILE *f)
             "                          $MPBROKER_AUTHKEY_FILE, else $MPBROKER_AUTHKEY,\n"
             "                          else none\n"
             "      --auth-timeout S    close a connection that has not authenticated after\n"
-            "                          S seconds (default %g; 0: never)\n"
+            "                          S seconds (default %g; 0: never); bounds the TLS\n"
+            "                          handshake too\n"
             "      --max-handshakes N  connections authenticating at once (default %d);\n"
             "                          past it the oldest of them is closed for a new one\n"
             "      --max-handshakes-per-peer N\n"
@@ -119,13 +132,18 @@ static void usage(FILE *f)
             "      --max-memory BYTES  stored data (default half of RAM or of the\n"
             "                          cgroup's limit, here %s; 0: none); writes\n"
             "                          past it are OutOfMemory\n"
+            "      --slowlog-us N      record requests that run N microseconds or more in\n"
+            "                          the slow log, manager.slowlog (default %d; K, M\n"
+            "                          allowed: 10K is 10240)\n"
+            "      --slowlog-len N     entries the slow log keeps (default %d; 0: none)\n"
             "  -q, --quiet             no start-up message, no connection log\n"
             "  -h, --help              this text\n"
             "  -V, --version           the version\n"
             "\n"
             "SIGINT or SIGTERM (or manager.shutdown) stop the broker cleanly: no new\n"
             "connections, requests already received are answered, the socket file is\n"
-            "removed, exit 0 (1 if --data-dir could not store every write).\n",
+            "removed, exit 0 (1 if --data-dir could not store every write). With\n"
+            "--tls-listen, SIGHUP reloads the TLS certificate and key.\n",
             mpb_default_socket_path(def, sizeof def),
             human_bytes(msg, sizeof msg, MPB_READER_DEFAULT_MAX_MSG),
             MPB_READER_MAX_DEPTH, MPB_READER_MAX_DEPTH,
@@ -135,15 +153,16 @@ static void usage(FILE *f)
             LIMITS_DEFAULT_MAX_CLIENTS,
             human_bytes(out, sizeof out, LIMITS_DEFAULT_MAX_OUTPUT),
             LIMITS_DEFAULT_OUTPUT_TIMEOUT,
-            human_bytes(mem, sizeof mem, limits_default_max_memory() & ~(size_t)0xFFFFF));
+            human_bytes(mem, sizeof mem, limits_default_max_memory() & ~(size_t)0xFFFFF),
+            MPB_DEFAULT_SLOWLOG_US, MPB_DEFAULT_SLOWLOG_LEN);
 }
 
+/* arg: non-NULL on a --tls-listen listener. */
 static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
                       int salen, void *arg)
 {
     (void)l;
     (void)salen;
-    (void)arg;
     bool tcp = sa->sa_family == AF_INET || sa->sa_family == AF_INET6;
     if (!limits_admit(fd, tcp)) { /* --max-clients, --max-handshakes[-per-peer] */
         close(fd);
@@ -153,7 +172,9 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     }
-    if (!conn_new(base, fd, tcp)) close(fd);
+    mpb_conn *c = conn_new(base, fd, tcp);
+    if (!c) close(fd);
+    else if (arg) conn_start_tls(c); /* closes c when it fails */
 }
 
 static void on_accept_error(struct evconnlistener *l, void *arg)
@@ -177,6 +198,15 @@ static void on_accept_retry(evutil_socket_t fd, short what, void *arg)
     (void)what;
     (void)arg;
     for (int i = 0; i < nlisteners; i++) evconnlistener_enable(listeners[i]);
+}
+
+static void on_sighup(evutil_socket_t sig, short what, void *arg)
+{
+    (void)sig;
+    (void)what;
+    (void)arg;
+    if (tls_reload() == 0 && !g_config.quiet)
+        fprintf(stderr, "mpbroker-server: SIGHUP: TLS certificate and key reloaded\n");
 }
 
 static void on_signal(evutil_socket_t sig, short what, void *arg)
@@ -209,11 +239,13 @@ static void listen_unix(const char *path, bool is_default)
     add_listener(l, what);
 }
 
-static void listen_tcp(const char *addr)
+/* A --listen tcp://HOST:PORT or, with tls, a --tls-listen tls://HOST:PORT. */
+static void listen_tcp(const char *addr, bool tls)
 {
     char host[256], port[16];
-    if (mpb_parse_tcp(addr, host, sizeof host, port, sizeof port) < 0) {
-        fprintf(stderr, "mpbroker-server: bad --listen address '%s' (want tcp://HOST:PORT)\n", addr);
+    if ((tls ? mpb_parse_tls : mpb_parse_tcp)(addr, host, sizeof host, port, sizeof port) < 0) {
+        fprintf(stderr, "mpbroker-server: bad --%slisten address '%s' (want %s://HOST:PORT)\n",
+                tls ? "tls-" : "", addr, tls ? "tls" : "tcp");
         exit(2);
     }
     struct evutil_addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = EVUTIL_AI_PASSIVE}, *ai;
@@ -226,19 +258,22 @@ static void listen_tcp(const char *addr)
      * every local user (the Unix socket is the owner's alone), so without a key it
      * takes --insecure, and beyond loopback a key, always. */
     bool loopback = limits_is_loopback(ai->ai_addr);
-    if (!g_config.authkey && (!insecure || !loopback)) {
+    /* Over TLS, client certificates (--tls-ca) prove who connects as a key does. */
+    bool certs = tls && g_tls.ca;
+    if (!g_config.authkey && !certs && (!insecure || !loopback)) {
         fprintf(stderr, "mpbroker-server: refusing to listen on %s without an authkey: "
-                "%s could use every object. Give --authkey-file (or $MPBROKER_AUTHKEY)%s\n",
+                "%s could use every object. Give --authkey-file (or $MPBROKER_AUTHKEY)%s%s\n",
                 addr, loopback ? "every local user" : "any host that reaches it",
+                tls ? ", or --tls-ca to require client certificates" : "",
                 loopback ? ", or --insecure to accept that" : "");
         if (socket_path[0]) unlink(socket_path);
         exit(2);
     }
-    if (!g_config.authkey && !g_config.quiet)
+    if (!g_config.authkey && !certs && !g_config.quiet)
         fprintf(stderr, "mpbroker-server: warning: --insecure: %s has no authkey: every "
                 "local user can use every object\n", addr);
     struct evconnlistener *l = evconnlistener_new_bind(
-        base, on_accept, NULL,
+        base, on_accept, tls ? (void *)&g_tls : NULL,
         LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC | LEV_OPT_REUSEABLE, 1024, ai->ai_addr,
         (int)ai->ai_addrlen);
     evutil_freeaddrinfo(ai);
@@ -268,7 +303,9 @@ static void parse_args(int argc, char **argv, const char **sock, const char **au
     enum { OPT_MAX_MSG = 256, OPT_MAX_DEPTH, OPT_DATA_DIR, OPT_FSYNC, OPT_COMPACT,
            OPT_AUTHKEY_FILE, OPT_SOCKET_GROUP, OPT_MAX_CLIENTS, OPT_MAX_OUTPUT,
            OPT_OUTPUT_TIMEOUT, OPT_MAX_MEMORY, OPT_AUTH_TIMEOUT, OPT_INSECURE,
-           OPT_MAX_HANDSHAKES, OPT_MAX_HANDSHAKES_PER_PEER, OPT_REPAIR };
+           OPT_MAX_HANDSHAKES, OPT_MAX_HANDSHAKES_PER_PEER, OPT_REPAIR, OPT_TLS_LISTEN,
+           OPT_TLS_CERT, OPT_TLS_KEY, OPT_TLS_CA,
+           OPT_SLOWLOG_US, OPT_SLOWLOG_LEN };
     static const struct option opts[] = {
         {"socket", required_argument, NULL, 's'},
         {"listen", required_argument, NULL, 'l'},
@@ -288,6 +325,12 @@ static void parse_args(int argc, char **argv, const char **sock, const char **au
         {"insecure", no_argument, NULL, OPT_INSECURE},
         {"max-handshakes", required_argument, NULL, OPT_MAX_HANDSHAKES},
         {"max-handshakes-per-peer", required_argument, NULL, OPT_MAX_HANDSHAKES_PER_PEER},
+        {"tls-listen", required_argument, NULL, OPT_TLS_LISTEN},
+        {"tls-cert", required_argument, NULL, OPT_TLS_CERT},
+        {"tls-key", required_argument, NULL, OPT_TLS_KEY},
+        {"tls-ca", required_argument, NULL, OPT_TLS_CA},
+        {"slowlog-us", required_argument, NULL, OPT_SLOWLOG_US},
+        {"slowlog-len", required_argument, NULL, OPT_SLOWLOG_LEN},
         {"quiet", no_argument, NULL, 'q'},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
@@ -356,6 +399,27 @@ static void parse_args(int argc, char **argv, const char **sock, const char **au
             g_config.max_handshakes_per_peer =
                 limits_parse_bytes("--max-handshakes-per-peer", optarg, 1);
             break;
+        case OPT_TLS_LISTEN:
+            if (g_tls.nlisten == 8) {
+                fprintf(stderr, "mpbroker-server: at most 8 --tls-listen addresses\n");
+                exit(2);
+            }
+            g_tls.listen[g_tls.nlisten++] = optarg;
+            break;
+        case OPT_TLS_CERT: g_tls.cert = optarg; break;
+        case OPT_TLS_KEY: g_tls.key = optarg; break;
+        case OPT_TLS_CA: g_tls.ca = optarg; break;
+        case OPT_SLOWLOG_US:
+            g_config.slowlog_us = limits_parse_bytes("--slowlog-us", optarg, 0);
+            break;
+        case OPT_SLOWLOG_LEN:
+            g_config.slowlog_len = limits_parse_bytes("--slowlog-len", optarg, 0);
+            if (g_config.slowlog_len > 1000000) {
+                fprintf(stderr, "mpbroker-server: --slowlog-len wants at most 1000000, not '%s'\n",
+                        optarg);
+                exit(2);
+            }
+            break;
         case 'q': g_config.quiet = true; break;
         case 'h': usage(stdout); exit(0);
         case 'V': printf("mpbroker-server %s\n", MPB_VERSION); exit(0);
@@ -387,8 +451,13 @@ int main(int argc, char **argv)
     if (auth_load_key(authkey_file) < 0) return 2;
     limits_setup_nofile();
     limits_setup_handshakes();
+    if ((g_tls.cert || g_tls.key || g_tls.ca) && g_tls.nlisten == 0) {
+        fprintf(stderr, "mpbroker-server: --tls-cert, --tls-key and --tls-ca need --tls-listen\n");
+        return 2;
+    }
+    if (tls_setup() < 0) return 2;
     if (strcmp(sock, "none") == 0) sock = NULL;
-    if (!sock && g_config.ntcp == 0 && !g_persist.repair) {
+    if (!sock && g_config.ntcp == 0 && g_tls.nlisten == 0 && !g_persist.repair) {
         fprintf(stderr, "mpbroker-server: nothing to listen on\n");
         return 2;
     }
@@ -416,11 +485,15 @@ int main(int argc, char **argv)
     admin_init(base);
     accept_retry = evtimer_new(base, on_accept_retry, NULL);
     if (sock) listen_unix(sock, sock == def);
-    for (int i = 0; i < g_config.ntcp; i++) listen_tcp(g_config.tcp[i]);
+    for (int i = 0; i < g_config.ntcp; i++) listen_tcp(g_config.tcp[i], false);
+    for (int i = 0; i < g_tls.nlisten; i++) listen_tcp(g_tls.listen[i], true);
     struct event *sigint = evsignal_new(base, SIGINT, on_signal, NULL);
     struct event *sigterm = evsignal_new(base, SIGTERM, on_signal, NULL);
+    /* Only with TLS: without it SIGHUP keeps its default (the broker stops), as before. */
+    struct event *sighup = g_tls.nlisten ? evsignal_new(base, SIGHUP, on_sighup, NULL) : NULL;
     event_add(sigint, NULL);
     event_add(sigterm, NULL);
+    if (sighup) event_add(sighup, NULL);
 
     event_base_dispatch(base);
 
@@ -430,9 +503,12 @@ int main(int argc, char **argv)
     conn_close_all();
     bool stored = persist_close();
     objects_shutdown();
+    slowlog_free();
     event_free(sigint);
     event_free(sigterm);
+    if (sighup) event_free(sighup);
     event_free(accept_retry);
+    tls_shutdown();
     auth_unload_key();
     event_base_free(base);
     if (!g_config.quiet) fprintf(stderr, "mpbroker-server: stopped\n");

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "objects.h"
+#include "seqidx.h"
 
 /*--- idmap: uint64 -> pointer, linear probing with tombstones ---*/
 
@@ -48,7 +49,7 @@ static int idmap_grow(mpb_idmap *m)
         free(vals);
         return -1;
     }
-    mpb_idmap n = {keys, vals, 0, ncap, 0};
+    mpb_idmap n = {keys, vals, 0, ncap, 0, m->sum};
     for (size_t i = 0; i < m->cap; i++) {
         if (m->keys[i] == 0 || m->keys[i] == IDMAP_TOMB) continue;
         size_t j = idmap_slot(&n, m->keys[i]);
@@ -126,6 +127,9 @@ static bool adopt_loaded; /* the first id loaded from --data-dir decides the spa
 static mpb_object **free_queue;
 static size_t free_len, free_cap;
 static size_t mem_used; /* see objects_mem_used */
+static mpb_seqidx order;  /* seq -> object, creation order: paged listings */
+static uint64_t next_seq = 1;
+uint64_t g_objects_scanned;
 
 static const mpb_type_ops *type_ops(mpb_otype t)
 {
@@ -152,6 +156,7 @@ void objects_init(void)
     next_id = 1; /* the fuzzer starts each input afresh: references stay predictable */
     adopt_loaded = false;
     names = mpb_map_new();
+    next_seq = 1;
 }
 
 /*--- Id spaces (docs/PROTOCOL.md, "References") ---*/
@@ -203,6 +208,7 @@ static void object_destroy(mpb_object *o)
 {
     mem_used -= o->charged < mem_used ? o->charged : mem_used;
     idmap_del(&table, o->id);
+    seqidx_remove(&order, o->seq);
     type_ops(o->type)->destroy(o);
     free(o->name);
     free(o);
@@ -224,6 +230,7 @@ void objects_shutdown(void)
     free_queue = NULL;
     free_len = free_cap = 0;
     idmap_free(&table);
+    seqidx_free(&order);
     mpb_map_free(names);
     names = NULL;
 }
@@ -269,12 +276,19 @@ mpb_object *objects_create_id(mpb_otype type, int variant, const char *name, siz
         free(o);
         return NULL;
     }
-    if (idmap_put(&table, o->id, o) < 0) goto fail;
+    o->seq = next_seq;
+    if (seqidx_append(&order, o->seq, o) < 0) goto fail;
+    if (idmap_put(&table, o->id, o) < 0) {
+        seqidx_remove(&order, o->seq);
+        goto fail;
+    }
+    next_seq++;
     if (name) {
         mpb_value k = mpb_strn(name, name_len), v = mpb_int((int64_t)o->id);
         if (k.type != MPB_STR || mpb_map_set(names, &k, &v, NULL) < 0) {
             mpb_value_free(&k);
             idmap_del(&table, o->id);
+            seqidx_remove(&order, o->seq);
             goto fail;
         }
         o->name = strndup(name, name_len);
@@ -282,6 +296,7 @@ mpb_object *objects_create_id(mpb_otype type, int variant, const char *name, siz
             mpb_value key = mpb_str_borrowed(name, name_len);
             mpb_map_del(names, &key, NULL, NULL);
             idmap_del(&table, o->id);
+            seqidx_remove(&order, o->seq);
             goto fail;
         }
     }
@@ -345,6 +360,25 @@ bool objects_next(size_t *it, mpb_object **o)
     return false;
 }
 
+mpb_object *objects_walk(uint64_t *cursor, size_t *budget)
+{
+    size_t it = seqidx_seek(&order, *cursor);
+    const mpb_seqidx_entry *e;
+    while (*budget > 0 && (e = seqidx_next(&order, &it))) {
+        (*budget)--;
+        g_objects_scanned++;
+        *cursor = e->key + 1;
+        if (live(e->ptr)) return e->ptr;
+    }
+    return NULL;
+}
+
+bool objects_walk_more(uint64_t cursor)
+{
+    size_t it = seqidx_seek(&order, cursor);
+    return seqidx_next(&order, &it) != NULL;
+}
+
 /*--- Holds ---*/
 
 int objects_hold(mpb_idmap *holds, mpb_object *o)
@@ -353,6 +387,7 @@ int objects_hold(mpb_idmap *holds, mpb_object *o)
     if (idmap_put(holds, o->id, (void *)(n + 1)) < 0) return -1;
     if (n == 0) o->holders++;
     o->holds++;
+    holds->sum++;
     return 0;
 }
 
@@ -367,6 +402,7 @@ bool objects_unhold(mpb_idmap *holds, mpb_object *o)
         idmap_put(holds, o->id, (void *)(n - 1)); /* key exists: cannot fail */
     }
     o->holds--;
+    holds->sum--;
     objects_maybe_free(o);
     return true;
 }

@@ -25,6 +25,7 @@ typedef struct mpb_idmap {
     void **vals;
     size_t len, cap; /* cap is 0 or a power of two */
     size_t tombs;
+    uint64_t sum; /* maps of counts (holds): the sum of the counts, kept by their users */
 } mpb_idmap;
 
 void *idmap_get(const mpb_idmap *m, uint64_t key);
@@ -37,6 +38,7 @@ bool idmap_next(const mpb_idmap *m, size_t *it, uint64_t *key, void **val);
 
 typedef struct mpb_object {
     mpb_ref id;
+    uint64_t seq;       /* creation number (this lifetime): position in paged listings */
     mpb_otype type;
     int variant;        /* flavour within the family: rlock, joinablequeue, ... */
     char *name;         /* owned; NULL when anonymous */
@@ -111,8 +113,19 @@ size_t objects_count(void);
 size_t objects_len(const mpb_object *o);
 /* Approximate bytes the object uses: its header and its state. */
 size_t objects_memsize(const mpb_object *o);
-/* Iterate over live objects. */
+/* Iterate over live objects (in no order: O(number of objects), for exit and tests of
+ * the whole state, never for one request). */
 bool objects_next(size_t *it, mpb_object **o);
+/* Paged walk in creation order (manager.objects): the next live object whose seq is
+ * >= *cursor, examining at most *budget entries (each one examined counts down
+ * *budget and counts in g_objects_scanned); *cursor moves past every entry examined.
+ * NULL when the budget or the objects ran out. Every object that lives through a
+ * whole walk is returned exactly once, whatever is created or freed meanwhile. */
+mpb_object *objects_walk(uint64_t *cursor, size_t *budget);
+/* Does any entry lie at or after cursor (so a walk has more to look at)? */
+bool objects_walk_more(uint64_t cursor);
+/* Entries examined by objects_walk since start: listings' work, for manager.stats. */
+extern uint64_t g_objects_scanned;
 
 /* Holds, per connection: holds maps id -> count (as uintptr_t). */
 int objects_hold(mpb_idmap *holds, mpb_object *o);

@@ -35,7 +35,13 @@ typedef struct mpb_config {
     double auth_timeout;   /* s to complete the handshake (0: forever) */
     size_t max_handshakes; /* connections authenticating at once */
     size_t max_handshakes_per_peer; /* the same, from one uid (Unix) or IP address */
+    /* The slow log (slowlog.c): */
+    uint64_t slowlog_us; /* record requests that run this long or longer */
+    size_t slowlog_len;  /* entries kept (0: no slow log) */
 } mpb_config;
+
+#define MPB_DEFAULT_SLOWLOG_US 10000
+#define MPB_DEFAULT_SLOWLOG_LEN 128
 
 extern mpb_config g_config;
 extern bool g_shutdown_requested;
@@ -118,7 +124,8 @@ bool arg_typecode(mpb_req *r, const msgpack_object *o, char *tc);
 bool arg_typed(mpb_req *r, uint32_t i, char tc, mpb_value *out);
 
 /* Numbers, shared by dict.incr / namespace.incr: *cur = *cur + delta, Python-style
- * (int + int stays int, OverflowError past int64; any float makes a float). */
+ * (int + int stays int, computed in 128 bits: OverflowError only for a result outside
+ * [-2**63, 2**64-1]; any float makes a float). */
 mpb_errkind value_add(mpb_value *cur, const mpb_value *delta, char *err, size_t errlen);
 
 /*--- admin.c ---*/
@@ -129,9 +136,26 @@ double admin_uptime(void);
 void admin_monitor_feed(const mpb_conn *from, const mpb_method_info *m, const char *name,
                         size_t name_len, const msgpack_object *params);
 void admin_conn_closed(mpb_conn *c);
+/* A connection opened (conn_new): 0, or -1 on allocation failure (then refuse it). */
+int admin_conn_opened(mpb_conn *c);
+
+/*--- slowlog.c ---*/
+/* A request ran for duration_us (dispatch): keep it if it was slow. */
+void slowlog_record(const mpb_conn *c, const mpb_method_info *m, const msgpack_object *params,
+                    uint64_t duration_us);
+/* At exit. */
+void slowlog_free(void);
+
+/* Paged listings (manager.objects, manager.clients): rows per page when COUNT is not
+ * given, the most a page holds (a larger COUNT is a hint, as Redis's SCAN COUNT), and
+ * the most entries one page examines while filtering. The one-reply forms (no START)
+ * answer only while everything fits in one page. */
+#define MPB_PAGE_DEFAULT 100
+#define MPB_PAGE_MAX 1000
+#define MPB_SCAN_BUDGET 10000
 
 /* Handlers, from the method table. */
-#define MPB_METHOD(id, name, handler, self, min, max, flags, args, doc) \
+#define MPB_METHOD(id, name, handler, self, min, max, flags, args, doc, cost) \
     void handler(mpb_req *r);
 #include "mpb_methods.def"
 #undef MPB_METHOD

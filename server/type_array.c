@@ -137,8 +137,7 @@ void array_setitem(mpb_req *r)
     if (n < 0) return;
     const msgpack_object *src = &r->args[vi];
     if (src->type != MSGPACK_OBJECT_ARRAY || (int64_t)src->via.array.size != n) {
-        reply_error(r, MPB_E_VALUE, "can only assign an array of the same size (%lld) to a slice",
-                    (long long)n);
+        reply_error(r, MPB_E_VALUE, "Can only assign sequence of same size"); /* ctypes' */
         return;
     }
     /* Convert everything first, so a bad item changes nothing. */

@@ -119,7 +119,12 @@ int64_t seq_index(mpb_req *r, uint32_t i, int64_t len, const char *what)
 
 bool arg_cursor(mpb_req *r, uint32_t i, int64_t *start, int64_t *count)
 {
-    if (!arg_int(r, i, start) || !arg_int_opt(r, i + 1, INT64_MAX, NULL, count)) return false;
+    /* Past int64 is past any end: clamped, as a slice bound is. */
+    if (!slice_arg(r, i, 0, start) || !slice_arg(r, i + 1, INT64_MAX, count)) return false;
+    if (i >= r->nargs || r->args[i].type == MSGPACK_OBJECT_NIL) { /* START: required */
+        reply_error(r, MPB_E_TYPE, "%s: argument %u must be an integer, not None", r->info->name, i + 1);
+        return false;
+    }
     if (*start < 0 || *count < 1) {
         reply_error(r, MPB_E_VALUE, "%s: %s", r->info->name,
                     *start < 0 ? "START must be >= 0" : "COUNT must be >= 1");
@@ -194,12 +199,23 @@ void list_extend(mpb_req *r)
     reply_nil(r);
 }
 
+/* The INDEX of list.pop and list.insert: an integer past int64 is OverflowError there,
+ * as CPython's Py_ssize_t conversion says (getitem and friends say IndexError). */
+static bool ssize_arg(mpb_req *r, uint32_t i, int64_t *out)
+{
+    if (r->args[i].type == MSGPACK_OBJECT_POSITIVE_INTEGER && r->args[i].via.u64 > INT64_MAX) {
+        reply_error(r, MPB_E_OVERFLOW, "Python int too large to convert to C ssize_t");
+        return false;
+    }
+    return arg_int(r, i, out);
+}
+
 /* list.insert REF INDEX VALUE */
 void list_insert(mpb_req *r)
 {
     mpb_array *a = &r->self->u.list;
     int64_t idx, len = (int64_t)a->len;
-    if (!arg_int(r, 0, &idx)) return;
+    if (!ssize_arg(r, 0, &idx)) return;
     if (idx < 0) idx = idx + len < 0 ? 0 : idx + len;
     if (idx > len) idx = len;
     mpb_value v;
@@ -218,14 +234,15 @@ void list_insert(mpb_req *r)
 void list_pop(mpb_req *r)
 {
     mpb_array *a = &r->self->u.list;
+    int64_t given; /* the argument is checked first, as Python does: [].pop(1.0) is TypeError */
+    bool has_idx = r->nargs == 1 && r->args[0].type != MSGPACK_OBJECT_NIL;
+    if (has_idx && !ssize_arg(r, 0, &given)) return;
     if (a->len == 0) {
         reply_error(r, MPB_E_INDEX, "pop from empty list");
         return;
     }
     int64_t idx = (int64_t)a->len - 1;
-    if (r->nargs == 1 && r->args[0].type != MSGPACK_OBJECT_NIL &&
-        (idx = index_arg(r, 0, "pop")) < 0)
-        return;
+    if (has_idx && (idx = index_arg(r, 0, "pop")) < 0) return;
     mpb_value v = a->items[idx];
     remove_range(a, (size_t)idx, 1);
     reply_value(r, &v);
@@ -419,7 +436,7 @@ void list_setitem(mpb_req *r)
     }
     uint32_t vi = r->nargs - 1;
     if (r->args[vi].type != MSGPACK_OBJECT_ARRAY) {
-        reply_error(r, MPB_E_TYPE, "can only assign an array to a slice");
+        reply_error(r, MPB_E_TYPE, "can only assign an iterable"); /* Python's text */
         return;
     }
     int64_t start, stop, step;

@@ -27,18 +27,20 @@ static const init_fn init_from[MPB_OT__COUNT] = {
     [MPB_OT_SET] = set_init_from,
 };
 
-/* The TYPE argument; MPB_OT_NONE after replying ValueError. */
-static mpb_otype type_arg(mpb_req *r, int *variant)
+/* The TYPE argument r->args[i]; MPB_OT_NONE after replying ValueError. */
+static mpb_otype type_arg_at(mpb_req *r, uint32_t i, int *variant)
 {
     const char *p;
     size_t n;
-    if (!arg_str(r, 0, &p, &n)) return MPB_OT_NONE;
+    if (!arg_str(r, i, &p, &n)) return MPB_OT_NONE;
     mpb_otype t = mpb_typeid_lookup(p, n, variant);
     if (t == MPB_OT_NONE)
         reply_error(r, MPB_E_VALUE, "%s: unknown type '%.*s' (see manager.methods)",
                     r->info->name, (int)(n > 64 ? 64 : n), p);
     return t;
 }
+
+static mpb_otype type_arg(mpb_req *r, int *variant) { return type_arg_at(r, 0, variant); }
 
 /* Fill a new object from the INITIAL argument r->args[i] (nil or absent: the
  * type's default). */
@@ -190,34 +192,105 @@ static bool has_len(mpb_otype t)
            t == MPB_OT_ARRAY || t == MPB_OT_SET;
 }
 
-/* manager.objects */
+static void pack_object_row(msgpack_packer *pk, const mpb_object *o)
+{
+    msgpack_pack_map(pk, 8);
+    pack_key(pk, "ref");
+    mpb_ref_pack(pk, o->id);
+    pack_key(pk, "type");
+    pack_key(pk, objects_typeid(o));
+    pack_key(pk, "name");
+    if (o->name) pack_key(pk, o->name);
+    else msgpack_pack_nil(pk);
+    pack_key(pk, "len");
+    if (has_len(o->type)) msgpack_pack_uint64(pk, objects_len(o));
+    else msgpack_pack_nil(pk); /* a lock, an event, a value: no length to speak of */
+    pack_key(pk, "holders");
+    msgpack_pack_uint32(pk, o->holders);
+    pack_key(pk, "holds");
+    msgpack_pack_uint64(pk, o->holds);
+    pack_key(pk, "contained");
+    msgpack_pack_uint64(pk, o->contained);
+    pack_key(pk, "bytes");
+    msgpack_pack_uint64(pk, objects_memsize(o));
+}
+
+/* The filters of a manager.objects page: TYPE (a typeid, nil for any) and PREFIX (of
+ * the name; nil for any object, named or not). */
+typedef struct objects_filter {
+    bool by_type;
+    mpb_otype type;
+    int variant;
+    const char *prefix; /* NULL: no filter */
+    size_t prefix_len;
+} objects_filter;
+
+static bool filter_args(mpb_req *r, objects_filter *f)
+{
+    *f = (objects_filter){0};
+    if (r->nargs > 2 && r->args[2].type != MSGPACK_OBJECT_NIL) {
+        f->by_type = true;
+        if ((f->type = type_arg_at(r, 2, &f->variant)) == MPB_OT_NONE) return false;
+    }
+    if (r->nargs > 3 && r->args[3].type != MSGPACK_OBJECT_NIL &&
+        !arg_str(r, 3, &f->prefix, &f->prefix_len))
+        return false;
+    return true;
+}
+
+static bool filter_match(const objects_filter *f, const mpb_object *o)
+{
+    if (f->by_type && (o->type != f->type || o->variant != f->variant)) return false;
+    if (!f->prefix) return true;
+    return o->name && strlen(o->name) >= f->prefix_len &&
+           memcmp(o->name, f->prefix, f->prefix_len) == 0;
+}
+
+/* manager.objects START [COUNT [TYPE [PREFIX]]]: one page, [ROWS, NEXT]. */
+static void objects_page(mpb_req *r)
+{
+    int64_t start, count;
+    objects_filter f;
+    if (!arg_cursor(r, 0, &start, &count) || !filter_args(r, &f)) return;
+    if (r->nargs < 2 || r->args[1].type == MSGPACK_OBJECT_NIL) count = MPB_PAGE_DEFAULT;
+    if (count > MPB_PAGE_MAX) count = MPB_PAGE_MAX; /* a hint, as Redis's SCAN COUNT */
+    mpb_object *rows[MPB_PAGE_MAX];
+    size_t n = 0, budget = MPB_SCAN_BUDGET;
+    uint64_t cursor = (uint64_t)start;
+    mpb_object *o;
+    while (n < (size_t)count && (o = objects_walk(&cursor, &budget)))
+        if (filter_match(&f, o)) rows[n++] = o;
+    msgpack_packer *pk = reply_begin(r);
+    msgpack_pack_array(pk, 2);
+    msgpack_pack_array(pk, n);
+    for (size_t i = 0; i < n; i++) pack_object_row(pk, rows[i]);
+    if (objects_walk_more(cursor)) msgpack_pack_uint64(pk, cursor);
+    else msgpack_pack_nil(pk);
+}
+
+/* manager.objects [START [COUNT [TYPE [PREFIX]]]] */
 void manager_objects(mpb_req *r)
 {
-    msgpack_packer *pk = reply_begin(r);
-    msgpack_pack_array(pk, objects_count());
-    size_t it = 0;
-    mpb_object *o;
-    while (objects_next(&it, &o)) {
-        msgpack_pack_map(pk, 8);
-        pack_key(pk, "ref");
-        mpb_ref_pack(pk, o->id);
-        pack_key(pk, "type");
-        pack_key(pk, objects_typeid(o));
-        pack_key(pk, "name");
-        if (o->name) pack_key(pk, o->name);
-        else msgpack_pack_nil(pk);
-        pack_key(pk, "len");
-        if (has_len(o->type)) msgpack_pack_uint64(pk, objects_len(o));
-        else msgpack_pack_nil(pk); /* a lock, an event, a value: no length to speak of */
-        pack_key(pk, "holders");
-        msgpack_pack_uint32(pk, o->holders);
-        pack_key(pk, "holds");
-        msgpack_pack_uint64(pk, o->holds);
-        pack_key(pk, "contained");
-        msgpack_pack_uint64(pk, o->contained);
-        pack_key(pk, "bytes");
-        msgpack_pack_uint64(pk, objects_memsize(o));
+    if (r->nargs > 0) {
+        objects_page(r);
+        return;
     }
+    /* The old form, every object in one reply: only while that is one page's work. */
+    size_t total = objects_count();
+    if (total > MPB_PAGE_MAX) {
+        reply_error(r, MPB_E_TOO_LARGE,
+                    "manager.objects: %zu objects, over %d in one reply: page with START "
+                    "[COUNT] (docs/PROTOCOL.md)", total, MPB_PAGE_MAX);
+        return;
+    }
+    mpb_object *rows[MPB_PAGE_MAX];
+    size_t n = 0, budget = SIZE_MAX;
+    uint64_t cursor = 0;
+    mpb_object *o;
+    while (n < total && (o = objects_walk(&cursor, &budget))) rows[n++] = o;
+    msgpack_packer *pk = reply_begin(r);
+    msgpack_pack_array(pk, n);
+    for (size_t i = 0; i < n; i++) pack_object_row(pk, rows[i]);
 }
 
 /* manager.methods */
@@ -243,7 +316,7 @@ void manager_methods(mpb_req *r)
     msgpack_pack_array(pk, MPB_M__COUNT);
     for (int i = 0; i < MPB_M__COUNT; i++) {
         const mpb_method_info *m = &mpb_methods[i];
-        msgpack_pack_map(pk, 8);
+        msgpack_pack_map(pk, 9);
         pack_key(pk, "name");
         pack_key(pk, m->name);
         pack_key(pk, "type");
@@ -263,6 +336,8 @@ void manager_methods(mpb_req *r)
         pack_key(pk, m->args);
         pack_key(pk, "doc");
         pack_key(pk, m->doc);
+        pack_key(pk, "cost");
+        pack_key(pk, m->cost);
     }
 }
 

@@ -14,13 +14,25 @@ bool ns_init_from(mpb_req *r, mpb_object *o, uint32_t i)
     return !has_initial(r, i) || map_update_from(r, o->u.map, i, true);
 }
 
+/* The attribute name argument: a str, as Python's getattr wants (a bin is refused
+ * as Python refuses bytes, though the broker takes bin for other strings). false
+ * after replying TypeError. */
+static bool name_arg(mpb_req *r, const char **p, size_t *n)
+{
+    if (r->args[0].type == MSGPACK_OBJECT_BIN) {
+        reply_error(r, MPB_E_TYPE, "attribute name must be string, not 'bytes'");
+        return false;
+    }
+    return arg_str(r, 0, p, n);
+}
+
 /* The attribute name argument as an owned str value; false after replying. A name
  * that will be stored counts against --max-memory as a dict key does. */
 static bool attr_arg(mpb_req *r, mpb_value *out)
 {
     const char *p;
     size_t n;
-    if (!arg_str(r, 0, &p, &n)) return false;
+    if (!name_arg(r, &p, &n)) return false;
     if (!limits_memory_for_bytes(r, sizeof(mpb_value) + n + 1)) return false; /* as stored */
     *out = mpb_strn(p, n);
     if (out->type != MPB_STR) {
@@ -43,7 +55,7 @@ void ns_getattr(mpb_req *r)
 {
     const char *p;
     size_t n;
-    if (!arg_str(r, 0, &p, &n)) return;
+    if (!name_arg(r, &p, &n)) return;
     mpb_value key = mpb_str_borrowed(p, n);
     mpb_value *v = mpb_map_get(NS(r), &key);
     if (v) reply_value(r, v);
@@ -73,7 +85,7 @@ void ns_delattr(mpb_req *r)
 {
     const char *p;
     size_t n;
-    if (!arg_str(r, 0, &p, &n)) return;
+    if (!name_arg(r, &p, &n)) return;
     mpb_value key = mpb_str_borrowed(p, n), ko, vo;
     if (!mpb_map_del(NS(r), &key, &ko, &vo)) {
         reply_no_attr(r, &key);

@@ -28,10 +28,26 @@ char *mpb_default_socket_path(char *buf, size_t n)
     return buf;
 }
 
+static int parse_host_port(const char *h, char *host, size_t hostlen, char *port,
+                           size_t portlen);
+
 int mpb_parse_tcp(const char *addr, char *host, size_t hostlen, char *port, size_t portlen)
 {
     if (strncmp(addr, "tcp://", 6) != 0) return -1;
-    const char *h = addr + 6, *colon;
+    return parse_host_port(addr + 6, host, hostlen, port, portlen);
+}
+
+int mpb_parse_tls(const char *addr, char *host, size_t hostlen, char *port, size_t portlen)
+{
+    if (strncmp(addr, "tls://", 6) != 0) return -1;
+    return parse_host_port(addr + 6, host, hostlen, port, portlen);
+}
+
+/* h: what follows "tcp://" or "tls://". */
+static int parse_host_port(const char *h, char *host, size_t hostlen, char *port,
+                           size_t portlen)
+{
+    const char *colon;
     size_t hl;
     if (*h == '[') { /* [v6]:port */
         const char *end = strchr(h, ']');

@@ -12,9 +12,9 @@
 #include "mpb_methods.h"
 
 const mpb_method_info mpb_methods[MPB_M__COUNT] = {
-#define MPB_METHOD(id, name_, handler, self_, min_, max_, flags_, args_, doc_)              \
+#define MPB_METHOD(id, name_, handler, self_, min_, max_, flags_, args_, doc_, cost_)       \
     [MPB_M_##id] = {.name = name_, .self = MPB_OT_##self_, .min = min_, .max = max_, \
-                    .flags = flags_, .args = args_, .doc = doc_},
+                    .flags = flags_, .args = args_, .doc = doc_, .cost = cost_},
 #include "mpb_methods.def"
 #undef MPB_METHOD
 };

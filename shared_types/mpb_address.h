@@ -14,5 +14,7 @@ char *mpb_default_socket_path(char *buf, size_t n);
 /* Split "tcp://HOST:PORT" (HOST may be [v6]; empty, as in "tcp://:PORT", means
  * 127.0.0.1) into host and port. 0, or -1 if the address is not of that form. */
 int mpb_parse_tcp(const char *addr, char *host, size_t hostlen, char *port, size_t portlen);
+/* The same for "tls://HOST:PORT" (a TLS listener or connection). */
+int mpb_parse_tls(const char *addr, char *host, size_t hostlen, char *port, size_t portlen);
 
 #endif

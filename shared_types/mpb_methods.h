@@ -66,7 +66,7 @@ typedef enum mpb_otype {
                             (holds, lock ownership, barrier arrivals) */
 
 typedef enum mpb_method_id {
-#define MPB_METHOD(id, name, handler, self, min, max, flags, args, doc) MPB_M_##id,
+#define MPB_METHOD(id, name, handler, self, min, max, flags, args, doc, cost) MPB_M_##id,
 #include "mpb_methods.def"
 #undef MPB_METHOD
     MPB_M__COUNT
@@ -78,6 +78,7 @@ typedef struct mpb_method_info {
     unsigned char min, max;
     unsigned flags;
     const char *args, *doc;
+    const char *cost; /* time complexity: "O(1)", "O(N log N)" (mpb_methods.def) */
 } mpb_method_info;
 
 /* The table, indexed by mpb_method_id. */

@@ -92,6 +92,9 @@ const cli_command *cli_command_find(const char *name);
 /* manager.methods of the connection, fetched once (borrowed). NULL when it cannot be
  * had (error printed when report is true). */
 const mpb_value *cli_methods(mpb_cli *cli, bool report);
+/* Every row of manager.objects or manager.clients, fetched page by page (START COUNT)
+ * into *out (owned by the caller). MPB_OK or the failing call's code. */
+int cli_list_all(mpb_context *c, const char *method, mpb_value *out);
 /* manager.objects, fetched once per command (borrowed); NULL when unavailable. */
 const mpb_value *cli_objects(mpb_cli *cli, bool report);
 /* Drop what one command fetched (call between commands). */

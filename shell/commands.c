@@ -10,6 +10,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -62,12 +63,41 @@ const mpb_value *cli_methods(mpb_cli *cli, bool report) {
     return &cli->methods;
 }
 
+/* Every row of a paged listing (manager.objects, manager.clients), page by page with
+ * START COUNT so that no one request is O(everything) on the broker. *out is owned by
+ * the caller (an array). MPB_OK, or the failing call's code (c has the error). */
+int cli_list_all(mpb_context *c, const char *method, mpb_value *out) {
+    *out = mpb_array_value(0);
+    if (out->type != MPB_ARRAY) return MPB_ERR_OOM;
+    int64_t cursor = 0;
+    do {
+        mpb_value args[2] = {mpb_int(cursor), mpb_int(1000)}, pg;
+        int rc = mpb_call(c, method, args, 2, &pg);
+        if (rc != MPB_OK) {
+            mpb_value_free(out);
+            return rc;
+        }
+        mpb_value *rows = pg.type == MPB_ARRAY && pg.v.a->len == 2 ? &pg.v.a->items[0] : NULL;
+        mpb_value *next = rows ? &pg.v.a->items[1] : NULL;
+        if (rows == NULL || rows->type != MPB_ARRAY ||
+            (next->type != MPB_NIL && next->type != MPB_INT) ||
+            mpb_array_reserve(out->v.a, rows->v.a->len) < 0) {
+            mpb_value_free(&pg);
+            mpb_value_free(out);
+            return MPB_ERR_PROTOCOL;
+        }
+        for (size_t i = 0; i < rows->v.a->len; i++) mpb_value_push(out, &rows->v.a->items[i]);
+        cursor = next->type == MPB_INT ? next->v.i : -1;
+        mpb_value_free(&pg);
+    } while (cursor >= 0);
+    return MPB_OK;
+}
+
 const mpb_value *cli_objects(mpb_cli *cli, bool report) {
     if (cli->objects.type == MPB_ARRAY) return &cli->objects;
     mpb_context *c = report ? cli_conn(cli) : cli->c;
     if (c == NULL || c->fd < 0) return NULL;
-    if (mpb_call(c, "manager.objects", NULL, 0, &cli->objects) != MPB_OK ||
-        cli->objects.type != MPB_ARRAY) {
+    if (cli_list_all(c, "manager.objects", &cli->objects) != MPB_OK) {
         if (report) cli_broker_error(c);
         mpb_value_free(&cli->objects);
         return NULL;
@@ -521,7 +551,7 @@ static int cmd_clients(mpb_cli *cli, int argc, cli_arg *argv, const cli_opts *o)
     mpb_context *c = cli_conn(cli);
     mpb_value cs;
     if (c == NULL) return CLI_FAIL;
-    if (mpb_call(c, "manager.clients", NULL, 0, &cs) != MPB_OK) return cli_broker_error(c);
+    if (cli_list_all(c, "manager.clients", &cs) != MPB_OK) return cli_broker_error(c);
     if (cs.type == MPB_ARRAY && cs.v.a->len > 1) /* oldest first, not the broker's order */
         qsort(cs.v.a->items, cs.v.a->len, sizeof(mpb_value), by_id);
     if (o->json || cs.type != MPB_ARRAY) {
@@ -653,13 +683,66 @@ static int cmd_monitor(mpb_cli *cli, int argc, cli_arg *argv, const cli_opts *o)
     return rc;
 }
 
+/*--- slowlog ---*/
+
+/* slowlog [COUNT|reset]: the slow log, newest first (manager.slowlog). */
+static int cmd_slowlog(mpb_cli *cli, int argc, cli_arg *argv, const cli_opts *o) {
+    mpb_context *c = cli_conn(cli);
+    if (c == NULL) return CLI_FAIL;
+    if (argc == 1 && is(argv[0].s, "reset")) {
+        if (mpb_call(c, "manager.slowlog_reset", NULL, 0, NULL) != MPB_OK) return cli_broker_error(c);
+        if (!o->json) printf("slow log emptied\n");
+        return o->json ? cli_print_json(stdout, cli_value_to_json(&(mpb_value){.type = MPB_NIL}))
+                       : CLI_OK;
+    }
+    char *end = NULL;
+    long long count = argc == 1 ? strtoll(argv[0].s, &end, 10) : 10;
+    if (argc == 1 && (*end || count < 0))
+        return cli_error(CLI_USAGE, "slowlog: COUNT is a number >= 0 (or reset), not '%s'",
+                         argv[0].s);
+    mpb_value arg = mpb_int(count), log;
+    if (mpb_call(c, "manager.slowlog", &arg, 1, &log) != MPB_OK) return cli_broker_error(c);
+    if (o->json || log.type != MPB_ARRAY) {
+        int rc = cli_print_json(stdout, cli_value_to_json(&log));
+        mpb_value_free(&log);
+        return rc;
+    }
+    static const char *const heads[] = {"ID", "WHEN", "DURATION", "METHOD", "ARG BYTES", "CONN",
+                                        "PEER"};
+    cli_table t;
+    int rc = CLI_OK;
+    cli_table_init(&t, 7, heads, "rrrlrrl");
+    for (size_t i = 0; i < log.v.a->len && rc == CLI_OK; i++) {
+        const mpb_value *e = &log.v.a->items[i];
+        const mpb_value *when = cli_field(e, "time");
+        char cells[7][48];
+        const char *row[7];
+        snprintf(cells[0], 48, "%lld", cli_field_int(e, "id", 0));
+        time_t tt = when && when->type == MPB_FLOAT ? (time_t)when->v.f : 0;
+        struct tm tm;
+        strftime(cells[1], 48, "%H:%M:%S", localtime_r(&tt, &tm));
+        snprintf(cells[2], 48, "%.3f ms", (double)cli_field_int(e, "duration_us", 0) / 1000);
+        snprintf(cells[3], 48, "%s", cli_field_str(e, "method", "?"));
+        snprintf(cells[4], 48, "%lld", cli_field_int(e, "arg_bytes", 0));
+        snprintf(cells[5], 48, "%lld", cli_field_int(e, "conn", 0));
+        snprintf(cells[6], 48, "%s", cli_field_str(e, "peer", "?"));
+        for (int k = 0; k < 7; k++) row[k] = cells[k];
+        if (cli_table_add(&t, row) < 0) rc = cli_error(CLI_FAIL, "out of memory");
+    }
+    if (rc == CLI_OK && log.v.a->len == 0) printf("(no slow requests)\n");
+    else if (rc == CLI_OK) cli_table_print(&t, stdout);
+    cli_table_free(&t);
+    mpb_value_free(&log);
+    return rc;
+}
+
 /*--- help, quit ---*/
 
 static int help_type(mpb_cli *cli, const char *type, const char *only) {
-    static const char *const heads[] = {"METHOD", "ARGS", "WHAT IT DOES"};
+    static const char *const heads[] = {"METHOD", "ARGS", "COST", "WHAT IT DOES"};
     const mpb_value *ms = cli_field(cli_methods(cli, false), "methods");
     cli_table t;
-    cli_table_init(&t, 3, heads, "lll");
+    cli_table_init(&t, 4, heads, "llll");
     for (size_t i = 0; ms != NULL && ms->type == MPB_ARRAY && i < ms->v.a->len; i++) {
         const mpb_value *m = &ms->v.a->items[i];
         const char *name = cli_field_str(m, "name", "");
@@ -669,7 +752,9 @@ static int help_type(mpb_cli *cli, const char *type, const char *only) {
         snprintf(args, sizeof args, "%s%s%s", is(mt, "manager") ? "" : "REF",
                  is(mt, "manager") || !*cli_field_str(m, "args", "") ? "" : " ",
                  cli_field_str(m, "args", ""));
-        const char *row[3] = {name, args, cli_field_str(m, "doc", "")};
+        /* COST: the time complexity (a broker before issue 21 sends none). */
+        const char *row[4] = {name, args, cli_field_str(m, "cost", "-"),
+                              cli_field_str(m, "doc", "")};
         if (cli_table_add(&t, row) < 0) break;
     }
     int found = t.nrows > 0;
@@ -743,6 +828,10 @@ const cli_command cli_commands[] = {
      cmd_stats},
     {"clients", "", "every connection: id, peer, pid, operations, holds, parked requests",
      NULL, 0, 0, cmd_clients},
+    {"slowlog", "[COUNT|reset]", "the COUNT (10) newest requests slower than --slowlog-us",
+     "  One row each, newest first: id, when, duration, method, argument bytes,\n"
+     "  connection and peer (manager.slowlog). slowlog reset empties it.\n",
+     0, 1, cmd_slowlog},
     {"monitor", "", "print every request other connections make, until Ctrl-C",
      "  One line each: TIME [CONNECTION PEER] METHOD(ARGS...); --json: one JSON object\n"
      "  a line, {time, conn, peer, method, params}.\n",
@@ -834,6 +923,7 @@ static const char *word_type(mpb_cli *cli, const char *word) {
 char **cli_complete(mpb_cli *cli, char **words, int n, const char *partial) {
     strv s = {.prefix = partial, .cap = 16, .v = calloc(16, sizeof(char *))};
     if (s.v == NULL) return NULL;
+    while (n > 0 && is(words[0], "--json")) words++, n--; /* --json before the command */
     /* Flags come right after the command (as cli_run reads them) and change nothing
      * about what the next word can be: drop them, and the number after --depth. */
     int i = 1, kept = n > 0 ? 1 : 0;

@@ -312,7 +312,17 @@ static void usage(FILE *f) {
             "\n"
             "  -s, --socket PATH        the broker's Unix socket (default $MPBROKER_ADDRESS,\n"
             "                           else %s)\n"
-            "  -H, --host tcp://HOST:PORT  the broker's TCP address\n"
+            "  -H, --host tcp://HOST:PORT  the broker's TCP address, or tls://HOST:PORT\n"
+            "                           for its TLS one (--tls-listen)\n"
+            "      --tls-ca FILE        CA certificate(s) the broker's certificate must\n"
+            "                           chain to (default $MPBROKER_TLS_CA, else the\n"
+            "                           system's)\n"
+            "      --tls-cert FILE      this client's certificate, for a broker with\n"
+            "                           --tls-ca (default $MPBROKER_TLS_CERT)\n"
+            "      --tls-key FILE       its key (default $MPBROKER_TLS_KEY, else in the\n"
+            "                           --tls-cert file)\n"
+            "      --tls-no-verify-name do not check that the broker's certificate names\n"
+            "                           HOST (anyone the CA certified could pose as it)\n"
             "      --json               print results as JSON, one line each\n"
             "      --authkey-file FILE  the broker's authkey (default $MPBROKER_AUTHKEY_FILE\n"
             "                           or $MPBROKER_AUTHKEY)\n"
@@ -335,6 +345,10 @@ int main(int argc, char **argv) {
         {"host", required_argument, NULL, 'H'},
         {"json", no_argument, NULL, 'j'},
         {"authkey-file", required_argument, NULL, 'k'},
+        {"tls-ca", required_argument, NULL, 'C'},
+        {"tls-cert", required_argument, NULL, 'E'},
+        {"tls-key", required_argument, NULL, 'K'},
+        {"tls-no-verify-name", no_argument, NULL, 'N'},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
@@ -351,8 +365,9 @@ int main(int argc, char **argv) {
         switch (opt) {
         case 's': addr = optarg; break;
         case 'H':
-            if (strncmp(optarg, "tcp://", 6) != 0) {
-                fprintf(stderr, "mpbroker-cli: -H wants tcp://HOST:PORT, not %s\n", optarg);
+            if (strncmp(optarg, "tcp://", 6) != 0 && strncmp(optarg, "tls://", 6) != 0) {
+                fprintf(stderr, "mpbroker-cli: -H wants tcp://HOST:PORT or tls://HOST:PORT, "
+                        "not %s\n", optarg);
                 return CLI_USAGE;
             }
             addr = optarg;
@@ -360,6 +375,10 @@ int main(int argc, char **argv) {
         case 'j': cli.json = true; break;
         /* libmpbroker reads the key where the broker does: through the environment. */
         case 'k': setenv("MPBROKER_AUTHKEY_FILE", optarg, 1); break;
+        case 'C': setenv("MPBROKER_TLS_CA", optarg, 1); break;
+        case 'E': setenv("MPBROKER_TLS_CERT", optarg, 1); break;
+        case 'K': setenv("MPBROKER_TLS_KEY", optarg, 1); break;
+        case 'N': setenv("MPBROKER_TLS_NO_VERIFY_NAME", "1", 1); break;
         case 'h': usage(stdout); return CLI_OK;
         case 'V': printf("mpbroker-cli %s\n", MPB_VERSION); return CLI_OK;
         default: /* getopt said which option, in one line */
@@ -367,7 +386,8 @@ int main(int argc, char **argv) {
             return CLI_USAGE;
         }
     }
-    bool scheme = strncmp(addr, "unix:", 5) == 0 || strncmp(addr, "tcp://", 6) == 0;
+    bool scheme = strncmp(addr, "unix:", 5) == 0 || strncmp(addr, "tcp://", 6) == 0 ||
+                  strncmp(addr, "tls://", 6) == 0;
     snprintf(cli.address, sizeof cli.address, "%s%s", scheme ? "" : "unix:", addr);
 
     int rc;

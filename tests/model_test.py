@@ -144,9 +144,9 @@ class K:
         return self.v < other.v
 
     def __eq__(self, other):
-        if self.c != other.c or self.c == 9:
-            return False
-        return self.v == other.v
+        # equality is Python's (arrays compare item by item with ==, so two equal maps
+        # inside arrays never need ordering); only < between unorderables fails
+        return self.c == other.c and self.v == other.v
 
 
 # -------------------------------------------------------------------------- failures
@@ -303,35 +303,24 @@ class MObj:
             return [x for kv in s.items() for x in kv]
         if self.type == "set":
             return list(s)
+        if self.type == "value":
+            return []
         if self.type in ("queue", "joinablequeue"):
             # a parked put's item keeps what it refers to alive until it goes in
             return list(s["items"]) + [w.parked[3] for w in self.waiters
                                        if w.parked[0] == "qput"]
         if self.type == "condition":
-            return [s["lock"]]
+            return [s["lock"]] if s["lock"] is not None else []
         return []
 
     def length(self):
+        """manager.objects' len: items, keys or attributes; nil for the other types."""
         s = self.state
         if self.type in ("list", "dict", "namespace", "set"):
             return len(s)
-        if self.type in ("queue", "joinablequeue"):
+        if self.type in ("queue", "joinablequeue", "array"):
             return len(s["items"])
-        if self.type in ("lock", "rlock"):
-            return 1 if s["owner"] is not None or s["orphan"] else 0
-        if self.type in ("semaphore", "boundedsemaphore"):
-            return s["value"]
-        if self.type == "event":
-            return 1 if s["flag"] else 0
-        if self.type == "condition":
-            return sum(1 for w in self.waiters if w.parked[0] == "cwait")
-        if self.type == "barrier":
-            return len(self.waiters)
-        if self.type == "value":
-            return 1
-        if self.type == "array":
-            return len(s["items"])
-        return 0
+        return None
 
 
 class MConn:
@@ -339,6 +328,7 @@ class MConn:
         self.idx, self.conn, self.cid = idx, conn, cid
         self.holds = {}       # ref -> count
         self.parked = None    # (kind, obj, msgid or None, extra)
+        self.pin = None       # the object its parked request keeps alive
         self.backlog = []     # (msgid, run) behind the parked request
         self.alive = True
 
@@ -377,14 +367,37 @@ class Model:
         while True:
             cont = self.contained()
             held = self.held(conns)
-            gone = [o for o in self.objs.values()
+            pins = {c.pin.ref for c in conns if c.parked}   # a waiting request keeps
+            gone = [o for o in self.objs.values()             # its object alive
                     if o.name is None and not cont.get(o.ref) and o.ref not in held
-                    and not o.waiters]
+                    and o.ref not in pins]
             if not gone:
                 return
             for o in gone:
                 del self.objs[o.ref]
                 self.dead.append(o.ref)
+
+    def fingerprint(self):
+        """What the memory count depends on: every object, its name and what it stores
+        (not who holds, owns or waits)."""
+        out = []
+        for r in sorted(self.objs, key=lambda r: r.id):
+            o = self.objs[r]
+            st = o.state
+            if o.type in ("list", "dict", "namespace", "set"):
+                c = repr(list(st.items()) if isinstance(st, dict) else st)
+            elif o.type in ("queue", "joinablequeue"):
+                # a parked put's item is counted too (PROTOCOL.md, Limits)
+                c = repr((st["items"], st["maxsize"],
+                          [w.parked[3] for w in o.waiters if w.parked[0] == "qput"]))
+            elif o.type in ("value", "array"):
+                c = repr(st)
+            elif o.type == "condition":
+                c = repr(st["lock"])
+            else:
+                c = ""
+            out.append((r.id, o.type, o.name, c))
+        return repr(out)
 
     def reachable_from_names(self):
         seen = set()
@@ -421,7 +434,9 @@ class Driver:
         self.args, self.seed = args, seed
         self.rng = random.Random(seed)
         self.tmp = tempfile.mkdtemp(prefix="mpbmodel.")
-        self.max_memory = self.rng.choice([0, 40000, 60000, 100000])
+        self.max_memory = self.rng.choice([0, 12000, 20000, 40000])
+        if args.max_memory is not None:
+            self.max_memory = args.max_memory
         self.broker = Broker(args.server, self.tmp, self.max_memory)
         self.m = Model()
         self.conns = []
@@ -429,7 +444,7 @@ class Driver:
         self.trace = []
         self.step = 0
         self.used = 0            # memory_used after the last step
-        self.clean_used = None   # memory_used of a clean state, to compare after a restart
+        self.memory_of = {}      # fingerprint of the stored state -> (memory_used, step)
         self.stats = {}
         self.current = ""
 
@@ -454,6 +469,10 @@ class Driver:
         if mc.parked:
             self.unpark(mc)
         mc.backlog = []
+        # its holds go, and what they alone kept is freed, before anything it owned is
+        # handed on (a waiter's queued requests then run without those objects)
+        mc.holds = {}
+        self.m.collect(self.conns)
         for o in list(self.m.objs.values()):
             s = o.state
             if o.type in ("lock", "rlock") and s["owner"] is mc:
@@ -476,7 +495,7 @@ class Driver:
         s = o.state
         if s["owner"] is None and not s["orphan"] and o.waiters:
             w = o.waiters[0]
-            s["owner"], s["count"] = w, 1
+            s["owner"], s["count"] = w, (w.parked[3] if w.parked[0] == "creacq" else 1)
             self.wake(w, None, True)
 
     def sem_handoff(self, o):
@@ -526,14 +545,16 @@ class Driver:
 
     # -- parking
 
-    def park(self, mc, obj, kind, msgid, extra=None):
+    def park(self, mc, obj, kind, msgid, extra=None, pin=None):
+        """mc waits on obj (for a condition: in its lock's queue, pinning the condition)."""
         mc.parked = (kind, obj, msgid, extra)
+        mc.pin = pin or obj
         obj.waiters.append(mc)
 
     def unpark(self, mc):
         kind, obj, msgid, extra = mc.parked
         obj.waiters.remove(mc)
-        mc.parked = None
+        mc.parked = mc.pin = None
         return kind, obj, msgid, extra
 
     def wake(self, mc, err, res):
@@ -601,6 +622,15 @@ class Driver:
             expect(err is None and res == r, "lookup %r: %r %r, model %r" % (name, err, res, r))
         err, st = self.obs.call("manager.stats")
         self.used = st["memory_used"]
+        self.stats["peak"] = max(self.stats.get("peak", 0), self.used)
+        # The count is a function of what is stored: a state seen before has the count
+        # it had then (a drift shows at once, not only at the next restart).
+        fp = m.fingerprint()
+        was = self.memory_of.get(fp)
+        if was is not None and was[0] != self.used:
+            raise Mismatch("memory_used %d, but %d at step %d in the same stored state" % (
+                self.used, was[0], was[1]))
+        self.memory_of[fp] = (self.used, self.step)
         if self.max_memory:
             expect(self.used <= self.max_memory, "memory_used %d is past --max-memory %d" % (
                 self.used, self.max_memory))
@@ -654,6 +684,7 @@ class Driver:
         self.check_state()
         for self.step in range(1, steps + 1):
             desc = ops.random_step()
+            self.m.collect(self.conns)
             self.trace.append("%d: %s" % (self.step, desc))
             if self.args.verbose:
                 print(self.trace[-1])
@@ -683,6 +714,10 @@ READS = {
     "semaphore": ("semaphore.value", lambda o: o.state["value"]),
     "boundedsemaphore": ("semaphore.value", lambda o: o.state["value"]),
     "event": ("event.is_set", lambda o: o.state["flag"]),
+    "set": ("set.copy", lambda o: tuple(o.state)),
+    "barrier": ("barrier.n_waiting", lambda o: len(o.waiters)),
+    "value": ("value.get", lambda o: o.state["v"]),
+    "array": ("array.tolist", lambda o: tuple(o.state["items"])),
 }
 
 # ------------------------------------------------------------------------ operations
@@ -778,6 +813,10 @@ class Ops:
             commit = None
         msgid = mc.conn.request(method, params)
         got_err, got_res = mc.conn.reply(msgid)
+        if err is not None and not cost:
+            # a call that fails anyway may be refused for its size first: a write's
+            # values are counted before they are checked
+            cost = sum(upper_cost(x) for x in params[1:]) + 64
         if (got_err is not None and got_err[0] == "OutOfMemory" and
                 cost and d.max_memory and d.used + cost > d.max_memory):
             d.stats["oom"] = d.stats.get("oom", 0) + 1
@@ -845,6 +884,13 @@ class Ops:
         def commit():
             ref = box[0]
             m.seen.add(ref.id)
+            if typ == "condition" and state["lock"] is None:
+                err, lk = d.obs.call("condition.lock", ref)
+                expect(err is None and isinstance(lk, Ref) and lk.id not in m.seen,
+                       "condition.lock of a new condition: %r %r" % (err, lk))
+                m.seen.add(lk.id)
+                m.objs[lk] = MObj(lk, "rlock", None, _state_lock(None, m))
+                state["lock"] = lk
             m.objs[ref] = MObj(ref, typ, name, state)
             if name is not None:
                 m.names[name] = ref
@@ -945,7 +991,7 @@ class Ops:
         return self.rng.choice(modes)
 
     def blocking(self, mc, method, params, o, mode, now, kind, extra=None, timed_out=None,
-                 cost=0):
+                 cost=0, pin=None):
         """A call that may wait. now: None when it has to wait, else (err, res, commit)
         for at once. timed_out: the (err, res) of a wait that ends unanswered."""
         d = self.d
@@ -960,7 +1006,7 @@ class Ops:
                 self.ping(mc)
                 d.m.collect(d.conns)
                 return "%r notify %s%r -> done" % (mc, method, tuple(params))
-            d.park(mc, o, kind, None, extra)
+            d.park(mc, o, kind, None, extra, pin)
             return "%r notify %s%r -> parked" % (mc, method, tuple(params))
         if now is not None:
             err, res, commit = now
@@ -970,7 +1016,7 @@ class Ops:
             return self.call(mc, method, params, err=err, res=res, cost=cost)
         d.current = "%r %s%r" % (mc, method, tuple(params))
         msgid = mc.conn.request(method, params)
-        d.park(mc, o, kind, msgid, extra)
+        d.park(mc, o, kind, msgid, extra, pin)
         return "%r %s%r -> parked" % (mc, method, tuple(params))
 
     def ping(self, mc):
@@ -1028,10 +1074,11 @@ class Ops:
     def q_admit(self, o):
         """Room in a bounded queue: the oldest parked put goes in."""
         s = o.state
-        while o.waiters and (not s["maxsize"] or len(s["items"]) < s["maxsize"]):
-            w = o.waiters[0]
-            if w.parked[0] != "qput":
+        while not s["maxsize"] or len(s["items"]) < s["maxsize"]:
+            putters = [w for w in o.waiters if w.parked[0] == "qput"]
+            if not putters:
                 return
+            w = putters[0]
             s["items"].append(w.parked[3])
             s["unfinished"] += 1
             self.d.wake(w, None, None)
@@ -1233,6 +1280,337 @@ class Ops:
         return self.blocking(mc, "event.wait", params, o, mode, now, "ewait", None, (None, False))
     op_event.weight = 3
 
+    # set
+
+    def other(self):
+        """An OTHER operand of the set methods: an array, or a set/list/dict REF."""
+        m = self.d.m
+        refs = [o for o in m.objs.values() if o.type in ("set", "list", "dict")]
+        if refs and self.rng.random() < 0.4:
+            o = self.rng.choice(refs)
+            if o.type == "list":
+                items = list(o.state)
+            else:
+                items = list(o.state)
+            return o.ref, items
+        items = tuple(self.rng.choice(KEYS + [self.value()]) for _ in range(self.rng.randint(0, 3)))
+        return items, list(items)
+
+    def op_set(self):
+        mc, o = self.conn(), self.obj("set")
+        if not mc or not o:
+            return None
+        s = o.state
+        what = self.rng.choice(["add", "add", "discard", "remove", "pop", "contains", "clear",
+                                "update", "update", "difference_update",
+                                "intersection_update", "union", "issubset", "issuperset",
+                                "isdisjoint", "intersection", "difference",
+                                "symmetric_difference", "symmetric_difference_update"])
+        if what in ("add", "discard", "remove", "contains"):
+            e = self.rng.choice(list(s)) if s and self.rng.random() < 0.5 else (
+                self.rng.choice(KEYS) if self.rng.random() < 0.7 else self.value())
+            if not hashable(e):
+                return self.call(mc, "set." + what, [o.ref, e], err="TypeError")
+            if what == "add":
+                def commit():
+                    s.setdefault(e, None)
+                return self.store(mc, o, "set.add", [o.ref, e], [e], commit=commit)
+            if what == "contains":
+                return self.call(mc, "set.contains", [o.ref, e], res=e in s)
+            if what == "remove" and e not in s:
+                return self.call(mc, "set.remove", [o.ref, e], err="KeyError")
+            return self.call(mc, "set." + what, [o.ref, e], commit=lambda: s.pop(e, None))
+        if what == "pop":
+            if not s:
+                return self.call(mc, "set.pop", [o.ref], err="KeyError")
+            e = list(s)[-1]
+            return self.call(mc, "set.pop", [o.ref], res=e, commit=lambda: s.pop(e))
+        if what == "clear":
+            return self.call(mc, "set.clear", [o.ref], commit=s.clear)
+        arg, items = self.other()
+        if not all(hashable(x) for x in items):
+            return self.call(mc, "set." + what, [o.ref, arg], err="TypeError")
+        if what == "update":
+            def commit():
+                for x in items:
+                    s.setdefault(x, None)
+            return self.store(mc, o, "set.update", [o.ref, arg], items + [arg], commit=commit)
+        if what == "difference_update":
+            def commit():
+                for x in items:
+                    s.pop(x, None)
+            return self.call(mc, "set.difference_update", [o.ref, arg], commit=commit)
+        if what == "intersection_update":
+            keep = [x for x in s if x in items]
+
+            def commit():
+                for x in list(s):
+                    if x not in keep:
+                        del s[x]
+            return self.call(mc, "set.intersection_update", [o.ref, arg], commit=commit)
+        other = dict.fromkeys(items)
+        if what == "union":
+            res = dict(s)
+            for x in items:
+                res.setdefault(x, None)
+            return self.call(mc, "set.union", [o.ref, arg], res=tuple(res))
+        if what == "intersection":
+            return self.call(mc, "set.intersection", [o.ref, arg],
+                             res=tuple(x for x in s if x in other))
+        if what == "difference":
+            return self.call(mc, "set.difference", [o.ref, arg],
+                             res=tuple(x for x in s if x not in other))
+        sym = [x for x in s if x not in other] + [x for x in other if x not in s]
+        if what == "symmetric_difference":
+            return self.call(mc, "set.symmetric_difference", [o.ref, arg], res=tuple(sym))
+        if what == "symmetric_difference_update":
+            def commit():
+                for x in other:
+                    if x in s:
+                        del s[x]
+                    else:
+                        s[x] = None
+            return self.store(mc, o, "set.symmetric_difference_update", [o.ref, arg],
+                              list(other) + [arg], commit=commit)
+        if what == "issuperset":
+            return self.call(mc, "set.issuperset", [o.ref, arg], res=all(x in s for x in other))
+        if what == "isdisjoint":
+            return self.call(mc, "set.isdisjoint", [o.ref, arg], res=not any(x in s for x in other))
+        return self.call(mc, "set.issubset", [o.ref, arg], res=all(x in other for x in s))
+    op_set.weight = 4
+
+    # value, array
+
+    def op_value(self):
+        mc, o = self.conn(), self.obj("value")
+        if not mc or not o:
+            return None
+        s = o.state
+        tc = s["tc"]
+        what = self.rng.choice(["get", "set", "set", "incr"])
+        if what == "get":
+            return self.call(mc, "value.get", [o.ref], res=s["v"])
+        if what == "set":
+            v = self.rng.choice(TC_SAMPLES[tc] + TC_SAMPLES["bad"])
+            err = tc_check(tc, v)
+
+            def commit():
+                s["v"] = tc_store(tc, v)
+            return self.call(mc, "value.set", [o.ref, v], err=err, commit=commit)
+        delta = self.rng.choice([None, 1, -1, 100, 2 ** 40])
+        args = [o.ref] + ([delta] if delta is not None else [])
+        new = s["v"] + (1 if delta is None else delta)
+        err = tc_check(tc, new)
+        if err is None:
+            new = tc_store(tc, new)
+
+        def commit():
+            s["v"] = new
+        return self.call(mc, "value.incr", args, res=new, err=err, commit=commit)
+    op_value.weight = 2
+
+    def op_array(self):
+        mc, o = self.conn(), self.obj("array")
+        if not mc or not o:
+            return None
+        s = o.state
+        tc, items = s["tc"], s["items"]
+        n = len(items)
+        what = self.rng.choice(["get", "getslice", "set", "setslice", "len"])
+        if what == "len":
+            return self.call(mc, "array.len", [o.ref], res=n)
+        if what in ("get", "set"):
+            i = self.rng.randint(-n - 1, n)
+            ok = -n <= i < n
+            if what == "get":
+                return self.call(mc, "array.getitem", [o.ref, i], res=items[i] if ok else None,
+                                 err=None if ok else "IndexError")
+            v = self.rng.choice(TC_SAMPLES[tc] + TC_SAMPLES["bad"])
+            err = tc_check(tc, v) or (None if ok else "IndexError")
+
+            def commit():
+                items[i] = tc_store(tc, v)
+            return self.call(mc, "array.setitem", [o.ref, i, v], err=err, commit=commit,
+                             alt=("IndexError", "TypeError", "OverflowError"))
+        start, stop, step = self.slice(n)
+        if what == "getslice":
+            if step == 0:
+                return self.call(mc, "array.getitem", [o.ref, start, stop, step], err="ValueError")
+            return self.call(mc, "array.getitem", [o.ref, start, stop, step],
+                             res=tuple(items[slice(start, stop, step)]))
+        k = len(range(n)[slice(start, stop, step if step != 0 else 1)])
+        vals = tuple(self.rng.choice(TC_SAMPLES[tc]) for _ in range(k + self.rng.choice([0, 0, 0, 1, -1])))
+        err = None
+        if step == 0 or len(vals) != k:
+            err = "ValueError"
+        if err is None and any(tc_check(tc, v) for v in vals):
+            err = "TypeError"
+
+        def commit():
+            items[slice(start, stop, step)] = [tc_store(tc, v) for v in vals]
+        return self.call(mc, "array.setitem", [o.ref, start, stop, step, vals], err=err,
+                         commit=commit, alt=("TypeError", "OverflowError", "ValueError"))
+    op_array.weight = 2
+
+    # condition: its lock is a lock/rlock object of the model; a waiter notified (or
+    # timed out) waits for that lock as "creacq", with the depth it gave up
+
+    def cond_lock(self, o):
+        return self.d.m.objs[o.state["lock"]]
+
+    def op_cond_acquire(self):
+        mc, o = self.conn(), self.obj("condition")
+        if not mc or not o:
+            return None
+        lk = self.cond_lock(o)
+        s = lk.state
+        mode = self.mode(mc)
+        params = [o.ref] + self.timing(mode, True)
+        reenter = s["owner"] is mc and lk.type == "rlock"
+        free = (s["owner"] is None or s["orphan"]) and not lk.waiters
+        if reenter or free:
+            def commit():
+                if reenter:
+                    s["count"] += 1
+                else:
+                    s["owner"], s["count"], s["orphan"] = mc, 1, False
+            now = (None, True, commit)
+        elif s["owner"] is mc:
+            if mode in ("park", "notify"):
+                return None if mode == "notify" else self.call(
+                    mc, "condition.acquire", params, err="RuntimeError")
+            now = None
+        else:
+            now = None
+        return self.blocking(mc, "condition.acquire", params, lk, mode, now, "lock", None,
+                             (None, False), pin=o)
+    op_cond_acquire.weight = 2
+
+    def op_cond_release(self):
+        mc, o = self.conn(), self.obj("condition")
+        if not mc or not o:
+            return None
+        lk = self.cond_lock(o)
+        s = lk.state
+        owner = s["owner"]
+        if owner is not None and owner is not mc and not owner.parked and self.rng.random() < 0.7:
+            mc = owner
+        if s["orphan"]:
+            def commit():
+                s["orphan"] = False
+                self.d.lock_handoff(lk)
+            return self.call(mc, "condition.release", [o.ref], commit=commit)
+        if s["owner"] is not mc:
+            return self.call(mc, "condition.release", [o.ref], err="RuntimeError")
+
+        def commit():
+            s["count"] -= 1
+            if not s["count"]:
+                s["owner"] = None
+                self.d.lock_handoff(lk)
+        return self.call(mc, "condition.release", [o.ref], commit=commit)
+    op_cond_release.weight = 2
+
+    def op_cond_wait(self):
+        d = self.d
+        mc, o = self.conn(), self.obj("condition")
+        if not mc or not o:
+            return None
+        lk = self.cond_lock(o)
+        s = lk.state
+        owner = s["owner"]
+        if owner is not None and owner is not mc and not owner.parked and self.rng.random() < 0.8:
+            mc = owner
+        if s["owner"] is not mc:
+            return self.call(mc, "condition.wait", [o.ref], err="RuntimeError")
+        free = [c for c in d.conns if not c.parked]
+        if len(free) >= 2 and self.rng.random() < 0.7:
+            msgid = mc.conn.request("condition.wait", [o.ref])
+            d.current = "%r condition.wait(%r)" % (mc, o.ref)
+            depth = s["count"]
+            s["owner"], s["count"] = None, 0
+            d.park(mc, o, "cwait", msgid, depth)
+            d.lock_handoff(lk)
+            return d.current + " -> parked"
+        if lk.waiters:
+            return None   # a timed-out waiter would wait for the lock behind them
+        msgid = mc.conn.request("condition.wait", [o.ref, 0.02])
+        d.current = "%r condition.wait(%r, 0.02)" % (mc, o.ref)
+        d.answer(mc, msgid, None, False)   # gave the lock up, timed out, took it back
+        return d.current + " -> False"
+    op_cond_wait.weight = 2
+
+    def op_cond_notify(self):
+        d = self.d
+        mc, o = self.conn(), self.obj("condition")
+        if not mc or not o:
+            return None
+        lk = self.cond_lock(o)
+        s = lk.state
+        owner = s["owner"]
+        if owner is not None and owner is not mc and not owner.parked and self.rng.random() < 0.8:
+            mc = owner
+        n = self.rng.choice([None, 1, 2, "all"])
+        method = "condition.notify_all" if n == "all" else "condition.notify"
+        params = [o.ref] + ([n] if isinstance(n, int) else [])
+        if s["owner"] is not mc:
+            return self.call(mc, method, params, err="RuntimeError")
+
+        def commit():
+            waiting = [w for w in o.waiters if w.parked[0] == "cwait"]
+            k = len(waiting) if n == "all" else (n or 1)
+            for w in waiting[:k]:
+                kind, _, msgid, depth = d.unpark(w)
+                d.park(w, lk, "creacq", msgid, depth, pin=o)
+        return self.call(mc, method, params, commit=commit)
+    op_cond_notify.weight = 2
+
+    # barrier
+
+    def op_barrier(self):
+        mc, o = self.conn(), self.obj("barrier")
+        if not mc or not o:
+            return None
+        s, d = o.state, self.d
+        what = self.rng.choice(["wait", "wait", "wait", "reset", "abort", "broken", "parties"])
+        if what == "broken":
+            return self.call(mc, "barrier.broken", [o.ref], res=s["broken"])
+        if what == "parties":
+            return self.call(mc, "barrier.parties", [o.ref], res=s["parties"])
+        if what in ("reset", "abort"):
+            def commit():
+                s["broken"] = what == "abort"
+                for w in list(o.waiters):
+                    d.wake(w, "BrokenBarrierError", None)
+            return self.call(mc, "barrier." + what, [o.ref], commit=commit)
+        mode = self.mode(mc)
+        if mode == "nowait":
+            mode = "short"
+        params = [o.ref] + ([self.rng.choice([0.01, 0.03])] if mode == "short" else [])
+        if s["broken"]:
+            if mode == "notify":
+                return None
+            return self.call(mc, "barrier.wait", params, err="BrokenBarrierError")
+        if len(o.waiters) + 1 == s["parties"]:
+            index = len(o.waiters)
+
+            def commit():
+                for i, w in enumerate(list(o.waiters)):
+                    d.wake(w, None, i)
+            return self.blocking(mc, "barrier.wait", params, o, mode, (None, index, commit),
+                                 "bwait")
+        if mode == "short":
+            # the wait times out: the barrier breaks, for every waiter
+            msgid = mc.conn.request("barrier.wait", params)
+            d.current = "%r barrier.wait%r" % (mc, tuple(params))
+            s["broken"] = True
+            for w in list(o.waiters):
+                d.wake(w, "BrokenBarrierError", None)
+            d.answer(mc, msgid, "BrokenBarrierError", None)
+            return d.current + " -> BrokenBarrierError (timed out)"
+        return self.blocking(mc, "barrier.wait", params, o, mode, None, "bwait")
+    op_barrier.weight = 3
+
     # on parked connections: requests behind the parked one
 
     def op_behind_park(self):
@@ -1369,9 +1747,10 @@ class Ops:
     op_list_setitem.weight = 3
 
     def slice(self, n):
-        pick = lambda: self.rng.choice([None, 0, 1, -1, 2, -2, n, n + 3, -n - 3])
+        pick = lambda: self.rng.choice([None, 0, 1, -1, 2, -2, n, n + 3, -n - 3, 2 ** 63 - 1,
+                                        -2 ** 63])
         step = self.rng.choice([None, 1, 1, 2, -1, -2, 3, 0] +
-                               ([-2 ** 63, 2 ** 63 - 1] if "slice-overflow" in KNOWN_BUGS else []))
+                               [-2 ** 63, 2 ** 63 - 1])
         return pick(), pick(), step
 
     def op_list_getitem(self):
@@ -1436,6 +1815,15 @@ class Ops:
         if v not in s:
             return self.call(mc, "list." + what, [o.ref, v], err="ValueError")
         if what == "index":
+            if self.rng.random() < 0.5:
+                a = self.rng.choice([0, 1, -1, -3, 2 ** 63 - 1, -2 ** 63])
+                b = self.rng.choice([None, 2, -1, len(s), 2 ** 63 - 1, -2 ** 63])
+                args = [o.ref, v, a] + ([] if b is None and self.rng.random() < 0.5 else [b])
+                try:
+                    res = s.index(v, a, b if b is not None else len(s))
+                except ValueError:
+                    return self.call(mc, "list.index", args, err="ValueError")
+                return self.call(mc, "list.index", args, res=res)
             return self.call(mc, "list.index", [o.ref, v], res=s.index(v))
         return self.call(mc, "list.remove", [o.ref, v], commit=lambda: s.remove(v))
 
@@ -1504,8 +1892,8 @@ class Ops:
             arg = {}
             for k, v in pairs:
                 arg[k] = v
-        return self.store(mc, o, "dict.update", [o.ref, arg], [x for p in pairs for x in p],
-                          err=err, commit=commit)
+        # the operand is charged whole (an empty map too), not only the pairs it adds
+        return self.store(mc, o, "dict.update", [o.ref, arg], [arg], err=err, commit=commit)
 
     def op_dict_read(self):
         mc, o = self.conn(), self.obj("dict")
@@ -1578,8 +1966,9 @@ class Ops:
             if k in s and self.bad_refs(v):
                 # the key is there: whether the unused DEFAULT is checked is not said
                 return self.call(mc, "dict.setdefault", [o.ref, k, v], res=res,
-                                 alt=("NoSuchObject",))
-            return self.store(mc, o, "dict.setdefault", [o.ref, k, v], [v] if k not in s else [],
+                                 alt=("NoSuchObject",), cost=upper_cost(k) + upper_cost(v) + 64)
+            # DEFAULT is charged even where the key is there (as cas's EXPECTED is)
+            return self.store(mc, o, "dict.setdefault", [o.ref, k, v], [k, v],
                               res=res, commit=commit)
         if what == "incr":
             delta = self.rng.choice([1, -1, 5, 2.5, 2 ** 62, "x", None, True])
@@ -1608,8 +1997,9 @@ class Ops:
         def commit():
             if hit:
                 s[k] = new
+        # the broker charges EXPECTED too (it counts the request's values before it looks)
         return self.call(mc, p + "cas", [o.ref, k, exp, new], res=hit, commit=commit,
-                         cost=upper_cost(new) + 64)
+                         cost=upper_cost(new) + upper_cost(exp) + 64)
     op_dict_rmw.weight = 2
 
     def op_ns(self):
@@ -1717,29 +2107,129 @@ def _state_lock(initial, m):
     return {"owner": None, "count": 0, "orphan": False}
 
 
+TC_RANGE = {"b": (-2 ** 7, 2 ** 7), "B": (0, 2 ** 8), "i": (-2 ** 31, 2 ** 31),
+            "q": (-2 ** 63, 2 ** 63), "Q": (0, 2 ** 64)}
+TC_SAMPLES = {"b": [0, 1, -128, 127, 128, -129], "B": [0, 255, 256, -1],
+              "i": [0, 7, -2 ** 31, 2 ** 31 - 1, 2 ** 31], "q": [0, 2 ** 63 - 1, -2 ** 63, 5],
+              "Q": [0, 2 ** 64 - 1, 2 ** 63, 3], "d": [0.5, -2.25, 1e300],
+              "bad": ["x", None, (1,)]}
+
+
+def tc_check(tc, v):
+    """The error storing v under typecode tc gives (None: it fits)."""
+    if tc == "d":
+        return None if isinstance(v, float) else "TypeError"
+    if not isinstance(v, int) or isinstance(v, bool):
+        return "TypeError"
+    lo, hi = TC_RANGE[tc]
+    return None if lo <= v < hi else "OverflowError"
+
+
+def tc_store(tc, v):
+    return v
+
+
+def _init_value(ops):
+    tc = ops.rng.choice(list(TC_RANGE) + ["d"])
+    r = ops.rng.random()
+    if r < 0.2:
+        return None
+    if r < 0.4:
+        return (tc,)
+    return (tc, ops.rng.choice(TC_SAMPLES[tc]))
+
+
+def _state_value(initial, m):
+    if initial is None:
+        return {"tc": "i", "v": 0}
+    tc = initial[0]
+    v = initial[1] if len(initial) > 1 else (0.0 if tc == "d" else 0)
+    err = tc_check(tc, v)
+    if err:
+        raise ModelError(err)
+    return {"tc": tc, "v": v}
+
+
+def _init_array(ops):
+    tc = ops.rng.choice(["b", "i", "Q", "d"])
+    if ops.rng.random() < 0.4:
+        return (tc, ops.rng.randint(0, 6))
+    return (tc, tuple(ops.rng.choice(TC_SAMPLES[tc]) for _ in range(ops.rng.randint(0, 6))))
+
+
+def _state_array(initial, m):
+    tc, x = initial
+    if isinstance(x, int):
+        return {"tc": tc, "items": [0.0 if tc == "d" else 0] * x}
+    for v in x:
+        err = tc_check(tc, v)
+        if err:
+            raise ModelError(err)
+    return {"tc": tc, "items": list(x)}
+
+
+def _init_set(ops):
+    if ops.rng.random() < 0.5:
+        return None
+    return tuple(ops.rng.choice(KEYS) for _ in range(ops.rng.randint(0, 4)))
+
+
+def _state_set(initial, m):
+    d = {}
+    for x in initial or ():
+        d.setdefault(x, None)
+    _check_refs(list(d), m)
+    return d
+
+
+def _init_cond(ops):
+    locks = [o.ref for o in ops.d.m.objs.values() if o.type in ("lock", "rlock")]
+    if locks and ops.rng.random() < 0.5:
+        return ops.rng.choice(locks)
+    if ops.rng.random() < 0.1 and ops.d.m.objs:
+        return ops.rng.choice(list(ops.d.m.objs))   # maybe not a lock: TypeError
+    return None
+
+
+def _state_cond(initial, m):
+    if initial is None:
+        return {"lock": None}
+    if not m.live(initial):
+        raise ModelError("NoSuchObject")
+    if m.objs[initial].type not in ("lock", "rlock"):
+        raise ModelError("TypeError")
+    return {"lock": initial}
+
+
 INITIAL = {"list": _init_list, "dict": _init_dict, "namespace": _init_ns,
            "queue": _init_queue, "joinablequeue": _init_queue,
            "lock": lambda ops: None, "rlock": lambda ops: None,
            "semaphore": _init_sem, "boundedsemaphore": _init_sem,
-           "event": lambda ops: ops.rng.choice([None, True, False])}
+           "event": lambda ops: ops.rng.choice([None, True, False]),
+           "set": _init_set, "value": _init_value, "array": _init_array,
+           "barrier": lambda ops: ops.rng.choice([1, 2, 2, 3]),
+           "condition": _init_cond}
 STATE = {"list": _state_list, "dict": _state_dict, "namespace": _state_dict,
          "queue": _state_queue,
          "joinablequeue": lambda i, m: _state_queue(i, m, True),
          "lock": _state_lock, "rlock": _state_lock,
          "semaphore": _state_sem,
          "boundedsemaphore": lambda i, m: _state_sem(i, m, True),
-         "event": lambda i, m: {"flag": bool(i)}}
+         "event": lambda i, m: {"flag": bool(i)},
+         "set": _state_set, "value": _state_value, "array": _state_array,
+         "barrier": lambda i, m: {"parties": i, "broken": False},
+         "condition": _state_cond}
 
 # ------------------------------------------------------------------------------ main
 
 # What `make test` runs: about a minute in the normal build, less under ASan.
-FIXED = [(1, 1000), (2, 1000), (3, 1000), (4, 1000), (5, 1000)]
-FIXED_ASAN = [(1, 400), (2, 400), (3, 400)]
+FIXED = [(1, 1200), (2, 1200), (3, 1200), (4, 1200), (5, 1200), (6, 1200)]
+FIXED_ASAN = [(1, 500), (2, 500), (3, 500), (4, 500)]
 
 
 def run_one(args, seed, steps):
     d = Driver(args, seed)
-    d.types = list(INITIAL)
+    d.types = args.types.split(",") if args.types else list(INITIAL)
     t0 = time.monotonic()
     try:
         d.run(steps)
@@ -1774,6 +2264,9 @@ def main():
     p.add_argument("--sanitized", action="store_true",
                    help="the server is an ASan build: fewer fixed steps")
     p.add_argument("-v", "--verbose", action="store_true", help="print every step")
+    p.add_argument("--max-memory", type=int, help="instead of one drawn from the seed")
+    p.add_argument("--types", default="", help="comma-separated object types to create "
+                   "(default: all)")
     p.add_argument("--skip", default="", metavar="OPS",
                    help="comma-separated operations not to draw (e.g. half_close,restart)")
     p.add_argument("--bugs", default="", help="comma-separated KNOWN_BUGS to exercise")

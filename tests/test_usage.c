@@ -126,6 +126,33 @@ START_TEST(every_binary_has_version)
 }
 END_TEST
 
+START_TEST(examples_refuse_bad_numbers_naming_them)
+{
+    char path[512];
+    const char *dir = env_or_fail("MPB_EXAMPLES");
+    static const char *const cases[][4] = {
+        {"producer_consumer", "-t", "-5", "'-5'"}, {"producer_consumer", "-t", "abc", "'abc'"},
+        {"counter", "-p", "abc", "'abc'"},         {"bank", "-a", "0", "'0'"},
+        {"records", "-w", "1.5", "'1.5'"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        snprintf(path, sizeof path, "%s/%s", dir, cases[i][0]);
+        const char *argv[] = {path, "-s", "unix:/nonexistent", cases[i][1], cases[i][2], NULL};
+        ck_assert_int_eq(tb_run_prog(argv, -1, NULL, out, sizeof out), 2);
+        ck_assert_msg(strstr(out, cases[i][3]) && strstr(out, cases[i][1]), "%s", out);
+    }
+    /* --help and -h anywhere on the line, and they explain every option. */
+    snprintf(path, sizeof path, "%s/bank", dir);
+    const char *help[] = {path, "-p", "2", "-h", NULL};
+    ck_assert_int_eq(tb_run_prog(help, -1, NULL, out, sizeof out), 0);
+    ck_assert_msg(strstr(out, "  -a ACCOUNTS") && strstr(out, "  -p PROCS"), "%s", out);
+    snprintf(path, sizeof path, "%s/producer_consumer", dir);
+    const char *help2[] = {path, "-t", "1", "--help", NULL};
+    ck_assert_int_eq(tb_run_prog(help2, -1, NULL, out, sizeof out), 0);
+    ck_assert_msg(strstr(out, "  -t TIMEOUT"), "%s", out);
+}
+END_TEST
+
 /*--- $MPBROKER_ADDRESS ---*/
 
 /* Spawn the server with env, wait until address answers; the pid. */
@@ -229,6 +256,7 @@ static Suite *usage_suite(void)
     tcase_add_test(tc, server_help_writes_defaults_in_units);
     tcase_add_test(tc, unknown_option_is_one_line_and_a_hint);
     tcase_add_test(tc, every_binary_has_version);
+    tcase_add_test(tc, examples_refuse_bad_numbers_naming_them);
     tcase_add_test(tc, server_honours_mpbroker_address);
     tcase_add_test(tc, log_says_disconnects_authentication_and_what_was_loaded);
     suite_add_tcase(s, tc);

@@ -334,9 +334,11 @@ static mpb_value lit_parse(const char **p)
     if (!strncmp(s, "True", 4)) return *p += 4, mpb_bool(true);
     if (!strncmp(s, "False", 5)) return *p += 5, mpb_bool(false);
     char *end;
+    errno = 0;
     long long i = strtoll(s, &end, 10);
     if (end != s && *end != '.' && *end != 'e') {
         *p = end;
+        if (errno == ERANGE && *s != '-') return mpb_uint(strtoull(s, NULL, 10)); /* 2**63.. */
         return mpb_int(i);
     }
     double d = strtod(s, &end);
