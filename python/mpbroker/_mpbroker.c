@@ -406,6 +406,7 @@ typedef struct {
     PyObject *ref_hook;  /* callable or None */
     int busy;            /* a call is under way (another thread must not enter) */
     pid_t busy_pid;      /* the process whose thread set busy */
+    int interruptible;   /* a signal whose handler raises ends a wait (and the connection) */
 } ConnObject;
 
 /* A call of this process is under way. One of the parent's, inherited through fork()
@@ -457,7 +458,7 @@ static int conn_open(ConnObject *self)
         mpb_free(c);
         return -1;
     }
-    mpb_set_interruptible(c, 1);
+    mpb_set_interruptible(c, self->interruptible);
     self->c = c;
     return 0;
 }
@@ -669,10 +670,11 @@ static PyObject *Conn_fileno(ConnObject *self, PyObject *unused)
 
 static int Conn_init(ConnObject *self, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"address", "authkey", "ref_hook", "lazy", NULL};
+    static char *kwlist[] = {"address", "authkey", "ref_hook", "lazy", "interruptible", NULL};
     PyObject *address, *authkey = Py_None, *hook = Py_None;
-    int lazy = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "U|OOp", kwlist, &address, &authkey, &hook, &lazy))
+    int lazy = 0, interruptible = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "U|OOpp", kwlist, &address, &authkey, &hook,
+                                     &lazy, &interruptible))
         return -1;
     if (authkey != Py_None && !PyBytes_Check(authkey)) {
         PyErr_SetString(PyExc_TypeError, "authkey must be bytes or None");
@@ -683,6 +685,7 @@ static int Conn_init(ConnObject *self, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_RuntimeError, "__init__() while a call is under way");
         return -1;
     }
+    self->interruptible = interruptible;
     Py_INCREF(address);
     Py_XSETREF(self->address, address);
     Py_INCREF(authkey);
@@ -745,8 +748,11 @@ static PyTypeObject ConnType = {
     .tp_name = "mpbroker._mpbroker.Connection",
     .tp_basicsize = sizeof(ConnObject),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .tp_doc = "Connection(address, authkey=None, ref_hook=None, lazy=False): one "
-              "connection to a broker (libmpbroker context); one thread at a time.",
+    .tp_doc = "Connection(address, authkey=None, ref_hook=None, lazy=False, "
+              "interruptible=True): one connection to a broker (libmpbroker context); one "
+              "thread at a time. interruptible: a signal whose handler raises ends a wait "
+              "and gives the connection up (with what it held); False: the wait goes on "
+              "and the handler's exception comes after the reply.",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Conn_init,
     .tp_dealloc = (destructor)Conn_dealloc,

@@ -299,6 +299,51 @@ class ConnectionTests(unittest.TestCase):
         self.conn().call('queue.put', q, 'done')
         t2.join(10)
 
+    def test_a_signal_in_a_holder_call_keeps_the_process_holds(self):
+        # Regression: the holder connection (every hold of the process) was
+        # interruptible: a signal handler raising (Ctrl-C) during a holder round trip,
+        # e.g. in m.dict(), gave it up, and the broker freed every object the
+        # process's live proxies named (NoSuchObject afterwards).
+        class Alarm(Exception):
+            pass
+
+        def handler(signum, frame):
+            raise Alarm()
+        m = mpbroker.Manager(authkey=b'holder-signal-test')
+        try:
+            keep = m.list([1, 2, 3])
+            q = m.Queue()
+            threading.Thread(target=lambda: (time.sleep(0.6), q.put('x'))).start()
+            old = signal.signal(signal.SIGALRM, handler)
+            try:
+                signal.setitimer(signal.ITIMER_REAL, 0.2)
+                with self.assertRaises(Alarm):  # raised once the reply is in
+                    # A holder call that waits (holder calls never park in real
+                    # use: this makes the round trip long enough to be hit).
+                    m._client.hold_call('queue.get', q._mpb_ref, True, 10)
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                signal.signal(signal.SIGALRM, old)
+            self.assertEqual(keep[:], [1, 2, 3])
+        finally:
+            m.shutdown()
+
+    def test_a_connection_that_is_not_interruptible_finishes_its_wait(self):
+        c = _mpbroker.Connection(M.address, M._authkey, interruptible=False)
+        q = c.call('manager.create', 'queue', None)
+        hits = []
+        old = signal.signal(signal.SIGALRM, lambda s, f: hits.append(s))
+        threading.Thread(target=lambda: (time.sleep(0.5), self.conn().call('queue.put', q, 7))).start()
+        fd = c.fileno()
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0.1)
+            self.assertEqual(c.call('queue.get', q, True, 10), 7)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+        self.assertEqual(hits, [signal.SIGALRM])
+        self.assertEqual(c.fileno(), fd)
+
     def test_the_gil_is_released_while_a_call_waits(self):
         q = M.Queue()
         got = []
