@@ -633,6 +633,26 @@ class Proxies(unittest.TestCase):
             self.assertTrue(p.acquire(blocking=False))
             p.release()
 
+    def test_unhashable_keys_and_huge_slice_bounds_as_python(self):
+        # Regression: a list key reached the broker as an array (hashable there):
+        # d[[1]] was KeyError and [1] in d False, where Python's dict (and Manager)
+        # say TypeError; slice bounds past int64 were TypeError where Python clamps.
+        d, st = M.dict(), M.set()
+        for f in (lambda: d[[1]], lambda: [1] in d, lambda: d.__setitem__([1], 2),
+                  lambda: d.get({}), lambda: d.pop(([1],)), lambda: st.add([1]),
+                  lambda: [1] in st):
+            with self.assertRaises(TypeError):
+                f()
+        self.assertEqual(len(d), 0)
+        d[(1, 2)] = 3
+        self.assertIn((1, 2), d)
+        l = M.list([5, 6, 7])
+        self.assertEqual(l[1:2**70], [6, 7])
+        self.assertEqual(l[-2**70:1], [5])
+        self.assertEqual(l[::-2**70], [7])
+        with self.assertRaises(IndexError):
+            l[2**70]
+
     def test_exceptions_are_pythons(self):
         import threading as th
         with self.assertRaises(IndexError):
