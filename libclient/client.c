@@ -158,11 +158,12 @@ static ssize_t tls_failed(mpb_context *c, int r) {
     case SSL_ERROR_SYSCALL:
         if (errno == 0 || errno == EAGAIN) errno = ECONNRESET;
         return -1;
-    default:
+    default: {
         char why[sizeof p->tls_why - 8];
         snprintf(p->tls_why, sizeof p->tls_why, "TLS: %s", mpb_tls_error(why, sizeof why, "error"));
         errno = EPROTO;
         return -1;
+    }
     }
 }
 

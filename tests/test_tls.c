@@ -19,6 +19,8 @@
 #include <unistd.h>
 
 #include <event2/event.h>
+#include <msgpack.h>
+#include <openssl/ssl.h>
 
 #include "testutil.h"
 
@@ -595,6 +597,87 @@ START_TEST(async_calls_over_tls)
 }
 END_TEST
 
+/*--- Bytes OpenSSL holds that epoll never announces ---*/
+
+/* Before the authkey handshake the broker reads at most 1 KiB at a time. Two
+ * messages in one TLS record of more than that leave the rest decrypted inside
+ * OpenSSL: no read event would ever come for it, so the broker must look again
+ * itself. Both messages get their reply. */
+START_TEST(bytes_held_by_openssl_are_served)
+{
+    tb_broker t;
+    char tls[64], keyfile[300];
+    const char key[] = "a tls test key of enough bytes";
+    snprintf(keyfile, sizeof keyfile, "%s/authkey2", certs);
+    FILE *f = fopen(keyfile, "w");
+    ck_assert(f != NULL);
+    fputs(key, f);
+    fclose(f);
+    chmod(keyfile, 0600);
+    const char *extra[] = {"--authkey-file", keyfile, NULL};
+    setenv("MPBROKER_AUTHKEY_FILE", keyfile, 1); /* for tb_start's ping */
+    start_tls(&t, tls, sizeof tls, "server", extra);
+
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)atoi(strrchr(tls, ':') + 1))};
+    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    ck_assert(connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0);
+    struct timeval tv = {5, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    ck_assert(SSL_CTX_load_verify_locations(ctx, cert("ca.pem"), NULL) == 1);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    SSL *ssl = SSL_new(ctx);
+    SSL_set_fd(ssl, fd);
+    ck_assert(SSL_connect(ssl) == 1);
+
+    /* [0, 1, "auth.challenge", [bin "{sha256}" + 32 bytes]] and a 1000-byte call. */
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    unsigned char chal[8 + 32] = "{sha256}";
+    memset(chal + 8, 7, 32);
+    msgpack_pack_array(&pk, 4);
+    msgpack_pack_uint8(&pk, 0);
+    msgpack_pack_uint8(&pk, 1);
+    msgpack_pack_str_with_body(&pk, "auth.challenge", 14);
+    msgpack_pack_array(&pk, 1);
+    msgpack_pack_bin_with_body(&pk, chal, sizeof chal);
+    static char pad[960];
+    msgpack_pack_array(&pk, 4);
+    msgpack_pack_uint8(&pk, 0);
+    msgpack_pack_uint8(&pk, 2);
+    msgpack_pack_str_with_body(&pk, "manager.ping", 12);
+    msgpack_pack_array(&pk, 1);
+    msgpack_pack_bin_with_body(&pk, pad, sizeof pad);
+    ck_assert_uint_gt(sb.size, 1024);
+    ck_assert(SSL_write(ssl, sb.data, (int)sb.size) == (int)sb.size); /* one record */
+    msgpack_sbuffer_destroy(&sb);
+
+    msgpack_unpacker up;
+    msgpack_unpacker_init(&up, 4096);
+    msgpack_unpacked msg;
+    msgpack_unpacked_init(&msg);
+    int replies = 0;
+    while (replies < 2) {
+        msgpack_unpacker_reserve_buffer(&up, 4096);
+        int n = SSL_read(ssl, msgpack_unpacker_buffer(&up), 4096);
+        if (n <= 0) break; /* closed, or 5 s without a byte */
+        msgpack_unpacker_buffer_consumed(&up, (size_t)n);
+        while (msgpack_unpacker_next(&up, &msg) == MSGPACK_UNPACK_SUCCESS) replies++;
+    }
+    msgpack_unpacked_destroy(&msg);
+    msgpack_unpacker_destroy(&up);
+    SSL_free(ssl);
+    SSL_CTX_free(ctx);
+    close(fd);
+    ck_assert_int_eq(replies, 2);
+    ck_assert_int_eq(tb_stop(&t), 0);
+}
+END_TEST
+
 static Suite *tls_suite(void)
 {
     Suite *s = suite_create("tls");
@@ -605,6 +688,7 @@ static Suite *tls_suite(void)
     tcase_add_test(tc, big_pipelined_traffic);
     tcase_add_test(tc, authkey_handshake_runs_inside_tls);
     tcase_add_test(tc, async_calls_over_tls);
+    tcase_add_test(tc, bytes_held_by_openssl_are_served);
     suite_add_tcase(s, tc);
     tc = tcase_create("refused");
     tcase_set_timeout(tc, 60);

@@ -57,7 +57,9 @@ class _Server:
         keyfile = os.path.join(self.dir, 'authkey')
         fd = os.open(keyfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, 'wb') as f:
-            f.write(authkey)
+            # The broker drops one trailing newline from a key file (`echo key >
+            # file`): end with one, so that a key ending in b'\n' stays whole.
+            f.write(authkey + b'\n')
         self.proc = subprocess.Popen(
             [find_server(), '--socket', self.path, '--authkey-file', keyfile, '--quiet',
              *args],

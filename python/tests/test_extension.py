@@ -504,6 +504,16 @@ class Proxies(unittest.TestCase):
         with self.assertRaises(multiprocessing.AuthenticationError):
             mpbroker.Manager(M.address, b'wrong key')
 
+    def test_a_private_broker_takes_any_key_bytes(self):
+        # The broker drops one trailing newline from a key file (`echo key > file`):
+        # a random key that ends in one (1 start in 256 with Python's default key)
+        # must still be the broker's key.
+        for key in (b'ends in a newline\n', b'two newlines\n\n', b'\n', bytes(range(256))):
+            with mpbroker.Manager(authkey=key) as m:
+                d = m.dict()
+                d['k'] = key
+                self.assertEqual(d['k'], key)
+
     def test_a_barrier_action_runs_once_per_trip_before_anyone_leaves(self):
         import multiprocessing as mp
         ctx = mp.get_context('fork')
