@@ -23,6 +23,7 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "mpbroker.h"
 
@@ -404,7 +405,18 @@ typedef struct {
     PyObject *authkey;   /* bytes or None */
     PyObject *ref_hook;  /* callable or None */
     int busy;            /* a call is under way (another thread must not enter) */
+    pid_t busy_pid;      /* the process whose thread set busy */
+    int interruptible;   /* a signal whose handler raises ends a wait (and the connection) */
 } ConnObject;
+
+/* A call of this process is under way. One of the parent's, inherited through fork()
+ * with the thread that made it, is not: that thread does not exist in the child, which
+ * would otherwise find the connection busy for ever (libmpbroker gives the child its
+ * own socket). */
+static int conn_busy(ConnObject *self)
+{
+    return self->busy && self->busy_pid == getpid();
+}
 
 /* The exception for the context's last error, set as the current one. NULL. */
 static PyObject *raise_ctx_error(mpb_context *c)
@@ -446,7 +458,7 @@ static int conn_open(ConnObject *self)
         mpb_free(c);
         return -1;
     }
-    mpb_set_interruptible(c, 1);
+    mpb_set_interruptible(c, self->interruptible);
     self->c = c;
     return 0;
 }
@@ -466,7 +478,7 @@ static void conn_drop(ConnObject *self)
 
 static int conn_enter(ConnObject *self)
 {
-    if (self->busy) {
+    if (conn_busy(self)) {
         PyErr_SetString(PyExc_RuntimeError, "this mpbroker connection is in use by another "
                         "thread (use one connection per thread)");
         return -1;
@@ -474,6 +486,7 @@ static int conn_enter(ConnObject *self)
     /* Busy before connecting: conn_open releases the GIL, and a second thread must
      * not connect too (its context would replace the first one's under its call). */
     self->busy = 1;
+    self->busy_pid = getpid();
     if (self->c == NULL && conn_open(self) < 0) {
         self->busy = 0;
         return -1;
@@ -573,7 +586,9 @@ static PyObject *take_exception(void)
  * is sent in one write and the replies read in order. */
 static PyObject *Conn_pipeline(ConnObject *self, PyObject *calls)
 {
-    PyObject *seq = PySequence_Fast(calls, "pipeline takes a sequence of (method, args)");
+    /* A tuple of our own: converting a value runs Python code (pickling) that may
+     * change the caller's list; ours holds every (method, args) while we read it. */
+    PyObject *seq = PySequence_Tuple(calls);
     if (seq == NULL) return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq), sent = 0, got = 0;
     PyObject *out = NULL, **errs = NULL;
@@ -639,7 +654,7 @@ done:
 static PyObject *Conn_close(ConnObject *self, PyObject *unused)
 {
     (void)unused;
-    if (self->busy) {
+    if (conn_busy(self)) {
         PyErr_SetString(PyExc_RuntimeError, "close() while a call is under way");
         return NULL;
     }
@@ -655,16 +670,22 @@ static PyObject *Conn_fileno(ConnObject *self, PyObject *unused)
 
 static int Conn_init(ConnObject *self, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"address", "authkey", "ref_hook", "lazy", NULL};
+    static char *kwlist[] = {"address", "authkey", "ref_hook", "lazy", "interruptible", NULL};
     PyObject *address, *authkey = Py_None, *hook = Py_None;
-    int lazy = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "U|OOp", kwlist, &address, &authkey, &hook, &lazy))
+    int lazy = 0, interruptible = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "U|OOpp", kwlist, &address, &authkey, &hook,
+                                     &lazy, &interruptible))
         return -1;
     if (authkey != Py_None && !PyBytes_Check(authkey)) {
         PyErr_SetString(PyExc_TypeError, "authkey must be bytes or None");
         return -1;
     }
     if (authkey != Py_None && PyBytes_GET_SIZE(authkey) == 0) authkey = Py_None;
+    if (conn_busy(self)) { /* its context is in use, the GIL released: keep it */
+        PyErr_SetString(PyExc_RuntimeError, "__init__() while a call is under way");
+        return -1;
+    }
+    self->interruptible = interruptible;
     Py_INCREF(address);
     Py_XSETREF(self->address, address);
     Py_INCREF(authkey);
@@ -727,8 +748,11 @@ static PyTypeObject ConnType = {
     .tp_name = "mpbroker._mpbroker.Connection",
     .tp_basicsize = sizeof(ConnObject),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .tp_doc = "Connection(address, authkey=None, ref_hook=None, lazy=False): one "
-              "connection to a broker (libmpbroker context); one thread at a time.",
+    .tp_doc = "Connection(address, authkey=None, ref_hook=None, lazy=False, "
+              "interruptible=True): one connection to a broker (libmpbroker context); one "
+              "thread at a time. interruptible: a signal whose handler raises ends a wait "
+              "and gives the connection up (with what it held); False: the wait goes on "
+              "and the handler's exception comes after the reply.",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Conn_init,
     .tp_dealloc = (destructor)Conn_dealloc,

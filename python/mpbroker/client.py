@@ -134,13 +134,20 @@ class Client:
             calls += [('manager.incref', (r,)) for r in p._held_refs()]
         with self._hlock:
             if self._holder is None:
-                self._holder = _mpbroker.Connection(self.address, self.authkey)
+                self._holder = self._new_holder()
             results = iter(self._holder.pipeline(calls))
         pid = os.getpid()
         for p in proxies:
             ok = [not isinstance(next(results), BaseException) for _ in p._held_refs()]
             if ok[0]:
                 object.__setattr__(p, '_held_pid', pid)
+
+    def _new_holder(self):
+        # Not interruptible: a Ctrl-C (any raising signal handler) in a holder round
+        # trip would give the holder up, and with it every hold of this process (the
+        # broker would free objects that live proxies name). Holder calls never park,
+        # so the wait is short; the exception comes right after it.
+        return _mpbroker.Connection(self.address, self.authkey, interruptible=False)
 
     def call(self, method, *args):
         return self.conn().call(method, *args)
@@ -151,7 +158,7 @@ class Client:
         """A call on the holder connection, after the releases waiting for it."""
         with self._hlock:
             if self._holder is None:
-                self._holder = _mpbroker.Connection(self.address, self.authkey)
+                self._holder = self._new_holder()
             calls = []
             while self._releases:
                 calls.append(('manager.release', (self._releases.popleft(),)))

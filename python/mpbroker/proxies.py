@@ -160,8 +160,25 @@ class _Chunks:
         return item
 
 
+def _clamp(i):
+    # A slice bound past int64 means "past the end", as in Python's slices (the
+    # broker takes int64 bounds only).
+    if type(i) is int and not -2**63 <= i < 2**63:
+        return -2**63 if i < 0 else 2**63 - 1
+    return i
+
+
 def _slice_args(s):
-    return (s.start, s.stop) if s.step is None else (s.start, s.stop, s.step)
+    if s.step is None:
+        return (_clamp(s.start), _clamp(s.stop))
+    return (_clamp(s.start), _clamp(s.stop), _clamp(s.step))
+
+
+def _key(k):
+    # A list travels as the broker's array, which is hashable there (tuples are
+    # arrays too): refuse what Python cannot hash, as a dict or set would.
+    hash(k)
+    return k
 
 
 @_register('list')
@@ -174,17 +191,17 @@ class ListProxy(BaseProxy):
     def __getitem__(self, i):
         if isinstance(i, slice):
             return self._call('list.getitem', *_slice_args(i))
-        return self._call('list.getitem', i)
+        return self._call('list.getitem', _clamp(i))
 
     def __setitem__(self, i, v):
         if isinstance(i, slice):
             return self._call('list.setitem', *_slice_args(i), list(v))
-        return self._call('list.setitem', i, v)
+        return self._call('list.setitem', _clamp(i), v)
 
     def __delitem__(self, i):
         if isinstance(i, slice):
             return self._call('list.delitem', *_slice_args(i))
-        return self._call('list.delitem', i)
+        return self._call('list.delitem', _clamp(i))
 
     def __contains__(self, v):
         return self._call('list.contains', v)
@@ -272,22 +289,22 @@ class DictProxy(BaseProxy):
         return self._call('dict.len')
 
     def __getitem__(self, k):
-        return self._call('dict.getitem', k)
+        return self._call('dict.getitem', _key(k))
 
     def __setitem__(self, k, v):
-        return self._call('dict.setitem', k, v)
+        return self._call('dict.setitem', _key(k), v)
 
     def __delitem__(self, k):
-        return self._call('dict.delitem', k)
+        return self._call('dict.delitem', _key(k))
 
     def __contains__(self, k):
-        return self._call('dict.contains', k)
+        return self._call('dict.contains', _key(k))
 
     def __iter__(self):
         return _DictIter(self, 0)
 
     def get(self, k, default=None):
-        return self._call('dict.get', k, default)
+        return self._call('dict.get', _key(k), default)
 
     def keys(self):
         return [_hashable(k) for k in self._call('dict.keys')]
@@ -299,14 +316,14 @@ class DictProxy(BaseProxy):
         return [(_hashable(k), v) for k, v in self._call('dict.items')]
 
     def pop(self, k, *default):
-        return self._call('dict.pop', k, *default)
+        return self._call('dict.pop', _key(k), *default)
 
     def popitem(self):
         k, v = self._call('dict.popitem')
         return (_hashable(k), v)
 
     def setdefault(self, k, default=None):
-        return self._call('dict.setdefault', k, default)
+        return self._call('dict.setdefault', _key(k), default)
 
     def update(self, *args, **kw):
         d = dict(*args, **kw)
@@ -409,7 +426,9 @@ class QueueProxy(BaseProxy):
 
 def _acquire_args(blocking, timeout):
     if not blocking:
-        return (False,)
+        # As Python's Lock: a timeout other than the default -1 is ValueError (the
+        # broker says so when it gets one).
+        return (False,) if timeout is None or timeout == -1 else (False, timeout)
     if timeout is None or timeout < 0:
         return ()
     return (True, timeout)
@@ -634,19 +653,19 @@ class SetProxy(BaseProxy):
         return self._call('set.len')
 
     def __contains__(self, x):
-        return self._call('set.contains', x)
+        return self._call('set.contains', _key(x))
 
     def __iter__(self):
         return map(_hashable, _Chunks(self, 'set.items'))
 
     def add(self, x):
-        return self._call('set.add', x)
+        return self._call('set.add', _key(x))
 
     def discard(self, x):
-        return self._call('set.discard', x)
+        return self._call('set.discard', _key(x))
 
     def remove(self, x):
-        return self._call('set.remove', x)
+        return self._call('set.remove', _key(x))
 
     def pop(self):
         return self._call('set.pop')

@@ -243,6 +243,107 @@ class ConnectionTests(unittest.TestCase):
         self.assertEqual(out[3].kind, 'NoSuchMethod')
         self.assertEqual(c.call('dict.len', ref), 1)
 
+    def test_a_pipeline_whose_list_changes_while_converting_is_safe(self):
+        # Regression: pipeline() read its items from the caller's list, borrowed; a
+        # value whose pickling empties that list (its __reduce__ runs mid-conversion)
+        # made it read freed tuples and past the list's end (SIGSEGV).
+        c = self.conn()
+        ref = c.call('manager.create', 'list', None)
+        calls = []
+
+        class Emptier:
+            def __reduce__(self):
+                calls.clear()
+                return (int, (7,))
+        calls += [('list.extend', (ref, [Emptier(), 'z' * 100]))]
+        calls += [('list.append', (ref, 'w' * 100))] * 3
+        out = c.pipeline(calls)
+        self.assertEqual(out, [None] * 4)
+        self.assertEqual(c.call('list.copy', ref), [7, 'z' * 100] + ['w' * 100] * 3)
+
+    def test_a_fork_child_can_use_a_connection_busy_in_the_parent(self):
+        # Regression: a Connection busy in another thread at fork() stayed busy in the
+        # child for ever (that thread does not exist there): RuntimeError on every call.
+        c = self.conn()
+        q = c.call('manager.create', 'queue', None)
+        t = threading.Thread(target=c.call, args=('queue.get', q, True, 10))
+        t.start()
+        time.sleep(0.3)  # the thread is parked in queue.get
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                ok = c.call('manager.ping') == 'pong'
+            except BaseException:
+                ok = False
+            os.write(w, b'1' if ok else b'0')
+            os._exit(0)
+        os.close(w)
+        got = os.read(r, 1)
+        os.close(r)
+        os.waitpid(pid, 0)
+        self.conn().call('queue.put', q, 'done')
+        t.join(10)
+        self.assertEqual(got, b'1')
+
+    def test_init_again_while_a_call_waits_is_refused(self):
+        # Regression: __init__ freed the context another thread was waiting on with
+        # the GIL released (heap-use-after-free under ASan).
+        c = self.conn()
+        q = c.call('manager.create', 'queue', None)
+        t2 = threading.Thread(target=c.call, args=('queue.get', q, True, 10))
+        t2.start()
+        time.sleep(0.3)  # t2 is parked in queue.get
+        with self.assertRaises(RuntimeError):
+            c.__init__(M.address, M._authkey)
+        self.conn().call('queue.put', q, 'done')
+        t2.join(10)
+
+    def test_a_signal_in_a_holder_call_keeps_the_process_holds(self):
+        # Regression: the holder connection (every hold of the process) was
+        # interruptible: a signal handler raising (Ctrl-C) during a holder round trip,
+        # e.g. in m.dict(), gave it up, and the broker freed every object the
+        # process's live proxies named (NoSuchObject afterwards).
+        class Alarm(Exception):
+            pass
+
+        def handler(signum, frame):
+            raise Alarm()
+        m = mpbroker.Manager(authkey=b'holder-signal-test')
+        try:
+            keep = m.list([1, 2, 3])
+            q = m.Queue()
+            threading.Thread(target=lambda: (time.sleep(0.6), q.put('x'))).start()
+            old = signal.signal(signal.SIGALRM, handler)
+            try:
+                signal.setitimer(signal.ITIMER_REAL, 0.2)
+                with self.assertRaises(Alarm):  # raised once the reply is in
+                    # A holder call that waits (holder calls never park in real
+                    # use: this makes the round trip long enough to be hit).
+                    m._client.hold_call('queue.get', q._mpb_ref, True, 10)
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                signal.signal(signal.SIGALRM, old)
+            self.assertEqual(keep[:], [1, 2, 3])
+        finally:
+            m.shutdown()
+
+    def test_a_connection_that_is_not_interruptible_finishes_its_wait(self):
+        c = _mpbroker.Connection(M.address, M._authkey, interruptible=False)
+        q = c.call('manager.create', 'queue', None)
+        hits = []
+        old = signal.signal(signal.SIGALRM, lambda s, f: hits.append(s))
+        threading.Thread(target=lambda: (time.sleep(0.5), self.conn().call('queue.put', q, 7))).start()
+        fd = c.fileno()
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0.1)
+            self.assertEqual(c.call('queue.get', q, True, 10), 7)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+        self.assertEqual(hits, [signal.SIGALRM])
+        self.assertEqual(c.fileno(), fd)
+
     def test_the_gil_is_released_while_a_call_waits(self):
         q = M.Queue()
         got = []
@@ -530,6 +631,37 @@ class Proxies(unittest.TestCase):
         self.assertEqual(st.union([9]), {1, 2, 3, (4, 5), 9})
         self.assertTrue(st.issuperset([1, 2]))
         self.assertEqual(set(st), {1, 2, 3, (4, 5)})
+
+    def test_a_non_blocking_acquire_with_a_timeout_is_value_error(self):
+        # Regression: the proxy dropped the timeout of acquire(False, t), so it
+        # acquired where Python's Lock (and Manager) raise ValueError.
+        for p in (M.Lock(), M.RLock(), M.Semaphore(1), M.Condition()):
+            with self.assertRaises(ValueError):
+                p.acquire(False, 1)
+            self.assertTrue(p.acquire(False, -1))  # Python's default timeout: allowed
+            p.release()
+            self.assertTrue(p.acquire(blocking=False))
+            p.release()
+
+    def test_unhashable_keys_and_huge_slice_bounds_as_python(self):
+        # Regression: a list key reached the broker as an array (hashable there):
+        # d[[1]] was KeyError and [1] in d False, where Python's dict (and Manager)
+        # say TypeError; slice bounds past int64 were TypeError where Python clamps.
+        d, st = M.dict(), M.set()
+        for f in (lambda: d[[1]], lambda: [1] in d, lambda: d.__setitem__([1], 2),
+                  lambda: d.get({}), lambda: d.pop(([1],)), lambda: st.add([1]),
+                  lambda: [1] in st):
+            with self.assertRaises(TypeError):
+                f()
+        self.assertEqual(len(d), 0)
+        d[(1, 2)] = 3
+        self.assertIn((1, 2), d)
+        l = M.list([5, 6, 7])
+        self.assertEqual(l[1:2**70], [6, 7])
+        self.assertEqual(l[-2**70:1], [5])
+        self.assertEqual(l[::-2**70], [7])
+        with self.assertRaises(IndexError):
+            l[2**70]
 
     def test_exceptions_are_pythons(self):
         import threading as th
