@@ -1396,7 +1396,10 @@ class Ops:
 
             def commit():
                 s["v"] = tc_store(tc, v)
-            return self.call(mc, "value.set", [o.ref, v], err=err, commit=commit)
+            # the check is on what a write brings, not its net change (PROTOCOL.md,
+            # Limits): a value.set near the limit may be refused
+            return self.call(mc, "value.set", [o.ref, v], err=err, commit=commit,
+                             cost=upper_cost(v))
         delta = self.rng.choice([None, 1, -1, 100, 2 ** 40])
         args = [o.ref] + ([delta] if delta is not None else [])
         new = s["v"] + (1 if delta is None else delta)
@@ -1406,7 +1409,8 @@ class Ops:
 
         def commit():
             s["v"] = new
-        return self.call(mc, "value.incr", args, res=new, err=err, commit=commit)
+        return self.call(mc, "value.incr", args, res=new, err=err, commit=commit,
+                         cost=upper_cost(delta))
     op_value.weight = 2
 
     def op_array(self):
@@ -1431,7 +1435,8 @@ class Ops:
             def commit():
                 items[i] = tc_store(tc, v)
             return self.call(mc, "array.setitem", [o.ref, i, v], err=err, commit=commit,
-                             alt=("IndexError", "TypeError", "OverflowError"))
+                             alt=("IndexError", "TypeError", "OverflowError"),
+                             cost=upper_cost(v))
         start, stop, step = self.slice(n)
         if what == "getslice":
             if step == 0:
@@ -1449,7 +1454,8 @@ class Ops:
         def commit():
             items[slice(start, stop, step)] = [tc_store(tc, v) for v in vals]
         return self.call(mc, "array.setitem", [o.ref, start, stop, step, vals], err=err,
-                         commit=commit, alt=("TypeError", "OverflowError", "ValueError"))
+                         commit=commit, alt=("TypeError", "OverflowError", "ValueError"),
+                         cost=upper_cost(vals))
     op_array.weight = 2
 
     # condition: its lock is a lock/rlock object of the model; a waiter notified (or
