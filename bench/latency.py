@@ -37,8 +37,8 @@ class Conn:
         self.s.sendall(msgpack.packb([0, self.msgid, method, list(params)]))
         while True:
             for msg in self.u:
-                if msg[0] != 1:
-                    continue
+                if msg[0] != 1 or msg[1] != self.msgid:
+                    continue  # a notification, or the reply to a pipelined call
                 if msg[2] is not None:
                     raise RuntimeError('%s: %r' % (method, msg[2]))
                 return msg[3]
@@ -107,7 +107,7 @@ def main():
             for j in range(i, min(i + 1000, a.objects)):
                 c.msgid += 1
                 c.s.sendall(msgpack.packb([0, c.msgid, 'manager.open', ['event', 'obj:%d' % j]]))
-            c.call('manager.ping')
+            c.call('manager.ping')  # skips the opens' replies
         lst = c.call('manager.create', 'list')
         for i in range(10):
             c.call('list.extend', lst, [(k * 7919) % 1000003 for k in range(i * 100000, (i + 1) * 100000)])

@@ -73,7 +73,7 @@ static uint64_t rss_bytes(void)
 void manager_stats(mpb_req *r)
 {
     msgpack_packer *pk = reply_begin(r);
-    msgpack_pack_map(pk, 15);
+    msgpack_pack_map(pk, 16);
     pack_key(pk, "pid");
     msgpack_pack_int64(pk, getpid());
     pack_key(pk, "uptime");
@@ -105,6 +105,8 @@ void manager_stats(mpb_req *r)
     else msgpack_pack_nil(pk);
     pack_key(pk, "persistence_failures");
     msgpack_pack_uint64(pk, persist_failures());
+    pack_key(pk, "objects_scanned"); /* work of paged listings: what stats itself never adds to */
+    msgpack_pack_uint64(pk, g_objects_scanned);
 }
 
 static void pack_client_row(msgpack_packer *pk, const mpb_conn *c, const mpb_conn *self)

@@ -223,6 +223,21 @@ START_TEST(listings_are_bounded_per_request)
         pages++;
     } while (cursor >= 0);
     ck_assert_int_ge(pages, 2); /* 12,000 entries: more than one page's budget */
+    /* manager.stats is O(1): with 12,000 objects it examines none of them, while a page
+     * of 10 examines exactly 10 (counted by the broker in objects_scanned). */
+    mpb_value st;
+    ck_assert_int_eq(mpb_call(C, "manager.stats", NULL, 0, &st), MPB_OK);
+    int64_t scanned = field(&st, "objects_scanned")->v.i;
+    mpb_value_free(&st);
+    ck_assert_int_eq(mpb_call(C, "manager.stats", NULL, 0, &st), MPB_OK);
+    ck_assert_int_eq(field(&st, "objects_scanned")->v.i, scanned);
+    mpb_value_free(&st);
+    mpb_value p10;
+    ck_assert_uint_eq(page(C, "manager.objects", TB_ARGS(I(0), I(10)), &p10, &cursor)->len, 10);
+    mpb_value_free(&p10);
+    ck_assert_int_eq(mpb_call(C, "manager.stats", NULL, 0, &st), MPB_OK);
+    ck_assert_int_eq(field(&st, "objects_scanned")->v.i, scanned + 10);
+    mpb_value_free(&st);
     /* COUNT past the most a page holds is a hint: the page is clamped; none: 100. */
     mpb_value pg;
     ck_assert_uint_eq(page(C, "manager.objects", TB_ARGS(I(0)), &pg, &cursor)->len, 100);
