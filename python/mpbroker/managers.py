@@ -183,12 +183,20 @@ class SyncManager:
 
     # --- what CPython's tests ask of a manager ---
 
+    def _all_objects(self):
+        # manager.objects pages (at most 1000 rows a call): walk the cursor.
+        rows, start = [], 0
+        while start is not None:
+            page, start = self._client.hold_call('manager.objects', start, 1000)
+            rows.extend(page)
+        return rows
+
     def _number_of_objects(self):
-        return len(self._client.hold_call('manager.objects'))
+        return len(self._all_objects())
 
     def _debug_info(self):
         lines = []
-        for o in self._client.hold_call('manager.objects'):
+        for o in self._all_objects():
             lines.append('  %r: type=%s name=%s holders=%d contained=%d' % (
                 o['ref'], o['type'], o['name'], o['holders'], o['contained']))
         return '\n'.join(lines)

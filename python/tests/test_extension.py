@@ -504,6 +504,15 @@ class Proxies(unittest.TestCase):
         with self.assertRaises(multiprocessing.AuthenticationError):
             mpbroker.Manager(M.address, b'wrong key')
 
+    def test_number_of_objects_pages_past_one_reply(self):
+        # manager.objects answers at most 1000 rows a call: the count walks the pages.
+        before = M._number_of_objects()
+        keep = [M.list() for _ in range(1200)]
+        self.assertEqual(M._number_of_objects(), before + 1200)
+        self.assertEqual(M._debug_info().count('type=list'), sum(
+            1 for o in M._all_objects() if o['type'] == 'list'))
+        del keep
+
     def test_a_private_broker_takes_any_key_bytes(self):
         # The broker drops one trailing newline from a key file (`echo key > file`):
         # a random key that ends in one (1 start in 256 with Python's default key)
