@@ -12,20 +12,7 @@
 
 #include "testutil.h"
 
-static tb_broker B;
-static mpb_context *C;
-
-static void setup(void)
-{
-    tb_start(&B, 0, NULL);
-    C = tb_connect(&B);
-}
-static void teardown(void)
-{
-    mpb_free(C);
-    /* The broker must exit 0: under ASan that also means it leaked nothing. */
-    ck_assert_int_eq(tb_stop(&B), 0);
-}
+TB_DEFAULT_FIXTURE
 
 #define I(i) mpb_int(i)
 #define S(s) mpb_str(s)

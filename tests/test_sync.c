@@ -17,19 +17,7 @@
 #include "mpb_codec.h"
 #include "testutil.h"
 
-static tb_broker B;
-static mpb_context *C;
-
-static void setup(void)
-{
-    tb_start(&B, 0, NULL);
-    C = tb_connect(&B);
-}
-static void teardown(void)
-{
-    mpb_free(C);
-    ck_assert_int_eq(tb_stop(&B), 0);
-}
+TB_DEFAULT_FIXTURE
 
 #define V(text) tb_lit(text)
 #define R(r) mpb_refv(r)

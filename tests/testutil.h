@@ -78,4 +78,20 @@ void tb_expect_err_at(int line, mpb_context *c, const char *kind, const char *me
 #define TB_EXPECT_ERR(c, kind, method, ...) \
     tb_expect_err_at(__LINE__, c, kind, method, TB_ARGS(__VA_ARGS__))
 
+/* The fixture most suites use: a default broker B and one connection C, started for
+ * each test; teardown requires the broker to exit 0 (under ASan: nothing leaked). */
+#define TB_DEFAULT_FIXTURE                               \
+    static tb_broker B;                                  \
+    static mpb_context *C;                               \
+    static void setup(void)                              \
+    {                                                    \
+        tb_start(&B, 0, NULL);                           \
+        C = tb_connect(&B);                              \
+    }                                                    \
+    static void teardown(void)                           \
+    {                                                    \
+        mpb_free(C);                                     \
+        ck_assert_int_eq(tb_stop(&B), 0);                \
+    }
+
 #endif
