@@ -388,8 +388,7 @@ static size_t serve_buffered(mpb_conn *c)
             if (!c->authed) c->closing = true; /* before the handshake: one error, then out */
             continue;
         }
-        dispatch_message(c, &msg);
-        objects_collect();
+        dispatch_message(c, &msg); /* collects what the request freed */
     }
     c->out_stopped = !c->blocked && !c->closing && out_pending(c) >= OUT_HIGH;
     return served;
