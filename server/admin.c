@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "persist.h"
 #include "seqidx.h"
 #include "server.h"
@@ -20,15 +21,8 @@
 
 static size_t nmonitors;
 static mpb_seqidx conn_index; /* id -> mpb_conn, for paging manager.clients */
-static struct timespec started;
+static double started; /* mpb_mono_seconds() at admin_init */
 static uint64_t ops_at_last_tick, ops_last_second;
-
-static double mono_seconds(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
-}
 
 static void on_tick(evutil_socket_t fd, short what, void *arg)
 {
@@ -41,7 +35,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 
 void admin_init(struct event_base *base)
 {
-    clock_gettime(CLOCK_MONOTONIC, &started);
+    started = mpb_mono_seconds();
     static struct event tick;
     struct timeval one = {1, 0};
     event_assign(&tick, base, -1, EV_PERSIST, on_tick, NULL);
@@ -50,7 +44,7 @@ void admin_init(struct event_base *base)
 
 double admin_uptime(void)
 {
-    return mono_seconds() - ((double)started.tv_sec + (double)started.tv_nsec / 1e9);
+    return mpb_mono_seconds() - started;
 }
 
 static void pack_key(msgpack_packer *pk, const char *k)
@@ -121,7 +115,7 @@ static void pack_client_row(msgpack_packer *pk, const mpb_conn *c, const mpb_con
     pack_key(pk, "uid");
     msgpack_pack_int64(pk, c->is_tcp ? -1 : (int64_t)c->peer_uid);
     pack_key(pk, "age");
-    msgpack_pack_double(pk, mono_seconds() - c->since);
+    msgpack_pack_double(pk, mpb_mono_seconds() - c->since);
     pack_key(pk, "ops");
     msgpack_pack_uint64(pk, c->ops);
     pack_key(pk, "holds");

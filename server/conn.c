@@ -31,6 +31,7 @@
 
 #include <openssl/err.h>
 
+#include "clock.h"
 #include "auth.h"
 #include "conn.h"
 #include "limits.h"
@@ -115,9 +116,7 @@ mpb_conn *conn_new(struct event_base *base, int fd, bool is_tcp)
         free(c);
         return NULL;
     }
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    c->since = (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+    c->since = mpb_mono_seconds();
     c->fd = fd;
     c->is_tcp = is_tcp;
     msgpack_sbuffer_init(&c->out);
@@ -644,13 +643,12 @@ void conn_unblock(mpb_conn *c)
     event_active(&c->wev, EV_WRITE, 0);
 }
 
-static double mono_now(void);
 
 static void conn_free(mpb_conn *c)
 {
     if (!g_config.quiet)
         fprintf(stderr, "mpbroker-server: connection %llu (%s) closed after %.1f s, %llu "
-                "request%s\n", (unsigned long long)c->id, c->peer, mono_now() - c->since,
+                "request%s\n", (unsigned long long)c->id, c->peer, mpb_mono_seconds() - c->since,
                 (unsigned long long)c->ops, c->ops == 1 ? "" : "s");
     if (c->commit_wait) commit_unlink(c);
     admin_conn_closed(c);
@@ -687,12 +685,6 @@ void conn_serve(mpb_conn *c) { serve_buffered(c); }
 
 void conn_close(mpb_conn *c) { conn_free(c); }
 
-static double mono_now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
-}
 
 void conn_drain_all(struct event_base *base, double seconds)
 {
@@ -708,8 +700,8 @@ void conn_drain_all(struct event_base *base, double seconds)
         event_del(&c->rev);
         event_active(&c->wev, EV_WRITE, 0);
     }
-    double deadline = mono_now() + seconds;
-    while (conns && mono_now() < deadline) {
+    double deadline = mpb_mono_seconds() + seconds;
+    while (conns && mpb_mono_seconds() < deadline) {
         /* A connection that is parked with nothing to write waits for nobody. */
         bool busy = false;
         for (mpb_conn *c = conns, *next; c; c = next) {

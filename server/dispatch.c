@@ -11,6 +11,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "auth.h"
 #include "limits.h"
 #include "mpb_codec.h"
@@ -280,14 +281,6 @@ mpb_errkind value_add(mpb_value *cur, const mpb_value *delta, char *err, size_t 
 
 /*--- Dispatch ---*/
 
-/* Monotonic microseconds, for the slow log. */
-static uint64_t mono_us(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (uint64_t)t.tv_sec * 1000000u + (uint64_t)t.tv_nsec / 1000u;
-}
-
 /* Parameter count and reference checks shared by every method. */
 static bool check_params(mpb_req *r, const msgpack_object_array *params)
 {
@@ -394,11 +387,11 @@ void dispatch_message(mpb_conn *c, const msgpack_object *msg)
     c->ops++;
     g_ops_total++;
     size_t mark = c->out.size;
-    uint64_t t0 = mono_us();
+    uint64_t t0 = mpb_mono_us();
     dispatch_run(&r, params);
     limits_check_reply(&r, mark); /* --max-output: a read too big is TooLarge instead */
     objects_collect(); /* what the request freed is part of its cost (a big list dropped) */
-    slowlog_record(c, r.info, params, mono_us() - t0);
+    slowlog_record(c, r.info, params, mpb_mono_us() - t0);
 }
 
 void dispatch_run(mpb_req *r, const msgpack_object *params)

@@ -38,6 +38,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "mpb_codec.h"
 #include "mpb_reader.h"
 #include "persist.h"
@@ -76,12 +77,6 @@ static double compact_again; /* after a failed compaction, not before this */
 
 #define RETRY_MAX 10.0 /* seconds between tries to recover, at most */
 
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
-}
 
 static unsigned long long free_bytes(void)
 {
@@ -110,7 +105,7 @@ __attribute__((format(printf, 1, 2))) static void fail(const char *fmt, ...)
     failed = true;
     last_try[0] = '\0';
     nfailures++;
-    failed_since = now();
+    failed_since = mpb_mono_seconds();
     backoff = 1;
     next_try = failed_since + backoff;
     msgpack_sbuffer_clear(&logbuf); /* memory has it all; a new generation will store it */
@@ -263,7 +258,7 @@ bool persist_sync(void)
         need_fsync = true;
     }
     if (log_bytes > g_persist.compact_min && log_bytes > 2 * snap_bytes && compact_ev &&
-        now() >= compact_again)
+        mpb_mono_seconds() >= compact_again)
         event_active(compact_ev, EV_TIMEOUT, 0);
     return true;
 }
@@ -512,7 +507,7 @@ static void compact(void)
     int r = new_generation(why, sizeof why);
     if (r < 0) fail("%s", why);
     if (r == 0) {
-        compact_again = now() + 30;
+        compact_again = mpb_mono_seconds() + 30;
         fprintf(stderr, "mpbroker-server: warning: compaction failed, the log goes on "
                 "(tried again in 30 s): %s\n", why);
     }
@@ -612,13 +607,13 @@ static void recover(void)
 {
     char why[600];
     if (need_bytes && free_bytes() < need_bytes) {
-        next_try = now() + 1; /* quietly: nothing changed */
+        next_try = mpb_mono_seconds() + 1; /* quietly: nothing changed */
         return;
     }
     int r = directory_again(why, sizeof why) < 0 ? 0 : new_generation(why, sizeof why);
     if (r <= 0) {
         backoff = backoff * 2 > RETRY_MAX ? RETRY_MAX : backoff * 2;
-        next_try = now() + backoff;
+        next_try = mpb_mono_seconds() + backoff;
         if (strcmp(why, last_try) != 0) {
             snprintf(last_try, sizeof last_try, "%s", why);
             fprintf(stderr, "mpbroker-server: still read-only: %s\n", last_try);
@@ -628,7 +623,7 @@ static void recover(void)
     failed = false;
     fprintf(stderr, "mpbroker-server: persistence recovered after %.1f s: the whole state is "
             "stored in %s (generation %llu); writes are accepted again\n",
-            now() - failed_since, g_persist.dir, (unsigned long long)gen);
+            mpb_mono_seconds() - failed_since, g_persist.dir, (unsigned long long)gen);
     conn_release_held();
 }
 
@@ -662,7 +657,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     (void)what;
     (void)arg;
     if (failed) {
-        if (now() >= next_try) recover();
+        if (mpb_mono_seconds() >= next_try) recover();
         return;
     }
     if (need_fsync && g_persist.fsync == MPB_FSYNC_EVERYSEC) {
@@ -705,8 +700,7 @@ void persist_open(struct event_base *base)
     msgpack_packer_init(&replay.pk, &replay.out, msgpack_sbuffer_write);
 
     persist_loaded l;
-    struct timespec t0, t1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
+    double t0 = mpb_mono_seconds();
     replaying = true;
     persist_load(dirfd_, g_persist.dir, g_persist.repair, &replay, &l);
     /* Loaded: nothing holds or owns anything now. The semaphore units the replay held
@@ -722,11 +716,10 @@ void persist_open(struct event_base *base)
     gen = l.gen;
     snap_bytes = l.snap_bytes;
     log_bytes = l.log_bytes;
-    clock_gettime(CLOCK_MONOTONIC, &t1);
     if (!g_config.quiet)
         fprintf(stderr, "mpbroker-server: loaded %zu object%s from %s (snapshot %zu bytes, "
                 "log %zu bytes) in %.3f s\n", objects_count(), objects_count() == 1 ? "" : "s", g_persist.dir, l.snap_bytes,
-                l.log_bytes, (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9);
+                l.log_bytes, mpb_mono_seconds() - t0);
 
     if (l.old_format) { /* format 1: store it as format 2 now */
         msgpack_sbuffer_clear(&logbuf); /* the returns above: in its snapshot */

@@ -183,54 +183,6 @@ void value_set(mpb_req *r)
     reply_nil(r);
 }
 
-/* cur + delta for an integer typecode, when both are integers (or bools): true and
- * *out set, or an OverflowError in err when the sum leaves the typecode's range (a 'Q'
- * goes up to 2^64-1, where int64 arithmetic would stop at 2^63-1). false when either
- * is not an integer: the caller takes the general path. __builtin_add_overflow
- * computes in infinite precision and says whether the result fits its type. */
-static bool int_add(char tc, const mpb_value *cur, const mpb_value *delta, mpb_value *out,
-                    mpb_errkind *k, char *err, size_t errlen)
-{
-    int64_t lo;
-    uint64_t hi;
-    if (!int_range(tc, &lo, &hi)) return false;
-    const mpb_value *v[2] = {cur, delta};
-    int64_t si[2];
-    uint64_t ui[2];
-    bool is_u[2];
-    for (int j = 0; j < 2; j++) {
-        is_u[j] = v[j]->type == MPB_UINT;
-        if (is_u[j]) ui[j] = v[j]->v.u;
-        else if (v[j]->type == MPB_INT) si[j] = v[j]->v.i;
-        else if (v[j]->type == MPB_BOOL) si[j] = v[j]->v.b;
-        else return false;
-    }
-    bool over;
-    if (lo < 0) { /* signed: the sum must fit int64, then [lo, hi] */
-        int64_t s;
-        over = is_u[0] ? (is_u[1] ? __builtin_add_overflow(ui[0], ui[1], &s)
-                                  : __builtin_add_overflow(ui[0], si[1], &s))
-                       : (is_u[1] ? __builtin_add_overflow(si[0], ui[1], &s)
-                                  : __builtin_add_overflow(si[0], si[1], &s));
-        over = over || s < lo || (s > 0 && (uint64_t)s > hi);
-        if (!over) *out = mpb_int(s);
-    } else { /* unsigned: the sum must fit uint64 (so be >= 0), then <= hi */
-        uint64_t s;
-        over = is_u[0] ? (is_u[1] ? __builtin_add_overflow(ui[0], ui[1], &s)
-                                  : __builtin_add_overflow(ui[0], si[1], &s))
-                       : (is_u[1] ? __builtin_add_overflow(si[0], ui[1], &s)
-                                  : __builtin_add_overflow(si[0], si[1], &s));
-        over = over || s > hi;
-        if (!over) *out = mpb_uint(s);
-    }
-    *k = MPB_E_NONE;
-    if (over) {
-        snprintf(err, errlen, "value out of range for typecode '%c'", tc);
-        *k = MPB_E_OVERFLOW;
-    }
-    return true;
-}
-
 /* value.incr REF [DELTA] */
 void value_incr(mpb_req *r)
 {
@@ -238,10 +190,14 @@ void value_incr(mpb_req *r)
     mpb_value delta = mpb_int(1), sum = v->v, x;
     char err[128];
     if (r->nargs == 1 && !arg_value(r, 0, &delta)) return;
-    mpb_errkind k;
-    if (!int_add(v->tc, &v->v, &delta, &x, &k, err, sizeof err) &&
-        (k = value_add(&sum, &delta, err, sizeof err)) == MPB_E_NONE)
-        k = typecode_coerce(v->tc, &sum, &x, err, sizeof err);
+    /* value_add sums exactly (128 bits) within what the broker stores; the typecode's
+     * own range (a 'b' stops at 127, a 'Q' goes to 2**64-1) is typecode_coerce's. */
+    int64_t lo;
+    uint64_t hi;
+    mpb_errkind k = value_add(&sum, &delta, err, sizeof err);
+    if (k == MPB_E_OVERFLOW && int_range(v->tc, &lo, &hi))
+        snprintf(err, sizeof err, "value out of range for typecode '%c'", v->tc);
+    if (k == MPB_E_NONE) k = typecode_coerce(v->tc, &sum, &x, err, sizeof err);
     mpb_value_free(&delta);
     if (k != MPB_E_NONE) {
         reply_error(r, k, "value.incr: %s", err);
