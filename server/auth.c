@@ -126,6 +126,15 @@ static int load_file(const char *path)
         close(fd);
         return -1;
     }
+    /* ...and a key another user owns is theirs to change (sshd's StrictModes rule):
+     * only the broker's own user or root may own it. */
+    if (st.st_uid != geteuid() && st.st_uid != 0) {
+        fprintf(stderr, "mpbroker-server: authkey file %s is owned by uid %lu, not by the "
+                "broker's user (uid %lu) or root: that user could change the key\n", path,
+                (unsigned long)st.st_uid, (unsigned long)geteuid());
+        close(fd);
+        return -1;
+    }
     unsigned char *buf = malloc(KEY_MAX + 2);
     size_t n = 0;
     ssize_t got;

@@ -568,6 +568,35 @@ START_TEST(a_short_key_is_warned_about_at_start)
 }
 END_TEST
 
+START_TEST(a_key_file_others_can_read_or_change_is_refused)
+{
+    /* A key file is a secret only if nobody else can read it (mode) or rewrite it
+     * (owner): each broker start with such a file fails, naming the reason. */
+    char dir[] = "/tmp/mpb-keyfile-XXXXXX", path[128], err[1024];
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    snprintf(path, sizeof path, "%s/key", dir);
+    FILE *f = fopen(path, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs("a key of twenty-four bytes\n", f);
+    fclose(f);
+    const char *args[] = {"--socket", "none", "--authkey-file", path, NULL};
+    unsetenv("MPBROKER_AUTHKEY");
+    ck_assert_int_eq(chmod(path, 0640), 0);
+    ck_assert_int_eq(tb_run_server(args, err, sizeof err), 2);
+    ck_assert_msg(strstr(err, "accessible by group or others (mode 640)"), "stderr: %s", err);
+    ck_assert_int_eq(chmod(path, 0600), 0); /* the good case: read, then "nothing to listen on" */
+    ck_assert_int_eq(tb_run_server(args, err, sizeof err), 2);
+    ck_assert_msg(strstr(err, "authkey") == NULL, "stderr: %s", err);
+    if (geteuid() == 0) { /* only root can give a file away */
+        ck_assert_int_eq(chown(path, 65534, 65534), 0);
+        ck_assert_int_eq(tb_run_server(args, err, sizeof err), 2);
+        ck_assert_msg(strstr(err, "is owned by uid 65534"), "stderr: %s", err);
+    }
+    unlink(path);
+    rmdir(dir);
+}
+END_TEST
+
 /*--- Before authentication ---*/
 
 /* Pack one message into sb (cleared first) from a packing function. */
@@ -1263,6 +1292,7 @@ static Suite *security_suite(void)
     tc = tcase_create("key");
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, a_short_key_is_warned_about_at_start);
+    tcase_add_test(tc, a_key_file_others_can_read_or_change_is_refused);
     suite_add_tcase(s, tc);
     tc = tcase_create("limits");
     tcase_add_checked_fixture(tc, limits_setup, limits_teardown);
