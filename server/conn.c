@@ -468,6 +468,36 @@ bool conn_peer_left(mpb_conn *c)
     return true;
 }
 
+/* A parked connection the broker does not read (after EOF, or with its input held
+ * back) hears of no close from its read event, and its park may never end (a
+ * queue.get without timeout): once a second, ask whether the peer is gone. */
+static bool unread_while_parked(const mpb_conn *c)
+{
+    return c->blocked && !c->closing && (c->eof || c->in_paused || c->read_paused);
+}
+
+static void on_gone_check(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    mpb_conn *c = arg;
+    if (!unread_while_parked(c)) evtimer_del(&c->gone_timer);
+    else conn_peer_left(c); /* gone: closes at its next callback */
+}
+
+static void watch_for_gone_peer(mpb_conn *c)
+{
+    bool want = unread_while_parked(c);
+    if (!event_initialized(&c->gone_timer)) {
+        if (!want) return;
+        event_assign(&c->gone_timer, event_get_base(&c->rev), -1, EV_PERSIST, on_gone_check, c);
+    }
+    if (want == (evtimer_pending(&c->gone_timer, NULL) != 0)) return;
+    struct timeval one = {1, 0};
+    if (want) evtimer_add(&c->gone_timer, &one);
+    else evtimer_del(&c->gone_timer);
+}
+
 /* After serving: write, apply backpressure, close when done. May free c. */
 static void after_serving(mpb_conn *c)
 {
@@ -491,7 +521,8 @@ static void after_serving(mpb_conn *c)
          * ones included, answer them all, then close. */
         if (c->blocked) {
             if (peer_gone(c)) conn_free(c); /* nobody is left to read the answer */
-            return; /* else answered later: wait_done wakes on_write */
+            else watch_for_gone_peer(c); /* else answered later: wait_done wakes on_write */
+            return;
         }
         if (out_pending(c) > 0) return; /* on_write serves the rest as it drains */
         if (serve_buffered(c) == 0) { /* only a partial message is left, for ever */
@@ -520,6 +551,7 @@ static void after_serving(mpb_conn *c)
         if (hold) event_del(&c->rev);
         else if (!c->read_paused) event_add(&c->rev, NULL);
     }
+    watch_for_gone_peer(c);
     /* Bytes OpenSSL decrypted but nobody read yet: epoll will not announce them. */
     if (c->ssl && !c->tls_handshaking && SSL_pending(c->ssl) > 0 &&
         event_pending(&c->rev, EV_READ, NULL))
@@ -656,6 +688,7 @@ static void conn_free(mpb_conn *c)
     event_del(&c->rev);
     event_del(&c->wev);
     if (event_initialized(&c->tls_timer)) evtimer_del(&c->tls_timer);
+    if (event_initialized(&c->gone_timer)) evtimer_del(&c->gone_timer);
     if (c->ssl) {
         /* A close_notify when it can go at once (non-blocking, best effort): the peer
          * then knows the close was the broker's, not an attacker's truncation. */

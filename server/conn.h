@@ -53,6 +53,7 @@ typedef struct mpb_conn {
     /* TLS (--tls-listen): the session over fd, owned; NULL on a plain connection. */
     SSL *ssl;
     struct event tls_timer; /* the TLS handshake's deadline (--auth-timeout) */
+    struct event gone_timer; /* parked and not read: looks for the peer's close */
     bool tls_handshaking;   /* no application data before the handshake is done */
     bool tls_failed;        /* a fatal TLS error: no close_notify */
     bool tls_read_wants_write; /* SSL_read needs the socket writable (rare: key update) */

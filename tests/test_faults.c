@@ -11,6 +11,7 @@
  */
 #include <check.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -362,6 +363,49 @@ START_TEST(half_closed_socket_still_gets_every_reply)
 }
 END_TEST
 
+/* A connection parked on a call that never ends (queue.get, no timeout) and no longer
+ * read by the broker (half-closed, or its input held back behind the park) hears of
+ * no close from a read event: the broker still notices that its peer is gone, drops
+ * the park (nothing is handed to nobody) and closes it. */
+START_TEST(a_peer_gone_while_parked_for_ever_is_closed)
+{
+    mpb_context *c = tb_connect(&B);
+    mpb_ref q;
+    ck_assert_int_eq(mpb_open(c, "queue", "forever", NULL, &q), MPB_OK);
+    for (int held_back = 0; held_back < 2; held_back++) {
+        int fd = tb_raw_connect(&B);
+        mpb_value p[1] = {mpb_refv(q)};
+        send_call(fd, 1, "queue.get", p, 1, NULL);
+        if (!held_back) {
+            ck_assert_int_eq(shutdown(fd, SHUT_WR), 0); /* EOF read: no more read events */
+        } else { /* requests behind the park, until the broker stops reading (IN_HIGH) */
+            msgpack_sbuffer sb;
+            msgpack_sbuffer_init(&sb);
+            for (int i = 0; i < 2000; i++) send_call(fd, 2 + (uint64_t)i, "manager.ping", NULL, 0, &sb);
+            ck_assert_int_eq(fcntl(fd, F_SETFL, O_NONBLOCK), 0);
+            size_t total = 0;
+            for (int stuck = 0; stuck < 50 && total < (64u << 20);) {
+                ssize_t n = write(fd, sb.data, sb.size);
+                if (n > 0) total += (size_t)n, stuck = 0;
+                else stuck++, sleep_ms(10);
+            }
+            msgpack_sbuffer_destroy(&sb);
+            ck_assert_uint_lt(total, 64u << 20); /* it did stop reading */
+        }
+        sleep_ms(200);
+        ck_assert_int_eq(connections(c), 2);
+        close(fd);
+        await_connections(c, 1);
+    }
+    mpb_value item = mpb_int(7);
+    ck_assert_int_eq(mpb_queue_put(c, q, &item, -1), MPB_OK);
+    int64_t n;
+    ck_assert_int_eq(mpb_queue_qsize(c, q, &n), MPB_OK);
+    ck_assert_int_eq(n, 1); /* no dead getter took it */
+    mpb_free(c);
+}
+END_TEST
+
 /*--- A thousand connections ---*/
 
 #define PROCS 4
@@ -606,6 +650,7 @@ static Suite *faults_suite(void)
     tcase_add_test(tc, sigkill_mid_request_under_load_loses_and_leaks_nothing);
     tcase_add_test(tc, requests_written_a_byte_at_a_time_and_in_odd_pieces);
     tcase_add_test(tc, half_closed_socket_still_gets_every_reply);
+    tcase_add_test(tc, a_peer_gone_while_parked_for_ever_is_closed);
     tcase_add_test(tc, a_thousand_concurrent_connections_each_doing_work);
     tcase_add_test(tc, one_byte_a_second_does_not_hold_up_anyone);
     tcase_add_test(tc, list_sort_then_append_stays_in_bounds);
