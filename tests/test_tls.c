@@ -519,6 +519,42 @@ START_TEST(killed_client_releases_its_lock)
 }
 END_TEST
 
+/* A client writing to a broker that died gets an error, not SIGPIPE: OpenSSL's own
+ * socket BIO writes with write(), which would raise it (the plain path sends with
+ * MSG_NOSIGNAL). SIGPIPE's default action is restored first: it would kill the test. */
+START_TEST(write_to_a_dead_broker_is_an_error_not_sigpipe)
+{
+    tb_broker t;
+    char tls[64];
+    const char *extra[] = {"--insecure", NULL};
+    signal(SIGPIPE, SIG_DFL);
+    start_tls(&t, tls, sizeof tls, "server", extra);
+    ck_assert(mpb_set_tls(cert("ca.pem"), NULL, NULL, 0) == MPB_OK);
+    mpb_context *c = mpb_connect(tls);
+    works(c);
+    kill(t.pid, SIGKILL);
+    waitpid(t.pid, NULL, 0);
+    t.pid = -1;
+    /* Several MiB: the first bytes reach the closed port, its RST makes the next
+     * write fail with EPIPE. */
+    size_t n = 8u << 20;
+    char *blob = malloc(n);
+    ck_assert(blob != NULL);
+    memset(blob, 'p', n);
+    mpb_value v = mpb_str_borrowed(blob, n);
+    for (int i = 0; i < 3; i++) {
+        ck_assert(mpb_append_call(c, "list.append", &v, 1) == MPB_OK);
+        int done;
+        if (mpb_buffer_write(c, &done) != MPB_OK) break;
+        usleep(100000);
+    }
+    ck_assert_int_ne(mpb_ping(c), MPB_OK);
+    free(blob);
+    mpb_free(c);
+    tb_stop(&t);
+}
+END_TEST
+
 /* Many TLS connections at once (each a handshake and an SSL object in the broker). */
 START_TEST(many_tls_connections)
 {
@@ -711,6 +747,7 @@ static Suite *tls_suite(void)
     tcase_add_test(tc, client_that_never_reads_is_closed);
     tcase_add_test(tc, killed_client_releases_its_lock);
     tcase_add_test(tc, many_tls_connections);
+    tcase_add_test(tc, write_to_a_dead_broker_is_an_error_not_sigpipe);
     suite_add_tcase(s, tc);
     return s;
 }
