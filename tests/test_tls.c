@@ -355,6 +355,43 @@ START_TEST(stalled_handshake_is_dropped)
 }
 END_TEST
 
+/* A plain client on the TLS port of a broker that requires certificates is a stranger:
+ * it may neither outlive the handshake deadline nor make the broker buffer a large
+ * first message (it was served as a keyless client: --max-message bytes, no limit in
+ * time). */
+START_TEST(plain_client_on_the_tls_port_is_still_a_stranger)
+{
+    tb_broker t;
+    char tls[64];
+    others o;
+    const char *extra[] = {"--tls-ca", cert("ca.pem"), "--auth-timeout", "0.5", NULL};
+    start_tls(&t, tls, sizeof tls, "server", extra);
+    ck_assert(mpb_set_tls(cert("ca.pem"), cert("client.pem"), cert("client.key"), 0) == MPB_OK);
+    others_open(&o, &t, tls);
+    /* The start of a request, then nothing: closed at the deadline. */
+    static const unsigned char start[] = {0x94, 0x00};
+    stall(tls, start, sizeof start, 5000);
+    /* A request announcing a 15 MiB string: refused at once, with the reason. */
+    static const unsigned char big[] = {0x94, 0x00, 0x07, 0xdb, 0x00, 0xf0, 0x00, 0x00};
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)atoi(strrchr(tls, ':') + 1))};
+    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    ck_assert(connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0);
+    ck_assert(tb_write_all(fd, big, sizeof big) == 0);
+    mpb_value r;
+    ck_assert_msg(tb_read_msg(fd, &r, 5000) == 0, "no reply"); /* the deadline sends none */
+    ck_assert(r.type == MPB_ARRAY && r.v.a->len == 4 && r.v.a->items[2].type == MPB_ARRAY);
+    const mpb_value *why = &r.v.a->items[2].v.a->items[1];
+    ck_assert_msg(why->type == MPB_STR && strstr(why->v.s, "speaks TLS"), "%s", why->v.s);
+    mpb_value_free(&r);
+    ck_assert(tb_wait_closed(fd, 5000) == 1);
+    close(fd);
+    others_check_close(&o);
+    ck_assert_int_eq(tb_stop(&t), 0);
+}
+END_TEST
+
 /*--- Protected mode, options ---*/
 
 START_TEST(keyless_certless_tls_is_refused)
@@ -735,6 +772,7 @@ static Suite *tls_suite(void)
     tcase_add_test(tc, tls_client_on_a_plain_port_is_told);
     tcase_add_test(tc, client_certificate_required_and_checked);
     tcase_add_test(tc, stalled_handshake_is_dropped);
+    tcase_add_test(tc, plain_client_on_the_tls_port_is_still_a_stranger);
     tcase_add_test(tc, keyless_certless_tls_is_refused);
     tcase_add_test(tc, bad_tls_options_are_refused_at_start);
     suite_add_tcase(s, tc);
