@@ -218,6 +218,7 @@ bool conn_start_tls(mpb_conn *c)
         return false;
     }
     c->tls_handshaking = true;
+    auth_tls_start(c); /* a stranger until the handshake is done */
     memcpy(c->peer, "tls", 3); /* "tcp:HOST:PORT" -> "tls:HOST:PORT" */
     if (g_config.auth_timeout > 0) {
         double whole = (double)(long)g_config.auth_timeout;
@@ -258,6 +259,7 @@ static int tls_handshake(mpb_conn *c)
     int r = SSL_do_handshake(c->ssl);
     if (r == 1) {
         c->tls_handshaking = false;
+        auth_tls_done(c);
         if (event_initialized(&c->tls_timer)) evtimer_del(&c->tls_timer);
         if (!g_config.quiet) {
             X509 *peer = SSL_get1_peer_certificate(c->ssl);
@@ -690,6 +692,15 @@ static void conn_free(mpb_conn *c)
 void conn_serve(mpb_conn *c) { serve_buffered(c); }
 
 void conn_close(mpb_conn *c) { conn_free(c); }
+
+void conn_refuse(mpb_conn *c, const char *why)
+{
+    if (!c->tls_handshaking) {
+        dispatch_reply_bad(c, false, 0, MPB_E_TOO_MANY_CLIENTS, why);
+        (void)flush_out(c);
+    }
+    conn_free(c);
+}
 
 static double mono_now(void)
 {

@@ -392,6 +392,99 @@ START_TEST(plain_client_on_the_tls_port_is_still_a_stranger)
 }
 END_TEST
 
+/* A raw TCP connection to the TLS port of the broker at tls ("tls://HOST:PORT"). */
+static int raw_connect(const char *tls)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)atoi(strrchr(tls, ':') + 1))};
+    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    ck_assert(fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0);
+    return fd;
+}
+
+/* Keyless with --tls-ca: a connection in its TLS handshake is a stranger, as one still
+ * authenticating is on a keyed broker. Strangers that fill --max-clients must give way
+ * to a client with a certificate (they kept it out for --auth-timeout, and it read the
+ * plain TooManyClients reply as "wrong version number"); past
+ * --max-handshakes-per-peer the oldest of them goes. */
+START_TEST(tls_strangers_give_way_to_a_client_with_a_certificate)
+{
+    tb_broker t;
+    char tls[64];
+    others o;
+    const char *extra[] = {"--tls-ca", cert("ca.pem"), "--auth-timeout", "30",
+                           "--max-clients", "4", "--max-handshakes-per-peer", "2", NULL};
+    start_tls(&t, tls, sizeof tls, "server", extra);
+    ck_assert(mpb_set_tls(cert("ca.pem"), cert("client.pem"), cert("client.key"), 0) == MPB_OK);
+    others_open(&o, &t, tls); /* two of the four */
+    int a = raw_connect(tls), b = raw_connect(tls); /* silent: the broker is full */
+    usleep(200000);
+    mpb_context *c = mpb_connect(tls); /* the oldest stranger (a) gives way */
+    works(c);
+    ck_assert_msg(tb_wait_closed(a, 5000) == 1, "the oldest stranger was not closed");
+    mpb_free(c);
+    /* Per peer: b, then two more from 127.0.0.1; the third makes b go. */
+    int d = raw_connect(tls);
+    usleep(200000);
+    int e = raw_connect(tls);
+    ck_assert_msg(tb_wait_closed(b, 5000) == 1, "past --max-handshakes-per-peer: kept");
+    close(a);
+    close(b);
+    close(d);
+    close(e);
+    others_check_close(&o);
+    ck_assert_int_eq(tb_stop(&t), 0);
+}
+END_TEST
+
+/* Keyed: a TLS client evicted while authenticating reads why inside TLS (plain bytes
+ * written into its TLS stream read as a broken record). */
+START_TEST(evicted_tls_client_reads_why)
+{
+    tb_broker t;
+    char tls[64], keyfile[300];
+    snprintf(keyfile, sizeof keyfile, "%s/authkey3", certs);
+    FILE *f = fopen(keyfile, "w");
+    ck_assert(f != NULL);
+    fputs("a tls test key of enough bytes", f);
+    fclose(f);
+    chmod(keyfile, 0600);
+    const char *extra[] = {"--authkey-file", keyfile, "--max-handshakes", "1", NULL};
+    setenv("MPBROKER_AUTHKEY_FILE", keyfile, 1); /* for tb_start's ping */
+    start_tls(&t, tls, sizeof tls, "server", extra);
+    int fd = raw_connect(tls);
+    struct timeval tv = {5, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    ck_assert(SSL_CTX_load_verify_locations(ctx, cert("ca.pem"), NULL) == 1);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    SSL *ssl = SSL_new(ctx);
+    SSL_set_fd(ssl, fd);
+    ck_assert(SSL_connect(ssl) == 1);
+    usleep(200000);
+    int other = raw_connect(tls); /* past --max-handshakes 1: the TLS client goes */
+    char buf[512];
+    int n = SSL_read(ssl, buf, sizeof buf);
+    ck_assert_msg(n > 0, "SSL_read: %d (error %d)", n, SSL_get_error(ssl, n));
+    msgpack_unpacked up;
+    msgpack_unpacked_init(&up);
+    ck_assert(msgpack_unpack_next(&up, buf, (size_t)n, NULL) == MSGPACK_UNPACK_SUCCESS);
+    ck_assert(up.data.type == MSGPACK_OBJECT_ARRAY && up.data.via.array.size == 4);
+    const msgpack_object *err = &up.data.via.array.ptr[2];
+    ck_assert(err->type == MSGPACK_OBJECT_ARRAY && err->via.array.size == 2);
+    const msgpack_object_str *kind = &err->via.array.ptr[0].via.str;
+    ck_assert_msg(kind->size == 14 && memcmp(kind->ptr, "TooManyClients", 14) == 0, "%.*s",
+                  (int)kind->size, kind->ptr);
+    msgpack_unpacked_destroy(&up);
+    SSL_free(ssl);
+    SSL_CTX_free(ctx);
+    close(fd);
+    close(other);
+    ck_assert_int_eq(tb_stop(&t), 0);
+}
+END_TEST
+
 /*--- Protected mode, options ---*/
 
 START_TEST(keyless_certless_tls_is_refused)
@@ -773,6 +866,8 @@ static Suite *tls_suite(void)
     tcase_add_test(tc, client_certificate_required_and_checked);
     tcase_add_test(tc, stalled_handshake_is_dropped);
     tcase_add_test(tc, plain_client_on_the_tls_port_is_still_a_stranger);
+    tcase_add_test(tc, tls_strangers_give_way_to_a_client_with_a_certificate);
+    tcase_add_test(tc, evicted_tls_client_reads_why);
     tcase_add_test(tc, keyless_certless_tls_is_refused);
     tcase_add_test(tc, bad_tls_options_are_refused_at_start);
     suite_add_tcase(s, tc);
