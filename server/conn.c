@@ -284,7 +284,8 @@ static int tls_handshake(mpb_conn *c)
         long v = SSL_get_verify_result(c->ssl);
         fprintf(stderr, "mpbroker-server: connection %llu (%s): TLS handshake failed: %s%s%s\n",
                 (unsigned long long)c->id, c->peer,
-                tls_error(err, sizeof err, e == SSL_ERROR_SYSCALL ? "the peer closed" : "error"),
+                tls_error(err, sizeof err, e == SSL_ERROR_SYSCALL || e == SSL_ERROR_ZERO_RETURN
+                                               ? "the peer closed the connection" : "error"),
                 v != X509_V_OK ? ": " : "", v != X509_V_OK ? X509_verify_cert_error_string(v) : "");
     }
     return -1;
