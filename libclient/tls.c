@@ -88,12 +88,17 @@ static SSL_CTX *make_ctx(int *flags, char *err, size_t n)
     const char *cert = cfg_set ? cfg_cert : env("MPBROKER_TLS_CERT");
     const char *key = cfg_set ? cfg_key : env("MPBROKER_TLS_KEY");
     *flags = cfg_set ? cfg_flags : 0;
-    if (!cfg_set && env("MPBROKER_TLS_NO_VERIFY_NAME") &&
-        strcmp(env("MPBROKER_TLS_NO_VERIFY_NAME"), "0") != 0)
-        *flags |= MPB_TLS_NO_VERIFY_NAME;
+    /* Only "1" skips the name check: a "false" or "no" meant to keep it must not turn
+     * it off; any value but 1 and 0 is refused rather than guessed at. */
+    const char *skip = cfg_set ? NULL : env("MPBROKER_TLS_NO_VERIFY_NAME");
+    bool bad_skip = skip && strcmp(skip, "1") != 0 && strcmp(skip, "0") != 0;
+    if (skip && strcmp(skip, "1") == 0) *flags |= MPB_TLS_NO_VERIFY_NAME;
     if (cert && !key) key = cert; /* one PEM file holding both */
     const char *bad = NULL, *file = NULL;
-    if (ca ? SSL_CTX_load_verify_locations(ctx, ca, NULL) != 1
+    if (bad_skip)
+        snprintf(err, n, "TLS: $MPBROKER_TLS_NO_VERIFY_NAME is '%.40s': 1 skips the check "
+                 "that the broker's certificate names its host, 0 (or unset) keeps it", skip);
+    else if (ca ? SSL_CTX_load_verify_locations(ctx, ca, NULL) != 1
            : SSL_CTX_set_default_verify_paths(ctx) != 1)
         bad = "CA file", file = ca ? ca : "(system default)";
     else if (cert && SSL_CTX_use_certificate_chain_file(ctx, cert) != 1)
@@ -105,7 +110,7 @@ static SSL_CTX *make_ctx(int *flags, char *err, size_t n)
     if (bad) snprintf(err, n, "TLS: cannot load the %s %s: %s", bad, file,
                       mpb_tls_error(why, sizeof why, "error"));
     pthread_mutex_unlock(&cfg_lock);
-    if (bad) {
+    if (bad || bad_skip) {
         SSL_CTX_free(ctx);
         return NULL;
     }

@@ -272,6 +272,32 @@ START_TEST(wrong_host_name_is_refused_unless_told)
 }
 END_TEST
 
+/* $MPBROKER_TLS_NO_VERIFY_NAME: only 1 skips the name check ("false" did too: any
+ * value but 0); another value is refused with a clear error. */
+START_TEST(name_check_skipped_only_by_1_in_the_environment)
+{
+    tb_broker t;
+    char tls[64], byname[64];
+    const char *extra[] = {"--insecure", NULL};
+    start_tls(&t, tls, sizeof tls, "wrongname", extra);
+    with_host(byname, sizeof byname, tls, "localhost");
+    setenv("MPBROKER_TLS_CA", cert("ca.pem"), 1); /* no mpb_set_tls: the environment */
+    setenv("MPBROKER_TLS_NO_VERIFY_NAME", "0", 1);
+    refused(byname, "TLSError", "mismatch");
+    setenv("MPBROKER_TLS_NO_VERIFY_NAME", "false", 1);
+    refused(byname, "TLSError", "MPBROKER_TLS_NO_VERIFY_NAME is 'false'");
+    setenv("MPBROKER_TLS_NO_VERIFY_NAME", "no", 1);
+    refused(byname, "TLSError", "MPBROKER_TLS_NO_VERIFY_NAME is 'no'");
+    setenv("MPBROKER_TLS_NO_VERIFY_NAME", "1", 1);
+    mpb_context *c = mpb_connect(byname);
+    works(c);
+    mpb_free(c);
+    unsetenv("MPBROKER_TLS_NO_VERIFY_NAME");
+    unsetenv("MPBROKER_TLS_CA");
+    ck_assert_int_eq(tb_stop(&t), 0);
+}
+END_TEST
+
 START_TEST(plain_client_on_the_tls_port_is_told)
 {
     tb_broker t;
@@ -862,6 +888,7 @@ static Suite *tls_suite(void)
     tcase_add_test(tc, wrong_ca_is_refused);
     tcase_add_test(tc, expired_certificate_is_refused);
     tcase_add_test(tc, wrong_host_name_is_refused_unless_told);
+    tcase_add_test(tc, name_check_skipped_only_by_1_in_the_environment);
     tcase_add_test(tc, plain_client_on_the_tls_port_is_told);
     tcase_add_test(tc, tls_client_on_a_plain_port_is_told);
     tcase_add_test(tc, client_certificate_required_and_checked);
