@@ -245,11 +245,19 @@ SSL *mpb_tls_handshake(int fd, const char *host, char *err, size_t n)
         else if (v != X509_V_OK)
             snprintf(err, n, "TLS handshake with %s: the broker's certificate: %s", host,
                      X509_verify_cert_error_string(v));
-        else
-            snprintf(err, n, "TLS handshake with %s: %s", host,
+        else {
+            /* Bytes that are no TLS record: the broker answered in plain msgpack-rpc,
+             * being a plain port, or refusing the connection (--max-clients). */
+            int reason = ERR_GET_REASON(ERR_peek_last_error());
+            bool plain = reason == SSL_R_WRONG_VERSION_NUMBER ||
+                         reason == SSL_R_PACKET_LENGTH_TOO_LONG;
+            snprintf(err, n, "TLS handshake with %s: %s%s", host,
                      mpb_tls_error(why, sizeof why, e == SSL_ERROR_SYSCALL
                                    ? "the broker closed the connection (is it a TLS port?)"
-                                   : "failed"));
+                                   : "failed"),
+                     plain ? " (the broker answered without TLS: not its TLS port, or it "
+                             "refused the connection: --max-clients?)" : "");
+        }
         ERR_clear_error();
         SSL_free(ssl);
         return NULL;
