@@ -346,6 +346,9 @@ START_TEST(client_certificate_required_and_checked)
     ck_assert(mpb_set_tls(cert("ca.pem"), cert("other-client.pem"), cert("other-client.key"),
                           0) == MPB_OK);
     refused(tls, "TLSError", "unknown ca");
+    /* Signed by the right CA, but expired. */
+    ck_assert(mpb_set_tls(cert("ca.pem"), cert("expired.pem"), cert("expired.key"), 0) == MPB_OK);
+    refused(tls, "TLSError", "certificate expired");
     others_check_close(&o);
     ck_assert_int_eq(tb_stop(&t), 0);
 }
