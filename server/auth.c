@@ -227,14 +227,12 @@ static void peer_name(const peer_id *p, char *buf, size_t n)
  * callback, where no connection's callback runs. */
 static void evict(struct mpb_auth *a, const char *why)
 {
-    mpb_conn *c = a->conn;
-    limits_refuse(c->fd, why);
-    conn_close(c);
+    conn_refuse(a->conn, why); /* plain or inside TLS, as the connection speaks */
 }
 
 bool auth_make_room_for_peer(int fd, bool tcp, char *why, size_t n)
 {
-    if (!g_config.authkey) return false;
+    if (!pending_head) return false; /* none (and none ever, keyless without TLS) */
     peer_id p;
     size_t same = 0;
     struct mpb_auth *oldest = NULL;
@@ -280,14 +278,12 @@ static void on_auth_timeout(evutil_socket_t fd, short what, void *arg)
     conn_close(c); /* a timer callback: no connection's callback is running */
 }
 
-void auth_conn_new(mpb_conn *c)
+/* Track c as a connection still authenticating (admission counts and evicts these).
+ * The state, or NULL when out of memory. */
+static struct mpb_auth *track(mpb_conn *c)
 {
-    c->authed = g_config.authkey == NULL;
-    if (c->authed) return;
-    c->in.max_msg = AUTH_MAX_MSG;
-    /* Without memory for the handshake state the connection can only fail it. */
     struct mpb_auth *a = c->auth = calloc(1, sizeof *c->auth);
-    if (!a) return;
+    if (!a) return NULL;
     a->conn = c;
     peer_of(c->fd, c->is_tcp, &a->peer);
     a->prev = pending_tail;
@@ -295,6 +291,26 @@ void auth_conn_new(mpb_conn *c)
     else pending_head = a;
     pending_tail = a;
     npending++;
+    return a;
+}
+
+void auth_tls_start(mpb_conn *c)
+{
+    if (!c->auth) (void)track(c); /* keyed: tracked already, until it authenticates */
+}
+
+void auth_tls_done(mpb_conn *c)
+{
+    if (!g_config.authkey) auth_conn_free(c); /* the certificate was all it had to show */
+}
+
+void auth_conn_new(mpb_conn *c)
+{
+    c->authed = g_config.authkey == NULL;
+    if (c->authed) return;
+    c->in.max_msg = AUTH_MAX_MSG;
+    /* Without memory for the handshake state the connection can only fail it. */
+    if (!track(c)) return;
     if (g_config.auth_timeout <= 0) return;
     double whole = (double)(long)g_config.auth_timeout;
     struct timeval tv = {(time_t)whole, (suseconds_t)((g_config.auth_timeout - whole) * 1e6)};

@@ -40,6 +40,12 @@ bool auth_evict_oldest(const char *why);
 void auth_conn_new(mpb_conn *c);
 /* The connection is going: forget its handshake state. */
 void auth_conn_free(mpb_conn *c);
+/* A TLS connection in its TLS handshake is a stranger even on a keyless broker (with
+ * --tls-ca its certificate is its proof): counted and evicted by the admission rules
+ * above as one still authenticating, until auth_tls_done (after the TLS handshake:
+ * then only the authkey handshake, if any, keeps it counted). Its deadline is conn.c's. */
+void auth_tls_start(mpb_conn *c);
+void auth_tls_done(mpb_conn *c);
 /* A whole message from a connection that has not authenticated: served when it is a
  * well-formed auth.challenge or auth.response request; anything else (another method,
  * a bad shape, a notification, a failed step) gets at most one error reply and marks

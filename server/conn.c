@@ -204,8 +204,8 @@ static void on_tls_timeout(evutil_socket_t fd, short what, void *arg)
     mpb_conn *c = arg;
     if (!g_config.quiet)
         fprintf(stderr, "mpbroker-server: connection %llu (%s) did not finish the TLS "
-                "handshake within %g s: closed\n", (unsigned long long)c->id, c->peer,
-                g_config.auth_timeout);
+                "handshake within %g s%s: closed\n", (unsigned long long)c->id, c->peer,
+                g_config.auth_timeout, c->plain_on_tls ? " (a plain client on the TLS port)" : "");
     conn_close(c); /* a timer callback: no connection's callback is running */
 }
 
@@ -217,6 +217,7 @@ bool conn_start_tls(mpb_conn *c)
         return false;
     }
     c->tls_handshaking = true;
+    auth_tls_start(c); /* a stranger until the handshake is done */
     memcpy(c->peer, "tls", 3); /* "tcp:HOST:PORT" -> "tls:HOST:PORT" */
     if (g_config.auth_timeout > 0) {
         double whole = (double)(long)g_config.auth_timeout;
@@ -230,7 +231,10 @@ bool conn_start_tls(mpb_conn *c)
 
 /* Not a TLS ClientHello (0x16, a handshake record) first: a plain msgpack-rpc client
  * on the TLS port. It gets one plain BadRequest saying so, then the connection closes:
- * better than a silent close it could only guess about. */
+ * better than a silent close it could only guess about. It is still a stranger (no
+ * certificate, no key): its first message may be at most AUTH_MAX_MSG bytes, and the
+ * handshake's deadline stays, or it could hold a connection and --max-message bytes
+ * of the broker's memory for ever. */
 static bool plain_client(mpb_conn *c)
 {
     if (!SSL_in_before(c->ssl)) return false; /* only the first byte tells */
@@ -241,7 +245,7 @@ static bool plain_client(mpb_conn *c)
     c->ssl = NULL;
     c->tls_handshaking = false;
     c->plain_on_tls = true;
-    if (event_initialized(&c->tls_timer)) evtimer_del(&c->tls_timer);
+    if (c->in.max_msg > AUTH_MAX_MSG) c->in.max_msg = AUTH_MAX_MSG;
     return true;
 }
 
@@ -254,6 +258,7 @@ static int tls_handshake(mpb_conn *c)
     int r = SSL_do_handshake(c->ssl);
     if (r == 1) {
         c->tls_handshaking = false;
+        auth_tls_done(c);
         if (event_initialized(&c->tls_timer)) evtimer_del(&c->tls_timer);
         if (!g_config.quiet) {
             X509 *peer = SSL_get1_peer_certificate(c->ssl);
@@ -278,7 +283,8 @@ static int tls_handshake(mpb_conn *c)
         long v = SSL_get_verify_result(c->ssl);
         fprintf(stderr, "mpbroker-server: connection %llu (%s): TLS handshake failed: %s%s%s\n",
                 (unsigned long long)c->id, c->peer,
-                tls_error(err, sizeof err, e == SSL_ERROR_SYSCALL ? "the peer closed" : "error"),
+                tls_error(err, sizeof err, e == SSL_ERROR_SYSCALL || e == SSL_ERROR_ZERO_RETURN
+                                               ? "the peer closed the connection" : "error"),
                 v != X509_V_OK ? ": " : "", v != X509_V_OK ? X509_verify_cert_error_string(v) : "");
     }
     return -1;
@@ -362,10 +368,10 @@ static size_t serve_buffered(mpb_conn *c)
         mpb_read_status st = mpb_reader_next(&c->in, &msg);
         if (st == MPB_READ_NEED) break;
         served++;
-        if (c->plain_on_tls && st == MPB_READ_MSG) {
-            const msgpack_object *f = msg.via.array.ptr;
-            bool req = msg.type == MSGPACK_OBJECT_ARRAY && msg.via.array.size == 4 &&
-                       f[1].type == MSGPACK_OBJECT_POSITIVE_INTEGER;
+        if (c->plain_on_tls) { /* whatever it sent: one reply (its msgid if it can) */
+            const msgpack_object *f = st == MPB_READ_MSG ? msg.via.array.ptr : NULL;
+            bool req = st == MPB_READ_MSG && msg.type == MSGPACK_OBJECT_ARRAY &&
+                       msg.via.array.size == 4 && f[1].type == MSGPACK_OBJECT_POSITIVE_INTEGER;
             dispatch_reply_bad(c, req, req ? f[1].via.u64 : 0, MPB_E_BAD_REQUEST,
                                "this port speaks TLS: connect with tls://HOST:PORT");
             if (!g_config.quiet)
@@ -576,20 +582,21 @@ static void on_read(evutil_socket_t fd, short what, void *arg)
         /* Before the handshake nothing is read past AUTH_MAX_MSG bytes: a stranger's
          * bytes wait in the kernel until the ones before them are served. */
         size_t pend = mpb_reader_pending(&c->in);
-        size_t want = c->authed ? READ_CHUNK : pend < AUTH_MAX_MSG ? AUTH_MAX_MSG - pend : 0;
+        bool stranger = !c->authed || c->plain_on_tls;
+        size_t want = !stranger ? READ_CHUNK : pend < AUTH_MAX_MSG ? AUTH_MAX_MSG - pend : 0;
         size_t avail;
         char *space = want ? mpb_reader_space(&c->in, want, &avail) : NULL;
         if (!space) {
             c->closing = true;
             break;
         }
-        if (!c->authed) avail = want;
+        if (stranger) avail = want;
         ssize_t n = conn_recv(c, space, avail);
         if (n > 0) {
             mpb_reader_commit(&c->in, (size_t)n);
             /* Short: the socket is empty (TLS: this record was, SSL_pending says if
              * OpenSSL holds more; epoll tells of the socket). */
-            if (((size_t)n < avail && (!c->ssl || SSL_pending(c->ssl) == 0)) || !c->authed)
+            if (((size_t)n < avail && (!c->ssl || SSL_pending(c->ssl) == 0)) || stranger)
                 break;
             continue;
         }
@@ -718,6 +725,14 @@ void conn_serve(mpb_conn *c) { serve_buffered(c); }
 
 void conn_close(mpb_conn *c) { conn_free(c); }
 
+void conn_refuse(mpb_conn *c, const char *why)
+{
+    if (!c->tls_handshaking) {
+        dispatch_reply_bad(c, false, 0, MPB_E_TOO_MANY_CLIENTS, why);
+        (void)flush_out(c);
+    }
+    conn_free(c);
+}
 
 void conn_drain_all(struct event_base *base, double seconds)
 {

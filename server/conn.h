@@ -89,6 +89,10 @@ void conn_serve(mpb_conn *c);
 /* Close c now (its holds, ownership and parked request go). Never from inside
  * another connection's callback. */
 void conn_close(mpb_conn *c);
+/* conn_close after a TooManyClients error reply saying why, written if the socket
+ * takes it at once: plain, or through TLS once its handshake is done (plain bytes in
+ * a TLS stream read as a broken record; a TLS handshake under way gets nothing). */
+void conn_refuse(mpb_conn *c, const char *why);
 /* Persistence failed (persist.c): every reply not yet sent may acknowledge a write
  * that is not stored, so every connection with unsent output keeps it until
  * conn_release_held, called once the whole state is stored again. */

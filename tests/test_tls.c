@@ -272,6 +272,32 @@ START_TEST(wrong_host_name_is_refused_unless_told)
 }
 END_TEST
 
+/* $MPBROKER_TLS_NO_VERIFY_NAME: only 1 skips the name check ("false" did too: any
+ * value but 0); another value is refused with a clear error. */
+START_TEST(name_check_skipped_only_by_1_in_the_environment)
+{
+    tb_broker t;
+    char tls[64], byname[64];
+    const char *extra[] = {"--insecure", NULL};
+    start_tls(&t, tls, sizeof tls, "wrongname", extra);
+    with_host(byname, sizeof byname, tls, "localhost");
+    setenv("MPBROKER_TLS_CA", cert("ca.pem"), 1); /* no mpb_set_tls: the environment */
+    setenv("MPBROKER_TLS_NO_VERIFY_NAME", "0", 1);
+    refused(byname, "TLSError", "mismatch");
+    setenv("MPBROKER_TLS_NO_VERIFY_NAME", "false", 1);
+    refused(byname, "TLSError", "MPBROKER_TLS_NO_VERIFY_NAME is 'false'");
+    setenv("MPBROKER_TLS_NO_VERIFY_NAME", "no", 1);
+    refused(byname, "TLSError", "MPBROKER_TLS_NO_VERIFY_NAME is 'no'");
+    setenv("MPBROKER_TLS_NO_VERIFY_NAME", "1", 1);
+    mpb_context *c = mpb_connect(byname);
+    works(c);
+    mpb_free(c);
+    unsetenv("MPBROKER_TLS_NO_VERIFY_NAME");
+    unsetenv("MPBROKER_TLS_CA");
+    ck_assert_int_eq(tb_stop(&t), 0);
+}
+END_TEST
+
 START_TEST(plain_client_on_the_tls_port_is_told)
 {
     tb_broker t;
@@ -295,7 +321,8 @@ START_TEST(tls_client_on_a_plain_port_is_told)
     char tls[sizeof t.address + 8];
     snprintf(tls, sizeof tls, "tls://%s", t.address + 6);
     ck_assert(mpb_set_tls(cert("ca.pem"), NULL, NULL, 0) == MPB_OK);
-    refused(tls, "TLSError", "TLS handshake with 127.0.0.1");
+    refused(tls, "TLSError", "TLS handshake with 127.0.0.1: wrong version number (the "
+            "broker answered without TLS: not its TLS port");
     mpb_context *c = mpb_connect(t.address);
     works(c);
     mpb_free(c);
@@ -319,6 +346,9 @@ START_TEST(client_certificate_required_and_checked)
     ck_assert(mpb_set_tls(cert("ca.pem"), cert("other-client.pem"), cert("other-client.key"),
                           0) == MPB_OK);
     refused(tls, "TLSError", "unknown ca");
+    /* Signed by the right CA, but expired. */
+    ck_assert(mpb_set_tls(cert("ca.pem"), cert("expired.pem"), cert("expired.key"), 0) == MPB_OK);
+    refused(tls, "TLSError", "certificate expired");
     others_check_close(&o);
     ck_assert_int_eq(tb_stop(&t), 0);
 }
@@ -342,15 +372,146 @@ START_TEST(stalled_handshake_is_dropped)
     tb_broker t;
     char tls[64];
     others o;
-    const char *extra[] = {"--tls-ca", cert("ca.pem"), "--auth-timeout", "0.5", NULL};
+    /* Not less: a loaded ASan broker took over 0.5 s to finish a good client's. */
+    const char *extra[] = {"--tls-ca", cert("ca.pem"), "--auth-timeout", "3", NULL};
     start_tls(&t, tls, sizeof tls, "server", extra);
     ck_assert(mpb_set_tls(cert("ca.pem"), cert("client.pem"), cert("client.key"), 0) == MPB_OK);
     others_open(&o, &t, tls);
     /* The start of a ClientHello record, then nothing; then a silent client. */
     static const unsigned char hello[] = {0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01};
-    stall(tls, hello, sizeof hello, 5000);
-    stall(tls, NULL, 0, 5000);
+    stall(tls, hello, sizeof hello, 15000);
+    stall(tls, NULL, 0, 15000);
     others_check_close(&o); /* served meanwhile, and not dropped by the deadline */
+    ck_assert_int_eq(tb_stop(&t), 0);
+}
+END_TEST
+
+/* A plain client on the TLS port of a broker that requires certificates is a stranger:
+ * it may neither outlive the handshake deadline nor make the broker buffer a large
+ * first message (it was served as a keyless client: --max-message bytes, no limit in
+ * time). */
+START_TEST(plain_client_on_the_tls_port_is_still_a_stranger)
+{
+    tb_broker t;
+    char tls[64];
+    others o;
+    const char *extra[] = {"--tls-ca", cert("ca.pem"), "--auth-timeout", "3", NULL};
+    start_tls(&t, tls, sizeof tls, "server", extra);
+    ck_assert(mpb_set_tls(cert("ca.pem"), cert("client.pem"), cert("client.key"), 0) == MPB_OK);
+    others_open(&o, &t, tls);
+    /* The start of a request, then nothing: closed at the deadline. */
+    static const unsigned char start[] = {0x94, 0x00};
+    stall(tls, start, sizeof start, 15000);
+    /* A request announcing a 15 MiB string: refused at once, with the reason. */
+    static const unsigned char big[] = {0x94, 0x00, 0x07, 0xdb, 0x00, 0xf0, 0x00, 0x00};
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)atoi(strrchr(tls, ':') + 1))};
+    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    ck_assert(connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0);
+    ck_assert(tb_write_all(fd, big, sizeof big) == 0);
+    mpb_value r;
+    ck_assert_msg(tb_read_msg(fd, &r, 5000) == 0, "no reply"); /* the deadline sends none */
+    ck_assert(r.type == MPB_ARRAY && r.v.a->len == 4 && r.v.a->items[2].type == MPB_ARRAY);
+    const mpb_value *why = &r.v.a->items[2].v.a->items[1];
+    ck_assert_msg(why->type == MPB_STR && strstr(why->v.s, "speaks TLS"), "%s", why->v.s);
+    mpb_value_free(&r);
+    ck_assert(tb_wait_closed(fd, 5000) == 1);
+    close(fd);
+    others_check_close(&o);
+    ck_assert_int_eq(tb_stop(&t), 0);
+}
+END_TEST
+
+/* A raw TCP connection to the TLS port of the broker at tls ("tls://HOST:PORT"). */
+static int raw_connect(const char *tls)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)atoi(strrchr(tls, ':') + 1))};
+    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    ck_assert(fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0);
+    return fd;
+}
+
+/* Keyless with --tls-ca: a connection in its TLS handshake is a stranger, as one still
+ * authenticating is on a keyed broker. Strangers that fill --max-clients must give way
+ * to a client with a certificate (they kept it out for --auth-timeout, and it read the
+ * plain TooManyClients reply as "wrong version number"); past
+ * --max-handshakes-per-peer the oldest of them goes. */
+START_TEST(tls_strangers_give_way_to_a_client_with_a_certificate)
+{
+    tb_broker t;
+    char tls[64];
+    others o;
+    const char *extra[] = {"--tls-ca", cert("ca.pem"), "--auth-timeout", "30",
+                           "--max-clients", "4", "--max-handshakes-per-peer", "2", NULL};
+    start_tls(&t, tls, sizeof tls, "server", extra);
+    ck_assert(mpb_set_tls(cert("ca.pem"), cert("client.pem"), cert("client.key"), 0) == MPB_OK);
+    others_open(&o, &t, tls); /* two of the four */
+    int a = raw_connect(tls), b = raw_connect(tls); /* silent: the broker is full */
+    usleep(200000);
+    mpb_context *c = mpb_connect(tls); /* the oldest stranger (a) gives way */
+    works(c);
+    ck_assert_msg(tb_wait_closed(a, 5000) == 1, "the oldest stranger was not closed");
+    mpb_free(c);
+    /* Per peer: b, then two more from 127.0.0.1; the third makes b go. */
+    int d = raw_connect(tls);
+    usleep(200000);
+    int e = raw_connect(tls);
+    ck_assert_msg(tb_wait_closed(b, 5000) == 1, "past --max-handshakes-per-peer: kept");
+    close(a);
+    close(b);
+    close(d);
+    close(e);
+    others_check_close(&o);
+    ck_assert_int_eq(tb_stop(&t), 0);
+}
+END_TEST
+
+/* Keyed: a TLS client evicted while authenticating reads why inside TLS (plain bytes
+ * written into its TLS stream read as a broken record). */
+START_TEST(evicted_tls_client_reads_why)
+{
+    tb_broker t;
+    char tls[64], keyfile[300];
+    snprintf(keyfile, sizeof keyfile, "%s/authkey3", certs);
+    FILE *f = fopen(keyfile, "w");
+    ck_assert(f != NULL);
+    fputs("a tls test key of enough bytes", f);
+    fclose(f);
+    chmod(keyfile, 0600);
+    const char *extra[] = {"--authkey-file", keyfile, "--max-handshakes", "1", NULL};
+    setenv("MPBROKER_AUTHKEY_FILE", keyfile, 1); /* for tb_start's ping */
+    start_tls(&t, tls, sizeof tls, "server", extra);
+    int fd = raw_connect(tls);
+    struct timeval tv = {5, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    ck_assert(SSL_CTX_load_verify_locations(ctx, cert("ca.pem"), NULL) == 1);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    SSL *ssl = SSL_new(ctx);
+    SSL_set_fd(ssl, fd);
+    ck_assert(SSL_connect(ssl) == 1);
+    usleep(200000);
+    int other = raw_connect(tls); /* past --max-handshakes 1: the TLS client goes */
+    char buf[512];
+    int n = SSL_read(ssl, buf, sizeof buf);
+    ck_assert_msg(n > 0, "SSL_read: %d (error %d)", n, SSL_get_error(ssl, n));
+    msgpack_unpacked up;
+    msgpack_unpacked_init(&up);
+    ck_assert(msgpack_unpack_next(&up, buf, (size_t)n, NULL) == MSGPACK_UNPACK_SUCCESS);
+    ck_assert(up.data.type == MSGPACK_OBJECT_ARRAY && up.data.via.array.size == 4);
+    const msgpack_object *err = &up.data.via.array.ptr[2];
+    ck_assert(err->type == MSGPACK_OBJECT_ARRAY && err->via.array.size == 2);
+    const msgpack_object_str *kind = &err->via.array.ptr[0].via.str;
+    ck_assert_msg(kind->size == 14 && memcmp(kind->ptr, "TooManyClients", 14) == 0, "%.*s",
+                  (int)kind->size, kind->ptr);
+    msgpack_unpacked_destroy(&up);
+    SSL_free(ssl);
+    SSL_CTX_free(ctx);
+    close(fd);
+    close(other);
     ck_assert_int_eq(tb_stop(&t), 0);
 }
 END_TEST
@@ -516,6 +677,42 @@ START_TEST(killed_client_releases_its_lock)
     works(c);
     mpb_free(c);
     ck_assert_int_eq(tb_stop(&t), 0);
+}
+END_TEST
+
+/* A client writing to a broker that died gets an error, not SIGPIPE: OpenSSL's own
+ * socket BIO writes with write(), which would raise it (the plain path sends with
+ * MSG_NOSIGNAL). SIGPIPE's default action is restored first: it would kill the test. */
+START_TEST(write_to_a_dead_broker_is_an_error_not_sigpipe)
+{
+    tb_broker t;
+    char tls[64];
+    const char *extra[] = {"--insecure", NULL};
+    signal(SIGPIPE, SIG_DFL);
+    start_tls(&t, tls, sizeof tls, "server", extra);
+    ck_assert(mpb_set_tls(cert("ca.pem"), NULL, NULL, 0) == MPB_OK);
+    mpb_context *c = mpb_connect(tls);
+    works(c);
+    kill(t.pid, SIGKILL);
+    waitpid(t.pid, NULL, 0);
+    t.pid = -1;
+    /* Several MiB: the first bytes reach the closed port, its RST makes the next
+     * write fail with EPIPE. */
+    size_t n = 8u << 20;
+    char *blob = malloc(n);
+    ck_assert(blob != NULL);
+    memset(blob, 'p', n);
+    mpb_value v = mpb_str_borrowed(blob, n);
+    for (int i = 0; i < 3; i++) {
+        ck_assert(mpb_append_call(c, "list.append", &v, 1) == MPB_OK);
+        int done;
+        if (mpb_buffer_write(c, &done) != MPB_OK) break;
+        usleep(100000);
+    }
+    ck_assert_int_ne(mpb_ping(c), MPB_OK);
+    free(blob);
+    mpb_free(c);
+    tb_stop(&t);
 }
 END_TEST
 
@@ -695,10 +892,14 @@ static Suite *tls_suite(void)
     tcase_add_test(tc, wrong_ca_is_refused);
     tcase_add_test(tc, expired_certificate_is_refused);
     tcase_add_test(tc, wrong_host_name_is_refused_unless_told);
+    tcase_add_test(tc, name_check_skipped_only_by_1_in_the_environment);
     tcase_add_test(tc, plain_client_on_the_tls_port_is_told);
     tcase_add_test(tc, tls_client_on_a_plain_port_is_told);
     tcase_add_test(tc, client_certificate_required_and_checked);
     tcase_add_test(tc, stalled_handshake_is_dropped);
+    tcase_add_test(tc, plain_client_on_the_tls_port_is_still_a_stranger);
+    tcase_add_test(tc, tls_strangers_give_way_to_a_client_with_a_certificate);
+    tcase_add_test(tc, evicted_tls_client_reads_why);
     tcase_add_test(tc, keyless_certless_tls_is_refused);
     tcase_add_test(tc, bad_tls_options_are_refused_at_start);
     suite_add_tcase(s, tc);
@@ -711,6 +912,7 @@ static Suite *tls_suite(void)
     tcase_add_test(tc, client_that_never_reads_is_closed);
     tcase_add_test(tc, killed_client_releases_its_lock);
     tcase_add_test(tc, many_tls_connections);
+    tcase_add_test(tc, write_to_a_dead_broker_is_an_error_not_sigpipe);
     suite_add_tcase(s, tc);
     return s;
 }
