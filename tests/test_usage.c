@@ -75,6 +75,21 @@ START_TEST(server_bad_size_is_refused_naming_it)
 }
 END_TEST
 
+/* The benchmark's one size option, -d, takes the same suffixes (issue 22 review: it
+ * refused '1K'). Against no broker: a size it takes gets as far as connecting (1). */
+START_TEST(benchmark_size_takes_suffixes)
+{
+    const char *ok[] = {env_or_fail("MPB_BENCH"), "-s", "unix:/nonexistent", "-d", "1K",
+                        "-n", "1", "-c", "1", "-q", NULL};
+    ck_assert_int_eq(tb_run_prog(ok, -1, NULL, out, sizeof out), 1);
+    ck_assert_msg(strstr(out, "connect") != NULL && strstr(out, "-d") == NULL, "%s", out);
+    const char *bad[] = {env_or_fail("MPB_BENCH"), "-d", "65M", NULL};
+    ck_assert_int_eq(tb_run_prog(bad, -1, NULL, out, sizeof out), 2);
+    ck_assert_msg(strstr(out, "'65M'") && strstr(out, "-d"), "%s", out);
+    ck_assert_int_eq(lines_of(out), 1);
+}
+END_TEST
+
 /*--- --help, unknown options, --version ---*/
 
 START_TEST(server_help_writes_defaults_in_units)
@@ -253,6 +268,7 @@ static Suite *usage_suite(void)
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, server_size_options_take_suffixes);
     tcase_add_test(tc, server_bad_size_is_refused_naming_it);
+    tcase_add_test(tc, benchmark_size_takes_suffixes);
     tcase_add_test(tc, server_help_writes_defaults_in_units);
     tcase_add_test(tc, unknown_option_is_one_line_and_a_hint);
     tcase_add_test(tc, every_binary_has_version);
