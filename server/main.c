@@ -277,6 +277,18 @@ static void listen_tcp(const char *addr, bool tls)
         LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC | LEV_OPT_REUSEABLE, 1024, ai->ai_addr,
         (int)ai->ai_addrlen);
     evutil_freeaddrinfo(ai);
+    /* Port 0: the kernel picked one; say which, or nobody could connect. */
+    char what[300];
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    if (l && strcmp(port, "0") == 0 &&
+        getsockname(evconnlistener_get_fd(l), (struct sockaddr *)&ss, &sl) == 0) {
+        unsigned p = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                                    : ((struct sockaddr_in *)&ss)->sin_port);
+        snprintf(what, sizeof what, "%s://%s%s%s:%u", tls ? "tls" : "tcp",
+                 strchr(host, ':') ? "[" : "", host, strchr(host, ':') ? "]" : "", p);
+        addr = what;
+    }
     add_listener(l, addr);
 }
 

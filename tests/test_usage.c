@@ -14,6 +14,8 @@
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 #include "testutil.h"
 
@@ -209,6 +211,55 @@ START_TEST(server_honours_mpbroker_address)
     ck_assert_int_eq(stop(pid), 0);
     ck_assert_int_eq(access(addr + 5, F_OK), -1); /* removed at exit */
     rmdir(dir);
+
+    /* tcp://HOST:PORT: the broker listens there (and on no Unix socket), as the
+     * clients look there. A free port: one the kernel picks, then lets go. */
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t sl = sizeof sin;
+    ck_assert_int_eq(bind(s, (struct sockaddr *)&sin, sizeof sin), 0);
+    ck_assert_int_eq(getsockname(s, (struct sockaddr *)&sin, &sl), 0);
+    close(s);
+    snprintf(addr, sizeof addr, "tcp://127.0.0.1:%u", (unsigned)ntohs(sin.sin_port));
+    snprintf(env, sizeof env, "MPBROKER_ADDRESS=%s", addr);
+    pid = spawn_with_env(e, addr, NULL, (const char *[]){"-q", "--insecure", NULL});
+    ck_assert_int_eq(stop(pid), 0);
+}
+END_TEST
+
+/* --listen tcp://HOST:0: the log names the port the kernel picked (issue 22 review: it
+ * said ":0", which nobody can connect to). */
+START_TEST(port_zero_is_logged_as_the_port_bound)
+{
+    char dir[] = "/tmp/mpbtest-port0.XXXXXX", log[300], addr[64];
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    snprintf(log, sizeof log, "%s/log", dir);
+    const char *argv[] = {env_or_fail("MPB_SERVER"), "-s", "none", "--listen",
+                          "tcp://127.0.0.1:0", "--insecure", NULL};
+    const char *env[] = {"MPBROKER_ADDRESS", NULL};
+    pid_t pid = tb_spawn(argv, -1, env, log);
+    const char *at = NULL;
+    for (int i = 0; i < 500 && at == NULL; i++) {
+        usleep(10000);
+        FILE *f = fopen(log, "r");
+        if (f == NULL) continue;
+        size_t n = fread(out, 1, sizeof out - 1, f);
+        out[n] = '\0';
+        fclose(f);
+        at = strstr(out, "listening on tcp://127.0.0.1:");
+        if (at != NULL && strchr(at, '\n') == NULL) at = NULL; /* the line is not whole */
+    }
+    ck_assert_msg(at != NULL, "%s", out);
+    unsigned port = (unsigned)atoi(at + strlen("listening on tcp://127.0.0.1:"));
+    ck_assert_msg(port > 0, "%s", out);
+    snprintf(addr, sizeof addr, "tcp://127.0.0.1:%u", port);
+    mpb_context *c = mpb_connect(addr);
+    ck_assert_msg(c != NULL && c->err == MPB_OK, "%s", c ? c->errstr : "oom");
+    ck_assert_int_eq(mpb_call(c, "manager.ping", NULL, 0, NULL), MPB_OK);
+    mpb_free(c);
+    ck_assert_int_eq(stop(pid), 0);
+    unlink(log);
+    rmdir(dir);
 }
 END_TEST
 
@@ -274,6 +325,7 @@ static Suite *usage_suite(void)
     tcase_add_test(tc, every_binary_has_version);
     tcase_add_test(tc, examples_refuse_bad_numbers_naming_them);
     tcase_add_test(tc, server_honours_mpbroker_address);
+    tcase_add_test(tc, port_zero_is_logged_as_the_port_bound);
     tcase_add_test(tc, log_says_disconnects_authentication_and_what_was_loaded);
     suite_add_tcase(s, tc);
     return s;
