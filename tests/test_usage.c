@@ -128,7 +128,8 @@ START_TEST(every_binary_has_version)
     char ex[512];
     const char *dir = env_or_fail("MPB_EXAMPLES");
     const char *progs[] = {env_or_fail("MPB_SERVER"), env_or_fail("MPB_CLI"),
-                           env_or_fail("MPB_BENCH"), "records", "namespace", "counter",
+                           env_or_fail("MPB_BENCH"), env_or_fail("MPB_LOGRECORD"),
+                           "records", "namespace", "counter",
                            "producer_consumer", "value_array", "bank"};
     for (size_t i = 0; i < sizeof progs / sizeof *progs; i++) {
         const char *path = progs[i];
