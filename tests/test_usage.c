@@ -306,6 +306,10 @@ START_TEST(log_says_disconnects_authentication_and_what_was_loaded)
     slurp(log);
     ck_assert_msg(strstr(out, "loaded 2 objects from ") != NULL, "%s", out);
     ck_assert_msg(strstr(out, data) != NULL, "%s", out);
+    /* How many bytes, and in how long (the issue asks for both). */
+    const char *line = strstr(out, "loaded 2 objects from ");
+    ck_assert_msg(strstr(line, " bytes) in ") != NULL && strstr(line, " s\n") != NULL &&
+                  strstr(line, ", log ") != NULL, "%s", out);
     unsetenv("MPBROKER_AUTHKEY");
     char cmd[400];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
