@@ -77,6 +77,22 @@ START_TEST(server_bad_size_is_refused_naming_it)
 }
 END_TEST
 
+/* Counts take the suffixes too, but are not called byte counts (issue 22 review:
+ * "--max-clients wants a byte count >= 1"). */
+START_TEST(server_bad_count_is_refused_as_a_number)
+{
+    const char *opts[] = {"--max-clients", "--max-handshakes", "--max-handshakes-per-peer",
+                          "--slowlog-us", "--slowlog-len"};
+    for (size_t i = 0; i < sizeof opts / sizeof *opts; i++) {
+        const char *args[] = {opts[i], "-1", "--socket", "none", NULL};
+        ck_assert_int_eq(tb_run_server(args, out, sizeof out), 2);
+        ck_assert_msg(strstr(out, "'-1'") && strstr(out, opts[i]) && strstr(out, "whole number") &&
+                      !strstr(out, "byte"), "%s", out);
+        ck_assert_int_eq(lines_of(out), 1);
+    }
+}
+END_TEST
+
 /* The benchmark's one size option, -d, takes the same suffixes (issue 22 review: it
  * refused '1K'). Against no broker: a size it takes gets as far as connecting (1). */
 START_TEST(benchmark_size_takes_suffixes)
@@ -325,6 +341,7 @@ static Suite *usage_suite(void)
     tcase_add_test(tc, server_size_options_take_suffixes);
     tcase_add_test(tc, server_bad_size_is_refused_naming_it);
     tcase_add_test(tc, benchmark_size_takes_suffixes);
+    tcase_add_test(tc, server_bad_count_is_refused_as_a_number);
     tcase_add_test(tc, server_help_writes_defaults_in_units);
     tcase_add_test(tc, unknown_option_is_one_line_and_a_hint);
     tcase_add_test(tc, every_binary_has_version);
