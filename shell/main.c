@@ -240,7 +240,7 @@ int cli_run(mpb_cli *cli, int argc, cli_arg *argv) {
             char *end;
             long d = strtol(v, &end, 10);
             if (v[0] == '\0' || *end != '\0' || d < 0 || d > 60)
-                return cli_error(CLI_USAGE, "--depth wants a number from 0 to 60");
+                return cli_error(CLI_USAGE, "--depth wants a number from 0 to 60, not '%s'", v);
             o.depth = (int)d;
         } else {
             cli_error(CLI_USAGE, "unknown option %s for %s", f, cmd->name);

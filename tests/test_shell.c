@@ -504,6 +504,8 @@ START_TEST(errors_are_clear_and_exit_nonzero) {
     ck_assert_msg(strncmp(r.err, "error: unknown type 'tree' (types: list, dict, namespace", 56) == 0, "%s", r.err);
     RUN(&r, NULL, "show");
     expect(&r, 2, "", "error: usage: show [--depth N] REF|NAME\n");
+    RUN(&r, NULL, "show", "--depth", "abc", "records"); /* a bad number is named */
+    expect(&r, 2, "", "error: --depth wants a number from 0 to 60, not 'abc'\n");
     RUN(&r, NULL, "--bogus");
     ck_assert_int_eq(r.code, 2);
     run_argv(&r, NULL, 1, (const char *const[]){"-s", "/nonexistent/mpb.sock", "objects", NULL});
