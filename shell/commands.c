@@ -108,7 +108,10 @@ const mpb_value *cli_objects(mpb_cli *cli, bool report) {
     return &cli->objects;
 }
 
-void cli_forget(mpb_cli *cli) { mpb_value_free(&cli->objects); }
+void cli_forget(mpb_cli *cli) {
+    mpb_value_free(&cli->objects);
+    mpb_value_free(&cli->types);
+}
 
 const mpb_value *cli_object_info(mpb_cli *cli, mpb_ref ref) {
     const mpb_value *objs = cli_objects(cli, false);
@@ -136,6 +139,36 @@ static const char *object_type(mpb_cli *cli, mpb_ref ref, char *buf, size_t n) {
     snprintf(buf, n, "%s", res.type == MPB_STR ? res.v.s : "?");
     mpb_value_free(&res);
     return buf;
+}
+
+/* The type of a reference met in a value, for its label (<ref 7: list>) and its
+ * expansion: from the listing when this command fetched it anyway, else one
+ * manager.typeof per object, remembered until the command ends. Borrowed; "?" when
+ * the object is gone. */
+static const char *ref_type_of(mpb_cli *cli, mpb_ref ref) {
+    if (cli->objects.type == MPB_ARRAY) {
+        const mpb_value *info = cli_object_info(cli, ref);
+        return info ? cli_field_str(info, "type", "?") : "?";
+    }
+    mpb_value key = mpb_uint(ref);
+    if (cli->types.type == MPB_MAP) {
+        const mpb_value *t = mpb_map_get(cli->types.v.m, &key);
+        if (t != NULL) return t->type == MPB_STR ? t->v.s : "?";
+    } else if ((cli->types.v.m = mpb_map_new()) != NULL) {
+        cli->types.type = MPB_MAP;
+    } else {
+        return "?";
+    }
+    char buf[64];
+    const char *type = cli->c != NULL ? object_type(cli, ref, buf, sizeof buf) : NULL;
+    mpb_value val = type ? mpb_str(type) : mpb_nil();
+    if (mpb_map_set(cli->types.v.m, &key, &val, NULL) < 0) {
+        mpb_value_free(&val);
+        return "?";
+    }
+    key = mpb_uint(ref); /* the map took the first */
+    const mpb_value *t = mpb_map_get(cli->types.v.m, &key);
+    return t != NULL && t->type == MPB_STR ? t->v.s : "?";
 }
 
 /* The manager.methods entry for a full method name, or NULL. */
@@ -258,8 +291,7 @@ typedef struct expand_ctx {
 } expand_ctx;
 
 static const char *ref_type(void *ctx, mpb_ref ref) {
-    const mpb_value *info = cli_object_info(((expand_ctx *)ctx)->cli, ref);
-    return info ? cli_field_str(info, "type", "?") : "?";
+    return ref_type_of(((expand_ctx *)ctx)->cli, ref);
 }
 
 /* The content of ref in *out: 1 (2: an array of a set's elements); else its state
@@ -280,9 +312,9 @@ static int ref_expand(void *vctx, mpb_ref ref, mpb_value *content) {
     if (x->npath > x->depth || x->npath >= 64) return 0;
     for (int i = 0; i < x->npath; i++)
         if (x->path[i] == ref) return 0; /* a cycle: shown once, as Python's [...] */
-    const mpb_value *info = cli_object_info(x->cli, ref);
-    if (info == NULL) return 0;
-    int got = fetch_content(x->cli, ref, cli_field_str(info, "type", ""), content);
+    const char *type = ref_type_of(x->cli, ref);
+    if (is(type, "?")) return 0; /* gone */
+    int got = fetch_content(x->cli, ref, type, content);
     if (got <= 0) return 0;
     x->path[x->npath++] = ref;
     return got;
@@ -484,10 +516,11 @@ static int cmd_call(mpb_cli *cli, int argc, cli_arg *argv, const cli_opts *o) {
  * broker's get-or-create (manager.open) would answer with the old object silently. */
 static int exists_already(mpb_cli *cli, const char *name, mpb_ref ref, bool initial,
                           const cli_opts *o) {
-    const mpb_value *info = cli_object_info(cli, ref);
+    char tbuf[64];
+    const char *type = object_type(cli, ref, tbuf, sizeof tbuf);
     mpb_value nv = mpb_str_borrowed(name, strlen(name));
     char *shown = cli_display(&nv);
-    const char *type = info ? cli_field_str(info, "type", "?") : "?";
+    if (type == NULL) type = "?";
     int rc = CLI_OK;
     if (initial)
         rc = cli_error(CLI_FAIL, "'%s' exists already (<ref %llu: %s>): INITIAL not applied "

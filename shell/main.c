@@ -353,7 +353,7 @@ int main(int argc, char **argv) {
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
     };
-    mpb_cli cli = {.methods = mpb_nil(), .objects = mpb_nil()};
+    mpb_cli cli = {.methods = mpb_nil(), .objects = mpb_nil(), .types = mpb_nil()};
     const char *addr = getenv("MPBROKER_ADDRESS");
     char def[256];
     int opt;
@@ -408,5 +408,6 @@ int main(int argc, char **argv) {
     mpb_free(cli.c);
     mpb_value_free(&cli.methods);
     mpb_value_free(&cli.objects);
+    mpb_value_free(&cli.types);
     return rc;
 }

@@ -758,6 +758,8 @@ START_TEST(oneshot_commands_send_only_what_they_need) {
     expect(&r, 0, "'pong'\n", "");
     RUN(&r, NULL, "create", "list", "fresh", "[1]");
     expect(&r, 0, "<ref 4: list>\n", "");
+    RUN(&r, NULL, "create", "list", "fresh"); /* exists: says so, with its type */
+    expect(&r, 0, "<ref 4: list>\n", "note: 'fresh' exists already: this is that list\n");
     mpb_value v = S("end");
     ck_assert_int_eq(mpb_call(C, "manager.ping", &v, 1, NULL), MPB_OK); /* the marker */
     char buf[8192] = "";
