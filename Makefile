@@ -57,9 +57,9 @@ fuzz-long: fuzz
 # the broker's status, 0 when it stopped cleanly, instead of dying of the SIGINT (130).
 run: SHELL := /bin/bash
 run: build
-	@echo ./$(BUILD)/mpbroker-server $(ARGS)
-	@if [ -t 0 ]; then set -m; ./$(BUILD)/mpbroker-server $(ARGS) & fg %1 >/dev/null; \
-	else exec ./$(BUILD)/mpbroker-server $(ARGS); fi
+	@echo $(BUILD)/mpbroker-server $(ARGS)
+	@if [ -t 0 ]; then set -m; $(BUILD)/mpbroker-server $(ARGS) & fg %1 >/dev/null; \
+	else exec $(BUILD)/mpbroker-server $(ARGS); fi
 
 # mpbroker against the raw socket, Redis and Python's Manager (bench/compare: a few
 # minutes; Redis and valgrind are used when installed). The table goes to stdout and

@@ -694,7 +694,8 @@ static void usage(FILE *f) {
         "                   redis-benchmark runs its clients)\n"
         "  -n REQUESTS      total requests per test (default 100000)\n"
         "  -P DEPTH         requests in flight per client (default 1: no pipelining)\n"
-        "  -d BYTES         value size: a str of that many bytes (default 3)\n"
+        "  -d BYTES         value size: a str of that many bytes (default 3; K, M\n"
+        "                   allowed)\n"
         "  -r KEYSPACE      random keys/indexes in [0, KEYSPACE) instead of one fixed\n"
         "                   key (dict, namespace.setattr, list.getitem); read tests\n"
         "                   prefill that many items\n"
@@ -731,6 +732,22 @@ static long parse_long(const char *s, const char *what, long min, long max) {
     return v;
 }
 
+/* A byte count as the broker's size options take it: K, M or G (1024-based) allowed. */
+static long parse_bytes(const char *s, const char *what, long max) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    int shift = *end == 'K' || *end == 'k' ? 10 : *end == 'M' || *end == 'm' ? 20
+              : *end == 'G' || *end == 'g' ? 30 : 0;
+    if (shift) end++;
+    if (errno || end == s || *end || v < 0 || v > (max >> shift)) {
+        fprintf(stderr, PROG ": %s must be a byte count in [0, %ld MiB] (K, M, G allowed), "
+                "not '%s'\n", what, max >> 20, s);
+        exit(2);
+    }
+    return v << shift;
+}
+
 static void parse_args(int argc, char **argv, bool want[T_COUNT]) {
     enum { O_CSV = 256, O_WARMUP, O_SEQ, O_KEEP, O_SPAWN, O_ASYNC, O_TLS, O_TLS_CA, O_TLS_CERT,
            O_TLS_KEY, O_TLS_NO_VERIFY_NAME };
@@ -757,7 +774,7 @@ static void parse_args(int argc, char **argv, bool want[T_COUNT]) {
         case 'c': opt.clients = parse_long(optarg, "-c", 1, MAX_CLIENTS); break;
         case 'n': opt.requests = parse_long(optarg, "-n", 1, 1000000000L); break;
         case 'P': opt.pipeline = parse_long(optarg, "-P", 1, 1000000); break;
-        case 'd': opt.size = parse_long(optarg, "-d", 0, 64L << 20); break;
+        case 'd': opt.size = parse_bytes(optarg, "-d", 64L << 20); break;
         case 'r': opt.keyspace = parse_long(optarg, "-r", 0, 1000000000L); break;
         case 't': snprintf(opt.tests, sizeof opt.tests, "%s", optarg); break;
         case 'q': opt.quiet = true; break;

@@ -66,13 +66,13 @@ int main(int argc, char **argv)
     int procs = 4, transfers = 500, naccounts = 10, opt;
     ex_prog = "bank";
     ex_usage = "usage: bank [-s ADDRESS] [-p PROCS] [-n TRANSFERS] [-a ACCOUNTS]\n"
-    "  -s ADDRESS  broker address: unix:PATH or tcp://HOST:PORT (default\n"
-    "              $MPBROKER_ADDRESS, else the default socket)\n"
+    "  -s ADDRESS    broker address: unix:PATH or tcp://HOST:PORT (default\n"
+    "                $MPBROKER_ADDRESS, else the default socket)\n"
     "  -p PROCS      processes moving money, 1..1000 (default 4)\n"
     "  -n TRANSFERS  transfers per process, 0..10000000 (default 500)\n"
     "  -a ACCOUNTS   accounts of 1000 each, 1..100000 (default 10)\n"
-    "  -h, --help  this text\n"
-    "  --version   the version\n";
+    "  -h, --help    this text\n"
+    "  --version     the version\n";
     ex_early(argc, argv);
     while ((opt = getopt(argc, argv, "s:p:n:a:")) != -1) {
         if (opt == 's') address = optarg;

@@ -28,7 +28,9 @@
  * persistence log, libevent's own. */
 #define FD_RESERVE 64
 
-size_t limits_parse_bytes(const char *opt, const char *arg, size_t min)
+/* A number with an optional K, M or G suffix; what names it in the message ("a byte
+ * count", "a number"). */
+static size_t parse_scaled(const char *opt, const char *arg, size_t min, const char *what)
 {
     char *end;
     errno = 0;
@@ -40,11 +42,21 @@ size_t limits_parse_bytes(const char *opt, const char *arg, size_t min)
     if (shift) end++;
     if (end == arg || *end || errno || arg[0] == '-' || (shift && n > (~0ull >> shift)) ||
         (n << shift) < min) {
-        fprintf(stderr, "mpbroker-server: %s wants a byte count >= %zu (K, M, G allowed), not "
-                "'%s'\n", opt, min, arg);
+        fprintf(stderr, "mpbroker-server: %s wants %s >= %zu (K, M, G allowed), not '%s'\n",
+                opt, what, min, arg);
         exit(2);
     }
     return (size_t)(n << shift);
+}
+
+size_t limits_parse_bytes(const char *opt, const char *arg, size_t min)
+{
+    return parse_scaled(opt, arg, min, "a byte count");
+}
+
+size_t limits_parse_count(const char *opt, const char *arg, size_t min)
+{
+    return parse_scaled(opt, arg, min, "a whole number");
 }
 
 double limits_parse_seconds(const char *opt, const char *arg)

@@ -23,6 +23,9 @@
 /* A byte count with an optional K, M or G suffix (powers of 1024); exits 2 with a
  * message naming opt when arg is not one, or is below min. */
 size_t limits_parse_bytes(const char *opt, const char *arg, size_t min);
+/* The same for a count (connections, entries, microseconds): the message says "a
+ * whole number", not "a byte count". */
+size_t limits_parse_count(const char *opt, const char *arg, size_t min);
 /* Seconds (a non-negative number); exits 2 otherwise. */
 double limits_parse_seconds(const char *opt, const char *arg);
 

@@ -277,6 +277,18 @@ static void listen_tcp(const char *addr, bool tls)
         LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC | LEV_OPT_REUSEABLE, 1024, ai->ai_addr,
         (int)ai->ai_addrlen);
     evutil_freeaddrinfo(ai);
+    /* Port 0: the kernel picked one; say which, or nobody could connect. */
+    char what[300];
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    if (l && strcmp(port, "0") == 0 &&
+        getsockname(evconnlistener_get_fd(l), (struct sockaddr *)&ss, &sl) == 0) {
+        unsigned p = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                                    : ((struct sockaddr_in *)&ss)->sin_port);
+        snprintf(what, sizeof what, "%s://%s%s%s:%u", tls ? "tls" : "tcp",
+                 strchr(host, ':') ? "[" : "", host, strchr(host, ':') ? "]" : "", p);
+        addr = what;
+    }
     add_listener(l, addr);
 }
 
@@ -380,7 +392,7 @@ static void parse_args(int argc, char **argv, const char **sock, const char **au
             g_config.auth_timeout = limits_parse_seconds("--auth-timeout", optarg);
             break;
         case OPT_MAX_CLIENTS:
-            g_config.max_clients = limits_parse_bytes("--max-clients", optarg, 1);
+            g_config.max_clients = limits_parse_count("--max-clients", optarg, 1);
             break;
         case OPT_MAX_OUTPUT:
             g_config.max_output = limits_parse_bytes("--max-output", optarg, 0);
@@ -393,11 +405,11 @@ static void parse_args(int argc, char **argv, const char **sock, const char **au
             break;
         case OPT_INSECURE: insecure = true; break;
         case OPT_MAX_HANDSHAKES:
-            g_config.max_handshakes = limits_parse_bytes("--max-handshakes", optarg, 1);
+            g_config.max_handshakes = limits_parse_count("--max-handshakes", optarg, 1);
             break;
         case OPT_MAX_HANDSHAKES_PER_PEER:
             g_config.max_handshakes_per_peer =
-                limits_parse_bytes("--max-handshakes-per-peer", optarg, 1);
+                limits_parse_count("--max-handshakes-per-peer", optarg, 1);
             break;
         case OPT_TLS_LISTEN:
             if (g_tls.nlisten == 8) {
@@ -410,10 +422,10 @@ static void parse_args(int argc, char **argv, const char **sock, const char **au
         case OPT_TLS_KEY: g_tls.key = optarg; break;
         case OPT_TLS_CA: g_tls.ca = optarg; break;
         case OPT_SLOWLOG_US:
-            g_config.slowlog_us = limits_parse_bytes("--slowlog-us", optarg, 0);
+            g_config.slowlog_us = limits_parse_count("--slowlog-us", optarg, 0);
             break;
         case OPT_SLOWLOG_LEN:
-            g_config.slowlog_len = limits_parse_bytes("--slowlog-len", optarg, 0);
+            g_config.slowlog_len = limits_parse_count("--slowlog-len", optarg, 0);
             if (g_config.slowlog_len > 1000000) {
                 fprintf(stderr, "mpbroker-server: --slowlog-len wants at most 1000000, not '%s'\n",
                         optarg);

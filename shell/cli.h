@@ -29,6 +29,7 @@ typedef struct mpb_cli {
     bool oneshot;      /* one command from argv: the process exits right after */
     mpb_value methods; /* manager.methods of this connection, nil until fetched */
     mpb_value objects; /* manager.objects, fetched at most once per command */
+    mpb_value types;   /* {id: type} from manager.typeof, for this command; nil */
 } mpb_cli;
 
 /* One word of a command line. quoted: it was written in 'single quotes' on a shell

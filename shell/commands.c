@@ -108,7 +108,10 @@ const mpb_value *cli_objects(mpb_cli *cli, bool report) {
     return &cli->objects;
 }
 
-void cli_forget(mpb_cli *cli) { mpb_value_free(&cli->objects); }
+void cli_forget(mpb_cli *cli) {
+    mpb_value_free(&cli->objects);
+    mpb_value_free(&cli->types);
+}
 
 const mpb_value *cli_object_info(mpb_cli *cli, mpb_ref ref) {
     const mpb_value *objs = cli_objects(cli, false);
@@ -117,6 +120,55 @@ const mpb_value *cli_object_info(mpb_cli *cli, mpb_ref ref) {
         if (r != NULL && r->type == MPB_REF && r->v.ref == ref) return &objs->v.a->items[i];
     }
     return NULL;
+}
+
+/* The type of one object, from manager.typeof: O(1) on the broker, where finding it in
+ * manager.objects walks every object (a one-shot `call NAME len` on a broker with a
+ * million objects would page through all of them, and flood a monitor). The type is
+ * copied into buf; NULL with the error in c. A broker without manager.typeof: the
+ * listing, as before. */
+static const char *object_type(mpb_cli *cli, mpb_ref ref, char *buf, size_t n) {
+    mpb_value arg = mpb_refv(ref), res;
+    if (mpb_call(cli->c, "manager.typeof", &arg, 1, &res) != MPB_OK) {
+        if (!is(cli->c->errkind, "NoSuchMethod")) return NULL;
+        const mpb_value *info = cli_object_info(cli, ref);
+        if (info == NULL) return NULL;
+        snprintf(buf, n, "%s", cli_field_str(info, "type", "?"));
+        return buf;
+    }
+    snprintf(buf, n, "%s", res.type == MPB_STR ? res.v.s : "?");
+    mpb_value_free(&res);
+    return buf;
+}
+
+/* The type of a reference met in a value, for its label (<ref 7: list>) and its
+ * expansion: from the listing when this command fetched it anyway, else one
+ * manager.typeof per object, remembered until the command ends. Borrowed; "?" when
+ * the object is gone. */
+static const char *ref_type_of(mpb_cli *cli, mpb_ref ref) {
+    if (cli->objects.type == MPB_ARRAY) {
+        const mpb_value *info = cli_object_info(cli, ref);
+        return info ? cli_field_str(info, "type", "?") : "?";
+    }
+    mpb_value key = mpb_uint(ref);
+    if (cli->types.type == MPB_MAP) {
+        const mpb_value *t = mpb_map_get(cli->types.v.m, &key);
+        if (t != NULL) return t->type == MPB_STR ? t->v.s : "?";
+    } else if ((cli->types.v.m = mpb_map_new()) != NULL) {
+        cli->types.type = MPB_MAP;
+    } else {
+        return "?";
+    }
+    char buf[64];
+    const char *type = cli->c != NULL ? object_type(cli, ref, buf, sizeof buf) : NULL;
+    mpb_value val = type ? mpb_str(type) : mpb_nil();
+    if (mpb_map_set(cli->types.v.m, &key, &val, NULL) < 0) {
+        mpb_value_free(&val);
+        return "?";
+    }
+    key = mpb_uint(ref); /* the map took the first */
+    const mpb_value *t = mpb_map_get(cli->types.v.m, &key);
+    return t != NULL && t->type == MPB_STR ? t->v.s : "?";
 }
 
 /* The manager.methods entry for a full method name, or NULL. */
@@ -197,8 +249,8 @@ static const char *reader_method(mpb_cli *cli, const char *type, char *buf, size
 
 /* What show prints of an object without a content reader (a lock, a queue, an event):
  * every read-only method of its family that needs no argument, as a map from the
- * method's short name to its result ({'locked': False}). 1 and *out; 0 when there is
- * none; -1 on a broker error. */
+ * method's short name to its result ({'locked': False}). 3 (a state, not content)
+ * and *out; 0 when there is none; -1 on a broker error. */
 static int fetch_state(mpb_cli *cli, mpb_ref ref, const char *type, mpb_value *out) {
     char fbuf[64];
     const char *family = family_of(cli, type, fbuf, sizeof fbuf);
@@ -226,7 +278,7 @@ static int fetch_state(mpb_cli *cli, mpb_ref ref, const char *type, mpb_value *o
     }
     if (m == NULL) return 0;
     *out = (mpb_value){.type = MPB_MAP, .v.m = m};
-    return 1;
+    return 3;
 }
 
 /*--- References in output: labelled, and expanded to a depth ---*/
@@ -239,12 +291,11 @@ typedef struct expand_ctx {
 } expand_ctx;
 
 static const char *ref_type(void *ctx, mpb_ref ref) {
-    const mpb_value *info = cli_object_info(((expand_ctx *)ctx)->cli, ref);
-    return info ? cli_field_str(info, "type", "?") : "?";
+    return ref_type_of(((expand_ctx *)ctx)->cli, ref);
 }
 
 /* The content of ref in *out: 1 (2: an array of a set's elements); else its state
- * from its read-only methods (fetch_state): 1; 0 when there is neither; -1 on error. */
+ * from its read-only methods (fetch_state): 3; 0 when there is neither; -1 on error. */
 static int fetch_content(mpb_cli *cli, mpb_ref ref, const char *type, mpb_value *out) {
     char buf[96], fbuf[64];
     const char *m = reader_method(cli, type, buf, sizeof buf);
@@ -261,9 +312,9 @@ static int ref_expand(void *vctx, mpb_ref ref, mpb_value *content) {
     if (x->npath > x->depth || x->npath >= 64) return 0;
     for (int i = 0; i < x->npath; i++)
         if (x->path[i] == ref) return 0; /* a cycle: shown once, as Python's [...] */
-    const mpb_value *info = cli_object_info(x->cli, ref);
-    if (info == NULL) return 0;
-    int got = fetch_content(x->cli, ref, cli_field_str(info, "type", ""), content);
+    const char *type = ref_type_of(x->cli, ref);
+    if (is(type, "?")) return 0; /* gone */
+    int got = fetch_content(x->cli, ref, type, content);
     if (got <= 0) return 0;
     x->path[x->npath++] = ref;
     return got;
@@ -338,26 +389,51 @@ static int cmd_objects(mpb_cli *cli, int argc, cli_arg *argv, const cli_opts *o)
 
 /*--- show ---*/
 
+/* "@7" (a reference by number), not a name. */
+static bool is_ref_word(const char *w) {
+    return w[0] == '@' && w[1] != '\0' && strspn(w + 1, "0123456789") == strlen(w + 1);
+}
+
+/* The object ref does not exist (or the broker failed: then its error). */
+static int no_object(mpb_cli *cli, mpb_ref ref) {
+    if (cli->c != NULL && cli->c->errkind[0] != '\0' && !is(cli->c->errkind, "NoSuchObject"))
+        return cli_broker_error(cli->c);
+    return cli_error(CLI_FAIL, "no object @%llu (objects lists them)",
+                     (unsigned long long)cli_ref_short(ref));
+}
+
+/* The length show's header gives, as manager.objects counts it: the items of a
+ * content read whole (list, dict, namespace, set, array), a queue's qsize; -1 for the
+ * rest (a value's content is one item, not a length). */
+static long long content_len(int got, const mpb_value *content) {
+    if (got == 3) return cli_field_int(content, "qsize", -1); /* a state map */
+    if (got == 0) return -1;
+    if (content->type == MPB_ARRAY) return (long long)content->v.a->len;
+    return content->type == MPB_MAP ? (long long)content->v.m->len : -1;
+}
+
 static int cmd_show(mpb_cli *cli, int argc, cli_arg *argv, const cli_opts *o) {
     (void)argc;
     mpb_ref ref;
     if (cli_conn(cli) == NULL) return CLI_FAIL;
     int rc = cli_resolve(cli, argv[0].s, &ref);
     if (rc != CLI_OK) return rc;
-    const mpb_value *info = cli_object_info(cli, ref);
-    if (info == NULL) {
-        if (cli_objects(cli, true) == NULL) return CLI_FAIL;
-        return cli_error(CLI_FAIL, "no object @%llu (objects lists them)",
-                         (unsigned long long)cli_ref_short(ref));
-    }
-    const char *type = cli_field_str(info, "type", "?");
+    /* By name: the name is known and the type costs one O(1) call. By @N: the name
+     * (if any) is only in the listing. */
+    bool by_name = !is_ref_word(argv[0].s);
+    const mpb_value *info = by_name ? NULL : cli_object_info(cli, ref);
+    char tbuf[64];
+    const char *type = info ? cli_field_str(info, "type", "?") : NULL;
+    if (type == NULL && (!by_name || (type = object_type(cli, ref, tbuf, sizeof tbuf)) == NULL))
+        return no_object(cli, ref);
     mpb_value content;
     int got = fetch_content(cli, ref, type, &content);
     if (got < 0) return cli_broker_error(cli->c);
     expand_ctx x = {.cli = cli, .depth = o->depth >= 0 ? o->depth : 1, .path = {ref}, .npath = 1};
     if (!o->json) {
-        const char *name = cli_field_str(info, "name", NULL);
-        long long len = cli_field_int(info, "len", -1);
+        const char *name = by_name ? argv[0].s + (argv[0].s[0] == '@')
+                                   : cli_field_str(info, "name", NULL);
+        long long len = info ? cli_field_int(info, "len", -1) : content_len(got, &content);
         printf("<ref %llu: %s>", (unsigned long long)cli_ref_short(ref), type);
         if (name != NULL) {
             mpb_value nv = mpb_str_borrowed(name, strlen(name));
@@ -407,13 +483,10 @@ static int cmd_call(mpb_cli *cli, int argc, cli_arg *argv, const cli_opts *o) {
         if (rc != CLI_OK) return rc;
         method = argv[1].s;
         if (strchr(method, '.') == NULL) { /* a short name: the object's type says whose */
-            const mpb_value *info = cli_object_info(cli, ref);
-            if (info == NULL)
-                return cli_error(CLI_FAIL, "no object @%llu (objects lists them)",
-                                 (unsigned long long)cli_ref_short(ref));
-            char fbuf[64];
-            snprintf(full, sizeof full, "%s.%s",
-                     family_of(cli, cli_field_str(info, "type", "?"), fbuf, sizeof fbuf), method);
+            char tbuf[64], fbuf[64];
+            const char *type = object_type(cli, ref, tbuf, sizeof tbuf);
+            if (type == NULL) return no_object(cli, ref);
+            snprintf(full, sizeof full, "%s.%s", family_of(cli, type, fbuf, sizeof fbuf), method);
             method = full;
         }
         argc -= 2, argv += 2;
@@ -443,10 +516,11 @@ static int cmd_call(mpb_cli *cli, int argc, cli_arg *argv, const cli_opts *o) {
  * broker's get-or-create (manager.open) would answer with the old object silently. */
 static int exists_already(mpb_cli *cli, const char *name, mpb_ref ref, bool initial,
                           const cli_opts *o) {
-    const mpb_value *info = cli_object_info(cli, ref);
+    char tbuf[64];
+    const char *type = object_type(cli, ref, tbuf, sizeof tbuf);
     mpb_value nv = mpb_str_borrowed(name, strlen(name));
     char *shown = cli_display(&nv);
-    const char *type = info ? cli_field_str(info, "type", "?") : "?";
+    if (type == NULL) type = "?";
     int rc = CLI_OK;
     if (initial)
         rc = cli_error(CLI_FAIL, "'%s' exists already (<ref %llu: %s>): INITIAL not applied "

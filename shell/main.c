@@ -240,7 +240,7 @@ int cli_run(mpb_cli *cli, int argc, cli_arg *argv) {
             char *end;
             long d = strtol(v, &end, 10);
             if (v[0] == '\0' || *end != '\0' || d < 0 || d > 60)
-                return cli_error(CLI_USAGE, "--depth wants a number from 0 to 60");
+                return cli_error(CLI_USAGE, "--depth wants a number from 0 to 60, not '%s'", v);
             o.depth = (int)d;
         } else {
             cli_error(CLI_USAGE, "unknown option %s for %s", f, cmd->name);
@@ -353,7 +353,7 @@ int main(int argc, char **argv) {
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
     };
-    mpb_cli cli = {.methods = mpb_nil(), .objects = mpb_nil()};
+    mpb_cli cli = {.methods = mpb_nil(), .objects = mpb_nil(), .types = mpb_nil()};
     const char *addr = getenv("MPBROKER_ADDRESS");
     char def[256];
     int opt;
@@ -408,5 +408,6 @@ int main(int argc, char **argv) {
     mpb_free(cli.c);
     mpb_value_free(&cli.methods);
     mpb_value_free(&cli.objects);
+    mpb_value_free(&cli.types);
     return rc;
 }

@@ -14,8 +14,9 @@ with non-ASCII, bytes, None, nested arrays and maps, and keys equal across types
 Where the broker differs from Python on purpose (docs/PROTOCOL.md, "Differences from
 Python"), the model follows the broker's documented behaviour: integers live in
 [-2**63, 2**64-1] (OverflowError past them); a failed sort leaves the list unchanged;
-a set keeps insertion order and pops the most recent element; an array is hashable
-(a tuple) and a map is not; the broker-only methods (incr, cas, slice cursors) follow
+a set keeps insertion order and pops the most recent element; a set operation hashes
+every element of its operands before it answers (Python's isdisjoint and issuperset
+may answer first); an array is hashable (a tuple) and a map is not; the broker-only methods (incr, cas, slice cursors) follow
 PROTOCOL.md.
 
     /usr/bin/python3 tests/differential.py --server build/mpbroker-server     # fixed seeds

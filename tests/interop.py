@@ -127,6 +127,41 @@ def keyed(server):
         check("keyed broker: clean exit 0", rc == 0, repr(rc))
         os.rmdir(d) if os.path.isdir(d) and not os.listdir(d) else None
 
+def doc_example(server):
+    """PROTOCOL.md's "Example session" in Python, run as written, against a broker on
+    its default socket: the example's default_socket() must find it where the broker
+    put it, with $XDG_RUNTIME_DIR, with only $TMPDIR, and with $MPBROKER_ADDRESS."""
+    doc = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs",
+                            "PROTOCOL.md")).read()
+    section = doc[doc.index("## Example session"):]
+    code = section[section.index("```python") + len("```python"):]
+    code = code[:code.index("```")]
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("XDG_RUNTIME_DIR", "TMPDIR", "MPBROKER_ADDRESS")}
+    for case in ("XDG_RUNTIME_DIR", "TMPDIR", "MPBROKER_ADDRESS"):
+        d = tempfile.mkdtemp(prefix="mpbexample.")
+        env = dict(base)
+        if case == "MPBROKER_ADDRESS":
+            env[case] = "unix:" + os.path.join(d, "named.sock")
+        else:
+            env[case] = d
+        p = subprocess.Popen([server, "--quiet"], env=env)
+        try:
+            for _ in range(200):
+                if any(f.endswith(".sock") for _, _, fs in os.walk(d) for f in fs):
+                    break
+                time.sleep(0.05)
+            r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                               text=True, timeout=30)
+            check(f"PROTOCOL.md's Python example finds the broker by ${case}",
+                  r.returncode == 0 and r.stdout == "[1, 2, None, [['Computers', 1]]]\n",
+                  repr((r.returncode, r.stdout, r.stderr[-300:])))
+        finally:
+            p.terminate()
+            rc = p.wait(10)
+            check(f"example broker (${case}): clean exit 0", rc == 0, repr(rc))
+            subprocess.run(["rm", "-rf", d])
+
 def main():
     server = os.environ.get("MPB_SERVER", "build/mpbroker-server")
     d = tempfile.mkdtemp(prefix="mpbinterop.")
@@ -212,6 +247,7 @@ def main():
         check("socket file removed", not os.path.exists(path))
         os.rmdir(d) if os.path.isdir(d) and not os.listdir(d) else None
     keyed(server)
+    doc_example(server)
     print(f"interop: {passed} passed, {failed} failed")
     return 1 if failed else 0
 

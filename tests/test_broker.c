@@ -84,6 +84,54 @@ START_TEST(typeof_names_the_type_an_object_was_created_as)
 }
 END_TEST
 
+/* manager.methods marks what only reads (show and debuggers call those freely), and
+ * says whose methods each type uses (issue 22). */
+static const mpb_value *method_row(const mpb_value *tbl, const char *name)
+{
+    mpb_value k = S("methods");
+    const mpb_value *ms = mpb_map_get(tbl->v.m, &k);
+    ck_assert_ptr_nonnull(ms);
+    for (size_t i = 0; i < ms->v.a->len; i++) {
+        mpb_value nk = S("name");
+        const mpb_value *n = mpb_map_get(ms->v.a->items[i].v.m, &nk);
+        if (n != NULL && n->type == MPB_STR && strcmp(n->v.s, name) == 0) return &ms->v.a->items[i];
+    }
+    ck_abort_msg("no %s in manager.methods", name);
+    return NULL;
+}
+
+static bool flag_of(const mpb_value *row, const char *flag)
+{
+    mpb_value k = S(flag);
+    const mpb_value *v = mpb_map_get(row->v.m, &k);
+    ck_assert_msg(v != NULL && v->type == MPB_BOOL, "no bool %s", flag);
+    return v->v.b;
+}
+
+START_TEST(methods_table_marks_readers_and_families)
+{
+    mpb_value tbl;
+    ck_assert_int_eq(mpb_call(C, "manager.methods", NULL, 0, &tbl), MPB_OK);
+    static const char *const readers[] = {
+        "manager.typeof", "manager.lookup", "manager.objects", "list.len", "list.copy",
+        "dict.copy", "namespace.vars", "set.copy", "lock.locked", "event.is_set",
+        "semaphore.value", "queue.qsize", "barrier.n_waiting", "value.get", "array.tolist"};
+    for (size_t i = 0; i < sizeof readers / sizeof *readers; i++)
+        ck_assert_msg(flag_of(method_row(&tbl, readers[i]), "read") &&
+                      !flag_of(method_row(&tbl, readers[i]), "write"), "%s", readers[i]);
+    /* Waits are not reads: a debugger calling them would hang. */
+    static const char *const others[] = {"event.wait", "queue.join", "queue.get", "list.append",
+                                         "lock.acquire", "auth.challenge", "manager.release"};
+    for (size_t i = 0; i < sizeof others / sizeof *others; i++)
+        ck_assert_msg(!flag_of(method_row(&tbl, others[i]), "read"), "%s", others[i]);
+    char *fam = tb_repr(&tbl);
+    ck_assert_msg(strstr(fam, "'rlock': 'lock'") && strstr(fam, "'joinablequeue': 'queue'") &&
+                  strstr(fam, "'boundedsemaphore': 'semaphore'"), "%s", fam);
+    free(fam);
+    mpb_value_free(&tbl);
+}
+END_TEST
+
 START_TEST(list_search_behaves_as_python)
 {
     mpb_ref l = new_obj("list", "[1, 2.0, 'x', [1, 2], 2, True]");
@@ -585,6 +633,7 @@ static Suite *broker_suite(void)
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, list_mutators_behave_as_python);
     tcase_add_test(tc, typeof_names_the_type_an_object_was_created_as);
+    tcase_add_test(tc, methods_table_marks_readers_and_families);
     tcase_add_test(tc, list_search_behaves_as_python);
     tcase_add_test(tc, list_indexes_and_slices_behave_as_python);
     tcase_add_test(tc, list_sort_of_mixed_types_is_type_error_and_list_unchanged);

@@ -504,6 +504,8 @@ START_TEST(errors_are_clear_and_exit_nonzero) {
     ck_assert_msg(strncmp(r.err, "error: unknown type 'tree' (types: list, dict, namespace", 56) == 0, "%s", r.err);
     RUN(&r, NULL, "show");
     expect(&r, 2, "", "error: usage: show [--depth N] REF|NAME\n");
+    RUN(&r, NULL, "show", "--depth", "abc", "records"); /* a bad number is named */
+    expect(&r, 2, "", "error: --depth wants a number from 0 to 60, not 'abc'\n");
     RUN(&r, NULL, "--bogus");
     ck_assert_int_eq(r.code, 2);
     run_argv(&r, NULL, 1, (const char *const[]){"-s", "/nonexistent/mpb.sock", "objects", NULL});
@@ -748,10 +750,16 @@ START_TEST(oneshot_commands_send_only_what_they_need) {
     pid_t pid = start_monitor(0, &fd);
     RUN(&r, NULL, "call", "records", "list.len");
     expect(&r, 0, "3\n", "");
+    /* A short method name: the type comes from manager.typeof, not from a walk over
+     * every object (issue 22's review: it was still manager.objects, page by page). */
+    RUN(&r, NULL, "call", "records", "len");
+    expect(&r, 0, "3\n", "");
     RUN(&r, NULL, "call", "manager.ping");
     expect(&r, 0, "'pong'\n", "");
     RUN(&r, NULL, "create", "list", "fresh", "[1]");
     expect(&r, 0, "<ref 4: list>\n", "");
+    RUN(&r, NULL, "create", "list", "fresh"); /* exists: says so, with its type */
+    expect(&r, 0, "<ref 4: list>\n", "note: 'fresh' exists already: this is that list\n");
     mpb_value v = S("end");
     ck_assert_int_eq(mpb_call(C, "manager.ping", &v, 1, NULL), MPB_OK); /* the marker */
     char buf[8192] = "";
@@ -759,6 +767,19 @@ START_TEST(oneshot_commands_send_only_what_they_need) {
     ck_assert_msg(strstr(buf, "list.len(<ref 1>)") != NULL, "%s", buf);
     /* No table, no object list: a monitor sees the calls themselves. */
     ck_assert_msg(strstr(buf, "manager.methods") == NULL, "%s", buf);
+    ck_assert_msg(strstr(buf, "manager.objects") == NULL, "%s", buf);
+    /* show by name needs the method table (which method reads a list) but no listing;
+     * its header says the same as before: the name and the length. */
+    RUN(&r, NULL, "show", "records");
+    expect(&r, 0, "<ref 1: list> 'records' len 3\n"
+                  "[['Computers', 1], ['History', 5], ['Hindi', 9]]\n", "");
+    RUN(&r, NULL, "show", "nobody");
+    expect(&r, 1, "", "error: no object named 'nobody' (objects lists them)\n");
+    v = S("end2");
+    ck_assert_int_eq(mpb_call(C, "manager.ping", &v, 1, NULL), MPB_OK);
+    buf[0] = '\0';
+    ck_assert(read_until(fd, buf, sizeof buf, "manager.ping('end2')", 10000));
+    ck_assert_msg(strstr(buf, "list.copy(<ref 1>)") != NULL, "%s", buf);
     ck_assert_msg(strstr(buf, "manager.objects") == NULL, "%s", buf);
     ck_assert_int_eq(stop_child(pid), 0);
     close(fd);

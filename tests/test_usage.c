@@ -14,6 +14,8 @@
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 #include "testutil.h"
 
@@ -75,6 +77,37 @@ START_TEST(server_bad_size_is_refused_naming_it)
 }
 END_TEST
 
+/* Counts take the suffixes too, but are not called byte counts (issue 22 review:
+ * "--max-clients wants a byte count >= 1"). */
+START_TEST(server_bad_count_is_refused_as_a_number)
+{
+    const char *opts[] = {"--max-clients", "--max-handshakes", "--max-handshakes-per-peer",
+                          "--slowlog-us", "--slowlog-len"};
+    for (size_t i = 0; i < sizeof opts / sizeof *opts; i++) {
+        const char *args[] = {opts[i], "-1", "--socket", "none", NULL};
+        ck_assert_int_eq(tb_run_server(args, out, sizeof out), 2);
+        ck_assert_msg(strstr(out, "'-1'") && strstr(out, opts[i]) && strstr(out, "whole number") &&
+                      !strstr(out, "byte"), "%s", out);
+        ck_assert_int_eq(lines_of(out), 1);
+    }
+}
+END_TEST
+
+/* The benchmark's one size option, -d, takes the same suffixes (issue 22 review: it
+ * refused '1K'). Against no broker: a size it takes gets as far as connecting (1). */
+START_TEST(benchmark_size_takes_suffixes)
+{
+    const char *ok[] = {env_or_fail("MPB_BENCH"), "-s", "unix:/nonexistent", "-d", "1K",
+                        "-n", "1", "-c", "1", "-q", NULL};
+    ck_assert_int_eq(tb_run_prog(ok, -1, NULL, out, sizeof out), 1);
+    ck_assert_msg(strstr(out, "connect") != NULL && strstr(out, "-d") == NULL, "%s", out);
+    const char *bad[] = {env_or_fail("MPB_BENCH"), "-d", "65M", NULL};
+    ck_assert_int_eq(tb_run_prog(bad, -1, NULL, out, sizeof out), 2);
+    ck_assert_msg(strstr(out, "'65M'") && strstr(out, "-d"), "%s", out);
+    ck_assert_int_eq(lines_of(out), 1);
+}
+END_TEST
+
 /*--- --help, unknown options, --version ---*/
 
 START_TEST(server_help_writes_defaults_in_units)
@@ -111,7 +144,8 @@ START_TEST(every_binary_has_version)
     char ex[512];
     const char *dir = env_or_fail("MPB_EXAMPLES");
     const char *progs[] = {env_or_fail("MPB_SERVER"), env_or_fail("MPB_CLI"),
-                           env_or_fail("MPB_BENCH"), "records", "namespace", "counter",
+                           env_or_fail("MPB_BENCH"), env_or_fail("MPB_LOGRECORD"),
+                           "records", "namespace", "counter",
                            "producer_consumer", "value_array", "bank"};
     for (size_t i = 0; i < sizeof progs / sizeof *progs; i++) {
         const char *path = progs[i];
@@ -194,6 +228,55 @@ START_TEST(server_honours_mpbroker_address)
     ck_assert_int_eq(stop(pid), 0);
     ck_assert_int_eq(access(addr + 5, F_OK), -1); /* removed at exit */
     rmdir(dir);
+
+    /* tcp://HOST:PORT: the broker listens there (and on no Unix socket), as the
+     * clients look there. A free port: one the kernel picks, then lets go. */
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t sl = sizeof sin;
+    ck_assert_int_eq(bind(s, (struct sockaddr *)&sin, sizeof sin), 0);
+    ck_assert_int_eq(getsockname(s, (struct sockaddr *)&sin, &sl), 0);
+    close(s);
+    snprintf(addr, sizeof addr, "tcp://127.0.0.1:%u", (unsigned)ntohs(sin.sin_port));
+    snprintf(env, sizeof env, "MPBROKER_ADDRESS=%s", addr);
+    pid = spawn_with_env(e, addr, NULL, (const char *[]){"-q", "--insecure", NULL});
+    ck_assert_int_eq(stop(pid), 0);
+}
+END_TEST
+
+/* --listen tcp://HOST:0: the log names the port the kernel picked (issue 22 review: it
+ * said ":0", which nobody can connect to). */
+START_TEST(port_zero_is_logged_as_the_port_bound)
+{
+    char dir[] = "/tmp/mpbtest-port0.XXXXXX", log[300], addr[64];
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    snprintf(log, sizeof log, "%s/log", dir);
+    const char *argv[] = {env_or_fail("MPB_SERVER"), "-s", "none", "--listen",
+                          "tcp://127.0.0.1:0", "--insecure", NULL};
+    const char *env[] = {"MPBROKER_ADDRESS", NULL};
+    pid_t pid = tb_spawn(argv, -1, env, log);
+    const char *at = NULL;
+    for (int i = 0; i < 500 && at == NULL; i++) {
+        usleep(10000);
+        FILE *f = fopen(log, "r");
+        if (f == NULL) continue;
+        size_t n = fread(out, 1, sizeof out - 1, f);
+        out[n] = '\0';
+        fclose(f);
+        at = strstr(out, "listening on tcp://127.0.0.1:");
+        if (at != NULL && strchr(at, '\n') == NULL) at = NULL; /* the line is not whole */
+    }
+    ck_assert_msg(at != NULL, "%s", out);
+    unsigned port = (unsigned)atoi(at + strlen("listening on tcp://127.0.0.1:"));
+    ck_assert_msg(port > 0, "%s", out);
+    snprintf(addr, sizeof addr, "tcp://127.0.0.1:%u", port);
+    mpb_context *c = mpb_connect(addr);
+    ck_assert_msg(c != NULL && c->err == MPB_OK, "%s", c ? c->errstr : "oom");
+    ck_assert_int_eq(mpb_call(c, "manager.ping", NULL, 0, NULL), MPB_OK);
+    mpb_free(c);
+    ck_assert_int_eq(stop(pid), 0);
+    unlink(log);
+    rmdir(dir);
 }
 END_TEST
 
@@ -239,6 +322,10 @@ START_TEST(log_says_disconnects_authentication_and_what_was_loaded)
     slurp(log);
     ck_assert_msg(strstr(out, "loaded 2 objects from ") != NULL, "%s", out);
     ck_assert_msg(strstr(out, data) != NULL, "%s", out);
+    /* How many bytes, and in how long (the issue asks for both). */
+    const char *line = strstr(out, "loaded 2 objects from ");
+    ck_assert_msg(strstr(line, " bytes) in ") != NULL && strstr(line, " s\n") != NULL &&
+                  strstr(line, ", log ") != NULL, "%s", out);
     unsetenv("MPBROKER_AUTHKEY");
     char cmd[400];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
@@ -253,11 +340,14 @@ static Suite *usage_suite(void)
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, server_size_options_take_suffixes);
     tcase_add_test(tc, server_bad_size_is_refused_naming_it);
+    tcase_add_test(tc, benchmark_size_takes_suffixes);
+    tcase_add_test(tc, server_bad_count_is_refused_as_a_number);
     tcase_add_test(tc, server_help_writes_defaults_in_units);
     tcase_add_test(tc, unknown_option_is_one_line_and_a_hint);
     tcase_add_test(tc, every_binary_has_version);
     tcase_add_test(tc, examples_refuse_bad_numbers_naming_them);
     tcase_add_test(tc, server_honours_mpbroker_address);
+    tcase_add_test(tc, port_zero_is_logged_as_the_port_bound);
     tcase_add_test(tc, log_says_disconnects_authentication_and_what_was_loaded);
     suite_add_tcase(s, tc);
     return s;

@@ -168,6 +168,14 @@ def _clamp(i):
     return i
 
 
+def _ssize(i):
+    # list.insert and list.pop take a C ssize_t in Python: past it, OverflowError
+    # (else the int would travel pickled, and the broker would say "not dict").
+    if type(i) is int and not -2**63 <= i < 2**63:
+        raise OverflowError('Python int too large to convert to C ssize_t')
+    return i
+
+
 def _slice_args(s):
     if s.step is None:
         return (_clamp(s.start), _clamp(s.stop))
@@ -239,16 +247,16 @@ class ListProxy(BaseProxy):
         return self._call('list.extend', list(it))
 
     def insert(self, i, v):
-        return self._call('list.insert', i, v)
+        return self._call('list.insert', _ssize(i), v)
 
     def pop(self, i=-1):
-        return self._call('list.pop', i)
+        return self._call('list.pop', _ssize(i))
 
     def remove(self, v):
         return self._call('list.remove', v)
 
     def index(self, v, *bounds):
-        return self._call('list.index', v, *bounds)
+        return self._call('list.index', v, *map(_clamp, bounds))
 
     def count(self, v):
         return self._call('list.count', v)
@@ -628,12 +636,12 @@ class ArrayProxy(BaseProxy):
     def __getitem__(self, i):
         if isinstance(i, slice):
             return self._call('array.getitem', *_slice_args(i))
-        return self._call('array.getitem', i)
+        return self._call('array.getitem', _clamp(i))
 
     def __setitem__(self, i, v):
         if isinstance(i, slice):
             return self._call('array.setitem', *_slice_args(i), list(v))
-        return self._call('array.setitem', i, v)
+        return self._call('array.setitem', _clamp(i), v)
 
     def __iter__(self):
         return iter(self._call('array.tolist'))

@@ -671,6 +671,23 @@ class Proxies(unittest.TestCase):
         self.assertEqual(l[::-2**70], [7])
         with self.assertRaises(IndexError):
             l[2**70]
+        # Regression (issue 22 review): an index past 64 bits travelled pickled, and
+        # the broker said "argument 1 must be an integer, not dict" (TypeError).
+        # Python: insert and pop need a ssize_t (OverflowError), index() clamps its
+        # bounds, an item index past the end is IndexError.
+        for f in (lambda: l.insert(2**70, 1), lambda: l.insert(-2**70, 1),
+                  lambda: l.pop(2**70), lambda: l.pop(-2**70)):
+            with self.assertRaises(OverflowError):
+                f()
+        self.assertEqual(l.index(7, 0, 2**70), 2)
+        self.assertEqual(l.index(5, -2**70), 0)
+        with self.assertRaises(ValueError):
+            l.index(5, 2**70)
+        self.assertEqual(l[:], [5, 6, 7])
+        a = M.Array('i', [1, 2])
+        for f in (lambda: a[2**70], lambda: a.__setitem__(-2**70, 1)):
+            with self.assertRaises(IndexError):
+                f()
 
     def test_exceptions_are_pythons(self):
         import threading as th
