@@ -1,0 +1,326 @@
+/* test_watch.c - versions, watches, wait_change and atomic batches (issue 12),
+ * against a real broker.
+ */
+#include <check.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "mpb_methods.h"
+#include "testutil.h"
+
+TB_DEFAULT_FIXTURE
+
+#define V(text) tb_lit(text)
+#define R(r) mpb_refv(r)
+#define I(i) mpb_int(i)
+#define EXPECT(want, method, ...) TB_EXPECT(C, want, method, __VA_ARGS__)
+#define EXPECT_ERR(kind, method, ...) TB_EXPECT_ERR(C, kind, method, __VA_ARGS__)
+
+static int64_t version_of(mpb_context *c, mpb_ref r)
+{
+    mpb_value a = R(r), res;
+    ck_assert_msg(mpb_call(c, "manager.version", &a, 1, &res) == MPB_OK, "%s", c->errstr);
+    ck_assert_int_eq(res.type, MPB_INT);
+    return res.v.i;
+}
+
+/* Call method on REF r with the args of a Python list literal; returns the rc. */
+static int call_on(mpb_context *c, const char *method, mpb_ref r, const char *args)
+{
+    mpb_value lit = V(args ? args : "[]");
+    size_t n = lit.v.a->len;
+    mpb_value *argv = calloc(n + 1, sizeof *argv);
+    argv[0] = R(r);
+    for (size_t i = 0; i < n; i++) argv[i + 1] = lit.v.a->items[i];
+    mpb_value res = mpb_nil();
+    int rc = mpb_call(c, method, argv, n + 1, &res);
+    mpb_value_free(&res);
+    free(argv);
+    mpb_value_free(&lit);
+    return rc;
+}
+
+static double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+/* Take the next notification within ms; asserts one came. Returns its params. */
+static mpb_value next_note(mpb_context *c, int ms, char *method, size_t n)
+{
+    mpb_value p;
+    int got = 0;
+    ck_assert_int_eq(mpb_get_notification(c, ms, method, n, &p, &got), MPB_OK);
+    ck_assert_msg(got, "no notification within %d ms", ms);
+    return p;
+}
+
+/*--- Versions: one bump per write method, from the method table ---*/
+
+/* A case per write method: how to call it once, successfully. pre: calls on the same
+ * object first (each "METHOD ARGS", ";"-separated, made by the same connection). */
+typedef struct wcase {
+    const char *method, *type, *initial, *args, *pre;
+} wcase;
+
+static const wcase cases[] = {
+    {"list.append", "list", NULL, "[1]", NULL},
+    {"list.extend", "list", NULL, "[[1, 2]]", NULL},
+    {"list.insert", "list", "[1]", "[0, 5]", NULL},
+    {"list.pop", "list", "[1, 2]", "[]", NULL},
+    {"list.remove", "list", "[1]", "[1]", NULL},
+    {"list.reverse", "list", "[1, 2]", "[]", NULL},
+    {"list.sort", "list", "[2, 1]", "[]", NULL},
+    {"list.setitem", "list", "[1]", "[0, 9]", NULL},
+    {"list.delitem", "list", "[1]", "[0]", NULL},
+    {"list.clear", "list", "[1]", "[]", NULL},
+    {"dict.setitem", "dict", NULL, "['a', 1]", NULL},
+    {"dict.delitem", "dict", "{'a': 1}", "['a']", NULL},
+    {"dict.pop", "dict", "{'a': 1}", "['a']", NULL},
+    {"dict.popitem", "dict", "{'a': 1}", "[]", NULL},
+    {"dict.setdefault", "dict", NULL, "['a', 1]", NULL},
+    {"dict.update", "dict", NULL, "[{'b': 2}]", NULL},
+    {"dict.clear", "dict", "{'a': 1}", "[]", NULL},
+    {"dict.incr", "dict", NULL, "['a', 2]", NULL},
+    {"dict.cas", "dict", NULL, "['a', None, 1]", NULL},
+    {"set.add", "set", NULL, "[1]", NULL},
+    {"set.discard", "set", "[1]", "[1]", NULL},
+    {"set.remove", "set", "[1]", "[1]", NULL},
+    {"set.pop", "set", "[1]", "[]", NULL},
+    {"set.clear", "set", "[1]", "[]", NULL},
+    {"set.update", "set", NULL, "[[1, 2]]", NULL},
+    {"set.intersection_update", "set", "[1, 2]", "[[1]]", NULL},
+    {"set.difference_update", "set", "[1, 2]", "[[1]]", NULL},
+    {"set.symmetric_difference_update", "set", "[1]", "[[2]]", NULL},
+    {"namespace.setattr", "namespace", NULL, "['a', 1]", NULL},
+    {"namespace.delattr", "namespace", "{'a': 1}", "['a']", NULL},
+    {"namespace.incr", "namespace", NULL, "['a']", NULL},
+    {"namespace.cas", "namespace", NULL, "['a', None, 1]", NULL},
+    {"queue.put", "queue", NULL, "[1]", NULL},
+    {"queue.get", "queue", NULL, "[]", "queue.put_nowait [1]"},
+    {"queue.put_nowait", "queue", NULL, "[1]", NULL},
+    {"queue.get_nowait", "queue", NULL, "[]", "queue.put_nowait [1]"},
+    {"queue.task_done", "joinablequeue", NULL, "[]", "queue.put_nowait [1];queue.get_nowait []"},
+    {"lock.acquire", "lock", NULL, "[]", NULL},
+    {"lock.release", "lock", NULL, "[]", "lock.acquire []"},
+    {"semaphore.acquire", "semaphore", NULL, "[]", NULL},
+    {"semaphore.release", "semaphore", NULL, "[]", NULL},
+    {"condition.acquire", "condition", NULL, "[]", NULL},
+    {"condition.release", "condition", NULL, "[]", "condition.acquire []"},
+    /* condition.wait always parks: see condition_wait_bumps_when_woken */
+    {"condition.wait", NULL, NULL, NULL, NULL},
+    {"condition.notify", "condition", NULL, "[]", "condition.acquire []"},
+    {"condition.notify_all", "condition", NULL, "[]", "condition.acquire []"},
+    {"event.set", "event", NULL, "[]", NULL},
+    {"event.clear", "event", "True", "[]", NULL},
+    {"barrier.wait", "barrier", "1", "[]", NULL},
+    {"barrier.reset", "barrier", "2", "[]", NULL},
+    {"barrier.abort", "barrier", "2", "[]", NULL},
+    {"value.set", "value", NULL, "[5]", NULL},
+    {"value.incr", "value", NULL, "[]", NULL},
+    {"array.setitem", "array", "['i', 3]", "[0, 7]", NULL},
+};
+
+static const wcase *case_for(const char *method)
+{
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        if (strcmp(cases[i].method, method) == 0) return &cases[i];
+    return NULL;
+}
+
+static void run_pre(mpb_context *c, mpb_ref r, const char *pre)
+{
+    if (!pre) return;
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", pre);
+    for (char *save, *step = strtok_r(buf, ";", &save); step; step = strtok_r(NULL, ";", &save)) {
+        char *sp = strchr(step, ' ');
+        *sp = '\0';
+        ck_assert_msg(call_on(c, step, r, sp + 1) == MPB_OK, "%s: %s", step, c->errstr);
+    }
+}
+
+START_TEST(every_write_bumps_once_and_notifies)
+{
+    mpb_context *w = tb_connect(&B);
+    size_t tried = 0;
+    for (int id = 0; id < MPB_M__COUNT; id++) {
+        const mpb_method_info *m = &mpb_methods[id];
+        if (!(m->flags & MPB_F_WRITE) || m->self == MPB_OT_NONE) continue;
+        const wcase *k = case_for(m->name);
+        ck_assert_msg(k != NULL, "no case for the write method %s: add one", m->name);
+        if (!k->type) continue;
+        mpb_ref r = tb_create(C, k->type, k->initial);
+        run_pre(C, r, k->pre);
+        int64_t v0 = version_of(C, r);
+        mpb_value a = R(r);
+        ck_assert_int_eq(mpb_call(w, "manager.watch", &a, 1, NULL), MPB_OK);
+        ck_assert_msg(call_on(C, m->name, r, k->args) == MPB_OK, "%s: %s", m->name, C->errstr);
+        ck_assert_msg(version_of(C, r) == v0 + 1, "%s: version %lld, not %lld", m->name,
+                      (long long)version_of(C, r), (long long)v0 + 1);
+        char method[64];
+        mpb_value p = next_note(w, 2000, method, sizeof method);
+        ck_assert_str_eq(method, "changed");
+        char *rep = tb_repr(&p), want[512];
+        mpb_value args = V(k->args);
+        char *arep = tb_repr(&args);
+        snprintf(want, sizeof want, "[<ref %llu>, %lld, '%s', %s]", (unsigned long long)r,
+                 (long long)v0 + 1, m->name, arep);
+        ck_assert_str_eq(rep, want);
+        free(rep);
+        free(arep);
+        mpb_value_free(&args);
+        mpb_value_free(&p);
+        int got = 1;
+        ck_assert_int_eq(mpb_get_notification(w, 50, NULL, 0, NULL, &got), MPB_OK);
+        ck_assert_msg(!got, "%s: a second notification", m->name);
+        tried++;
+    }
+    ck_assert_uint_ge(tried, 50);
+    mpb_free(w);
+}
+END_TEST
+
+START_TEST(condition_wait_bumps_when_woken)
+{
+    mpb_context *o = tb_connect(&B);
+    mpb_ref cv = tb_create(C, "condition", NULL);
+    ck_assert_int_eq(call_on(C, "condition.acquire", cv, "[]"), MPB_OK);
+    mpb_value a[2] = {R(cv), mpb_float(10)};
+    ck_assert_int_eq(mpb_append_call(C, "condition.wait", a, 2), MPB_OK);
+    ck_assert_int_eq(mpb_flush(C), MPB_OK);
+    usleep(100000);
+    int64_t v0 = version_of(o, cv);
+    ck_assert_int_eq(call_on(o, "condition.acquire", cv, "[]"), MPB_OK);
+    ck_assert_int_eq(call_on(o, "condition.notify", cv, "[]"), MPB_OK);
+    ck_assert_int_eq(call_on(o, "condition.release", cv, "[]"), MPB_OK);
+    mpb_value res;
+    ck_assert_int_eq(mpb_get_reply(C, &res), MPB_OK);
+    ck_assert(res.type == MPB_BOOL && res.v.b);
+    /* acquire, notify, release, then the wait answered */
+    ck_assert_int_eq(version_of(o, cv), v0 + 4);
+    /* A wait whose timeout runs out still gave the lock up and took it back: a write. */
+    ck_assert_int_eq(call_on(C, "condition.wait", cv, "[0.05]"), MPB_OK);
+    ck_assert_int_eq(version_of(o, cv), v0 + 5);
+    mpb_free(o);
+}
+END_TEST
+
+START_TEST(failed_writes_bump_nothing)
+{
+    mpb_ref d = tb_create(C, "dict", "{'a': 1}");
+    mpb_ref l = tb_create(C, "list", NULL);
+    mpb_ref q = tb_create(C, "queue", "1");
+    mpb_ref v = tb_create(C, "value", NULL);
+    EXPECT_ERR("KeyError", "dict.delitem", R(d), V("'zz'"));
+    EXPECT_ERR("TypeError", "dict.incr", R(d), V("'a'"), V("'x'"));
+    EXPECT_ERR("IndexError", "list.pop", R(l));
+    EXPECT_ERR("TypeError", "list.append", R(l)); /* arity */
+    EXPECT("None", "queue.put_nowait", R(q), I(1));
+    EXPECT_ERR("Full", "queue.put_nowait", R(q), I(2));
+    EXPECT_ERR("Full", "queue.put", R(q), I(2), V("True"), mpb_float(0.05));
+    EXPECT_ERR("TypeError", "value.set", R(v), V("'x'"));
+    ck_assert_int_eq(version_of(C, d), 0);
+    ck_assert_int_eq(version_of(C, l), 0);
+    ck_assert_int_eq(version_of(C, q), 1);
+    ck_assert_int_eq(version_of(C, v), 0);
+    EXPECT_ERR("NoSuchObject", "manager.version", R(999999));
+    EXPECT_ERR("TypeError", "manager.version", V("'d'"));
+}
+END_TEST
+
+/*--- Versions across a restart ---*/
+
+static char datadir[128];
+
+static void start_dir(tb_broker *b, const char *compact)
+{
+    const char *args[] = {"--data-dir", datadir, "--fsync", "always", "--compact-size", compact,
+                          NULL};
+    tb_start(b, 0, args);
+}
+
+static void versions_survive(const char *compact)
+{
+    snprintf(datadir, sizeof datadir, "/tmp/mpb-watch-XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(datadir));
+    tb_broker b;
+    start_dir(&b, compact);
+    mpb_context *c = tb_connect(&b);
+    mpb_ref d, l, q, k;
+    mpb_value nm;
+    ck_assert_int_eq(mpb_open(c, "dict", "d", NULL, &d), MPB_OK);
+    ck_assert_int_eq(mpb_open(c, "lock", "k", NULL, &k), MPB_OK);
+    ck_assert_int_eq(mpb_open(c, "queue", "q", NULL, &q), MPB_OK);
+    ck_assert_int_eq(mpb_open(c, "list", "l", NULL, &l), MPB_OK);
+    for (int i = 0; i < 5; i++) ck_assert_int_eq(call_on(c, "dict.incr", d, "['n']"), MPB_OK);
+    ck_assert_int_ne(call_on(c, "dict.delitem", d, "['zz']"), MPB_OK);
+    for (int i = 0; i < 3; i++) {
+        ck_assert_int_eq(call_on(c, "lock.acquire", k, "[]"), MPB_OK);
+        ck_assert_int_eq(call_on(c, "lock.release", k, "[]"), MPB_OK);
+    }
+    for (int i = 0; i < 4; i++) ck_assert_int_eq(call_on(c, "queue.put", q, "['x']"), MPB_OK);
+    ck_assert_int_eq(call_on(c, "queue.get", q, "[]"), MPB_OK);
+    ck_assert_int_eq(call_on(c, "list.extend", l, "[[1, 2, 3]]"), MPB_OK);
+    int64_t vd = version_of(c, d), vk = version_of(c, k), vq = version_of(c, q),
+            vl = version_of(c, l);
+    ck_assert_int_eq(vd, 5);
+    ck_assert_int_eq(vk, 6);
+    ck_assert_int_eq(vq, 5);
+    mpb_free(c);
+    ck_assert_int_eq(tb_stop(&b), 0);
+    start_dir(&b, compact);
+    c = tb_connect(&b);
+    nm = mpb_str("d");
+    ck_assert_int_eq(mpb_lookup(c, "d", &d), MPB_OK);
+    ck_assert_int_eq(mpb_lookup(c, "k", &k), MPB_OK);
+    ck_assert_int_eq(mpb_lookup(c, "q", &q), MPB_OK);
+    ck_assert_int_eq(mpb_lookup(c, "l", &l), MPB_OK);
+    mpb_value_free(&nm);
+    ck_assert_int_eq(version_of(c, d), vd);
+    ck_assert_int_eq(version_of(c, k), vk);
+    ck_assert_int_eq(version_of(c, q), vq);
+    ck_assert_int_eq(version_of(c, l), vl);
+    /* and go on from there */
+    ck_assert_int_eq(call_on(c, "dict.incr", d, "['n']"), MPB_OK);
+    ck_assert_int_eq(version_of(c, d), vd + 1);
+    mpb_free(c);
+    ck_assert_int_eq(tb_stop(&b), 0);
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", datadir);
+    ck_assert_int_eq(system(cmd), 0);
+}
+
+START_TEST(versions_survive_a_restart_from_the_log) { versions_survive("64M"); }
+END_TEST
+
+START_TEST(versions_survive_a_restart_from_a_snapshot) { versions_survive("1"); }
+END_TEST
+
+static Suite *suite(void)
+{
+    Suite *s = suite_create("watch");
+    TCase *t = tcase_create("versions");
+    tcase_add_checked_fixture(t, setup, teardown);
+    tcase_set_timeout(t, 60);
+    tcase_add_test(t, every_write_bumps_once_and_notifies);
+    tcase_add_test(t, condition_wait_bumps_when_woken);
+    tcase_add_test(t, failed_writes_bump_nothing);
+    suite_add_tcase(s, t);
+    t = tcase_create("restart");
+    tcase_set_timeout(t, 60);
+    tcase_add_test(t, versions_survive_a_restart_from_the_log);
+    tcase_add_test(t, versions_survive_a_restart_from_a_snapshot);
+    suite_add_tcase(s, t);
+    return s;
+}
+
+int main(void) { return tb_run(suite()); }
