@@ -305,6 +305,231 @@ END_TEST
 START_TEST(versions_survive_a_restart_from_a_snapshot) { versions_survive("1"); }
 END_TEST
 
+
+/*--- Watches ---*/
+
+static int64_t stat_int(mpb_context *c, const char *key)
+{
+    mpb_value st;
+    ck_assert_int_eq(mpb_call(c, "manager.stats", NULL, 0, &st), MPB_OK);
+    mpb_value k = mpb_str(key);
+    const mpb_value *v = mpb_map_get(st.v.m, &k);
+    ck_assert_ptr_nonnull(v);
+    int64_t r = v->type == MPB_UINT ? (int64_t)v->v.u : v->v.i;
+    mpb_value_free(&k);
+    mpb_value_free(&st);
+    return r;
+}
+
+START_TEST(unwatch_close_and_free_end_watches)
+{
+    mpb_context *w = tb_connect(&B);
+    mpb_ref d = tb_create(C, "dict", NULL);
+    mpb_value a = R(d), res;
+    ck_assert_int_eq(mpb_call(w, "manager.watch", &a, 1, &res), MPB_OK);
+    ck_assert_int_eq(res.v.i, 0);
+    ck_assert_int_eq(mpb_call(w, "manager.watch", &a, 1, &res), MPB_OK); /* once */
+    EXPECT("None", "dict.setitem", R(d), V("'a'"), I(1));
+    char m[32];
+    mpb_value p = next_note(w, 2000, m, sizeof m);
+    mpb_value_free(&p);
+    int got = 1;
+    ck_assert_int_eq(mpb_get_notification(w, 100, NULL, 0, NULL, &got), MPB_OK);
+    ck_assert(!got);
+    ck_assert_int_eq(mpb_call(w, "manager.unwatch", &a, 1, &res), MPB_OK);
+    ck_assert(res.type == MPB_BOOL && res.v.b);
+    ck_assert_int_eq(mpb_call(w, "manager.unwatch", &a, 1, &res), MPB_OK);
+    ck_assert(res.type == MPB_BOOL && !res.v.b);
+    EXPECT("None", "dict.setitem", R(d), V("'a'"), I(2));
+    ck_assert_int_eq(mpb_get_notification(w, 200, NULL, 0, NULL, &got), MPB_OK);
+    ck_assert(!got);
+    /* Freed while watched: the watch ends with it, and nothing breaks. */
+    ck_assert_int_eq(mpb_call(w, "manager.watch", &a, 1, &res), MPB_OK);
+    ck_assert_int_eq(mpb_release(C, d), MPB_OK);
+    TB_EXPECT_ERR(w, "NoSuchObject", "manager.version", R(d));
+    TB_EXPECT_ERR(w, "NoSuchObject", "manager.unwatch", R(d));
+    /* Closed while watching: the writer goes on. */
+    mpb_ref l = tb_create(C, "list", NULL);
+    a = R(l);
+    ck_assert_int_eq(mpb_call(w, "manager.watch", &a, 1, NULL), MPB_OK);
+    mpb_free(w);
+    for (int i = 0; i < 100; i++) EXPECT("None", "list.append", R(l), I(i));
+    EXPECT("100", "manager.version", R(l));
+}
+END_TEST
+
+START_TEST(a_watcher_that_never_reads_overflows_and_holds_no_memory)
+{
+    mpb_context *w = tb_connect(&B);
+    mpb_ref d = tb_create(C, "dict", NULL);
+    mpb_value a = R(d);
+    ck_assert_int_eq(mpb_call(w, "manager.watch", &a, 1, NULL), MPB_OK);
+    int64_t rss0 = stat_int(C, "rss_bytes");
+    /* 64 MiB of notifications for a watcher that reads none of them, written as fast
+     * as the writer can (pipelined). */
+    char big[1024];
+    memset(big, 'x', sizeof big - 1);
+    big[sizeof big - 1] = '\0';
+    mpb_value args[3] = {R(d), mpb_str("k"), mpb_str(big)};
+    const int n = 64 * 1024;
+    for (int i = 0; i < n; i++) {
+        ck_assert_int_eq(mpb_append_call(C, "dict.setitem", args, 3), MPB_OK);
+        if (i % 256 == 255)
+            for (int k = 0; k < 256; k++) ck_assert_int_eq(mpb_get_reply(C, NULL), MPB_OK);
+    }
+    mpb_value_free(&args[1]);
+    mpb_value_free(&args[2]);
+    int64_t rss1 = stat_int(C, "rss_bytes");
+    ck_assert_msg(rss1 - rss0 < (24 << 20), "the broker grew by %lld bytes",
+                  (long long)(rss1 - rss0));
+    EXPECT("65536", "manager.version", R(d));
+    /* The watcher reads now: some changes, then one overflow, then nothing more. */
+    int changed = 0, overflow = 0, got;
+    char m[32];
+    mpb_value p;
+    int64_t last = 0, missed = 0;
+    while (mpb_get_notification(w, 500, m, sizeof m, &p, &got) == MPB_OK && got) {
+        if (!strcmp(m, "changed")) {
+            ck_assert_int_eq(overflow, 0);
+            ck_assert_int_gt(p.v.a->items[1].v.i, last);
+            last = p.v.a->items[1].v.i;
+            changed++;
+        } else {
+            ck_assert_str_eq(m, "overflow");
+            missed = p.v.a->items[1].v.i;
+            overflow++;
+        }
+        mpb_value_free(&p);
+    }
+    ck_assert_int_eq(overflow, 1);
+    ck_assert_int_eq(missed, last + 1);
+    ck_assert_int_gt(changed, 0);
+    ck_assert_int_lt(changed, n);
+    /* Caught up: notifications come again. */
+    EXPECT("None", "dict.setitem", R(d), V("'k'"), I(1));
+    p = next_note(w, 2000, m, sizeof m);
+    ck_assert_str_eq(m, "changed");
+    ck_assert_int_eq(p.v.a->items[1].v.i, n + 1);
+    mpb_value_free(&p);
+    mpb_free(w);
+}
+END_TEST
+
+START_TEST(twenty_writers_notifications_in_order)
+{
+    mpb_ref d;
+    ck_assert_int_eq(mpb_open(C, "dict", "counts", NULL, &d), MPB_OK);
+    mpb_value a = R(d);
+    ck_assert_int_eq(mpb_call(C, "manager.watch", &a, 1, NULL), MPB_OK);
+    enum { NPROC = 20, EACH = 200 };
+    pid_t kids[NPROC];
+    for (int i = 0; i < NPROC; i++) {
+        kids[i] = fork();
+        ck_assert_int_ge(kids[i], 0);
+        if (kids[i] == 0) {
+            mpb_context *c = mpb_connect(B.address);
+            mpb_ref r;
+            if (c->err || mpb_lookup(c, "counts", &r) != MPB_OK) _exit(1);
+            char key[16];
+            snprintf(key, sizeof key, "w%d", i);
+            mpb_value k = mpb_str(key);
+            for (int j = 0; j < EACH; j++)
+                if (mpb_dict_incr(c, r, &k, 1, NULL) != MPB_OK) _exit(2);
+            mpb_value_free(&k);
+            mpb_free(c);
+            _exit(0);
+        }
+    }
+    int64_t expect = 1, seen[NPROC] = {0};
+    char m[32];
+    while (expect <= NPROC * EACH) {
+        mpb_value p = next_note(C, 10000, m, sizeof m);
+        ck_assert_str_eq(m, "changed");
+        ck_assert_int_eq(p.v.a->items[1].v.i, expect); /* every version, in order */
+        ck_assert_str_eq(p.v.a->items[2].v.s, "dict.incr");
+        const mpb_value *args = &p.v.a->items[3];
+        int who = atoi(args->v.a->items[0].v.s + 1);
+        seen[who]++;
+        mpb_value_free(&p);
+        expect++;
+    }
+    for (int i = 0; i < NPROC; i++) {
+        int st;
+        ck_assert_int_eq(waitpid(kids[i], &st, 0), kids[i]);
+        ck_assert_int_eq(WEXITSTATUS(st), 0);
+        ck_assert_int_eq(seen[i], EACH);
+    }
+}
+END_TEST
+
+/*--- wait_change ---*/
+
+START_TEST(wait_change_answers_at_once_wakes_and_times_out)
+{
+    mpb_context *o = tb_connect(&B);
+    mpb_ref ns = tb_create(C, "namespace", NULL);
+    EXPECT("None", "namespace.setattr", R(ns), V("'a'"), I(1));
+    EXPECT("1", "manager.wait_change", R(ns), I(0), I(5)); /* already past 0 */
+    /* Woken by another process's write, well before the timeout. */
+    mpb_value a[3] = {R(ns), I(1), mpb_float(10)};
+    double t0 = now_s();
+    ck_assert_int_eq(mpb_append_call(C, "manager.wait_change", a, 3), MPB_OK);
+    ck_assert_int_eq(mpb_flush(C), MPB_OK);
+    usleep(200000);
+    ck_assert_int_eq(call_on(o, "namespace.incr", ns, "['a']"), MPB_OK);
+    mpb_value res;
+    ck_assert_int_eq(mpb_get_reply(C, &res), MPB_OK);
+    ck_assert_int_eq(res.v.i, 2);
+    double took = now_s() - t0;
+    ck_assert_msg(took >= 0.15 && took < 5, "took %.3f s", took);
+    /* Times out: false, not before TIMEOUT. */
+    t0 = now_s();
+    EXPECT("False", "manager.wait_change", R(ns), I(2), mpb_float(0.3));
+    took = now_s() - t0;
+    ck_assert_msg(took >= 0.29 && took < 5, "took %.3f s", took);
+    /* A failed write does not wake it. */
+    a[1] = I(2);
+    a[2] = mpb_float(0.3);
+    ck_assert_int_eq(mpb_append_call(C, "manager.wait_change", a, 3), MPB_OK);
+    ck_assert_int_eq(mpb_flush(C), MPB_OK);
+    usleep(50000);
+    ck_assert_int_ne(call_on(o, "namespace.delattr", ns, "['zz']"), MPB_OK);
+    ck_assert_int_eq(mpb_get_reply(C, &res), MPB_OK);
+    ck_assert(res.type == MPB_BOOL && !res.v.b);
+    EXPECT_ERR("ValueError", "manager.wait_change", R(ns), I(-1));
+    EXPECT_ERR("TypeError", "manager.wait_change", R(ns), V("'x'"));
+    EXPECT_ERR("NoSuchObject", "manager.wait_change", R(4242), I(0));
+    mpb_free(o);
+}
+END_TEST
+
+START_TEST(wait_change_is_dropped_when_its_connection_dies)
+{
+    mpb_ref l = tb_create(C, "list", NULL);
+    int fd = tb_raw_connect(&B);
+    mpb_value a[2] = {R(l), I(0)};
+    tb_send_call(fd, 1, "manager.wait_change", a, 2);
+    usleep(100000);
+    mpb_value rows;
+    ck_assert_int_eq(mpb_call(C, "manager.clients", NULL, 0, &rows), MPB_OK);
+    char *rep = tb_repr(&rows);
+    ck_assert_msg(strstr(rep, "'parked': 1") != NULL, "%s", rep);
+    free(rep);
+    mpb_value_free(&rows);
+    close(fd);
+    usleep(100000);
+    ck_assert_int_eq(mpb_call(C, "manager.clients", NULL, 0, &rows), MPB_OK);
+    rep = tb_repr(&rows);
+    ck_assert_msg(strstr(rep, "'parked': 1") == NULL, "%s", rep);
+    free(rep);
+    mpb_value_free(&rows);
+    EXPECT("None", "list.append", R(l), I(1)); /* wakes nobody, breaks nothing */
+    /* The object is no longer pinned: released, it is freed. */
+    ck_assert_int_eq(mpb_release(C, l), MPB_OK);
+    EXPECT_ERR("NoSuchObject", "manager.version", R(l));
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("watch");
@@ -314,6 +539,15 @@ static Suite *suite(void)
     tcase_add_test(t, every_write_bumps_once_and_notifies);
     tcase_add_test(t, condition_wait_bumps_when_woken);
     tcase_add_test(t, failed_writes_bump_nothing);
+    suite_add_tcase(s, t);
+    t = tcase_create("watch");
+    tcase_add_checked_fixture(t, setup, teardown);
+    tcase_set_timeout(t, 120);
+    tcase_add_test(t, unwatch_close_and_free_end_watches);
+    tcase_add_test(t, a_watcher_that_never_reads_overflows_and_holds_no_memory);
+    tcase_add_test(t, twenty_writers_notifications_in_order);
+    tcase_add_test(t, wait_change_answers_at_once_wakes_and_times_out);
+    tcase_add_test(t, wait_change_is_dropped_when_its_connection_dies);
     suite_add_tcase(s, t);
     t = tcase_create("restart");
     tcase_set_timeout(t, 60);
