@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -530,6 +531,388 @@ START_TEST(wait_change_is_dropped_when_its_connection_dies)
 }
 END_TEST
 
+/*--- Atomic batches ---*/
+
+/* [METHOD, [REF, args...]] with the args of a Python list literal. */
+static mpb_value op(const char *method, mpb_ref r, const char *args)
+{
+    mpb_value lit = V(args ? args : "[]"), params = mpb_array_value(4), o = mpb_array_value(2);
+    mpb_value ref = R(r), m = mpb_str(method);
+    mpb_value_push(&params, &ref);
+    for (size_t i = 0; i < lit.v.a->len; i++) {
+        mpb_value x;
+        mpb_value_copy(&x, &lit.v.a->items[i]);
+        mpb_value_push(&params, &x);
+    }
+    mpb_value_free(&lit);
+    mpb_value_push(&o, &m);
+    mpb_value_push(&o, &params);
+    return o;
+}
+
+/* manager.atomic with ops (taken); rc, result in *res when not NULL. */
+static int atomic(mpb_context *c, mpb_value *ops, size_t n, mpb_value *res)
+{
+    mpb_value batch = mpb_array_value(n);
+    for (size_t i = 0; i < n; i++) mpb_value_push(&batch, &ops[i]);
+    mpb_value r = mpb_nil();
+    int rc = mpb_call(c, "manager.atomic", &batch, 1, &r);
+    mpb_value_free(&batch);
+    if (res) *res = r;
+    else mpb_value_free(&r);
+    return rc;
+}
+
+#define OPS(...) (mpb_value[]){__VA_ARGS__}, sizeof((mpb_value[]){__VA_ARGS__}) / sizeof(mpb_value)
+
+static char *repr_call(mpb_context *c, const char *method, mpb_ref r)
+{
+    mpb_value a = R(r), res;
+    ck_assert_msg(mpb_call(c, method, &a, 1, &res) == MPB_OK, "%s: %s", method, c->errstr);
+    char *rep = tb_repr(&res);
+    mpb_value_free(&res);
+    return rep;
+}
+
+START_TEST(a_batch_runs_in_order_and_answers_every_result)
+{
+    mpb_ref d = tb_create(C, "dict", NULL), l = tb_create(C, "list", "[1]");
+    mpb_value res;
+    ck_assert_int_eq(atomic(C, OPS(op("dict.setitem", d, "['a', 1]"), op("dict.incr", d, "['a', 2]"),
+                                   op("dict.getitem", d, "['a']"), op("list.pop", l, "[]"),
+                                   op("manager.version", d, NULL)), &res), MPB_OK);
+    char *rep = tb_repr(&res);
+    ck_assert_str_eq(rep, "[None, 3, 3, 1, 2]");
+    free(rep);
+    mpb_value_free(&res);
+    EXPECT("2", "manager.version", R(d));
+    EXPECT("1", "manager.version", R(l));
+    ck_assert_int_eq(atomic(C, NULL, 0, &res), MPB_OK); /* empty: nothing to do */
+    rep = tb_repr(&res);
+    ck_assert_str_eq(rep, "[]");
+    free(rep);
+    mpb_value_free(&res);
+}
+END_TEST
+
+START_TEST(a_failed_batch_leaves_every_object_exactly_as_before)
+{
+    mpb_ref keep = tb_create(C, "list", "['kept']");
+    mpb_ref l = tb_create(C, "list", "[3, 1, 2]");
+    mpb_value kv = R(keep);
+    ck_assert_int_eq(mpb_list_append(C, l, &kv), MPB_OK);
+    ck_assert_int_eq(mpb_release(C, keep), MPB_OK); /* only the list keeps it now */
+    mpb_ref d = tb_create(C, "dict", "{'a': 1, 'b': [1, 2], 'c': 'x'}");
+    mpb_ref ns = tb_create(C, "namespace", "{'n': 1, 's': 'y'}");
+    mpb_ref st = tb_create(C, "set", "[5, 'e', 7]");
+    mpb_ref q = tb_create(C, "joinablequeue", "5");
+    for (int i = 0; i < 3; i++) ck_assert_int_eq(call_on(C, "queue.put_nowait", q, "['item']"), MPB_OK);
+    ck_assert_int_eq(call_on(C, "queue.get_nowait", q, "[]"), MPB_OK); /* unfinished 3, len 2 */
+    mpb_ref v = tb_create(C, "value", "['d', 2.5]");
+    mpb_ref ar = tb_create(C, "array", "['i', [1, 2, 3]]");
+    mpb_ref objs[] = {l, d, ns, st, q, v, ar};
+    const char *reads[] = {"list.copy", "dict.items", "namespace.vars", "set.copy",
+                           "queue.qsize", "value.get", "array.tolist"};
+    char *before[7];
+    int64_t vers[7];
+    for (int i = 0; i < 7; i++) {
+        before[i] = repr_call(C, reads[i], objs[i]);
+        vers[i] = version_of(C, objs[i]);
+    }
+    mpb_context *w = tb_connect(&B);
+    for (int i = 0; i < 7; i++) {
+        mpb_value a = R(objs[i]);
+        ck_assert_int_eq(mpb_call(w, "manager.watch", &a, 1, NULL), MPB_OK);
+    }
+    mpb_value res;
+    int rc = atomic(C, OPS(op("list.clear", l, NULL), op("list.append", l, "[9]"),
+                           op("list.sort", l, NULL),
+                           op("dict.setitem", d, "['a', 100]"), op("dict.delitem", d, "['b']"),
+                           op("dict.setitem", d, "['new', 1]"),
+                           op("namespace.incr", ns, "['n', 5]"), op("namespace.delattr", ns, "['s']"),
+                           op("set.add", st, "['z']"), op("set.discard", st, "[5]"),
+                           op("queue.get_nowait", q, NULL), op("queue.put_nowait", q, "['q2']"),
+                           op("queue.task_done", q, NULL),
+                           op("value.set", v, "[7.0]"), op("array.setitem", ar, "[0, 42]"),
+                           op("list.extend", l, "[[4, 5]]"),
+                           op("dict.delitem", d, "['zz']")), &res);
+    ck_assert_int_eq(rc, MPB_ERR_REPLY);
+    ck_assert_str_eq(C->errkind, "KeyError");
+    ck_assert_str_eq(C->errstr, "op 16: KeyError: 'zz'");
+    for (int i = 0; i < 7; i++) {
+        char *after = repr_call(C, reads[i], objs[i]);
+        ck_assert_str_eq(after, before[i]);
+        free(after);
+        free(before[i]);
+        ck_assert_int_eq(version_of(C, objs[i]), vers[i]);
+    }
+    /* No watcher heard of the batch. */
+    int got = 1;
+    char nm[32];
+    mpb_value np = mpb_nil();
+    ck_assert_int_eq(mpb_get_notification(w, 200, nm, sizeof nm, &np, &got), MPB_OK);
+    char *nrep = tb_repr(&np);
+    ck_assert_msg(!got, "%s %s", nm, nrep);
+    free(nrep);
+    /* Contents in full, past what the reads show: the queue's items and unfinished
+     * count, the reference the list keeps alive. */
+    EXPECT("'item'", "queue.get_nowait", R(q));
+    EXPECT("'item'", "queue.get_nowait", R(q));
+    for (int i = 0; i < 3; i++) EXPECT("None", "queue.task_done", R(q));
+    EXPECT_ERR("ValueError", "queue.task_done", R(q));
+    EXPECT("['kept']", "list.copy", R(keep));
+    mpb_free(w);
+}
+END_TEST
+
+START_TEST(expect_conflicts_and_refusals)
+{
+    mpb_ref d = tb_create(C, "dict", "{'a': 1}");
+    EXPECT("True", "manager.expect", R(d), I(0));
+    EXPECT_ERR("Conflict", "manager.expect", R(d), I(3));
+    mpb_value res;
+    ck_assert_int_eq(atomic(C, OPS(op("manager.expect", d, "[0]"), op("dict.incr", d, "['a']")), &res), MPB_OK);
+    mpb_value_free(&res);
+    ck_assert_int_eq(atomic(C, OPS(op("dict.incr", d, "['a']"), op("manager.expect", d, "[0]"),
+                                   op("dict.incr", d, "['a']")), NULL), MPB_ERR_REPLY);
+    ck_assert_str_eq(C->errkind, "Conflict");
+    ck_assert_ptr_nonnull(strstr(C->errstr, "op 1: Conflict: "));
+    EXPECT("{'a': 2}", "dict.copy", R(d));
+    EXPECT("1", "manager.version", R(d));
+    /* Refused before anything runs. */
+    mpb_ref q = tb_create(C, "queue", NULL), k = tb_create(C, "lock", NULL);
+    struct { const char *method; mpb_ref r; const char *args; } bad[] = {
+        {"queue.get", q, NULL}, {"queue.put", q, "[1]"}, {"lock.acquire", k, NULL},
+        {"lock.release", k, NULL}, {"manager.wait_change", d, "[5]"}, {"manager.atomic", d, NULL},
+        {"manager.shutdown", d, NULL}, {"manager.watch", d, NULL}, {"manager.release", d, NULL},
+        {"semaphore.release", d, NULL},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        ck_assert_int_eq(atomic(C, OPS(op("dict.incr", d, "['a']"), op(bad[i].method, bad[i].r, bad[i].args)), NULL), MPB_ERR_REPLY);
+        ck_assert_msg(!strcmp(C->errkind, "BadRequest"), "%s: %s %s", bad[i].method, C->errkind, C->errstr);
+        ck_assert_ptr_nonnull(strstr(C->errstr, "op 1: BadRequest: "));
+    }
+    ck_assert_int_eq(atomic(C, OPS(op("no.such", d, NULL)), NULL), MPB_ERR_REPLY);
+    ck_assert_str_eq(C->errkind, "NoSuchMethod");
+    EXPECT_ERR("TypeError", "manager.atomic", V("[1]"));
+    EXPECT_ERR("TypeError", "manager.atomic", V("'x'"));
+    EXPECT("{'a': 2}", "dict.copy", R(d));
+    EXPECT("1", "manager.version", R(d));
+    /* A write to an object with a parked request: refused, and the request waits on. */
+    mpb_context *g = tb_connect(&B);
+    mpb_value ga[3] = {R(q), mpb_bool(true), mpb_float(10)};
+    ck_assert_int_eq(mpb_append_call(g, "queue.get", ga, 3), MPB_OK);
+    ck_assert_int_eq(mpb_flush(g), MPB_OK);
+    usleep(100000);
+    ck_assert_int_eq(atomic(C, OPS(op("dict.incr", d, "['a']"), op("queue.put_nowait", q, "['x']")), NULL), MPB_ERR_REPLY);
+    ck_assert_str_eq(C->errkind, "RuntimeError");
+    EXPECT("{'a': 2}", "dict.copy", R(d));
+    EXPECT("0", "queue.qsize", R(q));
+    ck_assert_int_eq(call_on(C, "queue.put_nowait", q, "['y']"), MPB_OK);
+    ck_assert_int_eq(mpb_get_reply(g, &res), MPB_OK);
+    ck_assert_str_eq(res.v.s, "y");
+    mpb_value_free(&res);
+    mpb_free(g);
+}
+END_TEST
+
+START_TEST(a_batch_notifies_after_it_succeeds_and_wait_change_sees_it)
+{
+    mpb_ref a = tb_create(C, "dict", NULL), b = tb_create(C, "list", NULL);
+    mpb_context *w = tb_connect(&B), *o = tb_connect(&B);
+    mpb_value ra = R(a), rb = R(b);
+    ck_assert_int_eq(mpb_call(w, "manager.watch", &ra, 1, NULL), MPB_OK);
+    ck_assert_int_eq(mpb_call(w, "manager.watch", &rb, 1, NULL), MPB_OK);
+    mpb_value wa[3] = {R(b), I(0), mpb_float(10)};
+    ck_assert_int_eq(mpb_append_call(o, "manager.wait_change", wa, 3), MPB_OK);
+    ck_assert_int_eq(mpb_flush(o), MPB_OK);
+    usleep(100000);
+    /* A failed batch wakes nobody. */
+    ck_assert_int_eq(atomic(C, OPS(op("list.append", b, "[1]"), op("list.pop", b, "[5]")), NULL), MPB_ERR_REPLY);
+    ck_assert_int_eq(atomic(C, OPS(op("dict.setitem", a, "['k', 1]"), op("list.append", b, "[1]"),
+                                   op("dict.setitem", a, "['k', 2]")), NULL), MPB_OK);
+    mpb_value res;
+    ck_assert_int_eq(mpb_get_reply(o, &res), MPB_OK);
+    ck_assert_int_eq(res.v.i, 1);
+    const char *want[] = {"[<ref %llu>, 1, 'dict.setitem', ['k', 1]]", "[<ref %llu>, 1, 'list.append', [1]]",
+                          "[<ref %llu>, 2, 'dict.setitem', ['k', 2]]"};
+    mpb_ref refs[] = {a, b, a};
+    for (int i = 0; i < 3; i++) {
+        char m[32], buf[128];
+        mpb_value p = next_note(w, 2000, m, sizeof m);
+        char *rep = tb_repr(&p);
+        snprintf(buf, sizeof buf, want[i], (unsigned long long)refs[i]);
+        ck_assert_str_eq(rep, buf);
+        free(rep);
+        mpb_value_free(&p);
+    }
+    mpb_free(w);
+    mpb_free(o);
+}
+END_TEST
+
+/* The bank: NPROC processes move money between accounts with expect-guarded batches
+ * and retry on Conflict; the total never changes. */
+START_TEST(bank_transfers_under_contention_keep_the_total)
+{
+    mpb_ref d;
+    mpb_value init = V("{'a0': 100, 'a1': 100, 'a2': 100, 'a3': 100}");
+    ck_assert_int_eq(mpb_open(C, "dict", "bank", &init, &d), MPB_OK);
+    mpb_value_free(&init);
+    enum { NPROC = 8, EACH = 100 };
+    pid_t kids[NPROC];
+    int fds[NPROC][2];
+    for (int i = 0; i < NPROC; i++) {
+        ck_assert_int_eq(pipe(fds[i]), 0);
+        kids[i] = fork();
+        if (kids[i] == 0) {
+            mpb_context *c = mpb_connect(B.address);
+            mpb_ref r;
+            if (c->err || mpb_lookup(c, "bank", &r) != MPB_OK) _exit(1);
+            int conflicts = 0;
+            srand(getpid());
+            for (int j = 0; j < EACH;) {
+                mpb_value ra = R(r), ver;
+                if (mpb_call(c, "manager.version", &ra, 1, &ver) != MPB_OK) _exit(2);
+                char from[8], to[8], args[64];
+                int x = rand() % 4, y = (x + 1 + rand() % 3) % 4;
+                snprintf(from, sizeof from, "'a%d'", x);
+                snprintf(to, sizeof to, "'a%d'", y);
+                char ex[32];
+                snprintf(ex, sizeof ex, "[%lld]", (long long)ver.v.i);
+                snprintf(args, sizeof args, "[%s, -7]", from);
+                mpb_value o1 = op("manager.expect", r, ex), o2 = op("dict.incr", r, args);
+                snprintf(args, sizeof args, "[%s, 7]", to);
+                mpb_value o3 = op("dict.incr", r, args);
+                int rc = atomic(c, OPS(o1, o2, o3), NULL);
+                if (rc == MPB_OK) j++;
+                else if (!strcmp(c->errkind, "Conflict")) conflicts++;
+                else _exit(3);
+            }
+            if (write(fds[i][1], &conflicts, sizeof conflicts) != sizeof conflicts) _exit(4);
+            mpb_free(c);
+            _exit(0);
+        }
+        close(fds[i][1]);
+    }
+    int conflicts = 0;
+    for (int i = 0; i < NPROC; i++) {
+        int st, n = 0;
+        ck_assert_int_eq(waitpid(kids[i], &st, 0), kids[i]);
+        ck_assert_int_eq(WEXITSTATUS(st), 0);
+        ck_assert_int_eq(read(fds[i][0], &n, sizeof n), (ssize_t)sizeof n);
+        close(fds[i][0]);
+        conflicts += n;
+    }
+    mpb_value all;
+    mpb_value a = R(d);
+    ck_assert_int_eq(mpb_call(C, "dict.values", &a, 1, &all), MPB_OK);
+    int64_t total = 0;
+    for (size_t i = 0; i < all.v.a->len; i++) total += all.v.a->items[i].v.i;
+    mpb_value_free(&all);
+    ck_assert_int_eq(total, 400);
+    /* every successful batch is 2 writes, and only they wrote */
+    ck_assert_int_eq(version_of(C, d), 2 * NPROC * EACH);
+    fprintf(stderr, "bank: %d conflicts retried over %d transfers\n", conflicts, NPROC * EACH);
+}
+END_TEST
+
+/* SIGKILL in the middle of a stream of batches (--fsync always): after the restart
+ * every batch is there whole or not at all, and every acknowledged one is there. */
+START_TEST(sigkill_during_batches_leaves_whole_batches_only)
+{
+    snprintf(datadir, sizeof datadir, "/tmp/mpb-watch-XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(datadir));
+    for (int round = 0; round < 3; round++) {
+        tb_broker b;
+        start_dir(&b, round == 1 ? "1" : "64M"); /* round 1 compacts all along */
+        mpb_context *c = tb_connect(&b);
+        mpb_ref l, d, ns, st;
+        ck_assert_int_eq(mpb_open(c, "list", "l", NULL, &l), MPB_OK);
+        ck_assert_int_eq(mpb_open(c, "dict", "d", NULL, &d), MPB_OK);
+        ck_assert_int_eq(mpb_open(c, "namespace", "ns", NULL, &ns), MPB_OK);
+        ck_assert_int_eq(mpb_open(c, "set", "s", NULL, &st), MPB_OK);
+        mpb_value lv;
+        ck_assert_int_eq(mpb_list_len(c, l, &lv.v.i), MPB_OK);
+        int64_t start = lv.v.i;
+        volatile int64_t *acked = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        ck_assert_ptr_ne((void *)acked, MAP_FAILED);
+        *acked = start;
+        pid_t kid = fork();
+        if (kid == 0) {
+            enum { WINDOW = 8 };
+            int64_t sent = start;
+            for (;;) {
+                while (sent - *acked < WINDOW) {
+                    char a[64];
+                    snprintf(a, sizeof a, "[%lld]", (long long)sent);
+                    mpb_value o1 = op("list.append", l, a);
+                    snprintf(a, sizeof a, "['%lld', %lld]", (long long)sent, (long long)sent);
+                    mpb_value o2 = op("dict.setitem", d, a), o3 = op("namespace.incr", ns, "['n']");
+                    snprintf(a, sizeof a, "[%lld]", (long long)sent);
+                    mpb_value o4 = op("set.add", st, a);
+                    mpb_value batch = mpb_array_value(4);
+                    mpb_value_push(&batch, &o1);
+                    mpb_value_push(&batch, &o2);
+                    mpb_value_push(&batch, &o3);
+                    mpb_value_push(&batch, &o4);
+                    if (mpb_append_call(c, "manager.atomic", &batch, 1) != MPB_OK) _exit(0);
+                    mpb_value_free(&batch);
+                    sent++;
+                }
+                if (mpb_get_reply(c, NULL) != MPB_OK) _exit(0);
+                (*acked)++;
+            }
+        }
+        usleep(300000 + 100000 * round);
+        kill(b.pid, SIGKILL);
+        waitpid(b.pid, NULL, 0);
+        b.pid = -1;
+        int stt;
+        waitpid(kid, &stt, 0);
+        int64_t ack = *acked;
+        munmap((void *)acked, 4096);
+        mpb_free(c);
+        tb_stop(&b);
+        start_dir(&b, "64M");
+        c = tb_connect(&b);
+        ck_assert_int_eq(mpb_lookup(c, "l", &l), MPB_OK);
+        ck_assert_int_eq(mpb_lookup(c, "d", &d), MPB_OK);
+        ck_assert_int_eq(mpb_lookup(c, "ns", &ns), MPB_OK);
+        ck_assert_int_eq(mpb_lookup(c, "s", &st), MPB_OK);
+        int64_t nl, nd, nn, nsz;
+        ck_assert_int_eq(mpb_list_len(c, l, &nl), MPB_OK);
+        ck_assert_int_eq(mpb_dict_len(c, d, &nd), MPB_OK);
+        mpb_value r;
+        mpb_value a = R(ns), nm = mpb_str("n");
+        mpb_value ga[2] = {a, nm};
+        ck_assert_int_eq(mpb_call(c, "namespace.getattr", ga, 2, &r), MPB_OK);
+        nn = r.v.i;
+        mpb_value_free(&nm);
+        a = R(st);
+        ck_assert_int_eq(mpb_call(c, "set.len", &a, 1, &r), MPB_OK);
+        nsz = r.v.i;
+        fprintf(stderr, "round %d: %lld batches acknowledged, %lld there\n", round,
+                (long long)ack, (long long)nl);
+        ck_assert_int_ge(nl, ack);
+        ck_assert_int_gt(nl, start);
+        ck_assert_int_eq(nd, nl);
+        ck_assert_int_eq(nn, nl);
+        ck_assert_int_eq(nsz, nl);
+        ck_assert_int_eq(version_of(c, l), nl);
+        ck_assert_int_eq(version_of(c, ns), nl);
+        mpb_value item;
+        ck_assert_int_eq(mpb_list_getitem(c, l, -1, &item), MPB_OK);
+        ck_assert_int_eq(item.v.i, nl - 1);
+        mpb_free(c);
+        ck_assert_int_eq(tb_stop(&b), 0);
+    }
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", datadir);
+    ck_assert_int_eq(system(cmd), 0);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("watch");
@@ -549,10 +932,20 @@ static Suite *suite(void)
     tcase_add_test(t, wait_change_answers_at_once_wakes_and_times_out);
     tcase_add_test(t, wait_change_is_dropped_when_its_connection_dies);
     suite_add_tcase(s, t);
+    t = tcase_create("atomic");
+    tcase_add_checked_fixture(t, setup, teardown);
+    tcase_set_timeout(t, 120);
+    tcase_add_test(t, a_batch_runs_in_order_and_answers_every_result);
+    tcase_add_test(t, a_failed_batch_leaves_every_object_exactly_as_before);
+    tcase_add_test(t, expect_conflicts_and_refusals);
+    tcase_add_test(t, a_batch_notifies_after_it_succeeds_and_wait_change_sees_it);
+    tcase_add_test(t, bank_transfers_under_contention_keep_the_total);
+    suite_add_tcase(s, t);
     t = tcase_create("restart");
     tcase_set_timeout(t, 60);
     tcase_add_test(t, versions_survive_a_restart_from_the_log);
     tcase_add_test(t, versions_survive_a_restart_from_a_snapshot);
+    tcase_add_test(t, sigkill_during_batches_leaves_whole_batches_only);
     suite_add_tcase(s, t);
     return s;
 }
