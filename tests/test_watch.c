@@ -381,8 +381,13 @@ START_TEST(a_watcher_that_never_reads_overflows_and_holds_no_memory)
     mpb_value_free(&args[1]);
     mpb_value_free(&args[2]);
     int64_t rss1 = stat_int(C, "rss_bytes");
+#ifndef __SANITIZE_ADDRESS__ /* ASan keeps freed memory in quarantine (256 MiB): RSS says nothing */
     ck_assert_msg(rss1 - rss0 < (24 << 20), "the broker grew by %lld bytes",
                   (long long)(rss1 - rss0));
+#else
+    (void)rss0;
+    (void)rss1;
+#endif
     EXPECT("65536", "manager.version", R(d));
     /* The watcher reads now: some changes, then one overflow, then nothing more. */
     int changed = 0, overflow = 0, got;
