@@ -918,6 +918,60 @@ START_TEST(sigkill_during_batches_leaves_whole_batches_only)
 }
 END_TEST
 
+/*--- libmpbroker's helpers ---*/
+
+START_TEST(client_helpers_watch_wait_and_batch)
+{
+    mpb_context *w = tb_connect(&B);
+    mpb_ref d = tb_create(C, "dict", "{'x': 10, 'y': 0}");
+    int64_t v = -1;
+    ck_assert_int_eq(mpb_watch(w, d, &v), MPB_OK);
+    ck_assert_int_eq(v, 0);
+    mpb_batch *b = mpb_batch_new();
+    ck_assert_int_eq(mpb_batch_expect(b, d, 0), MPB_OK);
+    mpb_value a1[3] = {R(d), mpb_str("x"), I(-3)}, a2[3] = {R(d), mpb_str("y"), I(3)};
+    ck_assert_int_eq(mpb_batch_add(b, "dict.incr", a1, 3), MPB_OK);
+    ck_assert_int_eq(mpb_batch_add(b, "dict.incr", a2, 3), MPB_OK);
+    mpb_value_free(&a1[1]);
+    mpb_value_free(&a2[1]);
+    ck_assert_uint_eq(mpb_batch_len(b), 3);
+    mpb_value res;
+    ck_assert_int_eq(mpb_atomic(C, b, &res), MPB_OK);
+    char *rep = tb_repr(&res);
+    ck_assert_str_eq(rep, "[True, 7, 3]");
+    free(rep);
+    mpb_value_free(&res);
+    /* Sent again: the version moved on, Conflict, nothing changed. */
+    ck_assert_int_eq(mpb_atomic(C, b, &res), MPB_ERR_REPLY);
+    ck_assert_str_eq(C->errkind, "Conflict");
+    mpb_batch_free(b);
+    EXPECT("{'x': 7, 'y': 3}", "dict.copy", R(d));
+    mpb_change ch;
+    int got;
+    ck_assert_int_eq(mpb_next_change(w, 2000, &ch, &got), MPB_OK);
+    ck_assert(got && !ch.overflow && ch.ref == d && ch.version == 1);
+    ck_assert_str_eq(ch.method, "dict.incr");
+    rep = tb_repr(&ch.args);
+    ck_assert_str_eq(rep, "['x', -3]");
+    free(rep);
+    mpb_value_free(&ch.args);
+    ck_assert_int_eq(mpb_next_change(w, 2000, &ch, &got), MPB_OK);
+    ck_assert(got && ch.version == 2);
+    mpb_value_free(&ch.args);
+    ck_assert_int_eq(mpb_next_change(w, 100, &ch, &got), MPB_OK);
+    ck_assert(!got);
+    ck_assert_int_eq(mpb_unwatch(w, d), MPB_OK);
+    int64_t nv = -1;
+    ck_assert_int_eq(mpb_wait_change(w, d, 2, 0.1, &nv), MPB_OK);
+    ck_assert_int_eq(nv, 0); /* timed out */
+    ck_assert_int_eq(mpb_wait_change(w, d, 1, -1, &nv), MPB_OK);
+    ck_assert_int_eq(nv, 2);
+    ck_assert_int_eq(mpb_version(w, d, &nv), MPB_OK);
+    ck_assert_int_eq(nv, 2);
+    mpb_free(w);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("watch");
@@ -945,6 +999,7 @@ static Suite *suite(void)
     tcase_add_test(t, expect_conflicts_and_refusals);
     tcase_add_test(t, a_batch_notifies_after_it_succeeds_and_wait_change_sees_it);
     tcase_add_test(t, bank_transfers_under_contention_keep_the_total);
+    tcase_add_test(t, client_helpers_watch_wait_and_batch);
     suite_add_tcase(s, t);
     t = tcase_create("restart");
     tcase_set_timeout(t, 60);
