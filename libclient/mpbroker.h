@@ -418,7 +418,9 @@ void mpb_iter_free(mpb_iter *it);
  *   mpb_async_call(ac, "list.append", args, 2, done, NULL);
  *   event_base_dispatch(base);
  *
- * Notifications (manager.monitor) are not delivered here: use a blocking context. A
+ * Notifications (manager.watch's changes, manager.monitor's events) go to the callbacks
+ * set with mpb_async_watch / mpb_async_set_notification_callback; with none set they
+ * stay queued on ac->c, unread. A
  * lost connection ends the context (as in hiredis): do not turn mpb_enable_reconnect on
  * for ac->c, and do not use an async context in a child after fork() (connect anew). */
 struct event_base;
@@ -474,6 +476,19 @@ void mpb_async_disconnect(mpb_async_context *ac);
 void mpb_async_free(mpb_async_context *ac);
 /* Calls whose callbacks have not run yet. */
 size_t mpb_async_pending(const mpb_async_context *ac);
+/* Notifications [2, method, params] as they arrive: fn gets the method and the params
+ * (the library frees them after fn returns; fn may move them out). NULL: none (they
+ * stay queued on ac->c). fn may make calls and may free ac. */
+typedef void mpb_async_note_fn(mpb_async_context *ac, const char *method, mpb_value *params,
+                               void *privdata);
+void mpb_async_set_notification_callback(mpb_async_context *ac, mpb_async_note_fn *fn,
+                                         void *privdata);
+/* Watch r (manager.watch): fn gets each change or overflow of every object this context
+ * watches (one fn per context: the last one given), ch valid until it returns. done
+ * (may be NULL) gets the reply to manager.watch, the version the watch starts from. */
+typedef void mpb_async_change_fn(mpb_async_context *ac, const mpb_change *ch, void *privdata);
+int mpb_async_watch(mpb_async_context *ac, mpb_ref r, mpb_async_change_fn *fn, void *privdata,
+                    mpb_async_fn *done, void *done_privdata);
 
 #ifdef __cplusplus
 }
