@@ -113,6 +113,12 @@ void watch_bump(mpb_object *o, const char *method, const msgpack_object *args, u
 {
     o->version++;
     queue_change(o, method, args, nargs, NULL, 0);
+    /* Outside a request (a lock granted by a timer or by a closing connection): send it
+     * now, before anything can free o. */
+    if (depth == 0) {
+        watch_call_begin();
+        watch_call_end();
+    }
 }
 
 void watch_effect(const char *method, const mpb_value *args, size_t n)
@@ -219,10 +225,10 @@ void watch_call_end(void)
     /* Out in version order. A wait_change answered here may not free anything: the
      * objects live until the request's objects_collect. */
     for (size_t i = 0; i < npend; i++) {
-        pending *e = &pend[i];
-        if (e->len && e->o->watch)
-            for (size_t k = 0; k < e->o->watch->n; k++) tell(&e->o->watch->w[k], e);
-        if (i + 1 == npend || pend[i + 1].o != e->o) wake_changes(e->o);
+        pending e = pend[i]; /* a copy: answering a waiter must not move it */
+        if (e.len && e.o->watch)
+            for (size_t k = 0; k < e.o->watch->n; k++) tell(&e.o->watch->w[k], &e);
+        if (i + 1 == npend || pend[i + 1].o != e.o) wake_changes(e.o);
     }
     npend = 0;
     msgpack_sbuffer_clear(&pend_buf);

@@ -208,8 +208,19 @@ START_TEST(condition_wait_bumps_when_woken)
     ck_assert(res.type == MPB_BOOL && res.v.b);
     /* acquire, notify, release, then the wait answered */
     ck_assert_int_eq(version_of(o, cv), v0 + 4);
-    /* A wait whose timeout runs out still gave the lock up and took it back: a write. */
+    /* A wait whose timeout runs out still gave the lock up and took it back: a write,
+     * made by the timer, outside any request: its notification goes at once. */
+    mpb_value a1 = R(cv);
+    ck_assert_int_eq(mpb_call(o, "manager.watch", &a1, 1, NULL), MPB_OK);
     ck_assert_int_eq(call_on(C, "condition.wait", cv, "[0.05]"), MPB_OK);
+    char m[32];
+    mpb_value p = next_note(o, 2000, m, sizeof m);
+    char *rep = tb_repr(&p), want[128];
+    snprintf(want, sizeof want, "[<ref %llu>, %lld, 'condition.wait', []]",
+             (unsigned long long)cv, (long long)v0 + 5);
+    ck_assert_str_eq(rep, want);
+    free(rep);
+    mpb_value_free(&p);
     ck_assert_int_eq(version_of(o, cv), v0 + 5);
     mpb_free(o);
 }
