@@ -92,6 +92,19 @@ S['manager_admin'] = session([
     ('manager.release', ref(1)), ('manager.lookup', 'none'), ('manager.create', 'nosuchtype'),
     ('list.append', ref(99), 1), ('notify', 'manager.ping'), ('notify', 'nvim_whatever'),
     ('manager.shutdown',)])
+S['watch_atomic'] = session([
+    ('manager.create', 'dict', {'a': 1}), ('manager.create', 'list', [1, 2]),
+    ('manager.watch', ref(1)), ('manager.watch', ref(2)), ('manager.version', ref(1)),
+    ('dict.incr', ref(1), 'a', 2), ('manager.expect', ref(1), 1), ('manager.expect', ref(1), 7),
+    ('manager.atomic', [['manager.expect', [ref(1), 1]], ['dict.incr', [ref(1), 'a', -1]],
+                        ['list.append', [ref(2), 'x']], ['list.pop', [ref(2)]]]),
+    ('manager.atomic', [['list.clear', [ref(2)]], ['dict.delitem', [ref(1), 'zz']]]),
+    ('manager.atomic', [['queue.get', [ref(1)]]]), ('manager.atomic', [['manager.atomic', [[]]]]),
+    ('manager.atomic', [1, 'x']), ('manager.atomic', []),
+    ('manager.unwatch', ref(2)), ('manager.wait_change', ref(1), 0, 1),
+    ('manager.wait_change', ref(2), 99, 0.01),  # parks: what follows runs on a second connection
+    ('list.append', ref(2), 'wake'), ('manager.wait_change', ref(1), 3),
+    ('manager.release', ref(1))])
 S['bad_shapes'] = session([('manager.ping',)], raw=(
     b'\x05' + b'\x93\x00\x07\xa4ping' + b'\x94\x00\x08\x01\x90' +
     b'\x94\x01\x01\xc0\xc0' + b'\x94\x00\x09\xacmanager.ping\x05' +

@@ -22,6 +22,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "internal.h"
 #include "mpbroker.h"
 
 #define F_IN_CALLBACK 0x1   /* a user callback is running: free later */
@@ -41,6 +42,10 @@ struct mpb_async_priv {
     size_t head, n, cap;
     mpb_async_disconnect_fn *on_disconnect;
     int flags;
+    mpb_async_note_fn *note_fn; /* notifications, or NULL: left for the blocking context */
+    void *note_priv;
+    mpb_async_change_fn *change_fn; /* "changed"/"overflow" (mpb_async_watch) */
+    void *change_priv;
 };
 
 /*--- Errors ---*/
@@ -260,32 +265,75 @@ static void on_write(evutil_socket_t fd, short what, void *arg) {
     if (!done) event_add(ac->priv->wev, NULL);
 }
 
-/* Readable with no call pending: the broker closed (or sent what nobody asked for). */
-static void read_unexpected(mpb_async_context *ac) {
+/* Readable with no call pending: the broker closed (or sent what nobody asked for).
+ * 1 when ac is gone. */
+static int read_unexpected(mpb_async_context *ac) {
     char b;
     ssize_t n = recv(ac->c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
-    if (n > 0) { /* a notification, say: keep it buffered for the blocking context */
-        if (mpb_buffer_read(ac->c) != MPB_OK) broken(ac);
-        return;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return 0;
+    if (n > 0) { /* a notification, say: delivered, or kept for the blocking context */
+        if (mpb_buffer_read(ac->c) != MPB_OK) {
+            broken(ac);
+            return 1;
+        }
+        return 0;
     }
     set_err(ac, n == 0 ? MPB_ERR_EOF : MPB_ERR_IO, "ConnectionError", "%s",
             n == 0 ? "the broker closed the connection" : strerror(errno));
     teardown(ac, ac->err);
+    return 1;
 }
 
-static void on_read(evutil_socket_t fd, short what, void *arg) {
-    (void)fd;
-    (void)what;
-    mpb_async_context *ac = arg;
+/* One notification to the callbacks set. 1 when ac is gone. */
+static int deliver_note(mpb_async_context *ac, const char *method, mpb_value *params) {
     struct mpb_async_priv *p = ac->priv;
-    if (p->n == 0) {
-        read_unexpected(ac);
-        return;
+    bool changed = strcmp(method, "changed") == 0, over = strcmp(method, "overflow") == 0;
+    p->flags |= F_IN_CALLBACK;
+    if ((changed || over) && p->change_fn != NULL && params->type == MPB_ARRAY &&
+        params->v.a->len == (changed ? 4u : 2u) && params->v.a->items[0].type == MPB_REF &&
+        params->v.a->items[1].type == MPB_INT) {
+        mpb_value *it = params->v.a->items;
+        mpb_change ch = {.ref = it[0].v.ref, .version = it[1].v.i, .overflow = over,
+                         .args = mpb_nil()};
+        if (changed && it[2].type == MPB_STR)
+            snprintf(ch.method, sizeof ch.method, "%.*s", (int)it[2].len, it[2].v.s);
+        if (changed) ch.args = it[3];
+        p->change_fn(ac, &ch, p->change_priv); /* args stay the library's */
+    } else if (p->note_fn != NULL) {
+        p->note_fn(ac, method, params, p->note_priv);
     }
+    p->flags &= ~F_IN_CALLBACK;
+    mpb_value_free(params);
+    return after_callback(ac);
+}
+
+/* Hand every notification read so far to the callbacks (when some are set). */
+static void deliver_notes(mpb_async_context *ac) {
+    struct mpb_async_priv *p = ac->priv;
+    if (p->note_fn == NULL && p->change_fn == NULL) return;
+    for (;;) {
+        /* With calls pending, only what was queued while taking replies; else also
+         * what the reader holds (mpb_get_notification parses it, waiting for nothing). */
+        if (p->n > 0 && !mpb_client_notes_queued(ac->c)) return;
+        char method[64];
+        mpb_value params;
+        int got = 0;
+        int rc = mpb_get_notification(ac->c, 0, method, sizeof method, &params, &got);
+        if (rc != MPB_OK || !got) {
+            if (ac->c->fd < 0) broken(ac);
+            return;
+        }
+        if (deliver_note(ac, method, &params)) return;
+    }
+}
+
+/* Take the replies that have arrived, oldest call first. 1 when ac is gone. */
+static int read_replies(mpb_async_context *ac) {
+    struct mpb_async_priv *p = ac->priv;
+    if (p->n == 0) return read_unexpected(ac);
     if (mpb_buffer_read(ac->c) != MPB_OK) {
         broken(ac);
-        return;
+        return 1;
     }
     while (p->n > 0) {
         mpb_reply r = {.value = mpb_nil()};
@@ -293,7 +341,7 @@ static void on_read(evutil_socket_t fd, short what, void *arg) {
         int rc = mpb_buffer_take_reply(ac->c, &r.value, &got);
         if (!got) {
             if (rc != MPB_OK) broken(ac); /* EOF or garbage before a whole reply */
-            return;
+            return rc != MPB_OK;
         }
         struct pending cb = p->q[p->head];
         p->head = (p->head + 1) % p->cap;
@@ -306,8 +354,32 @@ static void on_read(evutil_socket_t fd, short what, void *arg) {
         run_callback(ac, &cb, &r);
         if (ac->c->fd < 0) { /* that reply broke the stream (undecodable): fail the rest */
             broken(ac);
-            return;
+            return 1;
         }
-        if (after_callback(ac)) return;
+        if (after_callback(ac)) return 1;
     }
+    return 0;
+}
+
+static void on_read(evutil_socket_t fd, short what, void *arg) {
+    (void)fd;
+    (void)what;
+    mpb_async_context *ac = arg;
+    if (!read_replies(ac)) deliver_notes(ac);
+}
+
+void mpb_async_set_notification_callback(mpb_async_context *ac, mpb_async_note_fn *fn,
+                                         void *privdata) {
+    if (ac == NULL) return;
+    ac->priv->note_fn = fn;
+    ac->priv->note_priv = privdata;
+}
+
+int mpb_async_watch(mpb_async_context *ac, mpb_ref r, mpb_async_change_fn *fn, void *privdata,
+                    mpb_async_fn *done, void *done_privdata) {
+    if (ac == NULL) return MPB_ERR_ARG;
+    ac->priv->change_fn = fn;
+    ac->priv->change_priv = privdata;
+    mpb_value args[1] = {mpb_refv(r)};
+    return mpb_async_call(ac, "manager.watch", args, 1, done, done_privdata);
 }

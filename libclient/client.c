@@ -1001,6 +1001,8 @@ size_t mpb_pending(const mpb_context *c) {
 
 /*--- Notifications ---*/
 
+bool mpb_client_notes_queued(const mpb_context *c) { return c->priv->notes != NULL; }
+
 /* Move the oldest queued notification out to the caller. */
 static void note_take(struct mpb_context_priv *p, char *method, size_t n, mpb_value *params) {
     struct mpb_note *note = p->notes;

@@ -580,3 +580,125 @@ void mpb_iter_free(mpb_iter *it) {
     mpb_value_free(&it->items);
     free(it);
 }
+
+/*--- Versions, watches and batches (docs/PROTOCOL.md) ---*/
+
+int mpb_version(mpb_context *c, mpb_ref r, int64_t *out) {
+    mpb_value args[1] = {mpb_refv(r)};
+    return call_int(c, "manager.version", args, N(args), out);
+}
+
+int mpb_watch(mpb_context *c, mpb_ref r, int64_t *version) {
+    mpb_value args[1] = {mpb_refv(r)};
+    return call_int(c, "manager.watch", args, N(args), version);
+}
+
+int mpb_unwatch(mpb_context *c, mpb_ref r) {
+    mpb_value args[1] = {mpb_refv(r)};
+    return call_bool(c, "manager.unwatch", args, N(args), NULL);
+}
+
+int mpb_wait_change(mpb_context *c, mpb_ref r, int64_t version, double timeout, int64_t *out) {
+    mpb_value args[3] = {mpb_refv(r), mpb_int(version),
+                         timeout < 0 ? mpb_nil() : mpb_float(timeout)};
+    mpb_value res;
+    if (out != NULL) *out = 0;
+    int rc = mpb_call(c, "manager.wait_change", args, N(args), &res);
+    if (rc != MPB_OK) return rc;
+    if (res.type == MPB_BOOL && !res.v.b) return MPB_OK; /* the timeout passed */
+    if (res.type != MPB_INT) return wrong_type(c, "manager.wait_change", "an int or false", &res);
+    if (out != NULL) *out = res.v.i;
+    return MPB_OK;
+}
+
+int mpb_next_change(mpb_context *c, int timeout_ms, mpb_change *ch, int *got) {
+    if (ch == NULL || got == NULL) return null_arg(c, "mpb_next_change", "ch or got");
+    *got = 0;
+    memset(ch, 0, sizeof *ch);
+    ch->args = mpb_nil();
+    for (;;) {
+        char method[16];
+        mpb_value p;
+        int g = 0;
+        int rc = mpb_get_notification(c, timeout_ms, method, sizeof method, &p, &g);
+        if (rc != MPB_OK || !g) return rc;
+        bool changed = strcmp(method, "changed") == 0, over = strcmp(method, "overflow") == 0;
+        size_t want = changed ? 4 : 2;
+        if ((!changed && !over) || p.type != MPB_ARRAY || p.v.a->len != want ||
+            p.v.a->items[0].type != MPB_REF || p.v.a->items[1].type != MPB_INT) {
+            mpb_value_free(&p); /* another kind (a monitor event): not ours */
+            continue;
+        }
+        mpb_value *it = p.v.a->items;
+        ch->ref = it[0].v.ref;
+        ch->version = it[1].v.i;
+        ch->overflow = over;
+        if (changed && it[2].type == MPB_STR)
+            snprintf(ch->method, sizeof ch->method, "%.*s", (int)it[2].len, it[2].v.s);
+        if (changed) {
+            ch->args = it[3];
+            it[3] = mpb_nil();
+        }
+        mpb_value_free(&p);
+        *got = 1;
+        return MPB_OK;
+    }
+}
+
+struct mpb_batch {
+    mpb_value ops; /* the OPS array being built */
+    int err;       /* the first failure to add, reported by mpb_atomic */
+};
+
+mpb_batch *mpb_batch_new(void) {
+    mpb_batch *b = calloc(1, sizeof *b);
+    if (b == NULL) return NULL;
+    b->ops = mpb_array_value(8);
+    if (b->ops.type != MPB_ARRAY) {
+        free(b);
+        return NULL;
+    }
+    return b;
+}
+
+int mpb_batch_add(mpb_batch *b, const char *method, const mpb_value *args, size_t nargs) {
+    if (b == NULL || method == NULL || (args == NULL && nargs > 0)) return MPB_ERR_ARG;
+    mpb_value op = mpb_array_value(2), m = mpb_str(method), params = mpb_array_value(nargs);
+    bool ok = op.type == MPB_ARRAY && m.type == MPB_STR && params.type == MPB_ARRAY;
+    for (size_t i = 0; ok && i < nargs; i++) {
+        mpb_value x;
+        ok = mpb_value_copy(&x, &args[i]) == 0 && mpb_value_push(&params, &x) == 0;
+    }
+    ok = ok && mpb_value_push(&op, &m) == 0 && mpb_value_push(&op, &params) == 0 &&
+         mpb_value_push(&b->ops, &op) == 0;
+    mpb_value_free(&m);
+    mpb_value_free(&params);
+    mpb_value_free(&op);
+    if (!ok) b->err = MPB_ERR_OOM;
+    return ok ? MPB_OK : MPB_ERR_OOM;
+}
+
+int mpb_batch_expect(mpb_batch *b, mpb_ref r, int64_t version) {
+    mpb_value args[2] = {mpb_refv(r), mpb_int(version)};
+    return mpb_batch_add(b, "manager.expect", args, 2);
+}
+
+size_t mpb_batch_len(const mpb_batch *b) { return b ? b->ops.v.a->len : 0; }
+
+int mpb_atomic(mpb_context *c, const mpb_batch *b, mpb_value *results) {
+    if (results != NULL) *results = mpb_nil();
+    if (b == NULL) return null_arg(c, "mpb_atomic", "b");
+    if (b->err) {
+        c->err = b->err;
+        strcpy(c->errkind, "OutOfMemory");
+        snprintf(c->errstr, sizeof c->errstr, "mpb_atomic: the batch could not be built");
+        return b->err;
+    }
+    return call_typed(c, "manager.atomic", &b->ops, 1, MPB_ARRAY, "an array", results);
+}
+
+void mpb_batch_free(mpb_batch *b) {
+    if (b == NULL) return;
+    mpb_value_free(&b->ops);
+    free(b);
+}

@@ -26,4 +26,7 @@ void mpb_client_note_open(mpb_context *c, const char *typeid, const char *name, 
  * it stays the same. */
 unsigned long mpb_client_conn_gen(const mpb_context *c);
 
+/* Notifications read and queued on c, not yet taken (async.c delivers them). */
+bool mpb_client_notes_queued(const mpb_context *c);
+
 #endif

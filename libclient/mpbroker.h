@@ -336,6 +336,46 @@ int mpb_set_copy(mpb_context *c, mpb_ref s, mpb_value *out);
  * dict (its keys). */
 int mpb_set_update(mpb_context *c, mpb_ref s, const mpb_value *other);
 
+/*--- Versions, watches and atomic batches (docs/PROTOCOL.md, "Versions, watches and
+ * batches") ---*/
+/* The object's version: grows by one with each write to it. */
+int mpb_version(mpb_context *c, mpb_ref r, int64_t *out);
+/* Watch r: after each write to it the broker sends a "changed" notification, read
+ * with mpb_next_change (or mpb_get_notification). *version (may be NULL): the version
+ * the watch starts from. */
+int mpb_watch(mpb_context *c, mpb_ref r, int64_t *version);
+int mpb_unwatch(mpb_context *c, mpb_ref r);
+/* Wait until r's version is above `version`: *out the new version, or 0 when timeout
+ * seconds passed first (timeout < 0: no limit). */
+int mpb_wait_change(mpb_context *c, mpb_ref r, int64_t version, double timeout, int64_t *out);
+/* One change of a watched object. */
+typedef struct mpb_change {
+    mpb_ref ref;
+    int64_t version;  /* after the write; for an overflow, the first one missed */
+    int overflow;     /* 1: changes were dropped (the watcher fell behind): read the
+                         object again; method and args are empty */
+    char method[48];  /* "dict.setitem" */
+    mpb_value args;   /* the write's params after the reference; the caller frees it */
+} mpb_change;
+/* Take the next change or overflow notification (others, such as monitor events, are
+ * skipped), waiting up to timeout_ms (0: not at all, -1: no limit). *got = 1 when one
+ * came, else 0. As mpb_get_notification: no calls may await replies. */
+int mpb_next_change(mpb_context *c, int timeout_ms, mpb_change *ch, int *got);
+/* A batch for manager.atomic: operations added in order (args copied), then sent with
+ * mpb_atomic, which answers the array of their results (caller frees) or the failing
+ * operation's error ("op N: KIND: message" in errstr, the kind in errkind; nothing of
+ * the batch stays). A batch may be sent again (a retry after "Conflict"). */
+typedef struct mpb_batch mpb_batch;
+mpb_batch *mpb_batch_new(void); /* NULL when out of memory */
+/* Add [method, args]: args are the whole params, the reference first. */
+int mpb_batch_add(mpb_batch *b, const char *method, const mpb_value *args, size_t nargs);
+/* Add manager.expect [r, version]: the batch fails with "Conflict" unless r is still
+ * at that version. */
+int mpb_batch_expect(mpb_batch *b, mpb_ref r, int64_t version);
+size_t mpb_batch_len(const mpb_batch *b);
+int mpb_atomic(mpb_context *c, const mpb_batch *b, mpb_value *results);
+void mpb_batch_free(mpb_batch *b);
+
 /*--- Iterating in chunks: one round trip per chunk, not per item ---
  * Over a list's items (list.slice), a dict's [key, value] pairs (dict.items) or a
  * set's elements (set.items), `chunk` (<= 0: 1000) per call, fetched lazily by
@@ -378,7 +418,9 @@ void mpb_iter_free(mpb_iter *it);
  *   mpb_async_call(ac, "list.append", args, 2, done, NULL);
  *   event_base_dispatch(base);
  *
- * Notifications (manager.monitor) are not delivered here: use a blocking context. A
+ * Notifications (manager.watch's changes, manager.monitor's events) go to the callbacks
+ * set with mpb_async_watch / mpb_async_set_notification_callback; with none set they
+ * stay queued on ac->c, unread. A
  * lost connection ends the context (as in hiredis): do not turn mpb_enable_reconnect on
  * for ac->c, and do not use an async context in a child after fork() (connect anew). */
 struct event_base;
@@ -434,6 +476,19 @@ void mpb_async_disconnect(mpb_async_context *ac);
 void mpb_async_free(mpb_async_context *ac);
 /* Calls whose callbacks have not run yet. */
 size_t mpb_async_pending(const mpb_async_context *ac);
+/* Notifications [2, method, params] as they arrive: fn gets the method and the params
+ * (the library frees them after fn returns; fn may move them out). NULL: none (they
+ * stay queued on ac->c). fn may make calls and may free ac. */
+typedef void mpb_async_note_fn(mpb_async_context *ac, const char *method, mpb_value *params,
+                               void *privdata);
+void mpb_async_set_notification_callback(mpb_async_context *ac, mpb_async_note_fn *fn,
+                                         void *privdata);
+/* Watch r (manager.watch): fn gets each change or overflow of every object this context
+ * watches (one fn per context: the last one given), ch valid until it returns. done
+ * (may be NULL) gets the reply to manager.watch, the version the watch starts from. */
+typedef void mpb_async_change_fn(mpb_async_context *ac, const mpb_change *ch, void *privdata);
+int mpb_async_watch(mpb_async_context *ac, mpb_ref r, mpb_async_change_fn *fn, void *privdata,
+                    mpb_async_fn *done, void *done_privdata);
 
 #ifdef __cplusplus
 }

@@ -39,6 +39,7 @@
 #include "server.h"
 #include "tls.h"
 #include "wait.h"
+#include "watch.h"
 
 #define READ_CHUNK (64 * 1024)
 #define OUT_HIGH (4u << 20)
@@ -691,6 +692,7 @@ static void conn_free(mpb_conn *c)
                 (unsigned long long)c->ops, c->ops == 1 ? "" : "s");
     if (c->commit_wait) commit_unlink(c);
     admin_conn_closed(c);
+    watch_conn_closed(c);
     auth_conn_free(c);
     event_del(&c->rev);
     event_del(&c->wev);

@@ -47,6 +47,7 @@ typedef struct mpb_conn {
     uint64_t ops;      /* requests handled */
     double since;      /* CLOCK_MONOTONIC seconds at accept */
     bool monitor;      /* receives "monitor" notifications */
+    mpb_idmap watching; /* object id -> the object: manager.watch (watch.c) */
     uint64_t monitor_dropped; /* events not sent since the last one that was */
     bool authed;       /* may call every method (auth.c: always, without an authkey) */
     struct mpb_auth *auth; /* handshake state, owned by auth.c; NULL when none */

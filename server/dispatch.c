@@ -15,8 +15,11 @@
 #include "auth.h"
 #include "limits.h"
 #include "mpb_codec.h"
+#include "batch.h"
 #include "persist.h"
 #include "server.h"
+#include "wait.h"
+#include "watch.h"
 
 typedef void (*mpb_handler)(mpb_req *r);
 
@@ -40,7 +43,10 @@ static msgpack_packer null_pk = {NULL, null_write};
 
 /*--- Replies ---*/
 
-static msgpack_packer *pk_of(mpb_req *r) { return r->notify ? &null_pk : &r->conn->pk; }
+static msgpack_packer *pk_of(mpb_req *r)
+{
+    return r->pk ? r->pk : r->notify ? &null_pk : &r->conn->pk;
+}
 
 msgpack_packer *reply_begin(mpb_req *r)
 {
@@ -96,6 +102,7 @@ void reply_error(mpb_req *r, mpb_errkind kind, const char *fmt, ...)
     va_end(ap);
     r->replied = true;
     r->failed = true;
+    if (r->waiter) r->waiter->failed = true;
     pack_error(pk_of(r), true, r->msgid, kind, msg);
 }
 
@@ -398,14 +405,26 @@ void dispatch_run(mpb_req *r, const msgpack_object *params)
 {
     if (!check_params(r, &params->via.array)) return;
     if (persist_refuses(r)) return; /* read-only after a disk failure */
+    if (batch_active() && !batch_admit(r)) return; /* refused in a batch, or no undo */
     bool was_blocked = r->conn->blocked;
     persist_call_begin();
+    watch_call_begin();
     handlers[r->method](r);
+    /* A write that took effect now bumps its object's version; a parked one counts
+     * when its effect happens (watch.h). NOLOG writes leave a version record, so that
+     * a restart does not hand out their versions again. */
+    unsigned f = r->info->flags;
+    bool now = r->conn->blocked == was_blocked;
+    if ((f & MPB_F_WRITE) && !r->failed && now && r->self) {
+        watch_bump(r->self, r->info->name, r->args, r->nargs);
+        if (f & MPB_F_NOLOG) persist_log_version(r->self);
+    }
     /* Persistence logs a write that took effect now; a parked one is logged by its
      * type when its effect happens. Effects the call caused (a parked get it served)
      * are logged after it. */
-    if ((r->info->flags & (MPB_F_WRITE | MPB_F_NOLOG)) == MPB_F_WRITE && !r->failed &&
-        r->conn->blocked == was_blocked && persist_enabled())
+    if ((f & (MPB_F_WRITE | MPB_F_NOLOG)) == MPB_F_WRITE && !r->failed && now &&
+        persist_enabled())
         persist_log_call(r->info->name, params);
+    watch_call_end();
     persist_call_end();
 }

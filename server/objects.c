@@ -206,6 +206,7 @@ static uint64_t take_next_id(void)
 
 static void object_destroy(mpb_object *o)
 {
+    watch_object_freed(o);
     mem_used -= o->charged < mem_used ? o->charged : mem_used;
     idmap_del(&table, o->id);
     seqidx_remove(&order, o->seq);

@@ -48,6 +48,8 @@ typedef struct mpb_object {
     uint32_t pins;      /* parked requests waiting on it: they keep it alive */
     bool queued;        /* waiting in the free queue */
     size_t charged;     /* bytes counted in objects_mem_used() for the object itself */
+    uint64_t version;   /* grows by one with each write (watch.c); kept by --data-dir */
+    struct mpb_watch *watch; /* watchers and wait_change waiters, or NULL (watch.c) */
     union {
         mpb_array list;
         mpb_map *map; /* dict and namespace */
@@ -166,5 +168,7 @@ void objects_recharge_state(mpb_object *o, size_t before, size_t after);
 void objects_maybe_free(mpb_object *o);
 /* Free everything queued (and what that releases in turn). */
 void objects_collect(void);
+/* watch.c: o is being freed, its watches end. */
+void watch_object_freed(mpb_object *o);
 
 #endif

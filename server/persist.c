@@ -4,13 +4,17 @@
  *
  * Files in the data directory (format 2, every record checksummed: persist_file.h):
  *   snapshot.mpb   header ["mpbroker-snapshot", 2, GEN, NEXT_ID], then ["obj", ID,
- *                  TYPEID, NAME|nil] for every object, ["fill", ID, INITIAL] for each,
+ *                  TYPEID, NAME|nil, VERSION] for every object (VERSION absent in
+ *                  files of brokers before versions: 0), ["fill", ID, INITIAL] for each,
  *                  queue items as ["call", "queue.put_nowait", [REF, ITEM]], and
  *                  ["end", RECORDS]. Two passes (obj, then fill) let objects refer to
  *                  each other in any order, cycles included.
  *   log.GEN.mpb    header ["mpbroker-log", 2, GEN], then ["create", ID, TYPEID,
  *                  NAME|nil, INITIAL|nil] and ["call", METHOD, PARAMS] records appended
- *                  as changes happen; replayed after the snapshot of the same GEN.
+ *                  as changes happen, ["batch", [[METHOD, PARAMS]...]] for an atomic
+ *                  batch (one record: all of it or none), ["version", ID, VERSION]
+ *                  after writes that are not logged (lock.acquire) so that versions
+ *                  never go back; replayed after the snapshot of the same GEN.
  *   lock           flock()ed while a broker uses the directory; holds its pid.
  * A new generation (compaction, recovery, converting format 1) is made by
  * new_generation(): every file appears under its name whole and synced, or not at all.
@@ -44,6 +48,7 @@
 #include "persist.h"
 #include "persist_file.h"
 #include "persist_load.h"
+#include "watch.h"
 
 mpb_persist_config g_persist = {.fsync = MPB_FSYNC_EVERYSEC, .compact_min = PERSIST_DEFAULT_COMPACT_MIN};
 size_t g_persist_buffered;
@@ -55,6 +60,12 @@ static msgpack_packer logpk;
 static msgpack_sbuffer effbuf;
 static msgpack_packer effpk;
 static int in_call;
+/* The calls of an atomic batch being run (persist_batch_begin): [METHOD, PARAMS]
+ * each, packed back to back. */
+static msgpack_sbuffer batchbuf;
+static msgpack_packer batchpk;
+static bool batching;
+static uint32_t batch_calls;
 
 static int logfd = -1, dirfd_ = -1, lockfd = -1;
 static uint64_t gen;
@@ -175,6 +186,13 @@ static void logged(msgpack_sbuffer *sb, size_t start)
 void persist_log_call(const char *method, const msgpack_object *params)
 {
     if (replaying || failed) return;
+    if (batching) {
+        msgpack_pack_array(&batchpk, 2);
+        pack_str(&batchpk, method);
+        msgpack_pack_object(&batchpk, *params);
+        batch_calls++;
+        return;
+    }
     size_t at = pf_begin(&logbuf);
     msgpack_pack_array(&logpk, 3);
     pack_str(&logpk, "call");
@@ -183,8 +201,49 @@ void persist_log_call(const char *method, const msgpack_object *params)
     logged(&logbuf, at);
 }
 
+void persist_log_version(const mpb_object *o)
+{
+    if (!persist_enabled() || replaying || failed) return;
+    size_t before = g_persist_buffered;
+    size_t at = pf_begin(&logbuf);
+    msgpack_pack_array(&logpk, 3);
+    pack_str(&logpk, "version");
+    msgpack_pack_uint64(&logpk, o->id);
+    msgpack_pack_uint64(&logpk, o->version);
+    logged(&logbuf, at);
+    /* Nobody waits for it: the reply of a lock.acquire does not wait for an fsync. A
+     * crash may lose it: then a lock's version after the restart is one it had before
+     * (its state, ownership, is not kept anyway). */
+    g_persist_buffered = before;
+}
+
+void persist_batch_begin(void)
+{
+    batching = persist_enabled() && !replaying;
+    msgpack_sbuffer_clear(&batchbuf);
+    batch_calls = 0;
+}
+
+void persist_batch_end(bool commit)
+{
+    if (!batching) return;
+    batching = false;
+    if (commit && batch_calls > 0 && !replaying && !failed) {
+        size_t at = pf_begin(&logbuf);
+        msgpack_pack_array(&logpk, 2);
+        pack_str(&logpk, "batch");
+        msgpack_pack_array(&logpk, batch_calls);
+        msgpack_sbuffer_write(&logbuf, batchbuf.data, batchbuf.size);
+        logged(&logbuf, at);
+    }
+    msgpack_sbuffer_clear(&batchbuf);
+    batch_calls = 0;
+}
+
 void persist_log_effect(const char *method, const mpb_value *args, size_t n)
 {
+    /* A logged effect is a write to args[0]: its version counts it, as replay will. */
+    if (!replaying) watch_effect(method, args, n);
     if (!persist_enabled() || replaying || failed) return;
     msgpack_sbuffer *sb = in_call ? &effbuf : &logbuf;
     msgpack_packer *pk = in_call ? &effpk : &logpk;
@@ -305,7 +364,7 @@ static void rec_end(snapw *w, size_t at)
     snap_out(w, w->rec.data, w->rec.size);
 }
 
-static void dump_state(const mpb_object *o, msgpack_packer *pk)
+void persist_dump_state(const mpb_object *o, msgpack_packer *pk)
 {
     switch (o->type) {
     case MPB_OT_LIST: list_dump(o, pk); return;
@@ -338,12 +397,13 @@ static void pack_snapshot(snapw *w, uint64_t g)
     mpb_object *o;
     for (; objects_next(&it, &o); records++) {
         at = rec_begin(w);
-        msgpack_pack_array(pk, 4);
+        msgpack_pack_array(pk, 5);
         pack_str(pk, "obj");
         msgpack_pack_uint64(pk, o->id);
         pack_str(pk, objects_typeid(o));
         if (o->name) pack_str(pk, o->name);
         else msgpack_pack_nil(pk);
+        msgpack_pack_uint64(pk, o->version);
         rec_end(w, at);
     }
     for (it = 0; objects_next(&it, &o); records++) {
@@ -351,7 +411,7 @@ static void pack_snapshot(snapw *w, uint64_t g)
         msgpack_pack_array(pk, 3);
         pack_str(pk, "fill");
         msgpack_pack_uint64(pk, o->id);
-        dump_state(o, pk);
+        persist_dump_state(o, pk);
         rec_end(w, at);
     }
     /* Queue items, one record each (queue_dump_items packs them back to back). */
@@ -660,6 +720,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
         if (mpb_mono_seconds() >= next_try) recover();
         return;
     }
+    if (logbuf.size > 0 && !persist_pending() && !persist_sync()) return; /* version records */
     if (need_fsync && g_persist.fsync == MPB_FSYNC_EVERYSEC) {
         need_fsync = false;
         if (fdatasync(logfd) < 0) {
@@ -695,6 +756,8 @@ void persist_open(struct event_base *base)
     msgpack_packer_init(&logpk, &logbuf, msgpack_sbuffer_write);
     msgpack_sbuffer_init(&effbuf);
     msgpack_packer_init(&effpk, &effbuf, msgpack_sbuffer_write);
+    msgpack_sbuffer_init(&batchbuf);
+    msgpack_packer_init(&batchpk, &batchbuf, msgpack_sbuffer_write);
     replay.id = UINT64_MAX;
     msgpack_sbuffer_init(&replay.out);
     msgpack_packer_init(&replay.pk, &replay.out, msgpack_sbuffer_write);
@@ -764,6 +827,7 @@ bool persist_close(void)
     if (dirfd_ >= 0) close(dirfd_);
     msgpack_sbuffer_destroy(&logbuf);
     msgpack_sbuffer_destroy(&effbuf);
+    msgpack_sbuffer_destroy(&batchbuf);
     if (tick_ev) event_free(tick_ev);
     if (compact_ev) event_free(compact_ev);
     return ok;

@@ -41,6 +41,15 @@ void persist_log_call(const char *method, const msgpack_object *params);
  * the order they happen in: a put that serves a parked get replays as the put, then
  * the get. */
 void persist_log_effect(const char *method, const mpb_value *args, size_t n);
+/* A NOLOG write bumped o's version (lock.acquire): record the version, without making
+ * anyone wait for it (written with the next write or tick), so that a restart goes on
+ * from it. */
+void persist_log_version(const mpb_object *o);
+/* An atomic batch (batch.c): between begin and end the calls logged are collected;
+ * end(true) logs them as one ["batch", [[METHOD, PARAMS]...]] record, end(false)
+ * drops them. */
+void persist_batch_begin(void);
+void persist_batch_end(bool commit);
 /* Around one request's handler and its persist_log_call (dispatch_run). */
 void persist_call_begin(void);
 void persist_call_end(void);
@@ -85,6 +94,8 @@ void barrier_dump(const mpb_object *o, msgpack_packer *pk);
 void value_dump(const mpb_object *o, msgpack_packer *pk);
 void array_dump(const mpb_object *o, msgpack_packer *pk);
 void set_dump(const mpb_object *o, msgpack_packer *pk);
+/* Pack o's INITIAL form (the fill record of a snapshot; nil for a lock). */
+void persist_dump_state(const mpb_object *o, msgpack_packer *pk);
 /* A queue's items as ["call", "queue.put_nowait", [REF, ITEM]] records; returns how
  * many (they go after the fills: an item may refer to any object). */
 size_t queue_dump_items(const mpb_object *o, msgpack_packer *pk);

@@ -198,8 +198,9 @@ static void no_header(const loaded *f, const char *why)
 
 /*--- Replaying one record ---*/
 
-/* Create object ID of TYPEID with NAME (nil: anonymous), held by the replay. */
-static mpb_object *load_obj(const msgpack_object *f)
+/* Create object ID of TYPEID with NAME (nil: anonymous), held by the replay; a
+ * snapshot's obj record may carry its VERSION (f[4]). */
+static mpb_object *load_obj(const msgpack_object *f, uint32_t size)
 {
     const char *tp, *np = NULL;
     size_t tn, nn = 0;
@@ -209,8 +210,10 @@ static mpb_object *load_obj(const msgpack_object *f)
     if (t == MPB_OT_NONE) return NULL;
     if (f[3].type != MSGPACK_OBJECT_NIL && !mpb_object_bytes(&f[3], &np, &nn)) return NULL;
     if (objects_get(f[1].via.u64)) return NULL; /* an id twice */
+    if (size > 4 && !is_uint(&f[4])) return NULL;
     mpb_object *o = objects_create_id(t, variant, np, nn, f[1].via.u64);
     if (o) objects_hold(&replay->holds, o);
+    if (o && size > 4) o->version = f[4].via.u64;
     return o;
 }
 
@@ -261,22 +264,59 @@ static const char *load_call(const msgpack_object *f)
     return res;
 }
 
+/* Replay ["batch", OPS]: each [METHOD, PARAMS] as a call, in order. The record is
+ * whole (its checksum says so), so the batch is all there. */
+static const char *load_batch(const msgpack_object *ops)
+{
+    if (ops->type != MSGPACK_OBJECT_ARRAY) return "a batch record that makes no sense";
+    for (uint32_t i = 0; i < ops->via.array.size; i++) {
+        const msgpack_object *op = &ops->via.array.ptr[i];
+        if (op->type != MSGPACK_OBJECT_ARRAY || op->via.array.size != 2)
+            return "a batch record that makes no sense";
+        msgpack_object f[3] = {{.type = MSGPACK_OBJECT_NIL}, op->via.array.ptr[0],
+                               op->via.array.ptr[1]};
+        const char *why = load_call(f);
+        if (why) return why;
+    }
+    return NULL;
+}
+
 /* Apply one record after the header. NULL when it worked, else what is wrong. */
 static const char *apply(const msgpack_object *rec, bool snapshot)
 {
     const msgpack_object *f = rec->via.array.ptr;
-    if (snapshot && rec_is(rec, "obj", 4))
-        return load_obj(f) ? NULL : "an object record that makes no sense";
+    if (snapshot && (rec_is(rec, "obj", 4) || rec_is(rec, "obj", 5)))
+        return load_obj(f, rec->via.array.size) ? NULL : "an object record that makes no sense";
     if (snapshot && rec_is(rec, "fill", 3)) {
         mpb_object *o = is_uint(&f[1]) ? objects_get(f[1].via.u64) : NULL;
         return o && load_fill(o, &f[2]) ? NULL : "a fill record that makes no sense";
     }
     if (!snapshot && rec_is(rec, "create", 5)) {
-        mpb_object *o = load_obj(f);
+        mpb_object *o = load_obj(f, 4);
         if (!o) return "a create record that makes no sense";
         return load_fill(o, &f[4]) ? NULL : "a create whose initial value fails when replayed";
     }
+    if (snapshot && rec_is(rec, "call", 3)) {
+        /* A queue's items: they rebuild its state, they are not writes (the obj
+         * record gave its version). */
+        mpb_ref ref;
+        mpb_object *o = f[2].type == MSGPACK_OBJECT_ARRAY && f[2].via.array.size > 0 &&
+                                mpb_object_is_ref(&f[2].via.array.ptr[0], &ref)
+                            ? objects_get(ref) : NULL;
+        uint64_t v = o ? o->version : 0;
+        const char *why = load_call(f);
+        if (o) o->version = v;
+        return why;
+    }
     if (rec_is(rec, "call", 3)) return load_call(f);
+    if (!snapshot && rec_is(rec, "batch", 2)) return load_batch(&f[1]);
+    if (!snapshot && rec_is(rec, "version", 3)) {
+        /* A write that is not logged moved a version on (lock.acquire): never back. */
+        if (!is_uint(&f[1]) || !is_uint(&f[2])) return "a version record that makes no sense";
+        mpb_object *o = objects_get(f[1].via.u64);
+        if (o && o->version < f[2].via.u64) o->version = f[2].via.u64;
+        return NULL;
+    }
     return "a record of no known kind";
 }
 

@@ -62,6 +62,8 @@ typedef struct mpb_req {
     const msgpack_object *args;  /* params after the reference (all, for manager.*) */
     uint32_t nargs;
     size_t mem_granted; /* bytes --max-memory let this request bring so far (limits.c) */
+    msgpack_packer *pk; /* where replies go instead of the connection (a batch's ops) */
+    struct mpb_waiter *waiter; /* answering this parked request (wait_req), or NULL */
 } mpb_req;
 
 /*--- dispatch.c ---*/

@@ -4,6 +4,7 @@
 
 #include "persist.h"
 #include "wait.h"
+#include "watch.h"
 
 static size_t nparked;
 
@@ -56,7 +57,8 @@ mpb_waiter *wait_park(mpb_req *r, mpb_object *o, mpb_waitq *q, double timeout,
 void wait_req(mpb_waiter *w, mpb_req *r)
 {
     *r = (mpb_req){.conn = w->conn, .msgid = w->msgid, .notify = w->notify,
-                   .method = w->method, .info = &mpb_methods[w->method], .self = w->obj};
+                   .method = w->method, .info = &mpb_methods[w->method], .self = w->obj,
+                   .waiter = w};
 }
 
 static void unlink_q(mpb_waiter *w)
@@ -105,6 +107,13 @@ static void wait_free(mpb_waiter *w)
 void wait_done(mpb_waiter *w)
 {
     mpb_conn *c = w->conn;
+    /* A parked write whose effect is not logged (a lock granted, a condition woken, a
+     * barrier passed) counts as a write now; logged ones count through their effect
+     * (persist_log_effect), which replay repeats. */
+    unsigned f = mpb_methods[w->method].flags;
+    if ((f & (MPB_F_WRITE | MPB_F_NOLOG)) == (MPB_F_WRITE | MPB_F_NOLOG) && !w->failed &&
+        !w->timed_out && mpb_methods[w->method].self != MPB_OT_NONE)
+        watch_bump(w->obj, mpb_methods[w->method].name, NULL, 0);
     wait_free(w);
     conn_unblock(c);
 }
@@ -117,7 +126,11 @@ void wait_answer_bool(mpb_waiter *w, bool result)
     wait_done(w);
 }
 
-void wait_timeout_false(mpb_waiter *w) { wait_answer_bool(w, false); }
+void wait_timeout_false(mpb_waiter *w)
+{
+    w->timed_out = true; /* nothing happened: no version bump */
+    wait_answer_bool(w, false);
+}
 
 mpb_waiter *waitq_pop(mpb_waitq *q)
 {

@@ -44,6 +44,8 @@ struct mpb_waiter {
                             when the waiter goes, unless handed on (then cleared) */
     int64_t n;           /* per type: rlock depth to restore, barrier generation, ... */
     bool flag;           /* per type: condition wait's result */
+    bool failed;         /* answered with an error (reply_error through wait_req) */
+    bool timed_out;      /* answered by its timeout (wait_timeout_false) */
 };
 
 /* Park r on object o in queue q. timeout < 0: no timer. The connection stops serving

@@ -34,7 +34,8 @@ extern "C" {
     X(TOO_MANY_CLIENTS, "TooManyClients") /* over --max-clients: then closed */        \
     X(PERSISTENCE, "PersistenceError") /* --data-dir cannot store writes now */         \
     X(CONNECTION, "ConnectionError")   /* client side: the connection is gone */       \
-    X(PROTOCOL, "ProtocolError")       /* client side: the broker's reply made no sense */
+    X(PROTOCOL, "ProtocolError")       /* client side: the broker's reply made no sense */ \
+    X(CONFLICT, "Conflict")            /* manager.expect: the object's version moved on */
 
 typedef enum mpb_errkind {
 #define MPB_X_ENUM(id, name) MPB_E_##id,

@@ -64,6 +64,8 @@ typedef enum mpb_otype {
 #define MPB_F_NOLOG 0x04 /* a write that persistence does not log as a call: its lasting
                             effect is logged otherwise, or it has none after a restart
                             (holds, lock ownership, barrier arrivals) */
+#define MPB_F_BLOCKS 0x10 /* may park (wait for another client or a timeout): refused
+                             inside manager.atomic */
 
 typedef enum mpb_method_id {
 #define MPB_METHOD(id, name, handler, self, min, max, flags, args, doc, cost) MPB_M_##id,

@@ -757,6 +757,118 @@ static int cmd_monitor(mpb_cli *cli, int argc, cli_arg *argv, const cli_opts *o)
     return rc;
 }
 
+/*--- watch, atomic ---*/
+
+/* watch REF|NAME: stream the object's changes (manager.watch) until Ctrl-C. */
+static int cmd_watch(mpb_cli *cli, int argc, cli_arg *argv, const cli_opts *o) {
+    (void)argc;
+    mpb_ref ref;
+    if (cli_conn(cli) == NULL) return CLI_FAIL;
+    int rc = cli_resolve(cli, argv[0].s, &ref);
+    if (rc != CLI_OK) return rc;
+    /* A connection of its own, as monitor: Ctrl-C leaves the session's usable. */
+    mpb_context *m = mpb_connect(cli->address);
+    if (m == NULL || m->err) {
+        if (m) cli_connect_error(cli, m);
+        mpb_free(m);
+        return CLI_FAIL;
+    }
+    int64_t from;
+    if (mpb_watch(m, ref, &from) != MPB_OK) {
+        rc = cli_broker_error(m);
+        mpb_free(m);
+        return rc;
+    }
+    if (isatty(STDERR_FILENO))
+        fprintf(stderr, "watching @%llu from version %lld: every write to it; Ctrl-C stops\n",
+                (unsigned long long)cli_ref_short(ref), (long long)from);
+    struct sigaction sa = {.sa_handler = on_stop}, old_int, old_term;
+    sigemptyset(&sa.sa_mask); /* no SA_RESTART: the wait below must return on a signal */
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
+    monitor_stop = 0;
+    rc = CLI_OK;
+    while (!monitor_stop) {
+        mpb_change ch;
+        int got;
+        if (mpb_next_change(m, 500, &ch, &got) != MPB_OK) {
+            rc = cli_broker_error(m);
+            break;
+        }
+        if (!got) continue;
+        shorten_refs(&ch.args);
+        if (o->json) {
+            json_t *j = json_object();
+            json_object_set_new(j, "ref", json_integer((json_int_t)cli_ref_short(ch.ref)));
+            json_object_set_new(j, "version", json_integer(ch.version));
+            if (ch.overflow) {
+                json_object_set_new(j, "overflow", json_true());
+            } else {
+                json_object_set_new(j, "method", json_string(ch.method));
+                json_object_set_new(j, "args", cli_value_to_json(&ch.args));
+            }
+            cli_print_json(stdout, j);
+        } else if (ch.overflow) {
+            printf("%lld (overflow: changes from here on were dropped while this watch fell "
+                   "behind: read the object again)\n", (long long)ch.version);
+        } else {
+            printf("%lld %s(", (long long)ch.version, ch.method);
+            for (size_t i = 0; ch.args.type == MPB_ARRAY && i < ch.args.v.a->len; i++) {
+                char *r = mpb_value_repr(&ch.args.v.a->items[i]);
+                printf("%s%s", i ? ", " : "", r ? r : "?");
+                free(r);
+            }
+            printf(")\n");
+        }
+        mpb_value_free(&ch.args);
+        fflush(stdout);
+    }
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
+    if (monitor_stop && isatty(STDERR_FILENO)) fputc('\n', stderr);
+    mpb_free(m);
+    return rc;
+}
+
+/* atomic JSON: manager.atomic; an op's reference may be written "@NAME" or "@7". */
+static int cmd_atomic(mpb_cli *cli, int argc, cli_arg *argv, const cli_opts *o) {
+    (void)argc;
+    mpb_context *c = cli_conn(cli);
+    if (c == NULL) return CLI_FAIL;
+    mpb_value ops;
+    int rc = cli_arg_value(cli, &argv[0], &ops);
+    if (rc != CLI_OK) return rc;
+    if (ops.type != MPB_ARRAY) {
+        mpb_value_free(&ops);
+        return cli_error(CLI_USAGE, "atomic takes a JSON array of [METHOD, [PARAMS...]]");
+    }
+    for (size_t i = 0; i < ops.v.a->len && rc == CLI_OK; i++) {
+        mpb_value *op = &ops.v.a->items[i];
+        if (op->type != MPB_ARRAY || op->v.a->len != 2 || op->v.a->items[1].type != MPB_ARRAY ||
+            op->v.a->items[1].v.a->len == 0)
+            continue; /* the broker says what is wrong */
+        mpb_value *first = &op->v.a->items[1].v.a->items[0];
+        if (first->type == MPB_STR && first->len > 1 && first->v.s[0] == '@') {
+            mpb_ref r;
+            rc = cli_resolve(cli, first->v.s, &r);
+            if (rc == CLI_OK) {
+                mpb_value_free(first);
+                *first = mpb_refv(r);
+            }
+        }
+    }
+    mpb_value result = mpb_nil();
+    if (rc == CLI_OK && mpb_call(c, "manager.atomic", &ops, 1, &result) != MPB_OK)
+        rc = cli_broker_error(c);
+    mpb_value_free(&ops);
+    if (rc == CLI_OK) {
+        expand_ctx x = {.cli = cli, .depth = -1};
+        rc = print_value(&result, o->json, &x);
+    }
+    mpb_value_free(&result);
+    return rc;
+}
+
 /*--- slowlog ---*/
 
 /* slowlog [COUNT|reset]: the slow log, newest first (manager.slowlog). */
@@ -910,6 +1022,18 @@ const cli_command cli_commands[] = {
      "  One line each: TIME [CONNECTION PEER] METHOD(ARGS...); --json: one JSON object\n"
      "  a line, {time, conn, peer, method, params}.\n",
      0, 0, cmd_monitor},
+    {"watch", "REF|NAME", "print every write to one object as it happens, until Ctrl-C",
+     "  One line each: VERSION METHOD(ARGS...), the writer's own writes included\n"
+     "  (manager.watch); --json: {ref, version, method, args} a line. A watch that\n"
+     "  falls behind gets one overflow line (read the object again), then goes on.\n",
+     1, 1, cmd_watch},
+    {"atomic", "JSON", "run operations all or none (manager.atomic)",
+     "  JSON: [[METHOD, [REF, ARGS...]], ...], e.g.\n"
+     "    atomic '[[\"manager.expect\", [\"@bank\", 4]], [\"dict.incr\", [\"@bank\", \"a\", -5]],\n"
+     "             [\"dict.incr\", [\"@bank\", \"b\", 5]]]'\n"
+     "  An op's reference may be \"@NAME\" or \"@7\" (or {\"$ref\": 7}). Prints the\n"
+     "  results; if an op fails nothing of the batch stays (\"op N: KIND: ...\").\n",
+     1, 1, cmd_atomic},
     {"help", "[COMMAND|TYPE|METHOD]", "this list, or more about one thing", NULL, 0, 1,
      cmd_help},
     {"quit", "", "leave the shell (also exit, Ctrl-D)", NULL, 0, 0, cmd_quit},

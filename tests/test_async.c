@@ -477,6 +477,82 @@ START_TEST(async_null_callback_drops_the_reply)
 }
 END_TEST
 
+/*--- Watches on the loop ---*/
+
+typedef struct changes {
+    int n, overflow;
+    int64_t versions[64];
+    char methods[64][48];
+    int notes; /* other notifications (the generic callback) */
+} changes;
+
+static void on_change(mpb_async_context *ac, const mpb_change *ch, void *privdata)
+{
+    (void)ac;
+    changes *x = privdata;
+    if (ch->overflow) x->overflow++;
+    else if (x->n < 64) {
+        x->versions[x->n] = ch->version;
+        snprintf(x->methods[x->n], sizeof x->methods[0], "%s", ch->method);
+        x->n++;
+    }
+    if (x->n == 5) event_base_loopbreak(base);
+}
+
+static void on_note(mpb_async_context *ac, const char *method, mpb_value *params, void *privdata)
+{
+    (void)ac;
+    (void)params;
+    changes *x = privdata;
+    if (strcmp(method, "monitor") == 0 && params->type == MPB_ARRAY) {
+        x->notes++;
+        event_base_loopbreak(base);
+    }
+}
+
+START_TEST(async_watch_delivers_changes_with_and_without_calls_in_flight)
+{
+    mpb_async_context *ac = connect_async();
+    mpb_ref d = make("dict");
+    changes x = {0};
+    reset_seen(1);
+    ck_assert_int_eq(mpb_async_watch(ac, d, on_change, &x, record, (void *)0), MPB_OK);
+    run_loop();
+    ck_assert_int_eq(S.ok, 1);
+    ck_assert_int_eq(S.kept.v.i, 0);
+    /* Written by another connection while this one has nothing in flight. */
+    mpb_value k = mpb_str("k");
+    for (int i = 0; i < 3; i++) {
+        mpb_value v = mpb_int(i);
+        ck_assert_int_eq(mpb_dict_setitem(C, d, &k, &v), MPB_OK);
+    }
+    mpb_value_free(&k);
+    /* And by this one: its own writes come too, around the replies. */
+    mpb_value args[3] = {mpb_refv(d), mpb_str("j"), mpb_int(1)};
+    reset_seen(2);
+    call(ac, "dict.incr", args, 3, 0);
+    call(ac, "dict.incr", args, 3, 1);
+    mpb_value_free(&args[1]);
+    run_loop();
+    if (x.n < 5) run_loop();
+    ck_assert_int_eq(x.n, 5);
+    for (int i = 0; i < 5; i++) ck_assert_int_eq(x.versions[i], i + 1);
+    ck_assert_str_eq(x.methods[0], "dict.setitem");
+    ck_assert_str_eq(x.methods[4], "dict.incr");
+    ck_assert_int_eq(x.overflow, 0);
+    /* Other notifications go to the generic callback. */
+    mpb_async_set_notification_callback(ac, on_note, &x);
+    reset_seen(1);
+    ck_assert_int_eq(mpb_async_call(ac, "manager.monitor", NULL, 0, record, (void *)0), MPB_OK);
+    run_loop();
+    ck_assert_int_eq(S.ok, 1);
+    ck_assert_int_eq(mpb_ping(C), MPB_OK);
+    run_loop();
+    ck_assert_int_ge(x.notes, 1);
+    mpb_async_free(ac);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("async");
@@ -497,6 +573,7 @@ int main(void)
     tcase_add_test(tc, async_disconnect_waits_for_pending_replies);
     tcase_add_test(tc, async_connect_failure_is_reported_on_the_context);
     tcase_add_test(tc, async_null_callback_drops_the_reply);
+    tcase_add_test(tc, async_watch_delivers_changes_with_and_without_calls_in_flight);
     suite_add_tcase(s, tc);
     return tb_run(s);
 }

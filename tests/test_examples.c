@@ -113,6 +113,22 @@ START_TEST(bank_total_never_changes)
 }
 END_TEST
 
+/* Lock-free: atomic batches guarded by manager.expect; workers SIGKILLed at random
+ * moments leave whole transfers only. */
+START_TEST(bank_lock_free_total_holds_while_workers_are_killed)
+{
+    int st;
+    char *out = run_example("bank", "-p 6 -n 300 -a 5 -l", &st);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "exit %d: %s", st, out);
+    ck_assert_str_eq(out, "total before: 5000\ntotal after: 5000 (6 processes, 300 transfers each, lock-free)\n");
+    free(out);
+    out = run_example("bank", "-p 6 -n 3000 -a 3 -l -k 4", &st);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "exit %d: %s", st, out);
+    ck_assert_str_eq(out, "total before: 3000\ntotal after: 3000 (6 processes, 3000 transfers each, lock-free)\n");
+    free(out);
+}
+END_TEST
+
 START_TEST(examples_fail_cleanly_without_a_broker)
 {
     int st;
@@ -136,6 +152,7 @@ int main(void)
     tcase_add_test(tc, producer_consumer_reads_every_message_then_stops);
     tcase_add_test(tc, value_array_shows_the_childs_changes);
     tcase_add_test(tc, bank_total_never_changes);
+    tcase_add_test(tc, bank_lock_free_total_holds_while_workers_are_killed);
     tcase_add_test(tc, examples_fail_cleanly_without_a_broker);
     suite_add_tcase(s, tc);
     return tb_run(s);

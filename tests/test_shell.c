@@ -744,6 +744,45 @@ START_TEST(monitor_shows_another_process_operations) {
 }
 END_TEST
 
+/*--- watch, atomic ---*/
+
+START_TEST(watch_streams_writes_and_atomic_runs_a_batch) {
+    int p[2];
+    ck_assert(pipe(p) == 0);
+    pid_t pid = fork();
+    ck_assert(pid >= 0);
+    if (pid == 0) {
+        dup2(p[1], 1);
+        close(p[0]);
+        execl(cli_path(), cli_path(), "-s", B.sock, "watch", "stats", (char *)NULL);
+        _exit(127);
+    }
+    close(p[1]);
+    /* Write until the watch (registered some time after the start) shows a line. */
+    char buf[8192] = "";
+    int seen = 0;
+    for (int i = 0; i < 100 && !seen; i++) {
+        ck_assert_int_eq(mpb_ns_incr(C, STATS, "runs", 1, NULL), MPB_OK);
+        seen = read_until(p[0], buf, sizeof buf, "namespace.incr('runs', 1)\n", 100);
+    }
+    ck_assert_msg(seen, "watch printed nothing:\n%s", buf);
+    run r;
+    RUN(&r, NULL, "atomic", "[[\"namespace.incr\", [\"@stats\", \"runs\", 10]], "
+                            "[\"namespace.setattr\", [\"@stats\", \"who\", \"shell\"]]]");
+    ck_assert_msg(r.code == 0, "exit %d: %s", r.code, r.err);
+    ck_assert_msg(strstr(r.out, ", None]\n") != NULL, "%s", r.out);
+    ck_assert_msg(read_until(p[0], buf, sizeof buf, " namespace.setattr('who', 'shell')\n", 10000),
+                  "%s", buf);
+    ck_assert_msg(strstr(buf, " namespace.incr('runs', 10)\n") != NULL, "%s", buf);
+    /* A failing batch: the error, exit 1, nothing changed. */
+    RUN(&r, NULL, "atomic", "[[\"namespace.incr\", [\"@stats\", \"runs\", 10]], "
+                            "[\"namespace.delattr\", [\"@stats\", \"nope\"]]]");
+    ck_assert_msg(r.code == 1 && strstr(r.err, "op 1: AttributeError") != NULL, "%d %s", r.code, r.err);
+    ck_assert_int_eq(stop_child(pid), 0);
+    close(p[0]);
+}
+END_TEST
+
 START_TEST(oneshot_commands_send_only_what_they_need) {
     int fd;
     run r;
@@ -1178,6 +1217,7 @@ static Suite *shell_suite(void) {
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, monitor_shows_another_process_operations);
+    tcase_add_test(tc, watch_streams_writes_and_atomic_runs_a_batch);
     tcase_add_test(tc, oneshot_commands_send_only_what_they_need);
     tcase_add_test(tc, monitor_json_is_one_object_a_line);
     tcase_add_test(tc, monitor_escapes_the_method_another_client_sent);

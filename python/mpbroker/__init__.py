@@ -12,14 +12,15 @@ exceptions. The C core (_mpbroker) is libmpbroker: connection, authentication,
 pipelining and the value conversion.
 """
 from ._mpbroker import Connection, Ref
-from .client import (BrokerError, NoSuchObject, OutOfMemory, PersistenceError, TooDeep,
+from .client import (BrokerError, Conflict, NoSuchObject, OutOfMemory, PersistenceError, TooDeep,
                      TooLarge, get_client)
 from .managers import Manager, SyncManager, find_server
 from .proxies import (AcquirerProxy, ArrayProxy, BarrierProxy, BaseProxy, ConditionProxy,
                       DictProxy, EventProxy, ListProxy, NamespaceProxy, QueueProxy,
                       SetProxy, ValueProxy)
 
-__all__ = ['Manager', 'SyncManager', 'Connection', 'Ref', 'BrokerError', 'NoSuchObject',
+__all__ = ['Manager', 'SyncManager', 'Connection', 'Ref', 'BrokerError', 'Conflict',
+           'NoSuchObject',
            'OutOfMemory', 'PersistenceError', 'TooDeep', 'TooLarge', 'find_server',
            'get_client', 'BaseProxy', 'ListProxy', 'DictProxy', 'NamespaceProxy',
            'QueueProxy', 'AcquirerProxy', 'ConditionProxy', 'EventProxy', 'BarrierProxy',

@@ -20,6 +20,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <time.h>
 
 #include <stdio.h>
 #include <string.h>
@@ -409,6 +410,13 @@ typedef struct {
     int interruptible;   /* a signal whose handler raises ends a wait (and the connection) */
 } ConnObject;
 
+static double mono_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
 /* A call of this process is under way. One of the parent's, inherited through fork()
  * with the thread that made it, is not: that thread does not exist in the child, which
  * would otherwise find the connection busy for ever (libmpbroker gives the child its
@@ -651,6 +659,52 @@ done:
     return out;
 }
 
+/* notification(timeout=None) -> (method, params), or None when timeout (seconds)
+ * passed first. For watches (manager.watch) and monitors: no call may be pending. */
+static PyObject *Conn_notification(ConnObject *self, PyObject *args)
+{
+    PyObject *timeout = Py_None;
+    if (!PyArg_ParseTuple(args, "|O", &timeout)) return NULL;
+    double t = -1;
+    if (timeout != Py_None) {
+        t = PyFloat_AsDouble(timeout);
+        if (t == -1 && PyErr_Occurred()) return NULL;
+        if (t < 0) t = 0;
+    }
+    if (conn_enter(self) < 0) return NULL;
+    double deadline = t < 0 ? 0 : mono_seconds() + t;
+    char method[64];
+    mpb_value params;
+    int got = 0, rc;
+    for (;;) {
+        int ms = -1;
+        if (t >= 0) {
+            double left = deadline - mono_seconds();
+            ms = left <= 0 ? 0 : (int)(left * 1000) + 1;
+        }
+        Py_BEGIN_ALLOW_THREADS
+        rc = mpb_get_notification(self->c, ms, method, sizeof method, &params, &got);
+        Py_END_ALLOW_THREADS
+        if (rc != MPB_OK || got) break;
+        if (PyErr_CheckSignals() < 0) { /* a handler raised (KeyboardInterrupt) */
+            self->busy = 0;
+            return NULL;
+        }
+        if (t >= 0 && mono_seconds() >= deadline) break;
+    }
+    self->busy = 0;
+    if (rc != MPB_OK) {
+        raise_ctx_error(self->c);
+        if (self->c->fd < 0) conn_drop(self);
+        return NULL;
+    }
+    if (!got) Py_RETURN_NONE;
+    PyObject *p = from_value(&params, 0, self->ref_hook);
+    mpb_value_free(&params);
+    if (p == NULL) return NULL;
+    return Py_BuildValue("(sN)", method, p);
+}
+
 static PyObject *Conn_close(ConnObject *self, PyObject *unused)
 {
     (void)unused;
@@ -731,6 +785,9 @@ static PyMethodDef Conn_methods[] = {
      "call(method, *args) -> result: one request, waiting for its reply (GIL released)"},
     {"pipeline", (PyCFunction)Conn_pipeline, METH_O,
      "pipeline([(method, args), ...]) -> [result or exception, ...] in one round trip"},
+    {"notification", (PyCFunction)Conn_notification, METH_VARARGS,
+     "notification(timeout=None) -> (method, params), or None after timeout seconds: the "
+     "next notification the broker sent (manager.watch, manager.monitor)"},
     {"close", (PyCFunction)Conn_close, METH_NOARGS, "close the socket (a call reopens it)"},
     {"fileno", (PyCFunction)Conn_fileno, METH_NOARGS, "the socket, or -1"},
     {NULL, NULL, 0, NULL},

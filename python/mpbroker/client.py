@@ -54,6 +54,12 @@ class PersistenceError(BrokerError, OSError):
     kind = 'PersistenceError'
 
 
+class Conflict(BrokerError):
+    """manager.expect: the object's version moved on (a batch was undone): read again
+    and retry."""
+    kind = 'Conflict'
+
+
 def _key_error(message):
     # The broker's KeyError message is the key's repr: give Python's KeyError(key).
     try:
@@ -72,6 +78,7 @@ _ERRORS = {
     'ConnectionError': ConnectionError, 'ProtocolError': ConnectionError,
     'NoSuchObject': NoSuchObject, 'TooLarge': TooLarge, 'TooDeep': TooDeep,
     'OutOfMemory': OutOfMemory, 'PersistenceError': PersistenceError,
+    'Conflict': Conflict,
 }
 
 

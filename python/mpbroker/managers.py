@@ -212,6 +212,31 @@ class SyncManager:
             ref = self._client.hold_call('manager.open', kind, name, initial)
         return proxy_for(self._client, _unwrap(ref), kind, held=True, state=state)
 
+    def version(self, proxy):
+        """The version of proxy's object: grows by one with each write to it."""
+        return proxy._version()
+
+    def wait_change(self, proxy, version, timeout=None):
+        """Sleep until proxy's object is past `version`: its new version, or None
+        after timeout seconds."""
+        return proxy._wait_change(version, timeout)
+
+    def atomic(self):
+        """A batch: operations queued in a with block and sent on exit as one
+        manager.atomic, all or none (docs/PROTOCOL.md, "Atomic batches"):
+
+            with m.atomic() as b:
+                b.expect(accounts, v)               # Conflict unless still at v
+                b.call(accounts, 'incr', 'alice', -5)
+                b.call(accounts, 'dict.incr', 'bob', 5)
+            b.results                               # [True, 95, 5]
+
+        An exception in the block sends nothing; a failing operation raises its error
+        (message "op N: KIND: ...") and nothing of the batch stays."""
+        if self._client is None:
+            raise RuntimeError('the manager is not started')
+        return Batch(self._client)
+
     def list(self, sequence=()):
         return self._make('list', list(sequence))
 
@@ -317,3 +342,40 @@ def Manager(address=None, authkey=None):
     else:
         m.connect()
     return m
+
+
+# Typeids whose methods are another family's (rlock uses lock.*).
+_FAMILY = {'rlock': 'lock', 'joinablequeue': 'queue', 'boundedsemaphore': 'semaphore'}
+
+
+class Batch:
+    """SyncManager.atomic(): see there."""
+
+    def __init__(self, client):
+        self._client = client
+        self.ops = []
+        self.results = None
+
+    def call(self, proxy, method, *args):
+        """Queue METHOD on proxy's object: a full name ('dict.incr') or the short one
+        ('incr')."""
+        if '.' not in method:
+            method = _FAMILY.get(proxy._kind, proxy._kind) + '.' + method
+        self.ops.append([method, [proxy._mpb_ref, *args]])
+        return self
+
+    def expect(self, proxy, version):
+        """Fail the batch with Conflict unless proxy's object is at version."""
+        self.ops.append(['manager.expect', [proxy._mpb_ref, version]])
+        return self
+
+    def send(self):
+        self.results = self._client.conn().call('manager.atomic', self.ops)
+        return self.results
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.send()

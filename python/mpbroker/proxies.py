@@ -6,13 +6,14 @@ pickles as its reference (plus the manager's authkey while a spawn or forkserver
 is being prepared, as Python's do), so passing one to a Process works under every
 start method; the child's proxy holds the object in the child's name.
 """
+import collections
 import os
 import threading
 import time
 import weakref
 from multiprocessing import context as _mpctx
 
-from ._mpbroker import Ref
+from ._mpbroker import Connection, Ref
 from .client import get_client
 
 __all__ = ['BaseProxy', 'ListProxy', 'DictProxy', 'NamespaceProxy', 'QueueProxy',
@@ -122,6 +123,27 @@ class BaseProxy:
     def _getvalue(self):
         return self
 
+    # Versions and watches (docs/PROTOCOL.md, "Versions, watches and batches").
+
+    def _version(self):
+        """The object's version: grows by one with each write to it."""
+        return self._call('manager.version')
+
+    def _wait_change(self, version, timeout=None):
+        """Sleep until the version is above `version`: the new version, or None when
+        timeout seconds passed first."""
+        v = self._client.conn().call('manager.wait_change', self._mpb_ref, version, timeout)
+        return None if v is False else v
+
+    def watch(self, timeout=None):
+        """The object's changes, as they happen, whoever makes them: an iterator of
+        Change(version, method, args, overflow), on a connection of its own (the
+        watch starts now). overflow True: changes were dropped while this watcher fell
+        behind (method and args None): read the object again. Iteration ends after
+        `timeout` seconds without a change (None: never); close() (or a with block)
+        ends the watch."""
+        return _Watch(self, timeout)
+
     def __eq__(self, other):
         if isinstance(other, BaseProxy):
             return self._mpb_ref == other._mpb_ref
@@ -129,6 +151,64 @@ class BaseProxy:
 
     def __hash__(self):
         return hash(self._mpb_ref)
+
+
+Change = collections.namedtuple('Change', 'version method args overflow')
+
+
+class _Watch:
+    """proxy.watch(): see there."""
+
+    def __init__(self, proxy, timeout):
+        c = proxy._client
+        self._client = c
+        # No ref hook: the watched object's own Ref is compared, not made a proxy (a
+        # hold per change); references inside ARGS become proxies (_proxies).
+        self._conn = Connection(c.address, c.authkey)
+        self._timeout = timeout
+        self.ref = proxy._mpb_ref
+        self.version = self._conn.call('manager.watch', self.ref)  # where it starts
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        while self._conn is not None:
+            n = self._conn.notification(self._timeout)
+            if n is None:
+                raise StopIteration
+            name, p = n
+            if name == 'changed' and p[0] == self.ref:
+                return Change(p[1], p[2], self._proxies(p[3]), False)
+            if name == 'overflow' and p[0] == self.ref:
+                return Change(p[1], None, None, True)
+        raise StopIteration
+
+    def _proxies(self, v):
+        if isinstance(v, Ref):
+            return self._client._proxy_for_ref(v)
+        if isinstance(v, list):
+            return [self._proxies(x) for x in v]
+        if isinstance(v, dict):
+            return {k: self._proxies(x) for k, x in v.items()}
+        return v
+
+    def close(self):
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
 
 
 class _Chunks:

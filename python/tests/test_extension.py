@@ -708,5 +708,74 @@ class Proxies(unittest.TestCase):
             M.list().remove(1)
 
 
+def _bank_worker(address, authkey, n):
+    m = mpbroker.SyncManager(address, authkey)
+    m.connect()
+    d = m.named('pybank').dict()
+    done = 0
+    while done < n:
+        v = m.version(d)
+        try:
+            with m.atomic() as b:
+                b.expect(d, v)
+                b.call(d, 'incr', 'a', -1)
+                b.call(d, 'incr', 'b', 1)
+            done += 1
+        except mpbroker.Conflict:
+            pass
+
+
+class WatchAndAtomic(unittest.TestCase):
+    def test_watch_iterates_over_changes_from_another_process(self):
+        d = M.dict()
+        with d.watch(timeout=5) as w:
+            self.assertEqual(w.version, 0)
+            p = multiprocessing.get_context('fork').Process(
+                target=lambda: [d.__setitem__('k', i) for i in range(3)])
+            p.start()
+            p.join()
+            got = [next(w) for _ in range(3)]
+        self.assertEqual([c.version for c in got], [1, 2, 3])
+        self.assertEqual([c.args for c in got], [['k', 0], ['k', 1], ['k', 2]])
+        self.assertEqual({c.method for c in got}, {'dict.setitem'})
+        self.assertEqual(M.version(d), 3)
+        self.assertIsNone(M.wait_change(d, 3, 0.05))
+        self.assertEqual(M.wait_change(d, 2), 3)
+
+    def test_atomic_is_all_or_none(self):
+        l = M.list([1, 2])
+        d = M.dict({'x': 1})
+        with M.atomic() as b:
+            b.call(l, 'append', 3).call(d, 'dict.incr', 'x', 10).expect(d, 1)
+        self.assertEqual(b.results, [None, 11, True])
+        with self.assertRaises(KeyError) as e:
+            with M.atomic() as b:
+                b.call(l, 'clear')
+                b.call(d, 'pop', 'nope')
+        self.assertIn("op 1: KeyError: 'nope'", str(e.exception))
+        self.assertEqual(l[:], [1, 2, 3])
+        with self.assertRaises(mpbroker.Conflict):
+            with M.atomic() as b:
+                b.expect(d, 0).call(d, 'incr', 'x')
+        self.assertEqual(d['x'], 11)
+        with self.assertRaises(ZeroDivisionError):  # nothing is sent
+            with M.atomic() as b:
+                b.call(l, 'clear')
+                1 / 0
+        self.assertEqual(len(l), 3)
+
+    def test_bank_total_is_kept_under_conflicts(self):
+        d = M.named('pybank').dict({'a': 1000, 'b': 0})
+        ctx = multiprocessing.get_context('fork')
+        ps = [ctx.Process(target=_bank_worker, args=(M.address, M._authkey, 50))
+              for _ in range(4)]
+        for p in ps:
+            p.start()
+        for p in ps:
+            p.join()
+            self.assertEqual(p.exitcode, 0)
+        self.assertEqual(d.copy(), {'a': 800, 'b': 200})
+
+
 if __name__ == '__main__':
     unittest.main()
