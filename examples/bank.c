@@ -113,7 +113,7 @@ int main(int argc, char **argv)
     int procs = 4, transfers = 500, naccounts = 10, kills = 0, opt;
     bool lockfree = false;
     ex_prog = "bank";
-    ex_usage = "usage: bank [-s ADDRESS] [-p PROCS] [-n TRANSFERS] [-a ACCOUNTS]\n"
+    ex_usage = "usage: bank [-s ADDRESS] [-p PROCS] [-n TRANSFERS] [-a ACCOUNTS] [-l] [-k KILLS]\n"
     "  -s ADDRESS    broker address: unix:PATH or tcp://HOST:PORT (default\n"
     "                $MPBROKER_ADDRESS, else the default socket)\n"
     "  -p PROCS      processes moving money, 1..1000 (default 4)\n"
