@@ -469,6 +469,14 @@ bool conn_peer_left(mpb_conn *c)
     return true;
 }
 
+bool conn_peer_gone(mpb_conn *c)
+{
+    if (c->closing) return true;
+    if (!peer_gone(c)) return false;
+    kill_soon(c, "its peer closed the socket");
+    return true;
+}
+
 /* After serving: write, apply backpressure, close when done. May free c. */
 static void after_serving(mpb_conn *c)
 {

@@ -85,6 +85,8 @@ void barrier_dump(const mpb_object *o, msgpack_packer *pk);
 void value_dump(const mpb_object *o, msgpack_packer *pk);
 void array_dump(const mpb_object *o, msgpack_packer *pk);
 void set_dump(const mpb_object *o, msgpack_packer *pk);
+void pipe_dump(const mpb_object *o, msgpack_packer *pk);
+void channel_dump(const mpb_object *o, msgpack_packer *pk);
 /* A queue's items as ["call", "queue.put_nowait", [REF, ITEM]] records; returns how
  * many (they go after the fills: an item may refer to any object). */
 size_t queue_dump_items(const mpb_object *o, msgpack_packer *pk);

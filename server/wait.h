@@ -44,6 +44,8 @@ struct mpb_waiter {
                             when the waiter goes, unless handed on (then cleared) */
     int64_t n;           /* per type: rlock depth to restore, barrier generation, ... */
     bool flag;           /* per type: condition wait's result */
+    void *ext;           /* per type: more state (a channel select's offers), owned by
+                            the type: freed before wait_done and in on_cancel */
 };
 
 /* Park r on object o in queue q. timeout < 0: no timer. The connection stops serving
