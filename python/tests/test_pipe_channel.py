@@ -14,11 +14,15 @@ import time
 import unittest
 
 import mpbroker
+from mpbroker import csp
+from mpbroker.csp import (Channel, FairSelect, InputGuard, OutputGuard, Parallel, PriSelect,
+                          Skip, TimeoutGuard, poison, process, retire)
 
 
 def setUpModule():
     global M
     M = mpbroker.Manager()
+    csp.set_manager(M)
 
 
 def tearDownModule():
@@ -74,6 +78,43 @@ def consumer(cin, n, total):
         s += cin()
     total.value = s
     cin.poison()
+
+
+# --- PyCSP-shaped processes (module level, for spawn) ---
+
+@process
+def csp_producer(cout, n):
+    for i in range(n):
+        cout(i)
+    retire(cout)
+
+
+@process
+def csp_collect(cin, out):
+    while True:  # ends on ChannelRetired, quietly
+        out.append(cin())
+
+
+@process
+def csp_source(cout):
+    i = 0
+    while True:  # ends when poisoned downstream
+        cout(i)
+        i += 1
+
+
+@process
+def csp_worker(cin, cout):
+    while True:
+        x = cin()
+        cout(x * x)
+
+
+@process
+def csp_sink(cin, n, out):
+    for _ in range(n):
+        out.append(cin())
+    poison(cin)
 
 
 class Pipes(unittest.TestCase):
@@ -206,6 +247,50 @@ class Channels(unittest.TestCase):
         # (workers race): at least the sum of the n smallest squares.
         self.assertGreaterEqual(total.value, sum(i * i for i in range(n)))
         self.assertTrue(src.info()['poisoned'] and sq.info()['poisoned'])
+
+
+class CSP(unittest.TestCase):
+
+    def test_seed_two_processes(self):
+        ch = Channel()
+        out = M.list()
+        codes = Parallel(csp_producer(-ch, 5), csp_collect(+ch, out))
+        self.assertEqual(codes, [0, 0])
+        self.assertEqual(out[:], [0, 1, 2, 3, 4])
+
+    def test_producer_worker_pool_consumer_stopped_by_poison(self):
+        jobs, results = Channel(), Channel()
+        out = M.list()
+        n = 40
+        codes = Parallel(csp_source(-jobs),
+                         [csp_worker(+jobs, -results) for _ in range(5)],
+                         csp_sink(+results, n, out))
+        self.assertEqual(codes, [0] * 7)
+        got = out[:]
+        self.assertEqual(len(got), n)
+        roots = [round(v ** 0.5) for v in got]
+        self.assertEqual([r * r for r in roots], got)  # squares...
+        self.assertEqual(len(set(roots)), n)  # ...of distinct jobs
+        self.assertTrue(jobs._ch.info()['poisoned'])  # poison went upstream
+
+    def test_alternation(self):
+        a, b = Channel(), Channel()
+        g, msg = PriSelect(InputGuard(+a), OutputGuard(-b, 'x'), Skip())
+        self.assertIsInstance(g, Skip)
+        t0 = time.monotonic()
+        g, msg = FairSelect(InputGuard(+a), TimeoutGuard(0.1))
+        self.assertIsInstance(g, TimeoutGuard)
+        self.assertGreaterEqual(time.monotonic() - t0, 0.05)
+        p = multiprocessing.Process(target=_write_one, args=(-a, 'hi'))
+        p.start()
+        g, msg = PriSelect(InputGuard(+a, action=lambda m: m.upper()), TimeoutGuard(30))
+        self.assertIsInstance(g, InputGuard)
+        self.assertEqual(msg, 'HI')
+        p.join(30)
+
+
+def _write_one(cout, v):
+    cout(v)
 
 
 if __name__ == '__main__':
