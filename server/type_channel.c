@@ -43,7 +43,8 @@ typedef struct chan_offer {
     uint32_t index;                 /* the guard's position in its select */
     bool write;
     bool linked;
-    mpb_value item;                 /* a write's VALUE, counted as stored */
+    bool counted;                   /* item is counted as stored (objects_retain_value) */
+    mpb_value item;                 /* a write's VALUE */
 } chan_offer;
 
 struct chan_sel {
@@ -179,7 +180,7 @@ static void sel_free(chan_sel *s)
     for (uint32_t i = 0; i < s->n; i++) {
         chan_offer *f = &s->offers[i];
         offer_unlink(f);
-        if (f->write) objects_discard_value(&f->item);
+        if (f->counted) objects_discard_value(&f->item); /* a nil costs too: flag */
         objects_unpin(f->chan);
     }
     s->w->ext = NULL;
@@ -274,7 +275,8 @@ static void rendezvous(mpb_req *r, bool select, guard *g, uint32_t i, chan_offer
     mpb_value v = mpb_nil();
     if (!g[i].write) { /* we read what the parked writer offered */
         v = f->item;
-        f->item = mpb_nil(); /* still counted: released below, once sent */
+        f->item = mpb_nil();
+        f->counted = false; /* v is: released below, once sent */
     }
     sel_free(f->sel);
     CH(g[i].chan)->rendezvous++;
@@ -353,7 +355,10 @@ static void run_guards(mpb_req *r, guard *g, uint32_t n, bool select, double tim
         f->write = g[i].write;
         f->item = g[i].item;
         g[i].item = mpb_nil();
-        if (f->write) objects_retain_value(&f->item); /* stored while it waits */
+        if (f->write) { /* stored while it waits */
+            objects_retain_value(&f->item);
+            f->counted = true;
+        }
         objects_pin(f->chan);
         offer_link(f);
     }

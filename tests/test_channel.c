@@ -369,6 +369,52 @@ START_TEST(a_dead_reader_never_loses_a_written_value)
 }
 END_TEST
 
+/*--- What a parked write keeps ---*/
+
+static int64_t stat_int(const char *key)
+{
+    mpb_value st;
+    ck_assert_int_eq(mpb_call(C, "manager.stats", NULL, 0, &st), MPB_OK);
+    mpb_value k = mpb_str_borrowed(key, strlen(key));
+    int64_t n = mpb_map_get(st.v.m, &k)->v.i;
+    mpb_value_free(&st);
+    return n;
+}
+
+START_TEST(a_parked_value_is_counted_and_keeps_its_references_alive)
+{
+    mpb_ref ch = tb_create(C, "channel", NULL);
+    int64_t base = stat_int("memory_used");
+    for (int round = 0; round < 3; round++) {
+        mpb_ref l = tb_create(C, "list", "[1, 2, 3]");
+        mpb_value v = mpb_array_value(2), ref = R(l), pad = mpb_str("x");
+        mpb_value_push(&v, &ref);
+        mpb_value_push(&v, &pad);
+        mpb_context *w = START("channel.write", R(ch), v, V("30"));
+        await_info(ch, "waiting_writers", "1");
+        ck_assert_int_eq(mpb_release(C, l), MPB_OK);
+        ck_assert_int_eq(stat_int("objects"), 2); /* the waiting value holds the list */
+        ck_assert_int_gt(stat_int("memory_used"), base);
+        if (round == 0) { /* taken: the reader gets the reference, nothing keeps it */
+            mpb_value got;
+            mpb_value a = R(ch);
+            ck_assert_int_eq(mpb_call(C, "channel.read", &a, 1, &got), MPB_OK);
+            ck_assert_int_eq(got.v.a->items[0].v.ref, l);
+            mpb_value_free(&got);
+            expect_finish(w, "None");
+        } else if (round == 1) { /* withdrawn by its connection's death */
+            mpb_free(w);
+            await_info(ch, "waiting_writers", "0");
+        } else { /* failed by poison */
+            EXPECT("None", "channel.poison", R(ch));
+            expect_finish(w, "!ChannelPoisoned");
+        }
+        ck_assert_int_eq(stat_int("objects"), 1);
+        ck_assert_int_eq(stat_int("memory_used"), base);
+    }
+}
+END_TEST
+
 /*--- A network stopped by poison ---*/
 
 #define WORKERS 8
@@ -468,6 +514,7 @@ static Suite *channel_suite(void)
     tcase_add_test(tc, select_and_channel_bad_arguments_change_nothing);
     tcase_add_test(tc, a_dead_reader_never_loses_a_written_value);
     tcase_add_test(tc, a_network_of_ten_processes_stops_on_poison);
+    tcase_add_test(tc, a_parked_value_is_counted_and_keeps_its_references_alive);
     suite_add_tcase(s, tc);
     return s;
 }

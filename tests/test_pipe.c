@@ -348,6 +348,47 @@ START_TEST(bad_arguments_get_clear_errors_and_change_nothing)
 }
 END_TEST
 
+static int64_t stat_int(const char *key)
+{
+    mpb_value st;
+    ck_assert_int_eq(mpb_call(C, "manager.stats", NULL, 0, &st), MPB_OK);
+    mpb_value k = mpb_str_borrowed(key, strlen(key));
+    int64_t n = mpb_map_get(st.v.m, &k)->v.i;
+    mpb_value_free(&st);
+    return n;
+}
+
+START_TEST(pending_values_are_counted_and_keep_their_references_alive)
+{
+    mpb_ref p = tb_create(C, "pipe", NULL);
+    for (int round = 0; round < 3; round++) {
+        int64_t base = stat_int("memory_used"), objects = stat_int("objects");
+        mpb_ref l = tb_create(C, "list", "[1, 2, 3]");
+        mpb_value v = mpb_array_value(1), ref = R(l);
+        mpb_value_push(&v, &ref);
+        EXPECT("None", "pipe.send", R(p), I(1), v);
+        ck_assert_int_eq(mpb_release(C, l), MPB_OK);
+        ck_assert_int_eq(stat_int("objects"), objects + 1); /* the value holds the list */
+        ck_assert_int_gt(stat_int("memory_used"), base);
+        if (round == 0) { /* received: the reference goes to the reader, nothing keeps it */
+            mpb_value got, args[2] = {R(p), I(0)};
+            ck_assert_int_eq(mpb_call(C, "pipe.recv", args, 2, &got), MPB_OK);
+            ck_assert_int_eq(got.v.a->items[0].v.ref, l);
+            mpb_value_free(&got);
+        } else if (round == 1) { /* dropped unread by closing the end it waited at */
+            EXPECT("None", "pipe.close", R(p), I(0));
+        } else { /* the pipe goes, and what it held */
+            ck_assert_int_eq(mpb_release(C, p), MPB_OK);
+            ck_assert_int_eq(stat_int("objects"), objects - 1);
+            break;
+        }
+        ck_assert_int_eq(stat_int("objects"), objects);
+        ck_assert_int_eq(stat_int("memory_used"), base);
+        if (round == 1) p = tb_create(C, "pipe", NULL);
+    }
+}
+END_TEST
+
 static Suite *pipe_suite(void)
 {
     Suite *s = suite_create("pipe");
@@ -364,6 +405,7 @@ static Suite *pipe_suite(void)
     tcase_add_test(tc, a_hundred_thousand_messages_arrive_in_order);
     tcase_add_test(tc, recv_and_poll_timeouts);
     tcase_add_test(tc, bad_arguments_get_clear_errors_and_change_nothing);
+    tcase_add_test(tc, pending_values_are_counted_and_keep_their_references_alive);
     suite_add_tcase(s, tc);
     return s;
 }
