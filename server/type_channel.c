@@ -95,6 +95,7 @@ static size_t channel_memsize(const mpb_object *o)
 
 static void retire_channel(mpb_object *o);
 
+_Static_assert(sizeof(uintptr_t) >= 8, "join counts: 32 bits each in a uintptr_t");
 #define READER_BITS ((uintptr_t)0xffffffffu)
 #define WRITER_ONE ((uintptr_t)1 << 32)
 
