@@ -346,6 +346,7 @@ static void run_guards(mpb_req *r, guard *g, uint32_t n, bool select, double tim
     s->w = w;
     s->select = select;
     s->n = n;
+    w->n = n; /* for manager.clients' "waiting" */
     w->ext = s;
     w->on_cancel = on_cancel;
     for (uint32_t i = 0; i < n; i++) {

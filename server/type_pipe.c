@@ -310,7 +310,8 @@ void pipe_recv(mpb_req *r)
     } else if (timeout == 0) {
         reply_error(r, MPB_E_TIMEOUT, "pipe.recv: nothing to receive");
     } else {
-        wait_park(r, r->self, &d->waiters, timeout, on_recv_timeout);
+        mpb_waiter *w = wait_park(r, r->self, &d->waiters, timeout, on_recv_timeout);
+        if (w) w->n = e; /* for manager.clients' "waiting" */
     }
 }
 
@@ -324,7 +325,10 @@ void pipe_poll(mpb_req *r)
     pstate *p = P(r->self);
     if (p->end[e].len > 0 || p->end[1 - e].closed) reply_bool(r, true);
     else if (timeout == 0) reply_bool(r, false);
-    else wait_park(r, r->self, &p->end[e].waiters, timeout, wait_timeout_false);
+    else {
+        mpb_waiter *w = wait_park(r, r->self, &p->end[e].waiters, timeout, wait_timeout_false);
+        if (w) w->n = e;
+    }
 }
 
 /* pipe.close REF END: closing a closed end does nothing, as Connection.close(). */

@@ -117,6 +117,28 @@ static void expect_finish(mpb_context *c, const char *want)
     free(got);
 }
 
+
+/* The "waiting" entries of manager.clients that are not nil, as one repr. */
+static char *waiting_repr(void)
+{
+    mpb_value cl;
+    ck_assert_int_eq(mpb_call(C, "manager.clients", NULL, 0, &cl), MPB_OK);
+    mpb_value all = mpb_array_value(2);
+    for (size_t i = 0; i < cl.v.a->len; i++) {
+        mpb_value k = mpb_str_borrowed("waiting", 7);
+        mpb_value *w = mpb_map_get(cl.v.a->items[i].v.m, &k);
+        ck_assert_ptr_nonnull(w);
+        if (w->type == MPB_NIL) continue;
+        mpb_value copy = *w;
+        *w = mpb_nil(); /* moved */
+        mpb_value_push(&all, &copy);
+    }
+    mpb_value_free(&cl);
+    char *s = mpb_value_repr(&all);
+    mpb_value_free(&all);
+    return s;
+}
+
 /*--- Rendezvous ---*/
 
 START_TEST(a_write_is_answered_only_when_a_reader_takes_it)
@@ -278,6 +300,11 @@ START_TEST(select_over_three_channels_fires_exactly_one_guard)
     /* A parked select: one write completes it, its other offers are withdrawn. */
     mpb_context *s = START("manager.select", guards(3, ch, kinds), V("30"));
     await_info(ch[1], "waiting_readers", "1");
+    char *wr = waiting_repr(), want[128];
+    snprintf(want, sizeof want, "[{'method': 'manager.select', 'ref': <ref %llu>, 'guards': 3}]",
+             (unsigned long long)ch[0]);
+    ck_assert_str_eq(wr, want);
+    free(wr);
     assert_info(ch[0], "waiting_readers", "1");
     assert_info(ch[2], "waiting_writers", "1");
     EXPECT("None", "channel.write", R(ch[1]), V("'to one'"));

@@ -101,6 +101,28 @@ static void await_info(mpb_ref p, const char *key, const char *want)
     free(got);
 }
 
+
+/* The "waiting" entries of manager.clients that are not nil, as one repr. */
+static char *waiting_repr(void)
+{
+    mpb_value cl;
+    ck_assert_int_eq(mpb_call(C, "manager.clients", NULL, 0, &cl), MPB_OK);
+    mpb_value all = mpb_array_value(2);
+    for (size_t i = 0; i < cl.v.a->len; i++) {
+        mpb_value k = mpb_str_borrowed("waiting", 7);
+        mpb_value *w = mpb_map_get(cl.v.a->items[i].v.m, &k);
+        ck_assert_ptr_nonnull(w);
+        if (w->type == MPB_NIL) continue;
+        mpb_value copy = *w;
+        *w = mpb_nil(); /* moved */
+        mpb_value_push(&all, &copy);
+    }
+    mpb_value_free(&cl);
+    char *s = mpb_value_repr(&all);
+    mpb_value_free(&all);
+    return s;
+}
+
 /*--- The seed's programs ---*/
 
 /* def f(conn): conn.send([42, None, 'hello']); conn.close() */
@@ -226,6 +248,12 @@ START_TEST(peer_killed_while_recv_waits_gives_eof_at_once)
     ck_assert_int_eq(mpb_append_call(w, "pipe.recv", args, 2), MPB_OK);
     ck_assert_int_eq(mpb_flush(w), MPB_OK);
     await_info(p, "waiting", "[1, 0]");
+    char *wr = waiting_repr(); /* the debug view: who waits on which end */
+    char want[128];
+    snprintf(want, sizeof want, "[{'method': 'pipe.recv', 'ref': <ref %llu>, 'end': 0}]",
+             (unsigned long long)p);
+    ck_assert_str_eq(wr, want);
+    free(wr);
     double t0 = now();
     kill(pid, SIGKILL);
     ck_assert_int_eq(reap(pid), 128 + SIGKILL);
