@@ -112,7 +112,7 @@ static options opt = {.clients = 50, .requests = 100000, .pipeline = 1, .size = 
 
 enum test_id {
     T_LIST_APPEND, T_LIST_GETITEM, T_DICT_SETITEM, T_DICT_GETITEM, T_NS_SETATTR,
-    T_NS_INCR, T_QUEUE_PUTGET, T_COUNT
+    T_NS_INCR, T_QUEUE_PUTGET, T_PIPE_SENDRECV, T_COUNT
 };
 
 static const struct test_def {
@@ -126,6 +126,7 @@ static const struct test_def {
     [T_NS_SETATTR] = {"namespace.setattr", "namespace"},
     [T_NS_INCR] = {"namespace.incr", "namespace"},
     [T_QUEUE_PUTGET] = {"queue.put+get", "queue"},
+    [T_PIPE_SENDRECV] = {"pipe.send+recv", "pipe"},
 };
 
 /* What one client process reports, in memory shared with the parent. */
@@ -204,7 +205,8 @@ typedef struct request {
 
 /* Request number seq (seq also numbers the values with --seq; local counts this
  * client's requests). For queue.put+get, even local numbers put and odd ones get, so a
- * client's gets never outnumber its puts and no get waits. */
+ * client's gets never outnumber its puts and no get waits; pipe.send+recv the same,
+ * sending from end 1 and receiving at end 0. */
 static void make_request(loadgen *g, uint64_t seq, uint64_t local, request *r) {
     mpb_value v = opt.seq ? mpb_int((int64_t)seq) : g->value;
     r->a[0] = mpb_refv(g->ref);
@@ -239,6 +241,12 @@ static void make_request(loadgen *g, uint64_t seq, uint64_t local, request *r) {
         r->a[1] = mpb_str_borrowed("counter", 7);
         r->a[2] = mpb_int(1);
         r->n = 3;
+        break;
+    case T_PIPE_SENDRECV:
+        r->method = local % 2 == 0 ? "pipe.send" : "pipe.recv";
+        r->a[1] = mpb_int(local % 2 == 0 ? 1 : 0);
+        r->a[2] = v;
+        r->n = local % 2 == 0 ? 3 : 2;
         break;
     case T_QUEUE_PUTGET:
     default:
@@ -318,7 +326,7 @@ static void client_main(int index, enum test_id test, mpb_ref ref, uint64_t coun
     while ((n = read(start_fd, &byte, 1)) < 0 && errno == EINTR) {
     }
     if (n != 0) _exit(1); /* the parent gave up */
-    local += local % 2; /* queue.put+get: start on a put */
+    local += local % 2; /* queue.put+get, pipe.send+recv: start on a put */
     if (run_requests(c, &g, s, &s->h, (uint64_t)index, (uint64_t)opt.clients, count,
                      &local) < 0)
         s->failed = 1;
@@ -701,7 +709,7 @@ static void usage(FILE *f) {
         "                   prefill that many items\n"
         "  -t TESTS         comma-separated tests (default all): list.append,\n"
         "                   list.getitem, dict.setitem, dict.getitem, namespace.setattr,\n"
-        "                   namespace.incr, queue.put+get\n"
+        "                   namespace.incr, queue.put+get, pipe.send+recv\n"
         "  -q               quiet: one line per test\n"
         "      --csv        CSV output (the columns of redis-benchmark --csv)\n"
         "      --warmup N   untimed requests per client first (default min(1000, n/c))\n"
@@ -810,7 +818,7 @@ static void parse_args(int argc, char **argv, bool want[T_COUNT]) {
         long per = opt.requests / opt.clients / 10;
         opt.warmup = opt.seq ? 0 : per < 1000 ? per : 1000;
     }
-    if (opt.warmup % 2) opt.warmup++; /* queue.put+get: as many gets as puts */
+    if (opt.warmup % 2) opt.warmup++; /* queue.put+get, pipe.send+recv: as many gets as puts */
     if (opt.tests[0] == '\0') {
         for (int t = 0; t < T_COUNT; t++) want[t] = true;
         return;

@@ -105,6 +105,23 @@ S['watch_atomic'] = session([
     ('manager.wait_change', ref(2), 99, 0.01),  # parks: what follows runs on a second connection
     ('list.append', ref(2), 'wake'), ('manager.wait_change', ref(1), 3),
     ('manager.release', ref(1))])
+S['pipe'] = session([
+    ('manager.create', 'pipe'), ('manager.create', 'pipe', {'duplex': False}),
+    ('pipe.send', ref(1), 1, [42, None, 'hello']), ('pipe.poll', ref(1), 0),
+    ('pipe.recv', ref(1), 0), ('pipe.send', ref(2), 0, 'refused'), ('pipe.send', ref(2), 1, b'x'),
+    ('pipe.recv', ref(2), 0, 0.5), ('pipe.poll', ref(1), 1, None), ('pipe.info', ref(1)),
+    ('pipe.recv', ref(1), 1, 5),  # parks: what follows runs on a second connection
+    ('pipe.send', ref(1), 0, 'wake'), ('pipe.send', ref(1), 2, 0), ('pipe.close', ref(1), 0),
+    ('pipe.recv', ref(1), 1), ('pipe.send', ref(1), 1, 'broken'), ('manager.release', ref(1))])
+S['channel_select'] = session([
+    ('manager.create', 'channel'), ('manager.create', 'channel'), ('manager.create', 'channel'),
+    ('channel.join', ref(1), 'writer'), ('channel.join', ref(1), 'reader'),
+    ('channel.read', ref(1), 0), ('channel.write', ref(2), 'x', 0),
+    ('manager.select', [[ref(1), 'read'], [ref(2), 'write', [1, 2]], [ref(3), 'read']], 5),
+    ('channel.write', ref(2), 'late', 5),  # parks behind, on the next connection
+    ('channel.read', ref(2)), ('manager.select', [[ref(1), 'peek']]), ('channel.info', ref(2)),
+    ('channel.retire', ref(1), 'writer'), ('channel.poison', ref(3)),
+    ('manager.select', [[ref(3), 'read']], 0), ('manager.select', [])])
 S['bad_shapes'] = session([('manager.ping',)], raw=(
     b'\x05' + b'\x93\x00\x07\xa4ping' + b'\x94\x00\x08\x01\x90' +
     b'\x94\x01\x01\xc0\xc0' + b'\x94\x00\x09\xacmanager.ping\x05' +

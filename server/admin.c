@@ -13,9 +13,11 @@
 #include <unistd.h>
 
 #include "clock.h"
+#include "mpb_codec.h"
 #include "persist.h"
 #include "seqidx.h"
 #include "server.h"
+#include "wait.h"
 
 #define MONITOR_MAX_BACKLOG (16u << 20)
 
@@ -103,9 +105,30 @@ void manager_stats(mpb_req *r)
     msgpack_pack_uint64(pk, g_objects_scanned);
 }
 
+/* nil, or {method, ref} of a parked request, with the pipe end a pipe.recv/poll waits
+ * at ("end") or the number of guards of a manager.select ("guards"). */
+static void pack_waiting(msgpack_packer *pk, const mpb_waiter *w)
+{
+    if (!w) {
+        msgpack_pack_nil(pk);
+        return;
+    }
+    bool pipe = w->method == MPB_M_PIPE_RECV || w->method == MPB_M_PIPE_POLL;
+    bool select = w->method == MPB_M_MANAGER_SELECT;
+    msgpack_pack_map(pk, pipe || select ? 3 : 2);
+    pack_key(pk, "method");
+    pack_key(pk, mpb_methods[w->method].name);
+    pack_key(pk, "ref");
+    mpb_ref_pack(pk, w->obj->id);
+    if (pipe || select) {
+        pack_key(pk, pipe ? "end" : "guards");
+        msgpack_pack_int64(pk, w->n);
+    }
+}
+
 static void pack_client_row(msgpack_packer *pk, const mpb_conn *c, const mpb_conn *self)
 {
-    msgpack_pack_map(pk, 10);
+    msgpack_pack_map(pk, 11);
     pack_key(pk, "id");
     msgpack_pack_uint64(pk, c->id);
     pack_key(pk, "peer");
@@ -122,6 +145,8 @@ static void pack_client_row(msgpack_packer *pk, const mpb_conn *c, const mpb_con
     msgpack_pack_uint64(pk, c->holds.sum); /* kept by objects_hold: O(1) */
     pack_key(pk, "parked");
     msgpack_pack_uint32(pk, c->blocked ? 1 : 0);
+    pack_key(pk, "waiting"); /* what its parked request waits on: the debug view */
+    pack_waiting(pk, c->parked);
     pack_key(pk, "monitor");
     if (c->monitor) msgpack_pack_true(pk);
     else msgpack_pack_false(pk);

@@ -505,6 +505,14 @@ static void watch_for_gone_peer(mpb_conn *c)
     else evtimer_del(&c->gone_timer);
 }
 
+bool conn_peer_gone(mpb_conn *c)
+{
+    if (c->closing) return true;
+    if (!peer_gone(c)) return false;
+    kill_soon(c, "its peer closed the socket");
+    return true;
+}
+
 /* After serving: write, apply backpressure, close when done. May free c. */
 static void after_serving(mpb_conn *c)
 {

@@ -76,6 +76,10 @@ void conn_schedule_flush(mpb_conn *c);
  * c may not be reading (after a half-close, or paused by backpressure), so its read
  * event would not tell. When true, c closes at its next callback. */
 bool conn_peer_left(mpb_conn *c);
+/* The same asked of every connection, reading or not (one poll(2)): for a hand-off
+ * that must never reach a dead peer, even one whose read event is still pending in
+ * this loop round (a channel rendezvous, a pipe end). */
+bool conn_peer_gone(mpb_conn *c);
 /* A parked request was answered: resume reading this connection's requests. */
 void conn_unblock(mpb_conn *c);
 /* Close every connection (at exit), writing what output the sockets take at once. */

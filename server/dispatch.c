@@ -384,7 +384,9 @@ void dispatch_message(mpb_conn *c, const msgpack_object *msg)
     /* queue.get answers with the item it takes, and a notification is answered to
      * nobody: run, it would throw a producer's item away, maybe long after it was
      * sent. It is ignored instead (get_nowait says "take one now", and runs). */
-    if (r.notify && id == MPB_M_QUEUE_GET) return;
+    if (r.notify && (id == MPB_M_QUEUE_GET || id == MPB_M_PIPE_RECV || id == MPB_M_CHANNEL_READ ||
+                     id == MPB_M_MANAGER_SELECT))
+        return; /* the same for the other calls that take a value to answer with */
     r.method = id;
     r.info = &mpb_methods[id];
     if (params->type != MSGPACK_OBJECT_ARRAY) {

@@ -146,6 +146,8 @@ static const mpb_type_ops *type_ops(mpb_otype t)
     case MPB_OT_VALUE: return &mpb_value_ops;
     case MPB_OT_ARRAY: return &mpb_array_ops;
     case MPB_OT_SET: return &mpb_set_ops;
+    case MPB_OT_PIPE: return &mpb_pipe_ops;
+    case MPB_OT_CHANNEL: return &mpb_channel_ops;
     default: return NULL;
     }
 }
@@ -529,6 +531,7 @@ void objects_charge_state(mpb_object *o)
     case MPB_OT_NAMESPACE:
     case MPB_OT_SET:
     case MPB_OT_QUEUE:
+    case MPB_OT_PIPE:
     case MPB_OT_CONDITION:
         return; /* their values are counted one by one as they come and go */
     default: {

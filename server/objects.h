@@ -75,7 +75,7 @@ typedef struct mpb_type_ops {
 /* A namespace is stored as a dict (str keys): it uses mpb_dict_ops. */
 extern const mpb_type_ops mpb_list_ops, mpb_dict_ops, mpb_queue_ops, mpb_lock_ops,
     mpb_semaphore_ops, mpb_condition_ops, mpb_event_ops, mpb_barrier_ops, mpb_value_ops,
-    mpb_array_ops, mpb_set_ops;
+    mpb_array_ops, mpb_set_ops, mpb_pipe_ops, mpb_channel_ops;
 
 void objects_init(void);
 /* Free every object (at exit). */

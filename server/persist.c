@@ -378,6 +378,8 @@ void persist_dump_state(const mpb_object *o, msgpack_packer *pk)
     case MPB_OT_VALUE: value_dump(o, pk); return;
     case MPB_OT_ARRAY: array_dump(o, pk); return;
     case MPB_OT_SET: set_dump(o, pk); return;
+    case MPB_OT_PIPE: pipe_dump(o, pk); return; /* the kind only: not its contents */
+    case MPB_OT_CHANNEL: channel_dump(o, pk); return;
     default: msgpack_pack_nil(pk); return; /* lock: ownership is not persisted */
     }
 }

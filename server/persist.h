@@ -96,6 +96,8 @@ void array_dump(const mpb_object *o, msgpack_packer *pk);
 void set_dump(const mpb_object *o, msgpack_packer *pk);
 /* Pack o's INITIAL form (the fill record of a snapshot; nil for a lock). */
 void persist_dump_state(const mpb_object *o, msgpack_packer *pk);
+void pipe_dump(const mpb_object *o, msgpack_packer *pk);
+void channel_dump(const mpb_object *o, msgpack_packer *pk);
 /* A queue's items as ["call", "queue.put_nowait", [REF, ITEM]] records; returns how
  * many (they go after the fills: an item may refer to any object). */
 size_t queue_dump_items(const mpb_object *o, msgpack_packer *pk);

@@ -184,6 +184,8 @@ bool barrier_init_from(mpb_req *r, mpb_object *o, uint32_t i);
 bool value_init_from(mpb_req *r, mpb_object *o, uint32_t i);
 bool array_init_from(mpb_req *r, mpb_object *o, uint32_t i);
 bool set_init_from(mpb_req *r, mpb_object *o, uint32_t i);
+bool pipe_init_from(mpb_req *r, mpb_object *o, uint32_t i);
+bool channel_init_from(mpb_req *r, mpb_object *o, uint32_t i);
 
 /* Timeout argument r->args[i] in seconds: absent or nil is -1 (wait forever).
  * Negative or not a number: ValueError/TypeError replied, false returned. */

@@ -25,6 +25,8 @@ static const init_fn init_from[MPB_OT__COUNT] = {
     [MPB_OT_VALUE] = value_init_from,
     [MPB_OT_ARRAY] = array_init_from,
     [MPB_OT_SET] = set_init_from,
+    [MPB_OT_PIPE] = pipe_init_from,
+    [MPB_OT_CHANNEL] = channel_init_from,
 };
 
 /* The TYPE argument r->args[i]; MPB_OT_NONE after replying ValueError. */
@@ -189,7 +191,7 @@ static void pack_key(msgpack_packer *pk, const char *k)
 static bool has_len(mpb_otype t)
 {
     return t == MPB_OT_LIST || t == MPB_OT_DICT || t == MPB_OT_NAMESPACE || t == MPB_OT_QUEUE ||
-           t == MPB_OT_ARRAY || t == MPB_OT_SET;
+           t == MPB_OT_ARRAY || t == MPB_OT_SET || t == MPB_OT_PIPE;
 }
 
 static void pack_object_row(msgpack_packer *pk, const mpb_object *o)

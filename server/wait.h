@@ -46,6 +46,8 @@ struct mpb_waiter {
     bool flag;           /* per type: condition wait's result */
     bool failed;         /* answered with an error (reply_error through wait_req) */
     bool timed_out;      /* answered by its timeout (wait_timeout_false) */
+    void *ext;           /* per type: more state (a channel select's offers), owned by
+                            the type: freed before wait_done and in on_cancel */
 };
 
 /* Park r on object o in queue q. timeout < 0: no timer. The connection stops serving

@@ -35,7 +35,13 @@ extern "C" {
     X(PERSISTENCE, "PersistenceError") /* --data-dir cannot store writes now */         \
     X(CONNECTION, "ConnectionError")   /* client side: the connection is gone */       \
     X(PROTOCOL, "ProtocolError")       /* client side: the broker's reply made no sense */ \
-    X(CONFLICT, "Conflict")            /* manager.expect: the object's version moved on */
+    X(CONFLICT, "Conflict")            /* manager.expect: the object's version moved on */ \
+    X(EOF_ERROR, "EOFError")           /* pipe: the other end is closed, nothing left */   \
+    X(OS, "OSError")                   /* pipe: this end is closed, or the wrong way */    \
+    X(BROKEN_PIPE, "BrokenPipeError")  /* pipe: sending to an end that is closed */       \
+    X(TIMEOUT, "TimeoutError")         /* pipe.recv, channel.read/write: TIMEOUT passed */ \
+    X(CHANNEL_POISONED, "ChannelPoisoned")                                              \
+    X(CHANNEL_RETIRED, "ChannelRetired")
 
 typedef enum mpb_errkind {
 #define MPB_X_ENUM(id, name) MPB_E_##id,

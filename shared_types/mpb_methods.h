@@ -26,7 +26,9 @@ extern "C" {
     X(BARRIER, "barrier")      \
     X(VALUE, "value")          \
     X(ARRAY, "array")          \
-    X(SET, "set")
+    X(SET, "set")              \
+    X(PIPE, "pipe")            \
+    X(CHANNEL, "channel")
 
 /* Typeids that manager.create/open accept: name, family, variant. A variant is a
  * flavour of its family with the same methods (Python's JoinableQueue, RLock,
@@ -46,7 +48,9 @@ extern "C" {
     X("barrier", BARRIER, 0)                    \
     X("value", VALUE, 0)                        \
     X("array", ARRAY, 0)                        \
-    X("set", SET, 0)
+    X("set", SET, 0)                            \
+    X("pipe", PIPE, 0)                          \
+    X("channel", CHANNEL, 0)
 
 typedef enum mpb_otype {
     MPB_OT_NONE = 0,

@@ -620,6 +620,22 @@ static int cmd_stats(mpb_cli *cli, int argc, cli_arg *argv, const cli_opts *o) {
     return CLI_OK;
 }
 
+/* What a parked request waits on (manager.clients' "waiting"): "pipe.recv 7 end 0",
+ * "manager.select 9 guards 3", "queue.get 4"; "-" when none. */
+static void waiting_cell(const mpb_value *w, char *out, size_t n) {
+    const mpb_value *ref = cli_field(w, "ref");
+    if (w == NULL || w->type != MPB_MAP || ref == NULL || ref->type != MPB_REF) {
+        snprintf(out, n, "-");
+        return;
+    }
+    int len = snprintf(out, n, "%s %llu", cli_field_str(w, "method", "?"),
+                       (unsigned long long)cli_ref_short(ref->v.ref));
+    if (len < 0 || (size_t)len >= n) return;
+    if (cli_field(w, "end")) snprintf(out + len, n - len, " end %lld", cli_field_int(w, "end", 0));
+    else if (cli_field(w, "guards"))
+        snprintf(out + len, n - len, " guards %lld", cli_field_int(w, "guards", 0));
+}
+
 static int cmd_clients(mpb_cli *cli, int argc, cli_arg *argv, const cli_opts *o) {
     (void)argc, (void)argv;
     mpb_context *c = cli_conn(cli);
@@ -634,27 +650,28 @@ static int cmd_clients(mpb_cli *cli, int argc, cli_arg *argv, const cli_opts *o)
         return rc;
     }
     static const char *const heads[] = {"ID", "PEER", "PID", "UID", "AGE", "OPS", "HOLDS",
-                                        "PARKED", "FLAGS"};
+                                        "PARKED", "WAITING", "FLAGS"};
     static const char *const nums[] = {"pid", "uid", NULL, "ops", "holds", "parked"};
     cli_table t;
     int rc = CLI_OK;
-    cli_table_init(&t, 9, heads, "rlrrrrrrl");
+    cli_table_init(&t, 10, heads, "rlrrrrrrll");
     for (size_t i = 0; i < cs.v.a->len && rc == CLI_OK; i++) {
         const mpb_value *e = &cs.v.a->items[i];
-        char cells[9][40];
-        const char *row[9];
+        char cells[10][80];
+        const char *row[10];
         const mpb_value *age = cli_field(e, "age");
-        snprintf(cells[0], 40, "%lld", cli_field_int(e, "id", 0));
+        snprintf(cells[0], 80, "%lld", cli_field_int(e, "id", 0));
         for (int k = 0; k < 6; k++)
-            if (nums[k]) snprintf(cells[2 + k], 40, "%lld", cli_field_int(e, nums[k], 0));
+            if (nums[k]) snprintf(cells[2 + k], 80, "%lld", cli_field_int(e, nums[k], 0));
         /* A TCP peer has no pid or uid the broker could know. */
         if (cli_field_int(e, "pid", 0) <= 0) strcpy(cells[2], "-");
         if (cli_field_int(e, "uid", -1) < 0) strcpy(cells[3], "-");
-        cli_duration(cells[4], 40, age && age->type == MPB_FLOAT ? age->v.f : 0);
-        snprintf(cells[8], 40, "%s%s%s", cli_field_int(e, "self", 0) ? "self" : "",
+        cli_duration(cells[4], 80, age && age->type == MPB_FLOAT ? age->v.f : 0);
+        snprintf(cells[9], 80, "%s%s%s", cli_field_int(e, "self", 0) ? "self" : "",
                  cli_field_int(e, "self", 0) && cli_field_int(e, "monitor", 0) ? "," : "",
                  cli_field_int(e, "monitor", 0) ? "monitor" : "");
-        for (int k = 0; k < 9; k++) row[k] = cells[k];
+        waiting_cell(cli_field(e, "waiting"), cells[8], 80);
+        for (int k = 0; k < 10; k++) row[k] = cells[k];
         char *peer = cli_display(cli_field(e, "peer"));
         row[1] = peer;
         if (peer == NULL || cli_table_add(&t, row) < 0) rc = cli_error(CLI_FAIL, "out of memory");

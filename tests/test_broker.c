@@ -381,7 +381,7 @@ START_TEST(objects_lists_holders_and_lengths)
     ck_assert_ptr_nonnull(strstr(s, "'name': 'list.append'"));
     ck_assert_ptr_nonnull(strstr(s, "'types': ['list', 'dict', 'namespace', 'queue', 'joinablequeue', 'lock', 'rlock', "
                                  "'semaphore', 'boundedsemaphore', 'condition', 'event', 'barrier', 'value', 'array', "
-                                 "'set']"));
+                                 "'set', 'pipe', 'channel']"));
     free(s);
     mpb_value_free(&methods);
 }

@@ -129,6 +129,27 @@ START_TEST(bank_lock_free_total_holds_while_workers_are_killed)
 }
 END_TEST
 
+START_TEST(pipe_runs_the_seed_programs)
+{
+    int st;
+    char *out = run_example("pipe", "", &st);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "exit %d: %s", st, out);
+    ck_assert_str_eq(out, "[42, None, 'hello']\nthen EOFError\nparent got: hello from the child\n"
+                          "child got: hello from the parent\n");
+    free(out);
+}
+END_TEST
+
+START_TEST(csp_network_stops_on_poison)
+{
+    int st;
+    char *out = run_example("csp", "-w 8 -n 200", &st);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "exit %d: %s", st, out);
+    ck_assert_str_eq(out, "200 results: squares of distinct jobs\n10 processes stopped by poison\n");
+    free(out);
+}
+END_TEST
+
 START_TEST(examples_fail_cleanly_without_a_broker)
 {
     int st;
@@ -153,6 +174,8 @@ int main(void)
     tcase_add_test(tc, value_array_shows_the_childs_changes);
     tcase_add_test(tc, bank_total_never_changes);
     tcase_add_test(tc, bank_lock_free_total_holds_while_workers_are_killed);
+    tcase_add_test(tc, pipe_runs_the_seed_programs);
+    tcase_add_test(tc, csp_network_stops_on_poison);
     tcase_add_test(tc, examples_fail_cleanly_without_a_broker);
     suite_add_tcase(s, tc);
     return tb_run(s);

@@ -373,6 +373,35 @@ START_TEST(a_get_served_by_a_put_is_not_undone_by_a_restart)
 }
 END_TEST
 
+/* Issue 16: a pipe comes back empty, open and unbound, its kind kept; a channel keeps
+ * its poison and nothing else. Once from the log, once from a snapshot. */
+START_TEST(pipes_and_channels_come_back_empty_keeping_kind_and_poison)
+{
+    const char *compact[2] = {"67108864", "1"};
+    for (int round = 0; round < 2; round++) {
+        start("always", compact[round]);
+        mpb_ref p = open_named("pipe", "p", "{'duplex': False}");
+        mpb_ref c = open_named("channel", "c", NULL), c2 = open_named("channel", "c2", NULL);
+        EXPECT("None", "pipe.send", R(p), V("1"), V("'lost'"));
+        EXPECT("None", "pipe.close", R(p), V("0"));
+        EXPECT("None", "channel.poison", R(c));
+        EXPECT("None", "channel.join", R(c2), V("'writer'"));
+        crash();
+        start("always", compact[round]);
+        EXPECT("{'duplex': False, 'closed': [False, False], 'pending': [0, 0], 'bound': [0, 0], "
+               "'waiting': [0, 0]}", "pipe.info", R(p));
+        EXPECT("{'poisoned': True, 'retired': False, 'readers': 0, 'writers': 0, "
+               "'waiting_readers': 0, 'waiting_writers': 0, 'rendezvous': 0}", "channel.info", R(c));
+        EXPECT("{'poisoned': False, 'retired': False, 'readers': 0, 'writers': 0, "
+               "'waiting_readers': 0, 'waiting_writers': 0, 'rendezvous': 0}", "channel.info", R(c2));
+        EXPECT("None", "manager.delete", V("'p'"));
+        EXPECT("None", "manager.delete", V("'c'"));
+        EXPECT("None", "manager.delete", V("'c2'"));
+        stop();
+    }
+}
+END_TEST
+
 START_TEST(a_put_admitted_by_a_get_survives_a_restart)
 {
     /* Bug 4: the admitted put was logged before the get that made room for it. */
@@ -537,6 +566,7 @@ static Suite *persist_suite(void)
     tcase_add_test(tc, bad_fsync_policy_is_refused);
     tcase_add_test(tc, a_get_served_by_a_put_is_not_undone_by_a_restart);
     tcase_add_test(tc, a_put_admitted_by_a_get_survives_a_restart);
+    tcase_add_test(tc, pipes_and_channels_come_back_empty_keeping_kind_and_poison);
     tcase_add_test(tc, a_semaphore_handoff_survives_a_restart);
     tcase_add_test(tc, orphaned_semaphore_units_replay_as_they_happened);
     tcase_add_test(tc, group_commit_survives_a_release_logged_while_a_connection_is_freed);

@@ -146,7 +146,7 @@ START_TEST(every_binary_has_version)
     const char *progs[] = {env_or_fail("MPB_SERVER"), env_or_fail("MPB_CLI"),
                            env_or_fail("MPB_BENCH"), env_or_fail("MPB_LOGRECORD"),
                            "records", "namespace", "counter",
-                           "producer_consumer", "value_array", "bank"};
+                           "producer_consumer", "value_array", "bank", "pipe", "csp"};
     for (size_t i = 0; i < sizeof progs / sizeof *progs; i++) {
         const char *path = progs[i];
         if (strchr(path, '/') == NULL) {

@@ -17,11 +17,13 @@ from .client import (BrokerError, Conflict, NoSuchObject, OutOfMemory, Persisten
 from .managers import Manager, SyncManager, find_server
 from .proxies import (AcquirerProxy, ArrayProxy, BarrierProxy, BaseProxy, ConditionProxy,
                       DictProxy, EventProxy, ListProxy, NamespaceProxy, QueueProxy,
-                      SetProxy, ValueProxy)
+                      SetProxy, ValueProxy, PipeConnection, ChannelProxy, ChannelEnd,
+                      ChannelPoisoned, ChannelRetired)
 
 __all__ = ['Manager', 'SyncManager', 'Connection', 'Ref', 'BrokerError', 'Conflict',
            'NoSuchObject',
            'OutOfMemory', 'PersistenceError', 'TooDeep', 'TooLarge', 'find_server',
            'get_client', 'BaseProxy', 'ListProxy', 'DictProxy', 'NamespaceProxy',
            'QueueProxy', 'AcquirerProxy', 'ConditionProxy', 'EventProxy', 'BarrierProxy',
-           'ValueProxy', 'ArrayProxy', 'SetProxy']
+           'ValueProxy', 'ArrayProxy', 'SetProxy', 'PipeConnection', 'ChannelProxy',
+           'ChannelEnd', 'ChannelPoisoned', 'ChannelRetired']

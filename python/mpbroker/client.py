@@ -79,7 +79,16 @@ _ERRORS = {
     'NoSuchObject': NoSuchObject, 'TooLarge': TooLarge, 'TooDeep': TooDeep,
     'OutOfMemory': OutOfMemory, 'PersistenceError': PersistenceError,
     'Conflict': Conflict,
+    'EOFError': EOFError, 'OSError': OSError, 'BrokenPipeError': BrokenPipeError,
+    'TimeoutError': TimeoutError,
+    'ChannelPoisoned': lambda m: _channel_error('ChannelPoisoned', m),
+    'ChannelRetired': lambda m: _channel_error('ChannelRetired', m),
 }
+
+
+def _channel_error(kind, message):
+    from . import proxies
+    return getattr(proxies, kind)(message)
 
 
 def _make_error(kind, message):

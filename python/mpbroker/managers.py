@@ -15,7 +15,7 @@ import time
 import weakref
 
 from .client import get_client, set_default_key
-from .proxies import proxy_for
+from .proxies import proxy_for, select as _select
 
 __all__ = ['SyncManager', 'Manager', 'find_server']
 
@@ -290,6 +290,24 @@ class SyncManager:
 
     def set(self, iterable=()):
         return self._make('set', list(iterable))
+
+    def Pipe(self, duplex=True):
+        """Two connected ends, as multiprocessing.Pipe(duplex): (conn1, conn2); one-way,
+        conn1 only receives and conn2 only sends."""
+        if self._client is None:
+            raise RuntimeError('the manager is not started')
+        ref = _unwrap(self._client.hold_call('manager.create', 'pipe', {'duplex': bool(duplex)}))
+        a = proxy_for(self._client, ref, 'pipe', held=True, state=(0, bool(duplex)))
+        b = proxy_for(self._client, ref, 'pipe', held=False, state=(1, bool(duplex)))
+        return a, b
+
+    def Channel(self):
+        """A CSP channel (PyCSP's Channel): see ChannelProxy."""
+        return self._make('channel')
+
+    def select(self, guards, timeout=None):
+        """CSP alternation over channel guards: (index, value), or None after timeout."""
+        return _select(self._client, guards, timeout)
 
     def Pool(self, *args, **kwds):
         raise NotImplementedError('mpbroker has no Pool: the broker does not run Python')

@@ -18,7 +18,8 @@ from .client import get_client
 
 __all__ = ['BaseProxy', 'ListProxy', 'DictProxy', 'NamespaceProxy', 'QueueProxy',
            'AcquirerProxy', 'ConditionProxy', 'EventProxy', 'BarrierProxy', 'ValueProxy',
-           'ArrayProxy', 'SetProxy', 'proxy_for']
+           'ArrayProxy', 'SetProxy', 'PipeConnection', 'ChannelProxy', 'ChannelEnd',
+           'ChannelPoisoned', 'ChannelRetired', 'select', 'proxy_for']
 
 # Broker type -> proxy class, filled by the classes below.
 _BY_KIND = {}
@@ -796,3 +797,242 @@ def _operand(o):
     if isinstance(o, BaseProxy):
         return o._mpb_ref
     return list(o)
+
+
+@_register('pipe')
+class PipeConnection(BaseProxy):
+    """One end of a broker pipe, with the methods of multiprocessing.connection's
+    Connection: send, recv, poll, close, send_bytes, recv_bytes, recv_bytes_into.
+    Manager.Pipe(duplex) makes the pair; each end pickles into child processes.
+
+    Values travel as the broker's values (a tuple comes back as a list, as from the
+    other proxies; what has no broker form is pickled). An end is bound to each
+    connection that uses it and closes when the last of them does: a process that dies
+    closes the ends it used. close() closes the end for everyone if this process used
+    it; an end this process never used (the parent's copy of a child's end) is only
+    dropped here, as closing an inherited descriptor would.
+    """
+    _typeid = 'Connection'
+
+    def _setstate(self, state):
+        end, duplex = state if state is not None else (0, True)
+        object.__setattr__(self, '_end', end)
+        object.__setattr__(self, '_duplex', duplex)
+        object.__setattr__(self, '_closed', False)
+        object.__setattr__(self, '_used_pid', None)
+
+    def _getstate(self):
+        return (self._end, self._duplex)
+
+    @property
+    def closed(self):
+        return self._closed
+
+    @property
+    def readable(self):
+        return self._duplex or self._end == 0
+
+    @property
+    def writable(self):
+        return self._duplex or self._end == 1
+
+    def _use(self, method, *args):
+        if self._closed:
+            raise OSError('handle is closed')
+        object.__setattr__(self, '_used_pid', os.getpid())
+        return self._call(method, self._end, *args)
+
+    def send(self, obj):
+        """Send obj to the other end."""
+        if not self.writable:
+            raise OSError('connection is read-only')
+        self._use('pipe.send', obj)
+
+    def recv(self):
+        """The next object sent by the other end; EOFError once it is closed and
+        everything it sent is read."""
+        if not self.readable:
+            raise OSError('connection is write-only')
+        return self._use('pipe.recv')
+
+    def poll(self, timeout=0.0):
+        """Is there something to recv? timeout None waits for ever."""
+        if not self.readable:
+            raise OSError('connection is write-only')
+        return self._use('pipe.poll', timeout)
+
+    def send_bytes(self, buf, offset=0, size=None):
+        m = memoryview(buf)
+        if m.itemsize > 1:
+            m = m.cast('B')
+        n = m.nbytes
+        if offset < 0:
+            raise ValueError('offset is negative')
+        if n < offset:
+            raise ValueError('buffer length < offset')
+        if size is None:
+            size = n - offset
+        elif size < 0:
+            raise ValueError('size is negative')
+        elif offset + size > n:
+            raise ValueError('buffer length < offset + size')
+        self.send(bytes(m[offset:offset + size]))
+
+    def _recv_bytes(self):
+        data = self.recv()
+        if not isinstance(data, (bytes, bytearray)):
+            raise OSError('recv_bytes: the message is not bytes (it was sent with send())')
+        return bytes(data)
+
+    def recv_bytes(self, maxlength=None):
+        if maxlength is not None and maxlength < 0:
+            raise ValueError('negative maxlength')
+        data = self._recv_bytes()
+        if maxlength is not None and len(data) > maxlength:
+            raise OSError('bad message length')
+        return data
+
+    def recv_bytes_into(self, buf, offset=0):
+        m = memoryview(buf)
+        if m.itemsize > 1:
+            m = m.cast('B')
+        if offset < 0 or offset > m.nbytes:
+            raise ValueError('offset out of bounds' if offset > m.nbytes else 'negative offset')
+        data = self._recv_bytes()
+        if len(data) > m.nbytes - offset:
+            from multiprocessing import BufferTooShort
+            raise BufferTooShort(data)
+        m[offset:offset + len(data)] = data
+        return len(data)
+
+    def close(self):
+        if self._closed:
+            return
+        object.__setattr__(self, '_closed', True)
+        if self._used_pid == os.getpid():
+            try:
+                self._call('pipe.close', self._end)
+            except (ConnectionError, OSError):
+                pass
+
+    def fileno(self):
+        raise OSError('a broker pipe end has no file descriptor')
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        return '<mpbroker PipeConnection end %d of %r%s>' % (
+            self._end, self._mpb_ref, ', closed' if self._closed else '')
+
+
+class ChannelPoisoned(Exception):
+    """The channel was poisoned (PyCSP's ChannelPoisonException)."""
+
+
+class ChannelRetired(Exception):
+    """Every reader or every writer of the channel retired (PyCSP's
+    ChannelRetireException)."""
+
+
+@_register('channel')
+class ChannelProxy(BaseProxy):
+    """A CSP channel (PyCSP's Channel): write() waits until a reader takes the value,
+    read() until a writer comes. reader() and writer() give PyCSP-style ends: calling
+    an end reads or writes; the end joins the channel in each process that uses it
+    (on the process's holder connection, so a process that dies retires its ends)."""
+    _typeid = 'Channel'
+
+    def write(self, value, timeout=None):
+        return self._call('channel.write', value, timeout)
+
+    def read(self, timeout=None):
+        return self._call('channel.read', timeout)
+
+    def poison(self):
+        return self._call('channel.poison')
+
+    def info(self):
+        return self._call('channel.info')
+
+    _getvalue = info
+
+    def join(self, kind):
+        return self._client.hold_call('channel.join', self._mpb_ref, kind)
+
+    def retire(self, kind):
+        return self._client.hold_call('channel.retire', self._mpb_ref, kind)
+
+    def reader(self):
+        return ChannelEnd(self, 'reader')
+
+    def writer(self):
+        return ChannelEnd(self, 'writer')
+
+
+class ChannelEnd:
+    """A reader or writer end of a channel (PyCSP's ChannelEndRead/ChannelEndWrite):
+    cin() reads, cout(value) writes. Picklable; joins in the process that uses it."""
+
+    def __init__(self, channel, kind):
+        self.channel, self.kind = channel, kind
+        self._joined_pid = None
+
+    def __getstate__(self):
+        return (self.channel, self.kind)
+
+    def __setstate__(self, state):
+        self.channel, self.kind = state
+        self._joined_pid = None
+
+    def _join(self):
+        if self._joined_pid != os.getpid():
+            self.channel.join(self.kind)
+            self._joined_pid = os.getpid()
+
+    def __call__(self, *value, timeout=None):
+        self._join()
+        if self.kind == 'reader':
+            if value:
+                raise TypeError('a reader end takes no value')
+            return self.channel.read(timeout)
+        (v,) = value
+        return self.channel.write(v, timeout)
+
+    def guard(self, value=None):
+        """This end as a guard of select(): a read, or a write of value."""
+        self._join()
+        if self.kind == 'reader':
+            return [self.channel._mpb_ref, 'read']
+        return [self.channel._mpb_ref, 'write', value]
+
+    def retire(self):
+        if self._joined_pid == os.getpid():
+            self._joined_pid = None
+            self.channel.retire(self.kind)
+
+    def poison(self):
+        self.channel.poison()
+
+    def __repr__(self):
+        return '<mpbroker ChannelEnd %s of %r>' % (self.kind, self.channel)
+
+
+def select(client, guards, timeout=None):
+    """CSP alternation: guards are channel ends' guard() lists (or [channel, 'read'] /
+    [channel, 'write', value]); waits until the first that can complete does and
+    returns (index, value), or None after timeout. Priority: guard order."""
+    gs = []
+    for g in guards:
+        if isinstance(g, ChannelEnd):
+            g = g.guard()
+        gs.append([_unref(g[0])] + list(g[1:]))
+    res = client.conn().call('manager.select', gs, timeout)
+    return None if res is None else (res[0], res[1])
+
+
+def _unref(x):
+    return getattr(x, '_mpb_ref', x)
