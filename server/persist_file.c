@@ -135,11 +135,18 @@ void pf_classify(const char *data, size_t len, size_t at, pf_status status, pf_d
     case PF_SHORT_BODY: d->torn = true; return;
     case PF_BAD_HEAD: d->torn = all_zero(data + at, len - at); return;
     case PF_BAD_BODY: {
-        /* A record whose last bytes never reached the disk: its BCRC and everything
-         * after it are zeros. One flipped bit cannot make that (BCRC would need to
-         * have had exactly that one bit set). */
+        /* The last record written, whose end never reached the disk: its BCRC is
+         * zeros and the file ends with it. One flipped bit cannot make that (BCRC
+         * would need to have had exactly that one bit set). Zeros that go on past
+         * its end are not that: the file grew after this record, so it may have
+         * been acknowledged and fsynced before a later write failed (on ext4 the
+         * block holding such a record's end can read back as zeros after the write
+         * that shared it failed: PROTOCOL.md). Cutting it would drop an
+         * acknowledged write in silence: it is damage. */
         size_t tail = at + PF_HEAD + get32(data + at);
-        d->torn = all_zero(data + tail, len - tail);
+        bool zero_end = all_zero(data + tail, len - tail);
+        d->torn = zero_end && tail + PF_TAIL == len;
+        if (zero_end && !d->torn) d->zeros_after = len - tail - PF_TAIL;
         return;
     }
     case PF_OK: return;
