@@ -61,8 +61,9 @@ static size_t log_bytes, snap_bytes;
 static bool need_fsync, replaying;
 static struct event *tick_ev, *compact_ev;
 static mpb_conn replay;
-/* What the watch compares with: the directory, the live log and snapshot. */
-static struct stat dir_st, log_st, snap_st;
+/* What the watch compares with: the directory, the live log and snapshot, and the
+ * lock file this broker holds. */
+static struct stat dir_st, log_st, snap_st, lock_st;
 static bool have_snap;
 
 /* Read-only mode. */
@@ -553,7 +554,17 @@ static int take_lock(int fd, char *why, size_t whylen)
     }
     if (lockfd >= 0) close(lockfd);
     lockfd = lfd;
+    fstat(lockfd, &lock_st);
     return 0;
+}
+
+/* Is DIR/lock still the file this broker holds locked? (emptying DIR unlinks it: a second
+ * broker would then create a new one, lock it and share the directory.) */
+static bool lock_is_ours(void)
+{
+    struct stat st;
+    return fstatat(dirfd_, "lock", &st, 0) == 0 && st.st_dev == lock_st.st_dev &&
+           st.st_ino == lock_st.st_ino;
 }
 
 /* Does the directory open as fd hold a snapshot or a log? */
@@ -574,8 +585,11 @@ static bool holds_data(int fd)
 static int directory_again(char *why, size_t whylen)
 {
     struct stat st;
-    if (stat(g_persist.dir, &st) == 0 && st.st_dev == dir_st.st_dev && st.st_ino == dir_st.st_ino)
-        return 0; /* the same directory: only a file went */
+    if (stat(g_persist.dir, &st) == 0 && st.st_dev == dir_st.st_dev && st.st_ino == dir_st.st_ino) {
+        /* The same directory: only a file went. If that was the lock, lock it again
+         * (a broker started on the directory since holds it: then not ours). */
+        return lock_is_ours() ? 0 : take_lock(dirfd_, why, whylen);
+    }
     if (mkdir(g_persist.dir, 0700) < 0 && errno != EEXIST) {
         snprintf(why, whylen, "cannot create %s again: %s", g_persist.dir, persist_errtext(errno));
         return -1;
@@ -586,6 +600,7 @@ static int directory_again(char *why, size_t whylen)
         return -1;
     }
     int saved = lockfd;
+    struct stat saved_st = lock_st;
     lockfd = -1;
     if (take_lock(fd, why, whylen) < 0) {
         lockfd = saved;
@@ -598,6 +613,7 @@ static int directory_again(char *why, size_t whylen)
                  g_persist.dir);
         close(lockfd);
         lockfd = saved;
+        lock_st = saved_st;
         close(fd);
         return -1;
     }
@@ -652,8 +668,13 @@ static void watch(void)
         fail("%s/%s was removed or replaced while in use", g_persist.dir, log);
         return;
     }
-    if (have_snap && (fstatat(dirfd_, PERSIST_SNAPSHOT, &st, 0) < 0 || st.st_ino != snap_st.st_ino))
+    if (have_snap && (fstatat(dirfd_, PERSIST_SNAPSHOT, &st, 0) < 0 || st.st_ino != snap_st.st_ino)) {
         fail("%s/%s was removed or replaced while in use", g_persist.dir, PERSIST_SNAPSHOT);
+        return;
+    }
+    if (!lock_is_ours())
+        fail("%s/lock was removed or replaced while in use (another broker could take the "
+             "directory)", g_persist.dir);
 }
 
 static void on_tick(evutil_socket_t fd, short what, void *arg)

@@ -405,6 +405,64 @@ START_TEST(a_removed_data_directory_is_noticed_and_stored_again)
 }
 END_TEST
 
+START_TEST(an_emptied_data_directory_is_not_shared_with_a_second_broker)
+{
+    /* rm DIR/<everything>: the directory stays, its lock file goes. A second broker
+     * started then creates a new lock file and locks it. Before: the first one
+     * noticed its log gone, "recovered" into the same directory without its lock, and
+     * the two wrote over each other's generations, both saying "ok". */
+    start("always", "67108864", NULL);
+    mpb_ref l = open_list();
+    EXPECT("None", "list.append", R(l), mpb_int(0));
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -f %s/*", datadir);
+    ck_assert_int_eq(system(cmd), 0);
+    tb_broker B2;
+    const char *args[] = {"--data-dir", datadir, "--fsync", "always", "--quiet", NULL};
+    tb_start(&B2, 0, args);
+    mpb_context *C2 = tb_connect(&B2);
+    wait_state("read-only", 5);
+    sleep(2); /* its first tries to store the state again */
+    char err[600];
+    ck_assert_str_eq(persistence(err, sizeof err, NULL), "read-only");
+    ck_assert_msg(strstr(err, "in use by another broker"), "%s", err);
+    TB_EXPECT_ERR(C, "PersistenceError", "list.append", R(l), mpb_int(1));
+    /* The second broker keeps the directory to itself. */
+    mpb_ref l2;
+    ck_assert_int_eq(mpb_open(C2, "list", "l2", NULL, &l2), MPB_OK);
+    TB_EXPECT(C2, "None", "list.append", R(l2), mpb_int(7));
+    mpb_value st;
+    ck_assert_int_eq(mpb_call(C2, "manager.stats", NULL, 0, &st), MPB_OK);
+    mpb_value ps = map_get(&st, "persistence");
+    ck_assert_msg(ps.len == 2 && !memcmp(ps.v.s, "ok", 2), "second broker: %.*s", (int)ps.len, ps.v.s);
+    mpb_value_free(&st);
+    mpb_free(C2);
+    ck_assert_int_eq(tb_stop(&B2), 0);
+}
+END_TEST
+
+START_TEST(a_removed_lock_file_is_noticed_and_taken_again)
+{
+    start("always", "67108864", NULL);
+    mpb_ref l = open_list();
+    EXPECT("None", "list.append", R(l), mpb_int(0));
+    char path[200];
+    snprintf(path, sizeof path, "%s/lock", datadir);
+    ck_assert_int_eq(unlink(path), 0);
+    wait_state("read-only", 5);
+    char err[600];
+    persistence(err, sizeof err, NULL);
+    ck_assert_msg(strstr(err, "lock was removed"), "%s", err);
+    wait_state("ok", 10); /* nobody else took it: locked again, the state stored */
+    struct stat st;
+    ck_assert_int_eq(stat(path, &st), 0);
+    EXPECT("None", "list.append", R(l), mpb_int(1));
+    crash();
+    start("always", "67108864", NULL);
+    ck_assert_int_eq(check_prefix(l), 2);
+}
+END_TEST
+
 START_TEST(a_data_directory_it_may_not_write_is_reported_as_such)
 {
     /* As root, permissions do not apply: run the broker as nobody. */
@@ -634,6 +692,12 @@ static Suite *diskfault_suite(void)
     tcase_add_test(tc, a_data_directory_it_may_not_write_is_reported_as_such);
     tcase_add_test(tc, every_failing_disk_call_of_a_workload_loses_nothing_acknowledged);
     suite_add_tcase(s, tc);
+    TCase *lk = tcase_create("lock"); /* the directory's lock, while in use */
+    tcase_add_checked_fixture(lk, setup, teardown);
+    tcase_set_timeout(lk, 120);
+    tcase_add_test(lk, an_emptied_data_directory_is_not_shared_with_a_second_broker);
+    tcase_add_test(lk, a_removed_lock_file_is_noticed_and_taken_again);
+    suite_add_tcase(s, lk);
     TCase *fs = tcase_create("filesystem");
     tcase_add_checked_fixture(fs, setup, teardown_mounts);
     tcase_set_timeout(fs, 300);
