@@ -717,6 +717,14 @@ void persist_open(struct event_base *base)
         fprintf(stderr, "mpbroker-server: %s\n", why);
         exit(1);
     }
+    /* Its files may be writable while the directory is not: the log would go on, but
+     * no compaction and no recovery after a disk failure could ever create a file. */
+    int probe = openat(dirfd_, "probe.tmp", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (probe < 0 || unlinkat(dirfd_, "probe.tmp", 0) < 0) {
+        snprintf(why, sizeof why, "files in %s", g_persist.dir);
+        die("cannot create", why);
+    }
+    close(probe);
     msgpack_sbuffer_init(&logbuf);
     msgpack_packer_init(&logpk, &logbuf, msgpack_sbuffer_write);
     msgpack_sbuffer_init(&effbuf);

@@ -486,6 +486,35 @@ START_TEST(a_data_directory_it_may_not_write_is_reported_as_such)
 }
 END_TEST
 
+START_TEST(a_data_directory_it_may_not_write_is_refused_even_when_its_files_are_writable)
+{
+    /* Before: the broker started on its log (writable) and every compaction failed
+     * ("compaction failed, the log goes on"), as would every recovery after a disk
+     * failure. Needs a user that does not own the directory: root runs it as nobody. */
+    if (geteuid() != 0) {
+        printf("diskfault: not root: skipping the writable-files test\n");
+        return;
+    }
+    start("always", "67108864", NULL);
+    mpb_ref l = open_list();
+    EXPECT("None", "list.append", R(l), mpb_int(0));
+    crash();
+    char cmd[700];
+    snprintf(cmd, sizeof cmd, "chown 65534:65534 %s/* && chmod 0755 %s && chown root %s && "
+             "timeout 20 setpriv --reuid=65534 --regid=65534 --clear-groups %s "
+             "--socket none --listen tcp://127.0.0.1:0 --insecure --data-dir %s 2>&1", datadir, datadir,
+             datadir, getenv("MPB_SERVER"), datadir);
+    FILE *p = popen(cmd, "r");
+    char out[600] = "";
+    size_t n = fread(out, 1, sizeof out - 1, p);
+    out[n] = '\0';
+    int status = pclose(p);
+    ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 1, "status %d: %s", status, out);
+    ck_assert_msg(strstr(out, "cannot create files in") && strstr(out, "Permission denied") &&
+                      strstr(out, "must be writable"), "%s", out);
+}
+END_TEST
+
 /*--- A real file system filling up (root and loop devices; skipped otherwise) ---*/
 
 static char mounts[2][80]; /* unmounted by teardown, innermost first */
@@ -697,6 +726,7 @@ static Suite *diskfault_suite(void)
     tcase_set_timeout(lk, 120);
     tcase_add_test(lk, an_emptied_data_directory_is_not_shared_with_a_second_broker);
     tcase_add_test(lk, a_removed_lock_file_is_noticed_and_taken_again);
+    tcase_add_test(lk, a_data_directory_it_may_not_write_is_refused_even_when_its_files_are_writable);
     suite_add_tcase(s, lk);
     TCase *fs = tcase_create("filesystem");
     tcase_add_checked_fixture(fs, setup, teardown_mounts);
