@@ -100,7 +100,9 @@ pf_status pf_check(const char *p, size_t avail, const char **body, uint32_t *bod
     if (avail < PF_HEAD) return PF_SHORT_HEAD;
     uint32_t len = get32(p);
     if (len == 0 || get32(p + 4) != mpb_crc32c(0, p, 4)) return PF_BAD_HEAD;
-    if ((size_t)len + PF_OVERHEAD > avail) return PF_SHORT_BODY;
+    /* Not len + PF_OVERHEAD > avail: with a 32-bit size_t that sum wraps for a LEN
+     * near 2^32, and the body would be read past the end of the file. */
+    if (avail < PF_OVERHEAD || len > avail - PF_OVERHEAD) return PF_SHORT_BODY;
     if (get32(p + PF_HEAD + len) != mpb_crc32c(0, p + PF_HEAD, len)) return PF_BAD_BODY;
     *body = p + PF_HEAD;
     *body_len = len;
