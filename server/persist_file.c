@@ -135,7 +135,17 @@ void pf_classify(const char *data, size_t len, size_t at, pf_status status, pf_d
     switch (status) {
     case PF_SHORT_HEAD:
     case PF_SHORT_BODY: d->torn = true; return;
-    case PF_BAD_HEAD: d->torn = all_zero(data + at, len - at); return;
+    case PF_BAD_HEAD:
+        /* Only zeros from a record's start on: what a file system shows for writes that
+         * never reached the disk, beginning where the last good sync ended (the end of
+         * a record: anywhere). But a file system loses whole blocks: when the zeros
+         * begin at a block boundary, the lost block may also have held the end of
+         * what was synced and acknowledged (ext4 after a failed fdatasync: see
+         * PF_BAD_BODY), records that began exactly there. Damage, then. */
+        if (!all_zero(data + at, len - at)) return;
+        d->torn = at % PF_BLOCK != 0;
+        d->zeros_on_block = !d->torn;
+        return;
     case PF_BAD_BODY: {
         /* The last record written, whose end never reached the disk: its BCRC is
          * zeros and the file ends with it. One flipped bit cannot make that (BCRC

@@ -365,6 +365,56 @@ START_TEST(zeros_from_inside_a_record_that_more_bytes_follow_are_damage)
 }
 END_TEST
 
+/* ["call", "list.append", [ID, "xxx..."]] with the string's length chosen so that the
+ * record ends at byte `end` of the file. */
+static void log_append_to(file *f, uint64_t id, size_t end)
+{
+    char pad[1024];
+    memset(pad, 'x', sizeof pad);
+    for (size_t k = 0; k < sizeof pad; k++) {
+        msgpack_pack_array(&f->pk, 3);
+        pstr(&f->pk, "call");
+        pstr(&f->pk, "list.append");
+        msgpack_pack_array(&f->pk, 2);
+        mpb_ref_pack(&f->pk, id);
+        msgpack_pack_str_with_body(&f->pk, pad, k);
+        if (f->sb.size + 12 + f->body.size == end) {
+            file_rec(f);
+            return;
+        }
+        msgpack_sbuffer_clear(&f->body);
+    }
+    ck_abort_msg("no string makes the record end at byte %zu", end);
+}
+
+START_TEST(zeros_from_a_block_boundary_on_are_damage_not_a_torn_tail)
+{
+    /* A file system loses whole blocks. Zeros from a record's start to the end of the
+     * file are a torn tail when they begin where the last sync ended, but when they
+     * begin at a block boundary, the block may have held synced, acknowledged records
+     * (ext4 after a failed fdatasync zeroes the block that shared the last acknowledged
+     * bytes with the failed write): refused, not cut. */
+    file f;
+    file_init(&f, false);
+    log_header(&f, "mpbroker-log", 2, 0);
+    log_create_list(&f, 1, "l");
+    log_append(&f, 1, 0);
+    log_append_to(&f, 1, 512); /* the next record starts at byte 512 */
+    log_append(&f, 1, 2);
+    log_append(&f, 1, 3);
+    size_t len = f.sb.size;
+    memset(f.sb.data + 512, 0, len - 512);
+    file_save(&f, "log.0.mpb");
+    REFUSED("log.0.mpb is damaged", "at byte 512 ", "begins a disk block", "--repair",
+            "log.0.mpb.cut-512");
+    char out[2000];
+    ck_assert_msg(run_server("--repair", out, sizeof out) == 0, "%s", out);
+    ck_assert(exists("log.0.mpb.cut-512"));
+    start("67108864");
+    EXPECT("2", "list.len", R(lookup("l")));
+}
+END_TEST
+
 /*--- Header-less, empty, missing ---*/
 
 /* A snapshot of generation 1 (list "l" = [0..4]) and its log with [5]. */
@@ -552,6 +602,7 @@ static Suite *durability_suite(void)
     tcase_add_test(tc, a_bad_checksum_in_the_last_record_is_damage_not_a_torn_tail);
     tcase_add_test(tc, zeros_where_the_last_write_should_be_are_a_torn_tail);
     tcase_add_test(tc, zeros_from_inside_a_record_that_more_bytes_follow_are_damage);
+    tcase_add_test(tc, zeros_from_a_block_boundary_on_are_damage_not_a_torn_tail);
     tcase_add_test(tc, a_header_less_or_empty_log_refuses_and_repair_gives_it_a_new_header);
     tcase_add_test(tc, a_missing_log_refuses_and_repair_starts_a_new_one);
     tcase_add_test(tc, stale_temporaries_are_removed_at_start);
