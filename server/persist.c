@@ -441,8 +441,9 @@ static void log_header(msgpack_sbuffer *sb, uint64_t g)
     pf_end(sb, at);
 }
 
-/* Create log.g.mpb with its header, atomically. Its fd, or -1 with why set. */
-static int create_log(uint64_t g, char *why, size_t whylen)
+/* Create log.g.mpb with its header, atomically. Its fd (*bytes: the header's size),
+ * or -1 with why set. Not yet the live log: the caller makes it that. */
+static int create_log(uint64_t g, size_t *bytes, char *why, size_t whylen)
 {
     msgpack_sbuffer hdr;
     msgpack_sbuffer_init(&hdr);
@@ -452,8 +453,7 @@ static int create_log(uint64_t g, char *why, size_t whylen)
     if (fd < 0)
         snprintf(why, whylen, "creating %s/%s (%s): %s", g_persist.dir, persist_log_name(g), step,
                  persist_errtext(errno));
-    else
-        log_bytes = hdr.size;
+    *bytes = hdr.size;
     msgpack_sbuffer_destroy(&hdr);
     return fd;
 }
@@ -476,7 +476,8 @@ static int new_generation(char *why, size_t whylen)
     uint64_t g = gen + 1;
     size_t bytes = write_snapshot(g, why, whylen);
     if (!bytes) return 0;
-    int fd = create_log(g, why, whylen);
+    size_t hdr_bytes;
+    int fd = create_log(g, &hdr_bytes, why, whylen);
     if (fd < 0) {
         unlinkat(dirfd_, PERSIST_SNAPSHOT_TMP, 0);
         return 0;
@@ -493,6 +494,7 @@ static int new_generation(char *why, size_t whylen)
     int e = errno;
     if (logfd >= 0) close(logfd);
     logfd = fd;
+    log_bytes = hdr_bytes; /* only now: until the rename the old log went on */
     uint64_t old = gen;
     gen = g;
     snap_bytes = bytes;
@@ -773,7 +775,7 @@ void persist_open(struct event_base *base)
             snprintf(why, sizeof why, "%s/%s", g_persist.dir, persist_log_name(gen));
             die("cannot open for writing", why);
         }
-    } else if ((logfd = create_log(gen, why, sizeof why)) < 0) {
+    } else if ((logfd = create_log(gen, &log_bytes, why, sizeof why)) < 0) {
         fprintf(stderr, "mpbroker-server: %s\n", why);
         exit(1);
     }

@@ -326,6 +326,33 @@ static int calls_of(const char *op)
     return n;
 }
 
+START_TEST(a_compaction_that_failed_at_the_snapshot_rename_is_tried_again_after_30_s)
+{
+    /* The second rename of a compaction (snapshot.tmp to snapshot.mpb) fails, once,
+     * after the new log was created. Before: creating it had reset the count of the
+     * log's bytes to its header's, so the next compaction waited for another
+     * --compact-size of writes, not the 30 s PROTOCOL.md gives. */
+    start("always", "300", "rename:2:EIO");
+    mpb_ref l = open_list();
+    touch(arm_path);
+    int n = 0; /* append until the compaction has been tried: a write over 300 bytes */
+    while (calls_of("rename") < 2 && n < 100) EXPECT("None", "list.append", R(l), mpb_int(n++));
+    ck_assert_int_eq(calls_of("rename"), 2);
+    char snap[160];
+    snprintf(snap, sizeof snap, "%s/snapshot.mpb", datadir);
+    struct stat st;
+    ck_assert_int_ne(stat(snap, &st), 0); /* the compaction failed */
+    ck_assert_str_eq(persistence(NULL, 0, NULL), "ok");
+    sleep(31);
+    EXPECT("None", "list.append", R(l), mpb_int(n++)); /* a write: compaction is due */
+    for (int i = 0; i < 50 && stat(snap, &st) != 0; i++) usleep(100000);
+    ck_assert_msg(stat(snap, &st) == 0, "no compaction 30 s after the failed one");
+    crash();
+    start("always", "300", NULL);
+    ck_assert_int_eq(check_prefix(l), n);
+}
+END_TEST
+
 START_TEST(every_failing_disk_call_of_a_workload_loses_nothing_acknowledged)
 {
     /* SQLite's habit: fail each call in turn. A small --compact-size makes the
@@ -781,6 +808,11 @@ static Suite *diskfault_suite(void)
     tcase_add_test(lk, a_removed_lock_file_is_noticed_and_taken_again);
     tcase_add_test(lk, a_data_directory_it_may_not_write_is_refused_even_when_its_files_are_writable);
     suite_add_tcase(s, lk);
+    TCase *cp = tcase_create("compaction");
+    tcase_add_checked_fixture(cp, setup, teardown);
+    tcase_set_timeout(cp, 120);
+    tcase_add_test(cp, a_compaction_that_failed_at_the_snapshot_rename_is_tried_again_after_30_s);
+    suite_add_tcase(s, cp);
     TCase *fs = tcase_create("filesystem");
     tcase_add_checked_fixture(fs, setup, teardown_mounts);
     tcase_set_timeout(fs, 300);
