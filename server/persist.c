@@ -501,6 +501,7 @@ static int new_generation(char *why, size_t whylen)
     need_bytes = 0;
     if (synced < 0) {
         snprintf(why, whylen, "fsync of %s: %s", g_persist.dir, persist_errtext(e));
+        note_files(); /* they are this broker's files (directory_again asks) */
         return -1;
     }
     unlinkat(dirfd_, persist_log_name(old), 0); /* in the snapshot now */
@@ -569,15 +570,28 @@ static bool lock_is_ours(void)
            st.st_ino == lock_st.st_ino;
 }
 
-/* Does the directory open as fd hold a snapshot or a log? */
-static bool holds_data(int fd)
+/* Is st this broker's live log or snapshot (as note_files last saw them)? */
+static bool own_file(const struct stat *st)
+{
+    return (st->st_dev == log_st.st_dev && st->st_ino == log_st.st_ino) ||
+           (have_snap && st->st_dev == snap_st.st_dev && st->st_ino == snap_st.st_ino);
+}
+
+/* Does the directory open as fd hold a snapshot or a log (with own_ok, other than
+ * this broker's own live ones)? */
+static bool holds_data(int fd, bool own_ok)
 {
     int dfd = dup(fd);
     DIR *d = dfd >= 0 ? fdopendir(dfd) : NULL;
     if (!d) return true; /* cannot tell: do not write over it */
+    rewinddir(d); /* the dup shares fd's offset, which an earlier listing left at the end */
     bool data = false;
-    for (struct dirent *e; !data && (e = readdir(d));)
-        data = !strcmp(e->d_name, PERSIST_SNAPSHOT) || !strncmp(e->d_name, "log.", 4);
+    for (struct dirent *e; !data && (e = readdir(d));) {
+        if (strcmp(e->d_name, PERSIST_SNAPSHOT) != 0 && strncmp(e->d_name, "log.", 4) != 0)
+            continue;
+        struct stat st;
+        data = !own_ok || fstatat(fd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !own_file(&st);
+    }
     closedir(d);
     return data;
 }
@@ -589,8 +603,27 @@ static int directory_again(char *why, size_t whylen)
     struct stat st;
     if (stat(g_persist.dir, &st) == 0 && st.st_dev == dir_st.st_dev && st.st_ino == dir_st.st_ino) {
         /* The same directory: only a file went. If that was the lock, lock it again
-         * (a broker started on the directory since holds it: then not ours). */
-        return lock_is_ours() ? 0 : take_lock(dirfd_, why, whylen);
+         * (a broker started on the directory since holds it: then not ours), unless
+         * files this broker did not write are there (one that came and went). */
+        if (lock_is_ours()) return 0;
+        int saved = lockfd;
+        struct stat saved_st = lock_st;
+        lockfd = -1;
+        if (take_lock(dirfd_, why, whylen) < 0) {
+            lockfd = saved;
+            return -1;
+        }
+        if (holds_data(dirfd_, true)) {
+            snprintf(why, whylen, "%s holds data this broker did not write (another broker "
+                     "used it meanwhile): not writing over it (move its files away to let this "
+                     "broker store its state there)", g_persist.dir);
+            close(lockfd);
+            lockfd = saved;
+            lock_st = saved_st;
+            return -1;
+        }
+        if (saved >= 0) close(saved);
+        return 0;
     }
     if (mkdir(g_persist.dir, 0700) < 0 && errno != EEXIST) {
         snprintf(why, whylen, "cannot create %s again: %s", g_persist.dir, persist_errtext(errno));
@@ -609,7 +642,7 @@ static int directory_again(char *why, size_t whylen)
         close(fd);
         return -1;
     }
-    if (holds_data(fd)) {
+    if (holds_data(fd, false)) {
         snprintf(why, whylen, "%s was replaced by a directory that holds other data: not "
                  "writing over it (move it away to let this broker store its state there)",
                  g_persist.dir);

@@ -500,6 +500,7 @@ static size_t list_logs(uint64_t *gens, size_t max)
     int fd = dup(dfd);
     DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
     if (!d) refuse("cannot list %s: %s", dirname_, persist_errtext(errno));
+    rewinddir(d); /* the dup shares dfd's offset */
     size_t n = 0;
     struct dirent *e;
     while ((e = readdir(d))) {

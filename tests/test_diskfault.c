@@ -465,6 +465,55 @@ START_TEST(an_emptied_data_directory_is_not_shared_with_a_second_broker)
     mpb_value_free(&st);
     mpb_free(C2);
     ck_assert_int_eq(tb_stop(&B2), 0);
+    /* Stopped, the first one tries once more; the directory holds the second one's
+     * files now: it leaves them, and exits 1 (its writes are not stored). */
+    mpb_free(C);
+    C = NULL;
+    int status = tb_stop(&B);
+    B.pid = -1;
+    ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 1, "status %d", status);
+}
+END_TEST
+
+START_TEST(a_broker_that_used_the_emptied_directory_meanwhile_keeps_its_data)
+{
+    /* As above, but the second broker stops before the first tries to store its
+     * state again: the lock is free, and the directory holds the second one's log.
+     * Before: the first locked it and stored its generation there, removing the
+     * second one's log.0.mpb (the same name as its own old one). */
+    start("always", "67108864", NULL);
+    mpb_ref l = open_list();
+    EXPECT("None", "list.append", R(l), mpb_int(0));
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -f %s/*", datadir);
+    ck_assert_int_eq(system(cmd), 0);
+    tb_broker B2;
+    const char *args[] = {"--data-dir", datadir, "--fsync", "always", "--quiet", NULL};
+    tb_start(&B2, 0, args);
+    mpb_context *C2 = tb_connect(&B2);
+    mpb_ref l2;
+    ck_assert_int_eq(mpb_open(C2, "list", "l2", NULL, &l2), MPB_OK);
+    TB_EXPECT(C2, "None", "list.append", R(l2), mpb_int(7));
+    mpb_free(C2);
+    ck_assert_int_eq(tb_stop(&B2), 0);
+    /* The first one's tries: after 1, 2, 4 s (the first while the second held it). */
+    char err[600] = "";
+    for (int i = 0; i < 200 && !strstr(err, "did not write"); i++) {
+        usleep(100000);
+        persistence(err, sizeof err, NULL);
+    }
+    ck_assert_msg(strstr(err, "did not write"), "%s", err);
+    ck_assert_str_eq(persistence(NULL, 0, NULL), "read-only");
+    mpb_free(C);
+    C = NULL;
+    int status = tb_stop(&B); /* exits 1: its writes are not stored */
+    B.pid = -1;
+    ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 1, "status %d", status);
+    tb_start(&B2, 0, args);
+    C2 = tb_connect(&B2);
+    TB_EXPECT(C2, "[7]", "list.copy", R(l2));
+    mpb_free(C2);
+    ck_assert_int_eq(tb_stop(&B2), 0);
 }
 END_TEST
 
@@ -806,6 +855,7 @@ static Suite *diskfault_suite(void)
     tcase_set_timeout(lk, 120);
     tcase_add_test(lk, an_emptied_data_directory_is_not_shared_with_a_second_broker);
     tcase_add_test(lk, a_removed_lock_file_is_noticed_and_taken_again);
+    tcase_add_test(lk, a_broker_that_used_the_emptied_directory_meanwhile_keeps_its_data);
     tcase_add_test(lk, a_data_directory_it_may_not_write_is_refused_even_when_its_files_are_writable);
     suite_add_tcase(s, lk);
     TCase *cp = tcase_create("compaction");
