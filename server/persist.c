@@ -73,8 +73,9 @@ static size_t log_bytes, snap_bytes;
 static bool need_fsync, replaying;
 static struct event *tick_ev, *compact_ev;
 static mpb_conn replay;
-/* What the watch compares with: the directory, the live log and snapshot. */
-static struct stat dir_st, log_st, snap_st;
+/* What the watch compares with: the directory, the live log and snapshot, and the
+ * lock file this broker holds. */
+static struct stat dir_st, log_st, snap_st, lock_st;
 static bool have_snap;
 
 /* Read-only mode. */
@@ -497,8 +498,9 @@ static void log_header(msgpack_sbuffer *sb, uint64_t g)
     pf_end(sb, at);
 }
 
-/* Create log.g.mpb with its header, atomically. Its fd, or -1 with why set. */
-static int create_log(uint64_t g, char *why, size_t whylen)
+/* Create log.g.mpb with its header, atomically. Its fd (*bytes: the header's size),
+ * or -1 with why set. Not yet the live log: the caller makes it that. */
+static int create_log(uint64_t g, size_t *bytes, char *why, size_t whylen)
 {
     msgpack_sbuffer hdr;
     msgpack_sbuffer_init(&hdr);
@@ -508,8 +510,7 @@ static int create_log(uint64_t g, char *why, size_t whylen)
     if (fd < 0)
         snprintf(why, whylen, "creating %s/%s (%s): %s", g_persist.dir, persist_log_name(g), step,
                  persist_errtext(errno));
-    else
-        log_bytes = hdr.size;
+    *bytes = hdr.size;
     msgpack_sbuffer_destroy(&hdr);
     return fd;
 }
@@ -532,7 +533,8 @@ static int new_generation(char *why, size_t whylen)
     uint64_t g = gen + 1;
     size_t bytes = write_snapshot(g, why, whylen);
     if (!bytes) return 0;
-    int fd = create_log(g, why, whylen);
+    size_t hdr_bytes;
+    int fd = create_log(g, &hdr_bytes, why, whylen);
     if (fd < 0) {
         unlinkat(dirfd_, PERSIST_SNAPSHOT_TMP, 0);
         return 0;
@@ -549,12 +551,14 @@ static int new_generation(char *why, size_t whylen)
     int e = errno;
     if (logfd >= 0) close(logfd);
     logfd = fd;
+    log_bytes = hdr_bytes; /* only now: until the rename the old log went on */
     uint64_t old = gen;
     gen = g;
     snap_bytes = bytes;
     need_bytes = 0;
     if (synced < 0) {
         snprintf(why, whylen, "fsync of %s: %s", g_persist.dir, persist_errtext(e));
+        note_files(); /* they are this broker's files (directory_again asks) */
         return -1;
     }
     unlinkat(dirfd_, persist_log_name(old), 0); /* in the snapshot now */
@@ -610,18 +614,41 @@ static int take_lock(int fd, char *why, size_t whylen)
     }
     if (lockfd >= 0) close(lockfd);
     lockfd = lfd;
+    fstat(lockfd, &lock_st);
     return 0;
 }
 
-/* Does the directory open as fd hold a snapshot or a log? */
-static bool holds_data(int fd)
+/* Is DIR/lock still the file this broker holds locked? (emptying DIR unlinks it: a second
+ * broker would then create a new one, lock it and share the directory.) */
+static bool lock_is_ours(void)
+{
+    struct stat st;
+    return fstatat(dirfd_, "lock", &st, 0) == 0 && st.st_dev == lock_st.st_dev &&
+           st.st_ino == lock_st.st_ino;
+}
+
+/* Is st this broker's live log or snapshot (as note_files last saw them)? */
+static bool own_file(const struct stat *st)
+{
+    return (st->st_dev == log_st.st_dev && st->st_ino == log_st.st_ino) ||
+           (have_snap && st->st_dev == snap_st.st_dev && st->st_ino == snap_st.st_ino);
+}
+
+/* Does the directory open as fd hold a snapshot or a log (with own_ok, other than
+ * this broker's own live ones)? */
+static bool holds_data(int fd, bool own_ok)
 {
     int dfd = dup(fd);
     DIR *d = dfd >= 0 ? fdopendir(dfd) : NULL;
     if (!d) return true; /* cannot tell: do not write over it */
+    rewinddir(d); /* the dup shares fd's offset, which an earlier listing left at the end */
     bool data = false;
-    for (struct dirent *e; !data && (e = readdir(d));)
-        data = !strcmp(e->d_name, PERSIST_SNAPSHOT) || !strncmp(e->d_name, "log.", 4);
+    for (struct dirent *e; !data && (e = readdir(d));) {
+        if (strcmp(e->d_name, PERSIST_SNAPSHOT) != 0 && strncmp(e->d_name, "log.", 4) != 0)
+            continue;
+        struct stat st;
+        data = !own_ok || fstatat(fd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !own_file(&st);
+    }
     closedir(d);
     return data;
 }
@@ -631,8 +658,30 @@ static bool holds_data(int fd)
 static int directory_again(char *why, size_t whylen)
 {
     struct stat st;
-    if (stat(g_persist.dir, &st) == 0 && st.st_dev == dir_st.st_dev && st.st_ino == dir_st.st_ino)
-        return 0; /* the same directory: only a file went */
+    if (stat(g_persist.dir, &st) == 0 && st.st_dev == dir_st.st_dev && st.st_ino == dir_st.st_ino) {
+        /* The same directory: only a file went. If that was the lock, lock it again
+         * (a broker started on the directory since holds it: then not ours), unless
+         * files this broker did not write are there (one that came and went). */
+        if (lock_is_ours()) return 0;
+        int saved = lockfd;
+        struct stat saved_st = lock_st;
+        lockfd = -1;
+        if (take_lock(dirfd_, why, whylen) < 0) {
+            lockfd = saved;
+            return -1;
+        }
+        if (holds_data(dirfd_, true)) {
+            snprintf(why, whylen, "%s holds data this broker did not write (another broker "
+                     "used it meanwhile): not writing over it (move its files away to let this "
+                     "broker store its state there)", g_persist.dir);
+            close(lockfd);
+            lockfd = saved;
+            lock_st = saved_st;
+            return -1;
+        }
+        if (saved >= 0) close(saved);
+        return 0;
+    }
     if (mkdir(g_persist.dir, 0700) < 0 && errno != EEXIST) {
         snprintf(why, whylen, "cannot create %s again: %s", g_persist.dir, persist_errtext(errno));
         return -1;
@@ -643,18 +692,20 @@ static int directory_again(char *why, size_t whylen)
         return -1;
     }
     int saved = lockfd;
+    struct stat saved_st = lock_st;
     lockfd = -1;
     if (take_lock(fd, why, whylen) < 0) {
         lockfd = saved;
         close(fd);
         return -1;
     }
-    if (holds_data(fd)) {
+    if (holds_data(fd, false)) {
         snprintf(why, whylen, "%s was replaced by a directory that holds other data: not "
                  "writing over it (move it away to let this broker store its state there)",
                  g_persist.dir);
         close(lockfd);
         lockfd = saved;
+        lock_st = saved_st;
         close(fd);
         return -1;
     }
@@ -709,8 +760,13 @@ static void watch(void)
         fail("%s/%s was removed or replaced while in use", g_persist.dir, log);
         return;
     }
-    if (have_snap && (fstatat(dirfd_, PERSIST_SNAPSHOT, &st, 0) < 0 || st.st_ino != snap_st.st_ino))
+    if (have_snap && (fstatat(dirfd_, PERSIST_SNAPSHOT, &st, 0) < 0 || st.st_ino != snap_st.st_ino)) {
         fail("%s/%s was removed or replaced while in use", g_persist.dir, PERSIST_SNAPSHOT);
+        return;
+    }
+    if (!lock_is_ours())
+        fail("%s/lock was removed or replaced while in use (another broker could take the "
+             "directory)", g_persist.dir);
 }
 
 static void on_tick(evutil_socket_t fd, short what, void *arg)
@@ -754,6 +810,14 @@ void persist_open(struct event_base *base)
         fprintf(stderr, "mpbroker-server: %s\n", why);
         exit(1);
     }
+    /* Its files may be writable while the directory is not: the log would go on, but
+     * no compaction and no recovery after a disk failure could ever create a file. */
+    int probe = openat(dirfd_, "probe.tmp", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (probe < 0 || unlinkat(dirfd_, "probe.tmp", 0) < 0) {
+        snprintf(why, sizeof why, "files in %s", g_persist.dir);
+        die("cannot create", why);
+    }
+    close(probe);
     msgpack_sbuffer_init(&logbuf);
     msgpack_packer_init(&logpk, &logbuf, msgpack_sbuffer_write);
     msgpack_sbuffer_init(&effbuf);
@@ -802,7 +866,7 @@ void persist_open(struct event_base *base)
             snprintf(why, sizeof why, "%s/%s", g_persist.dir, persist_log_name(gen));
             die("cannot open for writing", why);
         }
-    } else if ((logfd = create_log(gen, why, sizeof why)) < 0) {
+    } else if ((logfd = create_log(gen, &log_bytes, why, sizeof why)) < 0) {
         fprintf(stderr, "mpbroker-server: %s\n", why);
         exit(1);
     }

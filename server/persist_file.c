@@ -100,7 +100,9 @@ pf_status pf_check(const char *p, size_t avail, const char **body, uint32_t *bod
     if (avail < PF_HEAD) return PF_SHORT_HEAD;
     uint32_t len = get32(p);
     if (len == 0 || get32(p + 4) != mpb_crc32c(0, p, 4)) return PF_BAD_HEAD;
-    if ((size_t)len + PF_OVERHEAD > avail) return PF_SHORT_BODY;
+    /* Not len + PF_OVERHEAD > avail: with a 32-bit size_t that sum wraps for a LEN
+     * near 2^32, and the body would be read past the end of the file. */
+    if (avail < PF_OVERHEAD || len > avail - PF_OVERHEAD) return PF_SHORT_BODY;
     if (get32(p + PF_HEAD + len) != mpb_crc32c(0, p + PF_HEAD, len)) return PF_BAD_BODY;
     *body = p + PF_HEAD;
     *body_len = len;
@@ -133,13 +135,30 @@ void pf_classify(const char *data, size_t len, size_t at, pf_status status, pf_d
     switch (status) {
     case PF_SHORT_HEAD:
     case PF_SHORT_BODY: d->torn = true; return;
-    case PF_BAD_HEAD: d->torn = all_zero(data + at, len - at); return;
+    case PF_BAD_HEAD:
+        /* Only zeros from a record's start on: what a file system shows for writes that
+         * never reached the disk, beginning where the last good sync ended (the end of
+         * a record: anywhere). But a file system loses whole blocks: when the zeros
+         * begin at a block boundary, the lost block may also have held the end of
+         * what was synced and acknowledged (ext4 after a failed fdatasync: see
+         * PF_BAD_BODY), records that began exactly there. Damage, then. */
+        if (!all_zero(data + at, len - at)) return;
+        d->torn = at % PF_BLOCK != 0;
+        d->zeros_on_block = !d->torn;
+        return;
     case PF_BAD_BODY: {
-        /* A record whose last bytes never reached the disk: its BCRC and everything
-         * after it are zeros. One flipped bit cannot make that (BCRC would need to
-         * have had exactly that one bit set). */
+        /* The last record written, whose end never reached the disk: its BCRC is
+         * zeros and the file ends with it. One flipped bit cannot make that (BCRC
+         * would need to have had exactly that one bit set). Zeros that go on past
+         * its end are not that: the file grew after this record, so it may have
+         * been acknowledged and fsynced before a later write failed (on ext4 the
+         * block holding such a record's end can read back as zeros after the write
+         * that shared it failed: PROTOCOL.md). Cutting it would drop an
+         * acknowledged write in silence: it is damage. */
         size_t tail = at + PF_HEAD + get32(data + at);
-        d->torn = all_zero(data + tail, len - tail);
+        bool zero_end = all_zero(data + tail, len - tail);
+        d->torn = zero_end && tail + PF_TAIL == len;
+        if (zero_end && !d->torn) d->zeros_after = len - tail - PF_TAIL;
         return;
     }
     case PF_OK: return;

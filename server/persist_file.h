@@ -23,6 +23,9 @@
 #define PF_HEAD 8  /* LEN + HCRC */
 #define PF_TAIL 4  /* BCRC */
 #define PF_OVERHEAD (PF_HEAD + PF_TAIL)
+/* The smallest block a file system or disk loses whole (a sector): zeros that begin at
+ * a multiple of it may be a lost block, not the end of what was written. */
+#define PF_BLOCK 512
 
 /*--- Writing ---*/
 
@@ -66,14 +69,19 @@ typedef struct pf_damage {
     bool torn;        /* explained by a write that did not finish (see pf_classify) */
     size_t resume;    /* the first good record after it, or 0 when none */
     size_t good_after;/* how many good records follow it (when resume != 0) */
+    size_t zeros_after;/* not torn: its end is zeros, and this many zero bytes follow it */
+    bool zeros_on_block;/* not torn: only zeros from `at` on, and `at` is a block boundary */
 } pf_damage;
 
 /* Classify the damage at `at` (status from pf_check). It is a torn tail only when
  * nothing good follows it and an unfinished write explains it: a record head cut
- * short, a record whose body runs past the end of the file, or a record whose end
- * (its BCRC, and everything after it) is zeros that never reached the disk, or only
- * zeros from `at` on. Anything else, a bad record with good ones after it or a whole
- * last record whose checksum fails, is damage. */
+ * short, a record whose body runs past the end of the file, the file's last record
+ * whose end (its BCRC, the file's last 4 bytes) is zeros that never reached the disk,
+ * or only zeros from `at` on where `at` is not a multiple of PF_BLOCK. Anything else
+ * is damage: a bad record with good ones after it, a whole last record whose checksum
+ * fails, a record whose end is zeros with more bytes after it (it was not the last
+ * record written), or zeros from a block boundary on (a lost block may have held
+ * acknowledged records). */
 void pf_classify(const char *data, size_t len, size_t at, pf_status status, pf_damage *d);
 
 /* A short, human description of a status ("its checksum does not match"). */

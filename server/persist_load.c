@@ -375,6 +375,14 @@ static size_t replay_v2(loaded *f, bool snapshot, uint64_t *gen)
                 snprintf(why, sizeof why, "%s; %zu good record%s follow%s from byte %zu, so it is "
                          "not a torn tail", pf_status_text(st), d.good_after,
                          d.good_after == 1 ? "" : "s", d.good_after == 1 ? "s" : "", d.resume);
+            else if (d.zeros_on_block)
+                snprintf(why, sizeof why, "%s: only zeros from there on, and byte %zu begins a "
+                         "disk block: a lost block, which may have held acknowledged records, "
+                         "looks the same", pf_status_text(st), w.at);
+            else if (d.zeros_after)
+                snprintf(why, sizeof why, "%s: its end is zeros, and %zu more zero bytes follow "
+                         "it, so it is not the last record written: it may have been "
+                         "acknowledged", pf_status_text(st), d.zeros_after);
             else
                 snprintf(why, sizeof why, "%s%s", pf_status_text(st),
                          d.torn ? "" : ", and not as a write that did not finish would leave it");
@@ -532,6 +540,7 @@ static size_t list_logs(uint64_t *gens, size_t max)
     int fd = dup(dfd);
     DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
     if (!d) refuse("cannot list %s: %s", dirname_, persist_errtext(errno));
+    rewinddir(d); /* the dup shares dfd's offset */
     size_t n = 0;
     struct dirent *e;
     while ((e = readdir(d))) {

@@ -15,6 +15,12 @@
  * OP is write, fdatasync, fsync or rename (rename and renameat); ERRNO is EIO,
  * ENOSPC, EDQUOT or EROFS. With $MPB_FAULT_LOG set, every counted call appends a
  * line "OP N PATH ok|ERRNO" to that file, so a test can count a workload's calls.
+ *
+ * A failed fdatasync or fsync of a file also loses what it should have stored: the
+ * bytes written since the file's last good sync (or since the shim first saw it)
+ * become zeros, as ext4 left them in the issue's case. Without that, the page cache
+ * would keep them, and a broker that acknowledged writes after a failed sync would
+ * still find them all after a restart.
  */
 #include <dlfcn.h>
 #include <errno.h>
@@ -43,6 +49,15 @@ static rule rules[8];
 static int nrules;
 static long counts[OP_COUNT];
 static bool fail_next_write; /* after a short write */
+
+/* Per file (device and inode): its size at its last good sync. */
+typedef struct synced {
+    dev_t dev;
+    ino_t ino;
+    off_t size;
+} synced;
+static synced files[64];
+static int nfiles;
 static int fail_next_err;
 static const char *dir, *arm, *heal, *logpath;
 static bool ready;
@@ -165,12 +180,47 @@ static int decide(int op, const char *path, bool *short_write)
     return err;
 }
 
+/* The entry of fd's file when it is a regular file (added with its size now), or
+ * NULL. */
+static synced *file_of(int fd)
+{
+    struct stat st;
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) return NULL;
+    for (int i = 0; i < nfiles; i++)
+        if (files[i].dev == st.st_dev && files[i].ino == st.st_ino) return &files[i];
+    if (nfiles == (int)(sizeof files / sizeof *files)) return NULL;
+    files[nfiles] = (synced){st.st_dev, st.st_ino, st.st_size};
+    return &files[nfiles++];
+}
+
+/* A sync of fd failed: zero what was written since its last good sync. (Through a
+ * descriptor of our own: pwrite on an O_APPEND one appends.) */
+static void lose_unsynced(int fd, const char *path)
+{
+    synced *f = file_of(fd);
+    struct stat st;
+    if (!f || fstat(fd, &st) < 0 || st.st_size <= f->size) return;
+    int w = open(path, O_WRONLY | O_CLOEXEC);
+    if (w < 0) return;
+    static const char zeros[4096];
+    for (off_t at = f->size; at < st.st_size;) {
+        size_t n = st.st_size - at < (off_t)sizeof zeros ? (size_t)(st.st_size - at) : sizeof zeros;
+        ssize_t k = pwrite(w, zeros, n, at);
+        if (k <= 0) break;
+        at += k;
+    }
+    real_fdatasync(w); /* the loss itself is durable */
+    close(w);
+}
+
 ssize_t write(int fd, const void *buf, size_t count)
 {
     setup();
     char path[PATH_MAX];
     bool half = false;
-    int err = fd_path(fd, path, sizeof path) ? decide(OP_WRITE, path, &half) : 0;
+    bool known = fd_path(fd, path, sizeof path);
+    if (known && counted_path(path)) file_of(fd); /* its size before this write: synced */
+    int err = known ? decide(OP_WRITE, path, &half) : 0;
     if (err) {
         errno = err;
         return -1;
@@ -183,12 +233,18 @@ static int sync_call(int op, int fd, int (*real)(int))
 {
     setup();
     char path[PATH_MAX];
-    int err = fd_path(fd, path, sizeof path) ? decide(op, path, NULL) : 0;
+    bool known = fd_path(fd, path, sizeof path);
+    int err = known ? decide(op, path, NULL) : 0;
     if (err) {
+        lose_unsynced(fd, path);
         errno = err;
         return -1;
     }
-    return real(fd);
+    int r = real(fd);
+    synced *f = known && counted_path(path) ? file_of(fd) : NULL;
+    struct stat st;
+    if (r == 0 && f && fstat(fd, &st) == 0) f->size = st.st_size;
+    return r;
 }
 
 int fdatasync(int fd) { return sync_call(OP_FDATASYNC, fd, (setup(), real_fdatasync)); }
