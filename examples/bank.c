@@ -122,7 +122,7 @@ int main(int argc, char **argv)
     "  -l            lock-free: each transfer an atomic batch guarded by the version\n"
     "  -k KILLS      SIGKILL that many workers at random moments, 0..1000 (default 0)\n"
     "  -h, --help    this text\n"
-    "  --version     the version\n";
+    "  -V, --version the version\n";
     ex_early(argc, argv);
     while ((opt = getopt(argc, argv, "s:p:n:a:lk:")) != -1) {
         if (opt == 's') address = optarg;

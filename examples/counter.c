@@ -45,7 +45,7 @@ int main(int argc, char **argv) {
     "  -p PROCS    processes to fork, 1..10000 (default 4)\n"
     "  -n OPS      increments per process (default 10000)\n"
     "  -h, --help  this text\n"
-    "  --version   the version\n";
+    "  --version   the version (also -V)\n";
     ex_early(argc, argv);
     while ((opt = getopt(argc, argv, "s:p:n:")) != -1) {
         if (opt == 's') address = optarg;

@@ -125,7 +125,7 @@ int main(int argc, char **argv)
     "  -w WORKERS  worker processes (default 4)\n"
     "  -n N        results the consumer takes before it poisons the network (100)\n"
     "  -h, --help  this text\n"
-    "  --version   the version\n";
+    "  --version   the version (also -V)\n";
     ex_early(argc, argv);
     while ((opt = getopt(argc, argv, "s:w:n:")) != -1) {
         if (opt == 's') address = optarg;

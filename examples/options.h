@@ -22,7 +22,7 @@
 static const char *ex_prog;  /* "counter" */
 static const char *ex_usage; /* the whole --help text */
 
-/* -h, --help, --version anywhere (before a "--"): print and exit 0. */
+/* -h, --help, -V, --version anywhere (before a "--"): print and exit 0. */
 static inline void ex_early(int argc, char **argv)
 {
     for (int i = 1; i < argc && strcmp(argv[i], "--") != 0; i++) {
@@ -30,7 +30,7 @@ static inline void ex_early(int argc, char **argv)
             fputs(ex_usage, stdout);
             exit(0);
         }
-        if (strcmp(argv[i], "--version") == 0) {
+        if (strcmp(argv[i], "-V") == 0 || strcmp(argv[i], "--version") == 0) {
             printf("%s (mpbroker %s)\n", ex_prog, MPB_VERSION);
             exit(0);
         }

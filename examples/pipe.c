@@ -93,7 +93,7 @@ int main(int argc, char **argv)
     "  -s ADDRESS  broker address: unix:PATH or tcp://HOST:PORT (default\n"
     "              $MPBROKER_ADDRESS, else the default socket)\n"
     "  -h, --help  this text\n"
-    "  --version   the version\n";
+    "  --version   the version (also -V)\n";
     ex_early(argc, argv);
     while ((opt = getopt(argc, argv, "s:")) != -1) {
         if (opt == 's') address = optarg;

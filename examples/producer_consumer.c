@@ -80,7 +80,7 @@ int main(int argc, char **argv)
     "  -t TIMEOUT  seconds the reader waits for the next message before it stops\n"
     "              (default 3)\n"
     "  -h, --help  this text\n"
-    "  --version   the version\n";
+    "  --version   the version (also -V)\n";
     ex_early(argc, argv);
     while ((opt = getopt(argc, argv, "s:t:")) != -1) {
         if (opt == 's') address = optarg;

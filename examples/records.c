@@ -109,7 +109,7 @@ int main(int argc, char **argv) {
     "              $MPBROKER_ADDRESS, else the default socket)\n"
     "  -w WORKERS  processes that each add a record, 1..10000 (default 2)\n"
     "  -h, --help  this text\n"
-    "  --version   the version\n";
+    "  --version   the version (also -V)\n";
     ex_early(argc, argv);
     while ((opt = getopt(argc, argv, "s:w:")) != -1) {
         if (opt == 's') address = optarg;

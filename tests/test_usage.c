@@ -153,9 +153,11 @@ START_TEST(every_binary_has_version)
             snprintf(ex, sizeof ex, "%s/%s", dir, progs[i]);
             path = ex;
         }
-        const char *argv[] = {path, "--version", NULL};
-        ck_assert_int_eq(tb_run_prog(argv, -1, NULL, out, sizeof out), 0);
-        ck_assert_msg(strstr(out, "0.") != NULL && lines_of(out) == 1, "%s: %s", path, out);
+        for (int v = 0; v < 2; v++) { /* the long form, and -V as the tools have it */
+            const char *argv[] = {path, v ? "-V" : "--version", NULL};
+            ck_assert_int_eq(tb_run_prog(argv, -1, NULL, out, sizeof out), 0);
+            ck_assert_msg(strstr(out, "0.") != NULL && lines_of(out) == 1, "%s: %s", path, out);
+        }
     }
 }
 END_TEST
