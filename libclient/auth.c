@@ -22,13 +22,14 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
-#include <openssl/rand.h>
 #include <poll.h>
+#include <pthread.h>
 #include <pwd.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -212,6 +213,31 @@ static int read_reply(mpb_context *c, mpb_reader *r, uint32_t msgid, msgpack_obj
     return MPB_OK;
 }
 
+/* fork() in a threaded program copies every lock as it is, and OpenSSL 3 takes locks
+ * (its random generator's, its algorithm store's) that another thread of the parent may
+ * hold at that instant: a child that then calls into them waits for ever (seen: a
+ * Python Manager child stuck in RAND_bytes). So the handshake's nonce comes from
+ * getrandom(2), which takes no lock, and its HMAC runs under hmac_lock, which
+ * pthread_atfork takes before any fork: no fork happens while a thread of ours is
+ * inside OpenSSL's HMAC. (Other code of the program calling OpenSSL is its own.) */
+static pthread_mutex_t hmac_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_once_t hmac_once = PTHREAD_ONCE_INIT;
+static void hmac_lock_take(void) { pthread_mutex_lock(&hmac_lock); }
+static void hmac_lock_give(void) { pthread_mutex_unlock(&hmac_lock); }
+static void hmac_atfork(void) { pthread_atfork(hmac_lock_take, hmac_lock_give, hmac_lock_give); }
+
+static int nonce(unsigned char *buf, size_t n)
+{
+    while (n > 0) {
+        ssize_t got = getrandom(buf, n, 0);
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0) return -1;
+        buf += got;
+        n -= (size_t)got;
+    }
+    return 0;
+}
+
 /* out = PREFIX + HMAC-SHA256(key, label || a || b). */
 static void proof(unsigned char out[PROOF_LEN], const unsigned char *key, size_t keylen,
                   const char *label, const void *a, size_t alen, const void *b, size_t blen)
@@ -223,7 +249,10 @@ static void proof(unsigned char out[PROOF_LEN], const unsigned char *key, size_t
     memcpy(msg + n + alen, b, blen);
     unsigned int len = DIGEST;
     memcpy(out, PREFIX, PREFIX_LEN);
+    pthread_once(&hmac_once, hmac_atfork);
+    hmac_lock_take();
     HMAC(EVP_sha256(), key, (int)keylen, msg, n + alen + blen, out + PREFIX_LEN, &len);
+    hmac_lock_give();
     OPENSSL_cleanse(msg, sizeof msg);
 }
 
@@ -247,7 +276,7 @@ int mpb_client_handshake(mpb_context *c, const unsigned char *key, size_t keylen
     const msgpack_object_bin *b;
     int rc;
     memcpy(mine, PREFIX, PREFIX_LEN);
-    if (RAND_bytes(mine + PREFIX_LEN, NONCE) != 1)
+    if (nonce(mine + PREFIX_LEN, NONCE) < 0)
         return fail(c, MPB_ERR_CONNECT, "AuthError", "no random bytes to be had");
     if (mpb_reader_init(&r, 1 << 16, MPB_READER_MAX_DEPTH) < 0)
         return fail(c, MPB_ERR_OOM, "OutOfMemory", "handshake");

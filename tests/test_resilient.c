@@ -6,6 +6,8 @@
 #include <check.h>
 #include <dirent.h>
 #include <msgpack.h>
+#include <openssl/rand.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -202,6 +204,61 @@ static long long ms_since(const struct timespec *t0)
     clock_gettime(CLOCK_MONOTONIC, &t1);
     return (t1.tv_sec - t0->tv_sec) * 1000LL + (t1.tv_nsec - t0->tv_nsec) / 1000000;
 }
+
+/* fork() in a threaded program copies OpenSSL's locks as they are: one another thread
+ * held (the random generator's, inside RAND_bytes) stays held in the child for ever.
+ * A child's first connect (a keyed handshake) must take no such lock: with one thread
+ * in RAND_bytes nearly all the time and another doing handshakes of its own, every
+ * child connects, authenticates and pings. */
+static volatile int threads_stop;
+static void *rand_loop(void *arg)
+{
+    (void)arg;
+    unsigned char b[64];
+    while (!threads_stop) RAND_bytes(b, sizeof b);
+    return NULL;
+}
+static void *handshake_loop(void *arg)
+{
+    (void)arg;
+    while (!threads_stop) mpb_free(mpb_connect(address));
+    return NULL;
+}
+
+START_TEST(a_child_forked_while_threads_use_openssl_still_connects)
+{
+    setenv("MPBROKER_AUTHKEY", "twenty-four bytes of key", 1);
+    start_server(false);
+    pthread_t t[2];
+    threads_stop = 0;
+    ck_assert_int_eq(pthread_create(&t[0], NULL, rand_loop, NULL), 0);
+    ck_assert_int_eq(pthread_create(&t[1], NULL, handshake_loop, NULL), 0);
+    int bad = 0;
+    for (int i = 0; i < 60; i++) {
+        pid_t pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+            mpb_context *c = mpb_connect(address);
+            _exit(c && !c->err && mpb_ping(c) == MPB_OK ? 0 : 1);
+        }
+        int st, w = 0;
+        for (int ms = 0; ms < 5000 && (w = waitpid(pid, &st, WNOHANG)) == 0; ms += 5) usleep(5000);
+        if (w == 0) { /* deadlocked */
+            kill(pid, SIGKILL);
+            waitpid(pid, &st, 0);
+        }
+        if (w == 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+            bad = i + 1;
+            break;
+        }
+    }
+    threads_stop = 1;
+    pthread_join(t[0], NULL);
+    pthread_join(t[1], NULL);
+    unsetenv("MPBROKER_AUTHKEY");
+    ck_assert_msg(bad == 0, "child %d of 60 hung (5 s) or failed to connect", bad);
+}
+END_TEST
 
 START_TEST(reconnect_gives_up_at_max_wait_not_a_backoff_step_later)
 {
@@ -813,6 +870,7 @@ int main(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, a_forked_child_gets_its_own_connection);
     tcase_add_test(tc, fork_at_every_point_of_a_pipeline);
+    tcase_add_test(tc, a_child_forked_while_threads_use_openssl_still_connects);
     tcase_add_test(tc, reconnect_gives_up_at_max_wait_not_a_backoff_step_later);
     tcase_add_test(tc, reconnect_finds_a_broker_within_one_backoff_step_of_its_start);
     tcase_add_test(tc, without_reconnect_calls_fail_fast_with_connection_error);
