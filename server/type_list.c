@@ -417,7 +417,7 @@ void seq_getitem(mpb_req *r, const mpb_array *a, const char *what)
     }
     int64_t start, stop, step;
     int64_t n = seq_slice(r, 0, r->nargs == 3, (int64_t)a->len, &start, &stop, &step);
-    if (n < 0 || !limits_reply_items(r, (size_t)n, a == &r->self->u.list ?
+    if (n < 0 || !limits_reply_items(r, (size_t)n, strcmp(what, "list") == 0 ?
                                      "list.slice START [COUNT]" :
                                      "array.getitem START STOP, a slice at a time"))
         return;
