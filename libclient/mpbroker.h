@@ -245,7 +245,10 @@ int mpb_list_getitem(mpb_context *c, mpb_ref l, int64_t index, mpb_value *out);
 int mpb_list_setitem(mpb_context *c, mpb_ref l, int64_t index, const mpb_value *v);
 int mpb_list_pop(mpb_context *c, mpb_ref l, int64_t index, mpb_value *out);
 int mpb_list_len(mpb_context *c, mpb_ref l, int64_t *out);
-/* The whole list as an MPB_ARRAY value. */
+/* The whole list as an MPB_ARRAY value. Past the broker's --max-op-items (default 1M
+ * items) this and the other whole-container reads (mpb_dict_copy, mpb_set_copy,
+ * mpb_shared_array_tolist, namespace.vars) fail with errkind "TooLarge": walk such a
+ * container with the mpb_iter_* functions below. */
 int mpb_list_copy(mpb_context *c, mpb_ref l, mpb_value *out);
 
 /*--- dict ---*/

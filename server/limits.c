@@ -1,6 +1,7 @@
 /* limits.c - resource limits and exposure rules: connections (--max-clients, the file
  * descriptors they need, and the room strangers may take while authenticating), stored
- * data (--max-memory), reply size (--max-output), loopback checks for protected mode.
+ * data (--max-memory), reply size (--max-output, --max-op-items), loopback checks for
+ * protected mode.
  * (The socket file's ownership and mode are sockfile.c's.)
  *
  * Where each limit is enforced: admission in main.c's accept callback; memory in
@@ -293,4 +294,28 @@ void limits_check_reply(mpb_req *r, size_t mark)
     reply_error(r, MPB_E_TOO_LARGE, "%s: a reply of %zu bytes would take this connection's "
                 "unsent output over the %zu-byte --max-output limit", r->info->name, reply,
                 g_config.max_output);
+}
+
+/*--- Items per reply ---*/
+
+bool limits_reply_items(mpb_req *r, size_t n, const char *walk)
+{
+    if (g_config.max_op_items == 0 || n <= g_config.max_op_items) return true;
+    /* The broker is one loop: building a reply of millions of items holds every other
+     * client meanwhile. The cursor form reads the same in bounded requests. */
+    reply_error(r, MPB_E_TOO_LARGE, "%s: %zu items in one reply, over the --max-op-items "
+                "limit of %zu: walk it with %s (docs/PROTOCOL.md, Cursors)", r->info->name, n,
+                g_config.max_op_items, walk);
+    return false;
+}
+
+size_t limits_parse_op_items(const char *arg)
+{
+    size_t n = limits_parse_bytes("--max-op-items", arg, 0);
+    if (n != 0 && n < MPB_PAGE_MAX) {
+        fprintf(stderr, "mpbroker-server: --max-op-items wants 0 (no limit) or at least %d, "
+                "not '%s'\n", MPB_PAGE_MAX, arg);
+        exit(2);
+    }
+    return n;
 }

@@ -67,4 +67,13 @@ bool limits_memory_after_create(mpb_req *r);
  * write's reply is left, and conn.c closes a connection that stays over). */
 void limits_check_reply(mpb_req *r, size_t mark);
 
+/* --max-op-items: may a read answer n items (values, keys, pairs, elements) in one
+ * reply? false after replying TooLarge, which names walk, the cursor form that reads
+ * the same a bounded chunk at a time. Called before the reply is built, so a refused
+ * read costs O(1) (set algebra: the counting walk), and changes nothing. */
+bool limits_reply_items(mpb_req *r, size_t n, const char *walk);
+/* --max-op-items as given: a count with K, M or G, 0 (none) or at least MPB_PAGE_MAX
+ * (the chunk clients page with must fit); exits 2 otherwise. */
+size_t limits_parse_op_items(const char *arg);
+
 #endif

@@ -27,6 +27,7 @@
 #include "tls.h"
 
 mpb_config g_config = {.slowlog_us = MPB_DEFAULT_SLOWLOG_US, .slowlog_len = MPB_DEFAULT_SLOWLOG_LEN,
+                       .max_op_items = MPB_DEFAULT_MAX_OP_ITEMS,
                        .max_msg = MPB_READER_DEFAULT_MAX_MSG, .max_depth = MPB_READER_MAX_DEPTH,
                        .max_clients = LIMITS_DEFAULT_MAX_CLIENTS,
                        .max_output = LIMITS_DEFAULT_MAX_OUTPUT,
@@ -136,6 +137,10 @@ static void usage(FILE *f)
             "                          the slow log, manager.slowlog (default %d; K, M\n"
             "                          allowed: 10K is 10240)\n"
             "      --slowlog-len N     entries the slow log keeps (default %d; 0: none)\n"
+            "      --max-op-items N    items a read answers in one reply (default 1M, i.e.\n"
+            "                          %zu; 0: no limit; else at least %d): a whole\n"
+            "                          list.copy, dict.items... over it is TooLarge, and\n"
+            "                          the cursor forms (list.slice...) walk it\n"
             "  -q, --quiet             no start-up message, no connection log\n"
             "  -h, --help              this text\n"
             "  -V, --version           the version\n"
@@ -154,7 +159,8 @@ static void usage(FILE *f)
             human_bytes(out, sizeof out, LIMITS_DEFAULT_MAX_OUTPUT),
             LIMITS_DEFAULT_OUTPUT_TIMEOUT,
             human_bytes(mem, sizeof mem, limits_default_max_memory() & ~(size_t)0xFFFFF),
-            MPB_DEFAULT_SLOWLOG_US, MPB_DEFAULT_SLOWLOG_LEN);
+            MPB_DEFAULT_SLOWLOG_US, MPB_DEFAULT_SLOWLOG_LEN, MPB_DEFAULT_MAX_OP_ITEMS,
+            MPB_PAGE_MAX);
 }
 
 /* arg: non-NULL on a --tls-listen listener. */
@@ -317,7 +323,7 @@ static void parse_args(int argc, char **argv, const char **sock, const char **au
            OPT_OUTPUT_TIMEOUT, OPT_MAX_MEMORY, OPT_AUTH_TIMEOUT, OPT_INSECURE,
            OPT_MAX_HANDSHAKES, OPT_MAX_HANDSHAKES_PER_PEER, OPT_REPAIR, OPT_TLS_LISTEN,
            OPT_TLS_CERT, OPT_TLS_KEY, OPT_TLS_CA,
-           OPT_SLOWLOG_US, OPT_SLOWLOG_LEN };
+           OPT_SLOWLOG_US, OPT_SLOWLOG_LEN, OPT_MAX_OP_ITEMS };
     static const struct option opts[] = {
         {"socket", required_argument, NULL, 's'},
         {"listen", required_argument, NULL, 'l'},
@@ -343,6 +349,7 @@ static void parse_args(int argc, char **argv, const char **sock, const char **au
         {"tls-ca", required_argument, NULL, OPT_TLS_CA},
         {"slowlog-us", required_argument, NULL, OPT_SLOWLOG_US},
         {"slowlog-len", required_argument, NULL, OPT_SLOWLOG_LEN},
+        {"max-op-items", required_argument, NULL, OPT_MAX_OP_ITEMS},
         {"quiet", no_argument, NULL, 'q'},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
@@ -432,6 +439,7 @@ static void parse_args(int argc, char **argv, const char **sock, const char **au
                 exit(2);
             }
             break;
+        case OPT_MAX_OP_ITEMS: g_config.max_op_items = limits_parse_op_items(optarg); break;
         case 'q': g_config.quiet = true; break;
         case 'h': usage(stdout); exit(0);
         case 'V': printf("mpbroker-server %s\n", MPB_VERSION); exit(0);

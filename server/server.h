@@ -38,10 +38,15 @@ typedef struct mpb_config {
     /* The slow log (slowlog.c): */
     uint64_t slowlog_us; /* record requests that run this long or longer */
     size_t slowlog_len;  /* entries kept (0: no slow log) */
+    /* Items a read may answer in one reply (limits_reply_items; 0: unlimited). */
+    size_t max_op_items;
 } mpb_config;
 
 #define MPB_DEFAULT_SLOWLOG_US 10000
 #define MPB_DEFAULT_SLOWLOG_LEN 128
+/* --max-op-items: 1M (2^20, as the option's M suffix reads): a reply that big takes
+ * tens of milliseconds to build, so no whole-container read holds the loop longer. */
+#define MPB_DEFAULT_MAX_OP_ITEMS ((size_t)1 << 20)
 
 extern mpb_config g_config;
 extern bool g_shutdown_requested;
@@ -111,8 +116,9 @@ int64_t seq_index(mpb_req *r, uint32_t i, int64_t len, const char *what);
 /* getitem on a sequence: r->args is INDEX or START STOP [STEP]; replies. */
 void seq_getitem(mpb_req *r, const mpb_array *a, const char *what);
 /* Cursor params START [COUNT] at r->args[i..] (list.slice, dict.items, set.items):
- * START an int >= 0, COUNT an int >= 1, nil or absent (no limit). false after
- * replying TypeError/ValueError. */
+ * START an int >= 0, COUNT an int >= 1, nil or absent (no limit); a COUNT over
+ * --max-op-items is lowered to it (a chunk is a hint: NEXT says where to go on).
+ * false after replying TypeError/ValueError. */
 bool arg_cursor(mpb_req *r, uint32_t i, int64_t *start, int64_t *count);
 
 /* Typecodes (type_value.c), shared by value and array. */

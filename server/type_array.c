@@ -164,6 +164,8 @@ void array_setitem(mpb_req *r)
 /* array.tolist REF */
 void array_tolist(mpb_req *r)
 {
+    if (!limits_reply_items(r, ARR(r->self)->a.len, "array.getitem START STOP, a slice at a time"))
+        return;
     mpb_value v = {.type = MPB_ARRAY, .v.a = &ARR(r->self)->a};
     reply_value(r, &v);
 }

@@ -6,6 +6,7 @@
  */
 #include <stdlib.h>
 
+#include "limits.h"
 #include "mpb_codec.h"
 #include "persist.h"
 #include "server.h"
@@ -259,6 +260,7 @@ void dict_contains(mpb_req *r)
 /* Pack the keys (what 0), values (1) or pairs (2) of m as an array. */
 static void pack_view(mpb_req *r, const mpb_map *m, int what)
 {
+    if (!limits_reply_items(r, m->len, "dict.items START [COUNT]")) return;
     msgpack_packer *pk = reply_begin(r);
     msgpack_pack_array(pk, m->len);
     size_t it = 0;
@@ -377,6 +379,7 @@ void dict_clear(mpb_req *r)
 /* dict.copy REF */
 void dict_copy(mpb_req *r)
 {
+    if (!limits_reply_items(r, DICT(r)->len, "dict.items START [COUNT]")) return;
     mpb_value v = {.type = MPB_MAP, .v.m = DICT(r)};
     reply_value(r, &v);
 }

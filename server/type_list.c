@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "limits.h"
 #include "mpb_codec.h"
 #include "persist.h"
 #include "server.h"
@@ -130,6 +131,8 @@ bool arg_cursor(mpb_req *r, uint32_t i, int64_t *start, int64_t *count)
                     *start < 0 ? "START must be >= 0" : "COUNT must be >= 1");
         return false;
     }
+    if (g_config.max_op_items && (uint64_t)*count > g_config.max_op_items)
+        *count = (int64_t)g_config.max_op_items; /* one chunk is one bounded request */
     return true;
 }
 
@@ -414,7 +417,10 @@ void seq_getitem(mpb_req *r, const mpb_array *a, const char *what)
     }
     int64_t start, stop, step;
     int64_t n = seq_slice(r, 0, r->nargs == 3, (int64_t)a->len, &start, &stop, &step);
-    if (n < 0) return;
+    if (n < 0 || !limits_reply_items(r, (size_t)n, strcmp(what, "list") == 0 ?
+                                     "list.slice START [COUNT]" :
+                                     "array.getitem START STOP, a slice at a time"))
+        return;
     msgpack_packer *pk = reply_begin(r);
     msgpack_pack_array(pk, (size_t)n);
     /* start + k * step for k < n is an index: computed so, it never overflows (a
@@ -543,6 +549,7 @@ void list_slice(mpb_req *r)
 void list_copy(mpb_req *r)
 {
     mpb_array *a = &r->self->u.list;
+    if (!limits_reply_items(r, a->len, "list.slice START [COUNT]")) return;
     msgpack_packer *pk = reply_begin(r);
     msgpack_pack_array(pk, a->len);
     for (size_t i = 0; i < a->len; i++) mpb_value_pack(pk, &a->items[i]);

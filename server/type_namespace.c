@@ -96,9 +96,14 @@ void ns_delattr(mpb_req *r)
     reply_nil(r);
 }
 
-/* namespace.vars REF */
+/* namespace.vars REF [START [COUNT]] */
 void ns_vars(mpb_req *r)
 {
+    if (r->nargs > 0) {
+        map_reply_chunk(r, NS(r), true, 0);
+        return;
+    }
+    if (!limits_reply_items(r, NS(r)->len, "namespace.vars START [COUNT]")) return;
     mpb_value v = {.type = MPB_MAP, .v.m = NS(r)};
     reply_value(r, &v);
 }

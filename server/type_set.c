@@ -260,14 +260,18 @@ static void walk_symmetric(const mpb_map *self, const operand *ops, size_t n, em
 static void reply_walk(mpb_req *r, walk_fn walk)
 {
     operand ops[MAX_OPERANDS];
+    ops[0] = (operand){0}; /* with no OTHER: gcc cannot see that walk reads none */
     size_t n;
     if (!operands(r, 0, ops, &n)) return;
     const mpb_map *self = r->self->u.map;
     emitter count = {NULL, 0};
     walk(self, ops, n, &count);
-    emitter out = {reply_begin(r), 0};
-    msgpack_pack_array(out.pk, count.n);
-    walk(self, ops, n, &out);
+    /* --max-op-items: known only now, but refused before the reply is built. */
+    if (limits_reply_items(r, count.n, "set.items START [COUNT] and combine on the client")) {
+        emitter out = {reply_begin(r), 0};
+        msgpack_pack_array(out.pk, count.n);
+        walk(self, ops, n, &out);
+    }
     free_operands(ops, n);
 }
 
@@ -409,6 +413,7 @@ void set_clear(mpb_req *r)
 
 static void pack_all(mpb_req *r)
 {
+    if (!limits_reply_items(r, SET(r)->len, "set.items START [COUNT]")) return;
     emitter out = {reply_begin(r), 0};
     msgpack_pack_array(out.pk, SET(r)->len);
     walk_intersection(SET(r), NULL, 0, &out); /* every element */

@@ -1,6 +1,7 @@
 /* test_latency.c - issue 21, against a real broker: paged listings (manager.objects and
  * manager.clients with cursors and filters, every survivor seen exactly once while
- * others create and delete), the slow log, the complexity column of the method table.
+ * others create and delete), the slow log, the complexity column of the method table,
+ * the --max-op-items guard on whole-container reads.
  * Speed itself is never asserted (bench/latency measures it).
  */
 #include <check.h>
@@ -440,6 +441,213 @@ START_TEST(slowlog_options_are_checked)
 }
 END_TEST
 
+
+/*--- --max-op-items: whole-container reads ---*/
+
+/* An object of type with n items (array: n zeros of 'i'), made in one create. Items are
+ * the ints 0..n-1 (dict: keys and values; namespace: attributes "a<i>"). */
+static mpb_ref make_big(const char *type, int n)
+{
+    mpb_value init;
+    if (strcmp(type, "array") == 0) {
+        init = mpb_array_value(2);
+        mpb_value tc = mpb_str("i"), len = mpb_int(n);
+        ck_assert_int_eq(mpb_value_push(&init, &tc), 0);
+        ck_assert_int_eq(mpb_value_push(&init, &len), 0);
+    } else if (strcmp(type, "dict") == 0 || strcmp(type, "namespace") == 0) {
+        mpb_map *m = mpb_map_new();
+        ck_assert_ptr_nonnull(m);
+        for (int i = 0; i < n; i++) {
+            char name[32];
+            snprintf(name, sizeof name, "a%d", i);
+            mpb_value k = type[0] == 'd' ? mpb_int(i) : mpb_str(name), v = mpb_int(i);
+            ck_assert_int_eq(mpb_map_set(m, &k, &v, NULL), 1);
+        }
+        init = (mpb_value){.type = MPB_MAP, .v.m = m};
+    } else {
+        init = mpb_array_value((size_t)n);
+        for (int i = 0; i < n; i++) {
+            mpb_value v = mpb_int(i);
+            ck_assert_int_eq(mpb_value_push(&init, &v), 0);
+        }
+    }
+    mpb_ref r;
+    ck_assert_msg(mpb_create(C, type, &init, &r) == MPB_OK, "create %s: %s", type, C->errstr);
+    mpb_value_free(&init);
+    return r;
+}
+
+/* The array [from, from + 1, ... from + n - 1] (owned). */
+static mpb_value ints(int from, int n)
+{
+    mpb_value arr = mpb_array_value((size_t)n);
+    for (int i = 0; i < n; i++) {
+        mpb_value v = mpb_int(from + i);
+        ck_assert_int_eq(mpb_value_push(&arr, &v), 0);
+    }
+    return arr;
+}
+
+static void guard_start(const char *max_op_items)
+{
+    const char *args[] = {"--max-op-items", max_op_items, NULL};
+    tb_start(&SB, 0, max_op_items ? args : NULL);
+    C = tb_connect(&SB);
+}
+
+/* method on ref (with args) is TooLarge, and the message names the limit and walk. */
+#define EXPECT_TOO_LARGE(walk, method, ...)                                               \
+    do {                                                                                  \
+        EXPECT_ERR("TooLarge", method, __VA_ARGS__);                                      \
+        ck_assert_msg(strstr(C->errstr, "--max-op-items") && strstr(C->errstr, walk),     \
+                      "%s: '%s' names no --max-op-items and %s", method, C->errstr, walk); \
+    } while (0)
+
+/* The length of ref (its family's len method) is n. */
+static void expect_len(mpb_ref ref, const char *len_method, int64_t n)
+{
+    mpb_value arg = mpb_refv(ref), got;
+    ck_assert_int_eq(mpb_call(C, len_method, &arg, 1, &got), MPB_OK);
+    ck_assert_int_eq(got.type, MPB_INT);
+    ck_assert_int_eq(got.v.i, n);
+}
+
+/* Every whole-container read of an object one item over the limit is TooLarge naming
+ * its cursor form, and changes nothing; at the limit each answers everything. */
+START_TEST(whole_container_reads_past_max_op_items_are_too_large_and_change_nothing)
+{
+    guard_start("1000");
+    mpb_ref l = make_big("list", 1001), d = make_big("dict", 1001);
+    mpb_ref ns = make_big("namespace", 1001), st = make_big("set", 1001);
+    mpb_ref a = make_big("array", 1001), small = make_big("set", 600);
+    EXPECT_TOO_LARGE("list.slice", "list.copy", mpb_refv(l));
+    EXPECT_TOO_LARGE("list.slice", "list.getitem", mpb_refv(l), NIL, NIL);
+    EXPECT_TOO_LARGE("list.slice", "list.getitem", mpb_refv(l), I(-1), NIL, I(-1));
+    EXPECT_TOO_LARGE("dict.items START", "dict.keys", mpb_refv(d));
+    EXPECT_TOO_LARGE("dict.items START", "dict.values", mpb_refv(d));
+    EXPECT_TOO_LARGE("dict.items START", "dict.items", mpb_refv(d));
+    EXPECT_TOO_LARGE("dict.items START", "dict.copy", mpb_refv(d));
+    EXPECT_TOO_LARGE("namespace.vars START", "namespace.vars", mpb_refv(ns));
+    EXPECT_TOO_LARGE("set.items START", "set.copy", mpb_refv(st));
+    EXPECT_TOO_LARGE("set.items START", "set.items", mpb_refv(st));
+    EXPECT_TOO_LARGE("set.items START", "set.union", mpb_refv(st));
+    EXPECT_TOO_LARGE("set.items START", "set.difference", mpb_refv(st), tb_lit("[100000]"));
+    EXPECT_TOO_LARGE("array.getitem", "array.tolist", mpb_refv(a));
+    EXPECT_TOO_LARGE("array.getitem", "array.getitem", mpb_refv(a), NIL, NIL);
+    /* A result over the limit from operands under it: 600 + 500 new elements. */
+    EXPECT_TOO_LARGE("set.items START", "set.union", mpb_refv(small), ints(10000, 500));
+    EXPECT_TOO_LARGE("set.items START", "set.symmetric_difference", mpb_refv(small),
+                     ints(10000, 500));
+    /* Nothing changed; small results of the same methods still answer. */
+    expect_len(l, "list.len", 1001);
+    expect_len(d, "dict.len", 1001);
+    expect_len(st, "set.len", 1001);
+    expect_len(small, "set.len", 600);
+    expect_len(a, "array.len", 1001);
+    EXPECT("[1000]", "list.getitem", mpb_refv(l), I(1000), NIL);
+    EXPECT("[2]", "set.intersection", mpb_refv(st), tb_lit("[2, 5000]"));
+    /* At the limit, everything in one reply. */
+    TB_EXPECT(C, "1000", "list.pop", mpb_refv(l));
+    TB_EXPECT(C, "1000", "dict.pop", mpb_refv(d), I(1000));
+    TB_EXPECT(C, "None", "namespace.delattr", mpb_refv(ns), S("a1000"));
+    TB_EXPECT(C, "None", "set.remove", mpb_refv(st), I(1000));
+    const char *whole[][2] = {{"list.copy", "L"}, {"dict.keys", "D"}, {"dict.values", "D"},
+                              {"dict.items", "D"}, {"dict.copy", "D"}, {"namespace.vars", "N"},
+                              {"set.copy", "S"}, {"set.items", "S"}, {"set.union", "S"}};
+    for (size_t i = 0; i < sizeof whole / sizeof whole[0]; i++) {
+        char t = whole[i][1][0];
+        mpb_value arg = mpb_refv(t == 'L' ? l : t == 'D' ? d : t == 'N' ? ns : st), got;
+        ck_assert_msg(mpb_call(C, whole[i][0], &arg, 1, &got) == MPB_OK, "%s: %s", whole[i][0],
+                      C->errstr);
+        size_t n = got.type == MPB_MAP ? got.v.m->len : got.v.a->len;
+        ck_assert_msg(n == 1000, "%s: %zu items", whole[i][0], n);
+        mpb_value_free(&got);
+    }
+}
+END_TEST
+
+/* The cursor forms walk what the one-reply forms refuse: a chunk asked bigger than the
+ * limit, or with no COUNT, is cut to it, and NEXT goes on to the end. The limit takes
+ * K as the other count options do (1K: 1024). */
+START_TEST(cursor_forms_walk_everything_past_the_limit)
+{
+    guard_start("1K");
+    mpb_ref l = make_big("list", 2500), d = make_big("dict", 2500);
+    mpb_ref ns = make_big("namespace", 2500), st = make_big("set", 2500);
+    EXPECT_TOO_LARGE("list.slice", "list.getitem", mpb_refv(l), I(0), I(1025));
+    EXPECT_TOO_LARGE("list.slice", "list.copy", mpb_refv(l));
+    mpb_value pg, args3[3] = {mpb_refv(l), I(0), I(1024)};
+    ck_assert_int_eq(mpb_call(C, "list.getitem", args3, 3, &pg), MPB_OK); /* at the limit */
+    ck_assert_uint_eq(pg.v.a->len, 1024);
+    mpb_value_free(&pg);
+    struct { mpb_ref ref; const char *method; char kind; } walks[] = {
+        {l, "list.slice", 'l'}, {d, "dict.items", 'd'}, {ns, "namespace.vars", 'n'},
+        {st, "set.items", 's'}};
+    for (size_t w = 0; w < sizeof walks / sizeof walks[0]; w++)
+        for (int with_count = 0; with_count < 2; with_count++) {
+            int64_t cursor = 0, seen = 0, chunks = 0;
+            while (cursor >= 0) {
+                mpb_value args[3] = {mpb_refv(walks[w].ref), I(cursor), I(1000000)};
+                const mpb_array *rows = page(C, walks[w].method, args, with_count ? 3 : 2, &pg,
+                                             &cursor);
+                ck_assert_uint_le(rows->len, 1024);
+                for (size_t i = 0; i < rows->len; i++, seen++) {
+                    const mpb_value *it = &rows->items[i];
+                    if (walks[w].kind == 'd' || walks[w].kind == 'n') {
+                        ck_assert_int_eq(it->v.a->items[1].v.i, seen);
+                        it = &it->v.a->items[0];
+                    }
+                    if (walks[w].kind == 'n') {
+                        char name[32];
+                        snprintf(name, sizeof name, "a%lld", (long long)seen);
+                        ck_assert_str_eq(it->v.s, name);
+                    } else {
+                        ck_assert_int_eq(it->v.i, seen);
+                    }
+                }
+                mpb_value_free(&pg);
+                chunks++;
+            }
+            ck_assert_msg(seen == 2500 && chunks == 3, "%s: %lld items in %lld chunks",
+                          walks[w].method, (long long)seen, (long long)chunks);
+        }
+}
+END_TEST
+
+/* The default limit is 1M (2^20) items; 0 lifts it. */
+START_TEST(the_default_is_one_m_items_and_zero_is_no_limit)
+{
+    guard_start(_i == 0 ? NULL : "0");
+    mpb_ref l = big_list((1 << 20) + 1);
+    mpb_value arg = mpb_refv(l), got;
+    if (_i == 0) {
+        EXPECT_TOO_LARGE("list.slice", "list.copy", mpb_refv(l));
+        ck_assert_ptr_nonnull(strstr(C->errstr, "1048577 items"));
+        ck_assert_ptr_nonnull(strstr(C->errstr, "limit of 1048576"));
+        ck_assert_int_eq(mpb_call(C, "list.pop", &arg, 1, NULL), MPB_OK); /* to the limit */
+    }
+    ck_assert_int_eq(mpb_call(C, "list.copy", &arg, 1, &got), MPB_OK);
+    ck_assert_uint_eq(got.v.a->len, _i == 0 ? 1 << 20 : (1 << 20) + 1);
+    mpb_value_free(&got);
+}
+END_TEST
+
+START_TEST(max_op_items_option_is_checked_and_documented)
+{
+    static char out[32768];
+    const char *bad[][3] = {{"--max-op-items", "-1", NULL}, {"--max-op-items", "10X", NULL},
+                            {"--max-op-items", "999", NULL}, {"--max-op-items", "", NULL}};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        int st = tb_run_server(bad[i], out, sizeof out);
+        ck_assert_msg(st == 2, "%s '%s': exit %d: %s", bad[i][0], bad[i][1], st, out);
+        ck_assert_ptr_nonnull(strstr(out, bad[i][0]));
+    }
+    const char *help[] = {"--help", NULL};
+    ck_assert_int_eq(tb_run_server(help, out, sizeof out), 0);
+    ck_assert_ptr_nonnull(strstr(out, "--max-op-items N"));
+}
+END_TEST
+
 /*--- The complexity column ---*/
 
 /* Every method has a cost in the method table (served by manager.methods), and
@@ -495,6 +703,13 @@ static Suite *latency_suite(void)
     tcase_add_test(sl, the_slow_log_is_a_bounded_ring_newest_first_and_resets);
     tcase_add_test(sl, the_shell_shows_and_resets_the_slow_log);
     suite_add_tcase(s, sl);
+    TCase *gd = tcase_create("max-op-items");
+    tcase_set_timeout(gd, 240);
+    tcase_add_checked_fixture(gd, NULL, slow_teardown);
+    tcase_add_test(gd, whole_container_reads_past_max_op_items_are_too_large_and_change_nothing);
+    tcase_add_test(gd, cursor_forms_walk_everything_past_the_limit);
+    tcase_add_loop_test(gd, the_default_is_one_m_items_and_zero_is_no_limit, 0, 2);
+    suite_add_tcase(s, gd);
     TCase *cx = tcase_create("cost");
     tcase_add_checked_fixture(cx, setup, teardown);
     tcase_set_timeout(cx, 60);
@@ -503,6 +718,7 @@ static Suite *latency_suite(void)
     TCase *opt = tcase_create("options");
     tcase_set_timeout(opt, 60); /* four brokers refusing to start, under ASan too */
     tcase_add_test(opt, slowlog_options_are_checked);
+    tcase_add_test(opt, max_op_items_option_is_checked_and_documented);
     suite_add_tcase(s, opt);
     return s;
 }

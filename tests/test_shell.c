@@ -517,13 +517,13 @@ START_TEST(help_comes_from_the_method_table) {
     run r;
     RUN(&r, NULL, "help", "namespace");
     expect(&r, 0,
-           "METHOD             ARGS                   COST  WHAT IT DOES\n"
-           "namespace.getattr  REF NAME               O(1)  attribute NAME (AttributeError if none)\n"
-           "namespace.setattr  REF NAME VALUE         O(1)  set attribute NAME\n"
-           "namespace.delattr  REF NAME               O(1)  delete attribute NAME (AttributeError if none)\n"
-           "namespace.vars     REF                    O(N)  every attribute, as a map\n"
-           "namespace.incr     REF NAME [DELTA]       O(1)  add DELTA (1) to attribute NAME (absent counts as 0); returns the new value\n"
-           "namespace.cas      REF NAME EXPECTED NEW  O(1)  set NAME to NEW if it equals EXPECTED (absent matches nil); returns true if set\n",
+           "METHOD             ARGS                   COST                    WHAT IT DOES\n"
+           "namespace.getattr  REF NAME               O(1)                    attribute NAME (AttributeError if none)\n"
+           "namespace.setattr  REF NAME VALUE         O(1)                    set attribute NAME\n"
+           "namespace.delattr  REF NAME               O(1)                    delete attribute NAME (AttributeError if none)\n"
+           "namespace.vars     REF [START [COUNT]]    O(N), a chunk O(COUNT)  every attribute, as a map; with START a chunk: [PAIRS, NEXT]\n"
+           "namespace.incr     REF NAME [DELTA]       O(1)                    add DELTA (1) to attribute NAME (absent counts as 0); returns the new value\n"
+           "namespace.cas      REF NAME EXPECTED NEW  O(1)                    set NAME to NEW if it equals EXPECTED (absent matches nil); returns true if set\n",
            "");
     RUN(&r, NULL, "help", "list.append");
     expect(&r, 0,

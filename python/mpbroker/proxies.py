@@ -14,7 +14,7 @@ import weakref
 from multiprocessing import context as _mpctx
 
 from ._mpbroker import Connection, Ref
-from .client import get_client
+from .client import TooLarge, get_client
 
 __all__ = ['BaseProxy', 'ListProxy', 'DictProxy', 'NamespaceProxy', 'QueueProxy',
            'AcquirerProxy', 'ConditionProxy', 'EventProxy', 'BarrierProxy', 'ValueProxy',
@@ -241,6 +241,34 @@ class _Chunks:
         return item
 
 
+def _whole(proxy, method, walk, *args):
+    """The reply of a whole-container read: one call, taken at one instant, while the
+    broker allows it; past its --max-op-items (TooLarge) walk() reads the same through
+    the cursor form, a bounded chunk per call, so a big container stays readable (not
+    at one instant then, as iterating over it is not)."""
+    try:
+        return proxy._call(method, *args)
+    except TooLarge:
+        return walk()
+
+
+def _pairs(proxy, method):
+    """Every [key, value] pair of a dict or namespace, a chunk per call."""
+    return [(_hashable(k), v) for k, v in _Chunks(proxy, method)]
+
+
+def _slice_pages(proxy, method, s):
+    """proxy[s] for a list or array (getitem START STOP [STEP]) through slices of at
+    most _Chunks.CHUNK items each."""
+    out = []
+    r = range(*s.indices(proxy._call(method[:method.index('.')] + '.len')))
+    for k in range(0, len(r), _Chunks.CHUNK):
+        part = r[k:k + _Chunks.CHUNK]
+        stop = part.stop if part.stop >= 0 else None  # -1 as a stop means "before 0"
+        out.extend(proxy._call(method, part.start, stop, part.step))
+    return out
+
+
 def _clamp(i):
     # A slice bound past int64 means "past the end", as in Python's slices (the
     # broker takes int64 bounds only).
@@ -279,7 +307,8 @@ class ListProxy(BaseProxy):
 
     def __getitem__(self, i):
         if isinstance(i, slice):
-            return self._call('list.getitem', *_slice_args(i))
+            return _whole(self, 'list.getitem', lambda: _slice_pages(self, 'list.getitem', i),
+                          *_slice_args(i))
         return self._call('list.getitem', _clamp(i))
 
     def __setitem__(self, i, v):
@@ -299,13 +328,13 @@ class ListProxy(BaseProxy):
         return (item for chunk in [_Chunks(self, 'list.slice')] for item in chunk)
 
     def __reversed__(self):
-        return reversed(self._call('list.copy'))
+        return reversed(self.copy())
 
     def __add__(self, other):
-        return self._call('list.copy') + other
+        return self.copy() + other
 
     def __mul__(self, n):
-        return self._call('list.copy') * n
+        return self.copy() * n
 
     __rmul__ = __mul__
 
@@ -318,7 +347,7 @@ class ListProxy(BaseProxy):
         if n <= 0:
             self._call('list.clear')
         elif n > 1:
-            self._call('list.extend', self._call('list.copy') * (n - 1))
+            self._call('list.extend', self.copy() * (n - 1))
         return self
 
     def append(self, v):
@@ -348,14 +377,14 @@ class ListProxy(BaseProxy):
     def sort(self, *, key=None, reverse=False):
         if key is None:
             return self._call('list.sort', reverse)
-        items = sorted(self._call('list.copy'), key=key, reverse=reverse)  # not atomic
+        items = sorted(self.copy(), key=key, reverse=reverse)  # not atomic
         self._call('list.setitem', None, None, items)
 
     def clear(self):
         return self._call('list.clear')
 
     def copy(self):
-        return self._call('list.copy')
+        return _whole(self, 'list.copy', lambda: list(_Chunks(self, 'list.slice')))
 
     _getvalue = copy
 
@@ -396,13 +425,15 @@ class DictProxy(BaseProxy):
         return self._call('dict.get', _key(k), default)
 
     def keys(self):
-        return [_hashable(k) for k in self._call('dict.keys')]
+        return [_hashable(k) for k in
+                _whole(self, 'dict.keys', lambda: [k for k, _ in _pairs(self, 'dict.items')])]
 
     def values(self):
-        return self._call('dict.values')
+        return _whole(self, 'dict.values', lambda: [v for _, v in _pairs(self, 'dict.items')])
 
     def items(self):
-        return [(_hashable(k), v) for k, v in self._call('dict.items')]
+        return [(_hashable(k), v) for k, v in
+                _whole(self, 'dict.items', lambda: _pairs(self, 'dict.items'))]
 
     def pop(self, k, *default):
         return self._call('dict.pop', _key(k), *default)
@@ -422,7 +453,7 @@ class DictProxy(BaseProxy):
         return self._call('dict.clear')
 
     def copy(self):
-        return self._call('dict.copy')
+        return _whole(self, 'dict.copy', lambda: dict(_pairs(self, 'dict.items')))
 
     _getvalue = copy
 
@@ -463,10 +494,10 @@ class NamespaceProxy(BaseProxy):
         return self._call('namespace.cas', name, expected, new)
 
     def _vars(self):
-        return self._call('namespace.vars')
+        return _whole(self, 'namespace.vars', lambda: dict(_pairs(self, 'namespace.vars')))
 
     def __str__(self):
-        items = self._call('namespace.vars').items()
+        items = self._vars().items()
         return 'Namespace(%s)' % ', '.join('%s=%r' % kv for kv in items if kv[0][:1] != '_')
 
 
@@ -716,7 +747,8 @@ class ArrayProxy(BaseProxy):
 
     def __getitem__(self, i):
         if isinstance(i, slice):
-            return self._call('array.getitem', *_slice_args(i))
+            return _whole(self, 'array.getitem',
+                          lambda: _slice_pages(self, 'array.getitem', i), *_slice_args(i))
         return self._call('array.getitem', _clamp(i))
 
     def __setitem__(self, i, v):
@@ -725,10 +757,11 @@ class ArrayProxy(BaseProxy):
         return self._call('array.setitem', _clamp(i), v)
 
     def __iter__(self):
-        return iter(self._call('array.tolist'))
+        return iter(self.tolist())
 
     def tolist(self):
-        return self._call('array.tolist')
+        return _whole(self, 'array.tolist',
+                      lambda: _slice_pages(self, 'array.getitem', slice(None)))
 
     _getvalue = tolist
 
@@ -763,21 +796,28 @@ class SetProxy(BaseProxy):
         return self._call('set.clear')
 
     def copy(self):
-        return set(_hashable(x) for x in self._call('set.copy'))
+        return set(_hashable(x) for x in
+                   _whole(self, 'set.copy', lambda: list(_Chunks(self, 'set.items'))))
 
     _getvalue = copy
 
     def update(self, *others):
         return self._call('set.update', *[_operand(o) for o in others])
 
+    def _algebra(self, op, others):
+        # A result past --max-op-items is computed here from paged copies instead.
+        return set(map(_hashable, _whole(
+            self, 'set.' + op, lambda: getattr(self.copy(), op)(*map(_local, others)),
+            *[_operand(o) for o in others])))
+
     def union(self, *others):
-        return set(map(_hashable, self._call('set.union', *[_operand(o) for o in others])))
+        return self._algebra('union', others)
 
     def intersection(self, *others):
-        return set(map(_hashable, self._call('set.intersection', *[_operand(o) for o in others])))
+        return self._algebra('intersection', others)
 
     def difference(self, *others):
-        return set(map(_hashable, self._call('set.difference', *[_operand(o) for o in others])))
+        return self._algebra('difference', others)
 
     def issubset(self, other):
         return self._call('set.issubset', _operand(other))
@@ -791,6 +831,18 @@ class SetProxy(BaseProxy):
 
 def _hashable(x):
     return tuple(map(_hashable, x)) if isinstance(x, list) else x
+
+
+def _local(o):
+    """What the broker takes an OTHER operand to be, read here: a set, list or dict's
+    keys (a namespace's attribute names), or the iterable itself."""
+    if isinstance(o, SetProxy):
+        return o.copy()
+    if isinstance(o, (ListProxy, DictProxy)):
+        return map(_hashable, o.copy())
+    if isinstance(o, NamespaceProxy):
+        return o._vars().keys()
+    return o
 
 
 def _operand(o):

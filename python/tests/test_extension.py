@@ -777,5 +777,75 @@ class WatchAndAtomic(unittest.TestCase):
         self.assertEqual(d.copy(), {'a': 800, 'b': 200})
 
 
+class BigContainers(unittest.TestCase):
+    """Past the broker's --max-op-items a whole-container read is TooLarge; the proxies
+    then read the same through the cursor forms (issue 21)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.m = mpbroker.SyncManager(server_args=['--max-op-items', '1000'])
+        cls.m.start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.m.shutdown()
+        if cls.m._exitcode != 0:
+            raise RuntimeError('the broker exited with %r' % cls.m._exitcode)
+
+    def test_the_broker_refuses_the_one_reply_form(self):
+        l = self.m.list(range(1001))
+        with self.assertRaises(mpbroker.TooLarge):
+            l._call('list.copy')
+        self.assertEqual(len(l), 1001)
+
+    def test_list(self):
+        want = list(range(2500))
+        l = self.m.list(want)
+        self.assertEqual(l.copy(), want)
+        self.assertEqual(l[:], want)
+        self.assertEqual(l[::-1], want[::-1])
+        self.assertEqual(l[10:2400:3], want[10:2400:3])
+        self.assertEqual(l[-5::-7], want[-5::-7])
+        self.assertEqual(list(reversed(l)), want[::-1])
+        self.assertEqual(l + [1], want + [1])
+        self.assertEqual(str(l), str(want))
+        l.sort(key=lambda x: -x)
+        self.assertEqual(l[:], sorted(want, reverse=True))
+
+    def test_dict(self):
+        want = {i: str(i) for i in range(2500)}
+        want[(1, 2)] = 'tuple key'
+        d = self.m.dict(want)
+        self.assertEqual(d.copy(), want)
+        self.assertEqual(d.keys(), list(want.keys()))
+        self.assertEqual(d.values(), list(want.values()))
+        self.assertEqual(d.items(), list(want.items()))
+
+    def test_namespace(self):
+        want = {'a%d' % i: i for i in range(1500)}
+        ns = self.m.Namespace(**want)
+        self.assertEqual(ns._vars(), want)
+        self.assertIn('a1499=1499', str(ns))
+
+    def test_set(self):
+        want = set(range(2500))
+        s = self.m.set(want)
+        small = self.m.set(range(10))
+        self.assertEqual(s.copy(), want)
+        self.assertEqual(s.union([-1, (1, 2)]), want | {-1, (1, 2)})
+        self.assertEqual(s.difference(small, [20]), want - set(range(10)) - {20})
+        self.assertEqual(s.intersection(range(5)), set(range(5)))  # small: one call
+        self.assertEqual(small.union(self.m.list(range(5000, 6000))),
+                         set(range(10)) | set(range(5000, 6000)))
+
+    def test_array(self):
+        want = list(range(2500))
+        a = self.m.Array('i', want)
+        self.assertEqual(a.tolist(), want)
+        self.assertEqual(a[:], want)
+        self.assertEqual(a[::-2], want[::-2])
+        self.assertEqual(list(a), want)
+
+
 if __name__ == '__main__':
     unittest.main()
