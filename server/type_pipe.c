@@ -303,8 +303,9 @@ void pipe_recv(mpb_req *r)
     pend *d = &p->end[e];
     if (d->len > 0) {
         /* A receiver gone since it sent this takes nothing: another connection bound
-         * to the end may still receive the value. */
-        if (wait_caller_gone(r)) return;
+         * to the end may still receive the value. Alone on the end, its going closes
+         * the end and drops the value anyway: no poll(2) then. */
+        if (d->bound > 1 && wait_caller_gone(r)) return;
         mpb_value v = pop(d);
         reply_value(r, &v);
         objects_discard_value(&v);

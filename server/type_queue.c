@@ -216,7 +216,6 @@ static void do_get(mpb_req *r, bool block, double timeout)
 {
     qstate *q = Q(r->self);
     if (q->len > 0) {
-        if (wait_caller_gone(r)) return; /* the item would go to nobody: it stays */
         mpb_value v = pop(q);
         reply_value(r, &v);
         objects_discard_value(&v);
