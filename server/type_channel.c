@@ -107,7 +107,16 @@ static void channel_conn_gone(mpb_object *o, uint64_t conn_id, uintptr_t count)
     uint32_t nr = (uint32_t)(count & READER_BITS), nw = (uint32_t)(count >> 32);
     c->nreaders -= nr <= c->nreaders ? nr : c->nreaders;
     c->nwriters -= nw <= c->nwriters ? nw : c->nwriters;
-    if ((nr && c->nreaders == 0) || (nw && c->nwriters == 0)) retire_channel(o);
+    if ((nr && c->nreaders == 0) || (nw && c->nwriters == 0)) {
+        if (c->retired) return;
+        retire_channel(o);
+        /* A change no call made: counted as the channel.retire it amounts to. */
+        const char *end = nr && c->nreaders == 0 ? "reader" : "writer";
+        msgpack_object arg = {.type = MSGPACK_OBJECT_STR,
+                              .via.str = {.size = (uint32_t)strlen(end), .ptr = end}};
+        watch_bump(o, "channel.retire", &arg, 1);
+        persist_log_version(o);
+    }
 }
 
 const mpb_type_ops mpb_channel_ops = {channel_init, channel_destroy, channel_length,

@@ -20,6 +20,7 @@
 #include "mpb_codec.h"
 #include "persist.h"
 #include "wait.h"
+#include "watch.h"
 
 typedef struct pend {
     mpb_value *ring; /* values sent to this end, unread: ring[(head + i) % cap] */
@@ -86,7 +87,13 @@ static void pipe_conn_gone(mpb_object *o, uint64_t conn_id, uintptr_t count)
     pstate *p = P(o);
     for (int e = 0; e < 2; e++) {
         if (!(count & ((uintptr_t)1 << e)) || p->end[e].bound == 0) continue;
-        if (--p->end[e].bound == 0 && !p->end[e].closed) close_end(o, e);
+        if (--p->end[e].bound == 0 && !p->end[e].closed) {
+            close_end(o, e);
+            /* A change no call made: counted as the pipe.close it amounts to. */
+            msgpack_object end = {.type = MSGPACK_OBJECT_POSITIVE_INTEGER, .via.u64 = (uint64_t)e};
+            watch_bump(o, "pipe.close", &end, 1);
+            persist_log_version(o);
+        }
     }
 }
 

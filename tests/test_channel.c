@@ -476,6 +476,19 @@ START_TEST(poison_is_refused_in_an_atomic_batch)
 }
 END_TEST
 
+/* Retirement by a closing connection is a change no call made: it counts as a write. */
+START_TEST(retirement_by_a_closing_connection_bumps_the_version)
+{
+    mpb_ref ch = tb_create(C, "channel", NULL);
+    mpb_context *a = tb_connect(&B);
+    TB_EXPECT(a, "None", "channel.join", R(ch), S("writer"));
+    EXPECT("1", "manager.version", R(ch));
+    mpb_free(a);
+    await_info(ch, "retired", "True");
+    EXPECT("2", "manager.version", R(ch));
+}
+END_TEST
+
 /*--- What a parked write keeps ---*/
 
 static int64_t stat_int(const char *key)
@@ -625,6 +638,7 @@ static Suite *channel_suite(void)
     tcase_add_test(tc, a_reader_gone_before_its_read_runs_takes_nothing);
     tcase_add_test(tc, a_select_that_completes_bumps_its_channels_version);
     tcase_add_test(tc, poison_is_refused_in_an_atomic_batch);
+    tcase_add_test(tc, retirement_by_a_closing_connection_bumps_the_version);
     suite_add_tcase(s, tc);
     return s;
 }
