@@ -88,11 +88,12 @@ static void pipe_conn_gone(mpb_object *o, uint64_t conn_id, uintptr_t count)
     for (int e = 0; e < 2; e++) {
         if (!(count & ((uintptr_t)1 << e)) || p->end[e].bound == 0) continue;
         if (--p->end[e].bound == 0 && !p->end[e].closed) {
-            close_end(o, e);
-            /* A change no call made: counted as the pipe.close it amounts to. */
+            /* A change no call made: counted as the pipe.close it amounts to, before
+             * the polls it answers count theirs. */
             msgpack_object end = {.type = MSGPACK_OBJECT_POSITIVE_INTEGER, .via.u64 = (uint64_t)e};
             watch_bump(o, "pipe.close", &end, 1);
             persist_log_version(o);
+            close_end(o, e);
         }
     }
 }
