@@ -445,6 +445,12 @@ START_TEST(a_select_that_completes_bumps_its_channels_version)
     expect_finish(s, "[1, 6]");
     EXPECT("4", "manager.version", R(ch[1]));
     EXPECT("0", "manager.version", R(ch[0]));
+    /* Plain calls: one each, the parked one when it completes. */
+    mpb_context *wr = START("channel.write", R(ch[0]), V("7"));
+    await_info(ch[0], "waiting_writers", "1");
+    EXPECT("7", "channel.read", R(ch[0]));
+    expect_finish(wr, "None");
+    EXPECT("2", "manager.version", R(ch[0]));
 }
 END_TEST
 
