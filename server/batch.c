@@ -186,6 +186,10 @@ static const char *refused(int id)
     if ((m->flags & (MPB_F_WRITE | MPB_F_NOLOG)) == (MPB_F_WRITE | MPB_F_NOLOG))
         return "its effect (ownership) is not one an undo takes back";
     if (id == MPB_M_SEM_RELEASE) return "it changes ownership, which no undo takes back";
+    /* The undo puts back a copy made from the snapshot form, which holds only the
+     * poison: the joined ends and the retirement would be lost with it. */
+    if (id == MPB_M_CHANNEL_POISON)
+        return "a channel's joins and retirement are not in the copy an undo puts back";
     return NULL;
 }
 

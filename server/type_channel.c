@@ -33,6 +33,7 @@
 #include "mpb_codec.h"
 #include "persist.h"
 #include "wait.h"
+#include "watch.h"
 
 typedef struct chan_sel chan_sel;
 
@@ -106,7 +107,16 @@ static void channel_conn_gone(mpb_object *o, uint64_t conn_id, uintptr_t count)
     uint32_t nr = (uint32_t)(count & READER_BITS), nw = (uint32_t)(count >> 32);
     c->nreaders -= nr <= c->nreaders ? nr : c->nreaders;
     c->nwriters -= nw <= c->nwriters ? nw : c->nwriters;
-    if ((nr && c->nreaders == 0) || (nw && c->nwriters == 0)) retire_channel(o);
+    if ((nr && c->nreaders == 0) || (nw && c->nwriters == 0)) {
+        if (c->retired) return;
+        retire_channel(o);
+        /* A change no call made: counted as the channel.retire it amounts to. */
+        const char *end = nr && c->nreaders == 0 ? "reader" : "writer";
+        msgpack_object arg = {.type = MSGPACK_OBJECT_STR,
+                              .via.str = {.size = (uint32_t)strlen(end), .ptr = end}};
+        watch_bump(o, "channel.retire", &arg, 1);
+        persist_log_version(o);
+    }
 }
 
 const mpb_type_ops mpb_channel_ops = {channel_init, channel_destroy, channel_length,
@@ -267,6 +277,15 @@ static void guards_free(guard *g, uint32_t n)
     free(g);
 }
 
+/* A select that completed on channel ch counts as a write to ch: manager.select has
+ * no object of its own, so neither dispatch_run nor wait_done bumps a version for it
+ * (a plain read or write is bumped there, as its channel is its object). */
+static void select_bump(mpb_object *ch)
+{
+    watch_bump(ch, "manager.select", NULL, 0);
+    persist_log_version(ch);
+}
+
 /* Complete guard i of the calling request against the parked offer f. */
 static void rendezvous(mpb_req *r, bool select, guard *g, uint32_t i, chan_offer *f)
 {
@@ -281,6 +300,8 @@ static void rendezvous(mpb_req *r, bool select, guard *g, uint32_t i, chan_offer
     }
     sel_free(f->sel);
     CH(g[i].chan)->rendezvous++;
+    if (select) select_bump(g[i].chan);
+    if (their_select) select_bump(g[i].chan);
     mpb_req them;
     wait_req(w, &them);
     mpb_value nil = mpb_nil();
@@ -321,7 +342,11 @@ static void run_guards(mpb_req *r, guard *g, uint32_t n, bool select, double tim
     for (uint32_t i = 0; i < n; i++) {
         chan_offer *f = live_partner(g[i].chan, g[i].write);
         if (f) {
-            rendezvous(r, select, g, i, f);
+            /* A caller gone since it sent this (its request and its hang-up read in
+             * one loop round) completes nothing: its partner stays parked, never told
+             * "done" for a value that would go to nobody (or delivered one from a
+             * writer that is gone). */
+            if (!wait_caller_gone(r)) rendezvous(r, select, g, i, f);
             guards_free(g, n);
             return;
         }

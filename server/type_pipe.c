@@ -20,6 +20,7 @@
 #include "mpb_codec.h"
 #include "persist.h"
 #include "wait.h"
+#include "watch.h"
 
 typedef struct pend {
     mpb_value *ring; /* values sent to this end, unread: ring[(head + i) % cap] */
@@ -86,7 +87,14 @@ static void pipe_conn_gone(mpb_object *o, uint64_t conn_id, uintptr_t count)
     pstate *p = P(o);
     for (int e = 0; e < 2; e++) {
         if (!(count & ((uintptr_t)1 << e)) || p->end[e].bound == 0) continue;
-        if (--p->end[e].bound == 0 && !p->end[e].closed) close_end(o, e);
+        if (--p->end[e].bound == 0 && !p->end[e].closed) {
+            /* A change no call made: counted as the pipe.close it amounts to, before
+             * the polls it answers count theirs. */
+            msgpack_object end = {.type = MSGPACK_OBJECT_POSITIVE_INTEGER, .via.u64 = (uint64_t)e};
+            watch_bump(o, "pipe.close", &end, 1);
+            persist_log_version(o);
+            close_end(o, e);
+        }
     }
 }
 
@@ -302,6 +310,10 @@ void pipe_recv(mpb_req *r)
     pstate *p = P(r->self);
     pend *d = &p->end[e];
     if (d->len > 0) {
+        /* A receiver gone since it sent this takes nothing: another connection bound
+         * to the end may still receive the value. Alone on the end, its going closes
+         * the end and drops the value anyway: no poll(2) then. */
+        if (d->bound > 1 && wait_caller_gone(r)) return;
         mpb_value v = pop(d);
         reply_value(r, &v);
         objects_discard_value(&v);

@@ -142,7 +142,9 @@ mpb_waiter *waitq_pop(mpb_waitq *q)
 mpb_waiter *waitq_pop_live(mpb_waitq *q)
 {
     mpb_waiter *w;
-    while ((w = waitq_pop(q)) && conn_peer_left(w->conn)) wait_conn_closed(w->conn);
+    /* conn_peer_gone, not conn_peer_left: a getter whose socket hung up in this loop
+     * round, before its read event ran, is as gone as one not read any more. */
+    while ((w = waitq_pop(q)) && conn_peer_gone(w->conn)) wait_conn_closed(w->conn);
     return w;
 }
 
@@ -155,6 +157,13 @@ void waitq_fail_all(mpb_waitq *q, mpb_errkind kind, const char *msg)
         reply_error(&r, kind, "%s", msg);
         wait_done(w);
     }
+}
+
+bool wait_caller_gone(mpb_req *r)
+{
+    if (r->notify || !conn_peer_gone(r->conn)) return false;
+    r->failed = true; /* no effect: no version bump */
+    return true;
 }
 
 void wait_conn_closed(mpb_conn *c)

@@ -68,11 +68,16 @@ void wait_answer_bool(mpb_waiter *w, bool result);
 void wait_timeout_false(mpb_waiter *w);
 /* Pop the oldest waiter of q (unlinked), or NULL. */
 mpb_waiter *waitq_pop(mpb_waitq *q);
-/* waitq_pop, cancelling on the way waiters whose peer has left (conn_peer_left): for
- * a hand-off that must not be lost unread. */
+/* waitq_pop, cancelling on the way waiters whose peer has left (conn_peer_gone, one
+ * poll(2) each): for a hand-off that must not be lost unread. */
 mpb_waiter *waitq_pop_live(mpb_waitq *q);
 /* Answer every waiter in q with an error (an object going away, a barrier broken). */
 void waitq_fail_all(mpb_waitq *q, mpb_errkind kind, const char *msg);
+/* Is the calling connection's peer gone (conn_peer_gone: its socket hung up, though
+ * the loop may not have seen it yet)? Then r is marked failed and left unanswered: a
+ * call that would take a value (a read, a recv, a rendezvous) must not, since its
+ * answer would go to nobody. One poll(2); call it only when a value is about to move. */
+bool wait_caller_gone(mpb_req *r);
 /* Its connection is closing: cancel the waiter without replying. */
 void wait_conn_closed(mpb_conn *c);
 size_t wait_parked_count(void);

@@ -396,6 +396,105 @@ START_TEST(a_dead_reader_never_loses_a_written_value)
 }
 END_TEST
 
+/* A reader gone before its read runs (its request and its hang-up read in one loop
+ * round): a parked writer must not hear "done" for a value that went to nobody. */
+START_TEST(a_reader_gone_before_its_read_runs_takes_nothing)
+{
+    mpb_ref ch = tb_create(C, "channel", NULL);
+    mpb_context *w = START("channel.write", R(ch), V("'precious'"));
+    await_info(ch, "waiting_writers", "1");
+    mpb_value read[] = {R(ch)};
+    tb_call_then_hang_up(&B, C, "channel.read", read, 1);
+    const char *const r[] = {"r"};
+    mpb_value sel[] = {guards(1, &ch, r)};
+    tb_call_then_hang_up(&B, C, "manager.select", sel, 1);
+    mpb_value_free(&sel[0]);
+    ck_assert(!answered(w));
+    assert_info(ch, "rendezvous", "0");
+    assert_info(ch, "waiting_writers", "1");
+    EXPECT("'precious'", "channel.read", R(ch));
+    expect_finish(w, "None");
+    /* A writer gone before its write runs delivers nothing to a parked reader. */
+    mpb_context *rd = START("channel.read", R(ch));
+    await_info(ch, "waiting_readers", "1");
+    mpb_value write[] = {R(ch), S("half")};
+    tb_call_then_hang_up(&B, C, "channel.write", write, 2);
+    mpb_value_free(&write[1]);
+    ck_assert(!answered(rd));
+    EXPECT("None", "channel.write", R(ch), V("'whole'"));
+    expect_finish(rd, "'whole'");
+}
+END_TEST
+
+/* manager.select has no object of its own: a select that completes on a channel
+ * counts as a write to that channel (its version, its watchers), on either side. */
+START_TEST(a_select_that_completes_bumps_its_channels_version)
+{
+    mpb_ref ch[2] = {tb_create(C, "channel", NULL), tb_create(C, "channel", NULL)};
+    const char *const rr[2] = {"r", "r"}, *const w[1] = {"w:5"};
+    EXPECT("0", "manager.version", R(ch[1]));
+    mpb_context *s = START("manager.select", guards(2, ch, rr));
+    await_info(ch[1], "waiting_readers", "1");
+    EXPECT("[0, None]", "manager.select", guards(1, &ch[1], w)); /* select meets select */
+    expect_finish(s, "[1, 5]");
+    EXPECT("2", "manager.version", R(ch[1])); /* one per select */
+    EXPECT("0", "manager.version", R(ch[0])); /* the guard that did not fire */
+    s = START("manager.select", guards(2, ch, rr));
+    await_info(ch[1], "waiting_readers", "1");
+    EXPECT("None", "channel.write", R(ch[1]), V("6")); /* a write meets a select */
+    expect_finish(s, "[1, 6]");
+    EXPECT("4", "manager.version", R(ch[1]));
+    EXPECT("0", "manager.version", R(ch[0]));
+    /* Plain calls: one each, the parked one when it completes. */
+    mpb_context *wr = START("channel.write", R(ch[0]), V("7"));
+    await_info(ch[0], "waiting_writers", "1");
+    EXPECT("7", "channel.read", R(ch[0]));
+    expect_finish(wr, "None");
+    EXPECT("2", "manager.version", R(ch[0]));
+}
+END_TEST
+
+/* The undo of a failed manager.atomic puts back a copy made from the snapshot form,
+ * which holds only the poison: channel.poison is refused there, so no batch can wipe
+ * a channel's joined ends or its retirement. */
+START_TEST(poison_is_refused_in_an_atomic_batch)
+{
+    mpb_ref ch = tb_create(C, "channel", NULL), l = tb_create(C, "list", NULL);
+    EXPECT("None", "channel.join", R(ch), S("writer"));
+    EXPECT("None", "channel.join", R(ch), S("reader"));
+    mpb_value ops = mpb_array_value(2), op = mpb_array_value(2), params = mpb_array_value(1);
+    mpb_value ref = R(ch), name = S("channel.poison");
+    mpb_value_push(&params, &ref);
+    mpb_value_push(&op, &name);
+    mpb_value_push(&op, &params);
+    mpb_value_push(&ops, &op);
+    op = mpb_array_value(2), params = mpb_array_value(1), ref = R(l), name = S("list.pop");
+    mpb_value_push(&params, &ref);
+    mpb_value_push(&op, &name);
+    mpb_value_push(&op, &params);
+    mpb_value_push(&ops, &op); /* fails: the list is empty */
+    EXPECT_ERR("BadRequest", "manager.atomic", ops);
+    assert_info(ch, "poisoned", "False");
+    assert_info(ch, "readers", "1");
+    assert_info(ch, "writers", "1");
+    EXPECT("None", "channel.retire", R(ch), S("writer"));
+    assert_info(ch, "retired", "True");
+}
+END_TEST
+
+/* Retirement by a closing connection is a change no call made: it counts as a write. */
+START_TEST(retirement_by_a_closing_connection_bumps_the_version)
+{
+    mpb_ref ch = tb_create(C, "channel", NULL);
+    mpb_context *a = tb_connect(&B);
+    TB_EXPECT(a, "None", "channel.join", R(ch), S("writer"));
+    EXPECT("1", "manager.version", R(ch));
+    mpb_free(a);
+    await_info(ch, "retired", "True");
+    EXPECT("2", "manager.version", R(ch));
+}
+END_TEST
+
 /*--- What a parked write keeps ---*/
 
 static int64_t stat_int(const char *key)
@@ -542,6 +641,10 @@ static Suite *channel_suite(void)
     tcase_add_test(tc, a_dead_reader_never_loses_a_written_value);
     tcase_add_test(tc, a_network_of_ten_processes_stops_on_poison);
     tcase_add_test(tc, a_parked_value_is_counted_and_keeps_its_references_alive);
+    tcase_add_test(tc, a_reader_gone_before_its_read_runs_takes_nothing);
+    tcase_add_test(tc, a_select_that_completes_bumps_its_channels_version);
+    tcase_add_test(tc, poison_is_refused_in_an_atomic_batch);
+    tcase_add_test(tc, retirement_by_a_closing_connection_bumps_the_version);
     suite_add_tcase(s, tc);
     return s;
 }

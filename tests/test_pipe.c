@@ -284,6 +284,35 @@ START_TEST(an_end_closes_when_its_last_bound_connection_does)
 }
 END_TEST
 
+/* A receiver gone before its recv runs (its request and its hang-up read in one loop
+ * round) takes nothing: the value stays for another connection bound to the end. */
+START_TEST(a_receiver_gone_before_its_recv_runs_takes_nothing)
+{
+    mpb_ref p = tb_create(C, "pipe", NULL);
+    EXPECT("False", "pipe.poll", R(p), I(0)); /* C is bound to end 0 too */
+    EXPECT("None", "pipe.send", R(p), I(1), V("'kept'"));
+    mpb_value recv[] = {R(p), I(0)};
+    tb_call_then_hang_up(&B, C, "pipe.recv", recv, 2);
+    await_info(p, "bound", "[1, 1]");
+    await_info(p, "pending", "[1, 0]");
+    EXPECT("'kept'", "pipe.recv", R(p), I(0), V("0"));
+}
+END_TEST
+
+/* An end closed by its last connection going is a change no call made: it counts as
+ * a write (the version, watchers), as a dead holder's semaphore unit does. */
+START_TEST(an_end_closed_by_its_last_connection_bumps_the_version)
+{
+    mpb_ref p = tb_create(C, "pipe", NULL);
+    mpb_context *a = tb_connect(&B);
+    TB_EXPECT(a, "None", "pipe.send", R(p), I(1), V("1"));
+    EXPECT("1", "manager.version", R(p));
+    mpb_free(a);
+    await_info(p, "closed", "[False, True]");
+    EXPECT("2", "manager.version", R(p));
+}
+END_TEST
+
 /*--- Many messages ---*/
 
 #define MANY 100000
@@ -434,6 +463,8 @@ static Suite *pipe_suite(void)
     tcase_add_test(tc, recv_and_poll_timeouts);
     tcase_add_test(tc, bad_arguments_get_clear_errors_and_change_nothing);
     tcase_add_test(tc, pending_values_are_counted_and_keep_their_references_alive);
+    tcase_add_test(tc, a_receiver_gone_before_its_recv_runs_takes_nothing);
+    tcase_add_test(tc, an_end_closed_by_its_last_connection_bumps_the_version);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -220,6 +220,35 @@ START_TEST(a_killed_waiter_does_not_swallow_an_item)
 }
 END_TEST
 
+/* A parked getter that hangs up in the same loop round as a put arrives, the put
+ * read first (the broker stopped meanwhile): the item must not go to the getter whose
+ * socket is already closed, though its read event has not run yet. */
+START_TEST(a_getter_gone_in_the_same_round_as_a_put_does_not_swallow_the_item)
+{
+    mpb_ref q = make("queue", NULL);
+    mpb_context *putter = tb_connect(&B);
+    for (int round = 0; round < 3; round++) {
+        int fd = tb_raw_connect(&B);
+        mpb_value args[] = {R(q)};
+        tb_send_call(fd, 1, "queue.get", args, 1);
+        await_parked(1);
+        tb_pause(&B);
+        mpb_value put[] = {R(q), V("'kept'")};
+        ck_assert_int_eq(mpb_append_call(putter, "queue.put", put, 2), MPB_OK);
+        mpb_value_free(&put[1]);
+        ck_assert_int_eq(mpb_flush(putter), MPB_OK);
+        usleep(20000); /* the put's bytes are in the broker's socket before the hang-up */
+        close(fd);
+        tb_resume(&B);
+        ck_assert_int_eq(mpb_get_reply(putter, NULL), MPB_OK);
+        for (int i = 0; i < 500 && parked_count() > 0; i++) usleep(10000);
+        EXPECT("1", "queue.qsize", R(q));
+        EXPECT("'kept'", "queue.get", R(q));
+    }
+    mpb_free(putter);
+}
+END_TEST
+
 START_TEST(a_parked_request_holds_back_later_requests_on_its_connection)
 {
     mpb_ref q = make("queue", NULL);
@@ -810,6 +839,7 @@ int main(void)
     tcase_add_test(tc, joinable_queue_join_waits_for_every_task_across_processes);
     tcase_add_test(tc, queue_holds_a_million_items);
     tcase_add_test(tc, a_killed_waiter_does_not_swallow_an_item);
+    tcase_add_test(tc, a_getter_gone_in_the_same_round_as_a_put_does_not_swallow_the_item);
     tcase_add_test(tc, a_parked_request_holds_back_later_requests_on_its_connection);
     tcase_add_test(tc, two_hundred_parked_waiters_while_others_keep_working);
     tcase_add_test(tc, blocking_calls_sent_as_notifications_are_never_answered);

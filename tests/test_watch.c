@@ -128,6 +128,17 @@ static const wcase cases[] = {
     {"value.set", "value", NULL, "[5]", NULL},
     {"value.incr", "value", NULL, "[]", NULL},
     {"array.setitem", "array", "['i', 3]", "[0, 7]", NULL},
+    {"pipe.send", "pipe", NULL, "[1, 'x']", NULL},
+    {"pipe.recv", "pipe", NULL, "[0]", "pipe.send [1, 'x']"},
+    {"pipe.poll", "pipe", NULL, "[0]", NULL}, /* a write: it binds the end */
+    {"pipe.close", "pipe", NULL, "[0]", NULL},
+    /* a rendezvous needs a second connection: see test_channel's
+     * a_select_that_completes_bumps_its_channels_version */
+    {"channel.write", NULL, NULL, NULL, NULL},
+    {"channel.read", NULL, NULL, NULL, NULL},
+    {"channel.poison", "channel", NULL, "[]", NULL},
+    {"channel.join", "channel", NULL, "['reader']", NULL},
+    {"channel.retire", "channel", NULL, "['reader']", "channel.join ['reader']"},
 };
 
 static const wcase *case_for(const char *method)

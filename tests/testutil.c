@@ -504,3 +504,51 @@ int tb_run_server(const char *const *args, char *out, size_t outlen)
     for (size_t i = 0; args[i] != NULL && i < 38; i++) argv[i + 1] = args[i];
     return tb_run_prog(argv, -1, NULL, out, outlen);
 }
+
+int tb_client_count(mpb_context *c)
+{
+    mpb_value cl;
+    ck_assert_int_eq(mpb_call(c, "manager.clients", NULL, 0, &cl), MPB_OK);
+    ck_assert_int_eq(cl.type, MPB_ARRAY);
+    int n = (int)cl.v.a->len;
+    mpb_value_free(&cl);
+    return n;
+}
+
+/* The state letter of process pid (/proc/PID/stat), or '?'. */
+static char proc_state(pid_t pid)
+{
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/%ld/stat", (long)pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return '?';
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    const char *p = strrchr(buf, ')'); /* the name may hold spaces */
+    return p && p[1] == ' ' ? p[2] : '?';
+}
+
+void tb_pause(const tb_broker *b)
+{
+    ck_assert_int_eq(kill(b->pid, SIGSTOP), 0);
+    for (int i = 0; i < 1000 && proc_state(b->pid) != 'T'; i++) usleep(1000);
+    ck_assert_int_eq(proc_state(b->pid), 'T');
+}
+
+void tb_resume(const tb_broker *b) { ck_assert_int_eq(kill(b->pid, SIGCONT), 0); }
+
+void tb_call_then_hang_up(const tb_broker *b, mpb_context *c, const char *method,
+                          const mpb_value *params, size_t n)
+{
+    int before = tb_client_count(c);
+    int fd = tb_raw_connect(b);
+    for (int i = 0; i < 500 && tb_client_count(c) == before; i++) usleep(10000);
+    ck_assert_int_eq(tb_client_count(c), before + 1); /* accepted (and no handshake) */
+    tb_pause(b);
+    tb_send_call(fd, 1, method, params, n);
+    close(fd);
+    tb_resume(b);
+    for (int i = 0; i < 500 && tb_client_count(c) > before; i++) usleep(10000);
+    ck_assert_int_eq(tb_client_count(c), before);
+}

@@ -40,6 +40,18 @@ int tb_read_msg(int fd, mpb_value *out, int timeout_ms);
 /* Read until EOF within timeout_ms; returns 1 if the peer closed, 0 if not. */
 int tb_wait_closed(int fd, int timeout_ms);
 
+/* The number of connections manager.clients lists (c's own included). */
+int tb_client_count(mpb_context *c);
+/* Send [0, 1, method, params] on a new raw connection and close it, both while the
+ * broker is stopped (SIGSTOP), so that it reads the request and the hang-up in one
+ * loop round: a client gone before its request runs. Returns once the broker has
+ * closed that connection (asked through c). params are not freed. */
+void tb_call_then_hang_up(const tb_broker *b, mpb_context *c, const char *method,
+                          const mpb_value *params, size_t n);
+/* Stop (SIGSTOP) the broker and return once it is stopped; tb_resume continues it. */
+void tb_pause(const tb_broker *b);
+void tb_resume(const tb_broker *b);
+
 /*--- Other programs, maybe as another user ---*/
 /* Start argv (argv[0] a path) with env changed ("NAME=value" set, "NAME" unset; env
  * may be NULL), as uid when uid >= 0 (setpriv --reuid=uid --regid=uid
