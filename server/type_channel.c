@@ -33,6 +33,7 @@
 #include "mpb_codec.h"
 #include "persist.h"
 #include "wait.h"
+#include "watch.h"
 
 typedef struct chan_sel chan_sel;
 
@@ -268,6 +269,12 @@ static void guards_free(guard *g, uint32_t n)
 }
 
 /* Complete guard i of the calling request against the parked offer f. */
+static void bump_select(mpb_object *ch)
+{
+    watch_bump(ch, "manager.select", NULL, 0);
+    persist_log_version(ch); /* lazy, as for every write that is not logged */
+}
+
 static void rendezvous(mpb_req *r, bool select, guard *g, uint32_t i, chan_offer *f)
 {
     mpb_waiter *w = f->sel->w;
@@ -281,6 +288,12 @@ static void rendezvous(mpb_req *r, bool select, guard *g, uint32_t i, chan_offer
     }
     sel_free(f->sel);
     CH(g[i].chan)->rendezvous++;
+    /* A rendezvous is a write to the channel by each side (watch.h): a channel.read or
+     * channel.write counts as its own write (dispatch_run, or wait_done when parked),
+     * but manager.select has no object of its own, so its side is counted here, on
+     * the channel that met. */
+    if (select) bump_select(g[i].chan);
+    if (their_select) bump_select(g[i].chan);
     mpb_req them;
     wait_req(w, &them);
     mpb_value nil = mpb_nil();

@@ -267,6 +267,30 @@ START_TEST(a_channel_rendezvous_bumps_once_per_side)
     ck_assert_msg((!strcmp(seen[0], "channel.write") && !strcmp(seen[1], "channel.read")) ||
                   (!strcmp(seen[0], "channel.read") && !strcmp(seen[1], "channel.write")),
                   "%s %s", seen[0], seen[1]);
+    /* Review: a side that is a manager.select bumped nothing (select has no object of
+     * its own). Now: a select reading from a parked write, then a parked select
+     * meeting a write: two bumps each time. */
+    ck_assert_int_eq(mpb_append_call(wr, "channel.write", wa, 3), MPB_OK);
+    ck_assert_int_eq(mpb_flush(wr), MPB_OK);
+    usleep(100000);
+    mpb_value gl = mpb_array_value(1), g0 = mpb_array_value(2), gr = R(ch), gk = mpb_str("read");
+    mpb_value_push(&g0, &gr);
+    mpb_value_push(&g0, &gk);
+    mpb_value_push(&gl, &g0);
+    mpb_value sa[2] = {gl, mpb_float(10)};
+    ck_assert_int_eq(mpb_call(C, "manager.select", sa, 2, &res), MPB_OK);
+    mpb_value_free(&res);
+    ck_assert_int_eq(mpb_get_reply(wr, &res), MPB_OK);
+    mpb_value_free(&res);
+    ck_assert_int_eq(version_of(C, ch), 4);
+    ck_assert_int_eq(mpb_append_call(wr, "manager.select", sa, 2), MPB_OK);
+    ck_assert_int_eq(mpb_flush(wr), MPB_OK);
+    usleep(100000);
+    EXPECT("None", "channel.write", R(ch), I(6), mpb_float(10));
+    ck_assert_int_eq(mpb_get_reply(wr, &res), MPB_OK);
+    mpb_value_free(&res);
+    mpb_value_free(&gl);
+    ck_assert_int_eq(version_of(C, ch), 6);
     mpb_free(wr);
     mpb_free(w);
 }
