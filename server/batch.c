@@ -78,6 +78,16 @@ static bool fill_copy(mpb_req *r, mpb_object *o, mpb_object *copy)
         ok = manager_init_object(&cr, copy, 0);
         if (!ok) r->failed = r->replied = true;
     }
+    /* A dict, namespace or set copied by reinserting its entries is compacted: its
+     * entries would get new positions, and a cursor walk (dict.items / set.items START)
+     * running across a failed batch would skip or repeat entries. The copy takes the
+     * original's layout, tombstones included, so that an undo puts back the positions. */
+    if (ok && (o->type == MPB_OT_DICT || o->type == MPB_OT_NAMESPACE || o->type == MPB_OT_SET) &&
+        mpb_map_layout_like(copy->u.map, o->u.map) != 0) {
+        ok = false;
+        reply_error(r, MPB_E_OUT_OF_MEMORY, "%s: no room to copy object %llu for the batch's undo",
+                    r->info->name, (unsigned long long)o->id);
+    }
     /* Queue items: ["call", "queue.put_nowait", [REF, ITEM]] each. */
     for (size_t i = 0; ok && i < nitems; i++) {
         ok = msgpack_unpack_next(&u, sb.data, sb.size, &off) == MSGPACK_UNPACK_SUCCESS;
@@ -186,10 +196,12 @@ static const char *refused(int id)
     if ((m->flags & (MPB_F_WRITE | MPB_F_NOLOG)) == (MPB_F_WRITE | MPB_F_NOLOG))
         return "its effect (ownership) is not one an undo takes back";
     if (id == MPB_M_SEM_RELEASE) return "it changes ownership, which no undo takes back";
-    /* The undo puts back a copy made from the snapshot form, which holds only the
-     * poison: the joined ends and the retirement would be lost with it. */
-    if (id == MPB_M_CHANNEL_POISON)
-        return "a channel's joins and retirement are not in the copy an undo puts back";
+    /* A copy is made from the snapshot form, and a pipe's or channel's is not its whole
+     * state (values in flight, the connections joined, the rendezvous count): an undo
+     * from it would lose them (a failed batch that poisoned a channel would unjoin
+     * every reader and writer). */
+    if ((m->flags & MPB_F_WRITE) && (m->self == MPB_OT_CHANNEL || m->self == MPB_OT_PIPE))
+        return "a channel's or pipe's state is not one an undo can copy";
     return NULL;
 }
 

@@ -283,10 +283,11 @@ static void guards_free(guard *g, uint32_t n)
 static void select_bump(mpb_object *ch)
 {
     watch_bump(ch, "manager.select", NULL, 0);
-    persist_log_version(ch);
+    persist_log_version(ch); /* lazy, as for every write that is not logged */
 }
 
 /* Complete guard i of the calling request against the parked offer f. */
+
 static void rendezvous(mpb_req *r, bool select, guard *g, uint32_t i, chan_offer *f)
 {
     mpb_waiter *w = f->sel->w;
@@ -300,6 +301,10 @@ static void rendezvous(mpb_req *r, bool select, guard *g, uint32_t i, chan_offer
     }
     sel_free(f->sel);
     CH(g[i].chan)->rendezvous++;
+    /* A rendezvous is a write to the channel by each side (watch.h): a channel.read or
+     * channel.write counts as its own write (dispatch_run, or wait_done when parked),
+     * but manager.select has no object of its own, so its side is counted here, on
+     * the channel that met. */
     if (select) select_bump(g[i].chan);
     if (their_select) select_bump(g[i].chan);
     mpb_req them;

@@ -373,6 +373,55 @@ fail:
     return NULL;
 }
 
+int mpb_map_layout_like(mpb_map *m, const mpb_map *model)
+{
+    if (m->len != model->len)
+        return -1;
+    size_t cap = model->cap;
+    mpb_map_entry *e = cap ? malloc(cap * sizeof *e) : NULL;
+    uint32_t *ix = model->index_cap ? malloc(model->index_cap * sizeof *ix) : NULL;
+    if ((cap && e == NULL) || (model->index_cap && ix == NULL)) {
+        free(e);
+        free(ix);
+        return -1;
+    }
+    /* Check first that both hold the same keys in the same order (by hash): only
+     * then is moving m's entries to model's slots the same map. */
+    size_t it = 0;
+    for (size_t pos = 0; pos < model->used; pos++) {
+        if (model->entries[pos].key.type == MPB_TOMBSTONE)
+            continue;
+        const mpb_map_entry *src = mpb_map_next(m, &it);
+        if (src == NULL || src->hash != model->entries[pos].hash) {
+            free(e);
+            free(ix);
+            return -1;
+        }
+    }
+    it = 0;
+    for (size_t pos = 0; pos < model->used; pos++) {
+        if (model->entries[pos].key.type == MPB_TOMBSTONE) {
+            e[pos].hash = 0;
+            e[pos].key = mpb_nil();
+            e[pos].key.type = MPB_TOMBSTONE;
+            e[pos].val = mpb_nil();
+        } else {
+            e[pos] = *mpb_map_next(m, &it); /* moved: m's array is freed, not its entries */
+        }
+    }
+    free(m->entries);
+    free(m->index);
+    m->entries = e;
+    m->cap = cap;
+    m->used = model->used;
+    m->base = model->base;
+    m->index = ix;
+    m->index_cap = model->index_cap;
+    if (ix != NULL)
+        index_fill(m);
+    return 0;
+}
+
 size_t mpb_map_memsize(const mpb_map *m)
 {
     size_t n = sizeof *m + m->cap * sizeof *m->entries + m->index_cap * sizeof *m->index;

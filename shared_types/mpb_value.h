@@ -157,6 +157,12 @@ bool mpb_map_pop_last(mpb_map *m, mpb_value *key_out, mpb_value *val_out);
 mpb_map_entry *mpb_map_next(const mpb_map *m, size_t *it);
 /* Deep copy; NULL on allocation failure. */
 mpb_map *mpb_map_dup(const mpb_map *m);
+/* Give m, which holds the same entries as model in the same order (a copy made by
+ * reinserting model's entries), model's exact layout: the same slots, tombstones and
+ * base, so that every entry has the position it has in model and a cursor into model
+ * is one into m. 0, or -1 (allocation failure, or not the same keys in the same
+ * order) with m unchanged. */
+int mpb_map_layout_like(mpb_map *m, const mpb_map *model);
 /* Cursors over insertion order that survive deletions and compaction. An entry's
  * logical position (its slot + base) grows with insertion order and never decreases,
  * so a walk resumed at a cursor sees, once each and in order, every entry present

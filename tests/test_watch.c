@@ -128,17 +128,18 @@ static const wcase cases[] = {
     {"value.set", "value", NULL, "[5]", NULL},
     {"value.incr", "value", NULL, "[]", NULL},
     {"array.setitem", "array", "['i', 3]", "[0, 7]", NULL},
-    {"pipe.send", "pipe", NULL, "[1, 'x']", NULL},
-    {"pipe.recv", "pipe", NULL, "[0]", "pipe.send [1, 'x']"},
-    {"pipe.poll", "pipe", NULL, "[0]", NULL}, /* a write: it binds the end */
+    /* Pipes and channels (merged after this table was written: it failed on them). */
+    {"pipe.send", "pipe", NULL, "[0, 1]", NULL},
+    {"pipe.recv", "pipe", NULL, "[0]", "pipe.send [1, 5]"},
+    {"pipe.poll", "pipe", NULL, "[0]", "pipe.send [1, 5]"},
     {"pipe.close", "pipe", NULL, "[0]", NULL},
-    /* a rendezvous needs a second connection: see test_channel's
-     * a_select_that_completes_bumps_its_channels_version */
+    /* channel.write and channel.read park until a partner comes: see
+     * a_channel_rendezvous_bumps_once_per_side */
     {"channel.write", NULL, NULL, NULL, NULL},
     {"channel.read", NULL, NULL, NULL, NULL},
     {"channel.poison", "channel", NULL, "[]", NULL},
     {"channel.join", "channel", NULL, "['reader']", NULL},
-    {"channel.retire", "channel", NULL, "['reader']", "channel.join ['reader']"},
+    {"channel.retire", "channel", NULL, "['writer']", "channel.join ['writer'];channel.join ['writer']"},
 };
 
 static const wcase *case_for(const char *method)
@@ -234,6 +235,64 @@ START_TEST(condition_wait_bumps_when_woken)
     mpb_value_free(&p);
     ck_assert_int_eq(version_of(o, cv), v0 + 5);
     mpb_free(o);
+}
+END_TEST
+
+/* channel.write and channel.read only complete together: each side bumps once. */
+START_TEST(a_channel_rendezvous_bumps_once_per_side)
+{
+    mpb_ref ch = tb_create(C, "channel", NULL);
+    mpb_context *wr = tb_connect(&B), *w = tb_connect(&B);
+    mpb_value a = R(ch);
+    ck_assert_int_eq(mpb_call(w, "manager.watch", &a, 1, NULL), MPB_OK);
+    mpb_value wa[3] = {R(ch), I(5), mpb_float(10)};
+    ck_assert_int_eq(mpb_append_call(wr, "channel.write", wa, 3), MPB_OK);
+    ck_assert_int_eq(mpb_flush(wr), MPB_OK);
+    usleep(100000);
+    ck_assert_int_eq(version_of(C, ch), 0); /* parked: nothing happened yet */
+    EXPECT("5", "channel.read", R(ch));
+    mpb_value res;
+    ck_assert_int_eq(mpb_get_reply(wr, &res), MPB_OK);
+    mpb_value_free(&res);
+    ck_assert_int_eq(version_of(C, ch), 2);
+    char seen[2][64];
+    for (int i = 0; i < 2; i++) {
+        char method[32];
+        mpb_value p = next_note(w, 2000, method, sizeof method);
+        ck_assert_str_eq(method, "changed");
+        ck_assert_int_eq(p.v.a->items[1].v.i, i + 1);
+        snprintf(seen[i], sizeof seen[i], "%s", p.v.a->items[2].v.s);
+        mpb_value_free(&p);
+    }
+    ck_assert_msg((!strcmp(seen[0], "channel.write") && !strcmp(seen[1], "channel.read")) ||
+                  (!strcmp(seen[0], "channel.read") && !strcmp(seen[1], "channel.write")),
+                  "%s %s", seen[0], seen[1]);
+    /* Review: a side that is a manager.select bumped nothing (select has no object of
+     * its own). Now: a select reading from a parked write, then a parked select
+     * meeting a write: two bumps each time. */
+    ck_assert_int_eq(mpb_append_call(wr, "channel.write", wa, 3), MPB_OK);
+    ck_assert_int_eq(mpb_flush(wr), MPB_OK);
+    usleep(100000);
+    mpb_value gl = mpb_array_value(1), g0 = mpb_array_value(2), gr = R(ch), gk = mpb_str("read");
+    mpb_value_push(&g0, &gr);
+    mpb_value_push(&g0, &gk);
+    mpb_value_push(&gl, &g0);
+    mpb_value sa[2] = {gl, mpb_float(10)};
+    ck_assert_int_eq(mpb_call(C, "manager.select", sa, 2, &res), MPB_OK);
+    mpb_value_free(&res);
+    ck_assert_int_eq(mpb_get_reply(wr, &res), MPB_OK);
+    mpb_value_free(&res);
+    ck_assert_int_eq(version_of(C, ch), 4);
+    ck_assert_int_eq(mpb_append_call(wr, "manager.select", sa, 2), MPB_OK);
+    ck_assert_int_eq(mpb_flush(wr), MPB_OK);
+    usleep(100000);
+    EXPECT("None", "channel.write", R(ch), I(6), mpb_float(10));
+    ck_assert_int_eq(mpb_get_reply(wr, &res), MPB_OK);
+    mpb_value_free(&res);
+    mpb_value_free(&gl);
+    ck_assert_int_eq(version_of(C, ch), 6);
+    mpb_free(wr);
+    mpb_free(w);
 }
 END_TEST
 
@@ -743,6 +802,67 @@ START_TEST(expect_conflicts_and_refusals)
 }
 END_TEST
 
+/* Review: a failed batch put back a compacted copy of a dict or set, so a cursor walk
+ * across it skipped the entries after the tombstones (PROTOCOL.md promises each entry
+ * present for the whole walk exactly once). */
+START_TEST(a_cursor_walk_across_a_failed_batch_sees_every_entry_once)
+{
+    const char *types[] = {"dict", "set"};
+    for (int t = 0; t < 2; t++) {
+        bool isd = t == 0;
+        mpb_ref m = tb_create(C, types[t], isd ? "{0: 0, 1: 1, 2: 2, 3: 3, 4: 4, 5: 5, 6: 6, 7: 7, 8: 8, 9: 9, "
+                                               "10: 10, 11: 11, 12: 12, 13: 13, 14: 14, 15: 15}"
+                                             : "[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]");
+        for (int i = 0; i < 8; i++) { /* tombstones ahead of the live entries */
+            char a[16];
+            snprintf(a, sizeof a, "[%d]", i);
+            ck_assert_int_eq(call_on(C, isd ? "dict.delitem" : "set.remove", m, a), MPB_OK);
+        }
+        const char *items = isd ? "dict.items" : "set.items";
+        EXPECT(isd ? "[[[8, 8], [9, 9], [10, 10]], 11]" : "[[8, 9, 10], 11]", items, R(m), I(0), I(3));
+        ck_assert_int_eq(atomic(C, OPS(op(isd ? "dict.setitem" : "set.add", m, isd ? "['x', 1]" : "['x']"),
+                                       op(isd ? "dict.delitem" : "set.remove", m, "[3]"),
+                                       op(isd ? "dict.delitem" : "set.remove", m, "['nokey']")), NULL),
+                         MPB_ERR_REPLY);
+        ck_assert_str_eq(C->errkind, "KeyError");
+        EXPECT(isd ? "[[[11, 11], [12, 12], [13, 13], [14, 14], [15, 15]], None]"
+                   : "[[11, 12, 13, 14, 15], None]", items, R(m), I(11), mpb_nil());
+        /* The table works on: lookups, a delete and an insert after the undo. */
+        ck_assert_int_eq(call_on(C, isd ? "dict.delitem" : "set.remove", m, "[12]"), MPB_OK);
+        ck_assert_int_eq(call_on(C, isd ? "dict.setitem" : "set.add", m, isd ? "['y', 2]" : "['y']"), MPB_OK);
+        EXPECT(isd ? "[[8, 8], [9, 9], [10, 10], [11, 11], [13, 13], [14, 14], [15, 15], ['y', 2]]"
+                   : "[8, 9, 10, 11, 13, 14, 15, 'y']", items, R(m));
+    }
+}
+END_TEST
+
+/* Review: channel.poison was let into batches, and the undo (a copy from the
+ * snapshot form, which holds only "poisoned") unjoined every reader and writer. */
+START_TEST(a_batch_refuses_channel_and_pipe_writes)
+{
+    mpb_ref ch = tb_create(C, "channel", NULL), d = tb_create(C, "dict", NULL);
+    EXPECT("None", "channel.join", R(ch), V("'reader'"));
+    EXPECT("None", "channel.join", R(ch), V("'writer'"));
+    ck_assert_int_eq(atomic(C, OPS(op("channel.poison", ch, NULL), op("dict.delitem", d, "['nokey']")), NULL),
+                     MPB_ERR_REPLY);
+    ck_assert_str_eq(C->errkind, "BadRequest");
+    ck_assert_ptr_nonnull(strstr(C->errstr, "op 0: BadRequest: channel.poison"));
+    EXPECT("{'poisoned': False, 'retired': False, 'readers': 1, 'writers': 1, 'waiting_readers': 0, "
+           "'waiting_writers': 0, 'rendezvous': 0}", "channel.info", R(ch));
+    EXPECT("None", "channel.retire", R(ch), V("'reader'")); /* the writer stays: not retired */
+    mpb_value info;
+    mpb_value a = R(ch);
+    ck_assert_int_eq(mpb_call(C, "channel.info", &a, 1, &info), MPB_OK);
+    char *rep = tb_repr(&info);
+    ck_assert_msg(strstr(rep, "'retired': True") != NULL, "%s", rep); /* last reader out */
+    free(rep);
+    mpb_value_free(&info);
+    mpb_ref p = tb_create(C, "pipe", NULL);
+    ck_assert_int_eq(atomic(C, OPS(op("pipe.close", p, "[0]")), NULL), MPB_ERR_REPLY);
+    ck_assert_str_eq(C->errkind, "BadRequest");
+}
+END_TEST
+
 START_TEST(a_batch_notifies_after_it_succeeds_and_wait_change_sees_it)
 {
     mpb_ref a = tb_create(C, "dict", NULL), b = tb_create(C, "list", NULL);
@@ -1003,6 +1123,7 @@ static Suite *suite(void)
     tcase_add_test(t, every_write_bumps_once_and_notifies);
     tcase_add_test(t, condition_wait_bumps_when_woken);
     tcase_add_test(t, failed_writes_bump_nothing);
+    tcase_add_test(t, a_channel_rendezvous_bumps_once_per_side);
     suite_add_tcase(s, t);
     t = tcase_create("watch");
     tcase_add_checked_fixture(t, setup, teardown);
@@ -1019,6 +1140,8 @@ static Suite *suite(void)
     tcase_add_test(t, a_batch_runs_in_order_and_answers_every_result);
     tcase_add_test(t, a_failed_batch_leaves_every_object_exactly_as_before);
     tcase_add_test(t, expect_conflicts_and_refusals);
+    tcase_add_test(t, a_cursor_walk_across_a_failed_batch_sees_every_entry_once);
+    tcase_add_test(t, a_batch_refuses_channel_and_pipe_writes);
     tcase_add_test(t, a_batch_notifies_after_it_succeeds_and_wait_change_sees_it);
     tcase_add_test(t, bank_transfers_under_contention_keep_the_total);
     tcase_add_test(t, client_helpers_watch_wait_and_batch);
