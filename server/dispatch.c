@@ -234,6 +234,20 @@ bool arg_value(mpb_req *r, uint32_t i, mpb_value *out)
     return true;
 }
 
+mpb_object *arg_object(mpb_req *r)
+{
+    mpb_ref ref;
+    if (!mpb_object_is_ref(&r->args[0], &ref)) {
+        reply_error(r, MPB_E_TYPE, "%s: argument 1 must be a reference", r->info->name);
+        return NULL;
+    }
+    mpb_object *o = objects_get(ref);
+    if (!o)
+        reply_error(r, MPB_E_NO_SUCH_OBJECT, "%s: no object %llu (released or never created)",
+                    r->info->name, (unsigned long long)ref);
+    return o;
+}
+
 bool arg_key(mpb_req *r, uint32_t i, mpb_value *out)
 {
     if (!arg_value(r, i, out)) return false;

@@ -105,6 +105,9 @@ bool arg_bool(mpb_req *r, uint32_t i, bool *out);
 bool arg_value(mpb_req *r, uint32_t i, mpb_value *out);
 /* Like arg_value, and the value must be hashable (a dict key). */
 bool arg_key(mpb_req *r, uint32_t i, mpb_value *out);
+/* The object argument 0 (a reference) names; NULL after replying TypeError or
+ * NoSuchObject. For manager.* methods, whose object is an argument. */
+mpb_object *arg_object(mpb_req *r);
 
 /* Sequences (type_list.c, also used by array): Python's slice.indices() over
  * r->args[first..] (START STOP [STEP], each nil or int); returns the slice length

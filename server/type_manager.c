@@ -53,21 +53,6 @@ bool manager_init_object(mpb_req *r, mpb_object *o, uint32_t i)
     return true;
 }
 
-/* The REF argument resolved; NULL after replying. */
-static mpb_object *ref_arg(mpb_req *r)
-{
-    mpb_ref ref;
-    if (!mpb_object_is_ref(&r->args[0], &ref)) {
-        reply_error(r, MPB_E_TYPE, "%s: argument must be a reference", r->info->name);
-        return NULL;
-    }
-    mpb_object *o = objects_get(ref);
-    if (!o)
-        reply_error(r, MPB_E_NO_SUCH_OBJECT, "%s: no object %llu (released or never created)",
-                    r->info->name, (unsigned long long)ref);
-    return o;
-}
-
 /* Hold o for the calling connection and answer with its reference. */
 static void hold_and_reply(mpb_req *r, mpb_object *o)
 {
@@ -142,7 +127,7 @@ void manager_lookup(mpb_req *r)
 /* manager.release REF */
 void manager_release(mpb_req *r)
 {
-    mpb_object *o = ref_arg(r);
+    mpb_object *o = arg_object(r);
     if (!o) return;
     if (objects_unhold(&r->conn->holds, o)) reply_nil(r);
     else reply_error(r, MPB_E_VALUE, "manager.release: this connection does not hold object %llu",
@@ -152,7 +137,7 @@ void manager_release(mpb_req *r)
 /* manager.incref REF */
 void manager_incref(mpb_req *r)
 {
-    mpb_object *o = ref_arg(r);
+    mpb_object *o = arg_object(r);
     if (o) hold_and_reply(r, o);
 }
 
@@ -160,7 +145,7 @@ void manager_incref(mpb_req *r)
  * object (a Python proxy) without listing every object. */
 void manager_typeof(mpb_req *r)
 {
-    mpb_object *o = ref_arg(r);
+    mpb_object *o = arg_object(r);
     if (!o) return;
     msgpack_packer *pk = reply_begin(r);
     pack_key(pk, objects_typeid(o));

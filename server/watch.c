@@ -301,21 +301,6 @@ void watch_object_freed(mpb_object *o)
 
 /*--- Methods ---*/
 
-/* The REF argument r->args[0] resolved; NULL after replying. */
-static mpb_object *ref_arg(mpb_req *r)
-{
-    mpb_ref ref;
-    if (!mpb_object_is_ref(&r->args[0], &ref)) {
-        reply_error(r, MPB_E_TYPE, "%s: argument 1 must be a reference", r->info->name);
-        return NULL;
-    }
-    mpb_object *o = objects_get(ref);
-    if (!o)
-        reply_error(r, MPB_E_NO_SUCH_OBJECT, "%s: no object %llu (released or never created)",
-                    r->info->name, (unsigned long long)ref);
-    return o;
-}
-
 /* A VERSION argument (an int >= 0); false after replying. */
 static bool version_arg(mpb_req *r, uint32_t i, uint64_t *out)
 {
@@ -332,14 +317,14 @@ static bool version_arg(mpb_req *r, uint32_t i, uint64_t *out)
 /* manager.version REF */
 void manager_version(mpb_req *r)
 {
-    mpb_object *o = ref_arg(r);
+    mpb_object *o = arg_object(r);
     if (o) msgpack_pack_uint64(reply_begin(r), o->version);
 }
 
 /* manager.watch REF: answers the version the watch starts from. */
 void manager_watch(mpb_req *r)
 {
-    mpb_object *o = ref_arg(r);
+    mpb_object *o = arg_object(r);
     if (!o) return;
     mpb_conn *c = r->conn;
     if (!idmap_get(&c->watching, o->id)) {
@@ -360,7 +345,7 @@ void manager_watch(mpb_req *r)
 /* manager.unwatch REF: true if it was watched. */
 void manager_unwatch(mpb_req *r)
 {
-    mpb_object *o = ref_arg(r);
+    mpb_object *o = arg_object(r);
     if (!o) return;
     bool was = idmap_del(&r->conn->watching, o->id) != NULL;
     if (was) remove_watcher(o, r->conn);
@@ -370,7 +355,7 @@ void manager_unwatch(mpb_req *r)
 /* manager.wait_change REF VERSION [TIMEOUT] */
 void manager_wait_change(mpb_req *r)
 {
-    mpb_object *o = ref_arg(r);
+    mpb_object *o = arg_object(r);
     uint64_t v;
     double timeout;
     if (!o || !version_arg(r, 1, &v) || !arg_timeout(r, 2, &timeout)) return;
@@ -394,7 +379,7 @@ void manager_wait_change(mpb_req *r)
 /* manager.expect REF VERSION */
 void manager_expect(mpb_req *r)
 {
-    mpb_object *o = ref_arg(r);
+    mpb_object *o = arg_object(r);
     uint64_t v;
     if (!o || !version_arg(r, 1, &v)) return;
     if (o->version != v) {
